@@ -1,0 +1,35 @@
+# Quick start: `make demo` (synthetic cohort through the pipeline) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench schemas clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ehr-ssl demo --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check ehr_ssl tests benchmarks
+	$(BIN)/ruff format --check ehr_ssl tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_tokenize.py --visits 100000
+
+# Regenerate data_schemas/*.json from ehr_ssl/data/schema.py (a test checks they agree).
+schemas: $(STAMP)
+	$(BIN)/python -m ehr_ssl.data.schema data_schemas
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
