@@ -1,0 +1,175 @@
+"""The input contract in code: the tables of a dataset, their columns, types and rules.
+
+`data_schemas/*.json` is generated from this module (`python -m ehr_ssl.data.schema data_schemas`)
+and a test fails when the two drift apart. Column names follow MEDS where MEDS has one.
+Conventions: times are naive UTC timestamps (time-zone-aware columns are converted to UTC).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+SCHEMA_VERSION = 1
+
+# "id": string or integer (integers are read as int64); "timestamp": any Parquet timestamp;
+# "float": any numeric type, read as float64; "bool": boolean, or integer 0/1; "string": text.
+Kind = Literal["id", "timestamp", "float", "bool", "string"]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: Kind
+    required: bool
+    nullable: bool
+    description: str
+    aliases: tuple[str, ...] = ()  # other accepted names (MEDS), renamed to `name` on read
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+    extra_columns: str  # what happens to columns not listed here
+    sharded: bool = False  # may be a directory of Parquet shards instead of one file
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.parquet"
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+VISITS = Table(
+    name="visits",
+    description="One row per emergency-department visit: the unit of prediction.",
+    columns=(
+        Column("visit_id", "id", True, False, "Visit identifier, unique.", unique=True),
+        Column(
+            "patient_id",
+            "id",
+            True,
+            False,
+            "Patient identifier; joins to events.patient_id.",
+            aliases=("subject_id",),
+        ),
+        Column("arrival_time", "timestamp", True, False, "ED arrival; the current visit starts."),
+        Column(
+            "prediction_time",
+            "timestamp",
+            False,
+            False,
+            "When the prediction is made; events up to and including it are read. Must not be "
+            "before arrival_time. When the column is absent: arrival_time + a configured offset "
+            "(default 1 hour).",
+        ),
+        Column("age", "float", False, True, "Age in years at arrival (a static feature)."),
+        Column("sex", "string", False, True, "Sex (a static feature)."),
+    ),
+    extra_columns=(
+        "Static features known at arrival: string, categorical and boolean columns become one "
+        "token per value, numeric columns a binned token. Other types are ignored. Never put "
+        "anything known only after the prediction time here (disposition, length of stay)."
+    ),
+)
+
+EVENTS = Table(
+    name="events",
+    description=(
+        "Clinical events in long format, one row per event. Events belong to the patient, not "
+        "to a visit: a visit reads its patient's events from arrival_time - lookback (default "
+        "365 days) up to and including prediction_time."
+    ),
+    columns=(
+        Column(
+            "patient_id",
+            "id",
+            True,
+            False,
+            "Patient identifier; same type as visits.patient_id.",
+            aliases=("subject_id",),
+        ),
+        Column("time", "timestamp", True, False, "When the event was recorded."),
+        Column("code", "string", True, False, "Event code, e.g. LAB//LACTATE or DX//I50.9."),
+        Column(
+            "numeric_value",
+            "float",
+            False,
+            True,
+            "Numeric result, if any (labs, vitals); binned per code into quantiles. NaN is read "
+            "as null; infinite values are rejected.",
+        ),
+        Column("text_value", "string", False, True, "Free-text value, if any (not tokenized)."),
+    ),
+    extra_columns="Ignored.",
+    sharded=True,
+)
+
+LABELS = Table(
+    name="labels",
+    description="The labeled subset of visits.",
+    columns=(
+        Column(
+            "visit_id",
+            "id",
+            True,
+            False,
+            "A visit of visits.parquet, at most once.",
+            unique=True,
+        ),
+        Column(
+            "label",
+            "bool",
+            True,
+            False,
+            "Admitted to hospital within 7 days of ED arrival.",
+        ),
+    ),
+    extra_columns="Ignored.",
+)
+
+TABLES: tuple[Table, ...] = (VISITS, EVENTS, LABELS)
+
+# Written by the synthetic generator beside the dataset; the pipeline never reads it except to
+# report the oracle (Bayes) AUROC in evaluations.
+ORACLE_FILENAME = "oracle.parquet"
+
+
+def schema_document(table: Table) -> dict:
+    """The machine-readable description of one table, as stored in data_schemas/."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "table": table.name,
+        "file": table.filename + (" (or a directory of *.parquet shards)" if table.sharded else ""),
+        "description": table.description,
+        "columns": [
+            {
+                "name": c.name,
+                "type": c.kind,
+                "required": c.required,
+                "nullable": c.nullable,
+                "unique": c.unique,
+                "aliases": list(c.aliases),
+                "description": c.description,
+            }
+            for c in table.columns
+        ],
+        "extra_columns": table.extra_columns,
+    }
+
+
+def write_schema_documents(directory: Path) -> None:
+    for table in TABLES:
+        text = json.dumps(schema_document(table), indent=2) + "\n"
+        (directory / f"{table.name}.schema.json").write_text(text)
+
+
+if __name__ == "__main__":
+    write_schema_documents(Path(sys.argv[1]))

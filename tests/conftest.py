@@ -1,0 +1,69 @@
+"""Shared test fixtures: small hand-made datasets written as Parquet in a temporary directory."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+T0 = datetime(2023, 5, 1, 12, 0)
+
+
+def hours(h: float) -> timedelta:
+    return timedelta(hours=h)
+
+
+def make_tables(n_patients: int = 40) -> dict[str, pl.DataFrame]:
+    """A small, fully known cohort: each patient has two visits 30 days apart, history codes,
+    current-visit labs with values, and a disposition after the prediction time."""
+    visits, events, labels = [], [], []
+    for p in range(n_patients):
+        for v in range(2):
+            arrival = T0 + timedelta(days=30 * v, hours=p)
+            vid = 2 * p + v
+            visits.append((vid, p, arrival, arrival + hours(1), 40.0 + p, "F" if p % 2 else "M"))
+            events += [
+                (p, arrival - timedelta(days=10), f"DX//C{p % 4}", None),
+                (p, arrival + hours(0.25), "LAB//LACTATE", 1.0 + (p % 7) * 0.5),
+                (p, arrival + hours(0.5), "VITAL//HR", 60.0 + p),
+                (p, arrival + hours(3), "DISP//ADMIT" if p % 3 == 0 else "DISP//HOME", None),
+            ]
+            if vid % 3 == 0:
+                labels.append((vid, p % 3 == 0))
+    return {
+        "visits": pl.DataFrame(
+            visits,
+            schema=["visit_id", "patient_id", "arrival_time", "prediction_time", "age", "sex"],
+            orient="row",
+        ),
+        "events": pl.DataFrame(
+            events,
+            schema={
+                "patient_id": pl.Int64,
+                "time": pl.Datetime("us"),
+                "code": pl.String,
+                "numeric_value": pl.Float64,
+            },
+            orient="row",
+        ),
+        "labels": pl.DataFrame(labels, schema=["visit_id", "label"], orient="row"),
+    }
+
+
+def write_tables(directory: Path, tables: dict[str, pl.DataFrame]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        frame.write_parquet(directory / f"{name}.parquet")
+    return directory
+
+
+@pytest.fixture
+def tables() -> dict[str, pl.DataFrame]:
+    return make_tables()
+
+
+@pytest.fixture
+def dataset_dir(tmp_path: Path, tables: dict[str, pl.DataFrame]) -> Path:
+    return write_tables(tmp_path / "data", tables)

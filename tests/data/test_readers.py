@@ -1,0 +1,360 @@
+"""Readers: the contract is checked at the boundary, each bad input gets one clear error naming
+file, column and problem (and never an identifier), and MEDS names and type variants are read."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import polars as pl
+import pytest
+
+from ehr_ssl.config import DataConfig
+from ehr_ssl.data.readers import read_dataset
+from ehr_ssl.errors import InputError
+from tests.conftest import T0, write_tables
+
+
+def _visits(t):
+    return t["visits"]
+
+
+def _events(t):
+    return t["events"]
+
+
+# (name, table to corrupt, corruption, expected file, expected column, expected problem text)
+BAD_INPUTS = [
+    (
+        "missing column",
+        "visits",
+        lambda df: df.drop("arrival_time"),
+        "visits.parquet",
+        "arrival_time",
+        "missing",
+    ),
+    (
+        "wrong type",
+        "visits",
+        lambda df: df.with_columns(pl.col("arrival_time").cast(pl.String)),
+        "visits.parquet",
+        "arrival_time",
+        "expected a timestamp",
+    ),
+    (
+        "date not timestamp",
+        "events",
+        lambda df: df.with_columns(pl.col("time").dt.date()),
+        "events.parquet",
+        "time",
+        "expected a timestamp",
+    ),
+    (
+        "float ids",
+        "visits",
+        lambda df: df.with_columns(pl.col("visit_id").cast(pl.Float64)),
+        "visits.parquet",
+        "visit_id",
+        "expected string or integer ids",
+    ),
+    (
+        "null visit_id",
+        "visits",
+        lambda df: df.with_columns(
+            pl.when(pl.int_range(pl.len()) == 3)
+            .then(None)
+            .otherwise(pl.col("visit_id"))
+            .alias("visit_id")
+        ),
+        "visits.parquet",
+        "visit_id",
+        "1 null values (first at row index 3)",
+    ),
+    (
+        "duplicate visit_id",
+        "visits",
+        lambda df: pl.concat([df, df.head(2)]),
+        "visits.parquet",
+        "visit_id",
+        "4 duplicate values",
+    ),
+    (
+        "null patient_id in events",
+        "events",
+        lambda df: df.with_columns(
+            pl.when(pl.int_range(pl.len()) == 5)
+            .then(None)
+            .otherwise(pl.col("patient_id"))
+            .alias("patient_id")
+        ),
+        "events.parquet",
+        "patient_id",
+        "null values",
+    ),
+    (
+        "null time",
+        "events",
+        lambda df: df.with_columns(
+            pl.when(pl.int_range(pl.len()) == 0).then(None).otherwise(pl.col("time")).alias("time")
+        ),
+        "events.parquet",
+        "time",
+        "null values",
+    ),
+    (
+        "null code",
+        "events",
+        lambda df: df.with_columns(
+            pl.when(pl.int_range(pl.len()) == 7).then(None).otherwise(pl.col("code")).alias("code")
+        ),
+        "events.parquet",
+        "code",
+        "1 null values (first at row index 7)",
+    ),
+    (
+        "empty code",
+        "events",
+        lambda df: df.with_columns(
+            pl.when(pl.int_range(pl.len()) == 2)
+            .then(pl.lit(""))
+            .otherwise(pl.col("code"))
+            .alias("code")
+        ),
+        "events.parquet",
+        "code",
+        "empty strings",
+    ),
+    (
+        "infinite value",
+        "events",
+        lambda df: df.with_columns(
+            pl.when(pl.int_range(pl.len()) == 1)
+            .then(float("inf"))
+            .otherwise(pl.col("numeric_value"))
+            .alias("numeric_value")
+        ),
+        "events.parquet",
+        "numeric_value",
+        "infinite values",
+    ),
+    (
+        "prediction before arrival",
+        "visits",
+        lambda df: df.with_columns(
+            pl.when(pl.int_range(pl.len()) == 4)
+            .then(pl.col("arrival_time") - timedelta(minutes=1))
+            .otherwise(pl.col("prediction_time"))
+            .alias("prediction_time")
+        ),
+        "visits.parquet",
+        "prediction_time",
+        "before arrival_time",
+    ),
+    (
+        "label for unknown visit",
+        "labels",
+        lambda df: pl.concat([df, pl.DataFrame({"visit_id": [10**9], "label": [True]})]),
+        "labels.parquet",
+        "visit_id",
+        "labels for visits not in the visits table",
+    ),
+    (
+        "duplicate label",
+        "labels",
+        lambda df: pl.concat([df, df.head(1)]),
+        "labels.parquet",
+        "visit_id",
+        "duplicate values",
+    ),
+    (
+        "non-binary label",
+        "labels",
+        lambda df: df.with_columns(pl.col("label").cast(pl.Int64) * 2),
+        "labels.parquet",
+        "label",
+        "values other than 0 and 1",
+    ),
+    (
+        "string label",
+        "labels",
+        lambda df: df.with_columns(pl.col("label").cast(pl.String)),
+        "labels.parquet",
+        "label",
+        "expected booleans",
+    ),
+    ("empty visits", "visits", lambda df: df.head(0), "visits.parquet", None, "table is empty"),
+    ("empty events", "events", lambda df: df.head(0), "events.parquet", None, "table is empty"),
+    (
+        "patient id type mismatch",
+        "events",
+        lambda df: df.with_columns(pl.col("patient_id").cast(pl.String)),
+        "events.parquet",
+        "patient_id",
+        "differs from visits.parquet",
+    ),
+    (
+        "alias and name both present",
+        "events",
+        lambda df: df.with_columns(subject_id=pl.col("patient_id")),
+        "events.parquet",
+        None,
+        "both patient_id and subject_id present",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "table,corrupt,file,column,problem",
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+def test_bad_input_names_file_column_and_problem(
+    tmp_path, tables, table, corrupt, file, column, problem
+):
+    tables[table] = corrupt(tables[table])
+    root = write_tables(tmp_path / "data", tables)
+    with pytest.raises(InputError) as info:
+        read_dataset(root, DataConfig())
+    error = info.value
+    assert error.file.endswith(file)
+    assert error.column == column
+    assert problem in str(error)
+
+
+def test_error_messages_never_contain_identifiers(tmp_path, tables):
+    tables["visits"] = tables["visits"].with_columns(
+        pl.format("SECRET-{}", pl.col("visit_id")).alias("visit_id")
+    )
+    tables["visits"] = pl.concat([tables["visits"], tables["visits"].head(1)])
+    tables["labels"] = tables["labels"].with_columns(pl.format("SECRET-{}", pl.col("visit_id")))
+    root = write_tables(tmp_path / "data", tables)
+    with pytest.raises(InputError) as info:
+        read_dataset(root, DataConfig())
+    assert "duplicate" in str(info.value)
+    assert "SECRET" not in str(info.value)
+
+
+def test_not_parquet_and_truncated_files(dataset_dir):
+    (dataset_dir / "events.parquet").write_text("patient_id,time,code\n1,2020-01-01,X\n")
+    with pytest.raises(InputError, match="not a readable Parquet file") as info:
+        read_dataset(dataset_dir, DataConfig())
+    assert info.value.file.endswith("events.parquet")
+
+    data = (dataset_dir / "visits.parquet").read_bytes()
+    (dataset_dir / "visits.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="not a readable Parquet file") as info:
+        read_dataset(dataset_dir, DataConfig())
+    assert info.value.file.endswith("visits.parquet")
+
+
+def test_missing_files_and_empty_shard_directory(dataset_dir):
+    (dataset_dir / "events.parquet").unlink()
+    with pytest.raises(InputError, match="file not found"):
+        read_dataset(dataset_dir, DataConfig())
+    (dataset_dir / "events").mkdir()
+    with pytest.raises(InputError, match="no \\*.parquet files"):
+        read_dataset(dataset_dir, DataConfig())
+    with pytest.raises(InputError, match="dataset directory not found"):
+        read_dataset(dataset_dir / "nope", DataConfig())
+
+
+def test_sharded_events_equal_single_file(tmp_path, tables):
+    single = read_dataset(write_tables(tmp_path / "a", tables), DataConfig())
+    root = write_tables(tmp_path / "b", {k: v for k, v in tables.items() if k != "events"})
+    (root / "events").mkdir()
+    events = tables["events"]
+    for i in range(3):
+        events.filter(pl.col("patient_id") % 3 == i).write_parquet(
+            root / "events" / f"part-{i}.parquet"
+        )
+    sharded = read_dataset(root, DataConfig())
+    sort = ["patient_id", "time", "code"]
+    assert sharded.events.sort(sort).equals(single.events.sort(sort))
+    assert len(sharded.files["events"]) == 3
+
+
+def test_meds_names_and_type_variants_are_read(tmp_path, tables):
+    """subject_id (MEDS), tz-aware times, categorical codes, int32 ids, 0/1 labels, NaN values,
+    no numeric_value column, no prediction_time column."""
+    tables["events"] = (
+        tables["events"]
+        .rename({"patient_id": "subject_id"})
+        .with_columns(
+            pl.col("subject_id").cast(pl.Int32),
+            pl.col("time").dt.replace_time_zone("UTC").dt.convert_time_zone("Europe/Paris"),
+            pl.col("code").cast(pl.Categorical),
+            pl.col("numeric_value").fill_null(float("nan")),
+        )
+    )
+    tables["visits"] = tables["visits"].drop("prediction_time")
+    tables["labels"] = tables["labels"].with_columns(pl.col("label").cast(pl.Int8))
+    dataset = read_dataset(write_tables(tmp_path / "data", tables), DataConfig())
+    events = dataset.events
+    assert events.schema == pl.Schema(
+        {
+            "patient_id": pl.Int64,
+            "time": pl.Datetime("us"),
+            "code": pl.String,
+            "numeric_value": pl.Float64,
+        }
+    )
+    original = make_reference_events()
+    assert events["time"].min() == original["time"].min()  # converted back to naive UTC
+    assert events["numeric_value"].null_count() == original["numeric_value"].null_count()
+    offset = dataset.visits["prediction_time"] - dataset.visits["arrival_time"]
+    assert (offset == timedelta(hours=1)).all()
+    assert dataset.labels["label"].dtype == pl.Boolean
+    assert dataset.static_columns == {"age": "numeric", "sex": "categorical"}
+
+
+def make_reference_events():
+    from tests.conftest import make_tables
+
+    return make_tables()["events"]
+
+
+def test_static_columns_detection_and_explicit_choice(tmp_path, tables):
+    tables["visits"] = tables["visits"].with_columns(
+        departure=pl.col("arrival_time") + timedelta(hours=5),
+        ambulance=pl.col("patient_id") % 2 == 0,
+    )
+    root = write_tables(tmp_path / "data", tables)
+    dataset = read_dataset(root, DataConfig())
+    assert dataset.static_columns == {
+        "age": "numeric",
+        "sex": "categorical",
+        "ambulance": "categorical",
+    }
+    assert dataset.ignored_columns == ["departure"]
+    assert read_dataset(root, DataConfig(static_columns=["sex"])).static_columns == {
+        "sex": "categorical"
+    }
+    with pytest.raises(InputError, match="cannot be a static feature") as info:
+        read_dataset(root, DataConfig(static_columns=["departure"]))
+    assert info.value.column == "departure"
+    with pytest.raises(InputError, match="not in the visits table"):
+        read_dataset(root, DataConfig(static_columns=["weight"]))
+
+
+def test_null_time_events_dropped_on_request(tmp_path, tables):
+    tables["events"] = pl.concat(
+        [
+            tables["events"],
+            pl.DataFrame(
+                {"patient_id": [1], "time": [None], "code": ["DEMO//X"], "numeric_value": [None]},
+                schema=tables["events"].schema,
+            ),
+        ]
+    )
+    root = write_tables(tmp_path / "data", tables)
+    with pytest.raises(InputError, match="null values"):
+        read_dataset(root, DataConfig())
+    dataset = read_dataset(root, DataConfig(drop_null_time_events=True))
+    assert dataset.events.height == tables["events"].height - 1
+
+
+def test_prediction_time_offset_from_config(tmp_path, tables):
+    tables["visits"] = tables["visits"].drop("prediction_time")
+    root = write_tables(tmp_path / "data", tables)
+    visits = read_dataset(root, DataConfig(prediction_offset_minutes=90)).visits
+    assert (visits["prediction_time"] - visits["arrival_time"] == timedelta(minutes=90)).all()
+    assert visits["arrival_time"].min() == T0
