@@ -1,0 +1,72 @@
+"""Patient-level train/val/test splits from a stable hash of patient_id and a seed.
+
+A patient's split depends only on their id and the seed, never on the rest of the data, the row
+order or the library versions (polars' own hash is not stable across versions, so the hash is
+written out here: FNV-1a over the UTF-8 bytes of string ids, then the splitmix64 finalizer).
+Every visit of a patient lands in the same split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from ehr_ssl.config import SplitConfig
+
+SPLITS = ("train", "val", "test")
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer: a bijective mix of uint64 values (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _fnv1a64(ids: pl.Series) -> np.ndarray:
+    """FNV-1a 64-bit hash of each string's UTF-8 bytes, vectorized over byte positions."""
+    arrow = ids.to_arrow().cast(pa.large_string())
+    _, offsets_buf, data_buf = arrow.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arrow.offset : arrow.offset + len(ids) + 1]
+    data = (
+        np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
+    )
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    h = np.full(len(ids), 0xCBF29CE484222325, dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for j in range(int(lengths.max(initial=0))):
+            live = lengths > j
+            byte = data[np.where(live, starts + j, 0)].astype(np.uint64)
+            h = np.where(live, (h ^ byte) * prime, h)
+    return h
+
+
+def patient_hash(patient_ids: pl.Series, seed: int) -> np.ndarray:
+    """A uniform value in [0, 1) per id, stable across runs, machines and library versions."""
+    if patient_ids.dtype == pl.String:
+        base = _fnv1a64(patient_ids)
+    else:
+        base = patient_ids.cast(pl.Int64).to_numpy().view(np.uint64)
+    seeded = _splitmix64(base ^ _splitmix64(np.array([seed], dtype=np.uint64) & _MASK64))
+    mixed = _splitmix64(seeded)
+    # The top 53 bits give an exactly representable double in [0, 1).
+    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def assign_splits(patient_ids: pl.Series, config: SplitConfig) -> pl.Series:
+    """The split ("train", "val" or "test") of each patient id, as an Enum series.
+
+    A patient falls in test when its hash is below test_fraction, in val when below
+    test_fraction + val_fraction, else in train. Raising val_fraction moves patients from train to
+    val only; the test patients stay the same.
+    """
+    u = patient_hash(patient_ids, config.seed)
+    codes = np.where(
+        u < config.test_fraction, 2, np.where(u < config.test_fraction + config.val_fraction, 1, 0)
+    )
+    return pl.Series("split", np.asarray(SPLITS)[codes], dtype=pl.Enum(SPLITS))

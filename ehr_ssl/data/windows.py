@@ -1,0 +1,105 @@
+"""Event windows: which of its patient's events each visit may read. This is the cutoff.
+
+A visit reads the events with `arrival_time - lookback <= time <= prediction_time`: those before
+`arrival_time` are its history, the rest its current visit. Nothing after `prediction_time` is
+ever read; every stage that turns events into model input goes through `build_windows`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+
+
+@dataclass
+class EventWindows:
+    """Each visit's slice of its patient's events, sorted by (patient_id, time, code).
+
+    Visit i reads `events[start[i]:end[i]]`; of these, `[start[i], current[i])` is history and
+    `[max(start[i], current[i]), end[i])` the current visit. `end` counts events with
+    `time <= prediction_time`: it is the cutoff.
+    """
+
+    events: pl.DataFrame  # patient_id, time, code, numeric_value; sorted
+    start: np.ndarray  # Shape: (V,) int64
+    current: np.ndarray  # Shape: (V,) int64
+    end: np.ndarray  # Shape: (V,) int64
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.end - self.start
+
+    def read_mask(self, visit_mask: np.ndarray | None = None) -> np.ndarray:
+        """Shape (E,) bool: the events read by at least one (selected) visit."""
+        start, end = self.start, self.end
+        if visit_mask is not None:
+            start, end = start[visit_mask], end[visit_mask]
+        n = self.events.height
+        depth = np.bincount(start, minlength=n + 1) - np.bincount(end, minlength=n + 1)
+        return np.cumsum(depth[:n]) > 0
+
+    def gather_index(self) -> np.ndarray:
+        """Shape (sum of lengths,): event row of every read event, visit after visit."""
+        lengths = self.lengths
+        offsets = np.cumsum(lengths) - lengths
+        return np.arange(int(lengths.sum())) - np.repeat(offsets - self.start, lengths)
+
+
+def build_windows(
+    visits: pl.DataFrame,
+    events: pl.DataFrame,
+    *,
+    lookback_days: float,
+    max_events: int | None = None,
+) -> EventWindows:
+    """Locate every visit's events with as-of joins (no per-visit loop).
+
+    `visits` and `events` are normalized frames (see `ehr_ssl.data.readers`). With `max_events`,
+    a visit keeps only its most recent `max_events` events (oldest history dropped first).
+    """
+    events = events.sort("patient_id", "time", "code")
+    row = pl.int_range(pl.len(), dtype=pl.Int64)
+    indexed = events.select("patient_id", "time", row.alias("row"))
+    first_row = indexed.filter(
+        pl.col("patient_id").ne_missing(pl.col("patient_id").shift())
+    ).select("patient_id", pl.col("row").alias("patient_start"))
+
+    lookback = timedelta(days=lookback_days)
+    one_us = timedelta(microseconds=1)
+    # Events strictly before t are those at or before t - 1us (times have microsecond precision).
+    queries = {
+        "start": pl.col("arrival_time") - lookback - one_us,
+        "current": pl.col("arrival_time") - one_us,
+        "end": pl.col("prediction_time"),
+    }
+    base = visits.select("patient_id", row.alias("visit")).join(
+        first_row, on="patient_id", how="left", maintain_order="left"
+    )
+    bounds = {}
+    for name, query in queries.items():
+        left = visits.select("patient_id", query.alias("q"), row.alias("visit")).sort(
+            "patient_id", "q"
+        )
+        found = left.join_asof(
+            indexed,
+            left_on="q",
+            right_on="time",
+            by="patient_id",
+            strategy="backward",
+            check_sortedness=False,
+        ).sort("visit")
+        # One past the last event at or before the query; none found = the patient's first event.
+        bounds[name] = (
+            (found["row"] + 1)
+            .fill_null(base["patient_start"])
+            .fill_null(0)
+            .to_numpy()
+            .astype(np.int64)
+        )
+    end = bounds["end"]
+    start = bounds["start"] if max_events is None else np.maximum(bounds["start"], end - max_events)
+    current = np.clip(bounds["current"], start, end)
+    return EventWindows(events, start, current, end)

@@ -1,0 +1,87 @@
+"""Patient-level splits: deterministic, disjoint, stable across versions, by patient only."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ehr_ssl.config import SplitConfig
+from ehr_ssl.data.splits import assign_splits, patient_hash
+
+
+def test_deterministic_and_independent_of_row_order():
+    ids = pl.Series(np.arange(5000))
+    first = assign_splits(ids, SplitConfig(seed=3))
+    again = assign_splits(ids, SplitConfig(seed=3))
+    assert first.equals(again)
+    order = np.random.default_rng(0).permutation(5000)
+    shuffled = assign_splits(ids.gather(order), SplitConfig(seed=3))
+    assert shuffled.equals(first.gather(order))
+
+
+def test_every_visit_of_a_patient_in_one_split():
+    ids = pl.Series(np.repeat(np.arange(2000), 3))  # three visits per patient
+    frame = pl.DataFrame({"patient_id": ids, "split": assign_splits(ids, SplitConfig())})
+    assert frame.group_by("patient_id").agg(pl.col("split").n_unique())["split"].max() == 1
+
+
+@pytest.mark.parametrize("dtype", [pl.Int64, pl.String])
+def test_fractions_and_seed(dtype):
+    ids = pl.Series(np.arange(50_000)).cast(dtype)
+    split = assign_splits(ids, SplitConfig(val_fraction=0.15, test_fraction=0.1))
+    shares = split.value_counts(normalize=True).sort("split")["proportion"].to_list()
+    assert shares == pytest.approx([0.75, 0.15, 0.10], abs=0.01)
+    other = assign_splits(ids, SplitConfig(seed=1, val_fraction=0.15, test_fraction=0.1))
+    assert (split != other).mean() > 0.2
+
+
+def test_growing_val_keeps_test_patients():
+    ids = pl.Series(np.arange(20_000))
+    small = assign_splits(ids, SplitConfig(val_fraction=0.1))
+    large = assign_splits(ids, SplitConfig(val_fraction=0.2))
+    assert ((small == "test") == (large == "test")).all()
+    assert ((small == "val") & (large != "val")).sum() == 0
+
+
+def test_hash_is_pinned():
+    """Split assignment must not change between versions: these values are the contract."""
+    ints = patient_hash(pl.Series([0, 1, 123456789]), seed=0)
+    strings = patient_hash(pl.Series(["0", "patient-1", "é"]), seed=0)
+    assert np.all((ints >= 0) & (ints < 1)) and np.all((strings >= 0) & (strings < 1))
+    assert ints.round(6).tolist() == PINNED_INT
+    assert strings.round(6).tolist() == PINNED_STR
+    assert patient_hash(pl.Series(["patient-1"]), seed=1)[0] != strings[1]
+
+
+PINNED_INT = [0.138709, 0.26913, 0.897662]
+PINNED_STR = [0.952672, 0.950109, 0.205006]
+
+M64 = (1 << 64) - 1
+
+
+def _splitmix64_reference(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def _hash_reference(patient_id: int | str, seed: int) -> float:
+    """Pure-Python transcription of the documented hash, one id at a time."""
+    if isinstance(patient_id, str):
+        base = 0xCBF29CE484222325
+        for byte in patient_id.encode():
+            base = ((base ^ byte) * 0x100000001B3) & M64
+    else:
+        base = patient_id & M64
+    mixed = _splitmix64_reference(_splitmix64_reference(base ^ _splitmix64_reference(seed)))
+    return (mixed >> 11) / (1 << 53)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_vectorized_hash_matches_reference(seed):
+    ints = [0, 1, -5, 2**40 + 3, 987654321]
+    strings = ["", "a", "patient-00042", "漢字-é", "x" * 70]
+    assert patient_hash(pl.Series(ints), seed).tolist() == [_hash_reference(i, seed) for i in ints]
+    assert patient_hash(pl.Series(strings), seed).tolist() == [
+        _hash_reference(s, seed) for s in strings
+    ]
