@@ -1,0 +1,111 @@
+"""Token shards on disk: per-split Arrow IPC files plus a manifest, read back memory-mapped.
+
+Layout of a tokens directory:
+
+    tokenizer.json          the fitted tokenizer
+    manifest.json           settings, input fingerprints, counts per split, shard list
+    config.json             the resolved run configuration
+    train/part-00000.arrow  one row per visit: visit_id, patient_id, split, labeled, label,
+    val/...                 length and the list columns input_ids (int32), value_bins (int8),
+    test/...                time_deltas (float32, hours) and segment_ids (int8)
+
+Shards are uncompressed Arrow IPC files, so a reader memory-maps them and takes the flat token
+arrays and their offsets without copying or loading the whole dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from ehr_ssl.data.splits import SPLITS
+from ehr_ssl.errors import InputError
+
+MANIFEST_FILE = "manifest.json"
+TOKENS_FORMAT = "ehr-ssl-tokens"
+
+
+def write_split_shards(frame: pl.DataFrame, directory: Path, split: str, shard_visits: int) -> dict:
+    """Write one split's rows as shards of at most `shard_visits` visits; returns its manifest
+    entry (counts and shard paths relative to `directory`)."""
+    (directory / split).mkdir(parents=True, exist_ok=True)
+    shards = []
+    for index, offset in enumerate(range(0, max(frame.height, 1), shard_visits)):
+        part = frame.slice(offset, shard_visits)
+        name = f"{split}/part-{index:05d}.arrow"
+        table = part.to_arrow(compat_level=pl.CompatLevel.oldest())
+        with (
+            pa.OSFile(str(directory / name), "wb") as sink,
+            pa.ipc.new_file(sink, table.schema) as writer,
+        ):
+            writer.write_table(table)
+        shards.append(name)
+    labeled = frame.filter(pl.col("labeled"))
+    return {
+        "visits": frame.height,
+        "patients": frame["patient_id"].n_unique(),
+        "labeled": labeled.height,
+        "positives": int(labeled["label"].sum()),
+        "tokens": int(frame["length"].sum()),
+        "shards": shards,
+    }
+
+
+def read_manifest(directory: Path) -> dict:
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("not a tokens directory (no manifest.json)", file=str(directory)) from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON ({e})", file=str(path)) from None
+    if manifest.get("format") != TOKENS_FORMAT:
+        raise InputError(f"format is not {TOKENS_FORMAT}", file=str(path))
+    return manifest
+
+
+def open_shard(path: Path) -> pa.Table:
+    """Memory-map one shard: the returned table's buffers point into the file (no copy)."""
+    try:
+        source = pa.memory_map(str(path), "r")
+        return pa.ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"not a readable token shard ({e})", file=str(path)) from None
+
+
+def read_split(directory: Path, split: str) -> pl.DataFrame:
+    """All visits of one split as a polars frame over memory-mapped shards."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    manifest = read_manifest(directory)
+    tables = [open_shard(Path(directory) / name) for name in manifest["splits"][split]["shards"]]
+    return pl.from_arrow(pa.concat_tables(tables), rechunk=False)
+
+
+def flat_tokens(table: pa.Table, column: str = "input_ids") -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of a list column: visit i's tokens are values[offsets[i]:offsets[i+1]].
+
+    Shape: values (N_tokens,), offsets (V + 1,). Zero-copy views for a single-chunk shard.
+    """
+    array = table.column(column).combine_chunks()
+    offsets = np.asarray(array.offsets)
+    values = array.values.to_numpy(zero_copy_only=True)
+    return values[offsets[0] : offsets[-1]], offsets - offsets[0]
+
+
+def format_manifest(manifest: dict) -> str:
+    """A per-split table of the tokenized cohort, for a terminal or a log."""
+    header = f"{'split':<6} {'visits':>9} {'patients':>9} {'labeled':>8} {'positive':>8} "
+    header += f"{'tokens':>11} {'tokens/visit':>12}"
+    lines = [f"tokenized cohort: vocabulary {manifest['vocab_size']} tokens", header]
+    for name, entry in manifest["splits"].items():
+        per_visit = entry["tokens"] / entry["visits"] if entry["visits"] else 0.0
+        lines.append(
+            f"{name:<6} {entry['visits']:>9,} {entry['patients']:>9,} {entry['labeled']:>8,} "
+            f"{entry['positives']:>8,} {entry['tokens']:>11,} {per_visit:>12.1f}"
+        )
+    return "\n".join(lines)

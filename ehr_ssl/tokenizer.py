@@ -1,0 +1,394 @@
+"""The event tokenizer: turns each visit into a token sequence for a transformer.
+
+A visit's sequence, with per-token segment ids (0 static, 1 history, 2 current visit):
+
+    [CLS] static... [HIST] history events... [VISIT] current-visit events...
+      0     0         1     1                    2       2
+
+History events have `arrival_time - lookback <= time < arrival_time`; current-visit events have
+`arrival_time <= time <= prediction_time`. No event with `time > prediction_time` is ever read.
+When a visit has more events than fit in `max_length`, the oldest are dropped first, so the current
+visit is kept whole unless it alone overflows (then its most recent events are kept).
+
+Per token: `input_ids` (vocabulary id), `value_bins` (0 = no numeric value, 1..n_bins = per-code
+quantile bin), `time_deltas` (hours relative to the prediction time, <= 0) and `segment_ids`.
+Static features are tokens too: `STATIC//<column>` with a value bin for numeric columns,
+`STATIC//<column>//<value>` for categorical ones (`STATIC//<column>` alone when the value is null).
+The vocabulary and the bin edges are fitted on the training visits only; codes held by fewer than
+`min_count` distinct training patients map to [UNK].
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from ehr_ssl import __version__
+from ehr_ssl.atomic import atomic_directory, atomic_write_text
+from ehr_ssl.config import DataConfig, TokenizeConfig, TokenizerConfig, from_dict, to_dict
+from ehr_ssl.data.readers import check_events, check_visits, read_dataset
+from ehr_ssl.data.schema import SCHEMA_VERSION
+from ehr_ssl.data.splits import SPLITS, assign_splits
+from ehr_ssl.data.windows import EventWindows, build_windows
+from ehr_ssl.errors import InputError
+from ehr_ssl.shards import MANIFEST_FILE, TOKENS_FORMAT, write_split_shards
+
+SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[CLS]", "[UNK]", "[HIST]", "[VISIT]")
+PAD_ID, MASK_ID, CLS_ID, UNK_ID, HIST_ID, VISIT_ID = range(len(SPECIAL_TOKENS))
+SEGMENT_STATIC, SEGMENT_HISTORY, SEGMENT_CURRENT = 0, 1, 2
+NO_VALUE_BIN = 0
+TOKENIZER_FILE = "tokenizer.json"
+TOKEN_COLUMNS = ("input_ids", "value_bins", "time_deltas", "segment_ids")
+_US_PER_HOUR = 3_600_000_000
+
+
+def event_budget(config: TokenizerConfig, n_static: int) -> int:
+    """Events that fit in a sequence: max_length less [CLS], two separators and the statics."""
+    budget = config.max_length - 3 - n_static
+    if budget < 1:
+        raise InputError(
+            f"max_length {config.max_length} leaves no room for events after {n_static} static "
+            "tokens and 3 special tokens",
+            column="tokenizer.max_length",
+        )
+    return budget
+
+
+def static_events(visits: pl.DataFrame, static_columns: dict[str, str]) -> pl.DataFrame:
+    """Static features as (visit, code, numeric_value) rows, visit-major, column order kept."""
+    parts = []
+    for position, (name, kind) in enumerate(static_columns.items()):
+        if kind == "numeric":
+            code = pl.lit(f"STATIC//{name}")
+            value = pl.col(name).cast(pl.Float64).fill_nan(None)
+        else:
+            text = pl.col(name).cast(pl.String)
+            code = pl.when(text.is_null()).then(pl.lit(f"STATIC//{name}"))
+            code = code.otherwise(pl.lit(f"STATIC//{name}//") + text)
+            value = pl.lit(None, pl.Float64)
+        parts.append(
+            visits.select(
+                pl.int_range(pl.len(), dtype=pl.Int64).alias("visit"),
+                pl.lit(position, pl.Int32).alias("position"),
+                "patient_id",
+                code.alias("code"),
+                value.alias("numeric_value"),
+            )
+        )
+    if not parts:
+        return pl.DataFrame(
+            schema={
+                "visit": pl.Int64,
+                "position": pl.Int32,
+                "patient_id": visits.schema["patient_id"],
+                "code": pl.String,
+                "numeric_value": pl.Float64,
+            }
+        )
+    return pl.concat(parts).sort("visit", "position")
+
+
+@dataclass
+class Tokenizer:
+    """A fitted vocabulary, per-code bin edges and the settings that produced them."""
+
+    vocab: list[str]
+    bin_edges: dict[str, list[float]]
+    static_columns: dict[str, str]
+    config: TokenizerConfig
+    data_config: DataConfig
+
+    def __post_init__(self) -> None:
+        self._ids = pl.DataFrame(
+            {"code": self.vocab, "id": pl.Series(range(len(self.vocab)), dtype=pl.Int32)}
+        )
+        # Shape: (V, n_bins - 1) edges per token id, +inf padded; bin = 1 + #edges <= value.
+        edges = np.full((len(self.vocab), max(self.config.n_bins - 1, 0)), np.inf)
+        index = {code: i for i, code in enumerate(self.vocab)}
+        for code, code_edges in self.bin_edges.items():
+            edges[index[code], : len(code_edges)] = code_edges
+        self._edges = edges
+        self._has_bins = np.isin(np.asarray(self.vocab, dtype=object), list(self.bin_edges))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    # --- encoding -------------------------------------------------------------------------
+
+    def encode(self, visits: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+        """Tokenize visits with this fitted vocabulary (for new data; unknown codes -> [UNK]).
+
+        Takes raw visits/events frames as in the input contract and returns one row per visit:
+        visit_id, patient_id, length and the list columns of TOKEN_COLUMNS.
+        """
+        config = DataConfig(
+            prediction_offset_minutes=self.data_config.prediction_offset_minutes,
+            static_columns=list(self.static_columns),
+            drop_null_time_events=self.data_config.drop_null_time_events,
+        )
+        visits, static_columns, _ = check_visits(visits, config=config)
+        for name, kind in self.static_columns.items():
+            if static_columns[name] != kind:
+                raise InputError(
+                    f"was {kind} when the tokenizer was fitted, is {static_columns[name]} now",
+                    file="visits",
+                    column=name,
+                )
+        events = check_events(events, config=config)
+        if visits.schema["patient_id"] != events.schema["patient_id"]:
+            raise InputError(
+                f"type {events.schema['patient_id']} differs from visits.patient_id type "
+                f"{visits.schema['patient_id']}",
+                file="events",
+                column="patient_id",
+            )
+        windows = build_windows(
+            visits,
+            events,
+            lookback_days=self.config.lookback_days,
+            max_events=event_budget(self.config, len(self.static_columns)),
+        )
+        return self.encode_windows(visits, windows)
+
+    def encode_windows(self, visits: pl.DataFrame, windows: EventWindows) -> pl.DataFrame:
+        """Assemble the token sequences of normalized `visits` from their event windows."""
+        n_visits, n_static = visits.height, len(self.static_columns)
+        ev_ids, ev_bins = self._token_ids(windows.events)
+        st = static_events(visits, self.static_columns)
+        st_ids, st_bins = self._token_ids(st)
+
+        n_events = windows.lengths
+        n_history = windows.current - windows.start
+        lengths = 3 + n_static + n_events
+        offsets = np.zeros(n_visits + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        input_ids = np.empty(total, dtype=np.int32)
+        value_bins = np.zeros(total, dtype=np.int8)
+        time_deltas = np.zeros(total, dtype=np.float32)
+        segment_ids = np.full(total, SEGMENT_STATIC, dtype=np.int8)
+
+        base = offsets[:-1]
+        pred_us = _micros(visits["prediction_time"])
+        arrival_us = _micros(visits["arrival_time"])
+        input_ids[base] = CLS_ID
+        if n_static:
+            # Shape: (V, S) positions of the static tokens, right after [CLS].
+            static_pos = (base[:, None] + 1 + np.arange(n_static)).ravel()
+            input_ids[static_pos] = st_ids
+            value_bins[static_pos] = st_bins
+        hist_pos = base + 1 + n_static
+        visit_pos = hist_pos + 1 + n_history
+        input_ids[hist_pos], input_ids[visit_pos] = HIST_ID, VISIT_ID
+        window_us = (arrival_us - pred_us) - int(self.config.lookback_days * 24 * _US_PER_HOUR)
+        time_deltas[hist_pos] = window_us / _US_PER_HOUR
+        time_deltas[visit_pos] = (arrival_us - pred_us) / _US_PER_HOUR
+        segment_ids[hist_pos] = SEGMENT_HISTORY
+        segment_ids[visit_pos] = SEGMENT_CURRENT
+
+        # Event k of visit v (k counted within its kept window) goes to hist_pos[v] + 1 + k,
+        # one further along once past the history (the [VISIT] separator sits between).
+        src = windows.gather_index()
+        visit_of = np.repeat(np.arange(n_visits), n_events)
+        k = np.arange(src.size) - np.repeat(np.cumsum(n_events) - n_events, n_events)
+        in_current = k >= n_history[visit_of]
+        dst = hist_pos[visit_of] + 1 + k + in_current
+        input_ids[dst] = ev_ids[src]
+        value_bins[dst] = ev_bins[src]
+        event_us = _micros(windows.events["time"])[src]
+        time_deltas[dst] = (event_us - pred_us[visit_of]) / _US_PER_HOUR
+        segment_ids[dst] = np.where(in_current, SEGMENT_CURRENT, SEGMENT_HISTORY)
+
+        offsets32 = pa.array(offsets.astype(np.int32))
+        columns = {
+            name: pl.from_arrow(pa.ListArray.from_arrays(offsets32, pa.array(values)))
+            for name, values in zip(
+                TOKEN_COLUMNS, (input_ids, value_bins, time_deltas, segment_ids), strict=True
+            )
+        }
+        return visits.select("visit_id", "patient_id").with_columns(
+            length=pl.Series(lengths.astype(np.int32)), **columns
+        )
+
+    def _token_ids(self, events: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Shape (E,), (E,): the vocabulary id and value bin of each event row."""
+        ids = (
+            events.select("code")
+            .join(self._ids, on="code", how="left", maintain_order="left")["id"]
+            .fill_null(UNK_ID)
+            .to_numpy()
+        )
+        values = events["numeric_value"].to_numpy()
+        bins = np.zeros(len(ids), dtype=np.int8)
+        has_value = ~np.isnan(values)
+        edges = self._edges[ids[has_value]]  # Shape: (E_valued, n_bins - 1)
+        known = self._has_bins[ids[has_value]]
+        count = (values[has_value, None] >= edges).sum(axis=1)
+        bins[has_value] = np.where(known, 1 + count, NO_VALUE_BIN)
+        return ids, bins
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def save(self, directory: Path) -> Path:
+        """Write `tokenizer.json` (vocabulary, bin edges, settings) into `directory`."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        path = Path(directory) / TOKENIZER_FILE
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "special_tokens": list(SPECIAL_TOKENS),
+            "config": to_dict(self.config),
+            "data_config": to_dict(self.data_config),
+            "static_columns": self.static_columns,
+            "vocab": self.vocab,
+            "bin_edges": self.bin_edges,
+        }
+        atomic_write_text(path, json.dumps(document, indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> Tokenizer:
+        """Read a tokenizer saved by `save` (a directory or the tokenizer.json path itself)."""
+        path = Path(directory)
+        path = path / TOKENIZER_FILE if path.is_dir() else path
+        try:
+            document = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError("tokenizer file not found", file=str(path)) from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON ({e})", file=str(path)) from None
+        if document.get("schema_version") != SCHEMA_VERSION:
+            raise InputError(
+                f"schema version {document.get('schema_version')} is not the supported "
+                f"{SCHEMA_VERSION}",
+                file=str(path),
+            )
+        if tuple(document["vocab"][: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise InputError("vocabulary does not start with the special tokens", file=str(path))
+        return cls(
+            vocab=document["vocab"],
+            bin_edges=document["bin_edges"],
+            static_columns=document["static_columns"],
+            config=from_dict(TokenizerConfig, document["config"], source=str(path)),
+            data_config=from_dict(DataConfig, document["data_config"], source=str(path)),
+        )
+
+
+def fit_tokenizer(
+    visits: pl.DataFrame,
+    windows: EventWindows,
+    *,
+    fit_mask: np.ndarray,
+    static_columns: dict[str, str],
+    config: TokenizerConfig,
+    data_config: DataConfig,
+) -> Tokenizer:
+    """Fit the vocabulary and bin edges on what the visits selected by `fit_mask` read.
+
+    `fit_mask` (shape (V,) bool) selects the training visits: nothing of the other visits is
+    looked at. Each event counts once however many visits read it; a code's count is the number
+    of distinct patients who have it.
+    """
+    read = windows.events.filter(pl.Series(windows.read_mask(fit_mask)))
+    statics = static_events(visits.filter(pl.Series(fit_mask)), static_columns)
+    seen = pl.concat(
+        [
+            read.select("patient_id", "code", "numeric_value"),
+            statics.select("patient_id", "code", "numeric_value"),
+        ]
+    )
+    counts = (
+        seen.group_by("code")
+        .agg(pl.col("patient_id").n_unique().alias("patients"))
+        .filter(pl.col("patients") >= config.min_count)
+        .sort(["patients", "code"], descending=[True, False])
+    )
+    vocab = list(SPECIAL_TOKENS) + counts["code"].to_list()
+    quantiles = [i / config.n_bins for i in range(1, config.n_bins)]
+    valued = seen.filter(
+        pl.col("numeric_value").is_not_null() & pl.col("code").is_in(counts["code"].implode())
+    )
+    edges = valued.group_by("code").agg(
+        pl.col("numeric_value").quantile(q, "linear").alias(f"q{i}")
+        for i, q in enumerate(quantiles)
+    )
+    # Repeated quantiles (discrete values such as triage levels) collapse into one edge.
+    bin_edges = {row[0]: sorted(set(row[1:])) for row in edges.sort("code").iter_rows()}
+    return Tokenizer(vocab, bin_edges, dict(static_columns), config, data_config)
+
+
+def _micros(times: pl.Series) -> np.ndarray:
+    return times.cast(pl.Datetime("us")).dt.epoch("us").to_numpy()
+
+
+def tokenize_dataset(
+    data_dir: Path, out_dir: Path, config: TokenizeConfig, *, overwrite: bool = False
+) -> dict:
+    """The tokenize stage: read and check a dataset, split patients, fit the tokenizer on the
+    training visits, encode every visit and write the tokens directory atomically.
+
+    Returns the manifest (also written as manifest.json). Raises InputError on bad input, before
+    anything is written.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise InputError("output directory already exists (use --overwrite)", file=str(out_dir))
+    dataset = read_dataset(data_dir, config.data)
+    visits = dataset.visits
+    split = assign_splits(visits["patient_id"], config.split)
+    budget = event_budget(config.tokenizer, len(dataset.static_columns))
+    windows = build_windows(
+        visits, dataset.events, lookback_days=config.tokenizer.lookback_days, max_events=budget
+    )
+    tokenizer = fit_tokenizer(
+        visits,
+        windows,
+        fit_mask=(split == "train").to_numpy(),
+        static_columns=dataset.static_columns,
+        config=config.tokenizer,
+        data_config=config.data,
+    )
+    tokens = tokenizer.encode_windows(visits, windows).with_columns(split)
+    labels = dataset.labels
+    if labels is None:
+        labels = pl.DataFrame(schema={"visit_id": visits.schema["visit_id"], "label": pl.Boolean})
+    tokens = tokens.join(labels, on="visit_id", how="left", maintain_order="left").with_columns(
+        labeled=pl.col("label").is_not_null()
+    )
+    tokens = tokens.select(
+        "visit_id", "patient_id", "split", "labeled", "label", "length", *TOKEN_COLUMNS
+    )
+    manifest = {
+        "format": TOKENS_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "ehr_ssl_version": __version__,
+        "inputs": input_fingerprint(dataset.files, dataset.root),
+        "vocab_size": tokenizer.vocab_size,
+        "static_columns": dataset.static_columns,
+        "splits": {},
+    }
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        tokenizer.save(tmp)
+        for name in SPLITS:
+            part = tokens.filter(pl.col("split") == name)
+            manifest["splits"][name] = write_split_shards(part, tmp, name, config.shard_visits)
+        atomic_write_text(tmp / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
+        atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def input_fingerprint(files: dict[str, list[Path]], root: Path) -> dict[str, dict]:
+    """Size and modification time of each input file, to tell later whether inputs changed."""
+    return {
+        str(path.relative_to(root)): {
+            "bytes": path.stat().st_size,
+            "mtime_ns": path.stat().st_mtime_ns,
+        }
+        for paths in files.values()
+        for path in paths
+    }
