@@ -1,0 +1,257 @@
+"""The `ehr-ssl` command: parses arguments and calls one library function per subcommand.
+
+Exit status: 0 success, 2 bad input or configuration (one line on stderr naming the file, the
+column and the problem), 1 an internal error. Logs carry counts and paths, never identifiers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ehr_ssl import __version__
+from ehr_ssl.config import TokenizeConfig, load_config
+from ehr_ssl.data.readers import read_dataset
+from ehr_ssl.data.summary import format_summary, summarize_dataset
+from ehr_ssl.errors import InputError
+from ehr_ssl.shards import format_manifest
+
+log = logging.getLogger("ehr_ssl")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _column_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading the data")
+    group.add_argument(
+        "--config",
+        type=Path,
+        help="TOML file with [data], [split] and [tokenizer] tables; options given here win",
+    )
+    group.add_argument(
+        "--prediction-offset-minutes",
+        type=float,
+        help="prediction_time = arrival_time + this when visits has no prediction_time "
+        "(default 60)",
+    )
+    group.add_argument(
+        "--static-columns",
+        type=_column_list,
+        help="comma-separated visit columns to use as static features (default: every extra "
+        "visit column of a numeric, string, categorical or boolean type)",
+    )
+    group.add_argument(
+        "--drop-null-time-events",
+        action="store_true",
+        default=None,
+        help="drop events with a null time (MEDS static rows) instead of rejecting them",
+    )
+    group.add_argument(
+        "--lookback-days",
+        type=float,
+        help="history window before arrival_time (default 365)",
+    )
+
+
+def _tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
+    return load_config(
+        TokenizeConfig,
+        args.config,
+        {
+            "data.prediction_offset_minutes": args.prediction_offset_minutes,
+            "data.static_columns": args.static_columns,
+            "data.drop_null_time_events": args.drop_null_time_events,
+            "tokenizer.lookback_days": args.lookback_days,
+            "tokenizer.max_length": getattr(args, "max_length", None),
+            "tokenizer.min_count": getattr(args, "min_count", None),
+            "tokenizer.n_bins": getattr(args, "n_bins", None),
+            "split.seed": getattr(args, "split_seed", None),
+            "split.val_fraction": getattr(args, "val_fraction", None),
+            "split.test_fraction": getattr(args, "test_fraction", None),
+            "shard_visits": getattr(args, "shard_visits", None),
+        },
+    )
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+
+    if args.out.exists() and not args.overwrite:
+        raise InputError("output directory already exists (use --overwrite)", file=str(args.out))
+    started = time.perf_counter()
+    cohort = generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=args.seed)
+    write_cohort(cohort, args.out, shards=args.shards, overwrite=args.overwrite)
+    log.info(
+        "synth: %d visits, %d events, %d labeled -> %s (%.1f s)",
+        cohort.visits.height,
+        cohort.events.height,
+        cohort.labels.height,
+        args.out,
+        time.perf_counter() - started,
+    )
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _tokenize_config(args)
+    dataset = read_dataset(args.data, config.data)
+    summary = summarize_dataset(dataset, lookback_days=config.tokenizer.lookback_days)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from ehr_ssl.tokenizer import tokenize_dataset
+
+    config = _tokenize_config(args)
+    started = time.perf_counter()
+    manifest = tokenize_dataset(args.data, args.out, config, overwrite=args.overwrite)
+    log.info("tokenize: wrote %s (%.1f s)", args.out, time.perf_counter() - started)
+    print(format_manifest(manifest))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+    from ehr_ssl.tokenizer import tokenize_dataset
+
+    data_dir, tokens_dir = args.out / "data", args.out / "tokens"
+    log.info("demo 1/3 synth: %d visits (seed %d) -> %s", args.visits, args.seed, data_dir)
+    cohort = generate_cohort(args.visits, labeled_frac=0.05, seed=args.seed)
+    write_cohort(cohort, data_dir, overwrite=True)
+    log.info("demo 2/3 validate: %s", data_dir)
+    config = TokenizeConfig()
+    summary = summarize_dataset(
+        read_dataset(data_dir, config.data), lookback_days=config.tokenizer.lookback_days
+    )
+    print(format_summary(summary))
+    log.info("demo 3/3 tokenize: -> %s", tokens_dir)
+    manifest = tokenize_dataset(data_dir, tokens_dir, config, overwrite=True)
+    print()
+    print(format_manifest(manifest))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="ehr-ssl",
+        description="Self-supervised representations of ED visits from EHR Parquet data. "
+        "Exit status: 0 success, 2 bad input or configuration, 1 internal error.",
+    )
+    parser.add_argument("--version", action="version", version=f"ehr-ssl {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = commands.add_parser(
+        "synth",
+        help="write the built-in synthetic ED cohort",
+        description="Write a synthetic ED cohort (visits, events, labels and the oracle "
+        "admission probabilities) as a dataset directory. Deterministic for a seed.",
+        formatter_class=formatter,
+    )
+    synth.add_argument("out", type=Path, help="dataset directory to create")
+    synth.add_argument("--visits", type=_positive_int, default=100_000, help="number of visits")
+    synth.add_argument(
+        "--labeled-frac", type=_fraction, default=0.05, help="fraction of visits with a label"
+    )
+    synth.add_argument("--seed", type=int, default=0, help="random seed")
+    synth.add_argument(
+        "--shards", type=_positive_int, default=1, help="write events as this many files"
+    )
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    synth.set_defaults(run=cmd_synth)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a dataset against the input contract and summarize it",
+        description="Check a dataset directory against the input contract (data_schemas/) and "
+        "print a summary. Bad input: exit status 2 and one line naming file, column, problem.",
+        formatter_class=formatter,
+    )
+    validate.add_argument("data", type=Path, help="dataset directory")
+    validate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_data_options(validate)
+    validate.set_defaults(run=cmd_validate)
+
+    tokenize = commands.add_parser(
+        "tokenize",
+        help="split patients, fit the tokenizer on train, write token shards",
+        description="Split patients (train/val/test), fit the vocabulary and value bins on the "
+        "training patients, tokenize every visit and write token shards and the tokenizer. "
+        "Unset options take the --config file's value, else the default in brackets.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tokenize.add_argument("data", type=Path, help="dataset directory")
+    tokenize.add_argument("--out", type=Path, required=True, help="tokens directory to create")
+    tokenize.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_data_options(tokenize)
+    group = tokenize.add_argument_group("tokenizer")
+    group.add_argument("--max-length", type=_positive_int, help="tokens per visit [256]")
+    group.add_argument(
+        "--min-count",
+        type=_positive_int,
+        help="distinct training patients a code needs to enter the vocabulary [5]",
+    )
+    group.add_argument("--n-bins", type=_positive_int, help="quantile bins per numeric code [10]")
+    group.add_argument("--split-seed", type=int, help="seed of the patient split hash [0]")
+    group.add_argument("--val-fraction", type=_fraction, help="share of patients in val [0.1]")
+    group.add_argument("--test-fraction", type=_fraction, help="share of patients in test [0.1]")
+    group.add_argument(
+        "--shard-visits", type=_positive_int, help="visits per output shard [200000]"
+    )
+    tokenize.set_defaults(run=cmd_tokenize)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the pipeline on a synthetic cohort",
+        description="Synthesize a cohort, validate it and tokenize it (later stages are added "
+        "as they exist), printing the summaries. Replaces OUT.",
+        formatter_class=formatter,
+    )
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
+    demo.add_argument("--visits", type=_positive_int, default=20_000, help="synthetic visits")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.run(args)
+    except InputError as e:
+        print(f"ehr-ssl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ehr-ssl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

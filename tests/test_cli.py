@@ -1,0 +1,119 @@
+"""The `ehr-ssl` command: the synth -> validate -> tokenize chain, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from ehr_ssl.cli import build_parser, main
+from ehr_ssl.shards import read_manifest, read_split
+from tests.conftest import make_tables, write_tables
+
+
+def test_chain_on_a_small_synthetic_cohort(tmp_path, capsys):
+    data, tokens = tmp_path / "data", tmp_path / "tokens"
+    assert main(["synth", str(data), "--visits", "1500", "--seed", "3", "--shards", "2"]) == 0
+    assert len(list((data / "events").glob("*.parquet"))) == 2
+    assert main(["validate", str(data), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["visits"] == 1500
+    assert summary["labeled_visits"] == round(1500 * 0.05)
+    assert main(["tokenize", str(data), "--out", str(tokens), "--max-length", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert "tokenized cohort" in printed and "train" in printed
+    manifest = read_manifest(tokens)
+    assert sum(s["visits"] for s in manifest["splits"].values()) == 1500
+    splits = {name: read_split(tokens, name) for name in ("train", "val", "test")}
+    patients = [set(frame["patient_id"].to_list()) for frame in splits.values()]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    assert max(frame["length"].max() or 0 for frame in splits.values()) <= 64
+    config = json.loads((tokens / "config.json").read_text())
+    assert config["tokenizer"]["max_length"] == 64
+
+
+def test_bad_input_exit_2_one_line_no_output(tmp_path):
+    tables = make_tables()
+    tables["visits"] = tables["visits"].drop("patient_id")
+    data = write_tables(tmp_path / "data", tables)
+    out = tmp_path / "tokens"
+    result = subprocess.run(
+        [sys.executable, "-m", "ehr_ssl.cli", "tokenize", str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if " INFO " not in line]
+    assert errors == [
+        f"ehr-ssl: error: {data}/visits.parquet: column 'patient_id': missing (columns present: "
+        "visit_id, arrival_time, prediction_time, age, sex)"
+    ]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_existing_output_and_bad_config(tmp_path, capsys):
+    data = write_tables(tmp_path / "data", make_tables())
+    (tmp_path / "tokens").mkdir()
+    assert main(["tokenize", str(data), "--out", str(tmp_path / "tokens")]) == 2
+    assert "already exists (use --overwrite)" in capsys.readouterr().err
+    config = tmp_path / "run.toml"
+    config.write_text("[tokenizer]\nmax_lenght = 10\n")
+    assert (
+        main(["tokenize", str(data), "--out", str(tmp_path / "t2"), "--config", str(config)]) == 2
+    )
+    assert "unknown key 'max_lenght' (did you mean 'max_length'?)" in capsys.readouterr().err
+    assert not (tmp_path / "t2").exists()
+
+
+def test_config_file_and_flags_resolve_in_order(tmp_path):
+    data = write_tables(tmp_path / "data", make_tables())
+    config = tmp_path / "run.toml"
+    config.write_text("[tokenizer]\nmax_length = 40\nn_bins = 4\n[split]\nseed = 5\n")
+    out = tmp_path / "tokens"
+    args = ["tokenize", str(data), "--out", str(out), "--config", str(config), "--n-bins", "3"]
+    assert main(args) == 0
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["tokenizer"]["max_length"] == 40  # from the file
+    assert resolved["tokenizer"]["n_bins"] == 3  # the flag wins
+    assert resolved["split"]["seed"] == 5
+
+
+@pytest.mark.parametrize("command", [None, "synth", "validate", "tokenize", "demo"])
+def test_help_explains_every_option(command, capsys):
+    argv = ["--help"] if command is None else [command, "--help"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    parser = build_parser()
+    if command is not None:
+        parser = parser._subparsers._group_actions[0].choices[command]
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{command}: {action.option_strings} has no help"
+            assert action.option_strings[-1] in text
+
+
+def test_validate_reports_oddities(tmp_path, capsys):
+    tables = make_tables()
+    orphan = pl.DataFrame(
+        {
+            "patient_id": [999],
+            "time": tables["events"]["time"][:1],
+            "code": ["DX//X"],
+            "numeric_value": [None],
+        },
+        schema=tables["events"].schema,
+    )
+    tables["events"] = pl.concat([tables["events"], orphan, tables["events"].head(2)])
+    data = write_tables(tmp_path / "data", tables)
+    assert main(["validate", str(data), "--json"]) == 0
+    oddities = json.loads(capsys.readouterr().out)["oddities"]
+    assert oddities["events_of_patients_without_visits"] == 1
+    assert oddities["duplicate_event_rows"] == 2
+    assert oddities["visits_without_events"] == 0
