@@ -9,6 +9,12 @@ import polars as pl
 import pytest
 
 T0 = datetime(2023, 5, 1, 12, 0)
+EVENTS_SCHEMA = {
+    "patient_id": pl.Int64,
+    "time": pl.Datetime("us"),
+    "code": pl.String,
+    "numeric_value": pl.Float64,
+}
 
 
 def hours(h: float) -> timedelta:
@@ -38,16 +44,7 @@ def make_tables(n_patients: int = 40) -> dict[str, pl.DataFrame]:
             schema=["visit_id", "patient_id", "arrival_time", "prediction_time", "age", "sex"],
             orient="row",
         ),
-        "events": pl.DataFrame(
-            events,
-            schema={
-                "patient_id": pl.Int64,
-                "time": pl.Datetime("us"),
-                "code": pl.String,
-                "numeric_value": pl.Float64,
-            },
-            orient="row",
-        ),
+        "events": pl.DataFrame(events, schema=EVENTS_SCHEMA, orient="row"),
         "labels": pl.DataFrame(labels, schema=["visit_id", "label"], orient="row"),
     }
 

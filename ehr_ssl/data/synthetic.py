@@ -49,7 +49,7 @@ class Cohort:
         visits: visit_id i64 (unique), patient_id i64, arrival_time and prediction_time
             Datetime("us"), age f64, sex str ("F"/"M"); sorted by arrival_time (= visit_id order).
         events: patient_id i64, time Datetime("us"), code str, numeric_value f64 (null when the
-            event has no value); sorted by (patient_id, time).
+            event has no value); sorted by (patient_id, time, code).
         labels: visit_id i64, label bool; only the labeled fraction of visits.
         oracle: visit_id i64, admission_probability f64; every visit, the true
             P(admitted within 7 days) the label was drawn from.
@@ -464,7 +464,8 @@ class _EventBuffer:
         self._chunks.append((patient, time, code, value))
 
     def to_frame(self, patient_ids: np.ndarray) -> pl.DataFrame:
-        """The events frame sorted by (patient_id, time), stable (ties keep insertion order)."""
+        """The events frame sorted by (patient_id, time, code): the canonical order MEDS-style
+        tables are usually stored in (and the order the tokenizer reads events in)."""
         patient = np.concatenate([c[0] for c in self._chunks]).astype(np.int64)
         time = np.concatenate([c[1] for c in self._chunks])
         code = np.concatenate([c[2] for c in self._chunks])
@@ -472,9 +473,11 @@ class _EventBuffer:
             [np.full(len(c[0]), np.nan) if c[3] is None else c[3] for c in self._chunks]
         )
         self._chunks.clear()
+        names = list(self._ids)
+        lexical_rank = np.argsort(np.argsort(np.array(names, dtype=object)))  # per code id
         order = (
-            pl.DataFrame({"p": patient, "t": time})
-            .select(pl.arg_sort_by(["p", "t"], maintain_order=True))
+            pl.DataFrame({"p": patient, "t": time, "c": lexical_rank[code]})
+            .select(pl.arg_sort_by(["p", "t", "c"]))
             .to_series()
             .to_numpy()
         )

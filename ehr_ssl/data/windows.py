@@ -41,11 +41,15 @@ class EventWindows:
         depth = np.bincount(start, minlength=n + 1) - np.bincount(end, minlength=n + 1)
         return np.cumsum(depth[:n]) > 0
 
-    def gather_index(self) -> np.ndarray:
-        """Shape (sum of lengths,): event row of every read event, visit after visit."""
+    def gather_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every read event, visit after visit, as three arrays of shape (sum of lengths,):
+        the visit (int32), the event's position k within that visit's window, and its row in
+        `events` (start[visit] + k)."""
         lengths = self.lengths
-        offsets = np.cumsum(lengths) - lengths
-        return np.arange(int(lengths.sum())) - np.repeat(offsets - self.start, lengths)
+        visit = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+        first = np.cumsum(lengths) - lengths  # flat position of each visit's first event
+        k = np.arange(visit.size) - first[visit]
+        return visit, k, self.start[visit] + k
 
 
 def build_windows(
@@ -75,30 +79,31 @@ def build_windows(
         "current": pl.col("arrival_time") - one_us,
         "end": pl.col("prediction_time"),
     }
-    base = visits.select("patient_id", row.alias("visit")).join(
+    n = visits.height
+    # All queries in one as-of join (the by-patient grouping of the events is built once);
+    # query j of visit i is row j * n + i.
+    left = pl.concat(
+        [
+            visits.select("patient_id", query.alias("q"), (row + j * n).alias("query"))
+            for j, query in enumerate(queries.values())
+        ]
+    ).sort("patient_id", "q")
+    found = left.join_asof(
+        indexed,
+        left_on="q",
+        right_on="time",
+        by="patient_id",
+        strategy="backward",
+        check_sortedness=False,
+    ).sort("query")
+    patient_start = visits.select("patient_id").join(
         first_row, on="patient_id", how="left", maintain_order="left"
-    )
-    bounds = {}
-    for name, query in queries.items():
-        left = visits.select("patient_id", query.alias("q"), row.alias("visit")).sort(
-            "patient_id", "q"
-        )
-        found = left.join_asof(
-            indexed,
-            left_on="q",
-            right_on="time",
-            by="patient_id",
-            strategy="backward",
-            check_sortedness=False,
-        ).sort("visit")
-        # One past the last event at or before the query; none found = the patient's first event.
-        bounds[name] = (
-            (found["row"] + 1)
-            .fill_null(base["patient_start"])
-            .fill_null(0)
-            .to_numpy()
-            .astype(np.int64)
-        )
+    )["patient_start"]
+    # One past the last event at or before the query (0 = none found: then the patient's first
+    # event, or row 0 for a patient without events, so that the window is empty).
+    ends = (found["row"].fill_null(-1).to_numpy() + 1).reshape(len(queries), n)  # Shape: (3, V)
+    fallback = patient_start.fill_null(0).to_numpy()
+    bounds = {name: np.where(ends[j] == 0, fallback, ends[j]) for j, name in enumerate(queries)}
     end = bounds["end"]
     start = bounds["start"] if max_events is None else np.maximum(bounds["start"], end - max_events)
     current = np.clip(bounds["current"], start, end)

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from ehr_ssl.data.windows import build_windows
-from tests.conftest import T0
+from tests.conftest import EVENTS_SCHEMA, T0
 
 US = timedelta(microseconds=1)
 YEAR = timedelta(days=365)
@@ -43,12 +43,7 @@ def _frames(extra_visits=(), extra_events=()):
     )
     events = pl.DataFrame(
         [(1, t, code, None) for code, t in TIMELINE.items()] + list(extra_events),
-        schema={
-            "patient_id": pl.Int64,
-            "time": pl.Datetime("us"),
-            "code": pl.String,
-            "numeric_value": pl.Float64,
-        },
+        schema=EVENTS_SCHEMA,
         orient="row",
     )
     return visits, events
@@ -148,5 +143,7 @@ def test_read_mask_and_gather_index():
     codes = np.array(windows.events["code"].to_list())
     assert sorted(codes[windows.read_mask()]) == ["e1", "e2", "e3", "e4", "e5"]
     assert sorted(codes[windows.read_mask(np.array([True, False]))]) == ["e1", "e2", "e3", "e4"]
-    gathered = codes[windows.gather_index()].tolist()
-    assert gathered == ["e1", "e2", "e3", "e4", "e2", "e3", "e4", "e5"]
+    visit, k, row = windows.gather_index()
+    assert codes[row].tolist() == ["e1", "e2", "e3", "e4", "e2", "e3", "e4", "e5"]
+    assert visit.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert k.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
