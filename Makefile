@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check ehr_ssl tests benchmarks
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_synth.py --visits 100000
 	$(BIN)/python benchmarks/bench_tokenize.py --visits 100000
 
 # Regenerate data_schemas/*.json from ehr_ssl/data/schema.py (a test checks they agree).

@@ -288,3 +288,20 @@ def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
         tokenize_dataset(data, tmp_path / "out", _config())
     assert not (tmp_path / "out").exists()
     assert list(tmp_path.iterdir()) == [tmp_path / "data"]
+
+
+def test_no_identifiers_in_tokenizer_or_metadata(tmp_path):
+    """tokenizer.json, manifest.json and config.json travel with models: no patient or visit id."""
+    tables = make_tables()
+    for name, key in (
+        ("visits", "visit_id"),
+        ("visits", "patient_id"),
+        ("labels", "visit_id"),
+        ("events", "patient_id"),
+    ):
+        tables[name] = tables[name].with_columns(pl.format("ID-{}-SECRET", pl.col(key)))
+    data = write_tables(tmp_path / "data", tables)
+    out = tmp_path / "tokens"
+    tokenize_dataset(data, out, _config())
+    for name in ("tokenizer.json", "manifest.json", "config.json"):
+        assert "SECRET" not in (out / name).read_text(), name
