@@ -23,6 +23,13 @@ from ehr_ssl.shards import format_manifest
 log = logging.getLogger("ehr_ssl")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit status 2), like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -154,14 +161,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ehr-ssl",
         description="Self-supervised representations of ED visits from EHR Parquet data. "
         "Exit status: 0 success, 2 bad input or configuration, 1 internal error.",
     )
     parser.add_argument("--version", action="version", version=f"ehr-ssl {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     synth = commands.add_parser(
         "synth",

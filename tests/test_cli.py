@@ -117,3 +117,39 @@ def test_validate_reports_oddities(tmp_path, capsys):
     assert oddities["events_of_patients_without_visits"] == 1
     assert oddities["duplicate_event_rows"] == 2
     assert oddities["visits_without_events"] == 0
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["synth", "OUT", "--visits", "0"], "argument --visits: must be >= 1, got 0"),
+        (["synth", "OUT", "--labeled-frac", "1.5"], "must be in [0, 1], got 1.5"),
+        (["tokenize", "DATA"], "the following arguments are required: --out"),
+        (["validate", "DATA", "--lookback-days", "x"], "invalid float value: 'x'"),
+        (["nonsense"], "invalid choice: 'nonsense'"),
+    ],
+)
+def test_usage_errors_are_one_line(tmp_path, capsys, argv, expected):
+    argv = [str(tmp_path / a) if a in ("OUT", "DATA") else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and "--help" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["validate", "tokenize"])
+def test_every_data_command_rejects_bad_input_with_one_line(tmp_path, capsys, command):
+    tables = make_tables()
+    tables["events"] = tables["events"].with_columns(pl.col("time").cast(pl.String))
+    data = write_tables(tmp_path / "data", tables)
+    argv = [command, str(data)] + (
+        ["--out", str(tmp_path / "out")] if command == "tokenize" else []
+    )
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"ehr-ssl: error: {data}/events.parquet: column 'time': expected a timestamp, found String"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
