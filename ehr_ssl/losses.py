@@ -1,0 +1,168 @@
+"""Pure loss functions of tensors for the pretraining objectives: masked-event modeling and the
+symmetric InfoNCE (NT-Xent) of SimCLR. They know nothing about models or heads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100  # HF convention: a label of -100 is not a prediction target
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """At least float32: bf16/fp16 are upcast, float64 stays float64 (so gradcheck works)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _masked_cross_entropy(logits: Tensor, labels: Tensor, name: str) -> Tensor:
+    """Mean cross-entropy over the positions whose label is not IGNORE_INDEX; 0.0 when none are."""
+    if logits.ndim != 3:
+        raise ValueError(f"{name}_logits must be (B, T, C), got shape {tuple(logits.shape)}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"{name}_labels shape {tuple(labels.shape)} does not match "
+            f"{name}_logits shape {tuple(logits.shape)} without its last dimension"
+        )
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"{name}_labels must be an integer tensor, got {labels.dtype}")
+    n_classes = logits.shape[-1]
+    flat_labels = labels.reshape(-1)
+    # Gather the target rows first: masking usually selects ~15% of the tokens, so the softmax over
+    # the vocabulary runs on those rows only, and non-target logits (even NaN) never enter the loss.
+    target_rows = (flat_labels != IGNORE_INDEX).nonzero(as_tuple=True)[0]  # (n,)
+    n_targets = target_rows.numel()
+    target_logits = logits.reshape(-1, n_classes)[target_rows]  # (n, C)
+    target_labels = flat_labels[target_rows].long()  # (n,)
+    if n_targets and bool(((target_labels < 0) | (target_labels >= n_classes)).any()):
+        bad = target_labels[(target_labels < 0) | (target_labels >= n_classes)][0].item()
+        raise ValueError(
+            f"{name}_labels contains {bad}, outside [0, {n_classes}) and not {IGNORE_INDEX}"
+        )
+    target_logits = target_logits.to(_compute_dtype(logits.dtype))
+    # Sum over an empty selection is exactly 0.0 and still backpropagates a zero gradient.
+    total = F.cross_entropy(target_logits, target_labels, reduction="sum")
+    return total / max(n_targets, 1)
+
+
+def masked_event_loss(
+    code_logits: Tensor, code_labels: Tensor, bin_logits: Tensor, bin_labels: Tensor
+) -> tuple[Tensor, Tensor]:
+    """BERT-style masked-event modeling loss: predict the code and the value bin of masked events.
+
+    Each term is the mean cross-entropy over its own target positions only (labels != -100);
+    positions that are not targets do not touch the loss or its gradient. The value-bin term has
+    its own targets, since only masked events with a numeric value carry a bin label. A term with
+    no target position in the batch is exactly 0.0 (with a zero gradient, never NaN). Computed in
+    at least float32 whatever the logits' dtype (bf16 logits give a float32 loss).
+
+    Args:
+        code_logits: Scores over the code vocabulary at every position.
+        code_labels: Code id to predict, -100 where the position is not a target.
+        bin_logits: Scores over the K value-bin classes at every position.
+        bin_labels: Value-bin class to predict, -100 where not a target (unmasked positions and
+            events without a numeric value).
+
+    Returns:
+        (code_loss, bin_loss), two scalar tensors.
+
+    Shape:
+        code_logits (B, T, V), code_labels (B, T), bin_logits (B, T, K), bin_labels (B, T)
+        -> code_loss (), bin_loss ().
+
+    Raises:
+        ValueError: on mismatched shapes, non-integer labels, or a label outside [0, V) (or
+            [0, K)) that is not -100.
+    """
+    code_loss = _masked_cross_entropy(code_logits, code_labels, "code")
+    bin_loss = _masked_cross_entropy(bin_logits, bin_labels, "bin")
+    return code_loss, bin_loss
+
+
+def info_nce_loss(
+    z_a: Tensor,
+    z_b: Tensor,
+    *,
+    temperature: float,
+    offset: int = 0,
+    all_a: Tensor | None = None,
+    all_b: Tensor | None = None,
+) -> Tensor:
+    """Symmetric InfoNCE / NT-Xent loss of SimCLR (Chen et al. 2020).
+
+    Row i of `z_a` and row i of `z_b` are two views of the same visit (the positive pair). Both are
+    L2-normalized here, so the similarity is cosine / temperature. Each of the 2N embeddings is an
+    anchor: its positive is its pair, its negatives are the other 2N - 2 embeddings of both views,
+    and its own self-similarity is left out of the softmax denominator. The loss is the mean over
+    the 2N anchors of -log softmax at the positive. With N = 1 there is no negative and the loss
+    is 0. Computed in at least float32.
+
+    Distributed training: pass the global batch as `all_a`, `all_b` (M rows, every process's rows
+    in rank order, this process's at `offset : offset + N`). The anchors stay the local 2N rows and
+    the candidates become all 2M gathered embeddings, so negatives come from every process. The
+    caller must gather *with* gradients (`torch.distributed.nn.functional.all_gather`, whose
+    backward sums each rank's contribution to the local rows), and every process must hold the
+    same N: then the mean over the local anchors, averaged over processes by DDP, has the value and
+    the gradient of the single-process loss on the global batch. With `all_a=z_a`, `all_b=z_b`,
+    `offset=0` this is the plain call.
+
+    Args:
+        z_a: Projections of the first view.
+        z_b: Projections of the second view, row-aligned with `z_a`.
+        temperature: Softmax temperature, > 0.
+        offset: Index of this process's first row in `all_a` / `all_b`.
+        all_a: Gathered first-view projections of the global batch, or None (single process).
+        all_b: Gathered second-view projections of the global batch, or None (single process).
+
+    Returns:
+        The scalar loss.
+
+    Shape:
+        z_a (N, D), z_b (N, D), all_a (M, D), all_b (M, D) -> ().
+
+    Raises:
+        ValueError: on a temperature that is not a finite positive number, mismatched shapes, only
+            one of `all_a` / `all_b`, or an offset that does not place the N rows inside M.
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if z_a.ndim != 2 or z_a.shape != z_b.shape:
+        raise ValueError(
+            f"z_a and z_b must both be (N, D), got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
+    n_local, dim = z_a.shape
+    if n_local == 0:
+        raise ValueError("z_a and z_b must have at least one row, got 0")
+    if (all_a is None) != (all_b is None):
+        raise ValueError("all_a and all_b must be given together")
+    if all_a is None or all_b is None:
+        all_a, all_b, offset = z_a, z_b, 0
+    else:
+        if all_a.ndim != 2 or all_a.shape != all_b.shape or all_a.shape[1] != dim:
+            raise ValueError(
+                f"all_a and all_b must both be (M, {dim}), "
+                f"got {tuple(all_a.shape)} and {tuple(all_b.shape)}"
+            )
+        if not 0 <= offset <= all_a.shape[0] - n_local:
+            raise ValueError(
+                f"offset {offset} does not place {n_local} local rows inside {all_a.shape[0]} rows"
+            )
+    n_global = all_a.shape[0]
+    dtype = _compute_dtype(torch.promote_types(z_a.dtype, all_a.dtype))
+
+    # Anchors: [a_0..a_{N-1}, b_0..b_{N-1}]; candidates: [A_0..A_{M-1}, B_0..B_{M-1}].
+    anchors = F.normalize(torch.cat([z_a, z_b]).to(dtype), dim=1)  # (2N, D)
+    candidates = F.normalize(torch.cat([all_a, all_b]).to(dtype), dim=1)  # (2M, D)
+    logits = anchors @ candidates.T / temperature  # (2N, 2M)
+
+    local = torch.arange(n_local, device=z_a.device) + offset  # (N,) global row of each local pair
+    self_cols = torch.cat([local, local + n_global])  # (2N,) each anchor's own column
+    positive_cols = torch.cat([local + n_global, local])  # (2N,) its pair, in the other view
+    rows = torch.arange(2 * n_local, device=z_a.device)
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[rows, self_cols] = True
+    # -inf, not a large negative number: exp gives exactly 0, and the positive is always finite.
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    return F.cross_entropy(logits, positive_cols)
