@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from ehr_ssl import __version__
-from ehr_ssl.config import TokenizeConfig, load_config
+from ehr_ssl.config import PRESETS, TokenizeConfig, load_config, load_pretrain_config
 from ehr_ssl.data.readers import read_dataset
 from ehr_ssl.data.summary import format_summary, summarize_dataset
-from ehr_ssl.errors import InputError
+from ehr_ssl.errors import InputError, TrainingError
 from ehr_ssl.shards import format_manifest
 
 log = logging.getLogger("ehr_ssl")
@@ -138,6 +138,40 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ehr_ssl.train import pretrain
+
+    config = load_pretrain_config(
+        args.config,
+        {
+            "preset": args.preset,
+            "train.max_steps": args.max_steps,
+            "train.epochs": args.epochs,
+            "train.device": args.device,
+            "train.batch_size": args.batch_size,
+            "train.learning_rate": args.learning_rate,
+            "train.num_workers": args.num_workers,
+            "train.seed": args.seed,
+            "train.compile": args.compile,
+            "train.tensorboard": args.tensorboard,
+            "train.include_test_unlabeled": args.include_test_unlabeled,
+            "objective.masked_weight": args.masked_weight,
+            "objective.contrastive_weight": args.contrastive_weight,
+        },
+    )
+    started = time.perf_counter()
+    summary = pretrain(args.tokens, args.out, config, resume=args.resume)
+    final = summary["final_metrics"]
+    log.info(
+        "pretrain: %d steps, final loss %.4f, wrote %s (%.1f s)",
+        summary["steps"],
+        final.get("loss", float("nan")),
+        args.out,
+        time.perf_counter() - started,
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ehr_ssl.data.synthetic import generate_cohort, write_cohort
     from ehr_ssl.tokenizer import tokenize_dataset
@@ -231,6 +265,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tokenize.set_defaults(run=cmd_tokenize)
 
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="self-supervised pretraining of the encoder on token shards",
+        description="Pretrain the encoder with masked-event modeling and contrastive visits on "
+        "every visit of the patients outside the test split (labeled or not). Writes the "
+        "encoder (safetensors + config.json), the tokenizer, the resolved config, metrics.jsonl "
+        "and checkpoints. Unset options take the --config file's value, else the preset's.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pretrain.add_argument("--tokens", type=Path, required=True, help="tokens directory")
+    pretrain.add_argument("--out", type=Path, required=True, help="run directory")
+    pretrain.add_argument(
+        "--preset", choices=sorted(PRESETS), help="tiny (tests), small (CPU demo), base (GPU)"
+    )
+    pretrain.add_argument(
+        "--config", type=Path, help="TOML file with preset and [model], [objective], [train]"
+    )
+    pretrain.add_argument("--max-steps", type=_positive_int, help="stop after this many steps")
+    pretrain.add_argument("--epochs", type=_positive_int, help="passes over the visits [1]")
+    pretrain.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="where to train [auto: cuda if any]"
+    )
+    pretrain.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    pretrain.add_argument("--batch-size", type=_positive_int, help="visits per step")
+    pretrain.add_argument("--learning-rate", type=float, help="peak learning rate")
+    pretrain.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    pretrain.add_argument("--seed", type=int, help="seed of initialization, data order, masking")
+    pretrain.add_argument(
+        "--masked-weight", type=float, help="weight of masked-event modeling (0 = off) [1.0]"
+    )
+    pretrain.add_argument(
+        "--contrastive-weight", type=float, help="weight of contrastive visits (0 = off) [1.0]"
+    )
+    pretrain.add_argument(
+        "--include-test-unlabeled",
+        action="store_true",
+        default=None,
+        help="transductive: also pretrain on the test patients' unlabeled visits",
+    )
+    pretrain.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile the encoder"
+    )
+    pretrain.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also log to RUN/tensorboard (needs the tensorboard package)",
+    )
+    pretrain.set_defaults(run=cmd_pretrain)
+
     demo = commands.add_parser(
         "demo",
         help="run the pipeline on a synthetic cohort",
@@ -252,11 +336,18 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # transformers draws its own bars when saving; our logs stay plain lines.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         return args.run(args)
     except InputError as e:
         print(f"ehr-ssl: error: {e}", file=sys.stderr)
         return 2
+    except TrainingError as e:
+        print(f"ehr-ssl: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("ehr-ssl: interrupted", file=sys.stderr)
         return 130

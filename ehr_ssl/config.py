@@ -7,6 +7,7 @@ configuration is saved beside every output (`config.json`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import tomllib
@@ -149,17 +150,29 @@ def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:
     return value
 
 
-def load_config(cls: type, path: Path | None, overrides: dict[str, Any]) -> Any:
-    """Defaults, then the TOML file at `path` (if any), then `overrides` ("section.key" -> value;
-    None values are skipped, so unset command-line options keep the file's value)."""
-    values: dict[str, Any] = {}
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError("file not found", file=str(path)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"not valid TOML ({e})", file=str(path)) from None
+
+
+def load_config(
+    cls: type,
+    path: Path | None,
+    overrides: dict[str, Any],
+    *,
+    base: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> Any:
+    """Defaults (or `base`), then the TOML file at `path` (if any), then `overrides`
+    ("section.key" -> value; None values are skipped, so unset command-line options keep the
+    file's value)."""
+    values = copy.deepcopy(base or {})  # overrides below must not write into PRESETS
     if path is not None:
-        try:
-            values = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputError("file not found", file=str(path)) from None
-        except tomllib.TOMLDecodeError as e:
-            raise InputError(f"not valid TOML ({e})", file=str(path)) from None
+        values = _merge(values, _read_toml(path))
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -168,4 +181,181 @@ def load_config(cls: type, path: Path | None, overrides: dict[str, Any]) -> Any:
         for section in sections:
             node = node.setdefault(section, {})
         node[key] = value
-    return from_dict(cls, values, source=str(path) if path else "config")
+    return from_dict(cls, values, source=source or (str(path) if path else "config"))
+
+
+@dataclass
+class ModelConfig:
+    """Encoder architecture (vocabulary sizes and max length come from the tokenizer)."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 256
+    dropout: float = 0.1
+    pooling: str = "cls"
+    """Visit vector: "cls" (the [CLS] state) or "mean" (masked mean of all token states)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise InputError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                f"{self.num_attention_heads}",
+                column="model",
+            )
+        if self.pooling not in ("cls", "mean"):
+            raise InputError(
+                f"must be 'cls' or 'mean', got {self.pooling!r}", column="model.pooling"
+            )
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"must be in [0, 1), got {self.dropout}", column="model.dropout")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The self-supervised objectives; a weight of 0 switches a term off."""
+
+    masked_weight: float = 1.0
+    """Masked-event modeling (BERT-style): predict the code and, for numeric events, the bin."""
+    value_bin_weight: float = 0.5
+    """Weight of the value-bin prediction within the masked-event term."""
+    contrastive_weight: float = 1.0
+    """Contrastive visits (SimCLR-style NT-Xent between two augmented views)."""
+    mask_rate: float = 0.15
+    temperature: float = 0.1
+    projection_dim: int = 64
+    event_dropout: float = 0.1
+    """View augmentation: share of event tokens dropped."""
+    history_crop: float = 0.5
+    """View augmentation: up to this share of the oldest history events cropped."""
+    time_jitter: float = 0.1
+    """View augmentation: times multiplied by exp(N(0, time_jitter^2))."""
+
+    def __post_init__(self) -> None:
+        if self.masked_weight < 0 or self.contrastive_weight < 0 or self.value_bin_weight < 0:
+            raise InputError("weights must be >= 0", column="objective")
+        if self.masked_weight == 0 and self.contrastive_weight == 0:
+            raise InputError("at least one objective needs a weight > 0", column="objective")
+        if not 0 < self.mask_rate < 1:
+            raise InputError(
+                f"must be in (0, 1), got {self.mask_rate}", column="objective.mask_rate"
+            )
+        if self.temperature <= 0:
+            raise InputError(f"must be > 0, got {self.temperature}", column="objective.temperature")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    """AdamW decay, applied to weight matrices only (not biases, norms or embeddings)."""
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    """The cosine schedule decays to learning_rate * min_lr_ratio."""
+    grad_clip: float = 1.0
+    epochs: int = 1
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (default: epochs x batches per epoch)."""
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    seed: int = 0
+    num_workers: int = 0
+    """DataLoader worker processes reading the memory-mapped shards."""
+    device: str = "auto"
+    """"auto" (cuda when available), "cpu" or "cuda"; bf16 autocast on cuda, fp32 on cpu."""
+    compile: bool = False
+    """torch.compile the encoder (worth it on GPU for long runs)."""
+    pad_to_multiple_of: int = 1
+    include_test_unlabeled: bool = False
+    """Transductive setting: also pretrain on the test patients' unlabeled visits."""
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "epochs", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", column=f"train.{name}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InputError(f"must be >= 1, got {self.max_steps}", column="train.max_steps")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(
+                f"must be auto, cpu or cuda, got {self.device!r}", column="train.device"
+            )
+        if self.learning_rate <= 0:
+            raise InputError(f"must be > 0, got {self.learning_rate}", column="train.learning_rate")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything `ehr-ssl pretrain` needs; `preset` picks the starting values."""
+
+    preset: str = "small"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Starting points, overridden by a TOML file and flags. tiny: tests (seconds); small: the CPU demo
+# (sized to train at >= 50k tokens/s on 2 CPU cores); base: GPU pretraining.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "model": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+        "objective": {"projection_dim": 16},
+        "train": {"batch_size": 16, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
+    },
+    "small": {
+        "model": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 256,
+        },
+        "train": {"batch_size": 64, "learning_rate": 1e-3, "warmup_steps": 50},
+    },
+    "base": {
+        "model": {
+            "hidden_size": 512,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 8,
+            "intermediate_size": 2048,
+        },
+        "objective": {"projection_dim": 128},
+        "train": {
+            "batch_size": 256,
+            "learning_rate": 3e-4,
+            "warmup_steps": 1000,
+            "pad_to_multiple_of": 8,
+            "checkpoint_every": 1000,
+            "num_workers": 4,
+        },
+    },
+}
+
+
+def load_pretrain_config(path: Path | None, overrides: dict[str, Any]) -> PretrainConfig:
+    """Defaults, then the preset (from the flags, else the file, else "small"), then the TOML
+    file, then the flags."""
+    file_values = _read_toml(path) if path is not None else {}
+    preset = overrides.get("preset") or file_values.get("preset") or PretrainConfig.preset
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    values = _merge({"preset": preset, **PRESETS[preset]}, file_values)
+    return load_config(PretrainConfig, None, overrides, base=values, source=str(path or "config"))
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

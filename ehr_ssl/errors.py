@@ -17,3 +17,7 @@ class InputError(ValueError):
         self.problem = problem
         where = ": ".join(part for part in (file, f"column '{column}'" if column else None) if part)
         super().__init__(f"{where}: {problem}" if where else problem)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, say): one line on stderr, exit status 1."""

@@ -1,0 +1,144 @@
+"""Batches from token shards: a memory-mapped dataset, length-bucketed batch order, and a collate
+function that pads each batch only to its own longest visit.
+
+The dataset never loads the token arrays: each process memory-maps the Arrow shards on first
+use (so DataLoader workers open their own maps) and a visit is a slice of the flat arrays. The
+batch order is a pure function of (seed, epoch), so a resumed run can skip the batches it had
+already trained on and see exactly the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ehr_ssl.shards import flat_tokens, open_shard, read_manifest
+from ehr_ssl.tokenizer import PAD_ID, TOKEN_COLUMNS
+
+_DTYPES = {  # model input dtypes (embedding lookups take int64)
+    "input_ids": np.int64,
+    "value_bins": np.int64,
+    "time_deltas": np.float32,
+    "segment_ids": np.int64,
+}
+
+
+class TokenDataset(Dataset):
+    """Selected visits of a tokens directory; item i is a dict of numpy views of one visit."""
+
+    def __init__(self, tokens_dir: Path, selection: pl.Expr, *, splits: Sequence[str]):
+        """`selection` filters the per-visit columns (split, labeled, label, length, ...)."""
+        self.tokens_dir = Path(tokens_dir)
+        manifest = read_manifest(self.tokens_dir)
+        self.shard_paths = [
+            self.tokens_dir / name
+            for split in splits
+            for name in manifest["splits"][split]["shards"]
+        ]
+        rows, shard_of, lengths, labels = [], [], [], []
+        for index, path in enumerate(self.shard_paths):
+            meta = pl.from_arrow(open_shard(path).select(["labeled", "label", "length", "split"]))
+            chosen = meta.with_row_index("row").filter(selection)
+            rows.append(chosen["row"].to_numpy())
+            shard_of.append(np.full(chosen.height, index, dtype=np.int32))
+            lengths.append(chosen["length"].to_numpy())
+            labels.append(chosen["label"].to_numpy(allow_copy=True))
+        self.rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        self.shard_of = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int32)
+        self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
+        self.labels = np.concatenate(labels) if labels else np.zeros(0)
+        self._columns: list[dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _open(self) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+        if self._columns is None:  # first use in this process
+            tables = [open_shard(path) for path in self.shard_paths]
+            self._columns = [{c: flat_tokens(t, c) for c in TOKEN_COLUMNS} for t in tables]
+        return self._columns
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        columns = self._open()[self.shard_of[index]]
+        row = self.rows[index]
+        out = {}
+        for name, (values, offsets) in columns.items():
+            out[name] = values[offsets[row] : offsets[row + 1]]
+        return out
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_columns"] = None  # memory maps are reopened in the receiving process
+        return state
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of visits of similar length, in an order fixed by (seed, epoch).
+
+    Visits are shuffled, cut into pools of `pool_batches` batches, sorted by length within a pool
+    and cut into batches; the batch order is shuffled again. Padding stays low while every epoch
+    sees a different mix. `start_batch` skips the first batches of the epoch (resume).
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int = 0,
+        start_batch: int = 0,
+        pool_batches: int = 50,
+        drop_last: bool = True,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
+        self.pool = batch_size * pool_batches
+        self.drop_last = drop_last
+
+    def batches(self) -> list[np.ndarray]:
+        """Every batch of this epoch (before skipping), as arrays of dataset indices."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        batches = []
+        for start in range(0, len(order), self.pool):
+            pool = order[start : start + self.pool]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full if self.drop_last else full + (rest > 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches()[self.start_batch :]:
+            yield batch.tolist()
+
+
+def collate(visits: list[dict[str, np.ndarray]], pad_to_multiple_of: int = 1) -> dict:
+    """Right-pad visits to the batch's longest one (rounded up to `pad_to_multiple_of`).
+
+    Shape: each output tensor (B, T); attention_mask bool (True = token); padding is [PAD] with
+    value bin 0, time 0 and segment 0.
+    """
+    lengths = np.array([len(v["input_ids"]) for v in visits])
+    t = int(-(-lengths.max() // pad_to_multiple_of) * pad_to_multiple_of)
+    batch = {}
+    for name, dtype in _DTYPES.items():
+        padded = np.full((len(visits), t), PAD_ID if name == "input_ids" else 0, dtype=dtype)
+        for i, visit in enumerate(visits):
+            padded[i, : lengths[i]] = visit[name]
+        batch[name] = torch.from_numpy(padded)
+    batch["attention_mask"] = torch.from_numpy(np.arange(t)[None, :] < lengths[:, None])
+    return batch

@@ -1,0 +1,101 @@
+"""The self-supervised objectives wired together: the encoder, its two heads and the two losses.
+
+`forward` tells the story: make the inputs (masked tokens and/or two augmented views), encode,
+score with the heads, compute the weighted losses. With both objectives on, the masked-event
+loss is computed on view A, so one encoder pass serves both terms (masking is one more
+augmentation of that view); a weight of 0 switches a term and its encoder pass off.
+Randomness comes only from the generator passed in; device and precision belong to the loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ehr_ssl.config import ObjectiveConfig
+from ehr_ssl.heads import MaskedEventHead, ProjectionHead
+from ehr_ssl.losses import IGNORE_INDEX, info_nce_loss, masked_event_loss
+from ehr_ssl.masking import mask_events
+from ehr_ssl.model import EHREncoder
+from ehr_ssl.views import augment_view
+
+ENCODER_INPUTS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")
+
+
+class PretrainingModel(nn.Module):
+    """Encoder + masked-event head + projection head; returns every loss term."""
+
+    def __init__(self, encoder: EHREncoder, objective: ObjectiveConfig):
+        super().__init__()
+        config = encoder.config
+        self.encoder = encoder
+        self.objective = objective
+        self.masked_head = MaskedEventHead(
+            config.hidden_size, config.vocab_size, config.n_value_bins, config.layer_norm_eps
+        )
+        self.projection = ProjectionHead(config.hidden_size, objective.projection_dim)
+
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+        """Shape: batch tensors (B, T) -> scalar losses {"loss", "masked_code", "masked_bin",
+        "contrastive"} (terms switched off are absent)."""
+        o = self.objective
+        contrastive = o.contrastive_weight > 0
+        view_a = self._view(batch, generator) if contrastive else batch
+        losses: dict[str, Tensor] = {}
+        total = torch.zeros((), device=batch["input_ids"].device)
+        if o.masked_weight > 0:
+            view_a, code_labels, bin_labels = mask_events(
+                view_a,
+                vocab_size=self.encoder.config.vocab_size,
+                generator=generator,
+                rate=o.mask_rate,
+            )
+        encoded_a = self.encoder(**{k: view_a[k] for k in ENCODER_INPUTS})
+        if o.masked_weight > 0:
+            targets = code_labels != IGNORE_INDEX  # (B, T): only these rows reach the heads
+            code_logits, bin_logits = self.masked_head(encoded_a.last_hidden_state[targets])
+            # (N, C) -> (1, N, C): the loss takes (B, T, C) batches of labelled positions.
+            code_loss, bin_loss = masked_event_loss(
+                code_logits[None],
+                code_labels[targets][None],
+                bin_logits[None],
+                bin_labels[targets][None],
+            )
+            losses["masked_code"], losses["masked_bin"] = code_loss, bin_loss
+            total = total + o.masked_weight * (code_loss + o.value_bin_weight * bin_loss)
+        if contrastive:
+            view_b = self._view(batch, generator)
+            z_a = self.projection(encoded_a.pooler_output)
+            z_b = self.projection(
+                self.encoder(**{k: view_b[k] for k in ENCODER_INPUTS}).pooler_output
+            )
+            losses["contrastive"] = contrastive_loss(z_a, z_b, temperature=o.temperature)
+            total = total + o.contrastive_weight * losses["contrastive"]
+        losses["loss"] = total
+        return losses
+
+    def _view(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+        o = self.objective
+        return augment_view(
+            batch,
+            generator=generator,
+            event_dropout=o.event_dropout,
+            history_crop=o.history_crop,
+            time_jitter=o.time_jitter,
+        )
+
+
+def contrastive_loss(z_a: Tensor, z_b: Tensor, *, temperature: float) -> Tensor:
+    """NT-Xent on this process's pairs, with negatives from every process under DDP.
+
+    Shape: z_a, z_b (N, P) -> (). Every process must hold the same N (drop_last batches).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return info_nce_loss(z_a, z_b, temperature=temperature)
+    from torch.distributed.nn.functional import all_gather  # gathers with gradients
+
+    all_a = torch.cat(all_gather(z_a.contiguous()))  # (world * N, P), rank order
+    all_b = torch.cat(all_gather(z_b.contiguous()))
+    offset = dist.get_rank() * z_a.shape[0]
+    return info_nce_loss(z_a, z_b, temperature=temperature, offset=offset, all_a=all_a, all_b=all_b)

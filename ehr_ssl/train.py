@@ -1,0 +1,376 @@
+"""The pretraining loop, explicit and readable top to bottom (no Trainer framework).
+
+AdamW (no decay on biases, norms and embeddings), linear warmup then cosine decay (a pure function
+of the step), gradient clipping, bf16 autocast on CUDA and fp32 on CPU, optional torch.compile,
+length-bucketed batches streamed from memory-mapped shards, atomic checkpoints every N steps, and
+a resume that continues bit for bit. The loop owns device and precision; the model and the losses
+know nothing about either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import polars as pl
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ehr_ssl.atomic import atomic_directory, atomic_file, atomic_write_text
+from ehr_ssl.batching import LengthBucketSampler, TokenDataset, collate
+from ehr_ssl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ehr_ssl.config import PretrainConfig, TrainConfig, to_dict
+from ehr_ssl.data.splits import SPLITS
+from ehr_ssl.errors import InputError, TrainingError
+from ehr_ssl.model import EHRConfig, EHREncoder
+from ehr_ssl.pretraining import PretrainingModel
+from ehr_ssl.shards import read_manifest
+from ehr_ssl.tokenizer import TOKENIZER_FILE, Tokenizer
+
+log = logging.getLogger("ehr_ssl")
+
+RUN_CONFIG = "run_config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "pretrain_summary.json"
+ENCODER_DIR = "encoder"
+HEADS_FILE = "pretraining_heads.safetensors"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device cuda requested but no CUDA device is available", column="device")
+    return torch.device(name)
+
+
+def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
+    """Linear warmup over warmup_steps, then cosine decay to learning_rate * min_lr_ratio."""
+    peak, floor = config.learning_rate, config.learning_rate * config.min_lr_ratio
+    if step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    span = max(total_steps - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / span, 1.0)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay weight matrices of linear layers only; biases, norms and embeddings get none."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            is_matrix = isinstance(module, nn.Linear) and name == "weight"
+            (decay if is_matrix else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def pretraining_selection(include_test_unlabeled: bool) -> pl.Expr:
+    """Every visit of patients outside the test split, labeled or not; optionally also the test
+    patients' unlabeled visits (transductive). Test labels are never used."""
+    outside_test = pl.col("split") != "test"
+    if include_test_unlabeled:
+        return outside_test | ~pl.col("labeled")
+    return outside_test
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per logged step), optionally mirrored to TensorBoard."""
+
+    def __init__(self, run_dir: Path, *, resume_step: int, tensorboard: bool):
+        self.path = run_dir / METRICS
+        if self.path.exists():  # drop lines a killed run wrote after its last checkpoint
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_step
+            ]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise InputError(
+                    "tensorboard is not installed (pip install tensorboard)",
+                    column="train.tensorboard",
+                ) from None
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, float) and key != "elapsed_s":
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def pretrain(
+    tokens_dir: Path, out_dir: Path, config: PretrainConfig, *, resume: bool = False
+) -> dict:
+    """Pretrain an encoder on the token shards of `tokens_dir`; write the run to `out_dir`.
+
+    Returns the run summary (also written as pretrain_summary.json, the completion marker).
+    """
+    tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
+    tokenizer = Tokenizer.load(tokens_dir)
+    read_manifest(tokens_dir)
+    train = config.train
+    _prepare_run_dir(out_dir, config, resume=resume)
+    device = resolve_device(train.device)
+
+    dataset = TokenDataset(
+        tokens_dir, pretraining_selection(train.include_test_unlabeled), splits=SPLITS
+    )
+    if len(dataset) < train.batch_size:
+        raise InputError(
+            f"{len(dataset)} visits for pretraining, fewer than one batch of {train.batch_size}",
+            file=str(tokens_dir),
+        )
+    steps_per_epoch = len(LengthBucketSampler(dataset.lengths, train.batch_size, seed=train.seed))
+    total_steps = train.max_steps or train.epochs * steps_per_epoch
+
+    torch.manual_seed(train.seed)
+    encoder = EHREncoder(encoder_config(tokenizer, config))
+    model = PretrainingModel(encoder, config.objective).to(device)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, train.weight_decay),
+        lr=train.learning_rate,
+        betas=(0.9, 0.98),
+        fused=device.type == "cuda",
+    )
+    generator = torch.Generator(device=device).manual_seed(train.seed)
+    step, position = 0, {"epoch": 0, "batch": 0}
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        step, position = load_checkpoint(
+            checkpoint, model=model, optimizer=optimizer, generator=generator
+        )
+        log.info("pretrain: resumed from %s (step %d)", checkpoint.name, step)
+    if train.compile:
+        encoder.compile()  # in place: state_dict keys (and checkpoints) stay the same
+
+    metrics = MetricsLog(out_dir, resume_step=step, tensorboard=train.tensorboard)
+    log.info(
+        "pretrain: %d visits, %d steps (%d per epoch), %s, %s, %.2fM parameters",
+        len(dataset),
+        total_steps,
+        steps_per_epoch,
+        config.preset,
+        device,
+        sum(p.numel() for p in encoder.parameters()) / 1e6,
+    )
+    progress = tqdm(
+        total=total_steps, initial=step, disable=not sys.stderr.isatty(), desc="pretrain"
+    )
+    started, window = time.perf_counter(), _Window()
+    last = {}
+    model.train()
+    while step < total_steps:
+        sampler = LengthBucketSampler(
+            dataset.lengths,
+            train.batch_size,
+            seed=train.seed,
+            epoch=position["epoch"],
+            start_batch=position["batch"],
+        )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=partial(collate, pad_to_multiple_of=train.pad_to_multiple_of),
+            num_workers=train.num_workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by loaders
+        )
+        tick = time.perf_counter()
+        for batch in loader:
+            data_time = time.perf_counter() - tick
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            lr = learning_rate(step, train, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                losses = model(batch, generator)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at step {step}: training stopped; lower "
+                    "train.learning_rate or check the tokens (last checkpoint kept)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+            optimizer.step()
+            step += 1
+            position = {"epoch": position["epoch"], "batch": position["batch"] + 1}
+            window.add(batch["attention_mask"], data_time, time.perf_counter() - tick)
+            progress.update(1)
+            if step % train.log_every == 0 or step == total_steps:
+                last = {
+                    "step": step,
+                    "epoch": position["epoch"],
+                    "lr": lr,
+                    **{k: float(v.detach()) for k, v in losses.items()},
+                    "grad_norm": float(grad_norm),
+                    **window.flush(),
+                    "elapsed_s": round(time.perf_counter() - started, 2),
+                }
+                metrics.write(last)
+                progress.set_postfix(
+                    loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}"
+                )
+                if progress.disable:
+                    log.info(
+                        "step %d/%d loss %.4f lr %.2e %.0f tokens/s padding %.2f",
+                        step,
+                        total_steps,
+                        last["loss"],
+                        lr,
+                        last["tokens_per_s"],
+                        last["padding_fraction"],
+                    )
+            if step % train.checkpoint_every == 0 or step == total_steps:
+                save_checkpoint(
+                    out_dir,
+                    step=step,
+                    model=model,
+                    optimizer=optimizer,
+                    generator=generator,
+                    data_position=position,
+                    keep=train.keep_checkpoints,
+                )
+            if step >= total_steps:
+                break
+            tick = time.perf_counter()
+        else:  # the epoch ran out
+            position = {"epoch": position["epoch"] + 1, "batch": 0}
+    progress.close()
+    metrics.close()
+    return _finish(out_dir, tokens_dir, model, config, last, step, len(dataset))
+
+
+def encoder_config(tokenizer: Tokenizer, config: PretrainConfig) -> EHRConfig:
+    m = config.model
+    return EHRConfig(
+        vocab_size=tokenizer.vocab_size,
+        n_value_bins=tokenizer.config.n_bins + 1,
+        hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_hidden_layers,
+        num_attention_heads=m.num_attention_heads,
+        intermediate_size=m.intermediate_size,
+        max_position_embeddings=tokenizer.config.max_length,
+        hidden_dropout_prob=m.dropout,
+        attention_probs_dropout_prob=m.dropout,
+        pooling=m.pooling,
+    )
+
+
+class _Window:
+    """Throughput figures over the steps since the last log line."""
+
+    def __init__(self) -> None:
+        self.tokens = self.slots = 0
+        self.data_s = self.step_s = 0.0
+
+    def add(self, attention_mask: torch.Tensor, data_s: float, step_s: float) -> None:
+        self.tokens += int(attention_mask.sum())
+        self.slots += attention_mask.numel()
+        self.data_s += data_s
+        self.step_s += step_s
+
+    def flush(self) -> dict:
+        figures = {
+            "tokens_per_s": self.tokens / max(self.step_s, 1e-9),
+            "padding_fraction": 1 - self.tokens / max(self.slots, 1),
+            "data_s": self.data_s,
+            "compute_s": self.step_s - self.data_s,
+        }
+        self.__init__()
+        return figures
+
+
+def _prepare_run_dir(out_dir: Path, config: PretrainConfig, *, resume: bool) -> None:
+    """Create the run directory, or check that a resumed run has the same configuration."""
+    saved = out_dir / RUN_CONFIG
+    resolved = to_dict(config)
+    if resume and saved.exists():
+        previous = json.loads(saved.read_text())
+        if previous != resolved:
+            changed = sorted(_diff(previous, resolved))
+            raise InputError(
+                f"configuration differs from the run being resumed ({', '.join(changed)})",
+                file=str(saved),
+            )
+        return
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise InputError(
+            "output directory is not empty (use --resume to continue that run)", file=str(out_dir)
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, json.dumps(resolved, indent=2) + "\n")
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = set(a) | set(b)
+    out = []
+    for key in keys:
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out += _diff(a[key], b[key], f"{prefix}{key}.")
+        elif a.get(key) != b.get(key):
+            out.append(prefix + key)
+    return out
+
+
+def _finish(
+    out_dir: Path,
+    tokens_dir: Path,
+    model: PretrainingModel,
+    config: PretrainConfig,
+    last: dict,
+    step: int,
+    n_visits: int,
+) -> dict:
+    """Write the encoder, the heads, the tokenizer and the summary (the completion marker)."""
+    model = model.cpu()
+    with atomic_directory(out_dir / ENCODER_DIR, overwrite=True) as tmp:
+        model.encoder.save_pretrained(tmp)
+    heads = {
+        f"{name}.{k}": v.detach().contiguous()
+        for name in ("masked_head", "projection")
+        for k, v in getattr(model, name).state_dict().items()
+    }
+    with atomic_file(out_dir / HEADS_FILE) as tmp:
+        save_file(heads, str(tmp))
+    with atomic_file(out_dir / TOKENIZER_FILE) as tmp:
+        shutil.copyfile(tokens_dir / TOKENIZER_FILE, tmp)
+    summary = {
+        "steps": step,
+        "pretraining_visits": n_visits,
+        "transductive": config.train.include_test_unlabeled,
+        "objectives": {
+            "masked_weight": config.objective.masked_weight,
+            "contrastive_weight": config.objective.contrastive_weight,
+        },
+        "final_metrics": last,
+        "tokens_dir": str(tokens_dir),
+    }
+    atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return summary
