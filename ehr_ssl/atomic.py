@@ -29,6 +29,7 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     tmp.chmod(0o777 & ~umask)
     try:
         yield tmp
+        _fsync_tree(tmp)  # contents on disk before the rename makes them visible
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -39,6 +40,20 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
     return value
 
 
@@ -64,8 +72,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--static-columns",
         type=_column_list,
-        help="comma-separated visit columns to use as static features (default: every extra "
-        "visit column of a numeric, string, categorical or boolean type)",
+        help="comma-separated visit columns to use as static features (default: age,sex where "
+        "present; name only columns known at arrival, never identifiers)",
     )
     group.add_argument(
         "--drop-null-time-events",
@@ -139,7 +147,11 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from ehr_ssl.train import pretrain
+
+    hf_logging.disable_progress_bar()  # transformers' own save bars; our logs stay plain lines
 
     config = load_pretrain_config(
         args.config,
@@ -218,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--labeled-frac", type=_fraction, default=0.05, help="fraction of visits with a label"
     )
-    synth.add_argument("--seed", type=int, default=0, help="random seed")
+    synth.add_argument("--seed", type=_seed, default=0, help="random seed")
     synth.add_argument(
         "--shards", type=_positive_int, default=1, help="write events as this many files"
     )
@@ -257,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="distinct training patients a code needs to enter the vocabulary [5]",
     )
     group.add_argument("--n-bins", type=_positive_int, help="quantile bins per numeric code [10]")
-    group.add_argument("--split-seed", type=int, help="seed of the patient split hash [0]")
+    group.add_argument("--split-seed", type=_seed, help="seed of the patient split hash [0]")
     group.add_argument("--val-fraction", type=_fraction, help="share of patients in val [0.1]")
     group.add_argument("--test-fraction", type=_fraction, help="share of patients in test [0.1]")
     group.add_argument(
@@ -291,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--batch-size", type=_positive_int, help="visits per step")
     pretrain.add_argument("--learning-rate", type=float, help="peak learning rate")
     pretrain.add_argument("--num-workers", type=int, help="DataLoader worker processes")
-    pretrain.add_argument("--seed", type=int, help="seed of initialization, data order, masking")
+    pretrain.add_argument("--seed", type=_seed, help="seed of initialization, data order, masking")
     pretrain.add_argument(
         "--masked-weight", type=float, help="weight of masked-event modeling (0 = off) [1.0]"
     )
@@ -324,9 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     demo.add_argument("--visits", type=_positive_int, default=20_000, help="synthetic visits")
-    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed")
     demo.set_defaults(run=cmd_demo)
     return parser
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,10 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    # transformers draws its own bars when saving; our logs stay plain lines.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    # SIGTERM (a scheduler's stop) unwinds like Ctrl-C, so temporary outputs are removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.run(args)
     except InputError as e:
@@ -348,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         print(f"ehr-ssl: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # an output path that cannot be written, a full disk
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ehr-ssl: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ehr-ssl: interrupted", file=sys.stderr)
         return 130

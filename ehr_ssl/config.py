@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -20,6 +21,12 @@ from typing import Any
 from ehr_ssl.errors import InputError
 
 
+def _check_range(value: float, low: float, high: float, name: str) -> None:
+    """Finite and within [low, high] (NaN fails every comparison, so it is named first)."""
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InputError(f"must be a number in [{low}, {high}], got {value}", column=name)
+
+
 @dataclass
 class DataConfig:
     """How the input tables are read."""
@@ -27,16 +34,15 @@ class DataConfig:
     prediction_offset_minutes: float = 60.0
     """prediction_time = arrival_time + this, for visits tables without a prediction_time column."""
     static_columns: list[str] | None = None
-    """Visit columns used as static features; None = every extra visit column of a usable type."""
+    """Visit columns used as static features; None = age and sex, where present. Name only
+    columns known at arrival: never identifiers or anything recorded after prediction_time."""
     drop_null_time_events: bool = False
     """Drop events with a null time (MEDS static rows) instead of rejecting the file."""
 
     def __post_init__(self) -> None:
-        if self.prediction_offset_minutes < 0:
-            raise InputError(
-                f"must be >= 0, got {self.prediction_offset_minutes}",
-                column="data.prediction_offset_minutes",
-            )
+        _check_range(
+            self.prediction_offset_minutes, 0, 7 * 24 * 60, "data.prediction_offset_minutes"
+        )
 
 
 @dataclass
@@ -80,10 +86,7 @@ class TokenizerConfig:
     """Per-code quantile bins for numeric values (edges fitted on the training split)."""
 
     def __post_init__(self) -> None:
-        if self.lookback_days < 0:
-            raise InputError(
-                f"must be >= 0, got {self.lookback_days}", column="tokenizer.lookback_days"
-            )
+        _check_range(self.lookback_days, 0, 100 * 365, "tokenizer.lookback_days")
         if self.min_count < 1:
             raise InputError(f"must be >= 1, got {self.min_count}", column="tokenizer.min_count")
         if not 1 <= self.n_bins <= 100:
@@ -155,8 +158,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise InputError("file not found", file=str(path)) from None
-    except tomllib.TOMLDecodeError as e:
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a TOML file", file=str(path)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"not valid TOML ({e})", file=str(path)) from None
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror})", file=str(path)) from None
 
 
 def load_config(
@@ -232,16 +239,18 @@ class ObjectiveConfig:
     """View augmentation: times multiplied by exp(N(0, time_jitter^2))."""
 
     def __post_init__(self) -> None:
-        if self.masked_weight < 0 or self.contrastive_weight < 0 or self.value_bin_weight < 0:
-            raise InputError("weights must be >= 0", column="objective")
+        for name in ("masked_weight", "contrastive_weight", "value_bin_weight"):
+            _check_range(getattr(self, name), 0, 1e6, f"objective.{name}")
+        for name in ("event_dropout", "history_crop"):
+            _check_range(getattr(self, name), 0, 1, f"objective.{name}")
+        _check_range(self.time_jitter, 0, 10, "objective.time_jitter")
         if self.masked_weight == 0 and self.contrastive_weight == 0:
             raise InputError("at least one objective needs a weight > 0", column="objective")
         if not 0 < self.mask_rate < 1:
             raise InputError(
                 f"must be in (0, 1), got {self.mask_rate}", column="objective.mask_rate"
             )
-        if self.temperature <= 0:
-            raise InputError(f"must be > 0, got {self.temperature}", column="objective.temperature")
+        _check_range(self.temperature, 1e-4, 100, "objective.temperature")
 
 
 @dataclass
@@ -284,8 +293,14 @@ class TrainConfig:
             raise InputError(
                 f"must be auto, cpu or cuda, got {self.device!r}", column="train.device"
             )
-        if self.learning_rate <= 0:
-            raise InputError(f"must be > 0, got {self.learning_rate}", column="train.learning_rate")
+        _check_range(self.learning_rate, 1e-9, 10, "train.learning_rate")
+        _check_range(self.weight_decay, 0, 10, "train.weight_decay")
+        _check_range(self.grad_clip, 1e-6, 1e6, "train.grad_clip")
+        _check_range(self.min_lr_ratio, 0, 1, "train.min_lr_ratio")
+        if self.warmup_steps < 0 or self.num_workers < 0 or self.pad_to_multiple_of < 1:
+            raise InputError(
+                "warmup_steps and num_workers must be >= 0, pad_to_multiple_of >= 1", column="train"
+            )
 
 
 @dataclass

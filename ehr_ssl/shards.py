@@ -91,7 +91,9 @@ def flat_tokens(table: pa.Table, column: str = "input_ids") -> tuple[np.ndarray,
 
     Shape: values (N_tokens,), offsets (V + 1,). Zero-copy views for a single-chunk shard.
     """
-    array = table.column(column).combine_chunks()
+    chunked = table.column(column)
+    # combine_chunks() copies even a single chunk: take that chunk as it is (a view of the map).
+    array = chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
     offsets = np.asarray(array.offsets)
     values = array.values.to_numpy(zero_copy_only=True)
     return values[offsets[0] : offsets[-1]], offsets - offsets[0]

@@ -31,7 +31,7 @@ import pyarrow as pa
 from ehr_ssl import __version__
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
 from ehr_ssl.config import DataConfig, TokenizeConfig, TokenizerConfig, from_dict, to_dict
-from ehr_ssl.data.readers import check_events, check_visits, read_dataset
+from ehr_ssl.data.readers import check_events, check_time_zones, check_visits, read_dataset
 from ehr_ssl.data.schema import SCHEMA_VERSION
 from ehr_ssl.data.splits import SPLITS, assign_splits
 from ehr_ssl.data.windows import EventWindows, build_windows
@@ -133,6 +133,17 @@ class Tokenizer:
             prediction_offset_minutes=self.data_config.prediction_offset_minutes,
             static_columns=list(self.static_columns),
             drop_null_time_events=self.data_config.drop_null_time_events,
+        )
+        check_time_zones(
+            [
+                (
+                    "visits",
+                    visits.select(
+                        c for c in ("arrival_time", "prediction_time") if c in visits.columns
+                    ),
+                ),
+                ("events", events.select(c for c in ("time",) if c in events.columns)),
+            ]
         )
         visits, static_columns, _ = check_visits(visits, config=config)
         for name, kind in self.static_columns.items():
@@ -296,6 +307,11 @@ def fit_tokenizer(
     looked at. Each event counts once however many visits read it; a code's count is the number
     of distinct patients who have it.
     """
+    if not fit_mask.any():
+        raise InputError(
+            "no visit in the training split (too few patients, or split fractions leave none)",
+            column="split",
+        )
     read = windows.events.filter(pl.Series(windows.read_mask(fit_mask)))
     statics = static_events(visits.filter(pl.Series(fit_mask)), static_columns)
     seen = pl.concat(
@@ -310,6 +326,12 @@ def fit_tokenizer(
         .filter(pl.col("patients") >= config.min_count)
         .sort(["patients", "code"], descending=[True, False])
     )
+    if counts.height == 0:
+        raise InputError(
+            f"no code is held by min_count={config.min_count} training patients: the vocabulary "
+            "would be empty",
+            column="tokenizer.min_count",
+        )
     vocab = list(SPECIAL_TOKENS) + counts["code"].to_list()
     quantiles = [i / config.n_bins for i in range(1, config.n_bins)]
     valued = seen.filter(
@@ -348,6 +370,9 @@ def tokenize_dataset(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise InputError("output directory already exists (use --overwrite)", file=str(out_dir))
+    data, out = Path(data_dir).resolve(), out_dir.resolve()
+    if out == data or out in data.parents:
+        raise InputError("output directory would replace the input data", file=str(out_dir))
     dataset = read_dataset(data_dir, config.data)
     visits = dataset.visits
     split = assign_splits(visits["patient_id"], config.split)

@@ -153,3 +153,22 @@ def test_every_data_command_rejects_bad_input_with_one_line(tmp_path, capsys, co
         f"ehr-ssl: error: {data}/events.parquet: column 'time': expected a timestamp, found String"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_environment_problems_are_one_line_exit_2(tmp_path, capsys):
+    data = write_tables(tmp_path / "data", make_tables())
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["tokenize", str(data), "--out", str(tmp_path / "file" / "sub")], "file: File exists"),
+        (["tokenize", str(data), "--out", str(data), "--overwrite"], "would replace the input"),
+        (
+            ["tokenize", str(data), "--out", str(tmp_path / "t"), "--config", str(tmp_path)],
+            "is a directory, expected a TOML file",
+        ),
+        (["validate", str(data), "--lookback-days", "nan"], "got nan"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (argv, err)
+    assert (data / "visits.parquet").exists()

@@ -4,7 +4,14 @@ import re
 
 import pytest
 
-from ehr_ssl.config import SplitConfig, TokenizeConfig, TokenizerConfig, load_config, to_dict
+from ehr_ssl.config import (
+    DataConfig,
+    SplitConfig,
+    TokenizeConfig,
+    TokenizerConfig,
+    load_config,
+    to_dict,
+)
 from ehr_ssl.errors import InputError
 
 
@@ -24,7 +31,9 @@ def test_defaults_round_trip_through_dict():
         (lambda: SplitConfig(seed=-1), "non-negative"),
         (lambda: TokenizerConfig(min_count=0), "must be >= 1"),
         (lambda: TokenizerConfig(n_bins=0), "must be in [1, 100]"),
-        (lambda: TokenizerConfig(lookback_days=-1), "must be >= 0"),
+        (lambda: TokenizerConfig(lookback_days=-1), "must be a number in [0, 36500], got -1"),
+        (lambda: TokenizerConfig(lookback_days=float("nan")), "got nan"),
+        (lambda: DataConfig(prediction_offset_minutes=float("inf")), "got inf"),
     ],
 )
 def test_invalid_values_raise_clear_errors(make, message):

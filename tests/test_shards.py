@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -40,7 +42,17 @@ def test_flat_tokens_are_zero_copy_views_of_the_file(tokens_dir):
     shard = read_manifest(tokens_dir)["splits"]["train"]["shards"][0]
     table = open_shard(tokens_dir / shard)
     values, offsets = flat_tokens(table)
-    assert not values.flags.owndata and not values.flags.writeable  # a view into the mmap
+    assert not values.flags.owndata and not values.flags.writeable
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: the array's memory must be a mapping of the shard file itself
+        address = values.ctypes.data
+        mapped = [
+            line.split()
+            for line in maps.read_text().splitlines()
+            if line.endswith(str((tokens_dir / shard).resolve()))
+        ]
+        ranges = [tuple(int(x, 16) for x in fields[0].split("-")) for fields in mapped]
+        assert any(start <= address < end for start, end in ranges)
     frame = pl.from_arrow(table)
     for i, row in enumerate(frame["input_ids"].to_list()):
         assert values[offsets[i] : offsets[i + 1]].tolist() == row

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ehr_ssl.config import SplitConfig, TokenizeConfig, TokenizerConfig
+from ehr_ssl.config import DataConfig, SplitConfig, TokenizeConfig, TokenizerConfig
 from ehr_ssl.data.splits import assign_splits
 from ehr_ssl.errors import InputError
 from ehr_ssl.shards import read_split
@@ -28,14 +28,18 @@ from tests.conftest import make_tables, write_tables
 SPLIT = SplitConfig(seed=0, val_fraction=0.25, test_fraction=0.25)
 
 
-def _config(**tokenizer) -> TokenizeConfig:
-    return TokenizeConfig(split=SPLIT, tokenizer=TokenizerConfig(**{"min_count": 2, **tokenizer}))
+def _config(static_columns=None, **tokenizer) -> TokenizeConfig:
+    return TokenizeConfig(
+        data=DataConfig(static_columns=static_columns),
+        split=SPLIT,
+        tokenizer=TokenizerConfig(**{"min_count": 2, **tokenizer}),
+    )
 
 
-def _run(tmp_path, tables, name="tokens", **tokenizer):
+def _run(tmp_path, tables, name="tokens", static_columns=None, **tokenizer):
     data = write_tables(tmp_path / f"data-{name}", tables)
     out = tmp_path / name
-    manifest = tokenize_dataset(data, out, _config(**tokenizer))
+    manifest = tokenize_dataset(data, out, _config(static_columns, **tokenizer))
     frames = {s: read_split(out, s) for s in ("train", "val", "test")}
     return manifest, Tokenizer.load(out), pl.concat(frames.values()).sort("visit_id")
 
@@ -228,7 +232,7 @@ def test_encode_with_loaded_tokenizer_is_identical_and_maps_unknown_codes(tmp_pa
 def test_encode_rejects_changed_static_type(tmp_path):
     tables = make_tables()
     tables["visits"] = tables["visits"].with_columns(acuity=pl.col("patient_id") % 5)
-    _, tokenizer, _ = _run(tmp_path, tables)
+    _, tokenizer, _ = _run(tmp_path, tables, static_columns=["age", "sex", "acuity"])
     assert tokenizer.static_columns["acuity"] == "numeric"
     visits = tables["visits"].with_columns(pl.col("acuity").cast(pl.String))
     with pytest.raises(InputError, match="was numeric when the tokenizer was fitted"):
@@ -252,22 +256,78 @@ def test_max_length_truncates_oldest_history(tmp_path):
     tables = make_tables()
     p = _patients("train")[0]
     t = _history_time(tables, p)
-    _add_events(tables, [(p, t + timedelta(minutes=i), f"DX//C{i % 4}", None) for i in range(50)])
+    _add_events(
+        tables, [(p, t + timedelta(minutes=i), f"DX//C{i % 4}", float(i)) for i in range(50)]
+    )
     _, tokenizer, tokens = _run(tmp_path, tables, max_length=12)
     assert tokens["length"].max() == 12
-    longest = tokens.filter(pl.col("patient_id") == p).row(0, named=True)
-    assert (
-        longest["input_ids"][-3:]
-        == tokens.filter(pl.col("visit_id") == longest["visit_id"])["input_ids"][0].to_list()[-3:]
-    )
-    current = [s for s in longest["segment_ids"] if s == SEGMENT_CURRENT]
+    row = tokens.filter(pl.col("patient_id") == p).row(0, named=True)
+    # 12 = [CLS] + 2 statics + [HIST] + 5 history + [VISIT] + 2 current events. The kept
+    # history must be the 5 most recent: DX codes 45..49 minutes after t (hours before the
+    # prediction time: 5 days + 1 h - i minutes).
+    history = [i for i, s in enumerate(row["segment_ids"]) if s == SEGMENT_HISTORY][1:]
+    assert len(history) == 5
+    prediction = tables["visits"].filter(pl.col("visit_id") == row["visit_id"])["prediction_time"][
+        0
+    ]
+    expected = [
+        (t + timedelta(minutes=i) - prediction).total_seconds() / 3600 for i in range(45, 50)
+    ]
+    assert [row["time_deltas"][i] for i in history] == pytest.approx(expected, abs=1e-3)
+    current = [s for s in row["segment_ids"] if s == SEGMENT_CURRENT]
     assert len(current) == 3  # [VISIT] and both current-visit events before the cutoff survive
     with pytest.raises(InputError, match="leaves no room"):
         _run(tmp_path, tables, name="too-short", max_length=5)
 
 
+def test_time_deltas_are_hours_before_the_prediction_time(tmp_path):
+    tables = make_tables()
+    _, tokenizer, tokens = _run(tmp_path, tables)
+    lactate, hr = tokenizer.vocab.index("LAB//LACTATE"), tokenizer.vocab.index("VITAL//HR")
+    flat = tokens.select(pl.col("input_ids", "time_deltas", "segment_ids").explode())
+    # make_tables: arrival A, prediction A + 1 h, lactate at A + 15 min, heart rate at A + 30 min
+    current = flat.filter(pl.col("segment_ids") == SEGMENT_CURRENT)
+    assert (current.filter(pl.col("input_ids") == lactate)["time_deltas"] == -0.75).all()
+    assert (current.filter(pl.col("input_ids") == hr)["time_deltas"] == -0.5).all()
+
+
+def test_value_on_an_edge_goes_to_the_upper_bin(tmp_path):
+    tables = make_tables()
+    _, tokenizer, _ = _run(tmp_path, tables, n_bins=4)
+    edges = tokenizer.bin_edges["LAB//LACTATE"]
+    frame = pl.DataFrame(
+        {
+            "code": ["LAB//LACTATE"] * 3,
+            "numeric_value": [edges[0] - 1e-9, edges[0], edges[-1] + 1.0],
+        }
+    )
+    _, bins = tokenizer._token_ids(frame)
+    assert bins.tolist() == [1, 2, len(edges) + 1]
+
+
+def test_statics_are_fitted_on_training_patients_only(tmp_path):
+    tables = make_tables()
+    heldout = _patients("val") + _patients("test")
+    tables["visits"] = tables["visits"].with_columns(
+        sex=pl.when(pl.col("patient_id").is_in(heldout)).then(pl.lit("HELDOUT")).otherwise("sex"),
+        age=pl.when(pl.col("patient_id").is_in(heldout)).then(500.0).otherwise("age"),
+    )
+    _, tokenizer, tokens = _run(tmp_path, tables)
+    assert "STATIC//sex//HELDOUT" not in tokenizer.vocab
+    assert max(tokenizer.bin_edges["STATIC//age"]) < 100
+    rows = tokens.filter(pl.col("patient_id").is_in(heldout))
+    assert rows["input_ids"].list.get(2).to_list() == [UNK_ID] * rows.height
+
+
 def test_input_row_order_does_not_matter(tmp_path):
     tables = make_tables()
+    # Ties: repeated labs at the same time with different values.
+    repeats = (
+        tables["events"]
+        .filter(pl.col("code") == "LAB//LACTATE")
+        .with_columns(pl.col("numeric_value") + 0.25)
+    )
+    tables["events"] = pl.concat([tables["events"], repeats])
     _, _, reference = _run(tmp_path, tables, name="a")
     tables["events"] = tables["events"].sample(fraction=1.0, shuffle=True, seed=1)
     tables["visits"] = tables["visits"].sample(fraction=1.0, shuffle=True, seed=2)

@@ -24,14 +24,14 @@ KEY_COLUMNS = ("visit_id", "patient_id", "arrival_time", "prediction_time")
 @dataclass
 class Dataset:
     """A checked dataset. `static_columns` maps each static feature to "numeric" or
-    "categorical"; `ignored_columns` lists visit columns of unusable types."""
+    "categorical"; `unused_columns` lists the other visit columns, which are not read."""
 
     root: Path
     visits: pl.DataFrame
     events: pl.DataFrame
     labels: pl.DataFrame | None
     static_columns: dict[str, str]
-    ignored_columns: list[str]
+    unused_columns: list[str]
     files: dict[str, list[Path]]
 
 
@@ -48,15 +48,19 @@ def table_files(root: Path, table: Table) -> list[Path]:
         if not shards:
             raise InputError("directory has no *.parquet files", file=str(shard_dir))
         return shards
+    if single.is_dir():
+        raise InputError("is a directory, expected a Parquet file", file=str(single))
     if not single.is_file():
         raise InputError("file not found", file=str(single))
     return [single]
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
-    """Read a Parquet file, turning any decoding failure into an InputError naming the file."""
+    """Scan a Parquet file (only `columns`, if given) and collect it, turning any decoding
+    failure into an InputError naming the file."""
     try:
-        return pl.read_parquet(path, columns=columns)
+        scan = pl.scan_parquet(path)
+        return (scan.select(columns) if columns is not None else scan).collect()
     except Exception as e:  # polars/arrow raise many types for corrupt files
         raise InputError(
             f"not a readable Parquet file ({_first_line(e)})", file=str(path)
@@ -79,16 +83,24 @@ def read_dataset(root: Path, config: DataConfig) -> Dataset:
         raise InputError("dataset directory not found", file=str(root))
     files = {"visits": table_files(root, VISITS), "events": table_files(root, EVENTS)}
     (visits_path,) = files["visits"]
-    visits, static_columns, ignored = check_visits(
-        read_parquet(visits_path), config=config, source=str(visits_path)
+    raw_visits = read_parquet(visits_path)
+    times = [(str(visits_path), raw_visits.select(_contract_times(raw_visits)))]
+    visits, static_columns, unused = check_visits(
+        raw_visits, config=config, source=str(visits_path)
     )
     id_type = visits.schema["patient_id"]
 
     wanted = {c.name for c in EVENTS.columns} | {a for c in EVENTS.columns for a in c.aliases}
     shards = []
     for path in files["events"]:
-        present = [c for c in parquet_columns(path) if c in wanted]
-        shard = check_events(read_parquet(path, present), config=config, source=str(path))
+        # Only the contract's columns are read (projection pushdown); empty shards of a
+        # partitioned export are skipped (an events table with no rows at all is rejected).
+        raw = read_parquet(path, [c for c in parquet_columns(path) if c in wanted])
+        if raw.height == 0 and len(files["events"]) > 1:
+            continue
+        times.append((str(path), raw.select(_contract_times(raw))))
+        check_time_zones(times)
+        shard = check_events(raw, config=config, source=str(path))
         if shard.schema["patient_id"] != id_type:
             raise InputError(
                 f"type {shard.schema['patient_id']} differs from {visits_path.name} "
@@ -97,6 +109,8 @@ def read_dataset(root: Path, config: DataConfig) -> Dataset:
                 column="patient_id",
             )
         shards.append(shard)
+    if not shards:
+        raise InputError("every shard is empty", file=str(root / EVENTS.name))
     events = pl.concat(shards, rechunk=True) if len(shards) > 1 else shards[0]
 
     labels = None
@@ -105,13 +119,13 @@ def read_dataset(root: Path, config: DataConfig) -> Dataset:
         files["labels"] = [labels_path]
         labels = check_labels(read_parquet(labels_path), source=str(labels_path))
         check_labels_match_visits(labels, visits, source=str(labels_path))
-    return Dataset(root, visits, events, labels, static_columns, ignored, files)
+    return Dataset(root, visits, events, labels, static_columns, unused, files)
 
 
 def check_visits(
     df: pl.DataFrame, *, config: DataConfig, source: str = "visits"
 ) -> tuple[pl.DataFrame, dict[str, str], list[str]]:
-    """Check and normalize a visits table; returns (visits, static columns, ignored columns)."""
+    """Check and normalize a visits table; returns (visits, static columns, unused columns)."""
     df = _normalize(df, VISITS, source)
     if "prediction_time" not in df.columns:
         offset = timedelta(minutes=config.prediction_offset_minutes)
@@ -124,9 +138,9 @@ def check_visits(
         "prediction_time",
         "before arrival_time",
     )
-    static_columns, ignored = _static_columns(df, config.static_columns, source)
+    static_columns, unused = _static_columns(df, config.static_columns, source)
     df = df.select(*KEY_COLUMNS, *static_columns)
-    return df, static_columns, ignored
+    return df, static_columns, unused
 
 
 def check_events(df: pl.DataFrame, *, config: DataConfig, source: str = "events") -> pl.DataFrame:
@@ -185,7 +199,12 @@ def _normalize(df: pl.DataFrame, table: Table, source: str) -> pl.DataFrame:
 def _cast(df: pl.DataFrame, column: Column, source: str) -> pl.Expr:
     dtype = df.schema[column.name]
     col = pl.col(column.name)
+    if dtype == pl.Null and column.nullable:  # an all-null column written without a type
+        return pl.lit(None, _NORMAL_TYPES[column.kind]).alias(column.name)
     if column.kind == "id":
+        if dtype == pl.UInt64:
+            too_large = col > 2**63 - 1
+            _first_bad(df, too_large, source, column.name, "ids above 2**63 - 1 (store as strings)")
         if dtype.is_integer():
             return col.cast(pl.Int64)
         if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
@@ -195,6 +214,13 @@ def _cast(df: pl.DataFrame, column: Column, source: str) -> pl.Expr:
         if isinstance(dtype, pl.Datetime):
             if dtype.time_zone is not None:
                 col = col.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+            if dtype.time_unit == "ns":
+                # Whole microseconds, rounded so the cutoff stays conservative: event times up,
+                # visit times down. Truncating both would let an event 500 ns after the
+                # prediction time in.
+                ns = col.dt.epoch("ns")
+                us = (ns + 999) // 1000 if column.round_up else ns // 1000
+                return pl.from_epoch(us, time_unit="us").alias(column.name)
             return col.cast(pl.Datetime("us"))
         expected = "a timestamp"
     elif column.kind == "float":
@@ -216,6 +242,42 @@ def _cast(df: pl.DataFrame, column: Column, source: str) -> pl.Expr:
     raise InputError(f"expected {expected}, found {dtype}", file=source, column=column.name)
 
 
+_NORMAL_TYPES = {
+    "id": pl.Int64,
+    "timestamp": pl.Datetime("us"),
+    "float": pl.Float64,
+    "string": pl.String,
+    "bool": pl.Boolean,
+}
+
+
+def _contract_times(df: pl.DataFrame) -> list[str]:
+    timestamps = {c.name for t in (VISITS, EVENTS) for c in t.columns if c.kind == "timestamp"}
+    return [c for c in df.columns if c in timestamps]
+
+
+def check_time_zones(sources: list[tuple[str, pl.DataFrame]]) -> None:
+    """Timestamps must be all time-zone aware or all naive across the tables: naive times are
+    read as UTC, so mixing them with local-time-aware ones would shift the cutoff by hours."""
+    seen: tuple[str, str, bool] | None = None
+    for source, df in sources:
+        for name, dtype in df.schema.items():
+            if not isinstance(dtype, pl.Datetime):
+                continue
+            aware = dtype.time_zone is not None
+            if seen is None:
+                seen = (source, name, aware)
+            elif aware != seen[2]:
+                kind = "time-zone aware" if aware else "naive"
+                raise InputError(
+                    f"{kind} timestamps, while {Path(seen[0]).name} column '{seen[1]}' is "
+                    f"{'naive' if aware else 'time-zone aware'}: store every table's times "
+                    "with a time zone or every table's without",
+                    file=source,
+                    column=name,
+                )
+
+
 def _check_unique(df: pl.DataFrame, column: Column, source: str) -> None:
     duplicated = pl.col(column.name).is_duplicated()
     _first_bad(df, duplicated, source, column.name, "duplicate values")
@@ -229,15 +291,23 @@ def _first_bad(df: pl.DataFrame, bad: pl.Expr, source: str, column: str, what: s
         raise InputError(f"{n} {what} (first at row index {first})", file=source, column=column)
 
 
+DEFAULT_STATIC_COLUMNS = ("age", "sex")
+
+
 def _static_columns(
     df: pl.DataFrame, requested: list[str] | None, source: str
 ) -> tuple[dict[str, str], list[str]]:
-    """Classify extra visit columns as numeric or categorical static features."""
-    known = {c.name for c in VISITS.columns} - {"age", "sex"}
-    candidates = [c for c in df.columns if c not in known]
+    """Classify the static feature columns as numeric or categorical.
+
+    Only `age` and `sex` are used unless columns are named explicitly: an extra visit column may
+    hold an identifier (its values would end up in the tokenizer's bin edges) or something known
+    only after the prediction time. Returns (statics, other visit columns left out).
+    """
+    chosen = (
+        [c for c in DEFAULT_STATIC_COLUMNS if c in df.columns] if requested is None else requested
+    )
     statics: dict[str, str] = {}
-    ignored: list[str] = []
-    for name in candidates if requested is None else requested:
+    for name in chosen:
         if name not in df.columns:
             raise InputError("static column not in the visits table", file=source, column=name)
         if name in KEY_COLUMNS:
@@ -245,10 +315,9 @@ def _static_columns(
         dtype = df.schema[name]
         if dtype.is_numeric():
             statics[name] = "numeric"
+            _first_bad(df, pl.col(name).is_infinite(), source, name, "infinite values")
         elif dtype in (pl.String, pl.Categorical, pl.Boolean) or isinstance(dtype, pl.Enum):
             statics[name] = "categorical"
-        elif requested is None:
-            ignored.append(name)
         else:
             raise InputError(
                 f"type {dtype} cannot be a static feature (numeric, string, categorical or "
@@ -256,7 +325,8 @@ def _static_columns(
                 file=source,
                 column=name,
             )
-    return statics, ignored
+    others = [c for c in df.columns if c not in KEY_COLUMNS and c not in statics]
+    return statics, others
 
 
 def _first_line(error: Exception) -> str:

@@ -29,6 +29,7 @@ class Column:
     description: str
     aliases: tuple[str, ...] = ()  # other accepted names (MEDS), renamed to `name` on read
     unique: bool = False
+    round_up: bool = False  # nanosecond times: round up to microseconds (event times)
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,10 @@ VISITS = Table(
         Column("sex", "string", False, True, "Sex (a static feature)."),
     ),
     extra_columns=(
-        "Static features known at arrival: string, categorical and boolean columns become one "
-        "token per value, numeric columns a binned token. Other types are ignored. Never put "
-        "anything known only after the prediction time here (disposition, length of stay)."
+        "Ignored unless named as static features (--static-columns / data.static_columns): then "
+        "string, categorical and boolean columns become one token per value, numeric columns a "
+        "binned token. Only name columns known at arrival, never identifiers or anything known "
+        "after the prediction time (disposition, length of stay)."
     ),
 )
 
@@ -96,7 +98,15 @@ EVENTS = Table(
             "Patient identifier; same type as visits.patient_id.",
             aliases=("subject_id",),
         ),
-        Column("time", "timestamp", True, False, "When the event was recorded."),
+        Column(
+            "time",
+            "timestamp",
+            True,
+            False,
+            "When the event was recorded. Nanosecond times are rounded up to whole microseconds "
+            "(visit times down), so no event after the prediction time can round into a window.",
+            round_up=True,
+        ),
         Column("code", "string", True, False, "Event code, e.g. LAB//LACTATE or DX//I50.9."),
         Column(
             "numeric_value",

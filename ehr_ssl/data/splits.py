@@ -2,7 +2,8 @@
 
 A patient's split depends only on their id and the seed, never on the rest of the data, the row
 order or the library versions (polars' own hash is not stable across versions, so the hash is
-written out here: FNV-1a over the UTF-8 bytes of string ids, then the splitmix64 finalizer).
+written out here: FNV-1a over the UTF-8 bytes of the id, integer ids as their decimal text,
+then the splitmix64 finalizer).
 Every visit of a patient lands in the same split.
 """
 
@@ -48,10 +49,9 @@ def _fnv1a64(ids: pl.Series) -> np.ndarray:
 
 def patient_hash(patient_ids: pl.Series, seed: int) -> np.ndarray:
     """A uniform value in [0, 1) per id, stable across runs, machines and library versions."""
-    if patient_ids.dtype == pl.String:
-        base = _fnv1a64(patient_ids)
-    else:
-        base = patient_ids.cast(pl.Int64).to_numpy().view(np.uint64)
+    # Integer ids hash as their decimal text, so an export that turns 123 into "123" keeps
+    # every patient in the same split.
+    base = _fnv1a64(patient_ids.cast(pl.String))
     seeded = _splitmix64(base ^ _splitmix64(np.array([seed], dtype=np.uint64) & _MASK64))
     mixed = _splitmix64(seeded)
     # The top 53 bits give an exactly representable double in [0, 1).

@@ -37,7 +37,7 @@ def summarize_dataset(dataset: Dataset, *, lookback_days: float) -> dict:
         "distinct_codes": events["code"].n_unique(),
         "events_with_numeric_value": int(events["numeric_value"].is_not_null().sum()),
         "static_columns": dataset.static_columns,
-        "ignored_visit_columns": dataset.ignored_columns,
+        "unused_visit_columns": dataset.unused_columns,
         "oddities": {
             "events_of_patients_without_visits": int((~with_visit).sum()),
             "visits_without_events": int((per_visit == 0).sum()),

@@ -464,8 +464,8 @@ class _EventBuffer:
         self._chunks.append((patient, time, code, value))
 
     def to_frame(self, patient_ids: np.ndarray) -> pl.DataFrame:
-        """The events frame sorted by (patient_id, time, code): the canonical order MEDS-style
-        tables are usually stored in (and the order the tokenizer reads events in)."""
+        """The events frame sorted by (patient_id, time, code, numeric_value): the canonical
+        order MEDS-style tables are usually stored in (and the order the tokenizer reads)."""
         patient = np.concatenate([c[0] for c in self._chunks]).astype(np.int64)
         time = np.concatenate([c[1] for c in self._chunks])
         code = np.concatenate([c[2] for c in self._chunks])
@@ -476,8 +476,9 @@ class _EventBuffer:
         names = list(self._ids)
         lexical_rank = np.argsort(np.argsort(np.array(names, dtype=object)))  # per code id
         order = (
-            pl.DataFrame({"p": patient, "t": time, "c": lexical_rank[code]})
-            .select(pl.arg_sort_by(["p", "t", "c"]))
+            pl.DataFrame({"p": patient, "t": time, "c": lexical_rank[code], "v": value})
+            .with_columns(pl.col("v").fill_nan(None))
+            .select(pl.arg_sort_by(["p", "t", "c", "v"], nulls_last=True))
             .to_series()
             .to_numpy()
         )
@@ -878,7 +879,8 @@ def write_cohort(
         raise ValueError(f"shards must be an integer >= 1, got {shards!r}")
     with atomic_directory(Path(out_dir), overwrite=overwrite) as tmp:
         cohort.visits.write_parquet(tmp / schema.VISITS.filename)
-        cohort.labels.write_parquet(tmp / schema.LABELS.filename)
+        if cohort.labels.height:  # no labels: no labels.parquet (an empty table is bad input)
+            cohort.labels.write_parquet(tmp / schema.LABELS.filename)
         cohort.oracle.write_parquet(tmp / schema.ORACLE_FILENAME)
         _write_events(cohort.events, tmp, shards=shards)
 

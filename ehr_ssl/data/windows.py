@@ -64,7 +64,9 @@ def build_windows(
     `visits` and `events` are normalized frames (see `ehr_ssl.data.readers`). With `max_events`,
     a visit keeps only its most recent `max_events` events (oldest history dropped first).
     """
-    events = events.sort("patient_id", "time", "code")
+    # A total order (value too: repeated labs share patient, time and code), so the sequence
+    # never depends on the input's row order.
+    events = events.sort("patient_id", "time", "code", "numeric_value", nulls_last=True)
     row = pl.int_range(pl.len(), dtype=pl.Int64)
     indexed = events.select("patient_id", "time", row.alias("row"))
     first_row = indexed.filter(

@@ -285,7 +285,11 @@ def test_meds_names_and_type_variants_are_read(tmp_path, tables):
             pl.col("numeric_value").fill_null(float("nan")),
         )
     )
-    tables["visits"] = tables["visits"].drop("prediction_time")
+    tables["visits"] = (
+        tables["visits"]
+        .drop("prediction_time")
+        .with_columns(pl.col("arrival_time").dt.replace_time_zone("UTC"))
+    )
     tables["labels"] = tables["labels"].with_columns(pl.col("label").cast(pl.Int8))
     dataset = read_dataset(write_tables(tmp_path / "data", tables), DataConfig())
     events = dataset.events
@@ -312,27 +316,31 @@ def make_reference_events():
     return make_tables()["events"]
 
 
-def test_static_columns_detection_and_explicit_choice(tmp_path, tables):
+def test_only_age_and_sex_unless_named(tmp_path, tables):
+    """Extra visit columns may be identifiers or outcomes: never used unless named."""
     tables["visits"] = tables["visits"].with_columns(
         departure=pl.col("arrival_time") + timedelta(hours=5),
         ambulance=pl.col("patient_id") % 2 == 0,
+        mrn=pl.col("patient_id") + 5_550_000,
+        score=pl.lit(1.0),
     )
     root = write_tables(tmp_path / "data", tables)
     dataset = read_dataset(root, DataConfig())
-    assert dataset.static_columns == {
-        "age": "numeric",
-        "sex": "categorical",
-        "ambulance": "categorical",
-    }
-    assert dataset.ignored_columns == ["departure"]
-    assert read_dataset(root, DataConfig(static_columns=["sex"])).static_columns == {
-        "sex": "categorical"
-    }
+    assert dataset.static_columns == {"age": "numeric", "sex": "categorical"}
+    assert dataset.unused_columns == ["departure", "ambulance", "mrn", "score"]
+    chosen = read_dataset(root, DataConfig(static_columns=["sex", "ambulance"])).static_columns
+    assert chosen == {"sex": "categorical", "ambulance": "categorical"}
     with pytest.raises(InputError, match="cannot be a static feature") as info:
         read_dataset(root, DataConfig(static_columns=["departure"]))
     assert info.value.column == "departure"
     with pytest.raises(InputError, match="not in the visits table"):
         read_dataset(root, DataConfig(static_columns=["weight"]))
+    tables["visits"] = tables["visits"].with_columns(
+        score=pl.when(pl.col("visit_id") == 3).then(float("inf")).otherwise(1.0)
+    )
+    root = write_tables(tmp_path / "inf", tables)
+    with pytest.raises(InputError, match="1 infinite values"):
+        read_dataset(root, DataConfig(static_columns=["score"]))
 
 
 def test_null_time_events_dropped_on_request(tmp_path, tables):
@@ -358,3 +366,67 @@ def test_prediction_time_offset_from_config(tmp_path, tables):
     visits = read_dataset(root, DataConfig(prediction_offset_minutes=90)).visits
     assert (visits["prediction_time"] - visits["arrival_time"] == timedelta(minutes=90)).all()
     assert visits["arrival_time"].min() == T0
+
+
+def test_time_zone_aware_and_naive_tables_are_not_mixed(tmp_path, tables):
+    tables["visits"] = tables["visits"].with_columns(
+        pl.col("arrival_time", "prediction_time").dt.replace_time_zone("America/New_York")
+    )
+    root = write_tables(tmp_path / "data", tables)
+    with pytest.raises(InputError, match="naive timestamps, while visits.parquet") as info:
+        read_dataset(root, DataConfig())
+    assert info.value.file.endswith("events.parquet") and info.value.column == "time"
+
+
+def test_nanosecond_times_round_so_no_later_event_enters(tmp_path, tables):
+    """An event 500 ns after the prediction time must stay after it (truncation would let it
+    in); visit times round down, event times up."""
+    visits = tables["visits"].with_columns(
+        pl.col("arrival_time", "prediction_time").cast(pl.Datetime("ns"))
+    )
+    leak = visits.select(
+        "patient_id",
+        (pl.col("prediction_time") + pl.duration(nanoseconds=500)).alias("time"),
+        pl.lit("LEAK//NS").alias("code"),
+        pl.lit(None, pl.Float64).alias("numeric_value"),
+    )
+    events = pl.concat(
+        [tables["events"].with_columns(pl.col("time").cast(pl.Datetime("ns"))), leak]
+    )
+    root = write_tables(tmp_path / "data", {**tables, "visits": visits, "events": events})
+    dataset = read_dataset(root, DataConfig())
+    leaked = dataset.events.filter(pl.col("code") == "LEAK//NS")["time"]  # one per visit, in order
+    assert leaked.len() == dataset.visits.height
+    assert (leaked > dataset.visits["prediction_time"]).all()
+    assert (leaked - dataset.visits["prediction_time"] == timedelta(microseconds=1)).all()
+
+
+def test_large_unsigned_ids_and_null_typed_columns(tmp_path, tables):
+    tables["events"] = tables["events"].with_columns(pl.lit(None).alias("numeric_value"))
+    assert tables["events"].schema["numeric_value"] == pl.Null
+    dataset = read_dataset(write_tables(tmp_path / "ok", tables), DataConfig())
+    assert dataset.events.schema["numeric_value"] == pl.Float64
+    tables["visits"] = tables["visits"].with_columns(
+        (pl.col("visit_id").cast(pl.UInt64) + 2**63).alias("visit_id")
+    )
+    with pytest.raises(InputError, match="ids above 2\\*\\*63 - 1") as info:
+        read_dataset(write_tables(tmp_path / "big", tables), DataConfig())
+    assert str(2**63) not in str(info.value)
+
+
+def test_directory_where_a_file_belongs(dataset_dir):
+    (dataset_dir / "visits.parquet").unlink()
+    (dataset_dir / "visits.parquet").mkdir()
+    with pytest.raises(InputError, match="is a directory, expected a Parquet file"):
+        read_dataset(dataset_dir, DataConfig())
+
+
+def test_empty_shards_are_skipped_but_not_all(tmp_path, tables):
+    root = write_tables(tmp_path / "data", {k: v for k, v in tables.items() if k != "events"})
+    (root / "events").mkdir()
+    tables["events"].write_parquet(root / "events" / "part-0.parquet")
+    tables["events"].head(0).write_parquet(root / "events" / "part-1.parquet")
+    assert read_dataset(root, DataConfig()).events.height == tables["events"].height
+    tables["events"].head(0).write_parquet(root / "events" / "part-0.parquet")
+    with pytest.raises(InputError, match="every shard is empty"):
+        read_dataset(root, DataConfig())

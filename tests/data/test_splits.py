@@ -50,9 +50,11 @@ def test_hash_is_pinned():
     assert ints.round(6).tolist() == PINNED_INT
     assert strings.round(6).tolist() == PINNED_STR
     assert patient_hash(pl.Series(["patient-1"]), seed=1)[0] != strings[1]
+    # The same id as an integer or as text lands in the same split.
+    assert patient_hash(pl.Series(["0", "1", "123456789"]), seed=0).tolist() == ints.tolist()
 
 
-PINNED_INT = [0.138709, 0.26913, 0.897662]
+PINNED_INT = [0.952672, 0.569415, 0.611572]
 PINNED_STR = [0.952672, 0.950109, 0.205006]
 
 M64 = (1 << 64) - 1
@@ -67,12 +69,9 @@ def _splitmix64_reference(x: int) -> int:
 
 def _hash_reference(patient_id: int | str, seed: int) -> float:
     """Pure-Python transcription of the documented hash, one id at a time."""
-    if isinstance(patient_id, str):
-        base = 0xCBF29CE484222325
-        for byte in patient_id.encode():
-            base = ((base ^ byte) * 0x100000001B3) & M64
-    else:
-        base = patient_id & M64
+    base = 0xCBF29CE484222325
+    for byte in str(patient_id).encode():
+        base = ((base ^ byte) * 0x100000001B3) & M64
     mixed = _splitmix64_reference(_splitmix64_reference(base ^ _splitmix64_reference(seed)))
     return (mixed >> 11) / (1 << 53)
 

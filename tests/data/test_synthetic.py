@@ -368,3 +368,19 @@ def test_write_cohort_rejects_bad_shards(small: Cohort, tmp_path: Path, shards: 
     with pytest.raises(ValueError, match="shards"):
         write_cohort(small, tmp_path / "cohort", shards=shards)
     assert not (tmp_path / "cohort").exists()
+
+
+@pytest.mark.parametrize(
+    "n_visits,labeled_frac,shards", [(200, 0.0, 1), (10, 0.01, 1), (3, 0.5, 8), (300, 0.1, 3)]
+)
+def test_written_cohort_reads_back_through_the_contract(tmp_path, n_visits, labeled_frac, shards):
+    """Whatever synth writes, the readers accept (no empty labels table, empty shards skipped)."""
+    from ehr_ssl.config import DataConfig
+    from ehr_ssl.data.readers import read_dataset
+
+    cohort = generate_cohort(n_visits, labeled_frac=labeled_frac, seed=2)
+    write_cohort(cohort, tmp_path / "c", shards=shards)
+    dataset = read_dataset(tmp_path / "c", DataConfig())
+    assert dataset.visits.height == n_visits
+    assert dataset.events.height == cohort.events.height
+    assert (dataset.labels is None) == (cohort.labels.height == 0)
