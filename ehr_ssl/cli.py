@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import signal
 import sys
 import time
@@ -185,23 +186,40 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from ehr_ssl.data.synthetic import generate_cohort, write_cohort
     from ehr_ssl.tokenizer import tokenize_dataset
+    from ehr_ssl.train import pretrain
 
-    data_dir, tokens_dir = args.out / "data", args.out / "tokens"
-    log.info("demo 1/3 synth: %d visits (seed %d) -> %s", args.visits, args.seed, data_dir)
+    hf_logging.disable_progress_bar()
+    data_dir, tokens_dir, run_dir = args.out / "data", args.out / "tokens", args.out / "pretrain"
+    log.info("demo 1/4 synth: %d visits (seed %d) -> %s", args.visits, args.seed, data_dir)
     cohort = generate_cohort(args.visits, labeled_frac=0.05, seed=args.seed)
     write_cohort(cohort, data_dir, overwrite=True)
-    log.info("demo 2/3 validate: %s", data_dir)
+    log.info("demo 2/4 validate: %s", data_dir)
     config = TokenizeConfig()
     summary = summarize_dataset(
         read_dataset(data_dir, config.data), lookback_days=config.tokenizer.lookback_days
     )
     print(format_summary(summary))
-    log.info("demo 3/3 tokenize: -> %s", tokens_dir)
+    log.info("demo 3/4 tokenize: -> %s", tokens_dir)
     manifest = tokenize_dataset(data_dir, tokens_dir, config, overwrite=True)
     print()
     print(format_manifest(manifest))
+    log.info("demo 4/4 pretrain (small preset, %d epochs): -> %s", args.epochs, run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    pretrain_config = load_pretrain_config(
+        None, {"preset": "small", "train.epochs": args.epochs, "train.device": "auto"}
+    )
+    summary = pretrain(tokens_dir, run_dir, pretrain_config)
+    final = summary["final_metrics"]
+    print()
+    print(
+        f"pretrained encoder: {summary['steps']} steps on {summary['pretraining_visits']:,} "
+        f"visits; final loss {final['loss']:.3f} (masked code {final['masked_code']:.3f}, value "
+        f"bin {final['masked_bin']:.3f}, contrastive {final['contrastive']:.3f}) -> {run_dir}"
+    )
     return 0
 
 
@@ -330,13 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the pipeline on a synthetic cohort",
-        description="Synthesize a cohort, validate it and tokenize it (later stages are added "
-        "as they exist), printing the summaries. Replaces OUT.",
+        description="Synthesize a cohort, validate it, tokenize it and pretrain the small "
+        "encoder on it (fine-tuning and evaluation are added as they exist), printing the "
+        "summaries. Replaces OUT/data, OUT/tokens and OUT/pretrain.",
         formatter_class=formatter,
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     demo.add_argument("--visits", type=_positive_int, default=20_000, help="synthetic visits")
     demo.add_argument("--seed", type=_seed, default=0, help="random seed")
+    demo.add_argument("--epochs", type=_positive_int, default=3, help="pretraining epochs")
     demo.set_defaults(run=cmd_demo)
     return parser
 

@@ -278,7 +278,7 @@ def encoder_config(tokenizer: Tokenizer, config: PretrainConfig) -> EHRConfig:
         intermediate_size=m.intermediate_size,
         max_position_embeddings=tokenizer.config.max_length,
         hidden_dropout_prob=m.dropout,
-        attention_probs_dropout_prob=m.dropout,
+        attention_probs_dropout_prob=m.attention_dropout,
         pooling=m.pooling,
     )
 

@@ -172,3 +172,22 @@ def test_environment_problems_are_one_line_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (argv, err)
     assert (data / "visits.parquet").exists()
+
+
+def test_data_commands_never_import_torch():
+    """validate/tokenize start in a fraction of a second: torch and transformers stay unloaded
+    (import ehr_ssl registers the encoder only once transformers is imported)."""
+    code = (
+        "import sys, ehr_ssl, ehr_ssl.cli, ehr_ssl.tokenizer, ehr_ssl.data.synthetic, "
+        "ehr_ssl.data.summary; print(sorted(m for m in ('torch', 'transformers') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_demo_runs_every_stage(tmp_path, capsys):
+    assert main(["-q", "demo", "--out", str(tmp_path), "--visits", "700", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "tokenized cohort" in out and "pretrained encoder" in out
+    assert (tmp_path / "pretrain" / "pretrain_summary.json").exists()

@@ -141,6 +141,7 @@ def test_resume_after_sigkill_ends_with_identical_weights(cohort_tokens, tmp_pat
     config.write_text(
         'preset = "tiny"\n[train]\nmax_steps = 30\ncheckpoint_every = 4\nlog_every = 2\n'
         "batch_size = 8\n"  # ~100 batches per epoch: the run crosses no epoch, resume mid-epoch
+        "[model]\ndropout = 0.1\n"  # dropout draws from the global RNG: its restore is tested too
     )
     reference = tmp_path / "reference"
     subprocess.run(_cli(cohort_tokens, reference, config), check=True)

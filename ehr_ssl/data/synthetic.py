@@ -478,7 +478,7 @@ class _EventBuffer:
         order = (
             pl.DataFrame({"p": patient, "t": time, "c": lexical_rank[code], "v": value})
             .with_columns(pl.col("v").fill_nan(None))
-            .select(pl.arg_sort_by(["p", "t", "c", "v"], nulls_last=True))
+            .select(pl.arg_sort_by(["p", "t", "c", "v"]))
             .to_series()
             .to_numpy()
         )

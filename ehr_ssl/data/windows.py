@@ -66,7 +66,7 @@ def build_windows(
     """
     # A total order (value too: repeated labs share patient, time and code), so the sequence
     # never depends on the input's row order.
-    events = events.sort("patient_id", "time", "code", "numeric_value", nulls_last=True)
+    events = events.sort("patient_id", "time", "code", "numeric_value")
     row = pl.int_range(pl.len(), dtype=pl.Int64)
     indexed = events.select("patient_id", "time", row.alias("row"))
     first_row = indexed.filter(
