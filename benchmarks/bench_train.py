@@ -2,11 +2,12 @@
 and on CUDA the model FLOPs utilization (MFU).
 
 Synthesizes and tokenizes a cohort once, then runs the real training loop (`ehr_ssl.train`) for
-`--steps` steps per preset and reads its metrics log, skipping the first `--warmup` steps
-(first-call allocation and kernel selection). Tokens are real (non-pad) visit tokens per second
-of step time; MFU = (6 x non-embedding parameters + 12 x layers x hidden x T) x tokens/s over the
-GPU's bf16 matmul rate measured on the spot (the attention term of the FLOPs count per token,
-with T the mean padded length).
+`--steps` steps per preset, each preset in a fresh process (its peak RSS is its own), and reads
+its metrics log, skipping the first `--warmup` steps (first-call allocation and kernel
+selection). tokens/s counts the visits' real tokens per second of step time; encoder tokens/s
+the real tokens the encoder ran on (both views). MFU = (6 x non-embedding parameters + 12 x
+layers x hidden x T) x encoder tokens/s over the GPU's bf16 matmul rate measured on the spot,
+with T the mean padded length of the encoder's input.
 
 usage: python benchmarks/bench_train.py --presets tiny,small [--device cpu] [--steps 60]
 """
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +48,69 @@ def matmul_tflops(device: torch.device, size: int = 8192, repeats: int = 20) -> 
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
 
 
+def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
+    """Train one preset in this process and summarize its metrics log."""
+    config = load_pretrain_config(
+        None,
+        {
+            "preset": preset,
+            "train.device": args.device,
+            "train.max_steps": args.steps,
+            "train.log_every": 1,
+            "train.checkpoint_every": 10**9,
+            "train.batch_size": args.batch_size,
+            "train.compile": args.compile or None,
+            "objective.masked_weight": args.masked_weight,
+            "objective.contrastive_weight": args.contrastive_weight,
+        },
+    )
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    run = Path(tempfile.mkdtemp(prefix=f"bench-{preset}-")) / "run"
+    try:
+        started = time.perf_counter()
+        pretrain(tokens_dir, run, config)
+        wall = time.perf_counter() - started
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    finally:
+        shutil.rmtree(run.parent, ignore_errors=True)
+    steady = [r for r in records if r["step"] > args.warmup]
+    median = {k: statistics.median(r[k] for r in steady) for k in steady[0] if k != "epoch"}
+    encoder = EHREncoder(encoder_config(Tokenizer.load(tokens_dir), config))
+    result = {
+        "preset": preset,
+        "device": str(device),
+        "parameters_M": round(sum(p.numel() for p in encoder.parameters()) / 1e6, 3),
+        "batch_size": config.train.batch_size,
+        "objectives": [
+            name
+            for name, w in (
+                ("masked", config.objective.masked_weight),
+                ("contrastive", config.objective.contrastive_weight),
+            )
+            if w > 0
+        ],
+        "steps_measured": len(steady),
+        "tokens_per_s": round(median["tokens_per_s"]),
+        "encoder_tokens_per_s": round(median["encoder_tokens_per_s"]),
+        "step_ms": round(1000 * (median["data_s"] + median["compute_s"]), 1),
+        "data_ms": round(1000 * median["data_s"], 2),
+        "encoder_padding_fraction": round(median["padding_fraction"], 3),
+        "wall_s_including_setup": round(wall, 1),
+    }
+    if device.type == "cuda":
+        result["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        # FLOPs of the tokens the encoder really ran on (both views), at their mean padded
+        # length; the heads are left out (a lower bound on the model's FLOPs).
+        encoder_rows = config.train.batch_size * (1 + (config.objective.contrastive_weight > 0))
+        step_s = median["data_s"] + median["compute_s"]
+        padded_t = median["encoder_tokens_per_s"] * step_s / (1 - median["padding_fraction"])
+        flops = encoder.num_flops_per_token(int(padded_t / encoder_rows))
+        peak = matmul_tflops(device)
+        result["matmul_tflops_measured"] = round(peak, 1)
+        result["mfu"] = round(flops * median["encoder_tokens_per_s"] / (peak * 1e12), 3)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="tiny,small")
@@ -57,87 +123,46 @@ def main() -> None:
     parser.add_argument("--masked-weight", type=float)
     parser.add_argument("--contrastive-weight", type=float)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
 
+    if args.tokens is not None:  # child: one preset, report as JSON on stdout
+        print(json.dumps(measure(args.tokens, args.presets, args)))
+        return
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     results = []
     try:
         write_cohort(generate_cohort(args.visits, seed=0), work / "data")
         tokenize_dataset(work / "data", work / "tokens", TokenizeConfig())
-        tokenizer = Tokenizer.load(work / "tokens")
         for preset in args.presets.split(","):
-            config = load_pretrain_config(
-                None,
-                {
-                    "preset": preset,
-                    "train.device": args.device,
-                    "train.max_steps": args.steps,
-                    "train.log_every": 1,
-                    "train.checkpoint_every": 10**9,
-                    "train.batch_size": args.batch_size,
-                    "train.compile": args.compile or None,
-                    "objective.masked_weight": args.masked_weight,
-                    "objective.contrastive_weight": args.contrastive_weight,
-                },
-            )
-            device = torch.device(
-                "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
-            )
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            run = work / f"run-{preset}"
-            started = time.perf_counter()
-            pretrain(work / "tokens", run, config)
-            wall = time.perf_counter() - started
-            records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-            steady = [r for r in records if r["step"] > args.warmup]
-            tokens_per_s = statistics.median(r["tokens_per_s"] for r in steady)
-            step_s = statistics.median(r["data_s"] + r["compute_s"] for r in steady)
-            encoder = EHREncoder(encoder_config(tokenizer, config))
-            result = {
-                "preset": preset,
-                "device": str(device),
-                "parameters_M": round(sum(p.numel() for p in encoder.parameters()) / 1e6, 3),
-                "batch_size": config.train.batch_size,
-                "objectives": [
-                    name
-                    for name, w in (
-                        ("masked", config.objective.masked_weight),
-                        ("contrastive", config.objective.contrastive_weight),
-                    )
-                    if w > 0
-                ],
-                "steps_measured": len(steady),
-                "tokens_per_s": round(tokens_per_s),
-                "step_ms": round(1000 * step_s, 1),
-                "data_ms": round(1000 * statistics.median(r["data_s"] for r in steady), 2),
-                "padding_fraction": round(
-                    statistics.mean(r["padding_fraction"] for r in steady), 3
-                ),
-                "wall_s_including_setup": round(wall, 1),
-            }
-            if device.type == "cuda":
-                result["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                tokens_per_step = tokens_per_s * step_s
-                mean_t = (
-                    tokens_per_step / config.train.batch_size / (1 - result["padding_fraction"])
-                )
-                # Encoder passes per step: view A (+ view B with the contrastive term).
-                passes = 1 + (config.objective.contrastive_weight > 0)
-                flops = encoder.num_flops_per_token(int(mean_t)) * tokens_per_s * passes
-                peak = matmul_tflops(device)
-                result["matmul_tflops_measured"] = round(peak, 1)
-                result["mfu"] = round(flops / (peak * 1e12), 3)
-            else:
-                result["peak_rss_mib"] = round(
-                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                )
+            # Each preset in a fresh process, so its peak RSS is its own.
+            argv = [sys.executable, __file__, "--presets", preset, "--tokens", str(work / "tokens")]
+            argv += _passthrough(args)
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+            stdout = process.stdout.read()
+            _, status, usage = os.wait4(process.pid, 0)
+            if os.waitstatus_to_exitcode(status):
+                raise SystemExit(f"preset {preset} failed")
+            result = json.loads(stdout.strip().splitlines()[-1])
+            result["peak_rss_mib"] = round(usage.ru_maxrss / 1024)
             results.append(result)
             print(json.dumps(result))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _passthrough(args: argparse.Namespace) -> list[str]:
+    out = ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    for flag, value in (
+        ("--batch-size", args.batch_size),
+        ("--masked-weight", args.masked_weight),
+        ("--contrastive-weight", args.contrastive_weight),
+    ):
+        if value is not None:
+            out += [flag, str(value)]
+    return out + (["--compile"] if args.compile else [])
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ def save_checkpoint(
     """Write the checkpoint of `step` and delete all but the newest `keep`."""
     root = Path(run_dir) / CHECKPOINTS
     path = root / f"step-{step:08d}"
+    for stale in root.glob(".step-*.tmp-*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     with atomic_directory(path, overwrite=True) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"))
@@ -44,8 +46,10 @@ def save_checkpoint(
             "data_position": data_position,
             "optimizer": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # Only a run that used CUDA has CUDA RNG state (asking would initialize every GPU).
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             "generator": generator.get_state(),
+            "generator_device": generator.device.type,
         }
         torch.save(state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, "data_position": data_position}))
@@ -71,16 +75,24 @@ def load_checkpoint(
     try:
         weights = load_file(str(path / "model.safetensors"))
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise InputError(f"unreadable checkpoint ({e})", file=str(path)) from None
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
+    except Exception as e:  # safetensors, pickle and OS errors all mean the same thing here
+        raise InputError(f"unreadable checkpoint ({type(e).__name__})", file=str(path)) from None
+    if state.get("generator_device") != generator.device.type:
         raise InputError(
-            f"checkpoint does not fit this model ({len(missing)} missing, {len(unexpected)} "
-            "unexpected tensors): was the configuration changed?",
+            f"written on {state.get('generator_device')}, resumed on {generator.device.type}: "
+            "resume on the device type the run started on",
             file=str(path),
         )
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise InputError(
+            f"does not fit this model ({type(e).__name__}): was the configuration or the "
+            "tokenizer changed?",
+            file=str(path),
+        ) from None
+
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -1,8 +1,9 @@
 """Typed run configuration: dataclasses with checks, TOML files and command-line overrides.
 
-A run's configuration resolves in three layers: the dataclass defaults, then a TOML file
-(`[data]`, `[split]`, `[tokenizer]` tables), then explicit command-line options. The resolved
-configuration is saved beside every output (`config.json`).
+A run's configuration resolves in layers: the dataclass defaults, then (pretraining) a preset,
+then a TOML file (`[data]`, `[split]`, `[tokenizer]` tables for tokenize; `preset`, `[model]`,
+`[objective]`, `[train]` for pretrain), then explicit command-line options. The resolved
+configuration is saved beside every output (tokens/config.json, RUN/run_config.json).
 """
 
 from __future__ import annotations
@@ -208,6 +209,14 @@ class ModelConfig:
     """Visit vector: "cls" (the [CLS] state) or "mean" (masked mean of all token states)."""
 
     def __post_init__(self) -> None:
+        for name in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        ):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", column=f"model.{name}")
         if self.hidden_size % self.num_attention_heads:
             raise InputError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
@@ -235,8 +244,11 @@ class ObjectiveConfig:
     contrastive_weight: float = 1.0
     """Contrastive visits (SimCLR-style NT-Xent between two augmented views)."""
     mask_rate: float = 0.15
+    """Share of event tokens chosen for prediction (of those, 80% [MASK], 10% random, 10% kept)."""
     temperature: float = 0.1
+    """NT-Xent softmax temperature."""
     projection_dim: int = 64
+    """Output size of the contrastive projection head."""
     event_dropout: float = 0.1
     """View augmentation: share of event tokens dropped."""
     history_crop: float = 0.5
@@ -257,6 +269,10 @@ class ObjectiveConfig:
                 f"must be in (0, 1), got {self.mask_rate}", column="objective.mask_rate"
             )
         _check_range(self.temperature, 1e-4, 100, "objective.temperature")
+        if self.projection_dim < 1:
+            raise InputError(
+                f"must be >= 1, got {self.projection_dim}", column="objective.projection_dim"
+            )
 
 
 @dataclass
@@ -264,20 +280,29 @@ class TrainConfig:
     """The training loop."""
 
     batch_size: int = 64
+    """Visits per step (the contrastive term's negatives come from the same batch)."""
     learning_rate: float = 1e-3
+    """Peak learning rate, reached after warmup."""
     weight_decay: float = 0.01
     """AdamW decay, applied to weight matrices only (not biases, norms or embeddings)."""
     warmup_steps: int = 100
+    """Steps of linear warmup to learning_rate."""
     min_lr_ratio: float = 0.1
     """The cosine schedule decays to learning_rate * min_lr_ratio."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this."""
     epochs: int = 1
+    """Passes over the pretraining visits (when max_steps is not set)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (default: epochs x batches per epoch)."""
     checkpoint_every: int = 200
+    """Steps between checkpoints (and one at the end)."""
     keep_checkpoints: int = 2
+    """Newest checkpoints kept; older ones are deleted."""
     log_every: int = 20
+    """Steps between metrics.jsonl lines (and log lines when not on a terminal)."""
     seed: int = 0
+    """Seeds initialization, data order, masking, views and dropout."""
     num_workers: int = 0
     """DataLoader worker processes reading the memory-mapped shards."""
     device: str = "auto"
@@ -285,11 +310,15 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the encoder (worth it on GPU for long runs)."""
     pad_to_multiple_of: int = 1
+    """Round the encoder's input length up to a multiple of this (8 suits GPU tensor cores)."""
     include_test_unlabeled: bool = False
     """Transductive setting: also pretrain on the test patients' unlabeled visits."""
     tensorboard: bool = False
+    """Also log to RUN/tensorboard (needs the tensorboard package)."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**32:
+            raise InputError(f"must be in [0, 2**32), got {self.seed}", column="train.seed")
         for name in ("batch_size", "epochs", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", column=f"train.{name}")
@@ -317,6 +346,14 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.objective.contrastive_weight > 0 and self.train.batch_size < 2:
+            raise InputError(
+                "the contrastive term needs batch_size >= 2 (its negatives are the batch's "
+                "other visits)",
+                column="train.batch_size",
+            )
 
 
 # Starting points, overridden by a TOML file and flags. tiny: tests (seconds); small: the CPU demo,
@@ -369,7 +406,7 @@ def load_pretrain_config(path: Path | None, overrides: dict[str, Any]) -> Pretra
     file, then the flags."""
     file_values = _read_toml(path) if path is not None else {}
     preset = overrides.get("preset") or file_values.get("preset") or PretrainConfig.preset
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     values = _merge({"preset": preset, **PRESETS[preset]}, file_values)
     return load_config(PretrainConfig, None, overrides, base=values, source=str(path or "config"))

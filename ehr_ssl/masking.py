@@ -92,7 +92,7 @@ def mask_events(
     if ids.dim() != 2 or any(batch[key].shape != ids.shape for key in _REQUIRED):
         shapes = {key: tuple(batch[key].shape) for key in _REQUIRED}
         raise ValueError(f"batch tensors must share one (B, T) shape, got {shapes}")
-    if generator.device != ids.device:
+    if generator.device.type != ids.device.type:  # a cuda generator may carry no index
         raise ValueError(f"generator is on {generator.device}, batch on {ids.device}")
 
     # Three draws of fixed size whatever the settings, so a seed fixes the whole corruption.

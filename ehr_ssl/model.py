@@ -3,8 +3,9 @@ sequences from `ehr_ssl.tokenizer` (one model, one file).
 
 Each token's input is the sum of five embeddings: its code, its value bin, its time relative to
 the prediction time (log-bucketed), its segment (static / history / current visit) and its
-position. Attention is `torch.nn.functional.scaled_dot_product_attention` (flash or
-memory-efficient kernels on GPU). The encoder returns hidden states and a pooled visit vector
+position. Attention is `torch.nn.functional.scaled_dot_product_attention` (with the padding
+mask it takes the memory-efficient kernel on GPU; flash attention would need padding-free
+batches). The encoder returns hidden states and a pooled visit vector
 ([CLS] or the masked mean); heads for the objectives live in `ehr_ssl.heads`.
 
 `import ehr_ssl` registers the classes, so `AutoConfig`/`AutoModel.from_pretrained(dir)` work.

@@ -27,19 +27,27 @@ ENCODER_INPUTS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "atte
 class PretrainingModel(nn.Module):
     """Encoder + masked-event head + projection head; returns every loss term."""
 
-    def __init__(self, encoder: EHREncoder, objective: ObjectiveConfig):
+    def __init__(
+        self, encoder: EHREncoder, objective: ObjectiveConfig, *, pad_to_multiple_of: int = 1
+    ):
+        """`pad_to_multiple_of` rounds the encoder's input length up (tensor-core friendly
+        shapes on GPU), never past the encoder's max_position_embeddings."""
         super().__init__()
         config = encoder.config
         self.encoder = encoder
         self.objective = objective
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.masked_head = MaskedEventHead(
             config.hidden_size, config.vocab_size, config.n_value_bins, config.layer_norm_eps
         )
         self.projection = ProjectionHead(config.hidden_size, objective.projection_dim)
+        for head in (self.masked_head, self.projection):  # one place for initialization
+            head.apply(encoder._init_weights)
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         """Shape: batch tensors (B, T) -> scalar losses {"loss", "masked_code", "masked_bin",
-        "contrastive"} (terms switched off are absent)."""
+        "contrastive"} (terms switched off are absent), plus the real and padded token counts
+        of the encoder's input, {"encoder_tokens", "encoder_slots"} (no gradient)."""
         o = self.objective
         masked, contrastive = o.masked_weight > 0, o.contrastive_weight > 0
         # Inputs: view A (masked for the masked-event term) and, for the contrastive term, B.
@@ -54,10 +62,16 @@ class PretrainingModel(nn.Module):
         views = [view_a, self._view(batch, generator)] if contrastive else [view_a]
         # Encode: both views in one pass, (2B, T) rather than two passes of (B, T): at these
         # sizes the per-operation overhead, not arithmetic, dominates on CPU.
-        encoded = self.encoder(**_stack_padded(views))
+        inputs = _stack_padded(
+            views, self.pad_to_multiple_of, self.encoder.config.max_position_embeddings
+        )
+        encoded = self.encoder(**inputs)
         b = batch["input_ids"].shape[0]
 
-        losses: dict[str, Tensor] = {}
+        losses: dict[str, Tensor] = {
+            "encoder_tokens": inputs["attention_mask"].sum().detach(),
+            "encoder_slots": torch.tensor(inputs["attention_mask"].numel()),
+        }
         total = torch.zeros((), device=batch["input_ids"].device)
         if masked:
             targets = code_labels != IGNORE_INDEX  # (B, T_a): only these rows reach the heads
@@ -90,12 +104,14 @@ class PretrainingModel(nn.Module):
         )
 
 
-def _stack_padded(views: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+def _stack_padded(views: list[dict[str, Tensor]], multiple: int, limit: int) -> dict[str, Tensor]:
     """Right-pad views to a common length and concatenate them along the batch.
 
-    Shape: k views of (B, T_i) -> (k * B, max T_i); padding is zeros ([PAD], False mask).
+    Shape: k views of (B, T_i) -> (k * B, T) with T = max T_i rounded up to `multiple`, at most
+    `limit`; padding is zeros ([PAD], False mask).
     """
     t = max(v["input_ids"].shape[1] for v in views)
+    t = max(t, min(-(-t // multiple) * multiple, limit))
     return {
         name: torch.cat([F.pad(v[name], (0, t - v[name].shape[1])) for v in views])
         for name in ENCODER_INPUTS

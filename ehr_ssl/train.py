@@ -9,13 +9,14 @@ know nothing about either.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import logging
 import math
 import shutil
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -46,11 +47,12 @@ HEADS_FILE = "pretraining_heads.safetensors"
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The training device; CUDA with its index, so tensors and generators agree exactly."""
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("device cuda requested but no CUDA device is available", column="device")
-    return torch.device(name)
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
@@ -92,27 +94,31 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, *, resume_step: int, tensorboard: bool):
         self.path = run_dir / METRICS
-        if self.path.exists():  # drop lines a killed run wrote after its last checkpoint
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= resume_step
-            ]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self.last: dict = {}
+        if self.path.exists():
+            # Keep what led to the checkpoint being resumed; drop what a killed run wrote after
+            # it, and a half-written last line.
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if record["step"] <= resume_step:
+                    kept.append(record)
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            self.last = kept[-1] if kept else {}
         self.writer = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise InputError(
-                    "tensorboard is not installed (pip install tensorboard)",
-                    column="train.tensorboard",
-                ) from None
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops the points a killed run logged after the checkpoint.
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        self.last = record
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, float) and key != "elapsed_s":
@@ -131,12 +137,11 @@ def pretrain(
     Returns the run summary (also written as pretrain_summary.json, the completion marker).
     """
     tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
+    # Every check comes before anything is written, so a refused start leaves no trace.
     tokenizer = Tokenizer.load(tokens_dir)
     read_manifest(tokens_dir)
     train = config.train
-    _prepare_run_dir(out_dir, config, resume=resume)
     device = resolve_device(train.device)
-
     dataset = TokenDataset(
         tokens_dir, pretraining_selection(train.include_test_unlabeled), splits=SPLITS
     )
@@ -147,10 +152,27 @@ def pretrain(
         )
     steps_per_epoch = len(LengthBucketSampler(dataset.lengths, train.batch_size, seed=train.seed))
     total_steps = train.max_steps or train.epochs * steps_per_epoch
+    if train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise InputError(
+            "tensorboard is not installed (pip install tensorboard)", column="train.tensorboard"
+        )
+    run = {
+        "config": to_dict(config),
+        "data": {
+            "tokens_dir": str(tokens_dir.resolve()),
+            "tokenizer_sha256": hashlib.sha256(
+                (tokens_dir / TOKENIZER_FILE).read_bytes()
+            ).hexdigest(),
+            "pretraining_visits": len(dataset),
+        },
+    }
+    _prepare_run_dir(out_dir, run, resume=resume)
 
     torch.manual_seed(train.seed)
     encoder = EHREncoder(encoder_config(tokenizer, config))
-    model = PretrainingModel(encoder, config.objective).to(device)
+    model = PretrainingModel(
+        encoder, config.objective, pad_to_multiple_of=train.pad_to_multiple_of
+    ).to(device)
     optimizer = torch.optim.AdamW(
         param_groups(model, train.weight_decay),
         lr=train.learning_rate,
@@ -165,10 +187,10 @@ def pretrain(
             checkpoint, model=model, optimizer=optimizer, generator=generator
         )
         log.info("pretrain: resumed from %s (step %d)", checkpoint.name, step)
+    metrics = MetricsLog(out_dir, resume_step=step, tensorboard=train.tensorboard)
     if train.compile:
         encoder.compile()  # in place: state_dict keys (and checkpoints) stay the same
 
-    metrics = MetricsLog(out_dir, resume_step=step, tensorboard=train.tensorboard)
     log.info(
         "pretrain: %d visits, %d steps (%d per epoch), %s, %s, %.2fM parameters",
         len(dataset),
@@ -182,7 +204,7 @@ def pretrain(
         total=total_steps, initial=step, disable=not sys.stderr.isatty(), desc="pretrain"
     )
     started, window = time.perf_counter(), _Window()
-    last = {}
+    last = metrics.last  # a resumed run that had already finished keeps its final figures
     model.train()
     while step < total_steps:
         sampler = LengthBucketSampler(
@@ -195,7 +217,7 @@ def pretrain(
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=partial(collate, pad_to_multiple_of=train.pad_to_multiple_of),
+            collate_fn=collate,
             num_workers=train.num_workers,
             pin_memory=device.type == "cuda",
             generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by loaders
@@ -209,6 +231,10 @@ def pretrain(
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 losses = model(batch, generator)
+            encoder_tokens, encoder_slots = (
+                losses.pop("encoder_tokens"),
+                losses.pop("encoder_slots"),
+            )
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -221,7 +247,13 @@ def pretrain(
             optimizer.step()
             step += 1
             position = {"epoch": position["epoch"], "batch": position["batch"] + 1}
-            window.add(batch["attention_mask"], data_time, time.perf_counter() - tick)
+            window.add(
+                batch["attention_mask"],
+                encoder_tokens,
+                encoder_slots,
+                data_time,
+                time.perf_counter() - tick,
+            )
             progress.update(1)
             if step % train.log_every == 0 or step == total_steps:
                 last = {
@@ -284,22 +316,34 @@ def encoder_config(tokenizer: Tokenizer, config: PretrainConfig) -> EHRConfig:
 
 
 class _Window:
-    """Throughput figures over the steps since the last log line."""
+    """Throughput figures over the steps since the last log line. Visit tokens are the real
+    tokens of the batch (data throughput); encoder tokens and slots are what the encoder ran on
+    (both views, padding included in slots)."""
 
     def __init__(self) -> None:
-        self.tokens = self.slots = 0
+        self.tokens = self.encoder_tokens = self.encoder_slots = 0
         self.data_s = self.step_s = 0.0
 
-    def add(self, attention_mask: torch.Tensor, data_s: float, step_s: float) -> None:
+    def add(
+        self,
+        attention_mask: torch.Tensor,
+        encoder_tokens: torch.Tensor,
+        encoder_slots: torch.Tensor,
+        data_s: float,
+        step_s: float,
+    ) -> None:
         self.tokens += int(attention_mask.sum())
-        self.slots += attention_mask.numel()
+        self.encoder_tokens += int(encoder_tokens)
+        self.encoder_slots += int(encoder_slots)
         self.data_s += data_s
         self.step_s += step_s
 
     def flush(self) -> dict:
+        seconds = max(self.step_s, 1e-9)
         figures = {
-            "tokens_per_s": self.tokens / max(self.step_s, 1e-9),
-            "padding_fraction": 1 - self.tokens / max(self.slots, 1),
+            "tokens_per_s": self.tokens / seconds,
+            "encoder_tokens_per_s": self.encoder_tokens / seconds,
+            "padding_fraction": 1 - self.encoder_tokens / max(self.encoder_slots, 1),
             "data_s": self.data_s,
             "compute_s": self.step_s - self.data_s,
         }
@@ -307,17 +351,19 @@ class _Window:
         return figures
 
 
-def _prepare_run_dir(out_dir: Path, config: PretrainConfig, *, resume: bool) -> None:
-    """Create the run directory, or check that a resumed run has the same configuration."""
+def _prepare_run_dir(out_dir: Path, run: dict, *, resume: bool) -> None:
+    """Create the run directory, or check that a resumed run has the same configuration and
+    data (tokenizer and visit count: the learning-rate schedule depends on the latter)."""
     saved = out_dir / RUN_CONFIG
-    resolved = to_dict(config)
     if resume and saved.exists():
-        previous = json.loads(saved.read_text())
-        if previous != resolved:
-            changed = sorted(_diff(previous, resolved))
+        try:
+            previous = json.loads(saved.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON ({e})", file=str(saved)) from None
+        if previous != run:
+            changed = sorted(_diff(previous, run))
             raise InputError(
-                f"configuration differs from the run being resumed ({', '.join(changed)})",
-                file=str(saved),
+                f"differs from the run being resumed ({', '.join(changed)})", file=str(saved)
             )
         return
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
@@ -325,7 +371,7 @@ def _prepare_run_dir(out_dir: Path, config: PretrainConfig, *, resume: bool) -> 
             "output directory is not empty (use --resume to continue that run)", file=str(out_dir)
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, json.dumps(resolved, indent=2) + "\n")
+    atomic_write_text(saved, json.dumps(run, indent=2) + "\n")
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -71,7 +71,7 @@ def augment_view(
     if ids.dim() != 2 or any(batch[key].shape != ids.shape for key in _REQUIRED):
         shapes = {key: tuple(batch[key].shape) for key in _REQUIRED}
         raise ValueError(f"batch tensors must share one (B, T) shape, got {shapes}")
-    if generator.device != ids.device:
+    if generator.device.type != ids.device.type:  # a cuda generator may carry no index
         raise ValueError(f"generator is on {generator.device}, batch on {ids.device}")
     if event_dropout == 0 and history_crop == 0 and time_jitter == 0:
         return {k: v.clone() if isinstance(v, Tensor) else v for k, v in batch.items()}

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from ehr_ssl.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.data.splits import SPLITS
-from ehr_ssl.shards import read_split
+from ehr_ssl.shards import open_shard, read_split
 from ehr_ssl.train import pretraining_selection
 
 
@@ -76,6 +76,10 @@ def test_pretraining_selection_never_includes_test_labels(cohort_tokens):
     assert len(inductive) == outside_test
     assert len(transductive) == outside_test + unlabeled_test
     assert unlabeled_test > 0
+    for dataset, allowed_test in ((inductive, False), (transductive, True)):
+        for shard, row in zip(dataset.shard_of, dataset.rows, strict=True):
+            meta = pl.from_arrow(open_shard(dataset.shard_paths[shard]).slice(row, 1))
+            assert meta["split"][0] != "test" or (allowed_test and not meta["labeled"][0])
 
 
 def test_items_are_the_shard_rows(cohort_tokens):

@@ -381,3 +381,13 @@ def test_info_nce_rejects_bad_shapes_and_offsets() -> None:
         info_nce_loss(z_a[:3], z_b[:3], temperature=0.1, offset=2, all_a=z_a, all_b=z_b)
     with pytest.raises(ValueError, match=r"\(M, 3\)"):
         info_nce_loss(z_a, z_b, temperature=0.1, all_a=z_a[:, :2], all_b=z_b[:, :2])
+
+
+def test_info_nce_stays_float32_under_autocast():
+    g = torch.Generator().manual_seed(0)
+    z_a, z_b = torch.randn(64, 16, generator=g), torch.randn(64, 16, generator=g)
+    plain = info_nce_loss(z_a, z_b, temperature=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = info_nce_loss(z_a, z_b, temperature=0.1)
+    assert autocast.dtype == torch.float32
+    assert torch.equal(plain, autocast)

@@ -93,7 +93,9 @@ def test_a_run_writes_its_outputs(cohort_tokens, tmp_path):
     assert isinstance(AutoModel.from_pretrained(out / "encoder"), EHREncoder)
     with pytest.raises(InputError, match="not empty"):
         pretrain(cohort_tokens, out, _tiny(max_steps=12))
-    with pytest.raises(InputError, match=r"differs from the run being resumed \(train.max_steps\)"):
+    with pytest.raises(
+        InputError, match=r"differs from the run being resumed \(config.train.max_steps\)"
+    ):
         pretrain(
             cohort_tokens, out, _tiny(max_steps=13, log_every=4, checkpoint_every=5), resume=True
         )
@@ -189,3 +191,48 @@ def test_cli_pretrain_variants_are_one_flag_apart(cohort_tokens, tmp_path):
         last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
         assert term in last and "loss" in last
         assert set(last) & {"masked_code", "contrastive"} == {term}
+
+
+def test_a_refused_start_leaves_nothing(cohort_tokens, tmp_path):
+    with pytest.raises(InputError, match="fewer than one batch"):
+        pretrain(cohort_tokens, tmp_path / "run", _tiny(batch_size=5000))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InputError, match="needs batch_size >= 2"):
+        _tiny(batch_size=1).__post_init__()
+
+
+def test_resume_refuses_other_data_and_broken_checkpoints(cohort_tokens, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    pretrain(cohort_tokens, out, _tiny(max_steps=6, checkpoint_every=3))
+    other = tmp_path / "other-tokens"
+    shutil.copytree(cohort_tokens, other)
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    tokenizer["vocab"][6], tokenizer["vocab"][7] = tokenizer["vocab"][7], tokenizer["vocab"][6]
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(InputError, match="data.tokenizer_sha256"):
+        pretrain(other, out, _tiny(max_steps=6, checkpoint_every=3), resume=True)
+    (out / "checkpoints" / "step-00000006" / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="unreadable checkpoint"):
+        pretrain(cohort_tokens, out, _tiny(max_steps=6, checkpoint_every=3), resume=True)
+
+
+def test_finished_run_resumed_keeps_its_final_metrics(cohort_tokens, tmp_path):
+    out = tmp_path / "run"
+    first = pretrain(cohort_tokens, out, _tiny(max_steps=6, checkpoint_every=3, log_every=3))
+    again = pretrain(
+        cohort_tokens, out, _tiny(max_steps=6, checkpoint_every=3, log_every=3), resume=True
+    )
+    assert again["final_metrics"] == first["final_metrics"] != {}
+
+
+def test_epochs_advance_and_padding_multiples_are_capped(cohort_tokens, tmp_path):
+    out = tmp_path / "run"
+    config = _tiny(
+        epochs=2, batch_size=128, log_every=1, pad_to_multiple_of=48, checkpoint_every=1000
+    )
+    pretrain(cohort_tokens, out, config)  # max_length 64: a multiple of 48 would exceed it
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["epoch"] for r in records} == {0, 1}
+    assert all(r["encoder_tokens_per_s"] > r["tokens_per_s"] for r in records)
