@@ -187,6 +187,8 @@ def pretrain(
             checkpoint, model=model, optimizer=optimizer, generator=generator
         )
         log.info("pretrain: resumed from %s (step %d)", checkpoint.name, step)
+    elif resume:
+        log.info("pretrain: no checkpoint in %s yet, starting from step 0", out_dir)
     metrics = MetricsLog(out_dir, resume_step=step, tensorboard=train.tensorboard)
     if train.compile:
         encoder.compile()  # in place: state_dict keys (and checkpoints) stay the same
