@@ -40,18 +40,26 @@ class TokenDataset(Dataset):
             for split in splits
             for name in manifest["splits"][split]["shards"]
         ]
-        rows, shard_of, lengths, labels = [], [], [], []
+        metas = []
         for index, path in enumerate(self.shard_paths):
-            meta = pl.from_arrow(open_shard(path).select(["labeled", "label", "length", "split"]))
-            chosen = meta.with_row_index("row").filter(selection)
-            rows.append(chosen["row"].to_numpy())
-            shard_of.append(np.full(chosen.height, index, dtype=np.int32))
-            lengths.append(chosen["length"].to_numpy())
-            labels.append(chosen["label"].to_numpy(allow_copy=True))
-        self.rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        self.shard_of = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int32)
-        self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
-        self.labels = np.concatenate(labels) if labels else np.zeros(0)
+            meta = pl.from_arrow(
+                open_shard(path).select(
+                    ["visit_id", "patient_id", "split", "labeled", "label", "length"]
+                )
+            )
+            metas.append(
+                meta.with_columns(
+                    pl.int_range(pl.len(), dtype=pl.Int64).alias("row"),
+                    pl.lit(index, pl.Int32).alias("shard"),
+                ).filter(selection)
+            )
+        # Per selected visit: where it is, and what it is (no token data is read here).
+        self.meta = pl.concat(metas) if metas else pl.DataFrame()
+        self.rows = self.meta["row"].to_numpy()
+        self.shard_of = self.meta["shard"].to_numpy()
+        self.lengths = self.meta["length"].to_numpy()
+        # 1.0 / 0.0 for labeled visits, NaN for unlabeled ones.
+        self.labels = self.meta["label"].cast(pl.Float32).fill_null(float("nan")).to_numpy()
         self._columns: list[dict[str, tuple[np.ndarray, np.ndarray]]] | None = None
 
     def __len__(self) -> int:
@@ -66,7 +74,7 @@ class TokenDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         columns = self._open()[self.shard_of[index]]
         row = self.rows[index]
-        out = {}
+        out = {"label": self.labels[index]}
         for name, (values, offsets) in columns.items():
             out[name] = values[offsets[row] : offsets[row + 1]]
         return out
@@ -141,4 +149,6 @@ def collate(visits: list[dict[str, np.ndarray]], pad_to_multiple_of: int = 1) ->
             padded[i, : lengths[i]] = visit[name]
         batch[name] = torch.from_numpy(padded)
     batch["attention_mask"] = torch.from_numpy(np.arange(t)[None, :] < lengths[:, None])
+    if "label" in visits[0]:  # (B,) float: 1.0 / 0.0, NaN where unlabeled
+        batch["labels"] = torch.tensor([v["label"] for v in visits], dtype=torch.float32)
     return batch

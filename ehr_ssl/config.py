@@ -420,3 +420,53 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+FINETUNE_MODES = ("full", "linear-probe", "scratch")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning for admission within 7 days; selection uses the validation split only."""
+
+    mode: str = "full"
+    """full: the pretrained encoder trained further with a head; linear-probe: a logistic
+    regression on the frozen encoder's pooled vectors; scratch: the same architecture from
+    random initialization (the supervised-only baseline)."""
+    label_budget: int | float | None = None
+    """Labeled visits used from train and from val: a count, a fraction, or None for all.
+    Nested subsets for a seed; the test split always keeps all its labels."""
+    learning_rate: float = 1e-3
+    """Learning rate of the head (and of the whole model in scratch mode)."""
+    encoder_lr_ratio: float = 0.1
+    """full mode: encoder learning rate = learning_rate x this (lower than the head's)."""
+    batch_size: int = 64
+    max_epochs: int = 30
+    patience: int = 4
+    """Stop after this many epochs without a better validation AUROC."""
+    weight_decay: float = 0.01
+    head_dropout: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in FINETUNE_MODES:
+            raise InputError(
+                f"must be one of {', '.join(FINETUNE_MODES)}, got {self.mode!r}",
+                column="finetune.mode",
+            )
+        for name in ("batch_size", "max_epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise InputError(
+                    f"must be >= 1, got {getattr(self, name)}", column=f"finetune.{name}"
+                )
+        _check_range(self.learning_rate, 1e-9, 10, "finetune.learning_rate")
+        _check_range(self.encoder_lr_ratio, 0, 10, "finetune.encoder_lr_ratio")
+        _check_range(self.weight_decay, 0, 10, "finetune.weight_decay")
+        _check_range(self.head_dropout, 0, 0.99, "finetune.head_dropout")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(
+                f"must be auto, cpu or cuda, got {self.device!r}", column="finetune.device"
+            )
+        if not 0 <= self.seed < 2**32:
+            raise InputError(f"must be in [0, 2**32), got {self.seed}", column="finetune.seed")

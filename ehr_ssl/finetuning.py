@@ -1,0 +1,253 @@
+"""Fine-tuning for hospital admission within 7 days: a classification head on the encoder.
+
+Modes: `full` (the pretrained encoder trained further, at a lower learning rate than the head),
+`linear-probe` (a logistic regression on the frozen pretrained encoder's pooled vectors) and
+`scratch` (the same architecture from random initialization: the supervised-only baseline).
+Class imbalance is handled by loss weighting (the positive class weighted by n_negative /
+n_positive of the training labels). The epoch, and for the probe the regularization, are
+chosen on the validation split only: fine-tuning never reads the test split.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from ehr_ssl.atomic import atomic_directory, atomic_write_text
+from ehr_ssl.batching import LengthBucketSampler, TokenDataset, collate
+from ehr_ssl.config import FinetuneConfig, to_dict
+from ehr_ssl.errors import InputError
+from ehr_ssl.model import EHRConfig, EHREncoder, EHRPreTrainedModel
+from ehr_ssl.pretraining import ENCODER_INPUTS
+from ehr_ssl.train import param_groups, resolve_device
+
+log = logging.getLogger("ehr_ssl")
+
+
+class AdmissionClassifier(EHRPreTrainedModel):
+    """Encoder + dropout + linear head on the pooled visit vector: one logit per visit."""
+
+    def __init__(self, config: EHRConfig, head_dropout: float = 0.1):
+        super().__init__(config)
+        self.encoder = EHREncoder(config)
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        value_bins: torch.Tensor,
+        time_deltas: torch.Tensor,
+        segment_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        pos_weight: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        """Shape: inputs (B, T), labels (B,) float 0/1 -> logits (B,), loss () if labels."""
+        pooled = self.encoder(
+            input_ids, value_bins, time_deltas, segment_ids, attention_mask
+        ).pooler_output
+        logits = self.head(self.dropout(pooled)).squeeze(-1)  # (B, 1) -> (B,)
+        loss = None
+        if labels is not None:
+            loss = F.binary_cross_entropy_with_logits(
+                logits.float(), labels.float(), pos_weight=pos_weight
+            )
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def labeled_split(tokens_dir: Path, split: str, visit_ids: pl.Series | None = None) -> TokenDataset:
+    """Labeled visits of one split, optionally only those in `visit_ids` (a label budget)."""
+    selection = (pl.col("split") == split) & pl.col("labeled")
+    if visit_ids is not None:
+        selection = selection & pl.col("visit_id").is_in(visit_ids.implode())
+    return TokenDataset(tokens_dir, selection, splits=[split])
+
+
+@torch.no_grad()
+def predict_scores(
+    model: AdmissionClassifier, dataset: TokenDataset, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
+    """P(admission) for every visit of `dataset`, in dataset order. Shape: (N,)."""
+    model.eval()
+    scores = np.empty(len(dataset), dtype=np.float64)
+    for start in range(0, len(dataset), batch_size):
+        index = range(start, min(start + batch_size, len(dataset)))
+        batch = collate([dataset[i] for i in index])
+        inputs = {k: batch[k].to(device) for k in ENCODER_INPUTS}
+        scores[start : start + len(index)] = torch.sigmoid(model(**inputs).logits).cpu().numpy()
+    return scores
+
+
+@torch.no_grad()
+def pooled_vectors(
+    encoder: EHREncoder, dataset: TokenDataset, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
+    """The encoder's pooled visit vectors. Shape: (N, D)."""
+    encoder.eval()
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        out.append(encoder(**{k: batch[k].to(device) for k in ENCODER_INPUTS}).pooler_output.cpu())
+    return torch.cat(out).numpy()
+
+
+def finetune(
+    tokens_dir: Path,
+    encoder_dir: Path | None,
+    out_dir: Path,
+    config: FinetuneConfig,
+    *,
+    train_ids: pl.Series | None = None,
+    val_ids: pl.Series | None = None,
+) -> dict:
+    """Fine-tune on the labeled train visits (or the `train_ids` budget), select on val.
+
+    `encoder_dir` is a pretrained encoder (save_pretrained directory); scratch mode takes only
+    its architecture. Writes the selected model (safetensors + config.json) and a summary to
+    `out_dir` atomically and returns the summary. Never reads the test split.
+    """
+    tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
+    if encoder_dir is None:
+        raise InputError("a pretrained encoder directory is needed", column="finetune.encoder")
+    encoder_config = EHRConfig.from_pretrained(encoder_dir)
+    train, val = (
+        labeled_split(tokens_dir, "train", train_ids),
+        labeled_split(tokens_dir, "val", val_ids),
+    )
+    for name, dataset in (("train", train), ("val", val)):
+        if len(np.unique(dataset.labels)) < 2:
+            raise InputError(
+                f"the {name} split needs labeled visits of both classes, has {len(dataset)} "
+                "labeled visits",
+                file=str(tokens_dir),
+            )
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    if config.mode == "linear-probe":
+        summary = _linear_probe(encoder_dir, train, val, config, device)
+        model = None
+    else:
+        model, summary = _train_classifier(encoder_dir, encoder_config, train, val, config, device)
+    summary.update(
+        {
+            "mode": config.mode,
+            "train_labeled": len(train),
+            "val_labeled": len(val),
+            "config": to_dict(config),
+        }
+    )
+    with atomic_directory(out_dir, overwrite=True) as tmp:
+        if model is not None:
+            model.cpu().save_pretrained(tmp / "model")
+        else:
+            save_file(summary.pop("_probe"), str(tmp / "linear_probe.safetensors"))
+        atomic_write_text(tmp / "finetune_summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def build_classifier(
+    encoder_dir: Path, encoder_config: EHRConfig, config: FinetuneConfig
+) -> AdmissionClassifier:
+    """full: the pretrained encoder under a new head; scratch: the same architecture, random."""
+    model = AdmissionClassifier(encoder_config, head_dropout=config.head_dropout)
+    if config.mode == "full":
+        model.encoder = EHREncoder.from_pretrained(encoder_dir)
+    return model
+
+
+def _train_classifier(
+    encoder_dir: Path,
+    encoder_config: EHRConfig,
+    train: TokenDataset,
+    val: TokenDataset,
+    config: FinetuneConfig,
+    device: torch.device,
+) -> tuple[AdmissionClassifier, dict]:
+    model = build_classifier(encoder_dir, encoder_config, config)
+    if config.mode == "full":
+        # The pretrained encoder moves slower than the freshly initialized head.
+        groups = param_groups(model.encoder, config.weight_decay)
+        for group in groups:
+            group["lr"] = config.learning_rate * config.encoder_lr_ratio
+        head = param_groups(model.head, config.weight_decay)
+        groups += [dict(g, lr=config.learning_rate) for g in head]
+    else:
+        groups = [
+            dict(g, lr=config.learning_rate) for g in param_groups(model, config.weight_decay)
+        ]
+    model.to(device)
+    optimizer = torch.optim.AdamW(groups)
+    positives = float(np.nansum(train.labels))
+    pos_weight = torch.tensor((len(train) - positives) / positives, device=device)
+    best, best_auroc, history, stale = None, -1.0, [], 0
+    for epoch in range(config.max_epochs):
+        model.train()
+        sampler = LengthBucketSampler(
+            train.lengths, config.batch_size, seed=config.seed, epoch=epoch, drop_last=False
+        )
+        for batch in DataLoader(train, batch_sampler=sampler, collate_fn=collate):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = model(
+                **{k: batch[k] for k in ENCODER_INPUTS},
+                labels=batch["labels"],
+                pos_weight=pos_weight,
+            ).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        val_auroc = float(roc_auc_score(val.labels, predict_scores(model, val, device)))
+        history.append({"epoch": epoch, "val_auroc": val_auroc, "last_loss": float(loss.detach())})
+        if val_auroc > best_auroc:
+            best, best_auroc, stale = copy.deepcopy(model.state_dict()), val_auroc, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best)
+    chosen = max(history, key=lambda h: h["val_auroc"])["epoch"]
+    return model, {"selected_epoch": chosen, "val_auroc": best_auroc, "history": history}
+
+
+def _linear_probe(
+    encoder_dir: Path,
+    train: TokenDataset,
+    val: TokenDataset,
+    config: FinetuneConfig,
+    device: torch.device,
+) -> dict:
+    encoder = EHREncoder.from_pretrained(encoder_dir).to(device)
+    x_train, x_val = pooled_vectors(encoder, train, device), pooled_vectors(encoder, val, device)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6  # standardized on train only
+    candidates = []
+    for c in (0.001, 0.01, 0.1, 1.0, 10.0):
+        probe = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+        probe.fit((x_train - mean) / std, train.labels)
+        auroc = roc_auc_score(val.labels, probe.predict_proba((x_val - mean) / std)[:, 1])
+        candidates.append((float(auroc), c, probe))
+    val_auroc, c, probe = max(candidates, key=lambda t: t[0])
+    weights = {"coef": probe.coef_[0], "intercept": probe.intercept_, "mean": mean, "std": std}
+    return {
+        "selected_C": c,
+        "val_auroc": val_auroc,
+        "history": [{"C": cc, "val_auroc": a} for a, cc, _ in candidates],
+        "_probe": {
+            k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+            for k, v in weights.items()
+        },
+    }

@@ -1,0 +1,143 @@
+"""Fine-tuning: the three modes run and select on validation only; the test split is never
+read (shuffling its labels changes no choice); class weighting and learning rates as stated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ehr_ssl.finetuning as finetuning
+from ehr_ssl.config import FinetuneConfig, load_pretrain_config
+from ehr_ssl.finetuning import AdmissionClassifier, finetune
+from ehr_ssl.model import EHRConfig, EHREncoder
+from ehr_ssl.shards import read_manifest, read_split, write_split_shards
+from ehr_ssl.train import pretrain
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(cohort_tokens, tmp_path_factory):
+    run = tmp_path_factory.mktemp("pretrained") / "run"
+    config = load_pretrain_config(None, {"preset": "tiny", "train.max_steps": 10})
+    pretrain(cohort_tokens, run, config)
+    return run / "encoder"
+
+
+def _config(**kwargs) -> FinetuneConfig:
+    return FinetuneConfig(**{"max_epochs": 3, "patience": 2, "batch_size": 32, **kwargs})
+
+
+@pytest.mark.parametrize("mode", ["full", "scratch", "linear-probe"])
+def test_modes_run_and_select_on_validation(cohort_tokens, encoder_dir, tmp_path, mode):
+    summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _config(mode=mode))
+    history = summary["history"]
+    assert summary["val_auroc"] == max(h["val_auroc"] for h in history)
+    assert 0.0 <= summary["val_auroc"] <= 1.0
+    written = json.loads((tmp_path / "ft" / "finetune_summary.json").read_text())
+    assert written["mode"] == mode and written["val_labeled"] == summary["val_labeled"]
+    if mode == "linear-probe":
+        assert (tmp_path / "ft" / "linear_probe.safetensors").exists()
+    else:
+        assert summary["selected_epoch"] == max(history, key=lambda h: h["val_auroc"])["epoch"]
+        assert (tmp_path / "ft" / "model" / "model.safetensors").exists()
+
+
+def test_the_test_split_is_never_read(cohort_tokens, encoder_dir, tmp_path, monkeypatch):
+    splits_read = []
+    original = finetuning.TokenDataset
+
+    def recording(tokens_dir, selection, *, splits):
+        splits_read.extend(splits)
+        return original(tokens_dir, selection, splits=splits)
+
+    monkeypatch.setattr(finetuning, "TokenDataset", recording)
+    finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _config(mode="full"))
+    assert set(splits_read) == {"train", "val"}
+
+
+def test_shuffled_test_labels_change_no_choice(cohort_tokens, encoder_dir, tmp_path):
+    shuffled = tmp_path / "tokens"
+    shutil.copytree(cohort_tokens, shuffled)
+    test = read_split(cohort_tokens, "test")
+    labels = test["label"].shuffle(seed=1)
+    assert not labels.equals(test["label"])
+    for shard in read_manifest(shuffled)["splits"]["test"]["shards"]:
+        (shuffled / shard).unlink()
+    write_split_shards(test.with_columns(labels), shuffled, "test", 10**6)
+    a = finetune(cohort_tokens, encoder_dir, tmp_path / "a", _config(mode="full"))
+    b = finetune(shuffled, encoder_dir, tmp_path / "b", _config(mode="full"))
+    assert a["selected_epoch"] == b["selected_epoch"] and a["history"] == b["history"]
+    p = finetune(cohort_tokens, encoder_dir, tmp_path / "p", _config(mode="linear-probe"))
+    q = finetune(shuffled, encoder_dir, tmp_path / "q", _config(mode="linear-probe"))
+    assert p["selected_C"] == q["selected_C"] and p["history"] == q["history"]
+
+
+def test_full_mode_starts_from_the_pretrained_encoder(cohort_tokens, encoder_dir, monkeypatch):
+    pretrained = EHREncoder.from_pretrained(encoder_dir).state_dict()
+    config = EHRConfig.from_pretrained(encoder_dir)
+    full = finetuning.build_classifier(encoder_dir, config, _config(mode="full"))
+    scratch = finetuning.build_classifier(encoder_dir, config, _config(mode="scratch"))
+    for name, tensor in pretrained.items():
+        assert torch.equal(full.encoder.state_dict()[name], tensor), name
+    assert not torch.equal(
+        scratch.encoder.code_embeddings.weight, pretrained["code_embeddings.weight"]
+    )
+
+    seen = {}
+    original = torch.optim.AdamW
+
+    def capture(groups, *args, **kwargs):
+        seen["groups"] = groups
+        return original(groups, *args, **kwargs)
+
+    monkeypatch.setattr(finetuning.torch.optim, "AdamW", capture)
+    finetuning._train_classifier(
+        encoder_dir,
+        config,
+        finetuning.labeled_split(cohort_tokens, "train"),
+        finetuning.labeled_split(cohort_tokens, "val"),
+        _config(mode="full", max_epochs=1, learning_rate=1e-3, encoder_lr_ratio=0.1),
+        torch.device("cpu"),
+    )
+    assert sorted({g["lr"] for g in seen["groups"]}) == pytest.approx([1e-4, 1e-3])
+
+
+def test_loss_weights_the_positive_class():
+    torch.manual_seed(0)
+    model = AdmissionClassifier(
+        EHRConfig(
+            vocab_size=20,
+            hidden_size=16,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=8,
+        )
+    ).eval()
+    b, t = 4, 6
+    inputs = {
+        "input_ids": torch.randint(6, 20, (b, t)),
+        "value_bins": torch.zeros(b, t, dtype=torch.long),
+        "time_deltas": torch.zeros(b, t),
+        "segment_ids": torch.ones(b, t, dtype=torch.long),
+        "attention_mask": torch.ones(b, t, dtype=torch.bool),
+    }
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    out = model(**inputs, labels=labels, pos_weight=torch.tensor(3.0))
+    logits = out.logits
+    expected = -(3.0 * labels * F.logsigmoid(logits) + (1 - labels) * F.logsigmoid(-logits)).mean()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_a_label_budget_limits_the_training_labels(cohort_tokens, encoder_dir, tmp_path):
+    train = read_split(cohort_tokens, "train").filter(pl.col("labeled"))
+    ids = train["visit_id"].head(60)
+    summary = finetune(
+        cohort_tokens, encoder_dir, tmp_path / "ft", _config(mode="scratch"), train_ids=ids
+    )
+    assert summary["train_labeled"] == 60 < train.height
+    assert np.isfinite(summary["val_auroc"])
