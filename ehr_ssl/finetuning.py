@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -251,3 +251,18 @@ def _linear_probe(
             for k, v in weights.items()
         },
     }
+
+
+def predict_finetuned(
+    finetune_dir: Path, encoder_dir: Path, dataset: TokenDataset, device: torch.device
+) -> np.ndarray:
+    """P(admission) for every visit of `dataset` from a fine-tuning output directory: the
+    classifier (full, scratch) or the probe over `encoder_dir`'s frozen encoder. Shape: (N,)."""
+    finetune_dir = Path(finetune_dir)
+    if (finetune_dir / "model").is_dir():
+        model = AdmissionClassifier.from_pretrained(finetune_dir / "model").to(device)
+        return predict_scores(model, dataset, device)
+    probe = {k: v.numpy() for k, v in load_file(finetune_dir / "linear_probe.safetensors").items()}
+    encoder = EHREncoder.from_pretrained(encoder_dir).to(device)
+    x = (pooled_vectors(encoder, dataset, device) - probe["mean"]) / probe["std"]
+    return 1 / (1 + np.exp(-(x @ probe["coef"] + probe["intercept"])))

@@ -141,3 +141,15 @@ def test_a_label_budget_limits_the_training_labels(cohort_tokens, encoder_dir, t
     )
     assert summary["train_labeled"] == 60 < train.height
     assert np.isfinite(summary["val_auroc"])
+
+
+@pytest.mark.parametrize("mode", ["full", "linear-probe"])
+def test_predictions_from_the_output_directory(cohort_tokens, encoder_dir, tmp_path, mode):
+    from sklearn.metrics import roc_auc_score
+
+    summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _config(mode=mode))
+    val = finetuning.labeled_split(cohort_tokens, "val")
+    scores = finetuning.predict_finetuned(tmp_path / "ft", encoder_dir, val, torch.device("cpu"))
+    assert scores.shape == (len(val),) and ((scores >= 0) & (scores <= 1)).all()
+    # The selected model's validation AUROC is reproduced from what was written.
+    assert roc_auc_score(val.labels, scores) == pytest.approx(summary["val_auroc"], abs=1e-9)
