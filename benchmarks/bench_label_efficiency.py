@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="1000")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--epochs", type=int, default=4, help="pretraining epochs")
+    parser.add_argument("--pooling", choices=("cls", "mean"), help="encoder pooling [preset's]")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--work", type=Path, help="keep data, tokens and models here")
     parser.add_argument("--json", type=Path)
@@ -58,7 +59,10 @@ def main() -> None:
     pretrain(
         tokens,
         work / "pretrain",
-        load_pretrain_config(None, {"preset": "small", "train.epochs": args.epochs}),
+        load_pretrain_config(
+            None,
+            {"preset": "small", "train.epochs": args.epochs, "model.pooling": args.pooling},
+        ),
     )
     pretrain_s = time.perf_counter() - started
 
@@ -128,6 +132,7 @@ def main() -> None:
     summary = {
         "visits": args.visits,
         "pretraining_epochs": args.epochs,
+        "pooling": args.pooling or "cls",
         "pretrain_seconds_including_synth_and_tokenize": round(pretrain_s),
         "test_labeled": test.height,
         "test_prevalence": float(y.mean()),
