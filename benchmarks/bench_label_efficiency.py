@@ -3,8 +3,9 @@ budgets for the SSL encoder (full fine-tuning, linear probe), the same transform
 and the counts baselines (logistic regression, gradient boosting), against the oracle.
 
 Synthesizes a cohort, tokenizes it, pretrains the `small` encoder on every visit outside the
-test split, then for each budget and seed: draws nested label subsets from train (and a
-quarter as many from val), fine-tunes / fits every model choosing on val only, and scores the
+test split, then for each budget and seed: draws nested label subsets from train (and val's
+proportional share, `finetuning.budget_ids`), fine-tunes / fits every model choosing on val
+only, and scores the
 whole labeled test split once with patient-level bootstrap CIs and paired differences
 (SSL full fine-tuning minus each other model).
 
@@ -22,12 +23,12 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from ehr_ssl.baselines import count_features, fit_counts_baseline, label_budget_subset
+from ehr_ssl.baselines import count_features, fit_counts_baseline
 from ehr_ssl.baselines import predict_proba as counts_proba
 from ehr_ssl.config import FinetuneConfig, TokenizeConfig, load_pretrain_config
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.evaluation import auroc, evaluate_predictions, paired_bootstrap_difference
-from ehr_ssl.finetuning import finetune, labeled_split, predict_finetuned
+from ehr_ssl.finetuning import budget_ids, finetune, labeled_split, predict_finetuned
 from ehr_ssl.shards import read_split
 from ehr_ssl.tokenizer import Tokenizer, tokenize_dataset
 from ehr_ssl.train import pretrain
@@ -81,8 +82,9 @@ def main() -> None:
     results = []
     for budget in [int(b) for b in args.budgets.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            tr = label_budget_subset(train, budget, seed=seed)
-            va = label_budget_subset(val, min(max(budget // 4, 20), val.height), seed=seed)
+            train_ids, val_ids = budget_ids(tokens, budget, seed=seed)
+            tr = train.filter(pl.col("visit_id").is_in(train_ids.implode()))
+            va = val.filter(pl.col("visit_id").is_in(val_ids.implode()))
             scores = {}
             for mode in ("full", "linear-probe", "scratch"):
                 out = work / f"ft-{budget}-{seed}-{mode}"

@@ -22,6 +22,15 @@ from typing import Any
 from ehr_ssl.errors import InputError
 
 
+def _check_positive(config: Any, names: tuple[str, ...], section: str) -> None:
+    """Each named integer field is >= 1."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise InputError(
+                f"must be >= 1, got {getattr(config, name)}", column=f"{section}.{name}"
+            )
+
+
 def _check_range(value: float, low: float, high: float, name: str) -> None:
     """Finite and within [low, high] (NaN fails every comparison, so it is named first)."""
     if not math.isfinite(value) or not low <= value <= high:
@@ -209,14 +218,11 @@ class ModelConfig:
     """Visit vector: "cls" (the [CLS] state) or "mean" (masked mean of all token states)."""
 
     def __post_init__(self) -> None:
-        for name in (
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-        ):
-            if getattr(self, name) < 1:
-                raise InputError(f"must be >= 1, got {getattr(self, name)}", column=f"model.{name}")
+        _check_positive(
+            self,
+            ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
+            "model",
+        )
         if self.hidden_size % self.num_attention_heads:
             raise InputError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
@@ -319,9 +325,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**32:
             raise InputError(f"must be in [0, 2**32), got {self.seed}", column="train.seed")
-        for name in ("batch_size", "epochs", "checkpoint_every", "keep_checkpoints", "log_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"must be >= 1, got {getattr(self, name)}", column=f"train.{name}")
+        _check_positive(
+            self,
+            ("batch_size", "epochs", "checkpoint_every", "keep_checkpoints", "log_every"),
+            "train",
+        )
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError(f"must be >= 1, got {self.max_steps}", column="train.max_steps")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -434,8 +442,8 @@ class FinetuneConfig:
     regression on the frozen encoder's pooled vectors; scratch: the same architecture from
     random initialization (the supervised-only baseline)."""
     label_budget: int | float | None = None
-    """Labeled visits used from train and from val: a count, a fraction, or None for all.
-    Nested subsets for a seed; the test split always keeps all its labels."""
+    """Labeled train visits used: a count, a fraction, or None for all; val keeps the
+    proportional share (at least 20). Nested subsets for a seed; test keeps all its labels."""
     learning_rate: float = 1e-3
     """Learning rate of the head (and of the whole model in scratch mode)."""
     encoder_lr_ratio: float = 0.1
@@ -455,11 +463,7 @@ class FinetuneConfig:
                 f"must be one of {', '.join(FINETUNE_MODES)}, got {self.mode!r}",
                 column="finetune.mode",
             )
-        for name in ("batch_size", "max_epochs", "patience"):
-            if getattr(self, name) < 1:
-                raise InputError(
-                    f"must be >= 1, got {getattr(self, name)}", column=f"finetune.{name}"
-                )
+        _check_positive(self, ("batch_size", "max_epochs", "patience"), "finetune")
         _check_range(self.learning_rate, 1e-9, 10, "finetune.learning_rate")
         _check_range(self.encoder_lr_ratio, 0, 10, "finetune.encoder_lr_ratio")
         _check_range(self.weight_decay, 0, 10, "finetune.weight_decay")

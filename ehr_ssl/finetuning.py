@@ -27,11 +27,13 @@ from torch.utils.data import DataLoader
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
+from ehr_ssl.baselines import label_budget_subset
 from ehr_ssl.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.config import FinetuneConfig, to_dict
 from ehr_ssl.errors import InputError
 from ehr_ssl.model import EHRConfig, EHREncoder, EHRPreTrainedModel
 from ehr_ssl.pretraining import ENCODER_INPUTS
+from ehr_ssl.shards import read_split
 from ehr_ssl.train import param_groups, resolve_device
 
 log = logging.getLogger("ehr_ssl")
@@ -68,6 +70,20 @@ class AdmissionClassifier(EHRPreTrainedModel):
                 logits.float(), labels.float(), pos_weight=pos_weight
             )
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def budget_ids(
+    tokens_dir: Path, budget: int | float, *, seed: int, min_val: int = 20
+) -> tuple[pl.Series, pl.Series]:
+    """Visit ids of a label budget: `budget` labeled train visits (a count, or a fraction of
+    them), and the share of val labels a split of that size would have (val/train available
+    ratio, at least `min_val` or all there are). Nested in the budget for a seed."""
+    train = read_split(tokens_dir, "train").filter(pl.col("labeled"))
+    val = read_split(tokens_dir, "val").filter(pl.col("labeled"))
+    train_ids = label_budget_subset(train, budget, seed=seed)["visit_id"]
+    share = round(len(train_ids) * val.height / max(train.height, 1))
+    val_ids = label_budget_subset(val, min(max(share, min_val), val.height), seed=seed)
+    return train_ids, val_ids["visit_id"]
 
 
 def labeled_split(tokens_dir: Path, split: str, visit_ids: pl.Series | None = None) -> TokenDataset:
@@ -115,7 +131,9 @@ def finetune(
     train_ids: pl.Series | None = None,
     val_ids: pl.Series | None = None,
 ) -> dict:
-    """Fine-tune on the labeled train visits (or the `train_ids` budget), select on val.
+    """Fine-tune on the labeled train visits, select on val. A label budget comes either as
+    visit ids (`train_ids`, `val_ids`, e.g. shared with the baselines) or as
+    `config.label_budget` (see `budget_ids`).
 
     `encoder_dir` is a pretrained encoder (save_pretrained directory); scratch mode takes only
     its architecture. Writes the selected model (safetensors + config.json) and a summary to
@@ -125,6 +143,8 @@ def finetune(
     if encoder_dir is None:
         raise InputError("a pretrained encoder directory is needed", column="finetune.encoder")
     encoder_config = EHRConfig.from_pretrained(encoder_dir)
+    if config.label_budget is not None and train_ids is None and val_ids is None:
+        train_ids, val_ids = budget_ids(tokens_dir, config.label_budget, seed=config.seed)
     train, val = (
         labeled_split(tokens_dir, "train", train_ids),
         labeled_split(tokens_dir, "val", val_ids),

@@ -153,3 +153,23 @@ def test_predictions_from_the_output_directory(cohort_tokens, encoder_dir, tmp_p
     assert scores.shape == (len(val),) and ((scores >= 0) & (scores <= 1)).all()
     # The selected model's validation AUROC is reproduced from what was written.
     assert roc_auc_score(val.labels, scores) == pytest.approx(summary["val_auroc"], abs=1e-9)
+
+
+def test_label_budget_from_the_config_matches_explicit_ids(cohort_tokens, encoder_dir, tmp_path):
+    train_ids, val_ids = finetuning.budget_ids(cohort_tokens, 50, seed=3)
+    bigger, _ = finetuning.budget_ids(cohort_tokens, 80, seed=3)
+    assert len(train_ids) == 50 and set(train_ids) <= set(bigger)  # nested
+    assert len(val_ids) == 20  # the proportional share is smaller; at least 20 are kept
+    by_config = finetune(
+        cohort_tokens, encoder_dir, tmp_path / "a", _config(mode="scratch", label_budget=50, seed=3)
+    )
+    by_ids = finetune(
+        cohort_tokens,
+        encoder_dir,
+        tmp_path / "b",
+        _config(mode="scratch", seed=3),
+        train_ids=train_ids,
+        val_ids=val_ids,
+    )
+    assert (by_config["train_labeled"], by_config["val_labeled"]) == (50, 20)
+    assert by_config["history"] == by_ids["history"]
