@@ -34,7 +34,6 @@ from ehr_ssl.data.splits import SPLITS
 from ehr_ssl.errors import InputError, TrainingError
 from ehr_ssl.model import EHRConfig, EHREncoder
 from ehr_ssl.pretraining import PretrainingModel
-from ehr_ssl.shards import read_manifest
 from ehr_ssl.tokenizer import TOKENIZER_FILE, Tokenizer
 
 log = logging.getLogger("ehr_ssl")
@@ -139,7 +138,6 @@ def pretrain(
     tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
     # Every check comes before anything is written, so a refused start leaves no trace.
     tokenizer = Tokenizer.load(tokens_dir)
-    read_manifest(tokens_dir)
     train = config.train
     device = resolve_device(train.device)
     dataset = TokenDataset(
