@@ -79,9 +79,43 @@ class Condition:
     med_codes: tuple[str, ...]  # home medications, most used first
     labs: tuple[str, ...]  # outpatient labs ordered when the condition is addressed
 
+    @property
+    def dx_family(self) -> tuple[str, ...]:
+        """Every diagnosis code the condition is recorded with: each of `dx_codes` and its more
+        specific children (letter extensions, as ICD-10-CM adds characters), most used first."""
+        return _code_family(self.dx_codes, _DX_EXTENSIONS)
+
+    @property
+    def med_family(self) -> tuple[str, ...]:
+        """Every home-medication code: each of `med_codes` in several strengths and forms (as
+        RxNorm codes clinical drugs), most used first."""
+        return _code_family(self.med_codes, _MED_FORMS)
+
+
+# Real vocabularies spread one condition over dozens of specific codes, each rare: a model that
+# learns codes one at a time from labels sees each too seldom, while their co-occurrence in
+# unlabeled histories shows they mean the same thing. Codes within a family are drawn with
+# flat Zipf weights (exponent 0.5 over the named codes, and over their children).
+_DX_EXTENSIONS = ("", "A", "B", "C", "D", "E", "F", "G")
+_MED_FORMS = ("", "_5MG_TAB", "_10MG_TAB", "_20MG_TAB", "_40MG_TAB", "_ER_TAB")
+_FAMILY_EXPONENT = 0.5
+
+
+@functools.cache
+def _code_family(named: tuple[str, ...], suffixes: tuple[str, ...]) -> tuple[str, ...]:
+    # Letter extensions, so that no child ("N18.3" + "1") spells another named code ("N18.31").
+    return tuple(code + suffix for code in named for suffix in suffixes)
+
+
+@functools.cache
+def _family_weights(n_named: int, n_suffixes: int) -> np.ndarray:
+    """Choice probabilities over a family laid out as `_code_family` does (named-code major)."""
+    weights = np.outer(_skewed(n_named, _FAMILY_EXPONENT), _skewed(n_suffixes, _FAMILY_EXPONENT))
+    return weights.ravel()
+
 
 # Ordered so that parents come before their children.
-CONDITIONS: tuple[Condition, ...] = (
+_NAMED_CONDITIONS: tuple[Condition, ...] = (
     Condition(
         "hypertension", -1.2, 0.55, 0.3, (), 0.05,
         ("DX//I10", "DX//I11.9", "DX//I15.9", "DX//I16.9", "DX//I67.4", "DX//R03.0"),
@@ -177,6 +211,42 @@ CONDITIONS: tuple[Condition, ...] = (
         ("LDL",),
     ),
 )  # fmt: skip
+
+_N_MINOR_CONDITIONS = 36
+
+
+def _minor_conditions(n: int) -> tuple[Condition, ...]:
+    """Less common chronic conditions (the long tail of a problem list), each coded by its own
+    family of diagnoses and medications, with no labs and no acute problem of their own: they are
+    visible only in the history. Their effects on admission differ in size and sign (some raise
+    it, a few lower it), so a model must learn which codes belong together to weigh them.
+    Parameters are fixed (seed-independent): the cohort's structure does not change with `seed`.
+    """
+    rng = np.random.default_rng(20210102)
+    stems = ("ALO", "BRI", "CAL", "DOR", "ELI", "FEN", "GLI", "IVA", "LUR", "MIR", "NEV", "OLA")
+    endings = ("GLIPTIN", "DRONATE", "FIBRATE", "SETRON", "TEGRAVIR", "PAMIDE")
+    conditions = []
+    for k in range(n):
+        chapter, number = "GKNRTJ"[k % 6], 60 + k // 6 * 6 + k % 6
+        conditions.append(
+            Condition(
+                name=f"minor_condition_{k:02d}",
+                prevalence_logit=float(rng.uniform(-4.2, -2.8)),
+                age_slope=float(rng.uniform(0.0, 0.5)),
+                frailty_slope=float(rng.uniform(0.1, 0.5)),
+                parents=(),
+                admit_weight=float(rng.normal(0.25, 0.4)),
+                dx_codes=tuple(f"DX//{chapter}{number}.{j}" for j in range(4)),
+                med_codes=tuple(  # 2 of the 72 stem-ending pairs, each used once
+                    f"MED_HOME//{stems[m % 12]}{endings[m // 12]}" for m in (2 * k, 2 * k + 1)
+                ),
+                labs=(),
+            )
+        )
+    return tuple(conditions)
+
+
+CONDITIONS: tuple[Condition, ...] = _NAMED_CONDITIONS + _minor_conditions(_N_MINOR_CONDITIONS)
 _CONDITION_INDEX = {c.name: i for i, c in enumerate(CONDITIONS)}
 
 
@@ -388,7 +458,7 @@ PROBLEMS: tuple[Problem, ...] = (
 )  # fmt: skip
 
 # The admission logit: intercept + frailty + age + chronic conditions + problem + severity.
-_ADMIT_INTERCEPT = -1.85
+_ADMIT_INTERCEPT = -2.35
 _ADMIT_FRAILTY = 0.3
 _ADMIT_AGE_PER_DECADE = 0.1
 _ADMIT_SEVERITY = 0.4
@@ -396,8 +466,8 @@ _ADMIT_FROM_ED = 0.85  # the rest of the admissions follow a return within 7 day
 
 # The history: how often conditions are written down.
 _ENCOUNTER_RATE = 0.6  # outpatient encounters per year, before conditions and frailty
-_ENCOUNTER_RATE_PER_CONDITION = 0.45
-_DOCUMENTED = 0.85  # P(a patient's condition is ever coded); the rest stay invisible
+_ENCOUNTER_RATE_PER_CONDITION = 0.8
+_DOCUMENTED = 0.9  # P(a patient's condition is ever coded); the rest stay invisible
 _RECORDED_PER_ENCOUNTER = 0.55  # P(a documented condition is coded at a given encounter)
 _RULE_OUT_DX = 0.004  # P(a condition code on a patient without it, per encounter)
 _NOISE_PER_ENCOUNTER = 1.2  # mean number of outcome-unrelated codes per encounter
@@ -413,7 +483,7 @@ def _skewed(n: int, exponent: float = 1.3) -> np.ndarray:
 @functools.cache
 def noise_codes() -> tuple[str, ...]:
     """The outcome-unrelated long tail, in decreasing order of frequency (seed-independent)."""
-    signal = {code for c in CONDITIONS for code in c.dx_codes + c.med_codes}
+    signal = {code for c in CONDITIONS for code in c.dx_family + c.med_family}
     signal |= {code for p in PROBLEMS for code in p.discharge_dx}
     dx = [
         f"DX//{letter}{num:02d}.{dec}"
@@ -623,16 +693,14 @@ def _add_history(
         coded = patients.documented[pat, c] & (rng.random(len(pat)) < _RECORDED_PER_ENCOUNTER)
         idx = np.flatnonzero(coded)
         dx = np.repeat(idx, 1 + (rng.random(len(idx)) < 0.25))
-        dx_ids = events.code_ids(cond.dx_codes)
-        events.add(
-            pat[dx], time[dx], dx_ids[rng.choice(len(dx_ids), len(dx), p=_skewed(len(dx_ids)))]
-        )
+        dx_ids = events.code_ids(cond.dx_family)
+        dx_p = _family_weights(len(cond.dx_codes), len(_DX_EXTENSIONS))
+        events.add(pat[dx], time[dx], dx_ids[rng.choice(len(dx_ids), len(dx), p=dx_p)])
         med = idx[rng.random(len(idx)) < 0.5]
-        med_ids = events.code_ids(cond.med_codes)
+        med_ids = events.code_ids(cond.med_family)
+        med_p = _family_weights(len(cond.med_codes), len(_MED_FORMS))
         events.add(
-            pat[med],
-            time[med] + 5 * _MINUTE,
-            med_ids[rng.choice(len(med_ids), len(med), p=_skewed(len(med_ids)))],
+            pat[med], time[med] + 5 * _MINUTE, med_ids[rng.choice(len(med_ids), len(med), p=med_p)]
         )
         for name in cond.labs:
             lab = LABS[_LAB_INDEX[name]]
@@ -776,8 +844,9 @@ def _add_outcomes(
     # Chronic conditions are coded at discharge too (documented or not: the stay finds them).
     for c, cond in enumerate(CONDITIONS):
         coded = np.flatnonzero(patients.has[pat[idx], c] & (rng.random(len(idx)) < 0.6))
-        codes = events.code_ids(cond.dx_codes)
-        drawn = rng.choice(len(codes), len(coded), p=_skewed(len(codes)))
+        codes = events.code_ids(cond.dx_family)
+        weights = _family_weights(len(cond.dx_codes), len(_DX_EXTENSIONS))
+        drawn = rng.choice(len(codes), len(coded), p=weights)
         events.add(pat[idx[coded]], discharge[coded], codes[drawn])
 
 

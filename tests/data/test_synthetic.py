@@ -116,7 +116,7 @@ def test_events_sorted_with_values_where_expected(cohort: Cohort) -> None:
     assert_frame_equal(events, events.sort("patient_id", "time", maintain_order=True))
     assert set(cohort.visits["patient_id"]) <= set(events["patient_id"])
     per_visit = events.height / N_VISITS
-    assert 15 <= per_visit <= 27
+    assert 35 <= per_visit <= 60
     valued = events.filter(pl.col("code").str.contains(r"^(LAB|VITAL|TRIAGE)//"))
     assert valued["numeric_value"].null_count() == 0
     assert valued["numeric_value"].is_finite().all()
@@ -230,7 +230,7 @@ def test_history_precedes_the_first_visit(cohort: Cohort) -> None:
 
 @pytest.mark.parametrize("condition", ["heart_failure", "copd", "diabetes"])
 def test_synonymous_condition_codes_cooccur(cohort: Cohort, condition: str) -> None:
-    dx_codes = next(c for c in CONDITIONS if c.name == condition).dx_codes
+    dx_codes = next(c for c in CONDITIONS if c.name == condition).dx_family
     # Outpatient history only: leave out patients ever admitted (inpatient discharge diagnoses).
     admitted = cohort.events.filter(pl.col("code") == "ADMIT//INPATIENT")["patient_id"]
     history = cohort.events.filter(~pl.col("patient_id").is_in(admitted.implode()))
@@ -247,14 +247,14 @@ def test_synonymous_condition_codes_cooccur(cohort: Cohort, condition: str) -> N
     p_other = codes_per_patient.filter(others).height / n_patients
     assert with_top.height >= 10
     assert p_other_given_top > 3 * p_other
-    # Several synonyms are in use, each rarer than the condition.
+    # The condition is spread over dozens of codes in use, each rarer than the condition.
     used = history.filter(pl.col("code").is_in(dx_codes))["code"].n_unique()
-    assert used >= 4
+    assert used >= 30
 
 
 def test_recorded_conditions_raise_the_true_risk(cohort: Cohort) -> None:
     heart_failure = next(c for c in CONDITIONS if c.name == "heart_failure")
-    coded = set(cohort.events.filter(pl.col("code").is_in(heart_failure.dx_codes))["patient_id"])
+    coded = set(cohort.events.filter(pl.col("code").is_in(heart_failure.dx_family))["patient_id"])
     risk = cohort.visits.join(cohort.oracle, on="visit_id").with_columns(
         coded=pl.col("patient_id").is_in(list(coded))
     )
@@ -269,7 +269,9 @@ def test_long_tail_of_rare_codes(cohort: Cohort) -> None:
     assert (patients_per_code["patient_id"] < 5).sum() > 100
     assert patients_per_code.filter(pl.col("code").str.starts_with("PROC//")).height > 100
     noise = set(synthetic.noise_codes())
-    assert noise.isdisjoint(c for cond in CONDITIONS for c in cond.dx_codes + cond.med_codes)
+    assert noise.isdisjoint(c for cond in CONDITIONS for c in cond.dx_family + cond.med_family)
+    families = [c for cond in CONDITIONS for c in cond.dx_family]
+    assert len(families) == len(set(families))  # no code belongs to two conditions
 
 
 def test_a_single_visit() -> None:
