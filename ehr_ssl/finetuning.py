@@ -1,6 +1,7 @@
 """Fine-tuning for hospital admission within 7 days: a classification head on the encoder.
 
-Modes: `full` (the pretrained encoder trained further, at a lower learning rate than the head),
+Modes: `full` (the pretrained encoder trained further, at a lower learning rate than the head,
+which starts as the linear probe: LP-FT),
 `linear-probe` (a logistic regression on the frozen pretrained encoder's pooled vectors) and
 `scratch` (the same architecture from random initialization: the supervised-only baseline).
 Class imbalance is handled by loss weighting (the positive class weighted by n_negative /
@@ -80,7 +81,10 @@ def budget_ids(
     ratio, at least `min_val` or all there are). Nested in the budget for a seed."""
     train = read_split(tokens_dir, "train").filter(pl.col("labeled"))
     val = read_split(tokens_dir, "val").filter(pl.col("labeled"))
-    train_ids = label_budget_subset(train, budget, seed=seed)["visit_id"]
+    try:
+        train_ids = label_budget_subset(train, budget, seed=seed)["visit_id"]
+    except ValueError as e:  # a budget the train split cannot meet is a bad setting
+        raise InputError(f"{e} in the train split", column="label_budget") from None
     share = round(len(train_ids) * val.height / max(train.height, 1))
     val_ids = label_budget_subset(val, min(max(share, min_val), val.height), seed=seed)
     return train_ids, val_ids["visit_id"]
@@ -215,7 +219,14 @@ def _train_classifier(
     positives = float(np.nansum(train.labels))
     pos_weight = torch.tensor((len(train) - positives) / positives, device=device)
     best, best_auroc, history, stale = None, -1.0, [], 0
-    for epoch in range(config.max_epochs):
+    if config.mode == "full":
+        # Epoch 0 is the probe-initialized model before any update: fine-tuning is kept only
+        # where it beats the probe on validation.
+        _init_head_from_probe(model, train, val, device)
+        best_auroc = float(roc_auc_score(val.labels, predict_scores(model, val, device)))
+        best = copy.deepcopy(model.state_dict())
+        history.append({"epoch": 0, "val_auroc": best_auroc, "last_loss": None})
+    for epoch in range(1, config.max_epochs + 1):  # epoch k: after k passes over train
         model.train()
         sampler = LengthBucketSampler(
             train.lengths, config.batch_size, seed=config.seed, epoch=epoch, drop_last=False
@@ -244,6 +255,31 @@ def _train_classifier(
     return model, {"selected_epoch": chosen, "val_auroc": best_auroc, "history": history}
 
 
+def _fit_probe(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+) -> dict:
+    """A logistic regression on pooled vectors (standardized on train only), its C chosen by
+    validation AUROC. Shape: x_train (N, D), x_val (M, D). Returns coef (D,), intercept (1,),
+    mean (D,), std (D,), C, val_auroc and every candidate's validation AUROC."""
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    candidates = []
+    for c in (0.001, 0.01, 0.1, 1.0, 10.0):
+        probe = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+        probe.fit((x_train - mean) / std, y_train)
+        auroc = roc_auc_score(y_val, probe.predict_proba((x_val - mean) / std)[:, 1])
+        candidates.append((float(auroc), c, probe))
+    val_auroc, c, probe = max(candidates, key=lambda t: t[0])
+    return {
+        "coef": probe.coef_[0],
+        "intercept": probe.intercept_,
+        "mean": mean,
+        "std": std,
+        "C": c,
+        "val_auroc": val_auroc,
+        "history": [{"C": cc, "val_auroc": a} for a, cc, _ in candidates],
+    }
+
+
 def _linear_probe(
     encoder_dir: Path,
     train: TokenDataset,
@@ -253,24 +289,32 @@ def _linear_probe(
 ) -> dict:
     encoder = EHREncoder.from_pretrained(encoder_dir).to(device)
     x_train, x_val = pooled_vectors(encoder, train, device), pooled_vectors(encoder, val, device)
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6  # standardized on train only
-    candidates = []
-    for c in (0.001, 0.01, 0.1, 1.0, 10.0):
-        probe = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
-        probe.fit((x_train - mean) / std, train.labels)
-        auroc = roc_auc_score(val.labels, probe.predict_proba((x_val - mean) / std)[:, 1])
-        candidates.append((float(auroc), c, probe))
-    val_auroc, c, probe = max(candidates, key=lambda t: t[0])
-    weights = {"coef": probe.coef_[0], "intercept": probe.intercept_, "mean": mean, "std": std}
+    probe = _fit_probe(x_train, train.labels, x_val, val.labels)
     return {
-        "selected_C": c,
-        "val_auroc": val_auroc,
-        "history": [{"C": cc, "val_auroc": a} for a, cc, _ in candidates],
+        "selected_C": probe["C"],
+        "val_auroc": probe["val_auroc"],
+        "history": probe["history"],
         "_probe": {
-            k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-            for k, v in weights.items()
+            k: torch.from_numpy(np.ascontiguousarray(probe[k], dtype=np.float32))
+            for k in ("coef", "intercept", "mean", "std")
         },
     }
+
+
+def _init_head_from_probe(
+    model: AdmissionClassifier, train: TokenDataset, val: TokenDataset, device: torch.device
+) -> None:
+    """LP-FT (Kumar et al., 2022): start the head at the linear probe of the frozen pretrained
+    encoder, so that fine-tuning begins from a good classifier instead of letting a random head
+    push large gradients into the pretrained features. The probe's standardization folds into
+    the head: w = coef / std, b = intercept - w . mean."""
+    x_train, x_val = (pooled_vectors(model.encoder, d, device) for d in (train, val))
+    probe = _fit_probe(x_train, train.labels, x_val, val.labels)
+    weight = probe["coef"] / probe["std"]
+    bias = probe["intercept"] - weight @ probe["mean"]
+    with torch.no_grad():
+        model.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32)[None])
+        model.head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
 
 
 def predict_finetuned(

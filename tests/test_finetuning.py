@@ -173,3 +173,17 @@ def test_label_budget_from_the_config_matches_explicit_ids(cohort_tokens, encode
     )
     assert (by_config["train_labeled"], by_config["val_labeled"]) == (50, 20)
     assert by_config["history"] == by_ids["history"]
+
+
+def test_full_mode_starts_as_the_linear_probe(cohort_tokens, encoder_dir, tmp_path):
+    """LP-FT: epoch 0 is the probe-initialized classifier, scored on val before any update, and
+    it scores like the linear probe itself (same pooled vectors, same logistic regression)."""
+    full = finetune(
+        cohort_tokens, encoder_dir, tmp_path / "full", FinetuneConfig(mode="full", max_epochs=1)
+    )
+    probe = finetune(
+        cohort_tokens, encoder_dir, tmp_path / "probe", FinetuneConfig(mode="linear-probe")
+    )
+    assert full["history"][0]["epoch"] == 0 and full["history"][0]["last_loss"] is None
+    assert full["history"][0]["val_auroc"] == pytest.approx(probe["val_auroc"], abs=1e-6)
+    assert full["val_auroc"] >= probe["val_auroc"] - 1e-6  # never worse on val than the probe
