@@ -23,10 +23,7 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
         raise FileExistsError(f"{target} already exists")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    # mkdtemp creates mode 0700; the finished output gets the usual umask-derived mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp creates mode 0700
     try:
         yield tmp
         _fsync_tree(tmp)  # contents on disk before the rename makes them visible
@@ -40,6 +37,13 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _fsync_tree(root: Path) -> None:
@@ -62,6 +66,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates mode 0600
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -499,6 +499,71 @@ def paired_bootstrap_difference(
     }
 
 
+def seed_mean_bootstrap_ci(
+    metric: Metric,
+    y: Any,
+    scores: Any,
+    groups: Any,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """A metric averaged over training seeds, with a patient-level bootstrap interval of that mean.
+
+    S seeds of one model score the same n rows. Each replicate resamples patients once and
+    evaluates every seed on that same resample, so the interval is the one of the seed-mean metric
+    (test-set uncertainty, with the seed-to-seed spread averaged in), not of a single seed.
+    Replicates where the metric is undefined for any seed are dropped. Same resampling scheme and
+    seed contract as `bootstrap_ci`: with S = 1 the interval equals `bootstrap_ci`'s.
+
+    Shape: y, groups (n,); scores (S, n) -> dict.
+
+    Args:
+        metric: A metric accepting (R, n) weights, as for `bootstrap_ci`.
+        y: Labels, 0/1 or bool.
+        scores: Scores in [0, 1], one row per seed.
+        groups: Patient id of each row.
+        n_boot: Number of bootstrap replicates drawn.
+        seed: Seed of `np.random.default_rng` (of the bootstrap, not of the models).
+        alpha: 1 - coverage of the interval (the key stays `ci95`).
+
+    Returns:
+        {"mean": mean over seeds of the metric on the full data, "ci95": [low, high], "min" and
+        "max": over seeds, "n_seeds": S}, as plain Python values.
+
+    Raises:
+        ValueError: On bad input, when the metric is undefined on the full data for some seed, or
+            when it is undefined in every replicate.
+    """
+    _check_bootstrap_args(n_boot, alpha)
+    score_matrix = np.asarray(scores)
+    if score_matrix.ndim != 2 or score_matrix.shape[0] == 0:
+        raise ValueError(f"scores must have shape (S, n) with S >= 1, got {score_matrix.shape}")
+    checked = [
+        _check_labels_scores(y, row, name=f"scores[{s}]") for s, row in enumerate(score_matrix)
+    ]
+    y = checked[0][0]
+    per_seed_scores = [p for _, p in checked]
+    patient_of_row, n_patients = _patient_index(groups, len(y))
+    per_seed = [float(metric(y, p)) for p in per_seed_scores]
+    chunks = [
+        np.mean([_replicate_values(metric, y, p, w) for p in per_seed_scores], axis=0)  # (R,)
+        for w in _replicate_weights(patient_of_row, n_patients, n_boot, seed)
+    ]
+    means = np.concatenate(chunks)
+    means = means[np.isfinite(means)]  # NaN where any seed's metric is undefined
+    if means.size == 0:
+        raise ValueError(f"the metric is undefined in all {n_boot} bootstrap replicates")
+    return {
+        "mean": float(np.mean(per_seed)),
+        "ci95": _percentile_interval(means, alpha),
+        "min": min(per_seed),
+        "max": max(per_seed),
+        "n_seeds": len(per_seed),
+    }
+
+
 def evaluate_predictions(
     y: Any, p: Any, groups: Any, *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:

@@ -42,3 +42,12 @@ def test_atomic_write_text_replaces_whole_file(tmp_path):
     atomic_write_text(path, "two")
     assert path.read_text() == "two"
     assert os.listdir(tmp_path) == ["f.json"]
+
+
+def test_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
