@@ -9,14 +9,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
 from ehr_ssl import __version__
-from ehr_ssl.config import PRESETS, TokenizeConfig, load_config, load_pretrain_config
+from ehr_ssl.config import (
+    FINETUNE_MODES,
+    PRESETS,
+    FinetuneConfig,
+    PipelineConfig,
+    TokenizeConfig,
+    load_config,
+    load_pipeline_config,
+    load_pretrain_config,
+    load_tokenize_config,
+    parse_budget,
+    read_toml,
+)
 from ehr_ssl.data.readers import read_dataset
 from ehr_ssl.data.summary import format_summary, summarize_dataset
 from ehr_ssl.errors import InputError, TrainingError
@@ -44,6 +55,10 @@ def _seed(text: str) -> int:
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
     return value
+
+
+def _seed_list(text: str) -> list[int]:
+    return [_seed(part) for part in text.split(",")]
 
 
 def _fraction(text: str) -> float:
@@ -89,9 +104,24 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="pipeline TOML (pipelines/*.toml)")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), help="tiny (tests), small (CPU demo), base (GPU)"
+    )
+    parser.add_argument("--epochs", type=_positive_int, help="pretraining epochs")
+    parser.add_argument(
+        "--label-budget", help="labels of the main report: a count, a fraction or all [all]"
+    )
+    parser.add_argument(
+        "--label-budgets", help="label-efficiency curve, e.g. 100,300,1000,3000,all"
+    )
+    parser.add_argument("--seeds", type=_seed_list, help="label subsets per budget, e.g. 0,1,2 [0]")
+    parser.add_argument("--n-boot", type=_positive_int, help="bootstrap replicates [1000]")
+
+
 def _tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
-    return load_config(
-        TokenizeConfig,
+    return load_tokenize_config(
         args.config,
         {
             "data.prediction_offset_minutes": args.prediction_offset_minutes,
@@ -185,41 +215,121 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    budgets = args.label_budgets.split(",") if getattr(args, "label_budgets", None) else None
+    seeds = getattr(args, "seeds", None)
+    return load_pipeline_config(
+        args.config,
+        {
+            "preset": args.preset,
+            "train.epochs": args.epochs,
+            "train.max_steps": getattr(args, "max_steps", None),
+            "evaluate.label_budget": args.label_budget,
+            "evaluate.label_budgets": budgets,
+            "evaluate.seeds": seeds,
+            "evaluate.n_boot": args.n_boot,
+        },
+    )
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl.data.synthetic import generate_cohort, write_cohort
-    from ehr_ssl.tokenizer import tokenize_dataset
-    from ehr_ssl.train import pretrain
+    from ehr_ssl.finetuning import finetune
 
     hf_logging.disable_progress_bar()
-    data_dir, tokens_dir, run_dir = args.out / "data", args.out / "tokens", args.out / "pretrain"
-    log.info("demo 1/4 synth: %d visits (seed %d) -> %s", args.visits, args.seed, data_dir)
-    cohort = generate_cohort(args.visits, labeled_frac=0.05, seed=args.seed)
-    write_cohort(cohort, data_dir, overwrite=True)
-    log.info("demo 2/4 validate: %s", data_dir)
-    config = TokenizeConfig()
-    summary = summarize_dataset(
-        read_dataset(data_dir, config.data), lookback_days=config.tokenizer.lookback_days
+    budget = None if args.label_budget is None else parse_budget(args.label_budget)
+    config = load_config(
+        FinetuneConfig,
+        None,
+        {
+            "mode": args.mode,
+            "label_budget": budget,
+            "learning_rate": args.learning_rate,
+            "encoder_lr_ratio": args.encoder_lr_ratio,
+            "batch_size": args.batch_size,
+            "max_epochs": args.max_epochs,
+            "patience": args.patience,
+            "seed": args.seed,
+            "device": args.device,
+        },
+        base=_read_table(args.config, "finetune"),
+        source=str(args.config or "config"),
     )
-    print(format_summary(summary))
-    log.info("demo 3/4 tokenize: -> %s", tokens_dir)
-    manifest = tokenize_dataset(data_dir, tokens_dir, config, overwrite=True)
-    print()
-    print(format_manifest(manifest))
-    log.info("demo 4/4 pretrain (small preset, %d epochs): -> %s", args.epochs, run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    pretrain_config = load_pretrain_config(
-        None, {"preset": "small", "train.epochs": args.epochs, "train.device": "auto"}
-    )
-    summary = pretrain(tokens_dir, run_dir, pretrain_config)
-    final = summary["final_metrics"]
-    print()
+    encoder = args.encoder / "encoder" if (args.encoder / "encoder").is_dir() else args.encoder
+    if not (encoder / "config.json").is_file():
+        raise InputError("not a pretrained encoder (no config.json)", file=str(args.encoder))
+    started = time.perf_counter()
+    summary = finetune(args.tokens, encoder, args.out, config)
+    log.info("finetune: wrote %s (%.1f s)", args.out, time.perf_counter() - started)
     print(
-        f"pretrained encoder: {summary['steps']} steps on {summary['pretraining_visits']:,} "
-        f"visits; final loss {final['loss']:.3f} (masked code {final['masked_code']:.3f}, value "
-        f"bin {final['masked_bin']:.3f}, contrastive {final['contrastive']:.3f}) -> {run_dir}"
+        f"{summary['mode']}: {summary['train_labeled']} train and {summary['val_labeled']} val "
+        f"labels; validation AUROC {summary['val_auroc']:.3f} -> {args.out}"
     )
+    return 0
+
+
+def _read_table(path: Path | None, table: str) -> dict:
+    """One table of a TOML file (a pipeline config's [finetune]), or the whole file when it has
+    no such table (a file holding the fine-tuning keys only)."""
+    if path is None:
+        return {}
+    values = read_toml(path)
+    return values.get(table, values) if isinstance(values.get(table, values), dict) else {}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ehr_ssl.pipeline import run_pipeline
+    from ehr_ssl.report import format_report_table
+
+    config = _pipeline_config(args)
+    report = run_pipeline(args.data, args.out, config, device=args.device)
+    print(format_report_table(report))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ehr_ssl.config import from_dict
+    from ehr_ssl.data.schema import ORACLE_FILENAME
+    from ehr_ssl.pipeline import RUN_CONFIG_FILE, evaluate_run
+    from ehr_ssl.report import format_report_table
+
+    saved = args.run_dir / RUN_CONFIG_FILE
+    if not saved.is_file():
+        raise InputError("not a run directory (no run_config.json)", file=str(args.run_dir))
+    try:
+        config = from_dict(PipelineConfig, json.loads(saved.read_text()), source=str(saved))
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON ({e})", file=str(saved)) from None
+    if args.n_boot is not None:
+        config.evaluate.n_boot = args.n_boot
+    oracle_dir = args.data if args.data and (args.data / ORACLE_FILENAME).exists() else None
+    print(format_report_table(evaluate_run(oracle_dir, args.run_dir, config)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+    from ehr_ssl.pipeline import run_pipeline
+    from ehr_ssl.report import format_report_table
+
+    data_dir = args.out / "data"
+    log.info("demo: synthesizing %d visits (seed %d) -> %s", args.visits, args.seed, data_dir)
+    write_cohort(
+        generate_cohort(args.visits, labeled_frac=0.05, seed=args.seed), data_dir, overwrite=True
+    )
+    config = load_pipeline_config(
+        args.config,
+        {
+            "preset": "small",
+            "train.epochs": args.epochs,
+            "evaluate.label_budgets": args.label_budgets.split(","),
+        },
+    )
+    report = run_pipeline(data_dir, args.out / "run", config)
+    print()
+    print(format_report_table(report))
+    print(f"\nreport: {args.out / 'run' / 'report.md'}")
     return 0
 
 
@@ -345,18 +455,93 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pretrain.set_defaults(run=cmd_pretrain)
 
-    demo = commands.add_parser(
-        "demo",
-        help="run the pipeline on a synthetic cohort",
-        description="Synthesize a cohort, validate it, tokenize it and pretrain the small "
-        "encoder on it (fine-tuning and evaluation are added as they exist), printing the "
-        "summaries. Replaces OUT/data, OUT/tokens and OUT/pretrain.",
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune a pretrained encoder for admission within 7 days",
+        description="Train a classifier for admission within 7 days on the labeled train visits "
+        "(optionally a label budget of them), choosing the epoch (or the probe's "
+        "regularization) on the validation split only; never reads the test split. The "
+        "positive class is weighted by n_negative / n_positive. Unset options take the "
+        "--config file's [finetune] value, else the default in brackets.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    finetune.add_argument("--tokens", type=Path, required=True, help="tokens directory")
+    finetune.add_argument(
+        "--encoder", type=Path, required=True, help="pretrain run directory (or its encoder/)"
+    )
+    finetune.add_argument("--out", type=Path, required=True, help="output directory")
+    finetune.add_argument(
+        "--mode",
+        choices=FINETUNE_MODES,
+        help="full: encoder + head [default]; linear-probe: logistic regression on the frozen "
+        "encoder; scratch: same architecture, random init (supervised-only baseline)",
+    )
+    finetune.add_argument(
+        "--label-budget", help="labeled train visits to use: a count, a fraction or all [all]"
+    )
+    finetune.add_argument("--config", type=Path, help="TOML file with a [finetune] table")
+    finetune.add_argument("--learning-rate", type=float, help="head learning rate [1e-3]")
+    finetune.add_argument("--encoder-lr-ratio", type=float, help="encoder lr / head lr [0.1]")
+    finetune.add_argument("--batch-size", type=_positive_int, help="visits per step [64]")
+    finetune.add_argument("--max-epochs", type=_positive_int, help="epochs at most [30]")
+    finetune.add_argument("--patience", type=_positive_int, help="early-stopping epochs [4]")
+    finetune.add_argument("--seed", type=_seed, help="seed of the label subset and training [0]")
+    finetune.add_argument("--device", choices=("auto", "cpu", "cuda"), help="[auto]")
+    finetune.set_defaults(run=cmd_finetune)
+
+    run = commands.add_parser(
+        "run",
+        help="the whole pipeline: validate, tokenize, pretrain, fine-tune, baselines, evaluate",
+        description="Run validate -> tokenize -> pretrain -> fine-tune -> baselines -> evaluate "
+        "into one run directory, skipping every stage whose outputs are complete for the same "
+        "inputs and settings (a failed or killed run restarts where it stopped; pretraining "
+        "resumes from its last checkpoint). Writes report.json, report.md, predictions.parquet "
+        "and plots, and prints the report table. Unset options take the --config file's "
+        "value, else the preset's or the default in brackets.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--data", type=Path, required=True, help="dataset directory")
+    run.add_argument("--out", type=Path, required=True, help="run directory")
+    _add_pipeline_options(run)
+    run.add_argument("--max-steps", type=_positive_int, help="pretraining steps at most")
+    run.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="where to train [auto: cuda if any]"
+    )
+    run.set_defaults(run=cmd_run)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="(re)write the report of a run directory",
+        description="Fit the counts baselines and score every fine-tuned model of a run "
+        "directory on the test split, with patient-level bootstrap CIs and paired differences; "
+        "write report.json, report.md, predictions.parquet and the plots. `ehr-ssl run` does "
+        "this as its last stage.",
         formatter_class=formatter,
     )
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
+    evaluate.add_argument(
+        "run_dir", metavar="RUN", type=Path, help="run directory made by `ehr-ssl run`"
+    )
+    evaluate.add_argument(
+        "--data", type=Path, help="dataset directory, for its oracle.parquet if it has one"
+    )
+    evaluate.add_argument("--n-boot", type=_positive_int, help="bootstrap replicates")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole pipeline on a synthetic cohort",
+        description="Synthesize a cohort (5%% labeled) into OUT/data and run the whole pipeline "
+        "with the small preset into OUT/run, then print the report table.",
+        formatter_class=formatter,
+    )
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo directory")
     demo.add_argument("--visits", type=_positive_int, default=20_000, help="synthetic visits")
-    demo.add_argument("--seed", type=_seed, default=0, help="random seed")
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed of the cohort")
     demo.add_argument("--epochs", type=_positive_int, default=3, help="pretraining epochs")
+    demo.add_argument(
+        "--label-budgets", default="100,300", help="label-efficiency curve besides all labels"
+    )
+    demo.add_argument("--config", type=Path, help="pipeline TOML (e.g. pipelines/demo.toml)")
     demo.set_defaults(run=cmd_demo)
     return parser
 

@@ -163,7 +163,7 @@ def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:
     return value
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -189,7 +189,7 @@ def load_config(
     file's value)."""
     values = copy.deepcopy(base or {})  # overrides below must not write into PRESETS
     if path is not None:
-        values = _merge(values, _read_toml(path))
+        values = _merge(values, read_toml(path))
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -409,17 +409,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def load_pretrain_config(path: Path | None, overrides: dict[str, Any]) -> PretrainConfig:
-    """Defaults, then the preset (from the flags, else the file, else "small"), then the TOML
-    file, then the flags."""
-    file_values = _read_toml(path) if path is not None else {}
-    preset = overrides.get("preset") or file_values.get("preset") or PretrainConfig.preset
-    if not isinstance(preset, str) or preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    values = _merge({"preset": preset, **PRESETS[preset]}, file_values)
-    return load_config(PretrainConfig, None, overrides, base=values, source=str(path or "config"))
-
-
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
@@ -474,3 +463,128 @@ class FinetuneConfig:
             )
         if not 0 <= self.seed < 2**32:
             raise InputError(f"must be in [0, 2**32), got {self.seed}", column="finetune.seed")
+
+
+# The models of a run: the SSL encoder fine-tuned in full (the reference), its linear probe, the
+# same transformer from scratch, and the counts baselines.
+MODELS = ("ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm")
+
+
+def parse_budget(text: str | int | float) -> int | float | None:
+    """A label budget: "all" (None: every label), a count ("1000") or a fraction ("0.25")."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str):
+        raise InputError(f"must be a count, a fraction or 'all', got {text!r}", column="budget")
+    if text.strip().lower() == "all":
+        return None
+    if text.strip().isdigit():
+        value = int(text)
+    else:
+        try:
+            fraction = float(text)
+        except ValueError:
+            raise InputError(
+                f"must be a count, a fraction or 'all', got {text!r}", column="label_budget"
+            ) from None
+        if not 0 < fraction <= 1:
+            raise InputError(f"a fraction must be in (0, 1], got {text}", column="label_budget")
+        return fraction
+    if value < 1:
+        raise InputError(f"a count must be >= 1, got {text}", column="label_budget")
+    return value
+
+
+@dataclass
+class EvaluateConfig:
+    """Which models a run trains and how they are compared on the test split."""
+
+    label_budget: str = "all"
+    """The budget of the report's main table: "all", a count ("1000") or a fraction ("0.1")."""
+    label_budgets: list[str] = field(default_factory=list)
+    """Budgets of the label-efficiency curve (the main budget is always one of them)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Label subsets (and fine-tuning seeds) per budget; the main table uses the first."""
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    n_boot: int = 1000
+    """Patient-level bootstrap replicates for every confidence interval."""
+
+    def __post_init__(self) -> None:
+        for budget in [self.label_budget, *self.label_budgets]:
+            parse_budget(budget)
+        unknown = sorted(set(self.models) - set(MODELS))
+        if unknown or not self.models:
+            raise InputError(
+                f"unknown models {unknown or '(none given)'} (choose from {', '.join(MODELS)})",
+                column="evaluate.models",
+            )
+        if "ssl" not in self.models:
+            raise InputError("'ssl' is the reference model and must be listed",
+                             column="evaluate.models")  # fmt: skip
+        if not self.seeds or any(not 0 <= s < 2**32 for s in self.seeds):
+            raise InputError(f"must be integers in [0, 2**32), got {self.seeds}",
+                             column="evaluate.seeds")  # fmt: skip
+        _check_positive(self, ("n_boot",), "evaluate")
+
+    @property
+    def budgets(self) -> list[str]:
+        """The main budget and the curve's, each once, in the order given."""
+        return list(dict.fromkeys([self.label_budget, *self.label_budgets]))
+
+
+@dataclass
+class PipelineConfig:
+    """Everything `ehr-ssl run` needs, one TOML file for all stages: the tokenize tables
+    (`[data]`, `[split]`, `[tokenizer]`, `shard_visits`), the pretraining ones (`preset`,
+    `[model]`, `[objective]`, `[train]`), `[finetune]` and `[evaluate]`."""
+
+    preset: str = "small"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    shard_visits: int = 200_000
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        self.tokenize_config()
+        self.pretrain_config()
+        if self.finetune.mode != "full" or self.finetune.label_budget is not None:
+            raise InputError(
+                "the run trains every mode and budget itself: set [evaluate] models and "
+                "label_budget(s), not finetune.mode or finetune.label_budget",
+                column="finetune",
+            )
+
+    def tokenize_config(self) -> TokenizeConfig:
+        return TokenizeConfig(self.data, self.split, self.tokenizer, self.shard_visits)
+
+    def pretrain_config(self) -> PretrainConfig:
+        return PretrainConfig(self.preset, self.model, self.objective, self.train)
+
+    def finetune_config(self, mode: str, seed: int) -> FinetuneConfig:
+        return dataclasses.replace(self.finetune, mode=mode, seed=seed)
+
+
+def load_pipeline_config(path: Path | None, overrides: dict[str, Any]) -> PipelineConfig:
+    """Defaults, then the preset (from the flags, else the file, else "small"), then the TOML
+    file, then the flags ("section.key" -> value, None = unset)."""
+    file_values = read_toml(path) if path is not None else {}
+    preset = overrides.get("preset") or file_values.get("preset") or PipelineConfig.preset
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    values = _merge({"preset": preset, **copy.deepcopy(PRESETS[preset])}, file_values)
+    return load_config(PipelineConfig, None, overrides, base=values, source=str(path or "config"))
+
+
+def load_pretrain_config(path: Path | None, overrides: dict[str, Any]) -> PretrainConfig:
+    """The pretraining part of a pipeline config (a file may hold every stage's tables)."""
+    return load_pipeline_config(path, overrides).pretrain_config()
+
+
+def load_tokenize_config(path: Path | None, overrides: dict[str, Any]) -> TokenizeConfig:
+    """The tokenize part of a pipeline config (a file may hold every stage's tables)."""
+    return load_pipeline_config(path, overrides).tokenize_config()

@@ -360,8 +360,10 @@ def _prepare_run_dir(out_dir: Path, run: dict, *, resume: bool) -> None:
             previous = json.loads(saved.read_text())
         except json.JSONDecodeError as e:
             raise InputError(f"not valid JSON ({e})", file=str(saved)) from None
-        if previous != run:
-            changed = sorted(_diff(previous, run))
+        # The tokens are identified by the tokenizer's hash and the visit count, not by their
+        # path: a run directory may move with its tokens.
+        changed = sorted(c for c in _diff(previous, run) if c != "data.tokens_dir")
+        if changed:
             raise InputError(
                 f"differs from the run being resumed ({', '.join(changed)})", file=str(saved)
             )

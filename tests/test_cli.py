@@ -83,7 +83,10 @@ def test_config_file_and_flags_resolve_in_order(tmp_path):
     assert resolved["split"]["seed"] == 5
 
 
-@pytest.mark.parametrize("command", [None, "synth", "validate", "tokenize", "demo"])
+@pytest.mark.parametrize(
+    "command", [None, "synth", "validate", "tokenize", "pretrain", "finetune", "run", "evaluate",
+                "demo"]
+)  # fmt: skip
 def test_help_explains_every_option(command, capsys):
     argv = ["--help"] if command is None else [command, "--help"]
     with pytest.raises(SystemExit) as exit_info:
@@ -187,7 +190,21 @@ def test_data_commands_never_import_torch():
 
 
 def test_demo_runs_every_stage(tmp_path, capsys):
-    assert main(["-q", "demo", "--out", str(tmp_path), "--visits", "700", "--epochs", "1"]) == 0
+    argv = [
+        "-q",
+        "demo",
+        "--out",
+        str(tmp_path),
+        "--visits",
+        "4000",
+        "--epochs",
+        "1",
+        "--label-budgets",
+        "100",
+    ]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "tokenized cohort" in out and "pretrained encoder" in out
-    assert (tmp_path / "pretrain" / "pretrain_summary.json").exists()
+    for model in ("ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm"):
+        assert f"\n{model} " in out  # a row of the report table
+    for name in ("report.json", "report.md", "predictions.parquet", "label_efficiency.png"):
+        assert (tmp_path / "run" / name).exists()

@@ -1,0 +1,219 @@
+"""The whole pipeline on a small synthetic cohort: outputs, stage skipping, resume, and the
+leakage checks (future events change no prediction of any model; test labels change no choice)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ehr_ssl.cli import main
+from ehr_ssl.config import load_pipeline_config
+from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+from ehr_ssl.pipeline import run_pipeline
+from ehr_ssl.shards import read_split
+
+MODELS = ["ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm"]
+
+
+def _config(**overrides):
+    values = {
+        "preset": "tiny",
+        "train.max_steps": 12,
+        "train.checkpoint_every": 5,
+        "tokenizer.max_length": 64,
+        "finetune.max_epochs": 2,
+        "finetune.patience": 1,
+        "evaluate.label_budgets": ["60"],
+        "evaluate.n_boot": 50,
+    }
+    return load_pipeline_config(None, values | overrides)
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    write_cohort(generate_cohort(1500, labeled_frac=0.4, seed=3), root / "data")
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def first_run(cohort_dir) -> Path:
+    run_dir = cohort_dir.parent / "run"
+    run_pipeline(cohort_dir, run_dir, _config(), device="cpu")
+    return run_dir
+
+
+def _scores(run_dir: Path) -> pl.DataFrame:
+    return pl.read_parquet(run_dir / "predictions.parquet").sort("model", "budget", "visit_id")
+
+
+def test_outputs_of_a_run(first_run, cohort_dir):
+    report = json.loads((first_run / "report.json").read_text())
+    assert list(report["models"]) == MODELS
+    for metrics in report["models"].values():
+        assert 0.0 <= metrics["auroc"] <= 1.0
+        assert len(metrics["auroc_ci95"]) == 2
+        for key in ("auprc", "brier", "calibration_slope", "calibration_intercept", "n"):
+            assert key in metrics
+        assert 0 < metrics["prevalence"] < 1
+    assert report["label_budget"] == "all"
+    assert 0.5 < report["oracle_auroc"] <= 1.0  # the synthetic cohort ships oracle.parquet
+    assert [entry["budget"] for entry in report["label_efficiency"]] == ["60", "all"]
+    predictions = pl.read_parquet(first_run / "predictions.parquet")
+    assert predictions.columns[:6] == ["visit_id", "patient_id", "split", "model", "score", "label"]
+    test = read_split(first_run / "tokens", "test").filter(pl.col("labeled"))
+    assert set(predictions["visit_id"]) == set(test["visit_id"])
+    assert set(predictions["split"]) == {"test"}
+    for name in ("report.md", "roc.png", "calibration.png", "label_efficiency.png"):
+        assert (first_run / name).stat().st_size > 0
+    saved = json.loads((first_run / "run_config.json").read_text())
+    assert saved["evaluate"]["label_budgets"] == ["60"]
+
+
+def test_no_patient_is_in_two_splits(first_run):
+    splits = [read_split(first_run / "tokens", s) for s in ("train", "val", "test")]
+    patients = [set(s["patient_id"]) for s in splits]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+
+
+def test_a_rerun_skips_every_complete_stage(first_run, cohort_dir, caplog):
+    before = {p: p.stat().st_mtime_ns for p in first_run.rglob("*") if p.is_file()}
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        run_pipeline(cohort_dir, first_run, _config(), device="cpu")
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 + 1 + 6 + 1  # tokenize, pretrain, 2 budgets x 3 models, evaluate
+    changed = [
+        p.name
+        for p, mtime in before.items()
+        if p.stat().st_mtime_ns != mtime and p.name != "run_config.json"
+    ]
+    assert changed == []
+
+
+def test_a_changed_setting_reruns_only_what_depends_on_it(cohort_dir, first_run, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    shutil.copytree(first_run, run_dir)
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        run_pipeline(cohort_dir, run_dir, _config(**{"finetune.learning_rate": 3e-3}))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("validate + tokenize: unchanged") for m in messages)
+    assert any(m.startswith("pretrain: unchanged") for m in messages)
+    assert not any(m.startswith("finetune") and "skipped" in m for m in messages)
+    assert not any(m.startswith("evaluate: unchanged") for m in messages)
+
+
+def test_an_interrupted_pretraining_resumes(cohort_dir, first_run, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    shutil.copytree(first_run, run_dir)
+    # What a kill before the end leaves: checkpoints, no summary, no completion record.
+    (run_dir / "pretrain" / "pretrain_summary.json").unlink()
+    stages = json.loads((run_dir / "stages.json").read_text())
+    del stages["pretrain"]
+    (run_dir / "stages.json").write_text(json.dumps(stages))
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        run_pipeline(cohort_dir, run_dir, _config(), device="cpu")
+    assert any("(resumed)" in r.getMessage() for r in caplog.records)
+    assert _scores(run_dir)["score"].equals(_scores(first_run)["score"])
+
+
+def _perturb_future_events(data_dir: Path, out_dir: Path) -> None:
+    """Change, delete and add events after each patient's last prediction time: disposition,
+    admission and discharge codes of the last visit are all there, so the outcome leaks if any
+    stage reads past the cutoff."""
+    shutil.copytree(data_dir, out_dir)
+    visits = pl.read_parquet(data_dir / "visits.parquet")
+    events = pl.read_parquet(data_dir / "events.parquet")
+    last = visits.group_by("patient_id").agg(pl.col("prediction_time").max().alias("cutoff"))
+    events = events.join(last, on="patient_id", how="left")
+    future = pl.col("cutoff").is_not_null() & (pl.col("time") > pl.col("cutoff"))
+    assert events.filter(future).height > 100
+    rng = np.random.default_rng(0)
+    keep = pl.Series(rng.random(events.height) > 0.3)
+    changed = events.with_columns(
+        code=pl.when(future).then(pl.lit("LEAK//") + pl.col("code")).otherwise(pl.col("code")),
+        numeric_value=pl.when(future).then(pl.lit(1e6)).otherwise(pl.col("numeric_value")),
+    ).filter(~future | keep)
+    added = (
+        last.with_columns(time=pl.col("cutoff") + pl.duration(seconds=1), code=pl.lit("ADMIT//X"))
+        .with_columns(numeric_value=pl.lit(None, dtype=pl.Float64))
+        .select("patient_id", "time", "code", "numeric_value")
+    )
+    frame = pl.concat([changed.drop("cutoff"), added]).sort("patient_id", "time")
+    frame.write_parquet(out_dir / "events.parquet")
+
+
+def test_future_events_change_no_prediction_of_any_model(cohort_dir, first_run, tmp_path):
+    perturbed = tmp_path / "data"
+    _perturb_future_events(cohort_dir, perturbed)
+    run_pipeline(perturbed, tmp_path / "run", _config(), device="cpu")
+    a, b = _scores(first_run), _scores(tmp_path / "run")
+    assert set(a["model"]) == set(MODELS)
+    assert a.select("model", "budget", "visit_id").equals(b.select("model", "budget", "visit_id"))
+    assert (a["score"] == b["score"]).all()  # bitwise, every model
+
+
+def test_changed_test_labels_change_no_choice(cohort_dir, first_run, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(cohort_dir, data)
+    test_ids = read_split(first_run / "tokens", "test")["visit_id"]
+    labels = pl.read_parquet(cohort_dir / "labels.parquet")
+    values = labels["label"].to_numpy().copy()
+    rows = np.flatnonzero(labels["visit_id"].is_in(test_ids.implode()).to_numpy())
+    values[rows] = ~values[rows]  # every test label flipped: the strongest shuffle
+    assert len(rows) > 30
+    labels.with_columns(label=pl.Series(values)).write_parquet(data / "labels.parquet")
+    run_pipeline(data, tmp_path / "run", _config(), device="cpu")
+    first = json.loads((first_run / "report.json").read_text())
+    second = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert second["selection"] == first["selection"]  # epochs, probe C, baseline grids
+    assert _scores(tmp_path / "run")["score"].equals(_scores(first_run)["score"])
+
+
+def test_cli_run_prints_the_table_and_rejects_bad_input(cohort_dir, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(cohort_dir, bad)
+    pl.read_parquet(bad / "visits.parquet").drop("arrival_time").write_parquet(
+        bad / "visits.parquet"
+    )
+    assert main(["-q", "run", "--data", str(bad), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "visits.parquet" in err[0] and "arrival_time" in err[0]
+    assert not (tmp_path / "r" / "report.json").exists()
+    assert not (tmp_path / "r" / "tokens").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--label-budget", "lots"], "label_budget"),
+        (["--label-budgets", "100,0"], "label_budget"),
+        (["--label-budget", "1.5"], "label_budget"),
+        (["--seeds", "x"], "seeds"),
+    ],
+)
+def test_cli_run_rejects_bad_settings(cohort_dir, tmp_path, capsys, argv, expected):
+    out = tmp_path / "r"
+    try:
+        code = main(["-q", "run", "--data", str(cohort_dir), "--out", str(out), *argv])
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+    assert not out.exists()
+
+
+def test_cli_evaluate_rewrites_the_report(first_run, cohort_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(first_run, run_dir)
+    (run_dir / "report.json").unlink()
+    assert main(["-q", "evaluate", str(run_dir), "--data", str(cohort_dir)]) == 0
+    assert "counts_gbm" in capsys.readouterr().out
+    assert json.loads((run_dir / "report.json").read_text())["models"].keys() == set(MODELS)
+    assert main(["-q", "evaluate", str(tmp_path / "nothing")]) == 2
