@@ -147,8 +147,13 @@ def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
-        (inner,) = [o for o in options if o is not type(None)]
-        return _coerce(inner, value, key=key, source=source)
+        inner = [o for o in options if o is not type(None)]
+        for option in inner[:-1]:  # int | float: the first type the value fits
+            try:
+                return _coerce(option, value, key=key, source=source)
+            except InputError:
+                continue
+        return _coerce(inner[-1], value, key=key, source=source)
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):

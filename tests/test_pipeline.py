@@ -217,3 +217,18 @@ def test_cli_evaluate_rewrites_the_report(first_run, cohort_dir, tmp_path, capsy
     assert "counts_gbm" in capsys.readouterr().out
     assert json.loads((run_dir / "report.json").read_text())["models"].keys() == set(MODELS)
     assert main(["-q", "evaluate", str(tmp_path / "nothing")]) == 2
+
+
+def test_cli_finetune(first_run, tmp_path, capsys):
+    base = ["-q", "finetune", "--tokens", str(first_run / "tokens")]
+    argv = [*base, "--encoder", str(first_run / "pretrain"), "--out", str(tmp_path / "ft")]
+    assert main([*argv, "--mode", "scratch", "--label-budget", "60", "--max-epochs", "1"]) == 0
+    assert "scratch: 60 train" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "ft" / "finetune_summary.json").read_text())
+    assert summary["train_labeled"] == 60 and summary["config"]["max_epochs"] == 1
+    assert main([*argv, "--label-budget", "100000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "label_budget" in err[0]
+    missing = [*base, "--encoder", str(tmp_path), "--out", str(tmp_path / "x")]
+    assert main(missing) == 2
+    assert "not a pretrained encoder" in capsys.readouterr().err

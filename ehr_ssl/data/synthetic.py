@@ -859,8 +859,10 @@ def generate_cohort(n_visits: int, *, labeled_frac: float = 0.05, seed: int = 0)
     The model: a patient has an age, a sex, a frailty latent and chronic `CONDITIONS` whose
     prevalence grows with age, frailty and comorbid conditions; frail patients visit more often
     (1 + Poisson visits). Conditions show only in the history: outpatient encounters code them
-    with synonymous diagnoses, home medications and labs, not always (partial observability),
-    among a long tail of unrelated codes. Each visit draws an acute `PROBLEMS` entry (more likely
+    with diagnoses and home medications drawn from each condition's family of dozens of
+    synonymous codes, and labs, not always (partial observability), among a long tail of
+    unrelated codes; 12 named conditions also shape the acute problem and ED labs, 36 minor ones
+    only the risk. Each visit draws an acute `PROBLEMS` entry (more likely
     given matching conditions) and a severity latent, which drive the complaint, triage, vitals,
     labs and ED medications. The admission logit adds frailty, age, condition weights, the
     problem's effect and severity; the label is Bernoulli(sigmoid(logit)), the oracle that p.
@@ -871,7 +873,7 @@ def generate_cohort(n_visits: int, *, labeled_frac: float = 0.05, seed: int = 0)
         seed: Seed of the only random generator used.
 
     Returns:
-        The cohort: about 23 events per visit, about a quarter of the visits admitted.
+        The cohort: about 48 events per visit, about a quarter of the visits admitted.
 
     Raises:
         ValueError: If `n_visits` < 1 or `labeled_frac` is outside [0, 1].
