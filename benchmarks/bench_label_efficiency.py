@@ -68,6 +68,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         print(f"\n## objectives: {variant} ({seconds:.0f} s, {work / f'run-{variant}'})\n")
         print(format_report_markdown(report))
+        curve = report["label_efficiency"]
         summary["runs"][variant] = {
             "seconds": round(seconds),
             "oracle_auroc": report["oracle_auroc"],
@@ -80,8 +81,9 @@ def main() -> None:
                 }
                 for name, m in report["models"].items()
             },
-            "all_labels": {
-                name: cell["mean"] for name, cell in report["label_efficiency"][-1]["models"].items()
+            "curve": {
+                entry["budget"]: {name: cell["mean"] for name, cell in entry["models"].items()}
+                for entry in curve
             },
         }
     print(json.dumps(summary, indent=2))
