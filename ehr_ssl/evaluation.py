@@ -381,6 +381,25 @@ def _replicate_values(metric: Metric, y: np.ndarray, p: np.ndarray, w: np.ndarra
     return values
 
 
+def _finite_replicates(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    groups: Any,
+    n: int,
+    n_boot: int,
+    seed: int,
+) -> np.ndarray:
+    """statistic(weights (R, n)) -> (R,) over all n_boot patient-level replicates, keeping the
+    finite values (a replicate where a metric is undefined is dropped). Shape: -> (<= n_boot,)."""
+    patient_of_row, n_patients = _patient_index(groups, n)
+    values = np.concatenate(
+        [statistic(w) for w in _replicate_weights(patient_of_row, n_patients, n_boot, seed)]
+    )
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise ValueError(f"the metric is undefined in all {n_boot} bootstrap replicates")
+    return values
+
+
 def _percentile_interval(values: np.ndarray, alpha: float) -> list[float]:
     low, high = np.quantile(values, [alpha / 2, 1.0 - alpha / 2])
     return [float(low), float(high)]
@@ -427,15 +446,9 @@ def bootstrap_ci(
     """
     _check_bootstrap_args(n_boot, alpha)
     y, p = _check_labels_scores(y, p)
-    patient_of_row, n_patients = _patient_index(groups, len(y))
-    chunks = [
-        _replicate_values(metric, y, p, w)
-        for w in _replicate_weights(patient_of_row, n_patients, n_boot, seed)
-    ]
-    values = np.concatenate(chunks)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        raise ValueError(f"the metric is undefined in all {n_boot} bootstrap replicates")
+    values = _finite_replicates(
+        lambda w: _replicate_values(metric, y, p, w), groups, len(y), n_boot, seed
+    )
     low, high = _percentile_interval(values, alpha)
     return low, high
 
@@ -480,16 +493,15 @@ def paired_bootstrap_difference(
     _check_bootstrap_args(n_boot, alpha)
     y, p_a = _check_labels_scores(y, p_a, name="p_a")
     _, p_b = _check_labels_scores(y, p_b, name="p_b")
-    patient_of_row, n_patients = _patient_index(groups, len(y))
+    _patient_index(groups, len(y))  # bad groups fail before any metric is computed
     difference = float(metric(y, p_a)) - float(metric(y, p_b))
-    chunks = [
-        _replicate_values(metric, y, p_a, w) - _replicate_values(metric, y, p_b, w)
-        for w in _replicate_weights(patient_of_row, n_patients, n_boot, seed)
-    ]
-    differences = np.concatenate(chunks)
-    differences = differences[np.isfinite(differences)]
-    if differences.size == 0:
-        raise ValueError(f"the metric is undefined in all {n_boot} bootstrap replicates")
+    differences = _finite_replicates(
+        lambda w: _replicate_values(metric, y, p_a, w) - _replicate_values(metric, y, p_b, w),
+        groups,
+        len(y),
+        n_boot,
+        seed,
+    )
     share_below = float(np.mean(differences <= 0))
     share_above = float(np.mean(differences >= 0))
     return {
@@ -545,16 +557,15 @@ def seed_mean_bootstrap_ci(
     ]
     y = checked[0][0]
     per_seed_scores = [p for _, p in checked]
-    patient_of_row, n_patients = _patient_index(groups, len(y))
+    _patient_index(groups, len(y))  # bad groups fail before any metric is computed
     per_seed = [float(metric(y, p)) for p in per_seed_scores]
-    chunks = [
-        np.mean([_replicate_values(metric, y, p, w) for p in per_seed_scores], axis=0)  # (R,)
-        for w in _replicate_weights(patient_of_row, n_patients, n_boot, seed)
-    ]
-    means = np.concatenate(chunks)
-    means = means[np.isfinite(means)]  # NaN where any seed's metric is undefined
-    if means.size == 0:
-        raise ValueError(f"the metric is undefined in all {n_boot} bootstrap replicates")
+    means = _finite_replicates(  # NaN, so dropped, where any seed's metric is undefined
+        lambda w: np.mean([_replicate_values(metric, y, p, w) for p in per_seed_scores], axis=0),
+        groups,
+        len(y),
+        n_boot,
+        seed,
+    )
     return {
         "mean": float(np.mean(per_seed)),
         "ci95": _percentile_interval(means, alpha),

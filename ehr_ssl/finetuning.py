@@ -74,13 +74,26 @@ class AdmissionClassifier(EHRPreTrainedModel):
 
 
 def budget_ids(
-    tokens_dir: Path, budget: int | float, *, seed: int, min_val: int = 20
+    tokens_dir: Path, budget: int | float | None, *, seed: int, min_val: int = 20
 ) -> tuple[pl.Series, pl.Series]:
-    """Visit ids of a label budget: `budget` labeled train visits (a count, or a fraction of
-    them), and the share of val labels a split of that size would have (val/train available
-    ratio, at least `min_val` or all there are). Nested in the budget for a seed."""
+    """Visit ids of a label budget, read from the token shards (see `budget_split`)."""
     train = read_split(tokens_dir, "train").filter(pl.col("labeled"))
     val = read_split(tokens_dir, "val").filter(pl.col("labeled"))
+    return budget_split(train, val, budget, seed=seed, min_val=min_val)
+
+
+def budget_split(
+    train: pl.DataFrame,
+    val: pl.DataFrame,
+    budget: int | float | None,
+    *,
+    seed: int,
+    min_val: int = 20,
+) -> tuple[pl.Series, pl.Series]:
+    """Visit ids of a label budget: `budget` labeled train visits (a count, a fraction of them,
+    or None for all), and the share of val labels a split of that size would have (val/train
+    available ratio, at least `min_val` or all there are). Nested in the budget for a seed.
+    `train` and `val` are the labeled visits of each split (`visit_id`, `labeled` columns)."""
     try:
         train_ids = label_budget_subset(train, budget, seed=seed)["visit_id"]
     except ValueError as e:  # a budget the train split cannot meet is a bad setting

@@ -111,7 +111,8 @@ def run_pipeline(
     """
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl.finetuning import budget_ids, finetune
+    from ehr_ssl.finetuning import budget_split, finetune
+    from ehr_ssl.shards import read_split
     from ehr_ssl.tokenizer import tokenize_dataset
     from ehr_ssl.train import pretrain
 
@@ -129,7 +130,8 @@ def run_pipeline(
     # validate + tokenize (bad input stops the run before anything is written)
     tokens_dir = run_dir / "tokens"
     tokenize_config = config.tokenize_config()
-    fp_tokens = _hash(["tokens", data_fingerprint(data_dir), to_dict(tokenize_config)])
+    fp_data = data_fingerprint(data_dir)
+    fp_tokens = _hash(["tokens", fp_data, to_dict(tokenize_config)])
     tokens_rerun = not stages.is_done("tokenize", fp_tokens, tokens_dir / "manifest.json")
     if tokens_rerun:
         dataset = read_dataset(data_dir, tokenize_config.data)
@@ -165,8 +167,12 @@ def run_pipeline(
 
     # fine-tune every transformer model at every budget and seed (train and val only); every
     # budget is drawn first, so one the data cannot meet stops the run before any training
+    labeled = [
+        read_split(tokens_dir, split).filter(pl.col("labeled")).select("visit_id", "labeled")
+        for split in ("train", "val")
+    ]
     ids_of = {
-        (budget, seed): budget_ids(tokens_dir, parse_budget(budget), seed=seed)
+        (budget, seed): budget_split(*labeled, parse_budget(budget), seed=seed)
         for budget in config.evaluate.budgets
         for seed in config.evaluate.seeds
     }
@@ -203,7 +209,7 @@ def run_pipeline(
     has_oracle = (data_dir / ORACLE_FILENAME).exists()
     fp_eval = _hash(
         ["evaluate", fp_tokens, fp_encoder, fingerprints, to_dict(config.evaluate),
-         data_fingerprint(data_dir) if has_oracle else None]
+         fp_data if has_oracle else None]
     )  # fmt: skip
     if stages.is_done("evaluate", fp_eval, run_dir / "report.json"):
         log.info("evaluate: unchanged since the last run, skipped")
@@ -234,7 +240,7 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
     """
     from ehr_ssl.baselines import count_features, fit_counts_baseline
     from ehr_ssl.baselines import predict_proba as counts_proba
-    from ehr_ssl.finetuning import budget_ids, labeled_split, predict_finetuned
+    from ehr_ssl.finetuning import budget_split, labeled_split, predict_finetuned
     from ehr_ssl.report import build_report, write_report
     from ehr_ssl.shards import read_split
     from ehr_ssl.tokenizer import Tokenizer
@@ -243,7 +249,8 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
     tokens_dir, encoder_dir = run_dir / "tokens", run_dir / "pretrain" / "encoder"
     tokenizer = Tokenizer.load(tokens_dir)
     sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
-    columns = ["visit_id", "patient_id", "label", "input_ids", "value_bins", "segment_ids"]
+    columns = ["visit_id", "patient_id", "labeled", "label", "input_ids", "value_bins",
+               "segment_ids"]  # fmt: skip
     train = read_split(tokens_dir, "train").filter(pl.col("labeled")).select(columns)
     val = read_split(tokens_dir, "val").filter(pl.col("labeled")).select(columns)
     test_ds = labeled_split(tokens_dir, "test")
@@ -261,7 +268,7 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
     frames, selection = [], {}
     for budget in config.evaluate.budgets:
         for seed in config.evaluate.seeds:
-            train_ids, val_ids = budget_ids(tokens_dir, parse_budget(budget), seed=seed)
+            train_ids, val_ids = budget_split(train, val, parse_budget(budget), seed=seed)
             scores: dict[str, np.ndarray] = {}
             for model in config.evaluate.models:
                 key = f"{budget}-seed{seed}/{model}"
