@@ -289,11 +289,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from ehr_ssl.config import from_dict
     from ehr_ssl.data.schema import ORACLE_FILENAME
     from ehr_ssl.pipeline import RUN_CONFIG_FILE, evaluate_run
     from ehr_ssl.report import format_report_table
 
+    hf_logging.disable_progress_bar()
     saved = args.run_dir / RUN_CONFIG_FILE
     if not saved.is_file():
         raise InputError("not a run directory (no run_config.json)", file=str(args.run_dir))

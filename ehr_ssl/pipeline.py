@@ -247,6 +247,20 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
     from ehr_ssl.train import resolve_device
 
     tokens_dir, encoder_dir = run_dir / "tokens", run_dir / "pretrain" / "encoder"
+    missing = [
+        model_dir(run_dir, budget, seed, model)
+        for budget in config.evaluate.budgets
+        for seed in config.evaluate.seeds
+        for model in config.evaluate.models
+        if model in FINETUNED
+        and not (model_dir(run_dir, budget, seed, model) / "finetune_summary.json").exists()
+    ]
+    if missing:
+        raise InputError(
+            f"incomplete run: {len(missing)} fine-tuned model(s) missing, e.g. {missing[0]} "
+            "(`ehr-ssl run` completes it)",
+            file=str(run_dir),
+        )
     tokenizer = Tokenizer.load(tokens_dir)
     sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
     columns = ["visit_id", "patient_id", "labeled", "label", "input_ids", "value_bins",

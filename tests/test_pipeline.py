@@ -232,3 +232,14 @@ def test_cli_finetune(first_run, tmp_path, capsys):
     missing = [*base, "--encoder", str(tmp_path), "--out", str(tmp_path / "x")]
     assert main(missing) == 2
     assert "not a pretrained encoder" in capsys.readouterr().err
+
+
+def test_cli_evaluate_refuses_an_incomplete_run(first_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(first_run, run_dir)
+    shutil.rmtree(run_dir / "models" / "60-seed0" / "scratch")
+    (run_dir / "report.json").unlink()
+    assert main(["-q", "evaluate", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "incomplete run" in err[0]
+    assert not (run_dir / "report.json").exists()
