@@ -17,6 +17,11 @@ __version__ = "0.1.0"
 
 # Public API, imported on first use (PEP 562) so `import ehr_ssl` stays light.
 _EXPORTS = {
+    "load": "ehr_ssl.api",
+    "run": "ehr_ssl.api",
+    "evaluate": "ehr_ssl.api",
+    "RunResult": "ehr_ssl.api",
+    "AdmissionModel": "ehr_ssl.bundle",
     "Tokenizer": "ehr_ssl.tokenizer",
     "tokenize_dataset": "ehr_ssl.tokenizer",
     "read_dataset": "ehr_ssl.data.readers",

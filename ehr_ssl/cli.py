@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from ehr_ssl import __version__
@@ -291,23 +293,83 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl.config import from_dict
-    from ehr_ssl.data.schema import ORACLE_FILENAME
-    from ehr_ssl.pipeline import RUN_CONFIG_FILE, evaluate_run
-    from ehr_ssl.report import format_report_table
+    from ehr_ssl.api import evaluate
 
     hf_logging.disable_progress_bar()
-    saved = args.run_dir / RUN_CONFIG_FILE
-    if not saved.is_file():
-        raise InputError("not a run directory (no run_config.json)", file=str(args.run_dir))
-    try:
-        config = from_dict(PipelineConfig, json.loads(saved.read_text()), source=str(saved))
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e})", file=str(saved)) from None
-    if args.n_boot is not None:
-        config.evaluate.n_boot = args.n_boot
-    oracle_dir = args.data if args.data and (args.data / ORACLE_FILENAME).exists() else None
-    print(format_report_table(evaluate_run(oracle_dir, args.run_dir, config)))
+    print(evaluate(args.run_dir, data=args.data, n_boot=args.n_boot))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """`predict` and `embed`: one row per visit of a dataset, streamed in chunks."""
+    from transformers.utils import logging as hf_logging
+
+    from ehr_ssl.api import load
+    from ehr_ssl.scoring import score_dataset
+
+    hf_logging.disable_progress_bar()
+    model = load(args.model, device=args.device)
+    score_dataset(model, args.data, args.out, output=args.command, chunk_visits=args.chunk_visits)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from ehr_ssl.bundle import export_bundle
+
+    hf_logging.disable_progress_bar()
+    out = export_bundle(
+        args.run_dir,
+        args.out,
+        model=args.model,
+        budget=args.label_budget,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    log.info("bundle: -> %s", out)
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from ehr_ssl.retraining import retrain
+
+    config = load_pipeline_config(
+        args.config,
+        {
+            "preset": args.preset,
+            "train.epochs": args.epochs,
+            "train.max_steps": args.max_steps,
+            "retrain.pretrain_epochs": args.pretrain_epochs,
+            "retrain.test_fraction": args.test_fraction,
+            "retrain.label_budget": args.label_budget,
+            "retrain.max_auroc_drop": args.max_auroc_drop,
+            "evaluate.n_boot": args.n_boot,
+        },
+    )
+    record = retrain(args.data, args.registry, config, wait=args.wait)
+    print(
+        f"version {record['version']}: "
+        f"{'promoted to production' if record['promoted'] else 'not promoted'}"
+    )
+    for reason in record["reasons"]:
+        print(f"  {reason}")
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from ehr_ssl.registry import Registry
+
+    registry = Registry.open(args.registry)
+    production = registry.production_version()
+    print(f"production: version {production}" if production else "production: none")
+    for record in registry.history():
+        metrics = record.get("candidate") or {}
+        print(
+            f"version {record['version']}  {record.get('time', '?')}  "
+            f"{'promoted' if record.get('promoted') else 'rejected'}  "
+            f"AUROC {metrics.get('auroc', float('nan')):.3f}"
+        )
     return 0
 
 
@@ -530,6 +592,83 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n-boot", type=_positive_int, help="bootstrap replicates")
     evaluate.set_defaults(run=cmd_evaluate)
 
+    for name, what in (
+        ("predict", "P(admission within 7 days) per visit: visit_id, score"),
+        ("embed", "the pooled visit vector per visit: visit_id, embedding (fixed-size list)"),
+    ):
+        score = commands.add_parser(
+            name,
+            help=f"{what.split(':')[0]} for a dataset, with a model bundle",
+            description=f"Write {what}, for every visit of a dataset directory, tokenized with "
+            "the bundle's tokenizer. Streams in chunks of patients (bounded memory); a progress "
+            "bar on a terminal, log lines otherwise. Rows come chunk by chunk: join on visit_id.",
+            formatter_class=formatter,
+        )
+        score.add_argument(
+            "--model", type=Path, required=True, help="bundle directory, or a registry"
+        )
+        score.add_argument("--data", type=Path, required=True, help="dataset directory")
+        score.add_argument("--out", type=Path, required=True, help="output Parquet file")
+        score.add_argument(
+            "--chunk-visits", type=_positive_int, default=100_000, help="visits per chunk"
+        )
+        score.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        score.set_defaults(run=cmd_score)
+
+    bundle = commands.add_parser(
+        "bundle",
+        help="package a fine-tuned model of a run as a bundle",
+        description="Write a model bundle (encoder, head, tokenizer, report, model card) from a "
+        "run directory. `ehr-ssl run` bundles the SSL model at the main budget into RUN/bundle.",
+        formatter_class=formatter,
+    )
+    bundle.add_argument("run_dir", metavar="RUN", type=Path, help="run directory")
+    bundle.add_argument("--out", type=Path, required=True, help="bundle directory")
+    bundle.add_argument(
+        "--model", default="ssl", choices=("ssl", "ssl_linear_probe", "scratch"), help="which"
+    )
+    bundle.add_argument("--label-budget", help="label budget (default: the run's main one)")
+    bundle.add_argument("--seed", type=_seed, help="fine-tuning seed (default: the run's first)")
+    bundle.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    bundle.set_defaults(run=cmd_bundle)
+
+    retrain = commands.add_parser(
+        "retrain",
+        help="scheduled retraining into a model registry, with a promotion gate",
+        description="Warm-start from the registry's production model, continue pretraining on "
+        "the dataset, fine-tune, compare candidate and production on the most recent visits "
+        "(a temporal test window), and promote the candidate only if it passes the gate "
+        "([retrain] table of the config). The first retrain creates the registry and trains "
+        "from scratch. A lock keeps concurrent retrains apart; a killed retrain leaves the "
+        "registry as it was.",
+        formatter_class=formatter,
+    )
+    retrain.add_argument("--data", type=Path, required=True, help="dataset directory")
+    retrain.add_argument("--registry", type=Path, required=True, help="registry directory")
+    retrain.add_argument("--config", type=Path, help="pipeline TOML with a [retrain] table")
+    retrain.add_argument("--preset", choices=sorted(PRESETS), help="for a first retrain")
+    retrain.add_argument("--epochs", type=_positive_int, help="pretraining epochs (first)")
+    retrain.add_argument("--max-steps", type=_positive_int, help="pretraining steps at most")
+    retrain.add_argument(
+        "--pretrain-epochs", type=_positive_int, help="continued pretraining epochs [1]"
+    )
+    retrain.add_argument("--test-fraction", type=float, help="test window share [0.1]")
+    retrain.add_argument("--label-budget", help="fine-tuning labels [all]")
+    retrain.add_argument("--max-auroc-drop", type=float, help="gate tolerance [0.01]")
+    retrain.add_argument("--n-boot", type=_positive_int, help="bootstrap replicates [1000]")
+    retrain.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for another retrain's lock"
+    )
+    retrain.set_defaults(run=cmd_retrain)
+
+    registry = commands.add_parser(
+        "registry",
+        help="show a registry's production version and history",
+        formatter_class=formatter,
+    )
+    registry.add_argument("registry", type=Path, help="registry directory")
+    registry.set_defaults(run=cmd_registry)
+
     demo = commands.add_parser(
         "demo",
         help="run the whole pipeline on a synthetic cohort",
@@ -577,6 +716,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ehr-ssl: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: exit 1 for schedulers
+        # The message of a library's exception may quote data values (identifiers), so only its
+        # type and where it was raised go to the log unless EHR_SSL_DEBUG asks for everything.
+        if os.environ.get("EHR_SSL_DEBUG"):
+            raise
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        print(
+            f"ehr-ssl: internal error: {type(e).__name__} at {Path(frame.filename).name}:"
+            f"{frame.lineno} (set EHR_SSL_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

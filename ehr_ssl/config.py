@@ -538,10 +538,54 @@ class EvaluateConfig:
 
 
 @dataclass
+class RetrainConfig:
+    """Scheduled retraining (`ehr-ssl retrain`): the fresh test window, continued pretraining
+    and the gate a candidate must pass to replace the production model."""
+
+    test_fraction: float = 0.1
+    """The most recent visits (by prediction_time) held out as the test window on which the
+    candidate and the production model are compared."""
+    pretrain_epochs: int = 1
+    """Epochs of continued pretraining from the production encoder on the new data (a first
+    retrain, with no production model, pretrains from scratch for train.epochs)."""
+    label_budget: str = "all"
+    """Labeled train visits used for fine-tuning: a count, a fraction or "all"."""
+    max_auroc_drop: float = 0.01
+    """Gate: candidate test AUROC >= production test AUROC - this."""
+    min_auroc: float = 0.5
+    """Gate: candidate test AUROC at least this (the only AUROC check of a first retrain)."""
+    calibration_slope_min: float = 0.5
+    calibration_slope_max: float = 2.0
+    """Gate: the candidate's calibration slope within [min, max] on the test window."""
+    max_abs_calibration_intercept: float = 1.5
+    """Gate: |calibration intercept| at most this. (Loss weighting for class imbalance shifts
+    scores upward, so intercepts near -log(n_neg / n_pos) are expected.)"""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.test_fraction < 1:
+            raise InputError(
+                f"must be in (0, 1), got {self.test_fraction}", column="retrain.test_fraction"
+            )
+        _check_positive(self, ("pretrain_epochs",), "retrain")
+        parse_budget(self.label_budget)
+        _check_range(self.max_auroc_drop, 0, 1, "retrain.max_auroc_drop")
+        _check_range(self.min_auroc, 0, 1, "retrain.min_auroc")
+        if not 0 <= self.calibration_slope_min <= self.calibration_slope_max:
+            raise InputError(
+                f"need 0 <= calibration_slope_min <= calibration_slope_max, got "
+                f"{self.calibration_slope_min}, {self.calibration_slope_max}",
+                column="retrain.calibration_slope_min",
+            )
+        _check_range(
+            self.max_abs_calibration_intercept, 0, 100, "retrain.max_abs_calibration_intercept"
+        )
+
+
+@dataclass
 class PipelineConfig:
     """Everything `ehr-ssl run` needs, one TOML file for all stages: the tokenize tables
     (`[data]`, `[split]`, `[tokenizer]`, `shard_visits`), the pretraining ones (`preset`,
-    `[model]`, `[objective]`, `[train]`), `[finetune]` and `[evaluate]`."""
+    `[model]`, `[objective]`, `[train]`), `[finetune]`, `[evaluate]` and `[retrain]`."""
 
     preset: str = "small"
     data: DataConfig = field(default_factory=DataConfig)
@@ -553,6 +597,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def __post_init__(self) -> None:
         self.tokenize_config()

@@ -1,4 +1,5 @@
-"""The whole run: validate -> tokenize -> pretrain -> fine-tune -> baselines -> evaluate.
+"""The whole run: validate -> tokenize -> pretrain -> fine-tune -> baselines -> evaluate ->
+bundle.
 
 Every stage records a fingerprint of what it was made from (the data files, the settings, the
 upstream stages' fingerprints) in RUN/stages.json once its outputs are complete; a later run
@@ -13,6 +14,7 @@ Layout of RUN:
     pretrain/         the pretrained encoder and its run (ehr_ssl.train)
     models/<budget>-seed<seed>/<model>/   fine-tuned classifiers and probes
     report.json report.md predictions.parquet roc.png calibration.png label_efficiency.png
+    bundle/           the SSL model at the main budget and first seed (ehr_ssl.bundle)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ log = logging.getLogger("ehr_ssl")
 
 STAGES_FILE = "stages.json"
 RUN_CONFIG_FILE = "run_config.json"
+BUNDLE_DIR = "bundle"
 FINETUNED = {"ssl": "full", "ssl_linear_probe": "linear-probe", "scratch": "scratch"}
 COUNTS = {"counts_logistic": "logistic", "counts_gbm": "gbm"}
 
@@ -91,6 +94,19 @@ class _Stages:
         atomic_write_text(self.path, json.dumps(self.done, indent=2, sort_keys=True) + "\n")
 
 
+def read_run_config(run_dir: Path) -> PipelineConfig:
+    """The resolved configuration a run directory was made with (RUN/run_config.json)."""
+    from ehr_ssl.config import from_dict
+
+    saved = Path(run_dir) / RUN_CONFIG_FILE
+    if not saved.is_file():
+        raise InputError("not a run directory (no run_config.json)", file=str(run_dir))
+    try:
+        return from_dict(PipelineConfig, json.loads(saved.read_text()), source=str(saved))
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON ({e})", file=str(saved)) from None
+
+
 def model_dir(run_dir: Path, budget: str, seed: int, model: str) -> Path:
     return run_dir / "models" / f"{budget}-seed{seed}" / model
 
@@ -111,6 +127,7 @@ def run_pipeline(
     """
     from transformers.utils import logging as hf_logging
 
+    from ehr_ssl.bundle import export_bundle
     from ehr_ssl.finetuning import budget_split, finetune
     from ehr_ssl.shards import read_split
     from ehr_ssl.tokenizer import tokenize_dataset
@@ -213,9 +230,18 @@ def run_pipeline(
     )  # fmt: skip
     if stages.is_done("evaluate", fp_eval, run_dir / "report.json"):
         log.info("evaluate: unchanged since the last run, skipped")
-        return json.loads((run_dir / "report.json").read_text())
-    report = evaluate_run(data_dir if has_oracle else None, run_dir, config)
-    stages.mark("evaluate", fp_eval)
+        report = json.loads((run_dir / "report.json").read_text())
+    else:
+        report = evaluate_run(data_dir if has_oracle else None, run_dir, config)
+        stages.mark("evaluate", fp_eval)
+
+    # bundle: the reference model at the main budget, ready for `ehr-ssl predict`
+    if "ssl" in config.evaluate.models:
+        fp_bundle = _hash(["bundle", fp_eval])
+        if not stages.is_done("bundle", fp_bundle, run_dir / BUNDLE_DIR / "bundle.json"):
+            export_bundle(run_dir, run_dir / BUNDLE_DIR, model="ssl", overwrite=True)
+            stages.mark("bundle", fp_bundle)
+            log.info("bundle: -> %s", run_dir / BUNDLE_DIR)
     log.info("run: complete in %.0f s -> %s", time.perf_counter() - started, run_dir)
     return report
 

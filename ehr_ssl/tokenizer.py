@@ -21,6 +21,7 @@ The vocabulary and the bin edges are fitted on the training visits only; codes h
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,17 +124,21 @@ class Tokenizer:
 
     # --- encoding -------------------------------------------------------------------------
 
+    def input_config(self) -> DataConfig:
+        """How new visits and events are read for this tokenizer: the prediction time rule and
+        the static columns it was fitted with."""
+        return DataConfig(
+            prediction_offset_minutes=self.data_config.prediction_offset_minutes,
+            static_columns=list(self.static_columns),
+            drop_null_time_events=self.data_config.drop_null_time_events,
+        )
+
     def encode(self, visits: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
         """Tokenize visits with this fitted vocabulary (for new data; unknown codes -> [UNK]).
 
         Takes raw visits/events frames as in the input contract and returns one row per visit:
         visit_id, patient_id, length and the list columns of TOKEN_COLUMNS.
         """
-        config = DataConfig(
-            prediction_offset_minutes=self.data_config.prediction_offset_minutes,
-            static_columns=list(self.static_columns),
-            drop_null_time_events=self.data_config.drop_null_time_events,
-        )
         check_time_zones(
             [
                 (
@@ -145,15 +150,8 @@ class Tokenizer:
                 ("events", events.select(c for c in ("time",) if c in events.columns)),
             ]
         )
-        visits, static_columns, _ = check_visits(visits, config=config)
-        for name, kind in self.static_columns.items():
-            if static_columns[name] != kind:
-                raise InputError(
-                    f"was {kind} when the tokenizer was fitted, is {static_columns[name]} now",
-                    file="visits",
-                    column=name,
-                )
-        events = check_events(events, config=config)
+        visits = self.check_visits(visits)
+        events = check_events(events, config=self.input_config())
         if visits.schema["patient_id"] != events.schema["patient_id"]:
             raise InputError(
                 f"type {events.schema['patient_id']} differs from visits.patient_id type "
@@ -161,6 +159,23 @@ class Tokenizer:
                 file="events",
                 column="patient_id",
             )
+        return self.encode_checked(visits, events)
+
+    def check_visits(self, visits: pl.DataFrame, source: str = "visits") -> pl.DataFrame:
+        """Check and normalize a visits table against the contract and this tokenizer's
+        static columns (present, and of the kind they were fitted as)."""
+        visits, static_columns, _ = check_visits(visits, config=self.input_config(), source=source)
+        for name, kind in self.static_columns.items():
+            if static_columns[name] != kind:
+                raise InputError(
+                    f"was {kind} when the tokenizer was fitted, is {static_columns[name]} now",
+                    file=source,
+                    column=name,
+                )
+        return visits
+
+    def encode_checked(self, visits: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+        """`encode` for visits and events already checked and normalized (readers.check_*)."""
         windows = build_windows(
             visits,
             events,
@@ -359,13 +374,21 @@ def _micros(times: pl.Series) -> np.ndarray:
 
 
 def tokenize_dataset(
-    data_dir: Path, out_dir: Path, config: TokenizeConfig, *, overwrite: bool = False
+    data_dir: Path,
+    out_dir: Path,
+    config: TokenizeConfig,
+    *,
+    overwrite: bool = False,
+    tokenizer: Tokenizer | None = None,
+    splits: Callable[[pl.DataFrame], pl.Series] | None = None,
 ) -> dict:
     """The tokenize stage: read and check a dataset, split patients, fit the tokenizer on the
     training visits, encode every visit and write the tokens directory atomically.
 
-    Returns the manifest (also written as manifest.json). Raises InputError on bad input, before
-    anything is written.
+    `tokenizer` replaces the fitted one (a production model's, for retraining: new codes read as
+    [UNK]); `splits` maps the checked visits to their split (default: `assign_splits` by
+    patient; a null split leaves the visit out). Returns the manifest (also written as
+    manifest.json). Raises InputError on bad input, before anything is written.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -373,22 +396,36 @@ def tokenize_dataset(
     data, out = Path(data_dir).resolve(), out_dir.resolve()
     if out == data or out in data.parents:
         raise InputError("output directory would replace the input data", file=str(out_dir))
-    dataset = read_dataset(data_dir, config.data)
+    dataset = read_dataset(data_dir, config.data if tokenizer is None else tokenizer.input_config())
     visits = dataset.visits
-    split = assign_splits(visits["patient_id"], config.split)
-    budget = event_budget(config.tokenizer, len(dataset.static_columns))
-    windows = build_windows(
-        visits, dataset.events, lookback_days=config.tokenizer.lookback_days, max_events=budget
-    )
-    tokenizer = fit_tokenizer(
-        visits,
-        windows,
-        fit_mask=(split == "train").to_numpy(),
-        static_columns=dataset.static_columns,
-        config=config.tokenizer,
-        data_config=config.data,
-    )
-    tokens = tokenizer.encode_windows(visits, windows).with_columns(split)
+    split = (splits or (lambda v: assign_splits(v["patient_id"], config.split)))(visits)
+    if split.null_count():
+        visits, split = visits.filter(split.is_not_null()), split.drop_nulls()
+    if tokenizer is None:
+        budget = event_budget(config.tokenizer, len(dataset.static_columns))
+        windows = build_windows(
+            visits, dataset.events, lookback_days=config.tokenizer.lookback_days, max_events=budget
+        )
+        tokenizer = fit_tokenizer(
+            visits,
+            windows,
+            fit_mask=(split == "train").to_numpy(),
+            static_columns=dataset.static_columns,
+            config=config.tokenizer,
+            data_config=config.data,
+        )
+        tokens = tokenizer.encode_windows(visits, windows)
+    else:
+        for name, kind in tokenizer.static_columns.items():
+            if dataset.static_columns.get(name) != kind:
+                raise InputError(
+                    f"was {kind} when the tokenizer was fitted, is "
+                    f"{dataset.static_columns.get(name, 'missing')} now",
+                    file="visits",
+                    column=name,
+                )
+        tokens = tokenizer.encode_checked(visits, dataset.events)
+    tokens = tokens.with_columns(split)
     labels = dataset.labels
     if labels is None:
         labels = pl.DataFrame(schema={"visit_id": visits.schema["visit_id"], "label": pl.Boolean})
@@ -405,6 +442,10 @@ def tokenize_dataset(
         "inputs": input_fingerprint(dataset.files, dataset.root),
         "vocab_size": tokenizer.vocab_size,
         "static_columns": dataset.static_columns,
+        "arrival_time_range": [
+            str(visits["arrival_time"].min()),
+            str(visits["arrival_time"].max()),
+        ],
         "splits": {},
     }
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:

@@ -129,11 +129,19 @@ class MetricsLog:
 
 
 def pretrain(
-    tokens_dir: Path, out_dir: Path, config: PretrainConfig, *, resume: bool = False
+    tokens_dir: Path,
+    out_dir: Path,
+    config: PretrainConfig,
+    *,
+    resume: bool = False,
+    init_encoder: Path | None = None,
 ) -> dict:
     """Pretrain an encoder on the token shards of `tokens_dir`; write the run to `out_dir`.
 
-    Returns the run summary (also written as pretrain_summary.json, the completion marker).
+    `init_encoder` (a save_pretrained directory) warm-starts from that encoder's weights and
+    architecture instead of a random `config.model` (its vocabulary must be the tokens'); the
+    pretraining heads start fresh. Returns the run summary (also written as
+    pretrain_summary.json, the completion marker).
     """
     tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
     # Every check comes before anything is written, so a refused start leaves no trace.
@@ -154,8 +162,17 @@ def pretrain(
         raise InputError(
             "tensorboard is not installed (pip install tensorboard)", column="train.tensorboard"
         )
+    if init_encoder is not None:
+        warm = EHREncoder.from_pretrained(init_encoder, use_safetensors=True)
+        if warm.config.vocab_size != tokenizer.vocab_size:
+            raise InputError(
+                f"the encoder's vocabulary ({warm.config.vocab_size}) is not the tokens' "
+                f"({tokenizer.vocab_size})",
+                file=str(init_encoder),
+            )
     run = {
         "config": to_dict(config),
+        "init_encoder": None if init_encoder is None else str(Path(init_encoder).resolve()),
         "data": {
             "tokens_dir": str(tokens_dir.resolve()),
             "tokenizer_sha256": hashlib.sha256(
@@ -167,7 +184,7 @@ def pretrain(
     _prepare_run_dir(out_dir, run, resume=resume)
 
     torch.manual_seed(train.seed)
-    encoder = EHREncoder(encoder_config(tokenizer, config))
+    encoder = warm if init_encoder is not None else EHREncoder(encoder_config(tokenizer, config))
     model = PretrainingModel(
         encoder, config.objective, pad_to_multiple_of=train.pad_to_multiple_of
     ).to(device)

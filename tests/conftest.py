@@ -78,3 +78,38 @@ def cohort_tokens(tmp_path_factory) -> Path:
     config = TokenizeConfig(tokenizer=TokenizerConfig(max_length=64))
     tokenize_dataset(root / "data", root / "tokens", config)
     return root / "tokens"
+
+
+PATIENT_PREFIX, VISIT_PREFIX = "PAT-Q7", "VIS-Z9"  # distinctive, for the scans of logs and bundles
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(dataset dir, run dir): a small synthetic cohort with string identifiers, through the
+    whole pipeline with the tiny preset, once per test session. The run has RUN/bundle."""
+    from ehr_ssl.config import load_pipeline_config
+    from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+    from ehr_ssl.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("finished")
+    cohort = generate_cohort(1500, labeled_frac=0.4, seed=5)
+    pid = pl.format(PATIENT_PREFIX + "{}", pl.col("patient_id").cast(pl.String))
+    vid = pl.format(VISIT_PREFIX + "{}", pl.col("visit_id").cast(pl.String))
+    cohort.visits = cohort.visits.with_columns(patient_id=pid, visit_id=vid)
+    cohort.events = cohort.events.with_columns(patient_id=pid)
+    cohort.labels = cohort.labels.with_columns(visit_id=vid)
+    cohort.oracle = cohort.oracle.with_columns(visit_id=vid)
+    write_cohort(cohort, root / "data")
+    config = load_pipeline_config(
+        None,
+        {
+            "preset": "tiny",
+            "train.max_steps": 12,
+            "tokenizer.max_length": 64,
+            "finetune.max_epochs": 2,
+            "finetune.patience": 1,
+            "evaluate.n_boot": 50,
+        },
+    )
+    run_pipeline(root / "data", root / "run", config, device="cpu")
+    return root / "data", root / "run"

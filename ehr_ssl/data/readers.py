@@ -84,7 +84,7 @@ def read_dataset(root: Path, config: DataConfig) -> Dataset:
     files = {"visits": table_files(root, VISITS), "events": table_files(root, EVENTS)}
     (visits_path,) = files["visits"]
     raw_visits = read_parquet(visits_path)
-    times = [(str(visits_path), raw_visits.select(_contract_times(raw_visits)))]
+    times = [(str(visits_path), raw_visits.select(contract_times(raw_visits)))]
     visits, static_columns, unused = check_visits(
         raw_visits, config=config, source=str(visits_path)
     )
@@ -98,7 +98,7 @@ def read_dataset(root: Path, config: DataConfig) -> Dataset:
         raw = read_parquet(path, [c for c in parquet_columns(path) if c in wanted])
         if raw.height == 0 and len(files["events"]) > 1:
             continue
-        times.append((str(path), raw.select(_contract_times(raw))))
+        times.append((str(path), raw.select(contract_times(raw))))
         check_time_zones(times)
         shard = check_events(raw, config=config, source=str(path))
         if shard.schema["patient_id"] != id_type:
@@ -143,10 +143,18 @@ def check_visits(
     return df, static_columns, unused
 
 
-def check_events(df: pl.DataFrame, *, config: DataConfig, source: str = "events") -> pl.DataFrame:
-    """Check and normalize an events table to patient_id, time, code, numeric_value."""
+def check_events(
+    df: pl.DataFrame, *, config: DataConfig, source: str = "events", row_offset: int = 0
+) -> pl.DataFrame:
+    """Check and normalize an events table to patient_id, time, code, numeric_value.
+
+    `row_offset` is the row index of `df`'s first row in `source` (for a chunk of a file), so
+    that errors name the row of the file."""
     if config.drop_null_time_events and "time" in df.columns:
-        df = df.filter(pl.col("time").is_not_null())
+        # Row indices stay those of the file: count from the unfiltered rows.
+        df = df.with_row_index("_row", offset=row_offset).filter(pl.col("time").is_not_null())
+    else:
+        df = df.with_row_index("_row", offset=row_offset)
     df = _normalize(df, EVENTS, source)
     if "numeric_value" not in df.columns:
         df = df.with_columns(numeric_value=pl.lit(None, pl.Float64))
@@ -251,7 +259,8 @@ _NORMAL_TYPES = {
 }
 
 
-def _contract_times(df: pl.DataFrame) -> list[str]:
+def contract_times(df: pl.DataFrame) -> list[str]:
+    """The input contract's timestamp columns present in `df` (for the time zone check)."""
     timestamps = {c.name for t in (VISITS, EVENTS) for c in t.columns if c.kind == "timestamp"}
     return [c for c in df.columns if c in timestamps]
 
@@ -284,8 +293,10 @@ def _check_unique(df: pl.DataFrame, column: Column, source: str) -> None:
 
 
 def _first_bad(df: pl.DataFrame, bad: pl.Expr, source: str, column: str, what: str) -> None:
-    """Raise naming how many rows satisfy `bad` and the first one's 0-based row index."""
-    found = df.lazy().select(n=bad.sum(), first=bad.arg_true().first()).collect().row(0)
+    """Raise naming how many rows satisfy `bad` and the first one's 0-based row index (in the
+    file: a `_row` column, where present, holds each row's index there)."""
+    row = pl.col("_row") if "_row" in df.columns else pl.int_range(pl.len())
+    found = df.lazy().select(n=bad.sum(), first=row.filter(bad).first()).collect().row(0)
     n, first = found
     if n:
         raise InputError(f"{n} {what} (first at row index {first})", file=source, column=column)

@@ -70,3 +70,30 @@ def assign_splits(patient_ids: pl.Series, config: SplitConfig) -> pl.Series:
         u < config.test_fraction, 2, np.where(u < config.test_fraction + config.val_fraction, 1, 0)
     )
     return pl.Series("split", np.asarray(SPLITS)[codes], dtype=pl.Enum(SPLITS))
+
+
+def temporal_splits(
+    patient_ids: pl.Series, prediction_times: pl.Series, config: SplitConfig
+) -> pl.Series:
+    """A temporal split for retraining: the most recent `config.test_fraction` of visits (by
+    prediction_time) form the test window; every other patient is split into train and val by
+    hash, as in `assign_splits`. A patient is in one split only: visits of test-window patients
+    from before the window are left out (null), so nothing of a test patient is trained on.
+
+    Shape: patient_ids, prediction_times (V,) -> (V,) Enum series, null = left out.
+    """
+    if not 0 < config.test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {config.test_fraction}")
+    cutoff = prediction_times.quantile(1 - config.test_fraction, "lower")
+    in_window = (prediction_times > cutoff).to_numpy()
+    if not in_window.any():  # every visit at one time: the window is the latest instant
+        in_window = (prediction_times >= cutoff).to_numpy()
+    test_patients = patient_ids.filter(pl.Series(in_window)).unique().implode()
+    of_test_patient = patient_ids.is_in(test_patients).to_numpy()
+    u = patient_hash(patient_ids, config.seed)
+    val_share = config.val_fraction / (1 - config.test_fraction)
+    codes = np.where(u < val_share, 1, 0)
+    split = np.asarray(SPLITS, dtype=object)[codes]
+    split[of_test_patient] = None
+    split[in_window] = "test"
+    return pl.Series("split", split.tolist(), dtype=pl.Enum(SPLITS))

@@ -84,3 +84,26 @@ def test_vectorized_hash_matches_reference(seed):
     assert patient_hash(pl.Series(strings), seed).tolist() == [
         _hash_reference(s, seed) for s in strings
     ]
+
+
+def test_temporal_splits_hold_out_the_latest_visits_and_keep_patients_apart():
+    from datetime import datetime, timedelta
+
+    from ehr_ssl.config import SplitConfig
+    from ehr_ssl.data.splits import temporal_splits
+
+    rng = np.random.default_rng(0)
+    patients = pl.Series(rng.integers(0, 300, 2000))
+    times = pl.Series(
+        [datetime(2024, 1, 1) + timedelta(hours=int(h)) for h in rng.permutation(2000)]
+    )
+    split = temporal_splits(patients, times, SplitConfig(val_fraction=0.1, test_fraction=0.2))
+    test_times = times.filter(split == "test")
+    kept = split.is_not_null()
+    assert test_times.min() > times.filter(kept & (split != "test")).max()
+    assert test_times.len() == 400  # the latest 20% of visits
+    frame = pl.DataFrame({"p": patients, "s": split}).drop_nulls()
+    assert frame.group_by("p").agg(pl.col("s").n_unique())["s"].max() == 1
+    # a left-out visit is an earlier visit of a test-window patient
+    left_out = patients.filter(~kept).unique()
+    assert left_out.is_in(patients.filter(split == "test").implode()).all()

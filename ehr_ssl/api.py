@@ -1,0 +1,175 @@
+"""The notebook API: `ehr_ssl.load`, `ehr_ssl.run` and `ehr_ssl.evaluate`.
+
+model = ehr_ssl.load("runs/demo/run/bundle")      # a bundle, or a registry's production
+scores = model.predict(visits, events)            # polars or pandas in, the same kind out
+result = ehr_ssl.run("data/", "runs/r1", preset="small", epochs=3)
+result                                            # shows the report table in Jupyter
+result.metrics                                    # one row per model, as a polars DataFrame
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+# Keyword arguments of `run` and the pipeline settings they set (as the CLI flags do).
+_RUN_SETTINGS = {
+    "preset": "preset",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "label_budget": "evaluate.label_budget",
+    "label_budgets": "evaluate.label_budgets",
+    "seeds": "evaluate.seeds",
+    "n_boot": "evaluate.n_boot",
+}
+
+
+def load(path: str | Path, device: str = "cpu"):  # noqa: ANN201 - AdmissionModel, imported late
+    """Load a model bundle (`RUN/bundle`, a registry version) or a registry's production model.
+
+    Returns an `ehr_ssl.bundle.AdmissionModel` with `predict(visits, events)` and
+    `embed(visits, events)`.
+    """
+    from ehr_ssl.bundle import load_bundle
+    from ehr_ssl.registry import Registry
+
+    path = Path(path)
+    if Registry.is_registry(path):
+        path = Registry(path).production_path()
+    return load_bundle(path, device=device)
+
+
+@dataclass
+class RunResult:
+    """A pipeline run's outcome: its directory, the report, and the metrics as DataFrames.
+    Shown in Jupyter as the report's Markdown; `str()` gives the terminal table."""
+
+    run_dir: Path
+    report: dict[str, Any]
+
+    @property
+    def metrics(self) -> pl.DataFrame:
+        """One row per model at the main label budget (test split): AUROC with its 95% CI,
+        AUPRC, Brier, calibration, n, prevalence, and the paired difference with the reference
+        model. `.to_pandas()` for pandas."""
+        rows = []
+        for name, m in self.report["models"].items():
+            diff = m.get("reference_minus_this") or {}
+            low, high = m.get("auroc_ci95") or (None, None)
+            d_low, d_high = diff.get("ci95") or (None, None)
+            rows.append(
+                {
+                    "model": name,
+                    "auroc": m["auroc"],
+                    "auroc_ci_low": low,
+                    "auroc_ci_high": high,
+                    "auprc": m.get("auprc"),
+                    "brier": m.get("brier"),
+                    "calibration_slope": m.get("calibration_slope"),
+                    "calibration_intercept": m.get("calibration_intercept"),
+                    "n": m.get("n"),
+                    "prevalence": m.get("prevalence"),
+                    "reference_minus_this": diff.get("difference"),
+                    "difference_ci_low": d_low,
+                    "difference_ci_high": d_high,
+                    "p_value": diff.get("p_value"),
+                    "relative_gain": m.get("relative_gain"),
+                    "gap_to_oracle": m.get("gap_to_oracle"),
+                }
+            )
+        return pl.DataFrame(rows, infer_schema_length=None)
+
+    @property
+    def label_efficiency(self) -> pl.DataFrame:
+        """Test AUROC per (budget, model): mean over seeds with its 95% CI."""
+        rows = [
+            {
+                "budget": entry["budget"],
+                "train_labels": entry["train_labels"],
+                "model": name,
+                "auroc_mean": value["mean"],
+                "ci_low": (value.get("ci95") or (None, None))[0],
+                "ci_high": (value.get("ci95") or (None, None))[1],
+                "n_seeds": value["n_seeds"],
+            }
+            for entry in self.report.get("label_efficiency") or []
+            for name, value in entry["models"].items()
+        ]
+        return pl.DataFrame(rows, infer_schema_length=None)
+
+    @property
+    def bundle(self) -> Path | None:
+        """The run's model bundle, if it has one."""
+        path = self.run_dir / "bundle"
+        return path if (path / "bundle.json").exists() else None
+
+    def load_model(self, device: str = "cpu"):  # noqa: ANN201
+        """The run's bundled model (see `load`)."""
+        if self.bundle is None:
+            raise FileNotFoundError(f"{self.run_dir} has no bundle")
+        return load(self.bundle, device=device)
+
+    def _repr_markdown_(self) -> str:
+        from ehr_ssl.report import format_report_markdown
+
+        return format_report_markdown(self.report)
+
+    def __str__(self) -> str:
+        from ehr_ssl.report import format_report_table
+
+        return format_report_table(self.report)
+
+
+def run(
+    data: str | Path,
+    out: str | Path,
+    *,
+    config: str | Path | None = None,
+    device: str | None = None,
+    settings: dict[str, Any] | None = None,
+    **options: Any,
+) -> RunResult:
+    """Run the whole pipeline (what `ehr-ssl run` does) and return its result.
+
+    Args:
+        data: The dataset directory.
+        out: The run directory (stages already complete there are skipped).
+        config: A pipeline TOML file (pipelines/*.toml).
+        device: "auto", "cpu" or "cuda".
+        settings: Any pipeline setting by its dotted name, e.g. {"train.learning_rate": 5e-4}.
+        **options: preset, epochs, max_steps, label_budget, label_budgets (a list), seeds (a
+            list), n_boot: as the CLI flags of the same names.
+    """
+    from ehr_ssl.config import load_pipeline_config
+    from ehr_ssl.pipeline import run_pipeline
+
+    unknown = sorted(set(options) - set(_RUN_SETTINGS))
+    if unknown:
+        raise TypeError(f"run() got unexpected options {unknown}; use settings= for others")
+    overrides = {_RUN_SETTINGS[k]: v for k, v in options.items() if v is not None}
+    for key in ("evaluate.label_budgets", "evaluate.seeds"):
+        if key in overrides:
+            overrides[key] = [str(b) if key.endswith("budgets") else b for b in overrides[key]]
+    overrides.update(settings or {})
+    resolved = load_pipeline_config(Path(config) if config else None, overrides)
+    report = run_pipeline(Path(data), Path(out), resolved, device=device)
+    return RunResult(Path(out), report)
+
+
+def evaluate(
+    run_dir: str | Path, *, data: str | Path | None = None, n_boot: int | None = None
+) -> RunResult:
+    """(Re)score a complete run directory on its test split (what `ehr-ssl evaluate` does).
+    `data`: the dataset directory, for its oracle.parquet if it ships one."""
+    from ehr_ssl.data.schema import ORACLE_FILENAME
+    from ehr_ssl.pipeline import evaluate_run, read_run_config
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    if n_boot is not None:
+        config.evaluate.n_boot = n_boot
+    oracle = Path(data) if data and (Path(data) / ORACLE_FILENAME).exists() else None
+    return RunResult(run_dir, evaluate_run(oracle, run_dir, config))

@@ -1,0 +1,236 @@
+"""Batch scoring of a dataset directory with a bundle (`ehr-ssl predict` / `ehr-ssl embed`),
+streamed in chunks of patients so memory stays bounded however large the input.
+
+Two passes: (1) the events files are read in record batches, checked, and written to temporary
+per-chunk files by a hash of patient_id, so every patient's events land in one chunk; (2) each
+chunk's visits and events are tokenized with the bundle's tokenizer and scored, and the rows are
+appended to the output. Peak memory is about one chunk's events and tokens, not the dataset's.
+The output is written under a temporary name and renamed when complete. Rows come chunk by chunk
+(input order within a chunk): join on visit_id.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from ehr_ssl.atomic import atomic_file
+from ehr_ssl.bundle import AdmissionModel
+from ehr_ssl.data.readers import (
+    check_events,
+    check_time_zones,
+    contract_times,
+    parquet_columns,
+    read_parquet,
+    table_files,
+)
+from ehr_ssl.data.schema import EVENTS, VISITS
+from ehr_ssl.errors import InputError
+from ehr_ssl.tokenizer import UNK_ID
+
+log = logging.getLogger("ehr_ssl")
+
+OUTPUTS = ("predict", "embed")
+READ_BATCH_ROWS = 1_000_000  # events rows per record batch read from a file
+
+
+def score_dataset(
+    model: AdmissionModel,
+    data_dir: Path,
+    out_path: Path,
+    *,
+    output: str = "predict",
+    chunk_visits: int = 100_000,
+    batch_size: int = 256,
+    progress: bool | None = None,
+) -> dict:
+    """Score (or embed) every visit of the dataset at `data_dir` into one Parquet file.
+
+    Args:
+        model: A loaded bundle.
+        data_dir: A dataset directory (visits, events; labels, if any, are not read).
+        out_path: The output Parquet file: `visit_id`, then `score` (float64) or `embedding`
+            (fixed-size list of D float32).
+        output: "predict" or "embed".
+        chunk_visits: About how many visits are tokenized and scored at once (memory bound).
+        progress: A progress bar (default: when stderr is a terminal); else log lines.
+
+    Returns:
+        Counts: visits, chunks, event rows read, unknown-code share, seconds. No identifiers.
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if chunk_visits < 1:
+        raise InputError(f"must be >= 1, got {chunk_visits}", column="chunk_visits")
+    data_dir, out_path = Path(data_dir), Path(out_path)
+    if not data_dir.is_dir():
+        raise InputError("dataset directory not found", file=str(data_dir))
+    if out_path.is_dir():
+        raise InputError("is a directory, expected an output file path", file=str(out_path))
+    started = time.perf_counter()
+    tokenizer = model.tokenizer
+    (visits_path,) = table_files(data_dir, VISITS)
+    event_files = table_files(data_dir, EVENTS)
+    raw_visits = read_parquet(visits_path)
+    times = [(str(visits_path), raw_visits.select(contract_times(raw_visits)))]
+    visits = tokenizer.check_visits(raw_visits, source=str(visits_path))
+    del raw_visits
+    n_chunks = max(1, math.ceil(visits.height / chunk_visits))
+    visits = visits.with_columns(_chunk_of(pl.col("patient_id"), n_chunks))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    show = sys.stderr.isatty() if progress is None else progress
+    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.chunks-", dir=out_path.parent))
+    try:
+        n_events = _partition_events(event_files, visits, times, tokenizer, work, n_chunks)
+        log.info(
+            "%s: %d visits, %d event rows in %d chunk(s)", output, visits.height, n_events, n_chunks
+        )
+        event_schema = pl.Schema(
+            {
+                "patient_id": visits.schema["patient_id"],
+                "time": pl.Datetime("us"),
+                "code": pl.String,
+                "numeric_value": pl.Float64,
+            }
+        )
+        unknown = tokens_read = 0
+        with atomic_file(out_path) as tmp:
+            writer = None
+            bar = tqdm(total=visits.height, unit="visit", desc=output, disable=not show)
+            for chunk in range(n_chunks):
+                chunk_visits_frame = visits.filter(pl.col("_chunk") == chunk).drop("_chunk")
+                if chunk_visits_frame.height == 0:
+                    continue
+                path = work / f"chunk-{chunk:05d}.parquet"
+                events = (
+                    pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=event_schema)
+                )
+                tokens = tokenizer.encode_checked(chunk_visits_frame, events)
+                del events
+                ids = tokens["input_ids"].explode()
+                unknown += int((ids == UNK_ID).sum())
+                tokens_read += ids.len()
+                table = _output_table(model, tokens, output, batch_size)
+                if writer is None:
+                    writer = pq.ParquetWriter(str(tmp), table.schema)
+                writer.write_table(table)
+                bar.update(tokens.height)
+                if not show:
+                    log.info(
+                        "%s: chunk %d/%d done (%d visits)",
+                        output,
+                        chunk + 1,
+                        n_chunks,
+                        tokens.height,
+                    )
+            bar.close()
+            if writer is None:  # pragma: no cover - visits tables are never empty
+                raise InputError("no visits to score", file=str(visits_path))
+            writer.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = {
+        "visits": visits.height,
+        "chunks": n_chunks,
+        "event_rows": n_events,
+        "unknown_token_share": unknown / max(tokens_read, 1),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    log.info(
+        "%s: %d visits -> %s in %.1f s (%.2f%% of tokens unknown codes)",
+        output,
+        summary["visits"],
+        out_path,
+        summary["seconds"],
+        100 * summary["unknown_token_share"],
+    )
+    return summary
+
+
+def _chunk_of(patient_id: pl.Expr, n_chunks: int) -> pl.Expr:
+    """The chunk of each patient: a hash of the id (stable within one process, which is all a
+    single scoring run needs), so a patient's visits and events meet in one chunk."""
+    return (patient_id.hash(seed=0) % n_chunks).cast(pl.Int32).alias("_chunk")
+
+
+def _partition_events(
+    files: list[Path],
+    visits: pl.DataFrame,
+    times: list,
+    tokenizer,  # noqa: ANN001 - ehr_ssl.tokenizer.Tokenizer
+    work: Path,
+    n_chunks: int,
+) -> int:
+    """Pass 1: check every events file batch by batch and write each patient's events to their
+    chunk's file. Events of patients without a visit are dropped. Returns the rows read."""
+    config = tokenizer.input_config()
+    wanted = {c.name for c in EVENTS.columns} | {a for c in EVENTS.columns for a in c.aliases}
+    patients = visits.select("patient_id", "_chunk").unique("patient_id")
+    writers: dict[int, pq.ParquetWriter] = {}
+    rows = 0
+    try:
+        for path in files:
+            columns = [c for c in parquet_columns(path) if c in wanted]
+            try:
+                parquet = pq.ParquetFile(path)
+                batches = parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns)
+                offset = 0
+                for batch in batches:
+                    raw = pl.from_arrow(pa.Table.from_batches([batch]))
+                    assert isinstance(raw, pl.DataFrame)
+                    if raw.height == 0:
+                        continue
+                    check_time_zones([*times, (str(path), raw.select(contract_times(raw)))])
+                    events = check_events(raw, config=config, source=str(path), row_offset=offset)
+                    offset += raw.height
+                    rows += raw.height
+                    if events.schema["patient_id"] != visits.schema["patient_id"]:
+                        raise InputError(
+                            f"type {events.schema['patient_id']} differs from the visits "
+                            f"table's patient_id type {visits.schema['patient_id']}",
+                            file=str(path),
+                            column="patient_id",
+                        )
+                    events = events.join(patients, on="patient_id", how="inner")
+                    for (chunk,), part in events.partition_by(
+                        "_chunk", as_dict=True, include_key=False
+                    ).items():
+                        table = part.to_arrow(compat_level=pl.CompatLevel.oldest())
+                        if chunk not in writers:
+                            writers[chunk] = pq.ParquetWriter(
+                                str(work / f"chunk-{chunk:05d}.parquet"), table.schema
+                            )
+                        writers[chunk].write_table(table)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise InputError(
+                    f"not a readable Parquet file ({str(e).splitlines()[0]})", file=str(path)
+                ) from None
+    finally:
+        for writer in writers.values():
+            writer.close()
+    if rows == 0:
+        raise InputError("every events file is empty", file=str(files[0].parent))
+    return rows
+
+
+def _output_table(model: AdmissionModel, tokens: pl.DataFrame, output: str, batch_size: int):
+    """One chunk's output rows as an Arrow table."""
+    pooled = model.embed_tokens(tokens, batch_size)
+    ids = tokens["visit_id"].to_arrow(compat_level=pl.CompatLevel.oldest())
+    if output == "predict":
+        scores = model.score_pooled(pooled)
+        return pa.table({"visit_id": ids, "score": pa.array(scores, pa.float64())})
+    flat = pa.array(np.ascontiguousarray(pooled).ravel(), pa.float32())
+    vectors = pa.FixedSizeListArray.from_arrays(flat, pooled.shape[1])
+    return pa.table({"visit_id": ids, "embedding": vectors})
