@@ -15,17 +15,6 @@ from typing import Any
 
 import polars as pl
 
-# Keyword arguments of `run` and the pipeline settings they set (as the CLI flags do).
-_RUN_SETTINGS = {
-    "preset": "preset",
-    "epochs": "train.epochs",
-    "max_steps": "train.max_steps",
-    "label_budget": "evaluate.label_budget",
-    "label_budgets": "evaluate.label_budgets",
-    "seeds": "evaluate.seeds",
-    "n_boot": "evaluate.n_boot",
-}
-
 
 def load(path: str | Path, device: str = "cpu"):  # noqa: ANN201 - AdmissionModel, imported late
     """Load a model bundle (`RUN/bundle`, a registry version) or a registry's production model.
@@ -143,13 +132,13 @@ def run(
         **options: preset, epochs, max_steps, label_budget, label_budgets (a list), seeds (a
             list), n_boot: as the CLI flags of the same names.
     """
-    from ehr_ssl.config import load_pipeline_config
+    from ehr_ssl.config import RUN_OPTIONS, load_pipeline_config
     from ehr_ssl.pipeline import run_pipeline
 
-    unknown = sorted(set(options) - set(_RUN_SETTINGS))
+    unknown = sorted(set(options) - set(RUN_OPTIONS))
     if unknown:
         raise TypeError(f"run() got unexpected options {unknown}; use settings= for others")
-    overrides = {_RUN_SETTINGS[k]: v for k, v in options.items() if v is not None}
+    overrides = {RUN_OPTIONS[k]: v for k, v in options.items() if v is not None}
     for key in ("evaluate.label_budgets", "evaluate.seeds"):
         if key in overrides:
             overrides[key] = [str(b) if key.endswith("budgets") else b for b in overrides[key]]

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
 from ehr_ssl import __version__
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
+from ehr_ssl.batching import collate
 from ehr_ssl.drift import data_profile
 from ehr_ssl.errors import InputError
 from ehr_ssl.model import EHREncoder
@@ -48,7 +50,6 @@ LABEL_DEFINITION = (
     "hospital admission within 7 days of the ED visit (the `label` of labels.parquet: true = "
     "admitted)"
 )
-_DTYPES = {"input_ids": torch.long, "value_bins": torch.long, "segment_ids": torch.long}
 
 
 @dataclass
@@ -120,30 +121,20 @@ class AdmissionModel:
 
         Visits are batched by length (less padding); the padding mask makes each visit's vector
         independent of its batch mates."""
-        n = tokens.height
-        out = np.empty((n, self.hidden_size), dtype=np.float32)
-        if n == 0:
-            return out
+        out = np.empty((tokens.height, self.hidden_size), dtype=np.float32)
         table = tokens.select(TOKEN_COLUMNS).to_arrow()
         flat = {c: flat_tokens(table, c) for c in TOKEN_COLUMNS}
         offsets = flat["input_ids"][1]
-        lengths = np.diff(offsets)
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, n, batch_size):
+        order = np.argsort(np.diff(offsets), kind="stable")
+        for start in range(0, tokens.height, batch_size):
             rows = order[start : start + batch_size]
-            t = int(lengths[rows].max())
-            batch = {}
-            for name, (values, offs) in flat.items():
-                padded = np.zeros((len(rows), t), dtype=values.dtype)
-                for i, row in enumerate(rows):
-                    padded[i, : lengths[row]] = values[offs[row] : offs[row + 1]]
-                tensor = torch.from_numpy(padded).to(self.device)
-                batch[name] = tensor.to(_DTYPES.get(name, torch.float32))
-            batch["attention_mask"] = torch.from_numpy(
-                np.arange(t)[None, :] < lengths[rows][:, None]
-            ).to(self.device)
-            pooled = self.encoder(**{k: batch[k] for k in ENCODER_INPUTS}).pooler_output
-            out[rows] = pooled.float().cpu().numpy()
+            visits = [
+                {name: values[offs[r] : offs[r + 1]] for name, (values, offs) in flat.items()}
+                for r in rows
+            ]
+            batch = collate(visits)
+            inputs = {k: batch[k].to(self.device) for k in ENCODER_INPUTS}
+            out[rows] = self.encoder(**inputs).pooler_output.float().cpu().numpy()
         return out
 
     # --- persistence ----------------------------------------------------------------------
@@ -215,22 +206,16 @@ def _read_json(path: Path) -> dict:
 
 def _polars_inputs(visits: Any, events: Any) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
     """Both tables as polars frames, and whether the caller gave pandas (to answer in kind)."""
-    as_pandas = not isinstance(visits, pl.DataFrame)
     frames = []
     for name, frame in (("visits", visits), ("events", events)):
-        if isinstance(frame, pl.DataFrame):
-            frames.append(frame)
-            continue
-        try:
-            import pandas as pd
-        except ImportError:  # pragma: no cover - pandas is a dependency
-            pd = None
-        if pd is None or not isinstance(frame, pd.DataFrame):
+        if isinstance(frame, pd.DataFrame):
+            frame = pl.from_pandas(frame)
+        if not isinstance(frame, pl.DataFrame):
             raise InputError(
                 f"expected a polars or pandas DataFrame, got {type(frame).__name__}", file=name
             )
-        frames.append(pl.from_pandas(frame))
-    return frames[0], frames[1], as_pandas
+        frames.append(frame)
+    return frames[0], frames[1], isinstance(visits, pd.DataFrame)
 
 
 # ----------------------------------------------------------------------------------------------

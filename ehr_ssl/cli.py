@@ -20,6 +20,7 @@ from ehr_ssl import __version__
 from ehr_ssl.config import (
     FINETUNE_MODES,
     PRESETS,
+    RUN_OPTIONS,
     FinetuneConfig,
     PipelineConfig,
     TokenizeConfig,
@@ -218,19 +219,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
-    budgets = args.label_budgets.split(",") if getattr(args, "label_budgets", None) else None
-    seeds = getattr(args, "seeds", None)
+    options = {name: getattr(args, name, None) for name in RUN_OPTIONS}
+    if options["label_budgets"]:
+        options["label_budgets"] = options["label_budgets"].split(",")
     return load_pipeline_config(
-        args.config,
-        {
-            "preset": args.preset,
-            "train.epochs": args.epochs,
-            "train.max_steps": getattr(args, "max_steps", None),
-            "evaluate.label_budget": args.label_budget,
-            "evaluate.label_budgets": budgets,
-            "evaluate.seeds": seeds,
-            "evaluate.n_boot": args.n_boot,
-        },
+        args.config, {RUN_OPTIONS[name]: value for name, value in options.items()}
     )
 
 

@@ -581,6 +581,18 @@ class RetrainConfig:
         )
 
 
+# The options of `ehr-ssl run` (flags) and `ehr_ssl.run` (keywords), and the settings they set.
+RUN_OPTIONS = {
+    "preset": "preset",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "label_budget": "evaluate.label_budget",
+    "label_budgets": "evaluate.label_budgets",
+    "seeds": "evaluate.seeds",
+    "n_boot": "evaluate.n_boot",
+}
+
+
 @dataclass
 class PipelineConfig:
     """Everything `ehr-ssl run` needs, one TOML file for all stages: the tokenize tables

@@ -146,12 +146,17 @@ class Registry:
         if version is not None and (not path.exists() or path.read_text() != text):
             atomic_write_text(path, text)
 
-    def work_dir(self) -> Path:
+    @contextlib.contextmanager
+    def work_dir(self) -> Iterator[Path]:
         """A fresh directory for a retrain's work, inside the registry (same file system, so
-        the finished bundle moves into versions/ by a rename)."""
+        the finished bundle moves into versions/ by a rename), removed when the block ends,
+        whether it succeeded or failed (a killed retrain's is removed by the next `lock`)."""
         path = self.root / "tmp" / f"retrain-{os.getpid()}-{time.time_ns()}"
         path.mkdir(parents=True)
-        return path
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
     def commit(self, bundle_dir: Path, record: dict, *, promote: bool) -> int:
         """Record a retrain: move its bundle in as the next version, append `record` (with

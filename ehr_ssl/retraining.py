@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -62,8 +61,7 @@ def retrain(
     started = time.perf_counter()
     registry = Registry.open(registry_dir, create=True)
     settings = config.retrain
-    with registry.lock(wait):
-        work = registry.work_dir()
+    with registry.lock(wait), registry.work_dir() as work:
         production_version = registry.production_version()
         production = None
         if production_version is not None:
@@ -150,7 +148,7 @@ def retrain(
             "gate": to_dict(settings),
             "data": {
                 "splits": counts,
-                "test_window_from": str(_window_start(data_dir, tokens_dir)),
+                "test_window_from": manifest["splits"]["test"]["arrival_time_range"][0],
             },
             "finetune": {"train_labels": summary["train_labeled"],
                          "val_labels": summary["val_labeled"], "val_auroc": summary["val_auroc"]},
@@ -184,7 +182,6 @@ def retrain(
         atomic_write_text(bundle_dir / "retrain_report.json", json.dumps(
             {**record, "drift": drift}, indent=2) + "\n")  # fmt: skip
         version = registry.commit(bundle_dir, record, promote=promote)
-        shutil.rmtree(work, ignore_errors=True)
     log.info(
         "retrain: version %d %s (%s) in %.0f s",
         version,
@@ -236,19 +233,6 @@ def _fmt(value: float | None) -> str:
 
 def _plain_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "n_patients"}
-
-
-def _window_start(data_dir: Path, tokens_dir: Path) -> object:
-    """The earliest prediction time of the test window (a date, not an identifier)."""
-    from ehr_ssl.data.readers import read_parquet, table_files
-    from ehr_ssl.data.schema import VISITS
-    from ehr_ssl.shards import read_split
-
-    test_ids = read_split(tokens_dir, "test")["visit_id"]
-    (visits_path,) = table_files(data_dir, VISITS)
-    visits = read_parquet(visits_path, ["visit_id", "arrival_time"])
-    window = visits.filter(pl.col("visit_id").is_in(test_ids.implode()))
-    return window["arrival_time"].min()
 
 
 def format_retrain_report(record: dict, promote: bool) -> str:

@@ -27,14 +27,8 @@ from tqdm.auto import tqdm
 
 from ehr_ssl.atomic import atomic_file
 from ehr_ssl.bundle import AdmissionModel
-from ehr_ssl.data.readers import (
-    check_events,
-    check_time_zones,
-    contract_times,
-    parquet_columns,
-    read_parquet,
-    table_files,
-)
+from ehr_ssl.config import DataConfig
+from ehr_ssl.data.readers import checked_events, contract_times, read_parquet, table_files
 from ehr_ssl.data.schema import EVENTS, VISITS
 from ehr_ssl.errors import InputError
 from ehr_ssl.tokenizer import UNK_ID
@@ -92,7 +86,9 @@ def score_dataset(
     show = sys.stderr.isatty() if progress is None else progress
     work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.chunks-", dir=out_path.parent))
     try:
-        n_events = _partition_events(event_files, visits, times, tokenizer, work, n_chunks)
+        n_events = _partition_events(
+            event_files, visits, times, tokenizer.input_config(), visits_path.name, work
+        )
         log.info(
             "%s: %d visits, %d event rows in %d chunk(s)", output, visits.height, n_events, n_chunks
         )
@@ -168,59 +164,36 @@ def _partition_events(
     files: list[Path],
     visits: pl.DataFrame,
     times: list,
-    tokenizer,  # noqa: ANN001 - ehr_ssl.tokenizer.Tokenizer
+    config: DataConfig,
+    source: str,
     work: Path,
-    n_chunks: int,
 ) -> int:
     """Pass 1: check every events file batch by batch and write each patient's events to their
     chunk's file. Events of patients without a visit are dropped. Returns the rows read."""
-    config = tokenizer.input_config()
-    wanted = {c.name for c in EVENTS.columns} | {a for c in EVENTS.columns for a in c.aliases}
     patients = visits.select("patient_id", "_chunk").unique("patient_id")
     writers: dict[int, pq.ParquetWriter] = {}
     rows = 0
     try:
-        for path in files:
-            columns = [c for c in parquet_columns(path) if c in wanted]
-            try:
-                parquet = pq.ParquetFile(path)
-                batches = parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns)
-                offset = 0
-                for batch in batches:
-                    raw = pl.from_arrow(pa.Table.from_batches([batch]))
-                    assert isinstance(raw, pl.DataFrame)
-                    if raw.height == 0:
-                        continue
-                    check_time_zones([*times, (str(path), raw.select(contract_times(raw)))])
-                    events = check_events(raw, config=config, source=str(path), row_offset=offset)
-                    offset += raw.height
-                    rows += raw.height
-                    if events.schema["patient_id"] != visits.schema["patient_id"]:
-                        raise InputError(
-                            f"type {events.schema['patient_id']} differs from the visits "
-                            f"table's patient_id type {visits.schema['patient_id']}",
-                            file=str(path),
-                            column="patient_id",
-                        )
-                    events = events.join(patients, on="patient_id", how="inner")
-                    for (chunk,), part in events.partition_by(
-                        "_chunk", as_dict=True, include_key=False
-                    ).items():
-                        table = part.to_arrow(compat_level=pl.CompatLevel.oldest())
-                        if chunk not in writers:
-                            writers[chunk] = pq.ParquetWriter(
-                                str(work / f"chunk-{chunk:05d}.parquet"), table.schema
-                            )
-                        writers[chunk].write_table(table)
-            except (pa.ArrowInvalid, OSError) as e:
-                raise InputError(
-                    f"not a readable Parquet file ({str(e).splitlines()[0]})", file=str(path)
-                ) from None
+        for events in checked_events(
+            files,
+            config=config,
+            times=times,
+            id_type=visits.schema["patient_id"],
+            id_source=source,
+            batch_rows=READ_BATCH_ROWS,
+        ):
+            rows += events.height
+            events = events.join(patients, on="patient_id", how="inner")
+            parts = events.partition_by("_chunk", as_dict=True, include_key=False)
+            for (chunk,), part in parts.items():
+                table = part.to_arrow(compat_level=pl.CompatLevel.oldest())
+                if chunk not in writers:
+                    path = work / f"chunk-{chunk:05d}.parquet"
+                    writers[chunk] = pq.ParquetWriter(str(path), table.schema)
+                writers[chunk].write_table(table)
     finally:
         for writer in writers.values():
             writer.close()
-    if rows == 0:
-        raise InputError("every events file is empty", file=str(files[0].parent))
     return rows
 
 

@@ -165,14 +165,20 @@ class Tokenizer:
         """Check and normalize a visits table against the contract and this tokenizer's
         static columns (present, and of the kind they were fitted as)."""
         visits, static_columns, _ = check_visits(visits, config=self.input_config(), source=source)
+        self.check_static_columns(static_columns, source)
+        return visits
+
+    def check_static_columns(self, static_columns: dict[str, str], source: str) -> None:
+        """New data's static columns must be those the tokenizer was fitted with, of the same
+        kind (numeric or categorical)."""
         for name, kind in self.static_columns.items():
-            if static_columns[name] != kind:
+            if static_columns.get(name) != kind:
                 raise InputError(
-                    f"was {kind} when the tokenizer was fitted, is {static_columns[name]} now",
+                    f"was {kind} when the tokenizer was fitted, is "
+                    f"{static_columns.get(name, 'missing')} now",
                     file=source,
                     column=name,
                 )
-        return visits
 
     def encode_checked(self, visits: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
         """`encode` for visits and events already checked and normalized (readers.check_*)."""
@@ -416,14 +422,7 @@ def tokenize_dataset(
         )
         tokens = tokenizer.encode_windows(visits, windows)
     else:
-        for name, kind in tokenizer.static_columns.items():
-            if dataset.static_columns.get(name) != kind:
-                raise InputError(
-                    f"was {kind} when the tokenizer was fitted, is "
-                    f"{dataset.static_columns.get(name, 'missing')} now",
-                    file="visits",
-                    column=name,
-                )
+        tokenizer.check_static_columns(dataset.static_columns, str(dataset.files["visits"][0]))
         tokens = tokenizer.encode_checked(visits, dataset.events)
     tokens = tokens.with_columns(split)
     labels = dataset.labels
@@ -450,9 +449,14 @@ def tokenize_dataset(
     }
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         tokenizer.save(tmp)
+        arrivals = visits["arrival_time"]
         for name in SPLITS:
             part = tokens.filter(pl.col("split") == name)
             manifest["splits"][name] = write_split_shards(part, tmp, name, config.shard_visits)
+            in_split = arrivals.filter(split == name)
+            manifest["splits"][name]["arrival_time_range"] = (
+                [str(in_split.min()), str(in_split.max())] if in_split.len() else None
+            )
         atomic_write_text(tmp / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
         atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return manifest

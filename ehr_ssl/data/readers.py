@@ -8,11 +8,14 @@ naive UTC, numeric_value Float64 (NaN read as null), labels Boolean. Every probl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ehr_ssl.config import DataConfig
 from ehr_ssl.data.schema import EVENTS, LABELS, VISITS, Column, Table
@@ -90,27 +93,10 @@ def read_dataset(root: Path, config: DataConfig) -> Dataset:
     )
     id_type = visits.schema["patient_id"]
 
-    wanted = {c.name for c in EVENTS.columns} | {a for c in EVENTS.columns for a in c.aliases}
-    shards = []
-    for path in files["events"]:
-        # Only the contract's columns are read (projection pushdown); empty shards of a
-        # partitioned export are skipped (an events table with no rows at all is rejected).
-        raw = read_parquet(path, [c for c in parquet_columns(path) if c in wanted])
-        if raw.height == 0 and len(files["events"]) > 1:
-            continue
-        times.append((str(path), raw.select(contract_times(raw))))
-        check_time_zones(times)
-        shard = check_events(raw, config=config, source=str(path))
-        if shard.schema["patient_id"] != id_type:
-            raise InputError(
-                f"type {shard.schema['patient_id']} differs from {visits_path.name} "
-                f"patient_id type {id_type}",
-                file=str(path),
-                column="patient_id",
-            )
-        shards.append(shard)
-    if not shards:
-        raise InputError("every shard is empty", file=str(root / EVENTS.name))
+    shards = list(
+        checked_events(files["events"], config=config, times=times, id_type=id_type,
+                       id_source=visits_path.name)
+    )  # fmt: skip
     events = pl.concat(shards, rechunk=True) if len(shards) > 1 else shards[0]
 
     labels = None
@@ -120,6 +106,60 @@ def read_dataset(root: Path, config: DataConfig) -> Dataset:
         labels = check_labels(read_parquet(labels_path), source=str(labels_path))
         check_labels_match_visits(labels, visits, source=str(labels_path))
     return Dataset(root, visits, events, labels, static_columns, unused, files)
+
+
+def checked_events(
+    files: list[Path],
+    *,
+    config: DataConfig,
+    times: list[tuple[str, pl.DataFrame]],
+    id_type: pl.DataType,
+    id_source: str,
+    batch_rows: int | None = None,
+) -> Iterator[pl.DataFrame]:
+    """The events files, checked and normalized (`check_events`), one frame per file, or per
+    record batch of at most `batch_rows` rows (bounded memory; errors still name the file's
+    row). Only the contract's columns are read. Empty files or batches of a partitioned export
+    are skipped; an events table with no rows at all is rejected. `times` holds the timestamp
+    columns seen so far (the visits'), for the time zone check across tables."""
+    wanted = {c.name for c in EVENTS.columns} | {a for c in EVENTS.columns for a in c.aliases}
+    any_rows = False
+    for path in files:
+        columns = [c for c in parquet_columns(path) if c in wanted]
+        offset = 0
+        for raw in _raw_batches(path, columns, batch_rows):
+            if raw.height == 0:
+                continue
+            any_rows = True
+            check_time_zones([*times, (str(path), raw.select(contract_times(raw)))])
+            events = check_events(raw, config=config, source=str(path), row_offset=offset)
+            offset += raw.height
+            if events.schema["patient_id"] != id_type:
+                raise InputError(
+                    f"type {events.schema['patient_id']} differs from {id_source} patient_id "
+                    f"type {id_type}",
+                    file=str(path),
+                    column="patient_id",
+                )
+            yield events
+    if not any_rows:
+        if len(files) == 1:
+            raise InputError("table is empty", file=str(files[0]))
+        raise InputError("every shard is empty", file=str(files[0].parent))
+
+
+def _raw_batches(path: Path, columns: list[str], batch_rows: int | None) -> Iterator[pl.DataFrame]:
+    """A Parquet file whole (`batch_rows` None) or in record batches, as polars frames."""
+    if batch_rows is None:
+        yield read_parquet(path, columns)
+        return
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+            yield pl.from_arrow(pa.Table.from_batches([batch]))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(
+            f"not a readable Parquet file ({_first_line(e)})", file=str(path)
+        ) from None
 
 
 def check_visits(
@@ -153,7 +193,7 @@ def check_events(
     if config.drop_null_time_events and "time" in df.columns:
         # Row indices stay those of the file: count from the unfiltered rows.
         df = df.with_row_index("_row", offset=row_offset).filter(pl.col("time").is_not_null())
-    else:
+    elif row_offset:
         df = df.with_row_index("_row", offset=row_offset)
     df = _normalize(df, EVENTS, source)
     if "numeric_value" not in df.columns:
