@@ -181,3 +181,42 @@ def test_a_second_retrain_waits_or_fails_clearly(registry, data, tmp_path, capsy
         assert proc.returncode == 0, err.decode()[-2000:]
     assert [r["version"] for r in Registry(reg).history()] == [1, 2, 3]
     assert sorted(p.name for p in (reg / "versions").iterdir()) == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["retrain", "--data", "{missing}", "--registry", "{reg}"], "dataset directory not found"),
+        (["retrain", "--data", "{data}", "--registry", "{reg}", "--test-fraction", "1.5"],
+         "column 'retrain.test_fraction': must be in (0, 1)"),
+        (["retrain", "--data", "{data}", "--registry", "{notreg}"],
+         "is not empty: refusing to make a registry there"),
+        (["registry", "{notreg}"], "not a model registry"),
+        (["bundle", "{notreg}", "--out", "{out}"], "not a run directory"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2_with_one_line(registry, data, tmp_path, capsys, argv, expected):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    before = _state(reg)
+    notreg = tmp_path / "notreg"
+    notreg.mkdir()
+    (notreg / "something").write_text("x")
+    paths = {"missing": tmp_path / "nope", "reg": reg, "data": data, "notreg": notreg,
+             "out": tmp_path / "out"}  # fmt: skip
+    assert main([a.format(**{k: str(v) for k, v in paths.items()}) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ehr-ssl: error: ") and expected in err[0], err
+    assert _state(reg) == before and not (tmp_path / "out").exists()
+
+
+def test_a_retrain_on_bad_data_leaves_the_registry_untouched(registry, data, tmp_path, capsys):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    before = _state(reg)
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    pl.read_parquet(bad / "events.parquet").drop("time").write_parquet(bad / "events.parquet")
+    assert main(["retrain", "--data", str(bad), "--registry", str(reg)]) == 2
+    assert "column 'time': missing" in capsys.readouterr().err
+    assert _state(reg) == before and not any((reg / "tmp").iterdir())

@@ -98,3 +98,46 @@ def test_a_missing_bundle_exits_2(finished_run, tmp_path, capsys):
     argv = ["predict", "--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     assert "not a model bundle" in capsys.readouterr().err
+
+
+def test_future_events_change_no_batch_prediction(finished_run, tmp_path):
+    from tests.test_pipeline import _perturb_future_events
+
+    data, run = finished_run
+    perturbed = tmp_path / "perturbed"
+    _perturb_future_events(data, perturbed)
+    scores = []
+    for source in (data, perturbed):
+        out = tmp_path / f"{source.name}.parquet"
+        argv = ["predict", "--model", str(run / "bundle"), "--data", str(source), "--out",
+                str(out), "--chunk-visits", "400", "--device", "cpu"]  # fmt: skip
+        assert main(argv) == 0
+        scores.append(pl.read_parquet(out))
+    assert scores[0].equals(scores[1])  # bitwise
+
+
+def test_events_after_each_visits_own_prediction_time_are_never_read(finished_run):
+    """Every patient's first visit, with everything after that visit's prediction time changed,
+    deleted or added to (so later visits' windows, which may read those events, are not
+    scored): the scores and embeddings stay bitwise the same."""
+    data, run = finished_run
+    model = load_bundle(run / "bundle")
+    visits = pl.read_parquet(data / "visits.parquet")
+    first = visits.sort("arrival_time").unique("patient_id", keep="first", maintain_order=True)
+    events = pl.read_parquet(data / "events.parquet")
+    cutoff = events.join(first.select("patient_id", "prediction_time"), on="patient_id")
+    future = pl.col("time") > pl.col("prediction_time")
+    assert cutoff.filter(future).height > 100
+    changed = cutoff.with_columns(
+        code=pl.when(future).then(pl.lit("LEAK//") + pl.col("code")).otherwise(pl.col("code")),
+        numeric_value=pl.when(future).then(pl.lit(1e6)).otherwise(pl.col("numeric_value")),
+    ).filter(~future | (pl.int_range(pl.len()) % 3 != 0))
+    added = first.select(
+        "patient_id",
+        time=pl.col("prediction_time") + pl.duration(seconds=1),
+        code=pl.lit("ADMIT//X"),
+        numeric_value=pl.lit(None, pl.Float64),
+    )
+    perturbed = pl.concat([changed.drop("prediction_time"), added])
+    assert model.predict(first, events).equals(model.predict(first, perturbed))
+    assert model.embed(first, events).equals(model.embed(first, perturbed))
