@@ -9,6 +9,7 @@ Layout of a registry directory:
     production          {"version": n}: the version in production (mirrors history)
     .lock               held (flock) by the retrain that is running
     tmp/                work in progress; removed by the next retrain
+    cache/tokens/       visits' tokens under the production tokenizer (ehr_ssl.token_cache)
 
 A retrain commits by one atomic rename of history.jsonl (the version directory is moved into
 place just before, the production pointer rewritten just after). history.jsonl is the truth:
@@ -94,6 +95,12 @@ class Registry:
 
     def version_path(self, version: int) -> Path:
         return self.root / "versions" / str(version)
+
+    @property
+    def token_cache_dir(self) -> Path:
+        """Where retrains keep tokens for incremental tokenization (derived data: deleting it
+        costs one full tokenization)."""
+        return self.root / "cache" / "tokens"
 
     # --- writing (under the lock) -----------------------------------------------------------
 

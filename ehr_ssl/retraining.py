@@ -6,8 +6,10 @@ The split is temporal (`ehr_ssl.data.splits.temporal_splits`): the most recent v
 test window, read once for the comparison; the other patients are split into train and val. With
 a production model, its tokenizer is kept (the encoder's embeddings are tied to its vocabulary:
 new codes read as [UNK], and the drift section says how many); a first retrain fits a tokenizer
-on train and pretrains from scratch. Everything is built in the registry's tmp/ and committed at
-the end (`ehr_ssl.registry.Registry.commit`).
+on train and pretrains from scratch. Tokens are cached in the registry under the production
+tokenizer, so a retrain on a dataset that grew tokenizes only the new and changed visits
+(`ehr_ssl.token_cache`). Everything else is built in the registry's tmp/ and committed at the end
+(`ehr_ssl.registry.Registry.commit`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def retrain(
             config.tokenize_config(),
             tokenizer=None if production is None else production.tokenizer,
             splits=lambda v: temporal_splits(v["patient_id"], v["prediction_time"], split_config),
+            # a dataset that only grew since the last retrain: only what is new is tokenized
+            cache_dir=None if production is None else registry.token_cache_dir,
         )
         counts = {k: {c: v[c] for c in ("visits", "labeled", "positives")}
                   for k, v in manifest["splits"].items()}  # fmt: skip

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ehr_ssl.atomic import atomic_file
 from ehr_ssl.bundle import AdmissionModel
 from ehr_ssl.config import DataConfig
-from ehr_ssl.data.readers import checked_events, contract_times, read_parquet, table_files
+from ehr_ssl.data.readers import checked_events, read_visits, table_files
 from ehr_ssl.data.schema import EVENTS, VISITS
 from ehr_ssl.errors import InputError
 from ehr_ssl.tokenizer import UNK_ID
@@ -76,10 +76,8 @@ def score_dataset(
     tokenizer = model.tokenizer
     (visits_path,) = table_files(data_dir, VISITS)
     event_files = table_files(data_dir, EVENTS)
-    raw_visits = read_parquet(visits_path)
-    times = [(str(visits_path), raw_visits.select(contract_times(raw_visits)))]
-    visits = tokenizer.check_visits(raw_visits, source=str(visits_path))
-    del raw_visits
+    visits, static_columns, _, times = read_visits(visits_path, tokenizer.input_config())
+    tokenizer.check_static_columns(static_columns, str(visits_path))
     n_chunks = max(1, math.ceil(visits.height / chunk_visits))
     visits = visits.with_columns(_chunk_of(pl.col("patient_id"), n_chunks))
     out_path.parent.mkdir(parents=True, exist_ok=True)

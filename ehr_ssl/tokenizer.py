@@ -32,7 +32,13 @@ import pyarrow as pa
 from ehr_ssl import __version__
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
 from ehr_ssl.config import DataConfig, TokenizeConfig, TokenizerConfig, from_dict, to_dict
-from ehr_ssl.data.readers import check_events, check_time_zones, check_visits, read_dataset
+from ehr_ssl.data.readers import (
+    check_events,
+    check_time_zones,
+    check_visits,
+    read_dataset,
+    read_labels,
+)
 from ehr_ssl.data.schema import SCHEMA_VERSION
 from ehr_ssl.data.splits import SPLITS, assign_splits
 from ehr_ssl.data.windows import EventWindows, build_windows
@@ -269,10 +275,8 @@ class Tokenizer:
 
     # --- persistence ----------------------------------------------------------------------
 
-    def save(self, directory: Path) -> Path:
-        """Write `tokenizer.json` (vocabulary, bin edges, settings) into `directory`."""
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        path = Path(directory) / TOKENIZER_FILE
+    def to_json(self) -> str:
+        """The tokenizer as tokenizer.json's text: vocabulary, bin edges and settings."""
         document = {
             "schema_version": SCHEMA_VERSION,
             "special_tokens": list(SPECIAL_TOKENS),
@@ -282,7 +286,13 @@ class Tokenizer:
             "vocab": self.vocab,
             "bin_edges": self.bin_edges,
         }
-        atomic_write_text(path, json.dumps(document, indent=1) + "\n")
+        return json.dumps(document, indent=1) + "\n"
+
+    def save(self, directory: Path) -> Path:
+        """Write `tokenizer.json` (vocabulary, bin edges, settings) into `directory`."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        path = Path(directory) / TOKENIZER_FILE
+        atomic_write_text(path, self.to_json())
         return path
 
     @classmethod
@@ -387,14 +397,17 @@ def tokenize_dataset(
     overwrite: bool = False,
     tokenizer: Tokenizer | None = None,
     splits: Callable[[pl.DataFrame], pl.Series] | None = None,
+    cache_dir: Path | None = None,
 ) -> dict:
     """The tokenize stage: read and check a dataset, split patients, fit the tokenizer on the
     training visits, encode every visit and write the tokens directory atomically.
 
     `tokenizer` replaces the fitted one (a production model's, for retraining: new codes read as
     [UNK]); `splits` maps the checked visits to their split (default: `assign_splits` by
-    patient; a null split leaves the visit out). Returns the manifest (also written as
-    manifest.json). Raises InputError on bad input, before anything is written.
+    patient; a null split leaves the visit out). With a `tokenizer`, `cache_dir` makes the
+    tokenization incremental (`ehr_ssl.token_cache`): a rerun on a dataset that grew tokenizes
+    only new and changed visits. Returns the manifest (also written as manifest.json). Raises
+    InputError on bad input, before anything is written.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -402,30 +415,49 @@ def tokenize_dataset(
     data, out = Path(data_dir).resolve(), out_dir.resolve()
     if out == data or out in data.parents:
         raise InputError("output directory would replace the input data", file=str(out_dir))
-    dataset = read_dataset(data_dir, config.data if tokenizer is None else tokenizer.input_config())
-    visits = dataset.visits
-    split = (splits or (lambda v: assign_splits(v["patient_id"], config.split)))(visits)
-    if split.null_count():
-        visits, split = visits.filter(split.is_not_null()), split.drop_nulls()
-    if tokenizer is None:
-        budget = event_budget(config.tokenizer, len(dataset.static_columns))
-        windows = build_windows(
-            visits, dataset.events, lookback_days=config.tokenizer.lookback_days, max_events=budget
-        )
-        tokenizer = fit_tokenizer(
-            visits,
-            windows,
-            fit_mask=(split == "train").to_numpy(),
-            static_columns=dataset.static_columns,
-            config=config.tokenizer,
-            data_config=config.data,
-        )
-        tokens = tokenizer.encode_windows(visits, windows)
+    split_of = splits or (lambda v: assign_splits(v["patient_id"], config.split))
+    if tokenizer is not None and cache_dir is not None:
+        from ehr_ssl.token_cache import cached_tokens
+
+        visits, tokens, files, _ = cached_tokens(data_dir, cache_dir, tokenizer)
+        labels = read_labels(data_dir, visits)
+        if labels is not None:
+            files["labels"] = [Path(data_dir) / "labels.parquet"]
+        split = split_of(visits)
+        kept = split.is_not_null()
+        visits, tokens, split = visits.filter(kept), tokens.filter(kept), split.drop_nulls()
+        static_columns = tokenizer.static_columns
     else:
-        tokenizer.check_static_columns(dataset.static_columns, str(dataset.files["visits"][0]))
-        tokens = tokenizer.encode_checked(visits, dataset.events)
+        dataset = read_dataset(
+            data_dir, config.data if tokenizer is None else tokenizer.input_config()
+        )
+        visits, labels, files = dataset.visits, dataset.labels, dataset.files
+        static_columns = dataset.static_columns
+        split = split_of(visits)
+        if split.null_count():
+            visits, split = visits.filter(split.is_not_null()), split.drop_nulls()
+        if tokenizer is None:
+            budget = event_budget(config.tokenizer, len(static_columns))
+            windows = build_windows(
+                visits,
+                dataset.events,
+                lookback_days=config.tokenizer.lookback_days,
+                max_events=budget,
+            )
+            tokenizer = fit_tokenizer(
+                visits,
+                windows,
+                fit_mask=(split == "train").to_numpy(),
+                static_columns=static_columns,
+                config=config.tokenizer,
+                data_config=config.data,
+            )
+            tokens = tokenizer.encode_windows(visits, windows)
+        else:
+            tokenizer.check_static_columns(static_columns, str(files["visits"][0]))
+            tokens = tokenizer.encode_checked(visits, dataset.events)
+        del dataset
     tokens = tokens.with_columns(split)
-    labels = dataset.labels
     if labels is None:
         labels = pl.DataFrame(schema={"visit_id": visits.schema["visit_id"], "label": pl.Boolean})
     tokens = tokens.join(labels, on="visit_id", how="left", maintain_order="left").with_columns(
@@ -438,9 +470,9 @@ def tokenize_dataset(
         "format": TOKENS_FORMAT,
         "schema_version": SCHEMA_VERSION,
         "ehr_ssl_version": __version__,
-        "inputs": input_fingerprint(dataset.files, dataset.root),
+        "inputs": input_fingerprint(files, Path(data_dir)),
         "vocab_size": tokenizer.vocab_size,
-        "static_columns": dataset.static_columns,
+        "static_columns": static_columns,
         "arrival_time_range": [
             str(visits["arrival_time"].min()),
             str(visits["arrival_time"].max()),

@@ -4,6 +4,7 @@ candidate, a retrain SIGKILLed at several points, and concurrent retrains."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -57,7 +58,7 @@ def _state(path: Path) -> tuple:
     )
 
 
-def test_first_retrain_promotes_and_a_second_warm_starts(registry, data, tmp_path):
+def test_first_retrain_promotes_and_a_second_warm_starts(registry, data, tmp_path, caplog):
     reg = tmp_path / "registry"
     shutil.copytree(registry, reg)
     assert Registry(reg).production_version() == 1
@@ -71,6 +72,10 @@ def test_first_retrain_promotes_and_a_second_warm_starts(registry, data, tmp_pat
     report = (reg / "versions" / "2" / "retrain_report.md").read_text()
     assert "## Gate" in report and "## Drift" in report
     assert Registry(reg).production_version() == (2 if record["promoted"] else 1)
+    # the same data again, under the same tokenizer: nothing to tokenize (incremental)
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        retrain(data, reg, load_pipeline_config(None, SETTINGS))
+    assert "tokenize: 0 visits tokenized, 1500 reused from the cache" in caplog.text
 
 
 def test_the_gate_refuses_a_worse_candidate(registry, data, tmp_path, capsys):

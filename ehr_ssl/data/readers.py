@@ -86,11 +86,7 @@ def read_dataset(root: Path, config: DataConfig) -> Dataset:
         raise InputError("dataset directory not found", file=str(root))
     files = {"visits": table_files(root, VISITS), "events": table_files(root, EVENTS)}
     (visits_path,) = files["visits"]
-    raw_visits = read_parquet(visits_path)
-    times = [(str(visits_path), raw_visits.select(contract_times(raw_visits)))]
-    visits, static_columns, unused = check_visits(
-        raw_visits, config=config, source=str(visits_path)
-    )
+    visits, static_columns, unused, times = read_visits(visits_path, config)
     id_type = visits.schema["patient_id"]
 
     shards = list(
@@ -99,13 +95,31 @@ def read_dataset(root: Path, config: DataConfig) -> Dataset:
     )  # fmt: skip
     events = pl.concat(shards, rechunk=True) if len(shards) > 1 else shards[0]
 
-    labels = None
-    labels_path = root / LABELS.filename
-    if labels_path.exists():
-        files["labels"] = [labels_path]
-        labels = check_labels(read_parquet(labels_path), source=str(labels_path))
-        check_labels_match_visits(labels, visits, source=str(labels_path))
+    labels = read_labels(root, visits)
+    if labels is not None:
+        files["labels"] = [root / LABELS.filename]
     return Dataset(root, visits, events, labels, static_columns, unused, files)
+
+
+def read_visits(
+    path: Path, config: DataConfig
+) -> tuple[pl.DataFrame, dict[str, str], list[str], list[tuple[str, pl.DataFrame]]]:
+    """Read and check a visits file: (visits, static columns, unused columns, and its timestamp
+    columns for the time zone check against the events files, see `checked_events`)."""
+    raw = read_parquet(path)
+    times = [(str(path), raw.select(contract_times(raw)))]
+    visits, static_columns, unused = check_visits(raw, config=config, source=str(path))
+    return visits, static_columns, unused, times
+
+
+def read_labels(root: Path, visits: pl.DataFrame) -> pl.DataFrame | None:
+    """The checked labels table of dataset `root` (None when it has no labels.parquet)."""
+    path = Path(root) / LABELS.filename
+    if not path.exists():
+        return None
+    labels = check_labels(read_parquet(path), source=str(path))
+    check_labels_match_visits(labels, visits, source=str(path))
+    return labels
 
 
 def checked_events(
