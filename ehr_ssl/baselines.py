@@ -250,6 +250,31 @@ def fit_counts_baseline(
     return best, record
 
 
+def score_counts_baseline(
+    kind: BaselineKind,
+    train: pl.DataFrame,
+    val: pl.DataFrame,
+    x_test: sp.csr_matrix,
+    *,
+    vocab_size: int,
+    n_bins: int,
+    seed: int,
+) -> tuple[np.ndarray, dict]:
+    """Fit a counts baseline on labeled token rows (`train`, `val`: input_ids, value_bins,
+    segment_ids and label columns), chosen on val, and score `x_test` (`count_features` rows).
+    Returns the scores (N,) and the fit's record (see `fit_counts_baseline`)."""
+    sizes = {"vocab_size": vocab_size, "n_bins": n_bins}
+    fitted, record = fit_counts_baseline(
+        kind,
+        count_features(train, **sizes),
+        train["label"].to_numpy(),
+        count_features(val, **sizes),
+        val["label"].to_numpy(),
+        seed=seed,
+    )
+    return predict_proba(fitted, x_test), record
+
+
 def _binary_labels(y, name: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1:

@@ -38,6 +38,7 @@ from ehr_ssl.drift import data_profile
 from ehr_ssl.errors import InputError
 from ehr_ssl.model import EHREncoder
 from ehr_ssl.pretraining import ENCODER_INPUTS
+from ehr_ssl.report import model_metrics
 from ehr_ssl.shards import flat_tokens
 from ehr_ssl.tokenizer import TOKEN_COLUMNS, Tokenizer
 
@@ -269,7 +270,7 @@ def export_bundle(
             "label_budget": budget,
             "seed": seed,
             "preset": config.preset,
-            "test_metrics": _model_metrics(report, model),
+            "test_metrics": model_metrics(report, model),
         },
         report=report,
     )
@@ -347,14 +348,6 @@ def _prediction_time_rule(tokenizer: Tokenizer) -> str:
         "reads only events at or before it (history from "
         f"{tokenizer.config.lookback_days:g} days before arrival)"
     )
-
-
-def _model_metrics(report: dict | None, model: str) -> dict | None:
-    if report is None or model not in report.get("models", {}):
-        return None
-    keep = ("auroc", "auroc_ci95", "auprc", "brier", "calibration_slope", "calibration_intercept",
-            "n", "prevalence")  # fmt: skip
-    return {k: report["models"][model].get(k) for k in keep}
 
 
 # ----------------------------------------------------------------------------------------------

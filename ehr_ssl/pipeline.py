@@ -264,8 +264,7 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
     `oracle_dir` is a dataset directory with an oracle.parquet (true probabilities; the
     synthetic cohort ships one), or None.
     """
-    from ehr_ssl.baselines import count_features, fit_counts_baseline
-    from ehr_ssl.baselines import predict_proba as counts_proba
+    from ehr_ssl.baselines import count_features, score_counts_baseline
     from ehr_ssl.finetuning import budget_split, labeled_split, predict_finetuned
     from ehr_ssl.report import build_report, write_report
     from ehr_ssl.shards import read_split
@@ -320,18 +319,15 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
                     }
                     scores[model] = predict_finetuned(out, encoder_dir, test_ds, device)
                 else:
-                    tr = train.filter(pl.col("visit_id").is_in(train_ids.implode()))
-                    va = val.filter(pl.col("visit_id").is_in(val_ids.implode()))
-                    fitted, record = fit_counts_baseline(
+                    scores[model], record = score_counts_baseline(
                         COUNTS[model],
-                        count_features(tr, **sizes),
-                        tr["label"].to_numpy(),
-                        count_features(va, **sizes),
-                        va["label"].to_numpy(),
+                        train.filter(pl.col("visit_id").is_in(train_ids.implode())),
+                        val.filter(pl.col("visit_id").is_in(val_ids.implode())),
+                        x_test,
+                        **sizes,
                         seed=seed,
                     )
                     selection[key] = {"val_auroc": record["val_auroc"], "chosen": record["chosen"]}
-                    scores[model] = counts_proba(fitted, x_test)
             for model, score in scores.items():
                 frames.append(
                     base.with_columns(

@@ -321,6 +321,15 @@ def build_report(
 # text renderings
 
 
+def model_metrics(report: dict[str, Any] | None, model: str) -> dict[str, Any] | None:
+    """One model's test metrics from a report, without the comparison keys (None if absent)."""
+    if report is None or model not in report.get("models", {}):
+        return None
+    keep = ("auroc", "auroc_ci95", "auprc", "brier", "calibration_slope", "calibration_intercept",
+            "n", "prevalence")  # fmt: skip
+    return {k: report["models"][model].get(k) for k in keep}
+
+
 def _number(value: float | None, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return DASH

@@ -48,12 +48,15 @@ def retrain(
     """
     from transformers.utils import logging as hf_logging
 
+    from ehr_ssl.baselines import count_features, score_counts_baseline
     from ehr_ssl.bundle import load_bundle, make_bundle
+    from ehr_ssl.data.schema import ORACLE_FILENAME
     from ehr_ssl.drift import compare_profiles, data_profile, format_drift_markdown
-    from ehr_ssl.evaluation import auroc, evaluate_predictions, paired_bootstrap_difference
     from ehr_ssl.finetuning import budget_ids, finetune, labeled_split, predict_finetuned
+    from ehr_ssl.pipeline import COUNTS
+    from ehr_ssl.report import build_report, model_metrics
     from ehr_ssl.shards import read_split
-    from ehr_ssl.tokenizer import tokenize_dataset
+    from ehr_ssl.tokenizer import Tokenizer, tokenize_dataset
     from ehr_ssl.train import pretrain, resolve_device
 
     hf_logging.disable_progress_bar()
@@ -120,18 +123,44 @@ def retrain(
                 "(raise retrain.test_fraction)",
                 file=str(data_dir),
             )
-        y, groups = test["label"].to_numpy(), test["patient_id"].to_numpy()
         device = resolve_device(config.finetune.device)
-        candidate_scores = predict_finetuned(finetune_dir, encoder_dir, test_ds, device)
-        boot = {"n_boot": config.evaluate.n_boot, "seed": 0}
-        candidate = evaluate_predictions(y, candidate_scores, groups, **boot)
-        current, difference = None, None
+        scores = {"candidate": predict_finetuned(finetune_dir, encoder_dir, test_ds, device)}
         if production is not None:
-            production_scores = production.score_tokens(test)
-            current = evaluate_predictions(y, production_scores, groups, **boot)
-            difference = paired_bootstrap_difference(
-                auroc, y, candidate_scores, production_scores, groups, **boot
-            )
+            scores["production"] = production.score_tokens(test)
+        # the counts baselines on the same labels, for the model card's comparison
+        columns = ["visit_id", "patient_id", "label", "input_ids", "value_bins", "segment_ids"]
+        tokenizer = Tokenizer.load(tokens_dir)
+        sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
+        train, val = (
+            read_split(tokens_dir, split).filter(pl.col("visit_id").is_in(ids.implode()))
+            for split, ids in (("train", train_ids), ("val", val_ids))
+        )
+        x_test = count_features(test, **sizes)
+        for name, kind in COUNTS.items():
+            scores[name], _ = score_counts_baseline(
+                kind, train.select(columns), val.select(columns), x_test, **sizes,
+                seed=ft_config.seed,
+            )  # fmt: skip
+        base = test.select("visit_id", "patient_id", pl.lit("test").alias("split"), "label")
+        predictions = pl.concat(
+            base.with_columns(model=pl.lit(name), score=pl.Series(score, dtype=pl.Float64),
+                              budget=pl.lit(settings.label_budget), seed=pl.lit(ft_config.seed),
+                              train_labels=pl.lit(summary["train_labeled"]))
+            for name, score in scores.items()
+        )  # fmt: skip
+        oracle_path = data_dir / ORACLE_FILENAME
+        report = build_report(
+            predictions,
+            main_budget=settings.label_budget,
+            reference="candidate",
+            oracle=pl.read_parquet(oracle_path) if oracle_path.exists() else None,
+            n_boot=config.evaluate.n_boot,
+            seed=0,
+            settings={"retrain": to_dict(settings), "finetune": to_dict(ft_config)},
+        )
+        candidate = report["models"]["candidate"]
+        current = report["models"].get("production")
+        difference = None if current is None else current["reference_minus_this"]
         promote, reasons = gate(candidate, current, config)
 
         # drift: the new data against what the production model was trained on
@@ -146,8 +175,8 @@ def retrain(
             "reasons": reasons,
             "warm_start_from": production_version,
             "production_version": production_version,
-            "candidate": _plain_metrics(candidate),
-            "production": None if current is None else _plain_metrics(current),
+            "candidate": model_metrics(report, "candidate"),
+            "production": model_metrics(report, "production"),
             "candidate_minus_production": difference,
             "gate": to_dict(settings),
             "data": {
@@ -174,9 +203,9 @@ def retrain(
                 "warm_start": None
                 if production_version is None
                 else f"registry version {production_version}",
-                "test_metrics": _plain_metrics(candidate),
+                "test_metrics": model_metrics(report, "candidate"),
             },
-            report=None,
+            report=report,
         )
         bundle_dir = bundle.save(work / "bundle")
         report_md = format_retrain_report(record, promote)
@@ -233,10 +262,6 @@ def gate(candidate: dict, production: dict | None, config: PipelineConfig) -> tu
 
 def _fmt(value: float | None) -> str:
     return "none" if value is None else f"{value:.3f}"
-
-
-def _plain_metrics(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "n_patients"}
 
 
 def format_retrain_report(record: dict, promote: bool) -> str:

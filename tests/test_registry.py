@@ -71,6 +71,12 @@ def test_first_retrain_promotes_and_a_second_warm_starts(registry, data, tmp_pat
     assert [r["version"] for r in history] == [1, 2]
     report = (reg / "versions" / "2" / "retrain_report.md").read_text()
     assert "## Gate" in report and "## Drift" in report
+    # the version's bundle carries the comparison with the baselines on the same test window
+    evaluation = json.loads((reg / "versions" / "2" / "report.json").read_text())
+    assert list(evaluation["models"]) == ["candidate", "production", "counts_logistic",
+                                          "counts_gbm"]  # fmt: skip
+    assert evaluation["models"]["candidate"]["auroc"] == record["candidate"]["auroc"]
+    assert "counts_logistic" in (reg / "versions" / "2" / "MODEL_CARD.md").read_text()
     assert Registry(reg).production_version() == (2 if record["promoted"] else 1)
     # the same data again, under the same tokenizer: nothing to tokenize (incremental)
     with caplog.at_level(logging.INFO, logger="ehr_ssl"):
