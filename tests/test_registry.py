@@ -231,3 +231,19 @@ def test_a_retrain_on_bad_data_leaves_the_registry_untouched(registry, data, tmp
     assert main(["retrain", "--data", str(bad), "--registry", str(reg)]) == 2
     assert "column 'time': missing" in capsys.readouterr().err
     assert _state(reg) == before and not any((reg / "tmp").iterdir())
+
+
+def test_no_identifier_reaches_the_versions_the_history_or_the_log(finished_run, tmp_path, caplog):
+    from tests.conftest import PATIENT_PREFIX, VISIT_PREFIX
+
+    data, _ = finished_run  # string identifiers with distinctive prefixes
+    reg = tmp_path / "registry"
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        retrain(data, reg, load_pipeline_config(None, SETTINGS))
+        retrain(data, reg, load_pipeline_config(None, SETTINGS))
+    shipped = [reg / "history.jsonl", reg / "production"]
+    shipped += [p for p in (reg / "versions").rglob("*") if p.is_file()]
+    for path in shipped:
+        content = path.read_bytes()
+        assert PATIENT_PREFIX.encode() not in content and VISIT_PREFIX.encode() not in content, path
+    assert PATIENT_PREFIX not in caplog.text and VISIT_PREFIX not in caplog.text
