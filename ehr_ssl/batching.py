@@ -91,6 +91,10 @@ class LengthBucketSampler(Sampler[list[int]]):
     Visits are shuffled, cut into pools of `pool_batches` batches, sorted by length within a pool
     and cut into batches; the batch order is shuffled again. Padding stays low while every epoch
     sees a different mix. `start_batch` skips the first batches of the epoch (resume).
+
+    Data-parallel: every process builds the same global batches (`batches()`) and iterates
+    over its own contiguous share of each, rows [rank * B/W, (rank + 1) * B/W) with W the
+    world size, so the processes together read each visit of a batch once.
     """
 
     def __init__(
@@ -103,9 +107,17 @@ class LengthBucketSampler(Sampler[list[int]]):
         start_batch: int = 0,
         pool_batches: int = 50,
         drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size > 1 and (batch_size % world_size or not drop_last):
+            raise ValueError(
+                f"{world_size} processes need full batches (drop_last) of a multiple of "
+                f"{world_size} visits, got batch_size {batch_size}, drop_last {drop_last}"
+            )
+        self.rank, self.world_size = rank, world_size
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
@@ -131,7 +143,8 @@ class LengthBucketSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches()[self.start_batch :]:
-            yield batch.tolist()
+            # (B,) -> (W, B/W): row r is rank r's share.
+            yield batch.reshape(self.world_size, -1)[self.rank].tolist()
 
 
 def collate(visits: list[dict[str, np.ndarray]], pad_to_multiple_of: int = 1) -> dict:

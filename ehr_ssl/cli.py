@@ -183,6 +183,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
+    from ehr_ssl.distributed import process_group
     from ehr_ssl.train import pretrain
 
     hf_logging.disable_progress_bar()  # transformers' own save bars; our logs stay plain lines
@@ -206,7 +207,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         },
     )
     started = time.perf_counter()
-    summary = pretrain(args.tokens, args.out, config, resume=args.resume)
+    with process_group(config.train.device):  # joins torchrun's processes, if launched so
+        summary = pretrain(args.tokens, args.out, config, resume=args.resume)
     final = summary["final_metrics"]
     log.info(
         "pretrain: %d steps, final loss %.4f, wrote %s (%.1f s)",
@@ -692,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    if os.environ.get("RANK", "0") != "0":  # torchrun's other processes: rank 0 speaks for all
+        logging.getLogger().setLevel(logging.WARNING)
     # SIGTERM (a scheduler's stop) unwinds like Ctrl-C, so temporary outputs are removed.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

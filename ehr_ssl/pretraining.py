@@ -10,10 +10,10 @@ Randomness comes only from the generator passed in; device and precision belong 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ehr_ssl import distributed
 from ehr_ssl.config import ObjectiveConfig
 from ehr_ssl.heads import MaskedEventHead, ProjectionHead
 from ehr_ssl.losses import IGNORE_INDEX, info_nce_loss, masked_event_loss
@@ -44,10 +44,18 @@ class PretrainingModel(nn.Module):
         for head in (self.masked_head, self.projection):  # one place for initialization
             head.apply(encoder._init_weights)
 
-    def forward(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+    def forward(
+        self, batch: dict[str, Tensor], generator: torch.Generator, rows: slice | None = None
+    ) -> dict[str, Tensor]:
         """Shape: batch tensors (B, T) -> scalar losses {"loss", "masked_code", "masked_bin",
         "contrastive"} (terms switched off are absent), plus the real and padded token counts
-        of the encoder's input, {"encoder_tokens", "encoder_slots"} (no gradient)."""
+        of the encoder's input, {"encoder_tokens", "encoder_slots"} (no gradient).
+
+        Data-parallel training passes the global batch and this process's `rows` of it: the
+        random inputs are drawn for the whole batch (every process draws the same numbers, as
+        a single process would), then only `rows` are encoded, and each term is scaled so that
+        its mean over processes, which DDP's gradient averaging takes, is the global batch's.
+        """
         o = self.objective
         masked, contrastive = o.masked_weight > 0, o.contrastive_weight > 0
         # Inputs: view A (masked for the masked-event term) and, for the contrastive term, B.
@@ -60,13 +68,30 @@ class PretrainingModel(nn.Module):
                 rate=o.mask_rate,
             )
         views = [view_a, self._view(batch, generator)] if contrastive else [view_a]
+        scale = {}
+        if rows is not None:
+            world = batch["input_ids"].shape[0] // (rows.stop - rows.start)
+            views = [_take_rows(view, rows) for view in views]
+            if masked:
+                # Each term is a mean over its targets: local sum / global count, times the
+                # world size that the average over processes divides by.
+                t_a = views[0]["input_ids"].shape[1]
+                for name, labels in (("masked_code", code_labels), ("masked_bin", bin_labels)):
+                    local = labels[rows, :t_a]
+                    n_local = (local != IGNORE_INDEX).sum()
+                    n_global = (labels != IGNORE_INDEX).sum().clamp_min(1)
+                    scale[name] = world * n_local / n_global
+                    if name == "masked_code":
+                        code_labels = local
+                    else:
+                        bin_labels = local
         # Encode: both views in one pass, (2B, T) rather than two passes of (B, T): at these
         # sizes the per-operation overhead, not arithmetic, dominates on CPU.
         inputs = _stack_padded(
             views, self.pad_to_multiple_of, self.encoder.config.max_position_embeddings
         )
         encoded = self.encoder(**inputs)
-        b = batch["input_ids"].shape[0]
+        b = views[0]["input_ids"].shape[0]  # this process's visits
 
         losses: dict[str, Tensor] = {
             "encoder_tokens": inputs["attention_mask"].sum().detach(),
@@ -84,6 +109,9 @@ class PretrainingModel(nn.Module):
                 bin_logits[None],
                 bin_labels[targets][None],
             )
+            if scale:
+                code_loss = code_loss * scale["masked_code"]
+                bin_loss = bin_loss * scale["masked_bin"]
             losses["masked_code"], losses["masked_bin"] = code_loss, bin_loss
             total = total + o.masked_weight * (code_loss + o.value_bin_weight * bin_loss)
         if contrastive:
@@ -102,6 +130,15 @@ class PretrainingModel(nn.Module):
             history_crop=o.history_crop,
             time_jitter=o.time_jitter,
         )
+
+
+def _take_rows(view: dict[str, Tensor], rows: slice) -> dict[str, Tensor]:
+    """Some rows of a right-padded view, cut to their own longest row.
+
+    Shape: (B, T) -> (R, T_r) with T_r <= T the longest of the R rows.
+    """
+    t = int(view["attention_mask"][rows].sum(dim=1).max())
+    return {k: v[rows, :t] if v.dim() == 2 else v[rows] for k, v in view.items()}
 
 
 def _stack_padded(views: list[dict[str, Tensor]], multiple: int, limit: int) -> dict[str, Tensor]:
@@ -123,11 +160,10 @@ def contrastive_loss(z_a: Tensor, z_b: Tensor, *, temperature: float) -> Tensor:
 
     Shape: z_a, z_b (N, P) -> (). Every process must hold the same N (drop_last batches).
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    rank = distributed.current()
+    if not rank.distributed:
         return info_nce_loss(z_a, z_b, temperature=temperature)
-    from torch.distributed.nn.functional import all_gather  # gathers with gradients
-
-    all_a = torch.cat(all_gather(z_a.contiguous()))  # (world * N, P), rank order
-    all_b = torch.cat(all_gather(z_b.contiguous()))
-    offset = dist.get_rank() * z_a.shape[0]
+    all_a = distributed.all_gather_with_grad(z_a)  # (world * N, P), rank order
+    all_b = distributed.all_gather_with_grad(z_b)
+    offset = rank.rank * z_a.shape[0]
     return info_nce_loss(z_a, z_b, temperature=temperature, offset=offset, all_a=all_a, all_b=all_b)

@@ -5,6 +5,10 @@ of the step), gradient clipping, bf16 autocast on CUDA and fp32 on CPU, optional
 length-bucketed batches streamed from memory-mapped shards, atomic checkpoints every N steps, and
 a resume that continues bit for bit. The loop owns device and precision; the model and the losses
 know nothing about either.
+
+Under torchrun the same loop runs data-parallel (DistributedDataParallel): train.batch_size is
+the global batch, each process reads and encodes its share of it, contrastive negatives come
+from every process, and rank 0 alone writes checkpoints, metrics and the encoder.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import polars as pl
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ehr_ssl import distributed
 from ehr_ssl.atomic import atomic_directory, atomic_file, atomic_write_text
 from ehr_ssl.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -147,7 +153,14 @@ def pretrain(
     # Every check comes before anything is written, so a refused start leaves no trace.
     tokenizer = Tokenizer.load(tokens_dir)
     train = config.train
+    rank = distributed.current()
     device = resolve_device(train.device)
+    if train.batch_size % rank.world_size:
+        raise InputError(
+            f"{train.batch_size} is not divisible by the {rank.world_size} processes (it is the "
+            "global batch: each process takes an equal share)",
+            column="train.batch_size",
+        )
     dataset = TokenDataset(
         tokens_dir, pretraining_selection(train.include_test_unlabeled), splits=SPLITS
     )
@@ -181,7 +194,9 @@ def pretrain(
             "pretraining_visits": len(dataset),
         },
     }
-    _prepare_run_dir(out_dir, run, resume=resume)
+    if rank.is_main:
+        _prepare_run_dir(out_dir, run, resume=resume)
+    distributed.barrier()  # the others resume from what rank 0 has checked
 
     torch.manual_seed(train.seed)
     encoder = warm if init_encoder is not None else EHREncoder(encoder_config(tokenizer, config))
@@ -204,24 +219,42 @@ def pretrain(
         log.info("pretrain: resumed from %s (step %d)", checkpoint.name, step)
     elif resume:
         log.info("pretrain: no checkpoint in %s yet, starting from step 0", out_dir)
-    metrics = MetricsLog(out_dir, resume_step=step, tensorboard=train.tensorboard)
+    metrics = (
+        MetricsLog(out_dir, resume_step=step, tensorboard=train.tensorboard)
+        if rank.is_main
+        else None
+    )
     if train.compile:
         encoder.compile()  # in place: state_dict keys (and checkpoints) stay the same
+    trained: nn.Module = model
+    if rank.distributed:
+        # A term switched off leaves its head without gradients, which DDP must be told.
+        one_term = min(config.objective.masked_weight, config.objective.contrastive_weight) == 0
+        trained = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=one_term,
+        )
 
     log.info(
-        "pretrain: %d visits, %d steps (%d per epoch), %s, %s, %.2fM parameters",
+        "pretrain: %d visits, %d steps (%d per epoch), %s, %s x %d, %.2fM parameters",
         len(dataset),
         total_steps,
         steps_per_epoch,
         config.preset,
         device,
+        rank.world_size,
         sum(p.numel() for p in encoder.parameters()) / 1e6,
     )
     progress = tqdm(
-        total=total_steps, initial=step, disable=not sys.stderr.isatty(), desc="pretrain"
+        total=total_steps,
+        initial=step,
+        disable=not (sys.stderr.isatty() and rank.is_main),
+        desc="pretrain",
     )
     started, window = time.perf_counter(), _Window()
-    last = metrics.last  # a resumed run that had already finished keeps its final figures
+    # A resumed run that had already finished keeps its final figures.
+    last = metrics.last if metrics is not None else {}
     model.train()
     while step < total_steps:
         sampler = LengthBucketSampler(
@@ -230,6 +263,8 @@ def pretrain(
             seed=train.seed,
             epoch=position["epoch"],
             start_batch=position["batch"],
+            rank=rank.rank,
+            world_size=rank.world_size,
         )
         loader = DataLoader(
             dataset,
@@ -240,32 +275,41 @@ def pretrain(
             generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by loaders
         )
         tick = time.perf_counter()
-        for batch in loader:
+        # The global batches, for their longest visit (this process's loader yields its share).
+        global_batches = sampler.batches()[position["batch"] :]
+        for indices, batch in zip(global_batches, loader, strict=True):
             data_time = time.perf_counter() - tick
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            rows = None
+            if rank.distributed:
+                # Random inputs are drawn on the global batch, as one process would draw them.
+                batch = distributed.gather_rows(batch, int(dataset.lengths[indices].max()))
+                rows = rank.rows(len(indices))
             lr = learning_rate(step, train, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                losses = model(batch, generator)
+                losses = trained(batch, generator, rows)
             encoder_tokens, encoder_slots = (
                 losses.pop("encoder_tokens"),
                 losses.pop("encoder_slots"),
             )
             loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss ({loss.item()}) at step {step}: training stopped; lower "
-                    "train.learning_rate or check the tokens (last checkpoint kept)"
-                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+            # The gradient norm is the same on every process (gradients are averaged), so all of
+            # them stop together; no update has been made.
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) or gradient at step {step}: training "
+                    "stopped; lower train.learning_rate or check the tokens (last checkpoint kept)"
+                )
             optimizer.step()
             step += 1
             position = {"epoch": position["epoch"], "batch": position["batch"] + 1}
             window.add(
-                batch["attention_mask"],
+                batch["attention_mask"][rows or slice(None)],
                 encoder_tokens,
                 encoder_slots,
                 data_time,
@@ -277,12 +321,13 @@ def pretrain(
                     "step": step,
                     "epoch": position["epoch"],
                     "lr": lr,
-                    **{k: float(v.detach()) for k, v in losses.items()},
+                    **{k: float(v) for k, v in distributed.mean_over_ranks(losses).items()},
                     "grad_norm": float(grad_norm),
                     **window.flush(),
                     "elapsed_s": round(time.perf_counter() - started, 2),
                 }
-                metrics.write(last)
+                if metrics is not None:
+                    metrics.write(last)
                 progress.set_postfix(
                     loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}"
                 )
@@ -296,7 +341,7 @@ def pretrain(
                         last["tokens_per_s"],
                         last["padding_fraction"],
                     )
-            if step % train.checkpoint_every == 0 or step == total_steps:
+            if rank.is_main and (step % train.checkpoint_every == 0 or step == total_steps):
                 save_checkpoint(
                     out_dir,
                     step=step,
@@ -312,8 +357,13 @@ def pretrain(
         else:  # the epoch ran out
             position = {"epoch": position["epoch"] + 1, "batch": 0}
     progress.close()
-    metrics.close()
-    return _finish(out_dir, tokens_dir, model, config, last, step, len(dataset))
+    if metrics is not None:
+        metrics.close()
+        summary = _finish(out_dir, tokens_dir, model, config, last, step, len(dataset))
+    distributed.barrier()  # what follows (fine-tuning) reads the encoder rank 0 wrote
+    if not rank.is_main:
+        summary = json.loads((out_dir / SUMMARY).read_text())
+    return summary
 
 
 def encoder_config(tokenizer: Tokenizer, config: PretrainConfig) -> EHRConfig:
@@ -356,11 +406,15 @@ class _Window:
         self.step_s += step_s
 
     def flush(self) -> dict:
+        """The window's figures, token counts summed over processes; resets the window."""
         seconds = max(self.step_s, 1e-9)
+        tokens, encoder_tokens, encoder_slots = distributed.sum_over_ranks(
+            [self.tokens, self.encoder_tokens, self.encoder_slots]
+        )
         figures = {
-            "tokens_per_s": self.tokens / seconds,
-            "encoder_tokens_per_s": self.encoder_tokens / seconds,
-            "padding_fraction": 1 - self.encoder_tokens / max(self.encoder_slots, 1),
+            "tokens_per_s": tokens / seconds,
+            "encoder_tokens_per_s": encoder_tokens / seconds,
+            "padding_fraction": 1 - encoder_tokens / max(encoder_slots, 1),
             "data_s": self.data_s,
             "compute_s": self.step_s - self.data_s,
         }

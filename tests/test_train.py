@@ -104,8 +104,8 @@ def test_a_run_writes_its_outputs(cohort_tokens, tmp_path):
 def test_non_finite_loss_stops_with_a_clear_error(cohort_tokens, tmp_path, monkeypatch):
     forward = PretrainingModel.forward
 
-    def poisoned(self, batch, generator):
-        losses = forward(self, batch, generator)
+    def poisoned(self, batch, generator, rows=None):
+        losses = forward(self, batch, generator, rows)
         losses["loss"] = losses["loss"] * float("nan")
         return losses
 
