@@ -27,8 +27,13 @@ from tqdm.auto import tqdm
 
 from ehr_ssl.atomic import atomic_file
 from ehr_ssl.bundle import AdmissionModel
-from ehr_ssl.config import DataConfig
-from ehr_ssl.data.readers import checked_events, read_visits, table_files
+from ehr_ssl.data.partitions import (
+    CHUNK_COLUMN,
+    chunk_of,
+    partition_events,
+    read_chunk_events,
+)
+from ehr_ssl.data.readers import read_visits, table_files
 from ehr_ssl.data.schema import EVENTS, VISITS
 from ehr_ssl.errors import InputError
 from ehr_ssl.tokenizer import UNK_ID
@@ -36,7 +41,6 @@ from ehr_ssl.tokenizer import UNK_ID
 log = logging.getLogger("ehr_ssl")
 
 OUTPUTS = ("predict", "embed")
-READ_BATCH_ROWS = 1_000_000  # events rows per record batch read from a file
 
 
 def score_dataset(
@@ -79,37 +83,33 @@ def score_dataset(
     visits, static_columns, _, times = read_visits(visits_path, tokenizer.input_config())
     tokenizer.check_static_columns(static_columns, str(visits_path))
     n_chunks = max(1, math.ceil(visits.height / chunk_visits))
-    visits = visits.with_columns(_chunk_of(pl.col("patient_id"), n_chunks))
+    visits = visits.with_columns(chunk_of(pl.col("patient_id"), n_chunks))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     show = sys.stderr.isatty() if progress is None else progress
     work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.chunks-", dir=out_path.parent))
     try:
-        n_events = _partition_events(
-            event_files, visits, times, tokenizer.input_config(), visits_path.name, work
+        n_events = partition_events(
+            event_files,
+            n_chunks=n_chunks,
+            id_type=visits.schema["patient_id"],
+            times=times,
+            config=tokenizer.input_config(),
+            source=visits_path.name,
+            work=work,
         )
         log.info(
             "%s: %d visits, %d event rows in %d chunk(s)", output, visits.height, n_events, n_chunks
-        )
-        event_schema = pl.Schema(
-            {
-                "patient_id": visits.schema["patient_id"],
-                "time": pl.Datetime("us"),
-                "code": pl.String,
-                "numeric_value": pl.Float64,
-            }
         )
         unknown = tokens_read = 0
         with atomic_file(out_path) as tmp:
             writer = None
             bar = tqdm(total=visits.height, unit="visit", desc=output, disable=not show)
             for chunk in range(n_chunks):
-                chunk_visits_frame = visits.filter(pl.col("_chunk") == chunk).drop("_chunk")
+                in_chunk = pl.col(CHUNK_COLUMN) == chunk
+                chunk_visits_frame = visits.filter(in_chunk).drop(CHUNK_COLUMN)
                 if chunk_visits_frame.height == 0:
                     continue
-                path = work / f"chunk-{chunk:05d}.parquet"
-                events = (
-                    pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=event_schema)
-                )
+                events = read_chunk_events(work, chunk, visits.schema["patient_id"])
                 tokens = tokenizer.encode_checked(chunk_visits_frame, events)
                 del events
                 ids = tokens["input_ids"].explode()
@@ -150,49 +150,6 @@ def score_dataset(
         100 * summary["unknown_token_share"],
     )
     return summary
-
-
-def _chunk_of(patient_id: pl.Expr, n_chunks: int) -> pl.Expr:
-    """The chunk of each patient: a hash of the id (stable within one process, which is all a
-    single scoring run needs), so a patient's visits and events meet in one chunk."""
-    return (patient_id.hash(seed=0) % n_chunks).cast(pl.Int32).alias("_chunk")
-
-
-def _partition_events(
-    files: list[Path],
-    visits: pl.DataFrame,
-    times: list,
-    config: DataConfig,
-    source: str,
-    work: Path,
-) -> int:
-    """Pass 1: check every events file batch by batch and write each patient's events to their
-    chunk's file. Events of patients without a visit are dropped. Returns the rows read."""
-    patients = visits.select("patient_id", "_chunk").unique("patient_id")
-    writers: dict[int, pq.ParquetWriter] = {}
-    rows = 0
-    try:
-        for events in checked_events(
-            files,
-            config=config,
-            times=times,
-            id_type=visits.schema["patient_id"],
-            id_source=source,
-            batch_rows=READ_BATCH_ROWS,
-        ):
-            rows += events.height
-            events = events.join(patients, on="patient_id", how="inner")
-            parts = events.partition_by("_chunk", as_dict=True, include_key=False)
-            for (chunk,), part in parts.items():
-                table = part.to_arrow(compat_level=pl.CompatLevel.oldest())
-                if chunk not in writers:
-                    path = work / f"chunk-{chunk:05d}.parquet"
-                    writers[chunk] = pq.ParquetWriter(str(path), table.schema)
-                writers[chunk].write_table(table)
-    finally:
-        for writer in writers.values():
-            writer.close()
-    return rows
 
 
 def _output_table(model: AdmissionModel, tokens: pl.DataFrame, output: str, batch_size: int):
