@@ -29,30 +29,73 @@ MANIFEST_FILE = "manifest.json"
 TOKENS_FORMAT = "ehr-ssl-tokens"
 
 
-def write_split_shards(frame: pl.DataFrame, directory: Path, split: str, shard_visits: int) -> dict:
-    """Write one split's rows as shards of at most `shard_visits` visits; returns its manifest
-    entry (counts and shard paths relative to `directory`)."""
-    (directory / split).mkdir(parents=True, exist_ok=True)
-    shards = []
-    for index, offset in enumerate(range(0, max(frame.height, 1), shard_visits)):
-        part = frame.slice(offset, shard_visits)
-        name = f"{split}/part-{index:05d}.arrow"
-        table = part.to_arrow(compat_level=pl.CompatLevel.oldest())
+class ShardWriter:
+    """One split's shards, written as its rows arrive in frames of any size: every shard but the
+    last holds exactly `shard_visits` visits, each as one record batch (so that a reader takes
+    its arrays without a copy, see `flat_tokens`). At most one shard's rows wait in memory."""
+
+    def __init__(self, directory: Path, split: str, shard_visits: int) -> None:
+        self.directory, self.split, self.shard_visits = Path(directory), split, shard_visits
+        (self.directory / split).mkdir(parents=True, exist_ok=True)
+        self.shards: list[str] = []
+        self._pending: pl.DataFrame | None = None  # rows of the next shard, fewer than a shard
+        self._empty: pl.DataFrame | None = None  # the columns, for a split without visits
+        self._patients: list[pl.Series] = []
+        self._visits = self._labeled = self._positives = self._tokens = 0
+
+    def append(self, frame: pl.DataFrame) -> None:
+        """Add rows: the columns of a tokens shard (visit_id, patient_id, split, labeled, label,
+        length, token lists). Counts are summed, patients counted once however split up."""
+        labeled = frame.filter(pl.col("labeled"))
+        self._visits += frame.height
+        self._labeled += labeled.height
+        self._positives += int(labeled["label"].sum())
+        self._tokens += int(frame["length"].sum())
+        self._patients.append(frame["patient_id"].unique())
+        self._empty = frame.clear()
+        if self._pending is not None:
+            frame = pl.concat([self._pending, frame], rechunk=False)
+        full = frame.height - frame.height % self.shard_visits
+        for offset in range(0, full, self.shard_visits):
+            self._write(frame.slice(offset, self.shard_visits))
+        rest = frame.slice(full)
+        if full and rest.height:  # copied: the slice would keep the whole frame's buffers alive
+            rest = rest.select(pl.all().gather(pl.int_range(pl.len())))
+        self._pending = rest if rest.height else None
+
+    def close(self) -> dict:
+        """Write the last shard (an empty one for a split without visits) and return the split's
+        manifest entry: counts and shard paths relative to the directory."""
+        assert self._empty is not None, "close() before any append()"
+        if self._pending is not None or not self.shards:
+            self._write(self._empty if self._pending is None else self._pending)
+            self._pending = None
+        return {
+            "visits": self._visits,
+            "patients": pl.concat(self._patients).n_unique(),
+            "labeled": self._labeled,
+            "positives": self._positives,
+            "tokens": self._tokens,
+            "shards": self.shards,
+        }
+
+    def _write(self, part: pl.DataFrame) -> None:
+        name = f"{self.split}/part-{len(self.shards):05d}.arrow"
+        table = part.rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())
         with (
-            pa.OSFile(str(directory / name), "wb") as sink,
+            pa.OSFile(str(self.directory / name), "wb") as sink,
             pa.ipc.new_file(sink, table.schema) as writer,
         ):
             writer.write_table(table)
-        shards.append(name)
-    labeled = frame.filter(pl.col("labeled"))
-    return {
-        "visits": frame.height,
-        "patients": frame["patient_id"].n_unique(),
-        "labeled": labeled.height,
-        "positives": int(labeled["label"].sum()),
-        "tokens": int(frame["length"].sum()),
-        "shards": shards,
-    }
+        self.shards.append(name)
+
+
+def write_split_shards(frame: pl.DataFrame, directory: Path, split: str, shard_visits: int) -> dict:
+    """Write one split's rows as shards of at most `shard_visits` visits; returns its manifest
+    entry (counts and shard paths relative to `directory`)."""
+    writer = ShardWriter(directory, split, shard_visits)
+    writer.append(frame)
+    return writer.close()
 
 
 def read_manifest(directory: Path) -> dict:
