@@ -138,6 +138,7 @@ def _tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
             "split.val_fraction": getattr(args, "val_fraction", None),
             "split.test_fraction": getattr(args, "test_fraction", None),
             "shard_visits": getattr(args, "shard_visits", None),
+            "chunk_visits": getattr(args, "chunk_visits", None),
         },
     )
 
@@ -232,6 +233,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
+    from ehr_ssl.distributed import process_group
     from ehr_ssl.finetuning import finetune
 
     hf_logging.disable_progress_bar()
@@ -257,12 +259,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if not (encoder / "config.json").is_file():
         raise InputError("not a pretrained encoder (no config.json)", file=str(args.encoder))
     started = time.perf_counter()
-    summary = finetune(args.tokens, encoder, args.out, config)
+    with process_group(config.device):
+        summary = finetune(args.tokens, encoder, args.out, config)
     log.info("finetune: wrote %s (%.1f s)", args.out, time.perf_counter() - started)
-    print(
-        f"{summary['mode']}: {summary['train_labeled']} train and {summary['val_labeled']} val "
-        f"labels; validation AUROC {summary['val_auroc']:.3f} -> {args.out}"
-    )
+    if _is_main_process():
+        print(
+            f"{summary['mode']}: {summary['train_labeled']} train and {summary['val_labeled']} val "
+            f"labels; validation AUROC {summary['val_auroc']:.3f} -> {args.out}"
+        )
     return 0
 
 
@@ -276,12 +280,15 @@ def _read_table(path: Path | None, table: str) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ehr_ssl.distributed import process_group
     from ehr_ssl.pipeline import run_pipeline
     from ehr_ssl.report import format_report_table
 
     config = _pipeline_config(args)
-    report = run_pipeline(args.data, args.out, config, device=args.device)
-    print(format_report_table(report))
+    with process_group(args.device or config.train.device):
+        report = run_pipeline(args.data, args.out, config, device=args.device)
+    if _is_main_process():
+        print(format_report_table(report))
     return 0
 
 
@@ -462,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--test-fraction", type=_fraction, help="share of patients in test [0.1]")
     group.add_argument(
         "--shard-visits", type=_positive_int, help="visits per output shard [200000]"
+    )
+    group.add_argument(
+        "--chunk-visits",
+        type=_positive_int,
+        help="memory bound: more visits than this are tokenized in chunks of patients, the "
+        "events read chunk by chunk; the tokens are the same [1000000]",
     )
     tokenize.set_defaults(run=cmd_tokenize)
 
@@ -683,6 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_main_process() -> bool:
+    """False in torchrun's processes other than rank 0, which speaks for the run."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -694,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    if os.environ.get("RANK", "0") != "0":  # torchrun's other processes: rank 0 speaks for all
+    if not _is_main_process():
         logging.getLogger().setLevel(logging.WARNING)
     # SIGTERM (a scheduler's stop) unwinds like Ctrl-C, so temporary outputs are removed.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -112,10 +112,15 @@ class TokenizeConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     shard_visits: int = 200_000
     """Visits per output shard (each split is written as shards of at most this many visits)."""
+    chunk_visits: int = 1_000_000
+    """Memory bound: a dataset with more visits is tokenized in chunks of about this many
+    (patients partitioned by a hash of their id), reading the events chunk by chunk. The tokens
+    are the same whatever the value."""
 
     def __post_init__(self) -> None:
-        if self.shard_visits < 1:
-            raise InputError(f"must be >= 1, got {self.shard_visits}", column="shard_visits")
+        for name in ("shard_visits", "chunk_visits"):  # top-level keys of a TOML file
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", column=name)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -596,14 +601,15 @@ RUN_OPTIONS = {
 @dataclass
 class PipelineConfig:
     """Everything `ehr-ssl run` needs, one TOML file for all stages: the tokenize tables
-    (`[data]`, `[split]`, `[tokenizer]`, `shard_visits`), the pretraining ones (`preset`,
-    `[model]`, `[objective]`, `[train]`), `[finetune]`, `[evaluate]` and `[retrain]`."""
+    (`[data]`, `[split]`, `[tokenizer]`, `shard_visits`, `chunk_visits`), the pretraining ones
+    (`preset`, `[model]`, `[objective]`, `[train]`), `[finetune]`, `[evaluate]` and `[retrain]`."""
 
     preset: str = "small"
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     shard_visits: int = 200_000
+    chunk_visits: int = 1_000_000
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -622,7 +628,13 @@ class PipelineConfig:
             )
 
     def tokenize_config(self) -> TokenizeConfig:
-        return TokenizeConfig(self.data, self.split, self.tokenizer, self.shard_visits)
+        return TokenizeConfig(
+            data=self.data,
+            split=self.split,
+            tokenizer=self.tokenizer,
+            shard_visits=self.shard_visits,
+            chunk_visits=self.chunk_visits,
+        )
 
     def pretrain_config(self) -> PretrainConfig:
         return PretrainConfig(self.preset, self.model, self.objective, self.train)

@@ -21,8 +21,10 @@ The vocabulary and the bin edges are fitted on the training visits only; codes h
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +38,16 @@ from ehr_ssl.data.readers import (
     check_events,
     check_time_zones,
     check_visits,
-    read_dataset,
+    dataset_files,
+    read_events,
     read_labels,
+    read_visits,
 )
-from ehr_ssl.data.schema import SCHEMA_VERSION
+from ehr_ssl.data.schema import LABELS, SCHEMA_VERSION
 from ehr_ssl.data.splits import SPLITS, assign_splits
 from ehr_ssl.data.windows import EventWindows, build_windows
 from ehr_ssl.errors import InputError
-from ehr_ssl.shards import MANIFEST_FILE, TOKENS_FORMAT, write_split_shards
+from ehr_ssl.shards import MANIFEST_FILE, TOKENS_FORMAT, ShardWriter
 
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[CLS]", "[UNK]", "[HIST]", "[VISIT]")
 PAD_ID, MASK_ID, CLS_ID, UNK_ID, HIST_ID, VISIT_ID = range(len(SPECIAL_TOKENS))
@@ -336,45 +340,73 @@ def fit_tokenizer(
 
     `fit_mask` (shape (V,) bool) selects the training visits: nothing of the other visits is
     looked at. Each event counts once however many visits read it; a code's count is the number
-    of distinct patients who have it.
+    of distinct patients who have it. (`ehr_ssl.token_stream` fits the same from chunks.)
     """
+    check_fit_mask(fit_mask)
+    rows = fit_rows(visits, windows, fit_mask=fit_mask, static_columns=static_columns)
+    vocab = fit_vocabulary(patient_counts(rows), config)
+    bin_edges = fit_bin_edges(rows, vocab[len(SPECIAL_TOKENS) :], config.n_bins)
+    return Tokenizer(vocab, bin_edges, dict(static_columns), config, data_config)
+
+
+def check_fit_mask(fit_mask: np.ndarray) -> None:
+    """There must be a training visit to fit on."""
     if not fit_mask.any():
         raise InputError(
             "no visit in the training split (too few patients, or split fractions leave none)",
             column="split",
         )
-    read = windows.events.filter(pl.Series(windows.read_mask(fit_mask)))
+
+
+def fit_rows(
+    visits: pl.DataFrame,
+    windows: EventWindows,
+    *,
+    fit_mask: np.ndarray,
+    static_columns: dict[str, str],
+) -> pl.DataFrame:
+    """What the visits selected by `fit_mask` (shape (V,) bool) read, each event once, and their
+    static features: rows of patient_id, code, numeric_value."""
+    columns = ["patient_id", "code", "numeric_value"]
+    read = windows.events.select(columns).filter(pl.Series(windows.read_mask(fit_mask)))
     statics = static_events(visits.filter(pl.Series(fit_mask)), static_columns)
-    seen = pl.concat(
-        [
-            read.select("patient_id", "code", "numeric_value"),
-            statics.select("patient_id", "code", "numeric_value"),
-        ]
+    return pl.concat([read, statics.select(columns)], rechunk=False)
+
+
+def patient_counts(rows: pl.DataFrame) -> pl.DataFrame:
+    """Distinct patients per code of `fit_rows`: columns code, patients. Counts of disjoint sets
+    of patients add up."""
+    return rows.group_by("code").agg(pl.col("patient_id").n_unique().alias("patients"))
+
+
+def fit_vocabulary(counts: pl.DataFrame, config: TokenizerConfig) -> list[str]:
+    """The special tokens, then the codes held by >= min_count patients (`patient_counts`), most
+    frequent first, ties by code."""
+    kept = counts.filter(pl.col("patients") >= config.min_count).sort(
+        ["patients", "code"], descending=[True, False]
     )
-    counts = (
-        seen.group_by("code")
-        .agg(pl.col("patient_id").n_unique().alias("patients"))
-        .filter(pl.col("patients") >= config.min_count)
-        .sort(["patients", "code"], descending=[True, False])
-    )
-    if counts.height == 0:
+    if kept.height == 0:
         raise InputError(
             f"no code is held by min_count={config.min_count} training patients: the vocabulary "
             "would be empty",
             column="tokenizer.min_count",
         )
-    vocab = list(SPECIAL_TOKENS) + counts["code"].to_list()
-    quantiles = [i / config.n_bins for i in range(1, config.n_bins)]
-    valued = seen.filter(
-        pl.col("numeric_value").is_not_null() & pl.col("code").is_in(counts["code"].implode())
-    )
+    return list(SPECIAL_TOKENS) + kept["code"].to_list()
+
+
+def fit_bin_edges(rows: pl.DataFrame, codes: list[str], n_bins: int) -> dict[str, list[float]]:
+    """Per-code bin edges: the linear quantiles i / n_bins (i = 1..n_bins-1) of the numeric
+    values in `rows` (code, numeric_value) of each of `codes` that has values, sorted by code.
+    A code's edges need all its values, and only them."""
+    quantiles = [i / n_bins for i in range(1, n_bins)]
+    known = pl.col("code").is_in(pl.Series(codes, dtype=pl.String).implode())
+    valued = rows.filter(pl.col("numeric_value").is_not_null() & known)
     edges = valued.group_by("code").agg(
         pl.col("numeric_value").quantile(q, "linear").alias(f"q{i}")
         for i, q in enumerate(quantiles)
     )
     # Repeated quantiles (discrete values such as triage levels) collapse into one edge.
-    bin_edges = {row[0]: sorted(set(row[1:])) for row in edges.sort("code").iter_rows()}
-    return Tokenizer(vocab, bin_edges, dict(static_columns), config, data_config)
+    return {row[0]: sorted(set(row[1:])) for row in edges.sort("code").iter_rows()}
 
 
 def _arrow(values: np.ndarray) -> pa.Array:
@@ -402,12 +434,16 @@ def tokenize_dataset(
     """The tokenize stage: read and check a dataset, split patients, fit the tokenizer on the
     training visits, encode every visit and write the tokens directory atomically.
 
-    `tokenizer` replaces the fitted one (a production model's, for retraining: new codes read as
-    [UNK]); `splits` maps the checked visits to their split (default: `assign_splits` by
-    patient; a null split leaves the visit out). With a `tokenizer`, `cache_dir` makes the
-    tokenization incremental (`ehr_ssl.token_cache`): a rerun on a dataset that grew tokenizes
-    only new and changed visits. Returns the manifest (also written as manifest.json). Raises
-    InputError on bad input, before anything is written.
+    A dataset of more than `config.chunk_visits` visits streams: its events are partitioned by
+    patient into a temporary work directory beside `out_dir` and read chunk by chunk
+    (`ehr_ssl.token_stream`), with the same tokenizer and tokens as in memory (shard rows may
+    come in another order). `tokenizer` replaces the fitted one (a production model's, for
+    retraining: new codes read as [UNK]); `splits` maps the checked visits to their split
+    (default: `assign_splits` by patient; a null split leaves the visit out). With a
+    `tokenizer`, `cache_dir` makes the tokenization incremental (`ehr_ssl.token_cache`, in
+    memory): a rerun on a dataset that grew tokenizes only new and changed visits. Returns the
+    manifest (also written as manifest.json). Raises InputError on bad input, before anything
+    is written.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -416,75 +452,140 @@ def tokenize_dataset(
     if out == data or out in data.parents:
         raise InputError("output directory would replace the input data", file=str(out_dir))
     split_of = splits or (lambda v: assign_splits(v["patient_id"], config.split))
+    write = partial(
+        _write_tokens, data_dir=Path(data_dir), out_dir=out_dir, config=config, overwrite=overwrite
+    )
     if tokenizer is not None and cache_dir is not None:
         from ehr_ssl.token_cache import cached_tokens
 
         visits, tokens, files, _ = cached_tokens(data_dir, cache_dir, tokenizer)
-        labels = read_labels(data_dir, visits)
-        if labels is not None:
-            files["labels"] = [Path(data_dir) / "labels.parquet"]
+        labels = _labels(data_dir, visits, files)
         split = split_of(visits)
         kept = split.is_not_null()
         visits, tokens, split = visits.filter(kept), tokens.filter(kept), split.drop_nulls()
-        static_columns = tokenizer.static_columns
-    else:
-        dataset = read_dataset(
-            data_dir, config.data if tokenizer is None else tokenizer.input_config()
+        return write(
+            [tokens.with_columns(split)],
+            tokenizer=tokenizer,
+            visits=visits,
+            split=split,
+            labels=labels,
+            files=files,
         )
-        visits, labels, files = dataset.visits, dataset.labels, dataset.files
-        static_columns = dataset.static_columns
-        split = split_of(visits)
-        if split.null_count():
-            visits, split = visits.filter(split.is_not_null()), split.drop_nulls()
+
+    data_config = config.data if tokenizer is None else tokenizer.input_config()
+    files = dataset_files(data_dir)
+    (visits_path,) = files["visits"]
+    all_visits, static_columns, _, times = read_visits(visits_path, data_config)
+    if tokenizer is not None:
+        tokenizer.check_static_columns(static_columns, str(visits_path))
+    split = split_of(all_visits)
+    visits = all_visits
+    if split.null_count():
+        visits, split = visits.filter(split.is_not_null()), split.drop_nulls()
+    fit_mask = (split == "train").to_numpy()
+    if tokenizer is None:
+        check_fit_mask(fit_mask)
+    tokenizer_config = config.tokenizer if tokenizer is None else tokenizer.config
+    budget = event_budget(tokenizer_config, len(static_columns))  # before any events are read
+    settings = dict(static_columns=static_columns, config=config.tokenizer, data_config=config.data)
+    written = partial(write, visits=visits, split=split, files=files)
+    n_chunks = math.ceil(visits.height / config.chunk_visits)
+    if n_chunks <= 1:
+        events = read_events(
+            files["events"], visits, config=data_config, times=times, source=visits_path.name
+        )
+        labels = _labels(data_dir, all_visits, files)
         if tokenizer is None:
-            budget = event_budget(config.tokenizer, len(static_columns))
             windows = build_windows(
                 visits,
-                dataset.events,
+                events,
                 lookback_days=config.tokenizer.lookback_days,
                 max_events=budget,
             )
-            tokenizer = fit_tokenizer(
-                visits,
-                windows,
-                fit_mask=(split == "train").to_numpy(),
-                static_columns=static_columns,
-                config=config.tokenizer,
-                data_config=config.data,
-            )
+            del events  # the windows hold them, sorted
+            tokenizer = fit_tokenizer(visits, windows, fit_mask=fit_mask, **settings)
             tokens = tokenizer.encode_windows(visits, windows)
+            del windows
         else:
-            tokenizer.check_static_columns(static_columns, str(files["visits"][0]))
-            tokens = tokenizer.encode_checked(visits, dataset.events)
-        del dataset
-    tokens = tokens.with_columns(split)
+            tokens = tokenizer.encode_checked(visits, events)
+        return written([tokens.with_columns(split)], tokenizer=tokenizer, labels=labels)
+
+    from ehr_ssl.token_stream import encode_chunks, fit_chunks, partitioned_events
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with partitioned_events(
+        files["events"],
+        visits,
+        n_chunks=n_chunks,
+        times=times,
+        config=data_config,
+        source=visits_path.name,
+        work_parent=out_dir.parent,
+    ) as chunks:
+        # read_labels checks against every visit, those the split leaves out too
+        labels = _labels(data_dir, all_visits, files)
+        del times, all_visits
+        if tokenizer is None:
+            tokenizer = fit_chunks(visits, chunks, fit_mask=fit_mask, **settings)
+        tokens = encode_chunks(visits, split, chunks, tokenizer)
+        return written(tokens, tokenizer=tokenizer, labels=labels)
+
+
+def _labels(
+    data_dir: Path, visits: pl.DataFrame, files: dict[str, list[Path]]
+) -> pl.DataFrame | None:
+    """The checked labels (None without labels.parquet), whose file joins `files`."""
+    labels = read_labels(data_dir, visits)
+    if labels is not None:
+        files["labels"] = [Path(data_dir) / LABELS.filename]
+    return labels
+
+
+def _write_tokens(
+    chunks: Iterable[pl.DataFrame],
+    *,
+    tokenizer: Tokenizer,
+    visits: pl.DataFrame,
+    split: pl.Series,
+    labels: pl.DataFrame | None,
+    files: dict[str, list[Path]],
+    data_dir: Path,
+    out_dir: Path,
+    config: TokenizeConfig,
+    overwrite: bool,
+) -> dict:
+    """Write the tokens directory atomically from `chunks`, the encoded visits (`Tokenizer.
+    encode` columns and `split`) in any grouping: `visits` and `split` (shape (V,)) are all
+    of them, for the manifest. Returns the manifest."""
     if labels is None:
         labels = pl.DataFrame(schema={"visit_id": visits.schema["visit_id"], "label": pl.Boolean})
-    tokens = tokens.join(labels, on="visit_id", how="left", maintain_order="left").with_columns(
-        labeled=pl.col("label").is_not_null()
-    )
-    tokens = tokens.select(
-        "visit_id", "patient_id", "split", "labeled", "label", "length", *TOKEN_COLUMNS
-    )
+    arrivals = visits["arrival_time"]
     manifest = {
         "format": TOKENS_FORMAT,
         "schema_version": SCHEMA_VERSION,
         "ehr_ssl_version": __version__,
-        "inputs": input_fingerprint(files, Path(data_dir)),
+        "inputs": input_fingerprint(files, data_dir),
         "vocab_size": tokenizer.vocab_size,
-        "static_columns": static_columns,
-        "arrival_time_range": [
-            str(visits["arrival_time"].min()),
-            str(visits["arrival_time"].max()),
-        ],
+        "static_columns": tokenizer.static_columns,
+        "arrival_time_range": [str(arrivals.min()), str(arrivals.max())],
         "splits": {},
     }
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         tokenizer.save(tmp)
-        arrivals = visits["arrival_time"]
-        for name in SPLITS:
-            part = tokens.filter(pl.col("split") == name)
-            manifest["splits"][name] = write_split_shards(part, tmp, name, config.shard_visits)
+        writers = {name: ShardWriter(tmp, name, config.shard_visits) for name in SPLITS}
+        for tokens in chunks:
+            # The label by a join of the ids alone: joining `tokens` would copy its lists.
+            label = tokens.select("visit_id").join(
+                labels, on="visit_id", how="left", maintain_order="left"
+            )["label"]
+            tokens = tokens.with_columns(label=label, labeled=label.is_not_null()).select(
+                "visit_id", "patient_id", "split", "labeled", "label", "length", *TOKEN_COLUMNS
+            )
+            for name, writer in writers.items():
+                writer.append(tokens.filter(pl.col("split") == name))
+            del tokens  # before the next chunk is encoded
+        for name, writer in writers.items():
+            manifest["splits"][name] = writer.close()
             in_split = arrivals.filter(split == name)
             manifest["splits"][name]["arrival_time_range"] = (
                 [str(in_split.min()), str(in_split.max())] if in_split.len() else None

@@ -83,6 +83,22 @@ def test_config_file_and_flags_resolve_in_order(tmp_path):
     assert resolved["split"]["seed"] == 5
 
 
+def test_chunk_visits_from_the_file_or_the_flag(tmp_path):
+    data = write_tables(tmp_path / "data", make_tables())
+    config = tmp_path / "run.toml"
+    config.write_text("chunk_visits = 30\n")
+    for out, flags, expected in (("a", [], 30), ("b", ["--chunk-visits", "20"], 20)):
+        argv = ["-q", "tokenize", str(data), "--out", str(tmp_path / out), "--config", str(config)]
+        assert main(argv + flags) == 0
+        assert json.loads((tmp_path / out / "config.json").read_text())["chunk_visits"] == expected
+    splits = ("train", "val", "test")
+    tokens = [
+        pl.concat(read_split(tmp_path / out, s) for s in splits).sort("visit_id")
+        for out in ("a", "b")
+    ]
+    assert tokens[0].equals(tokens[1])
+
+
 @pytest.mark.parametrize(
     "command", [None, "synth", "validate", "tokenize", "pretrain", "finetune", "run", "evaluate",
                 "demo"]

@@ -34,6 +34,8 @@ def test_defaults_round_trip_through_dict():
         (lambda: TokenizerConfig(lookback_days=-1), "must be a number in [0, 36500], got -1"),
         (lambda: TokenizerConfig(lookback_days=float("nan")), "got nan"),
         (lambda: DataConfig(prediction_offset_minutes=float("inf")), "got inf"),
+        (lambda: TokenizeConfig(chunk_visits=0), "column 'chunk_visits': must be >= 1, got 0"),
+        (lambda: TokenizeConfig(shard_visits=0), "column 'shard_visits': must be >= 1, got 0"),
     ],
 )
 def test_invalid_values_raise_clear_errors(make, message):

@@ -1,7 +1,10 @@
-"""The tokenizer: train-only fitting, no leaks, determinism, identical save/load."""
+"""The tokenizer: train-only fitting, no leaks, determinism, identical save/load, and the stage
+streamed in chunks of patients giving the in-memory result."""
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import timedelta
 
 import numpy as np
@@ -9,9 +12,10 @@ import polars as pl
 import pytest
 
 from ehr_ssl.config import DataConfig, SplitConfig, TokenizeConfig, TokenizerConfig
-from ehr_ssl.data.splits import assign_splits
+from ehr_ssl.data.splits import assign_splits, temporal_splits
+from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.errors import InputError
-from ehr_ssl.shards import read_split
+from ehr_ssl.shards import ShardWriter, open_shard, read_manifest, read_split
 from ehr_ssl.tokenizer import (
     CLS_ID,
     HIST_ID,
@@ -28,18 +32,19 @@ from tests.conftest import make_tables, write_tables
 SPLIT = SplitConfig(seed=0, val_fraction=0.25, test_fraction=0.25)
 
 
-def _config(static_columns=None, **tokenizer) -> TokenizeConfig:
+def _config(static_columns=None, chunk_visits=1_000_000, **tokenizer) -> TokenizeConfig:
     return TokenizeConfig(
         data=DataConfig(static_columns=static_columns),
         split=SPLIT,
         tokenizer=TokenizerConfig(**{"min_count": 2, **tokenizer}),
+        chunk_visits=chunk_visits,
     )
 
 
-def _run(tmp_path, tables, name="tokens", static_columns=None, **tokenizer):
+def _run(tmp_path, tables, name="tokens", static_columns=None, chunk_visits=1_000_000, **tokenizer):
     data = write_tables(tmp_path / f"data-{name}", tables)
     out = tmp_path / name
-    manifest = tokenize_dataset(data, out, _config(static_columns, **tokenizer))
+    manifest = tokenize_dataset(data, out, _config(static_columns, chunk_visits, **tokenizer))
     frames = {s: read_split(out, s) for s in ("train", "val", "test")}
     return manifest, Tokenizer.load(out), pl.concat(frames.values()).sort("visit_id")
 
@@ -180,20 +185,129 @@ def test_future_event_invariance_per_visit(tmp_path, change):
     assert before.equals(after)
 
 
+@pytest.mark.parametrize("chunk_visits", [1_000_000, 20], ids=["in-memory", "streamed"])
 @pytest.mark.parametrize("change", CHANGES)
-def test_unread_events_change_nothing(tmp_path, change):
+def test_unread_events_change_nothing(tmp_path, change, chunk_visits):
     """Events after a patient's last prediction time are read by no visit: the whole stage
     (vocabulary, bins, every visit's tokens) is unchanged when they change."""
     tables = make_tables()
-    _, reference_tokenizer, reference = _run(tmp_path, tables, name="ref")
+    _, reference_tokenizer, reference = _run(tmp_path, tables, "ref", chunk_visits=chunk_visits)
     cutoff = (
         tables["visits"].group_by("patient_id").agg(pl.col("prediction_time").max().alias("cutoff"))
     )
     tables["events"] = _perturb_future(tables["events"], cutoff, change)
-    _, tokenizer, perturbed = _run(tmp_path, tables, name="perturbed")
+    _, tokenizer, perturbed = _run(tmp_path, tables, "perturbed", chunk_visits=chunk_visits)
     assert tokenizer.vocab == reference_tokenizer.vocab
     assert tokenizer.bin_edges == reference_tokenizer.bin_edges
     assert perturbed.equals(reference)
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_streamed_stage_reads_no_event_after_a_visits_prediction_time(tmp_path, change):
+    """The stage streamed in chunks with a given tokenizer, on every patient's first visit: events
+    after that visit's prediction time changed, deleted or added to change none of its tokens."""
+    tables = make_tables()
+    _, tokenizer, _ = _run(tmp_path, tables, "fitted")
+    first = tables["visits"].filter(pl.col("visit_id") % 2 == 0)
+    cutoff = first.select("patient_id", pl.col("prediction_time").alias("cutoff"))
+    perturbed = _perturb_future(tables["events"], cutoff, change)
+    tokens = []
+    for name, events in (("before", tables["events"]), ("after", perturbed)):
+        data = write_tables(tmp_path / name, {"visits": first, "events": events})
+        config = _config(chunk_visits=6)  # 20 visits in 4 chunks
+        tokenize_dataset(data, tmp_path / f"{name}-tokens", config, tokenizer=tokenizer)
+        tokens.append(_read_tokens(tmp_path / f"{name}-tokens"))
+    assert tokens[0].height == first.height
+    assert tokens[0].equals(tokens[1])
+
+
+def _read_tokens(out):
+    """Every split's visits of a tokens directory, by visit_id."""
+    return pl.concat(read_split(out, s) for s in ("train", "val", "test")).sort("visit_id")
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return generate_cohort(600, labeled_frac=0.3, seed=4)
+
+
+def _stream_config(chunk_visits: int) -> TokenizeConfig:
+    return TokenizeConfig(
+        tokenizer=TokenizerConfig(max_length=64, min_count=3),
+        shard_visits=70,
+        chunk_visits=chunk_visits,
+    )
+
+
+@pytest.mark.parametrize("shards", [1, 3], ids=["events-file", "events-shards"])
+def test_streamed_tokenization_equals_the_in_memory_one(tmp_path, cohort, caplog, shards):
+    """Tokenized in 4 chunks of patients: the same tokenizer.json bytes, the same tokens, split
+    and label per visit, the same counts, and no work directory left behind."""
+    data = tmp_path / "data"
+    write_cohort(cohort, data, shards=shards)
+    expected = tokenize_dataset(data, tmp_path / "memory", _stream_config(1_000_000))
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        manifest = tokenize_dataset(data, tmp_path / "streamed", _stream_config(150))
+    assert "partitioned into 4 chunks" in caplog.text
+    assert "fitting, chunk 4/4" in caplog.text and "encoding, chunk 4/4" in caplog.text
+    tokenizer_json = [
+        (tmp_path / d / "tokenizer.json").read_bytes() for d in ("memory", "streamed")
+    ]
+    assert tokenizer_json[0] == tokenizer_json[1]
+    assert len(Tokenizer.load(tmp_path / "memory").bin_edges) > 10
+    memory, streamed = _read_tokens(tmp_path / "memory"), _read_tokens(tmp_path / "streamed")
+    assert memory.height == cohort.visits.height and memory["labeled"].sum() == 180
+    assert streamed.equals(memory)
+    assert manifest["arrival_time_range"] == expected["arrival_time_range"]
+    for name, entry in manifest["splits"].items():
+        reference = expected["splits"][name]
+        assert {k: v for k, v in entry.items() if k != "shards"} == {
+            k: v for k, v in reference.items() if k != "shards"
+        }
+        sizes = [open_shard(tmp_path / "streamed" / shard).num_rows for shard in entry["shards"]]
+        assert sizes[:-1] == [70] * (len(sizes) - 1) and 0 < sizes[-1] <= 70  # as in memory
+        assert len(entry["shards"]) == len(reference["shards"])
+    assert read_manifest(tmp_path / "streamed")["splits"] == manifest["splits"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "memory", "streamed"]
+
+
+def test_streamed_tokenization_with_a_given_tokenizer_and_left_out_visits(tmp_path, cohort):
+    """Retraining's call (a production tokenizer, a temporal split that leaves visits out)
+    streams to the in-memory result too."""
+    data = tmp_path / "data"
+    write_cohort(cohort, data, shards=2)
+    tokenize_dataset(data, tmp_path / "fitted", _stream_config(1_000_000))
+    tokenizer = Tokenizer.load(tmp_path / "fitted")
+    window = SplitConfig(test_fraction=0.2)
+
+    def splits(visits):
+        return temporal_splits(visits["patient_id"], visits["prediction_time"], window)
+
+    outputs = []
+    for chunk_visits in (1_000_000, 100):
+        out = tmp_path / f"chunks-{chunk_visits}"
+        tokenize_dataset(
+            data, out, _stream_config(chunk_visits), tokenizer=tokenizer, splits=splits
+        )
+        assert (out / "tokenizer.json").read_text() == tokenizer.to_json()
+        outputs.append(_read_tokens(out))
+    assert 0 < outputs[0].height < cohort.visits.height  # some visits left out
+    assert outputs[1].equals(outputs[0])
+
+
+def test_bad_input_in_a_later_events_shard_stops_the_streamed_stage(tmp_path, cohort):
+    data = tmp_path / "data"
+    write_cohort(cohort, data, shards=3)
+    last = data / "events" / "part-00002.parquet"
+    events = pl.read_parquet(last)
+    empty_code = pl.int_range(pl.len()) == 7
+    events.with_columns(code=pl.when(empty_code).then(pl.lit("")).otherwise("code")).write_parquet(
+        last
+    )
+    message = "part-00002.parquet: column 'code': 1 empty strings (first at row index 7)"
+    with pytest.raises(InputError, match=re.escape(message)):
+        tokenize_dataset(data, tmp_path / "out", _stream_config(150))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_encode_with_loaded_tokenizer_is_identical_and_maps_unknown_codes(tmp_path):
@@ -335,19 +449,18 @@ def test_input_row_order_does_not_matter(tmp_path):
     assert shuffled.equals(reference)
 
 
-def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
-    import ehr_ssl.tokenizer as module
-
+@pytest.mark.parametrize("chunk_visits", [1_000_000, 20])
+def test_failed_run_leaves_no_output(tmp_path, monkeypatch, chunk_visits):
     data = write_tables(tmp_path / "data", make_tables())
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(module, "write_split_shards", fail)
+    monkeypatch.setattr(ShardWriter, "append", fail)
     with pytest.raises(RuntimeError):
-        tokenize_dataset(data, tmp_path / "out", _config())
+        tokenize_dataset(data, tmp_path / "out", _config(chunk_visits=chunk_visits))
     assert not (tmp_path / "out").exists()
-    assert list(tmp_path.iterdir()) == [tmp_path / "data"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "data"]  # no work directory either
 
 
 def test_no_identifiers_in_tokenizer_or_metadata(tmp_path):

@@ -79,22 +79,23 @@ def parquet_columns(path: Path) -> list[str]:
         ) from None
 
 
-def read_dataset(root: Path, config: DataConfig) -> Dataset:
-    """Read and check visits, events (one file or shards) and labels (optional) under `root`."""
+def dataset_files(root: Path) -> dict[str, list[Path]]:
+    """The visits and events files of dataset directory `root` (labels are optional: see
+    `read_labels`)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError("dataset directory not found", file=str(root))
-    files = {"visits": table_files(root, VISITS), "events": table_files(root, EVENTS)}
+    return {"visits": table_files(root, VISITS), "events": table_files(root, EVENTS)}
+
+
+def read_dataset(root: Path, config: DataConfig) -> Dataset:
+    """Read and check visits, events (one file or shards) and labels (optional) under `root`."""
+    root = Path(root)
+    files = dataset_files(root)
     (visits_path,) = files["visits"]
     visits, static_columns, unused, times = read_visits(visits_path, config)
-    id_type = visits.schema["patient_id"]
-
-    shards = list(
-        checked_events(files["events"], config=config, times=times, id_type=id_type,
-                       id_source=visits_path.name)
-    )  # fmt: skip
-    events = pl.concat(shards, rechunk=True) if len(shards) > 1 else shards[0]
-
+    events = read_events(files["events"], visits, config=config, times=times,
+                         source=visits_path.name)  # fmt: skip
     labels = read_labels(root, visits)
     if labels is not None:
         files["labels"] = [root / LABELS.filename]
@@ -110,6 +111,23 @@ def read_visits(
     times = [(str(path), raw.select(contract_times(raw)))]
     visits, static_columns, unused = check_visits(raw, config=config, source=str(path))
     return visits, static_columns, unused, times
+
+
+def read_events(
+    files: list[Path],
+    visits: pl.DataFrame,
+    *,
+    config: DataConfig,
+    times: list[tuple[str, pl.DataFrame]],
+    source: str,
+) -> pl.DataFrame:
+    """The events files, checked (`checked_events`), as one frame. `visits` (checked) and its
+    file's name `source` give the patient_id type they must share."""
+    shards = list(
+        checked_events(files, config=config, times=times, id_type=visits.schema["patient_id"],
+                       id_source=source)
+    )  # fmt: skip
+    return pl.concat(shards, rechunk=True) if len(shards) > 1 else shards[0]
 
 
 def read_labels(root: Path, visits: pl.DataFrame) -> pl.DataFrame | None:
