@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-visits",
         type=_positive_int,
         help="memory bound: more visits than this are tokenized in chunks of patients, the "
-        "events read chunk by chunk; the tokens are the same [1000000]",
+        "events read chunk by chunk; the tokens are the same [500000]",
     )
     tokenize.set_defaults(run=cmd_tokenize)
 

@@ -112,7 +112,7 @@ class TokenizeConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     shard_visits: int = 200_000
     """Visits per output shard (each split is written as shards of at most this many visits)."""
-    chunk_visits: int = 1_000_000
+    chunk_visits: int = 500_000
     """Memory bound: a dataset with more visits is tokenized in chunks of about this many
     (patients partitioned by a hash of their id), reading the events chunk by chunk. The tokens
     are the same whatever the value."""
@@ -609,7 +609,7 @@ class PipelineConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     shard_visits: int = 200_000
-    chunk_visits: int = 1_000_000
+    chunk_visits: int = 500_000
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -7,6 +7,10 @@ which starts as the linear probe: LP-FT),
 Class imbalance is handled by loss weighting (the positive class weighted by n_negative /
 n_positive of the training labels). The epoch, and for the probe the regularization, are
 chosen on the validation split only: fine-tuning never reads the test split.
+
+Under torchrun, full and scratch fine-tuning run data-parallel (batch_size is the global batch,
+the last partial batch of an epoch is dropped); every process scores validation and rank 0's
+AUROC decides, so all keep the same epoch; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from safetensors.torch import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from ehr_ssl import distributed
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
 from ehr_ssl.baselines import label_budget_subset
 from ehr_ssl.batching import LengthBucketSampler, TokenDataset, collate
@@ -174,6 +180,13 @@ def finetune(
                 file=str(tokens_dir),
             )
     device = resolve_device(config.device)
+    rank = distributed.current()
+    if config.mode != "linear-probe" and config.batch_size % rank.world_size:
+        raise InputError(
+            f"{config.batch_size} is not divisible by the {rank.world_size} processes (it is the "
+            "global batch: each process takes an equal share)",
+            column="finetune.batch_size",
+        )
     torch.manual_seed(config.seed)
     if config.mode == "linear-probe":
         summary = _linear_probe(encoder_dir, train, val, config, device)
@@ -188,12 +201,15 @@ def finetune(
             "config": to_dict(config),
         }
     )
-    with atomic_directory(out_dir, overwrite=True) as tmp:
-        if model is not None:
-            model.cpu().save_pretrained(tmp / "model")
-        else:
-            save_file(summary.pop("_probe"), str(tmp / "linear_probe.safetensors"))
-        atomic_write_text(tmp / "finetune_summary.json", json.dumps(summary, indent=2) + "\n")
+    probe = summary.pop("_probe", None)
+    if rank.is_main:
+        with atomic_directory(out_dir, overwrite=True) as tmp:
+            if model is not None:
+                model.cpu().save_pretrained(tmp / "model")
+            else:
+                save_file(probe, str(tmp / "linear_probe.safetensors"))
+            atomic_write_text(tmp / "finetune_summary.json", json.dumps(summary, indent=2) + "\n")
+    distributed.barrier()  # the next stage reads what rank 0 wrote
     return summary
 
 
@@ -236,17 +252,31 @@ def _train_classifier(
         # Epoch 0 is the probe-initialized model before any update: fine-tuning is kept only
         # where it beats the probe on validation.
         _init_head_from_probe(model, train, val, device)
-        best_auroc = float(roc_auc_score(val.labels, predict_scores(model, val, device)))
+        best_auroc = _val_auroc(model, val, device)
         best = copy.deepcopy(model.state_dict())
         history.append({"epoch": 0, "val_auroc": best_auroc, "last_loss": None})
+    rank = distributed.current()
+    # Data-parallel: DDP starts every process from rank 0's weights (the probe's head included)
+    # and averages gradients; each process's rows are an equal share of the global batch.
+    trained = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if rank.distributed
+        else model
+    )
     for epoch in range(1, config.max_epochs + 1):  # epoch k: after k passes over train
         model.train()
         sampler = LengthBucketSampler(
-            train.lengths, config.batch_size, seed=config.seed, epoch=epoch, drop_last=False
+            train.lengths,
+            config.batch_size,
+            seed=config.seed,
+            epoch=epoch,
+            drop_last=rank.distributed,
+            rank=rank.rank,
+            world_size=rank.world_size,
         )
         for batch in DataLoader(train, batch_sampler=sampler, collate_fn=collate):
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(
+            loss = trained(
                 **{k: batch[k] for k in ENCODER_INPUTS},
                 labels=batch["labels"],
                 pos_weight=pos_weight,
@@ -255,7 +285,7 @@ def _train_classifier(
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-        val_auroc = float(roc_auc_score(val.labels, predict_scores(model, val, device)))
+        val_auroc = _val_auroc(model, val, device)
         history.append({"epoch": epoch, "val_auroc": val_auroc, "last_loss": float(loss.detach())})
         if val_auroc > best_auroc:
             best, best_auroc, stale = copy.deepcopy(model.state_dict()), val_auroc, 0
@@ -266,6 +296,12 @@ def _train_classifier(
     model.load_state_dict(best)
     chosen = max(history, key=lambda h: h["val_auroc"])["epoch"]
     return model, {"selected_epoch": chosen, "val_auroc": best_auroc, "history": history}
+
+
+def _val_auroc(model: AdmissionClassifier, val: TokenDataset, device: torch.device) -> float:
+    """Validation AUROC; under torchrun rank 0's, so that every process selects alike."""
+    auroc = float(roc_auc_score(val.labels, predict_scores(model, val, device)))
+    return distributed.broadcast_float(auroc)
 
 
 def _fit_probe(

@@ -66,6 +66,7 @@ def _settings(config: Any) -> dict:
     values = to_dict(config)
     values.pop("device", None)
     values.get("train", {}).pop("device", None)
+    values.pop("chunk_visits", None)  # a memory bound: the tokens are the same whatever it is
     return values
 
 
@@ -77,8 +78,10 @@ def _file_hash(path: Path) -> str:
 class _Stages:
     """RUN/stages.json: the fingerprint of each complete stage, rewritten atomically."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, *, write: bool = True):
+        """`write` False: a torchrun process other than rank 0, which reads but never writes."""
         self.path = run_dir / STAGES_FILE
+        self.write = write
         self.done: dict[str, str] = {}
         if self.path.exists():
             try:
@@ -91,7 +94,8 @@ class _Stages:
 
     def mark(self, name: str, fingerprint: str) -> None:
         self.done[name] = fingerprint
-        atomic_write_text(self.path, json.dumps(self.done, indent=2, sort_keys=True) + "\n")
+        if self.write:
+            atomic_write_text(self.path, json.dumps(self.done, indent=2, sort_keys=True) + "\n")
 
 
 def read_run_config(run_dir: Path) -> PipelineConfig:
@@ -127,10 +131,9 @@ def run_pipeline(
     """
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl.bundle import export_bundle
+    from ehr_ssl import distributed
     from ehr_ssl.finetuning import budget_split, finetune
     from ehr_ssl.shards import read_split
-    from ehr_ssl.tokenizer import tokenize_dataset
     from ehr_ssl.train import pretrain
 
     hf_logging.disable_progress_bar()
@@ -141,28 +144,22 @@ def run_pipeline(
         raise InputError("dataset directory not found", file=str(data_dir))
     if run_dir.resolve() == data_dir.resolve():
         raise InputError("the run directory must not be the dataset directory", file=str(run_dir))
-    stages = _Stages(run_dir)
+    # Under torchrun, pretraining and fine-tuning run on every process; the other stages, and
+    # every write, on rank 0 while the others wait.
+    rank = distributed.current()
+    stages = _Stages(run_dir, write=rank.is_main)
     started = time.perf_counter()
 
     # validate + tokenize (bad input stops the run before anything is written)
     tokens_dir = run_dir / "tokens"
     tokenize_config = config.tokenize_config()
     fp_data = data_fingerprint(data_dir)
-    fp_tokens = _hash(["tokens", fp_data, to_dict(tokenize_config)])
+    fp_tokens = _hash(["tokens", fp_data, _settings(tokenize_config)])
     tokens_rerun = not stages.is_done("tokenize", fp_tokens, tokens_dir / "manifest.json")
-    if tokens_rerun:
-        dataset = read_dataset(data_dir, tokenize_config.data)
-        summary = summarize_dataset(dataset, lookback_days=tokenize_config.tokenizer.lookback_days)
-        del dataset
-        log.info("validate: %s\n%s", data_dir, format_summary(summary))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / RUN_CONFIG_FILE, json.dumps(to_dict(config), indent=2) + "\n")
-    if not tokens_rerun:
-        log.info("validate + tokenize: unchanged since the last run, skipped")
-    else:
-        tokenize_dataset(data_dir, tokens_dir, tokenize_config, overwrite=True)
-        stages.mark("tokenize", fp_tokens)
-        log.info("tokenize: -> %s (%.0f s)", tokens_dir, time.perf_counter() - started)
+    distributed.barrier()  # every process has decided what to run before anything is written
+    if rank.is_main:
+        _validate_and_tokenize(data_dir, run_dir, config, tokens_rerun, stages, fp_tokens)
+    distributed.barrier()
 
     # pretrain
     pretrain_dir = run_dir / "pretrain"
@@ -173,7 +170,8 @@ def run_pipeline(
         log.info("pretrain: unchanged since the last run, skipped")
     else:
         resume = not tokens_rerun and _resumable(pretrain_dir, pretrain_config)
-        if not resume:
+        distributed.barrier()
+        if not resume and rank.is_main:
             shutil.rmtree(pretrain_dir, ignore_errors=True)
         log.info("pretrain: %s preset%s -> %s", config.preset, " (resumed)" * resume, pretrain_dir)
         pretrain(tokens_dir, pretrain_dir, pretrain_config, resume=resume)
@@ -228,22 +226,64 @@ def run_pipeline(
         ["evaluate", fp_tokens, fp_encoder, fingerprints, to_dict(config.evaluate),
          fp_data if has_oracle else None]
     )  # fmt: skip
-    if stages.is_done("evaluate", fp_eval, run_dir / "report.json"):
-        log.info("evaluate: unchanged since the last run, skipped")
-        report = json.loads((run_dir / "report.json").read_text())
-    else:
-        report = evaluate_run(data_dir if has_oracle else None, run_dir, config)
-        stages.mark("evaluate", fp_eval)
+    if rank.is_main:
+        _evaluate_and_bundle(run_dir, config, data_dir if has_oracle else None, stages, fp_eval)
+    distributed.barrier()
+    report = json.loads((run_dir / "report.json").read_text())
+    log.info("run: complete in %.0f s -> %s", time.perf_counter() - started, run_dir)
+    return report
 
-    # bundle: the reference model at the main budget, ready for `ehr-ssl predict`
+
+def _validate_and_tokenize(
+    data_dir: Path,
+    run_dir: Path,
+    config: PipelineConfig,
+    rerun: bool,
+    stages: _Stages,
+    fingerprint: str,
+) -> None:
+    """The validate and tokenize stages (bad input stops the run before anything is written)."""
+    from ehr_ssl.tokenizer import tokenize_dataset
+
+    started = time.perf_counter()
+    tokenize_config = config.tokenize_config()
+    if rerun:
+        dataset = read_dataset(data_dir, tokenize_config.data)
+        summary = summarize_dataset(dataset, lookback_days=tokenize_config.tokenizer.lookback_days)
+        del dataset
+        log.info("validate: %s\n%s", data_dir, format_summary(summary))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / RUN_CONFIG_FILE, json.dumps(to_dict(config), indent=2) + "\n")
+    if not rerun:
+        log.info("validate + tokenize: unchanged since the last run, skipped")
+        return
+    tokenize_dataset(data_dir, run_dir / "tokens", tokenize_config, overwrite=True)
+    stages.mark("tokenize", fingerprint)
+    log.info("tokenize: -> %s (%.0f s)", run_dir / "tokens", time.perf_counter() - started)
+
+
+def _evaluate_and_bundle(
+    run_dir: Path,
+    config: PipelineConfig,
+    oracle_dir: Path | None,
+    stages: _Stages,
+    fingerprint: str,
+) -> None:
+    """The evaluate stage (the only one that reads the test split), then the bundle of the
+    reference model at the main budget, ready for `ehr-ssl predict`."""
+    from ehr_ssl.bundle import export_bundle
+
+    if stages.is_done("evaluate", fingerprint, run_dir / "report.json"):
+        log.info("evaluate: unchanged since the last run, skipped")
+    else:
+        evaluate_run(oracle_dir, run_dir, config)
+        stages.mark("evaluate", fingerprint)
     if "ssl" in config.evaluate.models:
-        fp_bundle = _hash(["bundle", fp_eval])
+        fp_bundle = _hash(["bundle", fingerprint])
         if not stages.is_done("bundle", fp_bundle, run_dir / BUNDLE_DIR / "bundle.json"):
             export_bundle(run_dir, run_dir / BUNDLE_DIR, model="ssl", overwrite=True)
             stages.mark("bundle", fp_bundle)
             log.info("bundle: -> %s", run_dir / BUNDLE_DIR)
-    log.info("run: complete in %.0f s -> %s", time.perf_counter() - started, run_dir)
-    return report
 
 
 def _resumable(pretrain_dir: Path, config: Any) -> bool:
