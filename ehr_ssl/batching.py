@@ -112,10 +112,10 @@ class LengthBucketSampler(Sampler[list[int]]):
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size > 1 and (batch_size % world_size or not drop_last):
+        if batch_size % world_size:
             raise ValueError(
-                f"{world_size} processes need full batches (drop_last) of a multiple of "
-                f"{world_size} visits, got batch_size {batch_size}, drop_last {drop_last}"
+                f"{world_size} processes need batches of a multiple of {world_size} visits, "
+                f"got batch_size {batch_size}"
             )
         self.rank, self.world_size = rank, world_size
         self.lengths = np.asarray(lengths)
@@ -128,6 +128,9 @@ class LengthBucketSampler(Sampler[list[int]]):
         """Every batch of this epoch (before skipping), as arrays of dataset indices."""
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths))
+        if not self.drop_last:
+            # Equal shares of the last partial batch: fewer than W random visits sit out.
+            order = order[: len(order) - len(order) % self.world_size]
         batches = []
         for start in range(0, len(order), self.pool):
             pool = order[start : start + self.pool]
@@ -138,7 +141,8 @@ class LengthBucketSampler(Sampler[list[int]]):
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.batch_size)
+        n = len(self.lengths)
+        full, rest = divmod(n if self.drop_last else n - n % self.world_size, self.batch_size)
         return full if self.drop_last else full + (rest > 0)
 
     def __iter__(self) -> Iterator[list[int]]:

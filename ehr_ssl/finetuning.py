@@ -9,7 +9,8 @@ n_positive of the training labels). The epoch, and for the probe the regularizat
 chosen on the validation split only: fine-tuning never reads the test split.
 
 Under torchrun, full and scratch fine-tuning run data-parallel (batch_size is the global batch,
-the last partial batch of an epoch is dropped); every process scores validation and rank 0's
+fewer than N random visits of an epoch sit out so that the last batch shares equally); every
+process scores validation and rank 0's
 AUROC decides, so all keep the same epoch; rank 0 alone writes.
 """
 
@@ -187,6 +188,11 @@ def finetune(
             "global batch: each process takes an equal share)",
             column="finetune.batch_size",
         )
+    if rank.distributed and len(train) < rank.world_size:
+        raise InputError(
+            f"{len(train)} labeled train visits for {rank.world_size} processes",
+            file=str(tokens_dir),
+        )
     torch.manual_seed(config.seed)
     if config.mode == "linear-probe":
         summary = _linear_probe(encoder_dir, train, val, config, device)
@@ -270,7 +276,7 @@ def _train_classifier(
             config.batch_size,
             seed=config.seed,
             epoch=epoch,
-            drop_last=rank.distributed,
+            drop_last=False,
             rank=rank.rank,
             world_size=rank.world_size,
         )

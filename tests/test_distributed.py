@@ -131,10 +131,27 @@ def test_rank_shares_tile_each_global_batch():
     for i, batch in enumerate(whole):
         assert [v for share in shares for v in share[i]] == batch
         assert [len(share[i]) for share in shares] == [4, 4, 4]
-    with pytest.raises(ValueError, match="full batches"):
+    with pytest.raises(ValueError, match="multiple of 5"):
         LengthBucketSampler(lengths, 12, seed=3, world_size=5)
-    with pytest.raises(ValueError, match="full batches"):
-        LengthBucketSampler(lengths, 12, seed=3, world_size=2, drop_last=False)
+    # Fine-tuning keeps every batch: the last partial one is shared equally, and fewer than W
+    # visits, drawn at random (not the longest), sit out of an epoch.
+    sat_out = []
+    for epoch in range(4):
+        kept = LengthBucketSampler(lengths, 12, seed=3, epoch=epoch, drop_last=False)
+        shares = [
+            list(
+                LengthBucketSampler(
+                    lengths, 12, seed=3, epoch=epoch, drop_last=False, rank=r, world_size=3
+                )
+            )
+            for r in range(3)
+        ]
+        assert len(shares[0]) == len(kept) == 17  # 201 of 203 visits: 16 batches of 12, 1 of 9
+        assert len({len(share[-1]) for share in shares}) == 1
+        seen = {v for share in shares for batch in share for v in batch}
+        assert len(seen) == 201
+        sat_out += sorted(set(range(203)) - seen)
+    assert len(set(sat_out)) > 2  # not always the same visits
     assert Rank(1, 4).rows(12) == slice(3, 6)
 
 
