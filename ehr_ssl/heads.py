@@ -12,29 +12,19 @@ from torch import nn
 
 
 class MaskedEventHead(nn.Module):
-    """Transform + LayerNorm, then two decoders: the code and the value bin of each token.
-
-    The code decoder is tied to the encoder's code embeddings (as BERT ties its MLM decoder):
-    logits = h @ E^T + b. Why: a rare code appears as an input only a few times per epoch, but
-    as a candidate output in every masked prediction, so tying hands its embedding the
-    gradient of every prediction; synonymous codes that are predicted in the same contexts
-    then get close embeddings, which is what lets a model read a condition from any of them.
-    """
+    """Transform + LayerNorm, then two decoders: the code and the value bin of each token."""
 
     def __init__(self, hidden_size: int, vocab_size: int, n_value_bins: int, eps: float = 1e-5):
         super().__init__()
         self.transform = nn.Linear(hidden_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.code_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.code_decoder = nn.Linear(hidden_size, vocab_size)
         self.bin_decoder = nn.Linear(hidden_size, n_value_bins)
 
-    def forward(
-        self, hidden: torch.Tensor, code_embeddings: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shape: hidden (N, D) or (B, T, D), code_embeddings (V, D) (the encoder's input
-        embedding matrix) -> code logits (..., V), bin logits (..., K)."""
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shape: (N, D) or (B, T, D) -> code logits (..., V), bin logits (..., K)."""
         h = self.norm(F.gelu(self.transform(hidden)))
-        return F.linear(h, code_embeddings, self.code_bias), self.bin_decoder(h)
+        return self.code_decoder(h), self.bin_decoder(h)
 
 
 class ProjectionHead(nn.Module):

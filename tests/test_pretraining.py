@@ -11,7 +11,7 @@ from ehr_ssl.batching import TokenDataset, collate
 from ehr_ssl.config import ObjectiveConfig
 from ehr_ssl.model import EHRConfig, EHREncoder
 from ehr_ssl.pretraining import PretrainingModel
-from ehr_ssl.tokenizer import SPECIAL_TOKENS, Tokenizer
+from ehr_ssl.tokenizer import Tokenizer
 
 
 def _model(tokens, **objective) -> PretrainingModel:
@@ -104,9 +104,7 @@ def test_one_pass_equals_separate_encodings(cohort_tokens):
     view_b = augment_view(batch, generator=g, **knobs)
     encoded_a = model.encoder(**{k: view_a[k] for k in ENCODER_INPUTS})
     encoded_b = model.encoder(**{k: view_b[k] for k in ENCODER_INPUTS})
-    code_logits, bin_logits = model.masked_head(
-        encoded_a.last_hidden_state, model.encoder.code_embeddings.weight
-    )
+    code_logits, bin_logits = model.masked_head(encoded_a.last_hidden_state)
     code, value = masked_event_loss(code_logits, code_labels, bin_logits, bin_labels)
     contrastive = info_nce_loss(
         model.projection(encoded_a.pooler_output),
@@ -192,27 +190,3 @@ def test_pretraining_masks_at_its_rate_with_the_80_10_10_split(cohort_tokens, mo
     assert close(n_chosen, n_events, 0.3)
     assert close(int((new == MASK_ID).sum()), n_chosen, 0.8)
     assert close(int((new == old).sum()), n_chosen, 0.1)
-
-
-def test_code_decoder_is_tied_to_the_input_embeddings(cohort_tokens):
-    """Code logits are h @ E^T + b with E the encoder's input embeddings, so the masked-event
-    loss trains the embedding of a code the batch never shows as an input."""
-    model = _model(cohort_tokens, contrastive_weight=0.0)
-    batch = _batch(cohort_tokens)
-    embeddings = model.encoder.code_embeddings.weight
-    assert all(p.shape != embeddings.shape for p in model.masked_head.parameters())
-    hidden = torch.randn(5, model.encoder.config.hidden_size)
-    code_logits, _ = model.masked_head(hidden, model.encoder.code_embeddings.weight)
-    head = model.masked_head
-    expected = head.norm(torch.nn.functional.gelu(head.transform(hidden)))
-    expected = expected @ model.encoder.code_embeddings.weight.T + head.code_bias
-    torch.testing.assert_close(code_logits, expected)
-
-    model(batch, torch.Generator().manual_seed(0))["loss"].backward()
-    unseen = sorted(
-        set(range(len(SPECIAL_TOKENS), model.encoder.config.vocab_size))
-        - set(batch["input_ids"].unique().tolist())
-    )
-    assert unseen
-    grad = model.encoder.code_embeddings.weight.grad
-    assert (grad[unseen].abs().sum(dim=1) > 0).all()
