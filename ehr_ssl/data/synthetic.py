@@ -53,12 +53,16 @@ class Cohort:
         labels: visit_id i64, label bool; only the labeled fraction of visits.
         oracle: visit_id i64, admission_probability f64; every visit, the true
             P(admitted within 7 days) the label was drawn from.
+        latent: patient_id i64, frailty f64 and one bool column per chronic condition
+            (`CONDITIONS` names, in order); every patient. Kept in memory, never written: it
+            is what a perfect representation of the history could know, for diagnostics.
     """
 
     visits: pl.DataFrame
     events: pl.DataFrame
     labels: pl.DataFrame
     oracle: pl.DataFrame
+    latent: pl.DataFrame
 
 
 # --------------------------------------------------------------------------------------------
@@ -920,7 +924,13 @@ def generate_cohort(n_visits: int, *, labeled_frac: float = 0.05, seed: int = 0)
         {"visit_id": visit_id[labeled], "label": visits.admitted[kept][labeled]},
         schema={"visit_id": pl.Int64, "label": pl.Boolean},
     )
-    return Cohort(visits=visits_frame, events=events_frame, labels=labels, oracle=oracle)
+    latent = pl.DataFrame(
+        {"patient_id": patient_ids, "frailty": patients.frailty}
+        | {c.name: patients.has[:, i] for i, c in enumerate(CONDITIONS)}
+    )
+    return Cohort(
+        visits=visits_frame, events=events_frame, labels=labels, oracle=oracle, latent=latent
+    )
 
 
 # --------------------------------------------------------------------------------------------

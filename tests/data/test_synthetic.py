@@ -156,6 +156,22 @@ def test_oracle_covers_every_visit_and_ranks_the_outcome(cohort: Cohort) -> None
     assert abs(y.mean() - p.mean()) < 0.03
 
 
+def test_latent_state_covers_every_patient_and_shows_in_the_history(cohort: Cohort) -> None:
+    latent = cohort.latent
+    assert latent.columns == ["patient_id", "frailty", *(c.name for c in CONDITIONS)]
+    assert latent["patient_id"].is_unique().all()
+    assert set(cohort.visits["patient_id"]) <= set(latent["patient_id"])
+    assert set(cohort.events["patient_id"]) == set(latent["patient_id"])
+    # Patients with heart failure carry its codes far more often than those without.
+    codes = set(next(c for c in CONDITIONS if c.name == "heart_failure").dx_family)
+    coded = set(cohort.events.filter(pl.col("code").is_in(codes))["patient_id"])
+    with_it = latent.filter(pl.col("heart_failure"))["patient_id"]
+    without = latent.filter(~pl.col("heart_failure"))["patient_id"]
+    share = {name: sum(p in coded for p in ids) / len(ids) for name, ids in
+             (("with", with_it), ("without", without))}  # fmt: skip
+    assert share["with"] > 0.5 > 10 * share["without"]
+
+
 def test_dispositions_fall_after_the_prediction_time(cohort: Cohort) -> None:
     disp = visit_events(cohort, "DISP//", timedelta(days=1))
     # One disposition per visit, strictly after its prediction time (a leak the pipeline drops).
