@@ -467,17 +467,22 @@ def paired_bootstrap_difference(
     """Difference metric(a) - metric(b) of two models scored on the same rows, with a paired
     patient-level bootstrap: each replicate evaluates both models on the SAME resampled patients.
 
+    A model may come as several training seeds, one row of scores each: its metric is then the
+    mean over its seeds, in the full data and in every replicate (so the difference is that of the
+    seed means, and averaging over label subsets narrows the interval as it should). 1-D scores
+    are one seed.
+
     Replicates where the metric is undefined for either model are dropped. The two-sided p-value
     is 2 * min(share of replicate differences <= 0, share >= 0), capped at 1 (so a model compared
     with itself gets 1). Same resampling scheme and seed contract as `bootstrap_ci`.
 
-    Shape: y, p_a, p_b, groups (n,) -> dict.
+    Shape: y, groups (n,); p_a (n,) or (S_a, n); p_b (n,) or (S_b, n) -> dict.
 
     Args:
         metric: A metric accepting (R, n) weights, as for `bootstrap_ci`.
         y: Labels, 0/1 or bool.
-        p_a: Scores of model a in [0, 1].
-        p_b: Scores of model b in [0, 1].
+        p_a: Scores of model a in [0, 1], one row per seed.
+        p_b: Scores of model b in [0, 1], one row per seed.
         groups: Patient id of each row.
         n_boot: Number of bootstrap replicates drawn.
         seed: Seed of `np.random.default_rng`.
@@ -491,16 +496,18 @@ def paired_bootstrap_difference(
             undefined in every replicate.
     """
     _check_bootstrap_args(n_boot, alpha)
-    y, p_a = _check_labels_scores(y, p_a, name="p_a")
-    _, p_b = _check_labels_scores(y, p_b, name="p_b")
+    seeds_a, seeds_b = _seed_rows(y, p_a, "p_a"), _seed_rows(y, p_b, "p_b")
+    y = _check_labels_scores(y, seeds_a[0], name="p_a")[0]
     _patient_index(groups, len(y))  # bad groups fail before any metric is computed
-    difference = float(metric(y, p_a)) - float(metric(y, p_b))
+
+    def seed_mean(rows: list[np.ndarray], w: np.ndarray | None = None) -> Any:
+        if w is None:
+            return float(np.mean([float(metric(y, p)) for p in rows]))
+        return np.mean([_replicate_values(metric, y, p, w) for p in rows], axis=0)
+
+    difference = seed_mean(seeds_a) - seed_mean(seeds_b)
     differences = _finite_replicates(
-        lambda w: _replicate_values(metric, y, p_a, w) - _replicate_values(metric, y, p_b, w),
-        groups,
-        len(y),
-        n_boot,
-        seed,
+        lambda w: seed_mean(seeds_a, w) - seed_mean(seeds_b, w), groups, len(y), n_boot, seed
     )
     share_below = float(np.mean(differences <= 0))
     share_above = float(np.mean(differences >= 0))
@@ -509,6 +516,16 @@ def paired_bootstrap_difference(
         "ci95": _percentile_interval(differences, alpha),
         "p_value": min(1.0, 2.0 * min(share_below, share_above)),
     }
+
+
+def _seed_rows(y: Any, scores: Any, name: str) -> list[np.ndarray]:
+    """Checked score rows of one model: (n,) is one seed, (S, n) S seeds."""
+    matrix = np.asarray(scores)
+    if matrix.ndim == 1:
+        matrix = matrix[None]
+    if matrix.ndim != 2 or matrix.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (n,) or (S, n) with S >= 1, got {matrix.shape}")
+    return [_check_labels_scores(y, row, name=f"{name}[{s}]")[1] for s, row in enumerate(matrix)]
 
 
 def seed_mean_bootstrap_ci(

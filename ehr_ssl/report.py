@@ -232,7 +232,9 @@ def build_report(
         `evaluate_predictions` keys + "train_labels", "reference_minus_this", "relative_gain",
         "gap_to_oracle"; the comparison keys are None for the reference itself),
         "label_efficiency" (one {"budget", "train_labels", "models"} per budget, numeric order,
-        "all" last), "settings", "selection"}.
+        "all" last; each model's cell has `seed_mean_bootstrap_ci`'s keys and
+        "reference_minus_this", the paired difference of the seed means, None for the reference
+        or where it has no predictions), "settings", "selection"}.
 
     Raises:
         ValueError: On missing columns or nulls, groups not scoring the same visits, a
@@ -283,14 +285,26 @@ def build_report(
 
     label_efficiency = []
     for budget in aligned.budgets:
-        per_model, train_labels = {}, []
+        per_model, per_seed, train_labels = {}, {}, []
         for name in aligned.models:
             seeds = aligned.seeds(name, budget)
             if not seeds:
                 continue
             scores = np.stack([aligned.scores(name, budget, s) for s in seeds])  # (S, n)
-            per_model[name] = seed_mean_bootstrap_ci(auroc, y, scores, groups, **boot)
+            per_model[name], per_seed[name] = (
+                seed_mean_bootstrap_ci(auroc, y, scores, groups, **boot),
+                scores,
+            )
             train_labels += [aligned.train_labels(name, budget, s) for s in seeds]
+        for name, cell in per_model.items():
+            # Paired on the same resampled patients, each side averaged over its seeds.
+            cell["reference_minus_this"] = (
+                None
+                if name == reference or reference not in per_seed
+                else paired_bootstrap_difference(
+                    auroc, y, per_seed[reference], per_seed[name], groups, **boot
+                )
+            )
         label_efficiency.append(
             {
                 "budget": budget,
@@ -433,6 +447,25 @@ def format_report_markdown(report: dict[str, Any]) -> str:
         lines += _markdown_table(header, rows)
         seeds = sorted({v["n_seeds"] for e in efficiency for v in e["models"].values()})
         lines += ["", f"Seeds per cell: {', '.join(map(str, seeds))}."]
+        others = [n for n in names if n != report["reference"]]
+        lines += [
+            "",
+            f"## {report['reference']} minus each model, mean over seeds (paired, 95% CI, p)",
+            "",
+        ]
+        rows = []
+        for entry in efficiency:
+            cells = [entry["budget"], str(entry["train_labels"])]
+            for name in others:
+                diff = (entry["models"].get(name) or {}).get("reference_minus_this")
+                cells.append(
+                    DASH
+                    if diff is None
+                    else f"{_with_ci(diff['difference'], diff['ci95'], signed=True)}, "
+                    f"{_p_value(diff['p_value'])}"
+                )
+            rows.append(cells)
+        lines += _markdown_table(["budget", "train labels", *others], rows)
 
     lines += [
         "",
@@ -441,7 +474,8 @@ def format_report_markdown(report: dict[str, Any]) -> str:
         "models scored on the same resampled patients), with a two-sided bootstrap p-value. "
         "Relative gain = (AUROC_ref − 0.5) / (AUROC_model − 0.5) − 1: how much more "
         "above-chance discrimination the reference achieves. Label-efficiency intervals are those "
-        "of the mean over seeds.",
+        "of the mean over seeds, and its differences are paired differences of seed means (one "
+        "resample of patients scores every seed of both models).",
     ]
     return "\n".join(lines) + "\n"
 

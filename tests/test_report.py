@@ -13,7 +13,12 @@ import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ehr_ssl.evaluation import auroc, bootstrap_ci, seed_mean_bootstrap_ci
+from ehr_ssl.evaluation import (
+    auroc,
+    bootstrap_ci,
+    paired_bootstrap_difference,
+    seed_mean_bootstrap_ci,
+)
 from ehr_ssl.report import (
     PREDICTION_COLUMNS,
     build_report,
@@ -202,6 +207,41 @@ def test_seed_mean_ci_rejects_bad_scores() -> None:
         seed_mean_bootstrap_ci(auroc, y, bad, groups, n_boot=10)
 
 
+def test_paired_seed_mean_difference_equals_slow_reference() -> None:
+    """Two models of 3 and 2 seeds: each replicate draws patients once and takes the difference
+    of the two models' seed-mean AUROCs on that same resample."""
+    y, scores, groups = grouped_case(4, 30)
+    other = np.clip(scores[:2] + np.random.default_rng(4).normal(0, 0.3, scores[:2].shape), 0, 1)
+    result = paired_bootstrap_difference(auroc, y, scores, other, groups, n_boot=150, seed=2)
+    rng = np.random.default_rng(2)
+    patients = np.unique(groups)
+    rows_of = {g: np.flatnonzero(groups == g) for g in patients}
+    differences = []
+    for _ in range(150):
+        idx = np.concatenate(
+            [rows_of[patients[k]] for k in rng.integers(0, len(patients), size=len(patients))]
+        )
+        if len(np.unique(y[idx])) < 2:
+            continue
+        a = np.mean([roc_auc_score(y[idx], s[idx]) for s in scores])
+        b = np.mean([roc_auc_score(y[idx], s[idx]) for s in other])
+        differences.append(a - b)
+    full = np.mean([roc_auc_score(y, s) for s in scores]) - np.mean(
+        [roc_auc_score(y, s) for s in other]
+    )
+    assert result["difference"] == pytest.approx(full, abs=1e-12)
+    assert result["ci95"] == pytest.approx(
+        list(np.quantile(differences, [0.025, 0.975])), abs=1e-12
+    )
+    # One seed as a (1, n) matrix is the plain paired difference.
+    one = paired_bootstrap_difference(auroc, y, scores[:1], other[:1], groups, n_boot=80, seed=1)
+    assert one == paired_bootstrap_difference(
+        auroc, y, scores[0], other[0], groups, n_boot=80, seed=1
+    )
+    with pytest.raises(ValueError, match=r"p_b must have shape"):
+        paired_bootstrap_difference(auroc, y, scores, other[:0], groups, n_boot=10)
+
+
 # ----------------------------------------------------------------------------------------------
 # build_report
 
@@ -329,6 +369,27 @@ def test_label_efficiency_means_over_seeds(predictions: pl.DataFrame, report: di
             assert value["max"] == pytest.approx(max(per_seed), abs=1e-12)
             assert value["n_seeds"] == 2
             assert value["ci95"][0] <= value["mean"] <= value["ci95"][1]
+            if name == report["reference"]:
+                assert value["reference_minus_this"] is None
+                continue
+            scores = {
+                m: np.stack([aligned(predictions, m, entry["budget"], s)["score"] for s in (0, 1)])
+                for m in (report["reference"], name)
+            }
+            part = aligned(predictions, name, entry["budget"], 0)
+            expected = paired_bootstrap_difference(
+                auroc,
+                part["label"].to_numpy(),
+                scores[report["reference"]],
+                scores[name],
+                part["patient_id"].to_numpy(),
+                n_boot=report["n_boot"],
+                seed=report["bootstrap_seed"],
+            )
+            got = value["reference_minus_this"]
+            assert got["difference"] == pytest.approx(expected["difference"], abs=1e-12)
+            assert got["ci95"] == pytest.approx(expected["ci95"], abs=1e-12)
+            assert got["p_value"] == pytest.approx(expected["p_value"], abs=1e-12)
     ssl = [e["models"]["ssl"]["mean"] for e in efficiency]
     assert ssl[1] > ssl[0]  # more labels, less noise
 
