@@ -73,20 +73,28 @@ class RunResult:
 
     @property
     def label_efficiency(self) -> pl.DataFrame:
-        """Test AUROC per (budget, model): mean over seeds with its 95% CI."""
-        rows = [
-            {
-                "budget": entry["budget"],
-                "train_labels": entry["train_labels"],
-                "model": name,
-                "auroc_mean": value["mean"],
-                "ci_low": (value.get("ci95") or (None, None))[0],
-                "ci_high": (value.get("ci95") or (None, None))[1],
-                "n_seeds": value["n_seeds"],
-            }
-            for entry in self.report.get("label_efficiency") or []
-            for name, value in entry["models"].items()
-        ]
+        """Test AUROC per (budget, model): mean over seeds with its 95% CI, and the reference
+        (SSL) minus it: the paired difference of seed means, its CI and p-value (null for the
+        reference)."""
+        rows = []
+        for entry in self.report.get("label_efficiency") or []:
+            for name, value in entry["models"].items():
+                diff = value.get("reference_minus_this") or {}
+                rows.append(
+                    {
+                        "budget": entry["budget"],
+                        "train_labels": entry["train_labels"],
+                        "model": name,
+                        "auroc_mean": value["mean"],
+                        "ci_low": (value.get("ci95") or (None, None))[0],
+                        "ci_high": (value.get("ci95") or (None, None))[1],
+                        "n_seeds": value["n_seeds"],
+                        "reference_minus_this": diff.get("difference"),
+                        "difference_ci_low": (diff.get("ci95") or (None, None))[0],
+                        "difference_ci_high": (diff.get("ci95") or (None, None))[1],
+                        "difference_p": diff.get("p_value"),
+                    }
+                )
         return pl.DataFrame(rows, infer_schema_length=None)
 
     @property

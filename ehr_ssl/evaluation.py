@@ -468,13 +468,14 @@ def paired_bootstrap_difference(
     patient-level bootstrap: each replicate evaluates both models on the SAME resampled patients.
 
     A model may come as several training seeds, one row of scores each: its metric is then the
-    mean over its seeds, in the full data and in every replicate (so the difference is that of the
-    seed means, and averaging over label subsets narrows the interval as it should). 1-D scores
-    are one seed.
+    mean over its seeds, in the full data and in every replicate, so the difference is that of
+    the seed means. The interval resamples test patients only: it is conditional on the seeds'
+    label subsets and does not hold the spread between subsets. 1-D scores are one seed.
 
-    Replicates where the metric is undefined for either model are dropped. The two-sided p-value
-    is 2 * min(share of replicate differences <= 0, share >= 0), capped at 1 (so a model compared
-    with itself gets 1). Same resampling scheme and seed contract as `bootstrap_ci`.
+    Replicates where the metric is undefined for any seed of either model are dropped. The
+    two-sided p-value is 2 * min(share of replicate differences <= 0, share >= 0), capped at 1
+    (so a model compared with itself gets 1). Same resampling scheme and seed contract as
+    `bootstrap_ci`.
 
     Shape: y, groups (n,); p_a (n,) or (S_a, n); p_b (n,) or (S_b, n) -> dict.
 
@@ -496,18 +497,19 @@ def paired_bootstrap_difference(
             undefined in every replicate.
     """
     _check_bootstrap_args(n_boot, alpha)
-    seeds_a, seeds_b = _seed_rows(y, p_a, "p_a"), _seed_rows(y, p_b, "p_b")
-    y = _check_labels_scores(y, seeds_a[0], name="p_a")[0]
+    y, seeds_a = _seed_rows(y, p_a, "p_a")
+    _, seeds_b = _seed_rows(y, p_b, "p_b")
     _patient_index(groups, len(y))  # bad groups fail before any metric is computed
-
-    def seed_mean(rows: list[np.ndarray], w: np.ndarray | None = None) -> Any:
-        if w is None:
-            return float(np.mean([float(metric(y, p)) for p in rows]))
-        return np.mean([_replicate_values(metric, y, p, w) for p in rows], axis=0)
-
-    difference = seed_mean(seeds_a) - seed_mean(seeds_b)
+    difference = float(
+        np.mean([float(metric(y, p)) for p in seeds_a])
+        - np.mean([float(metric(y, p)) for p in seeds_b])
+    )
     differences = _finite_replicates(
-        lambda w: seed_mean(seeds_a, w) - seed_mean(seeds_b, w), groups, len(y), n_boot, seed
+        lambda w: _seed_mean(metric, y, seeds_a, w) - _seed_mean(metric, y, seeds_b, w),
+        groups,
+        len(y),
+        n_boot,
+        seed,
     )
     share_below = float(np.mean(differences <= 0))
     share_above = float(np.mean(differences >= 0))
@@ -518,14 +520,22 @@ def paired_bootstrap_difference(
     }
 
 
-def _seed_rows(y: Any, scores: Any, name: str) -> list[np.ndarray]:
-    """Checked score rows of one model: (n,) is one seed, (S, n) S seeds."""
+def _seed_rows(y: Any, scores: Any, name: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Checked labels and score rows of one model: (n,) is one seed, (S, n) S seeds."""
     matrix = np.asarray(scores)
     if matrix.ndim == 1:
         matrix = matrix[None]
     if matrix.ndim != 2 or matrix.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (n,) or (S, n) with S >= 1, got {matrix.shape}")
-    return [_check_labels_scores(y, row, name=f"{name}[{s}]")[1] for s, row in enumerate(matrix)]
+        raise ValueError(f"{name} must have shape (S, n) with S >= 1, got {matrix.shape}")
+    checked = [_check_labels_scores(y, row, name=f"{name}[{s}]") for s, row in enumerate(matrix)]
+    return checked[0][0], [p for _, p in checked]
+
+
+def _seed_mean(metric: Metric, y: np.ndarray, rows: list[np.ndarray], w: np.ndarray) -> np.ndarray:
+    """The metric averaged over seeds in each replicate (NaN where any seed's is undefined).
+
+    Shape: rows S x (n,), w (R, n) -> (R,)."""
+    return np.mean([_replicate_values(metric, y, p, w) for p in rows], axis=0)
 
 
 def seed_mean_bootstrap_ci(
@@ -566,22 +576,13 @@ def seed_mean_bootstrap_ci(
             when it is undefined in every replicate.
     """
     _check_bootstrap_args(n_boot, alpha)
-    score_matrix = np.asarray(scores)
-    if score_matrix.ndim != 2 or score_matrix.shape[0] == 0:
-        raise ValueError(f"scores must have shape (S, n) with S >= 1, got {score_matrix.shape}")
-    checked = [
-        _check_labels_scores(y, row, name=f"scores[{s}]") for s, row in enumerate(score_matrix)
-    ]
-    y = checked[0][0]
-    per_seed_scores = [p for _, p in checked]
+    if np.ndim(scores) != 2:
+        raise ValueError(f"scores must have shape (S, n) with S >= 1, got {np.shape(scores)}")
+    y, per_seed_scores = _seed_rows(y, scores, "scores")
     _patient_index(groups, len(y))  # bad groups fail before any metric is computed
     per_seed = [float(metric(y, p)) for p in per_seed_scores]
     means = _finite_replicates(  # NaN, so dropped, where any seed's metric is undefined
-        lambda w: np.mean([_replicate_values(metric, y, p, w) for p in per_seed_scores], axis=0),
-        groups,
-        len(y),
-        n_boot,
-        seed,
+        lambda w: _seed_mean(metric, y, per_seed_scores, w), groups, len(y), n_boot, seed
     )
     return {
         "mean": float(np.mean(per_seed)),

@@ -206,7 +206,8 @@ def build_report(
     The main table evaluates every model at `main_budget` with the smallest training seed all of
     them have; each non-reference model gets the paired bootstrap difference reference minus it
     (AUROC) and the relative gain. The label-efficiency curve gives, per budget and model, the
-    AUROC averaged over seeds with a patient-level bootstrap interval. Every bootstrap uses the
+    AUROC averaged over seeds with a patient-level bootstrap interval, and the reference minus
+    each model over their common seeds. Every bootstrap uses the
     same `seed`, so all of them draw the same resampled patients. Only rows with split "test"
     are used.
 
@@ -233,8 +234,7 @@ def build_report(
         "gap_to_oracle"; the comparison keys are None for the reference itself),
         "label_efficiency" (one {"budget", "train_labels", "models"} per budget, numeric order,
         "all" last; each model's cell has `seed_mean_bootstrap_ci`'s keys and
-        "reference_minus_this", the paired difference of the seed means, None for the reference
-        or where it has no predictions), "settings", "selection"}.
+        "reference_minus_this", see `_seed_mean_difference`), "settings", "selection"}.
 
     Raises:
         ValueError: On missing columns or nulls, groups not scoring the same visits, a
@@ -285,25 +285,17 @@ def build_report(
 
     label_efficiency = []
     for budget in aligned.budgets:
-        per_model, per_seed, train_labels = {}, {}, []
+        per_model, train_labels = {}, []
         for name in aligned.models:
             seeds = aligned.seeds(name, budget)
             if not seeds:
                 continue
             scores = np.stack([aligned.scores(name, budget, s) for s in seeds])  # (S, n)
-            per_model[name], per_seed[name] = (
-                seed_mean_bootstrap_ci(auroc, y, scores, groups, **boot),
-                scores,
-            )
+            per_model[name] = seed_mean_bootstrap_ci(auroc, y, scores, groups, **boot)
             train_labels += [aligned.train_labels(name, budget, s) for s in seeds]
         for name, cell in per_model.items():
-            # Paired on the same resampled patients, each side averaged over its seeds.
-            cell["reference_minus_this"] = (
-                None
-                if name == reference or reference not in per_seed
-                else paired_bootstrap_difference(
-                    auroc, y, per_seed[reference], per_seed[name], groups, **boot
-                )
+            cell["reference_minus_this"] = _seed_mean_difference(
+                aligned, reference, name, budget, boot
             )
         label_efficiency.append(
             {
@@ -329,6 +321,25 @@ def build_report(
         "settings": _plain(dict(settings or {}), "settings"),
         "selection": _plain(dict(selection or {}), "selection"),
     }
+
+
+def _seed_mean_difference(
+    aligned: _Aligned, reference: str, name: str, budget: str, boot: dict[str, int]
+) -> dict[str, Any] | None:
+    """Reference minus model at one budget, over the training seeds both have (seed s of every
+    model trained on the same label subset): the paired bootstrap difference of the seed means,
+    plus "min" and "max" of the per-seed differences (the spread between label subsets, which
+    the interval, resampling test patients only, does not hold) and "n_seeds". None for the
+    reference itself or without a common seed."""
+    seeds = sorted(set(aligned.seeds(reference, budget)) & set(aligned.seeds(name, budget)))
+    if name == reference or not seeds:
+        return None
+    y, groups = aligned.y, aligned.groups
+    ref = np.stack([aligned.scores(reference, budget, s) for s in seeds])  # (S, n)
+    other = np.stack([aligned.scores(name, budget, s) for s in seeds])  # (S, n)
+    result = paired_bootstrap_difference(auroc, y, ref, other, groups, **boot)
+    per_seed = [auroc(y, a) - auroc(y, b) for a, b in zip(ref, other, strict=True)]
+    return result | {"min": min(per_seed), "max": max(per_seed), "n_seeds": len(seeds)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,14 +406,19 @@ def _main_rows(report: dict[str, Any], *, split_ci: bool) -> tuple[list[str], li
                 "<0.001" if diff["p_value"] < 0.001 else f"{diff['p_value']:.3f}",
             ]
         else:
-            estimate = _with_ci(diff["difference"], diff["ci95"], signed=True)
-            cells = [f"{estimate}, {_p_value(diff['p_value'])}"]
+            cells = [_difference_cell(diff)]
         row += cells
         row.append(DASH if name == reference else _number(m.get("relative_gain"), signed=True))
         if with_oracle:
             row.append(_number(m.get("gap_to_oracle")))
         rows.append(row)
     return header, rows
+
+
+def _difference_cell(diff: dict[str, Any]) -> str:
+    """A paired difference as "+0.012 (+0.002–+0.021), p=0.020"."""
+    estimate = _with_ci(diff["difference"], diff["ci95"], signed=True)
+    return f"{estimate}, {_p_value(diff['p_value'])}"
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -413,7 +429,8 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def format_report_markdown(report: dict[str, Any]) -> str:
-    """The report as a Markdown document: summary line, main table, label-efficiency table.
+    """The report as a Markdown document: summary line, main table, label-efficiency table and
+    the table of the reference minus each model along the curve.
 
     Args:
         report: A `build_report` result (or its JSON round trip).
@@ -458,12 +475,7 @@ def format_report_markdown(report: dict[str, Any]) -> str:
             cells = [entry["budget"], str(entry["train_labels"])]
             for name in others:
                 diff = (entry["models"].get(name) or {}).get("reference_minus_this")
-                cells.append(
-                    DASH
-                    if diff is None
-                    else f"{_with_ci(diff['difference'], diff['ci95'], signed=True)}, "
-                    f"{_p_value(diff['p_value'])}"
-                )
+                cells.append(DASH if diff is None else _difference_cell(diff))
             rows.append(cells)
         lines += _markdown_table(["budget", "train labels", *others], rows)
 

@@ -28,6 +28,13 @@ def test_evaluate_returns_a_result_with_metrics_and_a_table(finished_run):
     assert "ssl" in str(result)
     assert result.metrics.to_pandas().shape[0] == metrics.height
     assert result.bundle == run / "bundle"
+    curve = result.label_efficiency
+    assert curve.height == sum(len(e["models"]) for e in result.report["label_efficiency"])
+    ssl = curve.filter(pl.col("model") == "ssl")
+    assert ssl["reference_minus_this"].is_null().all()
+    others = curve.filter(pl.col("model") != "ssl")
+    assert others["reference_minus_this"].is_not_null().all()
+    assert (others["difference_ci_low"] <= others["difference_ci_high"]).all()
 
 
 def test_load_gives_the_bundle_model(finished_run):

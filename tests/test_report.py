@@ -394,6 +394,28 @@ def test_label_efficiency_means_over_seeds(predictions: pl.DataFrame, report: di
     assert ssl[1] > ssl[0]  # more labels, less noise
 
 
+def test_curve_differences_use_common_seeds_and_need_the_reference(cohort: pl.DataFrame) -> None:
+    """Seed s of every model shares one label subset: a model with fewer seeds is compared with
+    the reference on those seeds only; a budget without the reference has no difference."""
+    full = make_predictions(cohort, seeds=(0, 1, 2))
+    fewer = full.filter((pl.col("model") != "scratch") | (pl.col("seed") == 1))
+    without_ref = make_predictions(cohort, budgets=("20",), models=("scratch", "random"))
+    result = build_report(pl.concat([fewer, without_ref]), main_budget="100", n_boot=N_BOOT, seed=0)
+    cells = {e["budget"]: e["models"] for e in result["label_efficiency"]}
+    diff = cells["100"]["scratch"]["reference_minus_this"]
+    y = aligned(full, "ssl", "100", 1)
+    expected = auroc(y["label"].to_numpy(), y["score"].to_numpy()) - auroc(
+        y["label"].to_numpy(), aligned(full, "scratch", "100", 1)["score"].to_numpy()
+    )
+    assert diff["n_seeds"] == 1
+    assert diff["difference"] == pytest.approx(expected, abs=1e-12)
+    assert diff["min"] == diff["max"] == pytest.approx(expected, abs=1e-12)
+    assert cells["100"]["random"]["reference_minus_this"]["n_seeds"] == 3
+    assert cells["100"]["ssl"]["reference_minus_this"] is None
+    assert all(cell["reference_minus_this"] is None for cell in cells["20"].values())
+    assert "| 20 |" in format_report_markdown(result)
+
+
 def test_budgets_sorted_numerically_with_all_last(cohort: pl.DataFrame) -> None:
     frame = make_predictions(cohort, budgets=("all", "100", "20"), seeds=(1,), models=("ssl",))
     result = build_report(frame, main_budget="20", n_boot=20)
@@ -450,6 +472,9 @@ def test_markdown_names_every_model_and_number(report: dict) -> None:
     for entry in report["label_efficiency"]:
         for value in entry["models"].values():
             assert f"{value['mean']:.3f} ({value['ci95'][0]:.3f}–{value['ci95'][1]:.3f})" in text
+    for entry in report["label_efficiency"]:
+        diff = entry["models"]["scratch"]["reference_minus_this"]
+        assert f"{diff['difference']:+.3f} ({diff['ci95'][0]:+.3f}–" in text
     assert "–" in text  # the reference's relative gain
     assert "resample patients" in text and "paired" in text
     # A report without an oracle and its JSON round trip format too.
