@@ -54,7 +54,15 @@ def test_the_example_notebook_runs():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
-    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3").execute()
+    # A loaded machine can deliver a cell's output after nbclient's default 4 s IOPub wait, which
+    # drops it silently; wait longer and fail loudly instead.
+    nbclient.NotebookClient(
+        notebook,
+        timeout=600,
+        iopub_timeout=60,
+        raise_on_iopub_timeout=True,
+        kernel_name="python3",
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     shown = [o for o in outputs if o.output_type == "execute_result"]
