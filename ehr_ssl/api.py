@@ -31,6 +31,18 @@ def load(path: str | Path, device: str = "cpu"):  # noqa: ANN201 - AdmissionMode
     return load_bundle(path, device=device)
 
 
+def _difference_columns(diff: dict[str, Any] | None) -> dict[str, Any]:
+    """A report's paired difference (None for the reference model) as DataFrame columns."""
+    diff = diff or {}
+    low, high = diff.get("ci95") or (None, None)
+    return {
+        "reference_minus_this": diff.get("difference"),
+        "difference_ci_low": low,
+        "difference_ci_high": high,
+        "p_value": diff.get("p_value"),
+    }
+
+
 @dataclass
 class RunResult:
     """A pipeline run's outcome: its directory, the report, and the metrics as DataFrames.
@@ -46,9 +58,7 @@ class RunResult:
         model. `.to_pandas()` for pandas."""
         rows = []
         for name, m in self.report["models"].items():
-            diff = m.get("reference_minus_this") or {}
             low, high = m.get("auroc_ci95") or (None, None)
-            d_low, d_high = diff.get("ci95") or (None, None)
             rows.append(
                 {
                     "model": name,
@@ -61,10 +71,7 @@ class RunResult:
                     "calibration_intercept": m.get("calibration_intercept"),
                     "n": m.get("n"),
                     "prevalence": m.get("prevalence"),
-                    "reference_minus_this": diff.get("difference"),
-                    "difference_ci_low": d_low,
-                    "difference_ci_high": d_high,
-                    "p_value": diff.get("p_value"),
+                    **_difference_columns(m.get("reference_minus_this")),
                     "relative_gain": m.get("relative_gain"),
                     "gap_to_oracle": m.get("gap_to_oracle"),
                 }
@@ -79,20 +86,17 @@ class RunResult:
         rows = []
         for entry in self.report.get("label_efficiency") or []:
             for name, value in entry["models"].items():
-                diff = value.get("reference_minus_this") or {}
+                low, high = value.get("ci95") or (None, None)
                 rows.append(
                     {
                         "budget": entry["budget"],
                         "train_labels": entry["train_labels"],
                         "model": name,
                         "auroc_mean": value["mean"],
-                        "ci_low": (value.get("ci95") or (None, None))[0],
-                        "ci_high": (value.get("ci95") or (None, None))[1],
+                        "ci_low": low,
+                        "ci_high": high,
                         "n_seeds": value["n_seeds"],
-                        "reference_minus_this": diff.get("difference"),
-                        "difference_ci_low": (diff.get("ci95") or (None, None))[0],
-                        "difference_ci_high": (diff.get("ci95") or (None, None))[1],
-                        "difference_p": diff.get("p_value"),
+                        **_difference_columns(value.get("reference_minus_this")),
                     }
                 )
         return pl.DataFrame(rows, infer_schema_length=None)
