@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+from cohort_workdir import cohort_stamp, write_or_reuse
 
 from ehr_ssl.baselines import count_features, fit_counts_baseline, predict_proba
 from ehr_ssl.config import TokenizeConfig
-from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+from ehr_ssl.data.synthetic import generate_cohort
 from ehr_ssl.evaluation import auroc, bootstrap_ci, paired_bootstrap_difference
 from ehr_ssl.finetuning import budget_split
 from ehr_ssl.shards import read_split
@@ -48,20 +49,6 @@ def without_segment(frame: pl.DataFrame, segment: int) -> pl.DataFrame:
     ).with_columns(length=pl.col("input_ids").list.len())
 
 
-def reuse_or_create(work: Path, args: argparse.Namespace, cohort) -> None:
-    """Write the cohort and its tokens into `work`, or reuse them if made with the same
-    arguments (the latent state is regenerated each time, so it must match the files)."""
-    made = {"visits": args.visits, "labeled_frac": args.labeled_frac, "seed": 0}
-    stamp = work / "bench_cohort_signal.json"
-    if stamp.exists():
-        if json.loads(stamp.read_text()) != made:
-            raise SystemExit(f"{work} holds a cohort made with {stamp.read_text()}, not {made}")
-        return
-    write_cohort(cohort, work / "data", overwrite=True)
-    tokenize_dataset(work / "data", work / "tokens", TokenizeConfig())
-    stamp.write_text(json.dumps(made))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visits", type=int, default=60_000)
@@ -72,8 +59,12 @@ def main() -> None:
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-signal-"))
+    # The latent state is regenerated each time, so the files must hold the same cohort.
     cohort = generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=0)
-    reuse_or_create(work, args, cohort)
+    stamp = cohort_stamp(cohort, visits=args.visits, labeled_frac=args.labeled_frac, seed=0)
+    write_or_reuse(cohort, work, stamp)
+    if not (work / "tokens").exists():
+        tokenize_dataset(work / "data", work / "tokens", TokenizeConfig())
     tokenizer = Tokenizer.load(work / "tokens")
     sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
     train, val, test = (

@@ -19,8 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from cohort_workdir import cohort_stamp, write_or_reuse
+
 from ehr_ssl.config import load_pipeline_config
-from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+from ehr_ssl.data.synthetic import generate_cohort
 from ehr_ssl.pipeline import run_pipeline
 from ehr_ssl.report import format_report_markdown
 
@@ -46,8 +48,9 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-labels-"))
     data = work / "data"
-    if not (data / "visits.parquet").exists():
-        write_cohort(generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=0), data)
+    cohort = generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=0)
+    stamp = cohort_stamp(cohort, visits=args.visits, labeled_frac=args.labeled_frac, seed=0)
+    write_or_reuse(cohort, work, stamp)
     budgets = args.budgets.split(",")
     summary = {"visits": args.visits, "labeled_frac": args.labeled_frac, "runs": {}}
     for variant in args.objectives.split(","):
