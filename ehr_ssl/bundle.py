@@ -298,7 +298,7 @@ def make_bundle(
             Path(finetune_dir) / "model", use_safetensors=True
         )
         encoder = classifier.encoder
-        weight, bias = classifier.head.weight.detach()[0], classifier.head.bias.detach()[0]
+        weight, bias = (t.detach() for t in classifier.folded_head())
     else:  # the linear probe, folded into one linear layer: w = coef / std, b = c - w . mean
         probe = load_file(str(Path(finetune_dir) / "linear_probe.safetensors"))
         encoder = EHREncoder.from_pretrained(encoder_dir, use_safetensors=True)

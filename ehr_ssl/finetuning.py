@@ -48,14 +48,29 @@ log = logging.getLogger("ehr_ssl")
 
 
 class AdmissionClassifier(EHRPreTrainedModel):
-    """Encoder + dropout + linear head on the pooled visit vector: one logit per visit."""
+    """Encoder + standardization + dropout + linear head on the pooled visit vector: one logit
+    per visit.
+
+    The standardization (`feature_mean`, `feature_std`: fixed buffers, identity unless the head
+    starts as the linear probe) keeps the head on the probe's scale. Folded into the head
+    instead (w = coef / std), a barely spread feature gets a huge weight, so dropout zeroing its
+    uncentred value moves the logit by w * value: a first fine-tuning loss of ~150 was seen.
+    """
 
     def __init__(self, config: EHRConfig, head_dropout: float = 0.1):
         super().__init__(config)
         self.encoder = EHREncoder(config)
+        self.register_buffer("feature_mean", torch.zeros(config.hidden_size))
+        self.register_buffer("feature_std", torch.ones(config.hidden_size))
         self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(config.hidden_size, 1)
         self.post_init()
+
+    def folded_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The standardization and head as one linear map of the pooled vector, (D,) and ():
+        w = head.weight / std, b = head.bias - w . mean."""
+        weight = self.head.weight[0] / self.feature_std
+        return weight, self.head.bias[0] - weight @ self.feature_mean
 
     def forward(
         self,
@@ -71,7 +86,8 @@ class AdmissionClassifier(EHRPreTrainedModel):
         pooled = self.encoder(
             input_ids, value_bins, time_deltas, segment_ids, attention_mask
         ).pooler_output
-        logits = self.head(self.dropout(pooled)).squeeze(-1)  # (B, 1) -> (B,)
+        features = (pooled - self.feature_mean) / self.feature_std  # (B, D)
+        logits = self.head(self.dropout(features)).squeeze(-1)  # (B, 1) -> (B,)
         loss = None
         if labels is not None:
             loss = F.binary_cross_entropy_with_logits(
@@ -361,15 +377,16 @@ def _init_head_from_probe(
 ) -> None:
     """LP-FT (Kumar et al., 2022): start the head at the linear probe of the frozen pretrained
     encoder, so that fine-tuning begins from a good classifier instead of letting a random head
-    push large gradients into the pretrained features. The probe's standardization folds into
-    the head: w = coef / std, b = intercept - w . mean."""
+    push large gradients into the pretrained features. The probe's standardization becomes the
+    classifier's fixed `feature_mean` and `feature_std`, its coefficients the head's."""
     x_train, x_val = (pooled_vectors(model.encoder, d, device) for d in (train, val))
     probe = _fit_probe(x_train, train.labels, x_val, val.labels)
-    weight = probe["coef"] / probe["std"]
-    bias = probe["intercept"] - weight @ probe["mean"]
     with torch.no_grad():
-        model.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32)[None])
-        model.head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        for target, value in ((model.feature_mean, probe["mean"]),
+                              (model.feature_std, probe["std"]),
+                              (model.head.weight, probe["coef"][None]),
+                              (model.head.bias, probe["intercept"])):  # fmt: skip
+            target.copy_(torch.as_tensor(value, dtype=torch.float32))
 
 
 def predict_finetuned(
