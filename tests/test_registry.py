@@ -20,7 +20,7 @@ from ehr_ssl.cli import main
 from ehr_ssl.config import load_pipeline_config
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.registry import Registry
-from ehr_ssl.retraining import retrain
+from ehr_ssl.retraining import gate, retrain
 
 SETTINGS = {
     "preset": "tiny",
@@ -30,6 +30,12 @@ SETTINGS = {
     "finetune.patience": 1,
     "evaluate.n_boot": 50,
     "retrain.test_fraction": 0.2,
+    # A 10-step tiny model is as overconfident as chance makes it (slopes near 0.5 both sides of
+    # the default bound): these tests are about the registry, so the gate here checks AUROC and
+    # that a calibration fit exists; test_the_gate_checks_calibration covers the bounds.
+    "retrain.calibration_slope_min": 0.0,
+    "retrain.calibration_slope_max": 100.0,
+    "retrain.max_abs_calibration_intercept": 100.0,
 }
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,13 +115,35 @@ def test_the_gate_refuses_a_worse_candidate(registry, data, tmp_path, capsys):
     assert (reg / "production").read_text() == before[1]
 
 
+def test_the_gate_checks_calibration():
+    config = load_pipeline_config(None, {})  # default gate: slope in [0.5, 2], |intercept| <= 1.5
+    good = {"auroc": 0.8, "calibration_slope": 1.0, "calibration_intercept": -0.5}
+    assert gate(good, None, config) == (True, [
+        "passed candidate AUROC 0.800 vs minimum 0.500",
+        "passed calibration slope 1.000 in [0.5, 2]",
+        "passed |calibration intercept| -0.500 <= 1.5",
+    ])  # fmt: skip
+    for change, failed in [
+        ({"calibration_slope": 0.49}, "FAILED calibration slope 0.490 in [0.5, 2]"),
+        ({"calibration_slope": 2.5}, "FAILED calibration slope 2.500 in [0.5, 2]"),
+        ({"calibration_slope": None}, "FAILED calibration slope none in [0.5, 2]"),
+        ({"calibration_intercept": 1.6}, "FAILED |calibration intercept| 1.600 <= 1.5"),
+        ({"calibration_intercept": None}, "FAILED |calibration intercept| none <= 1.5"),
+    ]:
+        promote, reasons = gate({**good, **change}, None, config)
+        assert not promote and reasons[0] == failed
+    # with a production model, the candidate may fall at most max_auroc_drop below it
+    assert gate(good, {"auroc": 0.805}, config)[0]
+    assert not gate(good, {"auroc": 0.82}, config)[0]
+
+
 _KILLER = """
 import os, signal, sys
 from pathlib import Path
 import ehr_ssl.registry as registry_module
 import ehr_ssl.train as train_module
 from ehr_ssl.config import load_pipeline_config
-from ehr_ssl.retraining import retrain
+from ehr_ssl.retraining import gate, retrain
 
 point = sys.argv[3]
 def die(*args, **kwargs):
@@ -177,7 +205,7 @@ def test_a_second_retrain_waits_or_fails_clearly(registry, data, tmp_path, capsy
         f"""
         import sys
         from ehr_ssl.config import load_pipeline_config
-        from ehr_ssl.retraining import retrain
+        from ehr_ssl.retraining import gate, retrain
         retrain(sys.argv[1], sys.argv[2], load_pipeline_config(None, {SETTINGS!r}), wait=300)
         """
     )
