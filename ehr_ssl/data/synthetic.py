@@ -222,8 +222,10 @@ _N_MINOR_CONDITIONS = 36
 def _minor_conditions(n: int) -> tuple[Condition, ...]:
     """Less common chronic conditions (the long tail of a problem list), each coded by its own
     family of diagnoses and medications, with no labs and no acute problem of their own: they are
-    visible only in the history. Their effects on admission differ in size and sign (some raise
-    it, a few lower it), so a model must learn which codes belong together to weigh them.
+    visible only in the history. Their effects on admission differ in size and sign (nearly
+    half lower it), so a model must learn which codes belong together to weigh them. The spread
+    of the effects (sd 0.8 logits) makes the history about as predictive as the current visit,
+    as in ED admission data (see `_ADMIT_FRAILTY`).
     Parameters are fixed (seed-independent): the cohort's structure does not change with `seed`.
     """
     rng = np.random.default_rng(20210102)
@@ -239,7 +241,7 @@ def _minor_conditions(n: int) -> tuple[Condition, ...]:
                 age_slope=float(rng.uniform(0.0, 0.5)),
                 frailty_slope=float(rng.uniform(0.1, 0.5)),
                 parents=(),
-                admit_weight=float(rng.normal(0.25, 0.4)),
+                admit_weight=float(rng.normal(0.3, 0.8)),
                 dx_codes=tuple(f"DX//{chapter}{number}.{j}" for j in range(4)),
                 med_codes=tuple(  # 2 of the 72 stem-ending pairs, each used once
                     f"MED_HOME//{stems[m % 12]}{endings[m // 12]}" for m in (2 * k, 2 * k + 1)
@@ -462,8 +464,14 @@ PROBLEMS: tuple[Problem, ...] = (
 )  # fmt: skip
 
 # The admission logit: intercept + frailty + age + chronic conditions + problem + severity.
+# The history's share (frailty and the conditions) is sized so that, as in ED admission data
+# (Hong, Haimovich and Taylor, PLoS ONE 2018: history 0.86, triage 0.87, both 0.92 AUROC), the
+# history alone predicts about as well as the current visit alone and the two together better
+# than either (benchmarks/bench_cohort_signal.py measures it). Until 2026-12-01 it was smaller
+# (frailty 0.3, minor-condition effects sd 0.4): the current visit carried most of the signal
+# and counts of raw codes reached their plateau from a few hundred labels.
 _ADMIT_INTERCEPT = -2.35
-_ADMIT_FRAILTY = 0.3
+_ADMIT_FRAILTY = 0.5
 _ADMIT_AGE_PER_DECADE = 0.1
 _ADMIT_SEVERITY = 0.4
 _ADMIT_FROM_ED = 0.85  # the rest of the admissions follow a return within 7 days
