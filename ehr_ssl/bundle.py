@@ -289,7 +289,7 @@ def make_bundle(
     pretrained encoder it used and its tokens directory. `info` adds to bundle.json (what the
     model is, its metrics); the training data's counts, dates and token profile come from the
     tokens directory's train split."""
-    from ehr_ssl.finetuning import AdmissionClassifier
+    from ehr_ssl.finetuning import AdmissionClassifier, fold_standardization
     from ehr_ssl.shards import read_manifest, read_split
 
     tokenizer = Tokenizer.load(tokens_dir)
@@ -299,11 +299,12 @@ def make_bundle(
         )
         encoder = classifier.encoder
         weight, bias = (t.detach() for t in classifier.folded_head())
-    else:  # the linear probe, folded into one linear layer: w = coef / std, b = c - w . mean
+    else:  # the linear probe, folded into one linear layer
         probe = load_file(str(Path(finetune_dir) / "linear_probe.safetensors"))
         encoder = EHREncoder.from_pretrained(encoder_dir, use_safetensors=True)
-        weight = probe["coef"] / probe["std"]
-        bias = probe["intercept"][0] - weight @ probe["mean"]
+        weight, bias = fold_standardization(
+            probe["coef"], probe["intercept"][0], probe["mean"], probe["std"]
+        )
     summary = _read_json(Path(finetune_dir) / "finetune_summary.json")
     manifest = read_manifest(tokens_dir)
     full_info = {

@@ -67,10 +67,10 @@ class AdmissionClassifier(EHRPreTrainedModel):
         self.post_init()
 
     def folded_head(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The standardization and head as one linear map of the pooled vector, (D,) and ():
-        w = head.weight / std, b = head.bias - w . mean."""
-        weight = self.head.weight[0] / self.feature_std
-        return weight, self.head.bias[0] - weight @ self.feature_mean
+        """The standardization and head as one linear map of the pooled vector, (D,) and ()."""
+        return fold_standardization(
+            self.head.weight[0], self.head.bias[0], self.feature_mean, self.feature_std
+        )
 
     def forward(
         self,
@@ -94,6 +94,16 @@ class AdmissionClassifier(EHRPreTrainedModel):
                 logits.float(), labels.float(), pos_weight=pos_weight
             )
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def fold_standardization(
+    coef: torch.Tensor, intercept: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear map of standardized vectors, coef . (x - mean) / std + intercept, as one of the
+    raw vectors: w = coef / std, b = intercept - w . mean. Shape: (D,), (), (D,), (D,) ->
+    (D,), ()."""
+    weight = coef / std
+    return weight, intercept - weight @ mean
 
 
 def budget_ids(
