@@ -1,6 +1,7 @@
 """Small heads on top of the encoder; they know nothing about losses.
 
-- `MaskedEventHead`: per-token logits over the vocabulary and over value bins (pretraining).
+- `MaskedEventHead`: per-token logits over the vocabulary and over value bins (pretraining); the
+  code decoder is the encoder's code embedding matrix (tied, as in BERT), passed in.
 - `ProjectionHead`: the SimCLR projection of pooled visit vectors for the contrastive loss.
 """
 
@@ -12,19 +13,29 @@ from torch import nn
 
 
 class MaskedEventHead(nn.Module):
-    """Transform + LayerNorm, then two decoders: the code and the value bin of each token."""
+    """Transform + LayerNorm, then two decoders: the code and the value bin of each token.
+
+    The code decoder's weights are the input code embeddings (tied). Every masked position's
+    softmax then updates every code's embedding, not only those of the codes present, so rare
+    codes that appear in the same contexts (synonyms of one condition) are pulled together;
+    with an untied decoder their input embeddings barely moved from initialization
+    (benchmarks/README.md, "tied decoder").
+    """
 
     def __init__(self, hidden_size: int, vocab_size: int, n_value_bins: int, eps: float = 1e-5):
         super().__init__()
         self.transform = nn.Linear(hidden_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.code_decoder = nn.Linear(hidden_size, vocab_size)
+        self.code_bias = nn.Parameter(torch.zeros(vocab_size))
         self.bin_decoder = nn.Linear(hidden_size, n_value_bins)
 
-    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shape: (N, D) or (B, T, D) -> code logits (..., V), bin logits (..., K)."""
+    def forward(
+        self, hidden: torch.Tensor, code_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shape: hidden (N, D) or (B, T, D), code_embeddings (V, D) -> code logits (..., V),
+        bin logits (..., K)."""
         h = self.norm(F.gelu(self.transform(hidden)))
-        return self.code_decoder(h), self.bin_decoder(h)
+        return F.linear(h, code_embeddings, self.code_bias), self.bin_decoder(h)
 
 
 class ProjectionHead(nn.Module):

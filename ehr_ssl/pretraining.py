@@ -101,7 +101,9 @@ class PretrainingModel(nn.Module):
         if masked:
             targets = code_labels != IGNORE_INDEX  # (B, T_a): only these rows reach the heads
             hidden_a = encoded.last_hidden_state[:b, : targets.shape[1]]
-            code_logits, bin_logits = self.masked_head(hidden_a[targets])
+            code_logits, bin_logits = self.masked_head(
+                hidden_a[targets], self.encoder.code_embeddings.weight
+            )
             # (N, C) -> (1, N, C): the loss takes (B, T, C) batches of labelled positions.
             code_loss, bin_loss = masked_event_loss(
                 code_logits[None],

@@ -79,6 +79,23 @@ def test_loss_falls_on_a_fixed_batch(cohort_tokens, weights):
     assert history[-1] < 0.6 * history[0]
 
 
+def test_masked_loss_reaches_embeddings_of_codes_absent_from_the_batch(cohort_tokens):
+    """The code decoder is the embedding matrix (tied): the masked term's softmax sends a
+    gradient to every code's embedding, also codes the batch never shows. Untied, the rows of
+    absent codes would get none."""
+    model = _model(cohort_tokens, contrastive_weight=0.0)
+    batch = _batch(cohort_tokens, n=4)
+    model(batch, torch.Generator().manual_seed(0))["loss"].backward()
+    grad = model.encoder.code_embeddings.weight.grad  # (V, D)
+    present = torch.zeros(grad.shape[0], dtype=torch.bool)
+    present[batch["input_ids"].unique()] = True
+    absent = ~present
+    absent[: model.encoder.config.pad_token_id + 1] = False
+    assert absent.sum() > 0
+    assert (grad[absent].abs().sum(dim=1) > 0).all()
+    assert all(p.shape != grad.shape for p in model.masked_head.parameters())  # no own decoder
+
+
 def test_one_pass_equals_separate_encodings(cohort_tokens):
     """The two views share one encoder batch: every term must equal the same term computed from
     separate encodings (catches misaligned masked targets or shifted contrastive pairs)."""
@@ -104,7 +121,9 @@ def test_one_pass_equals_separate_encodings(cohort_tokens):
     view_b = augment_view(batch, generator=g, **knobs)
     encoded_a = model.encoder(**{k: view_a[k] for k in ENCODER_INPUTS})
     encoded_b = model.encoder(**{k: view_b[k] for k in ENCODER_INPUTS})
-    code_logits, bin_logits = model.masked_head(encoded_a.last_hidden_state)
+    code_logits, bin_logits = model.masked_head(
+        encoded_a.last_hidden_state, model.encoder.code_embeddings.weight
+    )
     code, value = masked_event_loss(code_logits, code_labels, bin_logits, bin_labels)
     contrastive = info_nce_loss(
         model.projection(encoded_a.pooler_output),
