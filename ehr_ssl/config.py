@@ -224,8 +224,11 @@ class ModelConfig:
     hidden state); the augmented views already regularize pretraining."""
     attention_dropout: float = 0.0
     """Dropout on attention probabilities (> 0 forces the slower math attention kernel)."""
-    pooling: str = "cls"
-    """Visit vector: "cls" (the [CLS] state) or "mean" (masked mean of all token states)."""
+    pooling: str = "mean"
+    """Visit vector: "mean" (masked mean of all token states) or "cls" (the [CLS] state). The
+    masked-event term trains the token states and never the [CLS] state; probes of pretrained
+    encoders read the chronic conditions and the admission risk better from the mean
+    (benchmarks/README.md, "pooling")."""
 
     def __post_init__(self) -> None:
         _check_positive(
