@@ -8,7 +8,7 @@ Each variant is a pipeline run in WORK/run-<variant> (its report.md, report.json
 there); the cohort is synthesized once. Selection uses val only; the test split is scored once.
 
 usage: python benchmarks/bench_label_efficiency.py --visits 60000 --budgets 1000 --epochs 4 \
-           [--objectives both,masked,contrastive] [--seeds 0,1,2] [--work DIR]
+           [--objectives both,masked,contrastive] [--seeds 0,1,2] [--skip-all] [--work DIR]
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--labeled-frac", type=float, default=0.1)
     parser.add_argument("--budgets", default="1000", help="the main budget first, then a curve")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument(
+        "--skip-all", action="store_true", help="leave out the all-labels budget (ablations)"
+    )
     parser.add_argument("--epochs", type=int, default=4, help="pretraining epochs")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--objectives", default="both", help=f"of {', '.join(OBJECTIVES)}")
@@ -60,7 +63,7 @@ def main() -> None:
                 "preset": args.preset,
                 "train.epochs": args.epochs,
                 "evaluate.label_budget": budgets[0],
-                "evaluate.label_budgets": budgets[1:] + ["all"],
+                "evaluate.label_budgets": budgets[1:] + ([] if args.skip_all else ["all"]),
                 "evaluate.seeds": [int(s) for s in args.seeds.split(",")],
                 "evaluate.n_boot": args.n_boot,
                 **OBJECTIVES[variant],

@@ -1,0 +1,195 @@
+"""What has a pretrained encoder learned of the synthetic cohort's hidden structure? Three probes
+of each encoder, beside the same probes of bag-of-codes counts:
+
+1. code families: do the input embeddings of one chronic condition's synonymous codes sit
+   together? The share of family codes whose nearest neighbour (cosine) is of the same family
+   (chance: about 0.02), and the mean within-family cosine against random pairs of family codes;
+2. the latent state: each chronic condition (AUROC) and frailty (R2) decoded by a logistic /
+   ridge regression from the pooled visit vector ([CLS] and mean pooling), fitted on train visits
+   and scored on test visits (the true state comes from regenerating the cohort);
+3. admission: a logistic regression on the pooled vectors of a label budget of train visits,
+   C chosen on the budget's val visits, test AUROC.
+
+WORK is a `bench_label_efficiency.py` or `bench_cohort_signal.py` work directory (its
+cohort.json says how to regenerate the cohort; the stamp is checked); TOKENS the tokens
+directory the encoders were pretrained on.
+
+usage: python benchmarks/bench_representation.py --work WORK --tokens TOKENS \
+           --encoders RUN/pretrain/encoder[,RUN2/pretrain/encoder] [--budget 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from cohort_workdir import cohort_stamp
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import r2_score, roc_auc_score
+from sklearn.preprocessing import MaxAbsScaler, StandardScaler
+
+from ehr_ssl.baselines import count_features
+from ehr_ssl.batching import TokenDataset
+from ehr_ssl.data.synthetic import CONDITIONS, generate_cohort
+from ehr_ssl.finetuning import budget_split, labeled_split, pooled_vectors
+from ehr_ssl.model import EHREncoder
+from ehr_ssl.shards import read_split
+from ehr_ssl.tokenizer import Tokenizer
+
+N_NAMED = 12  # CONDITIONS: the named conditions first, then the minor ones
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
+
+
+def family_structure(encoder: EHREncoder, vocab: list[str]) -> dict:
+    """Nearest-neighbour family purity and within-family vs random cosine of code embeddings."""
+    index = {code: i for i, code in enumerate(vocab)}
+    e = encoder.code_embeddings.weight.detach().numpy()
+    e = e - e.mean(0)  # cosine around the centroid: the shared frequency direction removed
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    ids, family = [], []
+    for k, condition in enumerate(CONDITIONS):
+        members = [index[c] for c in condition.dx_family + condition.med_family if c in index]
+        ids += members
+        family += [k] * len(members)
+    ids, family = np.array(ids), np.array(family)
+    sim = e[ids] @ e[ids].T  # (F, F) over the family codes in the vocabulary
+    np.fill_diagonal(sim, -np.inf)
+    purity = float(np.mean(family[sim.argmax(1)] == family))
+    same = family[:, None] == family[None, :]
+    np.fill_diagonal(same, False)
+    finite = np.isfinite(sim)
+    return {
+        "family_codes": len(ids),
+        "nn_purity": purity,
+        "within_cosine": float(sim[same].mean()),
+        "random_cosine": float(sim[finite & ~same].mean()),
+    }
+
+
+def decode_latent(x_train, x_test, latent_train, latent_test, scaler) -> dict:
+    """Mean AUROC of decoding each condition (named, minor) and frailty R2 from features."""
+    scaler = scaler.fit(x_train)
+    x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+    names = [c.name for c in CONDITIONS]
+    aucs = []
+    for name in names:
+        y_train, y_test = latent_train[name].to_numpy(), latent_test[name].to_numpy()
+        if y_train.sum() < 20 or y_test.sum() < 5:  # too rare in this sample to score
+            aucs.append(np.nan)
+            continue
+        model = LogisticRegression(C=0.1, max_iter=2000).fit(x_train, y_train)
+        aucs.append(roc_auc_score(y_test, model.predict_proba(x_test)[:, 1]))
+    frailty = Ridge(alpha=10).fit(x_train, latent_train["frailty"].to_numpy())
+    return {
+        "named_auroc": float(np.nanmean(aucs[:N_NAMED])),
+        "minor_auroc": float(np.nanmean(aucs[N_NAMED:])),
+        "frailty_r2": float(r2_score(latent_test["frailty"], frailty.predict(x_test))),
+    }
+
+
+def admission_probe(x_train, y_train, x_val, y_val, x_test, y_test) -> dict:
+    """Logistic regression on standardized features, C by val AUROC; its test AUROC."""
+    scaler = StandardScaler().fit(x_train)
+    best = None
+    for c in C_GRID:
+        model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
+        model.fit(scaler.transform(x_train), y_train)
+        val = roc_auc_score(y_val, model.predict_proba(scaler.transform(x_val))[:, 1])
+        if best is None or val > best[0]:
+            best = (val, c, model)
+    val, c, model = best
+    test = roc_auc_score(y_test, model.predict_proba(scaler.transform(x_test))[:, 1])
+    return {"C": c, "val_auroc": float(val), "test_auroc": float(test)}
+
+
+def pooled(encoder: EHREncoder, dataset: TokenDataset, pooling: str) -> np.ndarray:
+    encoder.config.pooling = pooling  # the probe reads both poolings of one encoder
+    return pooled_vectors(encoder, dataset, torch.device("cpu"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--tokens", type=Path, required=True)
+    parser.add_argument("--encoders", required=True, help="comma-separated encoder directories")
+    parser.add_argument("--budget", type=int, default=1000)
+    parser.add_argument("--latent-train", type=int, default=4000, help="train visits, probe 2")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    made = json.loads((args.work / "cohort.json").read_text())
+    cohort = generate_cohort(made["visits"], labeled_frac=made["labeled_frac"], seed=made["seed"])
+    args_only = {k: v for k, v in made.items() if k != "cohort_sha256"}
+    if cohort_stamp(cohort, **args_only) != made:
+        raise SystemExit(f"{args.work}: the generator no longer makes the stamped cohort")
+    tokenizer = Tokenizer.load(args.tokens)
+
+    # Probe 2's visits: a sample of train visits and all test visits, labeled or not.
+    sample = read_split(args.tokens, "train").sample(n=args.latent_train, seed=0)["visit_id"]
+    datasets = {
+        "train": TokenDataset(args.tokens, pl.col("visit_id").is_in(sample.implode()),
+                              splits=["train"]),
+        "test": TokenDataset(args.tokens, pl.lit(True), splits=["test"]),
+    }  # fmt: skip
+    frames = {  # token frames in dataset order, for the counts
+        s: d.meta.select("visit_id").join(
+            read_split(args.tokens, s), on="visit_id", how="left", maintain_order="left"
+        )
+        for s, d in datasets.items()
+    }
+    latent = {
+        s: d.meta.select("patient_id").join(
+            cohort.latent, on="patient_id", how="left", maintain_order="left"
+        )
+        for s, d in datasets.items()
+    }
+    # Probe 3's visits: the label budget (as the pipeline draws it, seed 0) and the test split.
+    labeled = {s: read_split(args.tokens, s).filter(pl.col("labeled")) for s in ("train", "val")}
+    train_ids, val_ids = budget_split(labeled["train"], labeled["val"], args.budget, seed=0)
+    budget = {
+        "train": labeled_split(args.tokens, "train", train_ids),
+        "val": labeled_split(args.tokens, "val", val_ids),
+        "test": labeled_split(args.tokens, "test"),
+    }
+
+    v, b = tokenizer.vocab_size, tokenizer.config.n_bins
+    counts = {s: count_features(f, vocab_size=v, n_bins=b) for s, f in frames.items()}
+    rows = {"counts": {"latent": decode_latent(counts["train"], counts["test"], latent["train"],
+                                               latent["test"], MaxAbsScaler())}}  # fmt: skip
+    for directory in args.encoders.split(","):
+        encoder = EHREncoder.from_pretrained(directory).eval()
+        rows[directory] = {"families": family_structure(encoder, tokenizer.vocab)}
+        for pooling in ("cls", "mean"):
+            x = {s: pooled(encoder, d, pooling) for s, d in datasets.items()}
+            xb = {s: pooled(encoder, d, pooling) for s, d in budget.items()}
+            rows[directory][pooling] = {
+                "latent": decode_latent(x["train"], x["test"], latent["train"], latent["test"],
+                                        StandardScaler()),
+                "admission": admission_probe(xb["train"], budget["train"].labels, xb["val"],
+                                             budget["val"].labels, xb["test"],
+                                             budget["test"].labels),
+            }  # fmt: skip
+        f = rows[directory]["families"]
+        print(
+            f"{directory}: family NN purity {f['nn_purity']:.3f}, within-family cosine "
+            f"{f['within_cosine']:.3f} (random {f['random_cosine']:.3f})"
+        )
+    print("\n| features | named conditions AUROC | minor conditions AUROC | frailty R2 | "
+          f"admission probe @{args.budget} (test AUROC) |\n|---|---|---|---|---|")  # fmt: skip
+    for name, row in rows.items():
+        for pooling in ("latent",) if name == "counts" else ("cls", "mean"):
+            cell = row if name == "counts" else row[pooling]
+            lat = cell["latent"]
+            probe = f"{cell['admission']['test_auroc']:.3f}" if "admission" in cell else "-"
+            label = name if name == "counts" else f"{name} ({pooling})"
+            print(f"| {label} | {lat['named_auroc']:.3f} | {lat['minor_auroc']:.3f} | "
+                  f"{lat['frailty_r2']:.3f} | {probe} |")  # fmt: skip
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
