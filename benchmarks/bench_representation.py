@@ -153,8 +153,9 @@ def main() -> None:
         raise SystemExit(f"{args.work}: the generator no longer makes the stamped cohort")
     tokenizer = Tokenizer.load(args.tokens)
 
+    splits = {s: read_split(args.tokens, s) for s in ("train", "val", "test")}  # read once
     # Probe 2's visits: a sample of train visits and all test visits, labeled or not.
-    sample = read_split(args.tokens, "train").sample(n=args.latent_train, seed=0)["visit_id"]
+    sample = splits["train"].sample(n=args.latent_train, seed=0)["visit_id"]
     datasets = {
         "train": TokenDataset(args.tokens, pl.col("visit_id").is_in(sample.implode()),
                               splits=["train"]),
@@ -162,7 +163,7 @@ def main() -> None:
     }  # fmt: skip
     frames = {  # token frames in dataset order, for the counts
         s: d.meta.select("visit_id").join(
-            read_split(args.tokens, s), on="visit_id", how="left", maintain_order="left"
+            splits[s], on="visit_id", how="left", maintain_order="left"
         )
         for s, d in datasets.items()
     }
@@ -173,7 +174,7 @@ def main() -> None:
         for s, d in datasets.items()
     }
     # Probe 3's visits: the label budget (as the pipeline draws it, seed 0) and the test split.
-    labeled = {s: read_split(args.tokens, s).filter(pl.col("labeled")) for s in ("train", "val")}
+    labeled = {s: splits[s].filter(pl.col("labeled")) for s in ("train", "val")}
     train_ids, val_ids = budget_split(labeled["train"], labeled["val"], args.budget, seed=0)
     budget = {
         "train": labeled_split(args.tokens, "train", train_ids),
