@@ -8,7 +8,8 @@ Each variant is a pipeline run in WORK/run-<variant> (its report.md, report.json
 there); the cohort is synthesized once. Selection uses val only; the test split is scored once.
 
 usage: python benchmarks/bench_label_efficiency.py --visits 60000 --budgets 1000 --epochs 4 \
-           [--objectives both,masked,contrastive] [--seeds 0,1,2] [--skip-all] [--work DIR]
+           [--objectives both,masked,contrastive] [--seeds 0,1,2] [--skip-all] [--work DIR] \
+           [--config benchmarks/wide.toml]
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def main() -> None:
         "--skip-all", action="store_true", help="leave out the all-labels budget (ablations)"
     )
     parser.add_argument("--epochs", type=int, default=4, help="pretraining epochs")
-    parser.add_argument("--preset", default="small")
+    parser.add_argument("--preset", help="tiny, small or base [the --config file's, else small]")
+    parser.add_argument(
+        "--config", type=Path, help="pipeline TOML (e.g. a model width); the flags win over it"
+    )
     parser.add_argument("--objectives", default="both", help=f"of {', '.join(OBJECTIVES)}")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--work", type=Path, help="keep data and runs here")
@@ -58,7 +62,7 @@ def main() -> None:
     summary = {"visits": args.visits, "labeled_frac": args.labeled_frac, "runs": {}}
     for variant in args.objectives.split(","):
         config = load_pipeline_config(
-            None,
+            args.config,
             {
                 "preset": args.preset,
                 "train.epochs": args.epochs,
