@@ -34,10 +34,11 @@ from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
 from ehr_ssl.baselines import count_features
-from ehr_ssl.batching import TokenDataset
+from ehr_ssl.batching import TokenDataset, collate
 from ehr_ssl.data.synthetic import CONDITIONS, generate_cohort
-from ehr_ssl.finetuning import budget_split, labeled_split, pooled_vectors
-from ehr_ssl.model import EHREncoder
+from ehr_ssl.finetuning import budget_split, labeled_split
+from ehr_ssl.model import POOLINGS, EHREncoder
+from ehr_ssl.pretraining import ENCODER_INPUTS
 from ehr_ssl.shards import read_split
 from ehr_ssl.tokenizer import Tokenizer
 
@@ -130,10 +131,18 @@ def admission_probe(
     return {"C": c, "val_auroc": float(val), "test_auroc": float(test)}
 
 
-def pooled(encoder: EHREncoder, dataset: TokenDataset, pooling: str) -> np.ndarray:
-    """The visit vectors under `pooling`, whatever the encoder was trained with. Shape: (N, D)."""
-    encoder.config.pooling = pooling  # the probe reads both poolings of one encoder
-    return pooled_vectors(encoder, dataset, torch.device("cpu"))
+@torch.no_grad()
+def pooled(encoder: EHREncoder, dataset: TokenDataset) -> dict[str, np.ndarray]:
+    """The visit vectors under every pooling, whatever the encoder was trained with, from one
+    forward pass (the token states do not depend on the pooling). Shape: (N, D) each."""
+    out: dict[str, list[torch.Tensor]] = {pooling: [] for pooling in POOLINGS}
+    for start in range(0, len(dataset), 256):
+        batch = collate([dataset[i] for i in range(start, min(start + 256, len(dataset)))])
+        hidden = encoder(**{k: batch[k] for k in ENCODER_INPUTS}).last_hidden_state  # (B, T, D)
+        for pooling in POOLINGS:
+            encoder.config.pooling = pooling  # EHREncoder.pool reads the pooling from its config
+            out[pooling].append(encoder.pool(hidden, batch["attention_mask"].bool()))
+    return {pooling: torch.cat(vectors).numpy() for pooling, vectors in out.items()}
 
 
 def main() -> None:
@@ -189,9 +198,11 @@ def main() -> None:
     for directory in args.encoders.split(","):
         encoder = EHREncoder.from_pretrained(directory).eval()
         rows[directory] = {"families": family_structure(encoder, tokenizer.vocab)}
-        for pooling in ("cls", "mean"):
-            x = {s: pooled(encoder, d, pooling) for s, d in datasets.items()}
-            xb = {s: pooled(encoder, d, pooling) for s, d in budget.items()}
+        vectors = {s: pooled(encoder, d) for s, d in datasets.items()}
+        budget_vectors = {s: pooled(encoder, d) for s, d in budget.items()}
+        for pooling in POOLINGS:
+            x = {s: v[pooling] for s, v in vectors.items()}
+            xb = {s: v[pooling] for s, v in budget_vectors.items()}
             rows[directory][pooling] = {
                 "latent": decode_latent(x["train"], x["test"], latent["train"], latent["test"],
                                         StandardScaler()),
@@ -207,7 +218,7 @@ def main() -> None:
     print("\n| features | named conditions AUROC | minor conditions AUROC | frailty R2 | "
           f"admission probe @{args.budget} (test AUROC) |\n|---|---|---|---|---|")  # fmt: skip
     for name, row in rows.items():
-        for pooling in ("latent",) if name == "counts" else ("cls", "mean"):
+        for pooling in ("latent",) if name == "counts" else POOLINGS:
             cell = row if name == "counts" else row[pooling]
             lat = cell["latent"]
             probe = f"{cell['admission']['test_auroc']:.3f}" if "admission" in cell else "-"
