@@ -34,11 +34,10 @@ from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
 from ehr_ssl.baselines import count_features
-from ehr_ssl.batching import TokenDataset, collate
+from ehr_ssl.batching import TokenDataset
 from ehr_ssl.data.synthetic import CONDITIONS, generate_cohort
-from ehr_ssl.finetuning import budget_split, labeled_split
+from ehr_ssl.finetuning import budget_split, labeled_split, pooled_vectors_by_pooling
 from ehr_ssl.model import POOLINGS, EHREncoder
-from ehr_ssl.pretraining import ENCODER_INPUTS
 from ehr_ssl.shards import read_split
 from ehr_ssl.tokenizer import Tokenizer
 
@@ -131,20 +130,6 @@ def admission_probe(
     return {"C": c, "val_auroc": float(val), "test_auroc": float(test)}
 
 
-@torch.no_grad()
-def pooled(encoder: EHREncoder, dataset: TokenDataset) -> dict[str, np.ndarray]:
-    """The visit vectors under every pooling, whatever the encoder was trained with, from one
-    forward pass (the token states do not depend on the pooling). Shape: (N, D) each."""
-    out: dict[str, list[torch.Tensor]] = {pooling: [] for pooling in POOLINGS}
-    for start in range(0, len(dataset), 256):
-        batch = collate([dataset[i] for i in range(start, min(start + 256, len(dataset)))])
-        hidden = encoder(**{k: batch[k] for k in ENCODER_INPUTS}).last_hidden_state  # (B, T, D)
-        for pooling in POOLINGS:
-            encoder.config.pooling = pooling  # EHREncoder.pool reads the pooling from its config
-            out[pooling].append(encoder.pool(hidden, batch["attention_mask"].bool()))
-    return {pooling: torch.cat(vectors).numpy() for pooling, vectors in out.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True)
@@ -195,11 +180,14 @@ def main() -> None:
     counts = {s: count_features(f, vocab_size=v, n_bins=b) for s, f in frames.items()}
     rows = {"counts": {"latent": decode_latent(counts["train"], counts["test"], latent["train"],
                                                latent["test"], MaxAbsScaler())}}  # fmt: skip
+    cpu = torch.device("cpu")
     for directory in args.encoders.split(","):
         encoder = EHREncoder.from_pretrained(directory).eval()
         rows[directory] = {"families": family_structure(encoder, tokenizer.vocab)}
-        vectors = {s: pooled(encoder, d) for s, d in datasets.items()}
-        budget_vectors = {s: pooled(encoder, d) for s, d in budget.items()}
+        vectors = {s: pooled_vectors_by_pooling(encoder, d, cpu, POOLINGS)
+                   for s, d in datasets.items()}  # fmt: skip
+        budget_vectors = {s: pooled_vectors_by_pooling(encoder, d, cpu, POOLINGS)
+                          for s, d in budget.items()}  # fmt: skip
         for pooling in POOLINGS:
             x = {s: v[pooling] for s, v in vectors.items()}
             xb = {s: v[pooling] for s, v in budget_vectors.items()}

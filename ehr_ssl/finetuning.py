@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -159,17 +160,34 @@ def predict_scores(
     return scores
 
 
-@torch.no_grad()
 def pooled_vectors(
     encoder: EHREncoder, dataset: TokenDataset, device: torch.device, batch_size: int = 256
 ) -> np.ndarray:
-    """The encoder's pooled visit vectors. Shape: (N, D)."""
+    """The encoder's pooled visit vectors, under its own pooling. Shape: (N, D)."""
+    pooling = encoder.config.pooling
+    return pooled_vectors_by_pooling(encoder, dataset, device, (pooling,), batch_size)[pooling]
+
+
+@torch.no_grad()
+def pooled_vectors_by_pooling(
+    encoder: EHREncoder,
+    dataset: TokenDataset,
+    device: torch.device,
+    poolings: Sequence[str],
+    batch_size: int = 256,
+) -> dict[str, np.ndarray]:
+    """The visit vectors under each of `poolings` from one forward pass per batch (the token
+    states do not depend on the pooling). Shape: (N, D) each."""
     encoder.eval()
-    out = []
+    out: dict[str, list[torch.Tensor]] = {pooling: [] for pooling in poolings}
     for start in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        out.append(encoder(**{k: batch[k].to(device) for k in ENCODER_INPUTS}).pooler_output.cpu())
-    return torch.cat(out).numpy()
+        inputs = {k: batch[k].to(device) for k in ENCODER_INPUTS}
+        hidden = encoder(**inputs).last_hidden_state  # (B, T, D)
+        mask = inputs["attention_mask"].bool()  # (B, T)
+        for pooling in poolings:
+            out[pooling].append(encoder.pool(hidden, mask, pooling).cpu())
+    return {pooling: torch.cat(vectors).numpy() for pooling, vectors in out.items()}
 
 
 def finetune(

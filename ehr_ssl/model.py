@@ -188,9 +188,13 @@ class EHREncoder(EHRPreTrainedModel):
             last_hidden_state=hidden, pooler_output=self.pool(hidden, mask)
         )
 
-    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Shape: hidden (B, T, D), mask (B, T) bool -> (B, D)."""
-        if self.config.pooling == "cls":
+    def pool(
+        self, hidden: torch.Tensor, mask: torch.Tensor, pooling: str | None = None
+    ) -> torch.Tensor:
+        """The visit vector under `pooling` (one of POOLINGS; the config's when None), so a
+        probe can read any pooling of one forward pass. Shape: hidden (B, T, D), mask (B, T)
+        bool -> (B, D)."""
+        if (pooling or self.config.pooling) == "cls":
             return hidden[:, 0]
         weights = mask.to(hidden.dtype)[..., None]  # (B, T, 1)
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
