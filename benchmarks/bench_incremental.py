@@ -1,5 +1,5 @@
 """Incremental tokenization: the time to retokenize a dataset that grew by its most recent
-visits and one new events shard, with the token cache (`ehr_ssl.token_cache`) and without.
+visits and one new events shard, with the token cache (`ehr_ssl.tokens.incremental`) and without.
 
 Synthesizes N visits; a tokenizer is fitted on the visits before the growth cut (a production
 model's). The first export holds the visits and events before the cut; it is tokenized once to
@@ -25,8 +25,8 @@ import polars as pl
 
 from ehr_ssl.config import TokenizeConfig
 from ehr_ssl.data.synthetic import generate_cohort
-from ehr_ssl.shards import read_split
-from ehr_ssl.tokenizer import Tokenizer, tokenize_dataset
+from ehr_ssl.tokens.shards import read_split
+from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
 
 
 def write_export(directory: Path, visits, labels, shards: list[pl.DataFrame]) -> None:

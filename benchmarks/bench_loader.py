@@ -3,7 +3,7 @@ pretraining step, and how much memory the dataset takes.
 
 Synthesizes and tokenizes `--visits` visits (or reuses `--tokens DIR`), then in fresh child
 processes: (1) iterates the pretraining DataLoader alone (TokenDataset + LengthBucketSampler +
-collate, as `ehr_ssl.train` builds it) for `--batches` batches of `--batch-size` visits and
+collate, as `ehr_ssl.training.pretrain` builds it) for `--batches` batches of `--batch-size` visits and
 reports visits/s and tokens/s; (2) runs `--steps` steps of the real loop (`pretrain`, preset
 `--preset`) on the same shards and reports its tokens/s and data-wait share from the metrics
 log. Both report the child's peak RSS and its anonymous (non-file) resident memory at the end:
@@ -40,9 +40,9 @@ def loader_alone(tokens: Path, batch_size: int, batches: int, workers: int) -> d
     import torch
     from torch.utils.data import DataLoader
 
-    from ehr_ssl.batching import LengthBucketSampler, TokenDataset, collate
+    from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
     from ehr_ssl.data.splits import SPLITS
-    from ehr_ssl.train import pretraining_selection
+    from ehr_ssl.training.pretrain import pretraining_selection
 
     started = time.perf_counter()
     dataset = TokenDataset(tokens, pretraining_selection(False), splits=SPLITS)
@@ -75,7 +75,7 @@ def loader_alone(tokens: Path, batch_size: int, batches: int, workers: int) -> d
 
 def full_steps(tokens: Path, preset: str, batch_size: int, steps: int, workers: int) -> dict:
     from ehr_ssl.config import load_pretrain_config
-    from ehr_ssl.train import pretrain
+    from ehr_ssl.training.pretrain import pretrain
 
     config = load_pretrain_config(
         None,
@@ -135,7 +135,7 @@ def main() -> None:
         if tokens is None:
             from ehr_ssl.config import TokenizeConfig
             from ehr_ssl.data.synthetic import generate_cohort, write_cohort
-            from ehr_ssl.tokenizer import tokenize_dataset
+            from ehr_ssl.tokens.tokenizer import tokenize_dataset
 
             write_cohort(generate_cohort(args.visits, seed=0), work / "data", shards=8)
             tokens = work / "tokens"

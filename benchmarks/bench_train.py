@@ -1,7 +1,7 @@
 """Pretraining throughput per preset and device: tokens/s, padding, data vs compute, peak memory,
 and on CUDA the model FLOPs utilization (MFU).
 
-Synthesizes and tokenizes a cohort once, then runs the real training loop (`ehr_ssl.train`) for
+Synthesizes and tokenizes a cohort once, then runs the real training loop (`ehr_ssl.training.pretrain`) for
 `--steps` steps per preset, each preset in a fresh process (its peak RSS is its own), and reads
 its metrics log, skipping the first `--warmup` steps (first-call allocation and kernel
 selection). tokens/s counts the visits' real tokens per second of step time; encoder tokens/s
@@ -29,9 +29,9 @@ import torch
 
 from ehr_ssl.config import TokenizeConfig, load_pretrain_config
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
-from ehr_ssl.model import EHREncoder
-from ehr_ssl.tokenizer import Tokenizer, tokenize_dataset
-from ehr_ssl.train import encoder_config, pretrain
+from ehr_ssl.model.encoder import EHREncoder
+from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
+from ehr_ssl.training.pretrain import encoder_config, pretrain
 
 
 def matmul_tflops(device: torch.device, size: int = 8192, repeats: int = 20) -> float:

@@ -21,14 +21,14 @@ _EXPORTS = {
     "run": "ehr_ssl.api",
     "evaluate": "ehr_ssl.api",
     "RunResult": "ehr_ssl.api",
-    "AdmissionModel": "ehr_ssl.bundle",
-    "Tokenizer": "ehr_ssl.tokenizer",
-    "tokenize_dataset": "ehr_ssl.tokenizer",
+    "AdmissionModel": "ehr_ssl.deploy.bundle",
+    "Tokenizer": "ehr_ssl.tokens.tokenizer",
+    "tokenize_dataset": "ehr_ssl.tokens.tokenizer",
     "read_dataset": "ehr_ssl.data.readers",
     "generate_cohort": "ehr_ssl.data.synthetic",
-    "EHRConfig": "ehr_ssl.model",
-    "EHREncoder": "ehr_ssl.model",
-    "pretrain": "ehr_ssl.train",
+    "EHRConfig": "ehr_ssl.model.encoder",
+    "EHREncoder": "ehr_ssl.model.encoder",
+    "pretrain": "ehr_ssl.training.pretrain",
 }
 __all__ = ["__version__", *_EXPORTS]
 
@@ -40,7 +40,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _register_encoder() -> None:
-    importlib.import_module("ehr_ssl.model")  # registers EHRConfig/EHREncoder on import
+    importlib.import_module("ehr_ssl.model.encoder")  # registers EHRConfig/EHREncoder on import
 
 
 class _RegisterAfterTransformers(importlib.abc.MetaPathFinder):

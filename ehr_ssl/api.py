@@ -19,11 +19,11 @@ import polars as pl
 def load(path: str | Path, device: str = "cpu"):  # noqa: ANN201 - AdmissionModel, imported late
     """Load a model bundle (`RUN/bundle`, a registry version) or a registry's production model.
 
-    Returns an `ehr_ssl.bundle.AdmissionModel` with `predict(visits, events)` and
+    Returns an `ehr_ssl.deploy.bundle.AdmissionModel` with `predict(visits, events)` and
     `embed(visits, events)`.
     """
-    from ehr_ssl.bundle import load_bundle
-    from ehr_ssl.registry import Registry
+    from ehr_ssl.deploy.bundle import load_bundle
+    from ehr_ssl.deploy.registry import Registry
 
     path = Path(path)
     if Registry.is_registry(path):
@@ -114,12 +114,12 @@ class RunResult:
         return load(self.bundle, device=device)
 
     def _repr_markdown_(self) -> str:
-        from ehr_ssl.report import format_report_markdown
+        from ehr_ssl.evaluation.report import format_report_markdown
 
         return format_report_markdown(self.report)
 
     def __str__(self) -> str:
-        from ehr_ssl.report import format_report_table
+        from ehr_ssl.evaluation.report import format_report_table
 
         return format_report_table(self.report)
 

@@ -34,7 +34,7 @@ from ehr_ssl.config import (
 from ehr_ssl.data.readers import read_dataset
 from ehr_ssl.data.summary import format_summary, summarize_dataset
 from ehr_ssl.errors import InputError, TrainingError
-from ehr_ssl.shards import format_manifest
+from ehr_ssl.tokens.shards import format_manifest
 
 log = logging.getLogger("ehr_ssl")
 
@@ -171,7 +171,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from ehr_ssl.tokenizer import tokenize_dataset
+    from ehr_ssl.tokens.tokenizer import tokenize_dataset
 
     config = _tokenize_config(args)
     started = time.perf_counter()
@@ -184,8 +184,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl.distributed import process_group
-    from ehr_ssl.train import pretrain
+    from ehr_ssl.training.distributed import process_group
+    from ehr_ssl.training.pretrain import pretrain
 
     hf_logging.disable_progress_bar()  # transformers' own save bars; our logs stay plain lines
 
@@ -233,8 +233,8 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl.distributed import process_group
-    from ehr_ssl.finetuning import finetune
+    from ehr_ssl.training.distributed import process_group
+    from ehr_ssl.training.finetune import finetune
 
     hf_logging.disable_progress_bar()
     budget = None if args.label_budget is None else parse_budget(args.label_budget)
@@ -280,9 +280,9 @@ def _read_table(path: Path | None, table: str) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ehr_ssl.distributed import process_group
+    from ehr_ssl.training.distributed import process_group
     from ehr_ssl.pipeline import run_pipeline
-    from ehr_ssl.report import format_report_table
+    from ehr_ssl.evaluation.report import format_report_table
 
     config = _pipeline_config(args)
     with process_group(args.device or config.train.device):
@@ -307,7 +307,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from ehr_ssl.api import load
-    from ehr_ssl.scoring import score_dataset
+    from ehr_ssl.deploy.scoring import score_dataset
 
     hf_logging.disable_progress_bar()
     model = load(args.model, device=args.device)
@@ -318,7 +318,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl.bundle import export_bundle
+    from ehr_ssl.deploy.bundle import export_bundle
 
     hf_logging.disable_progress_bar()
     out = export_bundle(
@@ -334,7 +334,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from ehr_ssl.retraining import retrain
+    from ehr_ssl.deploy.retraining import retrain
 
     config = load_pipeline_config(
         args.config,
@@ -360,7 +360,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from ehr_ssl.registry import Registry
+    from ehr_ssl.deploy.registry import Registry
 
     registry = Registry.open(args.registry)
     production = registry.production_version()
@@ -378,7 +378,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ehr_ssl.data.synthetic import generate_cohort, write_cohort
     from ehr_ssl.pipeline import run_pipeline
-    from ehr_ssl.report import format_report_table
+    from ehr_ssl.evaluation.report import format_report_table
 
     data_dir = args.out / "data"
     log.info("demo: synthesizing %d visits (seed %d) -> %s", args.visits, args.seed, data_dir)

@@ -10,11 +10,11 @@ is read once, by the evaluate stage; every choice before it uses train and val o
 Layout of RUN:
     run_config.json   the resolved PipelineConfig
     stages.json       stage -> fingerprint of its complete outputs
-    tokens/           token shards and the tokenizer (ehr_ssl.tokenizer)
-    pretrain/         the pretrained encoder and its run (ehr_ssl.train)
+    tokens/           token shards and the tokenizer (ehr_ssl.tokens.tokenizer)
+    pretrain/         the pretrained encoder and its run (ehr_ssl.training.pretrain)
     models/<budget>-seed<seed>/<model>/   fine-tuned classifiers and probes
     report.json report.md predictions.parquet roc.png calibration.png label_efficiency.png
-    bundle/           the SSL model at the main budget and first seed (ehr_ssl.bundle)
+    bundle/           the SSL model at the main budget and first seed (ehr_ssl.deploy.bundle)
 """
 
 from __future__ import annotations
@@ -131,10 +131,10 @@ def run_pipeline(
     """
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl import distributed
-    from ehr_ssl.finetuning import budget_split, finetune
-    from ehr_ssl.shards import read_split
-    from ehr_ssl.train import pretrain
+    from ehr_ssl.training import distributed
+    from ehr_ssl.training.finetune import budget_split, finetune
+    from ehr_ssl.tokens.shards import read_split
+    from ehr_ssl.training.pretrain import pretrain
 
     hf_logging.disable_progress_bar()
     data_dir, run_dir = Path(data_dir), Path(run_dir)
@@ -243,7 +243,7 @@ def _validate_and_tokenize(
     fingerprint: str,
 ) -> None:
     """The validate and tokenize stages (bad input stops the run before anything is written)."""
-    from ehr_ssl.tokenizer import tokenize_dataset
+    from ehr_ssl.tokens.tokenizer import tokenize_dataset
 
     started = time.perf_counter()
     tokenize_config = config.tokenize_config()
@@ -271,7 +271,7 @@ def _evaluate_and_bundle(
 ) -> None:
     """The evaluate stage (the only one that reads the test split), then the bundle of the
     reference model at the main budget, ready for `ehr-ssl predict`."""
-    from ehr_ssl.bundle import export_bundle
+    from ehr_ssl.deploy.bundle import export_bundle
 
     if stages.is_done("evaluate", fingerprint, run_dir / "report.json"):
         log.info("evaluate: unchanged since the last run, skipped")
@@ -304,12 +304,12 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
     `oracle_dir` is a dataset directory with an oracle.parquet (true probabilities; the
     synthetic cohort ships one), or None.
     """
-    from ehr_ssl.baselines import count_features, score_counts_baseline
-    from ehr_ssl.finetuning import budget_split, labeled_split, predict_finetuned
-    from ehr_ssl.report import build_report, write_report
-    from ehr_ssl.shards import read_split
-    from ehr_ssl.tokenizer import Tokenizer
-    from ehr_ssl.train import resolve_device
+    from ehr_ssl.evaluation.baselines import count_features, score_counts_baseline
+    from ehr_ssl.training.finetune import budget_split, labeled_split, predict_finetuned
+    from ehr_ssl.evaluation.report import build_report, write_report
+    from ehr_ssl.tokens.shards import read_split
+    from ehr_ssl.tokens.tokenizer import Tokenizer
+    from ehr_ssl.training.pretrain import resolve_device
 
     tokens_dir, encoder_dir = run_dir / "tokens", run_dir / "pretrain" / "encoder"
     missing = [

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from ehr_ssl.cli import build_parser, main
-from ehr_ssl.shards import read_manifest, read_split
+from ehr_ssl.tokens.shards import read_manifest, read_split
 from tests.conftest import make_tables, write_tables
 
 
@@ -197,7 +197,7 @@ def test_data_commands_never_import_torch():
     """validate/tokenize start in a fraction of a second: torch and transformers stay unloaded
     (import ehr_ssl registers the encoder only once transformers is imported)."""
     code = (
-        "import sys, ehr_ssl, ehr_ssl.cli, ehr_ssl.tokenizer, ehr_ssl.data.synthetic, "
+        "import sys, ehr_ssl, ehr_ssl.cli, ehr_ssl.tokens.tokenizer, ehr_ssl.data.synthetic, "
         "ehr_ssl.data.summary; print(sorted(m for m in ('torch', 'transformers') "
         "if m in sys.modules))"
     )

@@ -16,7 +16,7 @@ from ehr_ssl.cli import main
 from ehr_ssl.config import load_pipeline_config
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.pipeline import run_pipeline
-from ehr_ssl.shards import read_split
+from ehr_ssl.tokens.shards import read_split
 
 MODELS = ["ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm"]
 

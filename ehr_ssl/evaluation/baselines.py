@@ -1,0 +1,348 @@
+"""Counts baselines: a bag of codes and value bins built from the token shards, fed to logistic
+regression and HistGradientBoosting, with model selection on the validation split only.
+
+Features come from exactly the tokens the transformer sees, so every baseline reads the same
+visits, the same lookback window and the same cutoff (no event after the prediction time).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import ParameterGrid
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import MaxAbsScaler
+
+from ehr_ssl.tokens.tokenizer import CLS_ID, HIST_ID, MASK_ID, PAD_ID, SEGMENT_CURRENT, VISIT_ID
+
+# Structural tokens carry no clinical content; [UNK] does (a rare code was there) and is counted.
+EXCLUDED_IDS = (PAD_ID, MASK_ID, CLS_ID, HIST_ID, VISIT_ID)
+# Validation AUROC picks one candidate per grid; the grids are small on purpose (a few hundred
+# validation labels cannot tell finer settings apart).
+LOGISTIC_GRID: dict[str, list] = {"C": [0.01, 0.1, 1.0, 10.0]}
+GBM_GRID: dict[str, list] = {"learning_rate": [0.05, 0.1], "max_leaf_nodes": [7, 31]}
+GBM_MAX_ITER = 200  # fixed number of boosting rounds: no internal early-stopping split
+GBM_MIN_NONZERO = 5  # a column reaches the GBM only if >= this many train visits have it
+LOGISTIC_MAX_ITER = 5000
+
+BaselineKind = Literal["logistic", "gbm"]
+
+
+def n_count_features(vocab_size: int, n_bins: int) -> int:
+    """Width of the `count_features` matrix: V codes + V * n_bins (code, bin) + V current."""
+    return vocab_size * (n_bins + 2)
+
+
+def count_features(frame: pl.DataFrame, *, vocab_size: int, n_bins: int) -> sp.csr_matrix:
+    """Bag-of-codes features of each visit, log1p(count), from its token sequence.
+
+    Column layout (V = vocab_size, column index = the token's vocabulary id within a block):
+
+        [0, V)                      codes: count of id among all the visit's tokens
+                                    (static, history and current visit)
+        [V, V + V * n_bins)         (code, value bin): column V + id * n_bins + (bin - 1),
+                                    tokens with value_bins > 0 only
+        [V + V * n_bins, V*(n_bins+2))  current-visit codes: V + V * n_bins + id, tokens with
+                                    segment_ids == 2 (SEGMENT_CURRENT), so a model can tell
+                                    "in this visit" from "in the history" (history = all - current)
+
+    Special tokens [PAD], [MASK], [CLS], [HIST] and [VISIT] are not counted (their columns stay
+    zero); [UNK] is counted like any code. Values are log1p(count), not raw counts: counts of
+    repeated history codes are heavy-tailed, and log1p keeps a patient with 30 identical labs from
+    dominating a linear model while keeping zeros zero (sparsity) and the order of counts (trees
+    are unaffected by a monotone transform).
+
+    Each row depends only on that visit's tokens (no cross-visit statistics).
+
+    Shape: frame (B rows) -> (B, V * (n_bins + 2)) float64 CSR, rows in frame order.
+
+    Raises:
+        ValueError: If a token id is outside [0, vocab_size), a value bin outside [0, n_bins],
+            or the list columns of a visit have different lengths.
+    """
+    if vocab_size < 1 or n_bins < 1:
+        raise ValueError(f"vocab_size and n_bins must be >= 1, got {vocab_size}, {n_bins}")
+    ids, lengths = _flat(frame, "input_ids")
+    bins, bin_lengths = _flat(frame, "value_bins")
+    segments, segment_lengths = _flat(frame, "segment_ids")
+    if not (np.array_equal(lengths, bin_lengths) and np.array_equal(lengths, segment_lengths)):
+        raise ValueError("input_ids, value_bins and segment_ids differ in length for some visit")
+    ids, bins = ids.astype(np.int64), bins.astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(
+            f"token ids must be in [0, {vocab_size}), got range [{ids.min()}, {ids.max()}]"
+        )
+    if bins.size and (bins.min() < 0 or bins.max() > n_bins):
+        raise ValueError(f"value bins must be in [0, {n_bins}], got [{bins.min()}, {bins.max()}]")
+
+    # Shape: (N_tokens,) the row (visit) of every flat token.
+    rows = np.repeat(np.arange(frame.height, dtype=np.int64), lengths)
+    is_excluded = np.zeros(vocab_size, dtype=bool)
+    is_excluded[[i for i in EXCLUDED_IDS if i < vocab_size]] = True
+    counted = ~is_excluded[ids]
+    valued = counted & (bins > 0)
+    current = counted & (segments == SEGMENT_CURRENT)
+    all_rows = np.concatenate([rows[counted], rows[valued], rows[current]])
+    all_cols = np.concatenate(
+        [
+            ids[counted],
+            vocab_size + ids[valued] * n_bins + (bins[valued] - 1),
+            vocab_size + vocab_size * n_bins + ids[current],
+        ]
+    )
+    counts = sp.coo_matrix(
+        (np.ones(all_rows.size, dtype=np.float64), (all_rows, all_cols)),
+        shape=(frame.height, n_count_features(vocab_size, n_bins)),
+    )
+    counts.sum_duplicates()
+    matrix = counts.tocsr()
+    np.log1p(matrix.data, out=matrix.data)
+    return matrix
+
+
+def _flat(frame: pl.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values, lengths) of a list column: visit i's items follow visit i-1's in `values`.
+
+    Shape: values (N_tokens,), lengths (B,). A null list counts as empty.
+    """
+    if column not in frame.columns:
+        raise ValueError(f"frame has no column {column!r} (columns: {frame.columns})")
+    array = frame.get_column(column).to_arrow()
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    # flatten() honours slices and offsets (and skips null lists), unlike .values.
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    lengths = array.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    return values, lengths.astype(np.int64)
+
+
+class DenseColumns(TransformerMixin, BaseEstimator):
+    """Keep the columns that at least `min_nonzero` training rows have, as a dense float32 array.
+
+    HistGradientBoosting needs dense input; the full count matrix (V * (n_bins + 2) columns) is
+    mostly columns that almost nobody has. Fitting learns the kept columns from the training
+    rows only, so transform is the same for any later rows. Only the kept columns are densified.
+
+    Shape: (B, F) sparse -> (B, F_kept) float32.
+    """
+
+    def __init__(self, min_nonzero: int = GBM_MIN_NONZERO):
+        self.min_nonzero = min_nonzero
+
+    def fit(self, X, y=None) -> DenseColumns:
+        X = sp.csc_matrix(X)
+        self.n_features_in_ = X.shape[1]
+        self.columns_ = np.flatnonzero(np.diff(X.indptr) >= self.min_nonzero)
+        if self.columns_.size == 0:
+            raise ValueError(
+                f"no feature column is nonzero in >= {self.min_nonzero} training rows "
+                f"({X.shape[0]} rows)"
+            )
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected {self.n_features_in_} columns, got {X.shape[1]}")
+        # Cast before densifying: the dense array is float32 from the start, never float64.
+        return sp.csr_matrix(X)[:, self.columns_].astype(np.float32).toarray()
+
+
+def _make_pipeline(kind: BaselineKind, params: dict, *, seed: int) -> Pipeline:
+    if kind == "logistic":
+        # L2 (l1_ratio=0); lbfgs works on CSR directly, is deterministic and, unlike liblinear,
+        # leaves the intercept unpenalized. MaxAbs scaling keeps the matrix sparse.
+        settings = {
+            "l1_ratio": 0.0,
+            "solver": "lbfgs",
+            "class_weight": "balanced",
+            "max_iter": LOGISTIC_MAX_ITER,
+            "random_state": seed,
+        }
+        model = LogisticRegression(**(settings | params))
+        return Pipeline([("scale", MaxAbsScaler()), ("model", model)])
+    if kind == "gbm":
+        # early_stopping=False: no internal split, so selection happens on our validation split.
+        settings = {
+            "max_iter": GBM_MAX_ITER,
+            "early_stopping": False,
+            "class_weight": "balanced",
+            "random_state": seed,
+        }
+        model = HistGradientBoostingClassifier(**(settings | params))
+        return Pipeline([("dense", DenseColumns(GBM_MIN_NONZERO)), ("model", model)])
+    raise ValueError(f"kind must be 'logistic' or 'gbm', got {kind!r}")
+
+
+def fit_counts_baseline(
+    kind: BaselineKind,
+    X_train,
+    y_train,
+    X_val,
+    y_val,
+    *,
+    seed: int,
+    grid: dict[str, list] | None = None,
+) -> tuple[Pipeline, dict]:
+    """Fit one candidate per grid point on train and keep the one with the best validation AUROC.
+
+    `logistic`: MaxAbsScaler + L2 LogisticRegression (lbfgs, class_weight="balanced"), grid
+    `LOGISTIC_GRID` over C. `gbm`: `DenseColumns` (columns nonzero in >= GBM_MIN_NONZERO train
+    rows, dense float32) + HistGradientBoostingClassifier (GBM_MAX_ITER rounds, no early stopping,
+    class_weight="balanced"), grid `GBM_GRID` over learning_rate x max_leaf_nodes. The chosen
+    model is not refit (it has seen train only); ties go to the earlier grid point. Balanced class
+    weights raise P(admission) when positives are the minority: scores rank as they should but
+    are not calibrated to the prevalence. The test split plays no part here. Deterministic for a
+    seed.
+
+    Shape: X_train (N, F), y_train (N,), X_val (M, F), y_val (M,); labels 0/1 or bool.
+
+    Args:
+        kind: "logistic" or "gbm".
+        grid: Override of the default grid (estimator argument -> list of values; may also
+            set fixed arguments such as max_iter).
+        seed: Random state of the estimators.
+
+    Returns:
+        The chosen fitted Pipeline (use `predict_proba`) and a JSON-ready record: kind, seed,
+        chosen (the chosen hyper-parameters), val_auroc (the chosen one's), candidates (a list of
+        {params, val_auroc} in grid order) and, for gbm, n_features_kept.
+
+    Raises:
+        ValueError: For an unknown kind, mismatched shapes, or a train or validation label
+            vector without both classes (AUROC undefined).
+    """
+    if kind not in ("logistic", "gbm"):
+        raise ValueError(f"kind must be 'logistic' or 'gbm', got {kind!r}")
+    y_train, y_val = _binary_labels(y_train, "y_train"), _binary_labels(y_val, "y_val")
+    for name, X, y in (("train", X_train, y_train), ("val", X_val, y_val)):
+        if X.shape[0] != y.shape[0]:
+            raise ValueError(f"X_{name} has {X.shape[0]} rows but y_{name} has {y.shape[0]}")
+    if X_train.shape[1] != X_val.shape[1]:
+        raise ValueError(f"X_train has {X_train.shape[1]} columns, X_val {X_val.shape[1]}")
+    grid = dict(LOGISTIC_GRID if kind == "logistic" else GBM_GRID) if grid is None else grid
+
+    best, best_auroc, best_params, candidates = None, -math.inf, None, []
+    for params in ParameterGrid(grid):
+        pipeline = _make_pipeline(kind, params, seed=seed).fit(X_train, y_train)
+        auroc = float(roc_auc_score(y_val, predict_proba(pipeline, X_val)))
+        candidates.append({"params": params, "val_auroc": auroc})
+        if auroc > best_auroc:
+            best, best_auroc, best_params = pipeline, auroc, params
+    record = {
+        "kind": kind,
+        "seed": seed,
+        "chosen": best_params,
+        "val_auroc": best_auroc,
+        "candidates": candidates,
+    }
+    if kind == "gbm":
+        record["n_features_kept"] = int(best.named_steps["dense"].columns_.size)
+    return best, record
+
+
+def score_counts_baseline(
+    kind: BaselineKind,
+    train: pl.DataFrame,
+    val: pl.DataFrame,
+    x_test: sp.csr_matrix,
+    *,
+    vocab_size: int,
+    n_bins: int,
+    seed: int,
+) -> tuple[np.ndarray, dict]:
+    """Fit a counts baseline on labeled token rows (`train`, `val`: input_ids, value_bins,
+    segment_ids and label columns), chosen on val, and score `x_test` (`count_features` rows).
+    Returns the scores (N,) and the fit's record (see `fit_counts_baseline`)."""
+    sizes = {"vocab_size": vocab_size, "n_bins": n_bins}
+    fitted, record = fit_counts_baseline(
+        kind,
+        count_features(train, **sizes),
+        train["label"].to_numpy(),
+        count_features(val, **sizes),
+        val["label"].to_numpy(),
+        seed=seed,
+    )
+    return predict_proba(fitted, x_test), record
+
+
+def _binary_labels(y, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {y.shape}")
+    values = np.unique(y)
+    if not np.isin(values, [0, 1]).all():
+        raise ValueError(f"{name} must hold 0/1 or bool labels, got values {values[:5]}")
+    if values.size < 2:
+        raise ValueError(f"{name} needs both classes for AUROC, got only {values}")
+    return y.astype(np.int8)
+
+
+def predict_proba(estimator, X) -> np.ndarray:
+    """P(admission) of each row from a fitted classifier (or Pipeline) trained on 0/1 labels.
+
+    Shape: X (B, F) -> (B,) float64 in [0, 1].
+    """
+    classes = list(estimator.classes_)
+    if 1 not in classes:
+        raise ValueError(f"estimator was not trained with a positive class 1, classes {classes}")
+    return np.asarray(estimator.predict_proba(X)[:, classes.index(1)], dtype=np.float64)
+
+
+def label_budget_subset(
+    frame: pl.DataFrame, budget: int | float | None, *, seed: int
+) -> pl.DataFrame:
+    """The labeled visits of `frame`, limited to a label budget drawn as nested subsets.
+
+    Labeled visits are sorted by visit_id (so the draw does not depend on row order) and ranked
+    once by a permutation seeded with `seed`; a budget of N keeps the first N in that ranking.
+    Hence for one seed the subset of a smaller budget is always inside that of a larger one.
+    Rows come back in frame order.
+
+    Args:
+        frame: Visits with `visit_id` and `labeled` columns (e.g. one split from read_split).
+        budget: An int N (1 <= N <= labeled visits), a float fraction in (0, 1] (N = fraction *
+            labeled visits, rounded half up), or None for every labeled visit.
+        seed: Seed of the ranking.
+
+    Raises:
+        ValueError: For a budget below one visit, above the labeled visits available (the
+            message says how many), a fraction outside (0, 1], or another type.
+    """
+    for column in ("visit_id", "labeled"):
+        if column not in frame.columns:
+            raise ValueError(f"frame has no column {column!r} (columns: {frame.columns})")
+    is_labeled = frame.get_column("labeled").fill_null(False).to_numpy().astype(bool)
+    available = int(is_labeled.sum())
+    if budget is None:
+        return frame.filter(pl.Series(is_labeled))
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise ValueError(f"budget must be an int, a float in (0, 1] or None, got {budget!r}")
+    if isinstance(budget, numbers.Integral):
+        n = int(budget)
+    else:
+        if not 0.0 < budget <= 1.0:
+            raise ValueError(f"a fractional budget must be in (0, 1], got {budget!r}")
+        n = math.floor(budget * available + 0.5)
+    if n < 1:
+        raise ValueError(
+            f"budget {budget!r} is less than one visit ({available} labeled available)"
+        )
+    if n > available:
+        raise ValueError(f"budget {budget!r} exceeds the {available} labeled visits available")
+
+    rows = np.flatnonzero(is_labeled)
+    by_id = frame.get_column("visit_id").gather(rows).arg_sort().to_numpy()
+    ranking = rows[by_id][np.random.default_rng(seed).permutation(available)]
+    keep = np.zeros(frame.height, dtype=bool)
+    keep[ranking[:n]] = True
+    return frame.filter(pl.Series(keep))

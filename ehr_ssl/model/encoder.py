@@ -1,0 +1,219 @@
+"""The visit encoder: `EHRConfig` and `EHREncoder`, a pre-LayerNorm transformer over token
+sequences from `ehr_ssl.tokens.tokenizer` (one model, one file).
+
+Each token's input is the sum of five embeddings: its code, its value bin, its time relative to
+the prediction time (log-bucketed), its segment (static / history / current visit) and its
+position. Attention is `torch.nn.functional.scaled_dot_product_attention` (with the padding
+mask it takes the memory-efficient kernel on GPU; flash attention would need padding-free
+batches). The encoder returns hidden states and a pooled visit vector
+([CLS] or the masked mean); heads for the objectives live in `ehr_ssl.model.heads`.
+
+`import ehr_ssl` registers the classes, so `AutoConfig`/`AutoModel.from_pretrained(dir)` work.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+POOLINGS = ("cls", "mean")
+
+
+class EHRConfig(PreTrainedConfig):
+    """Architecture of the encoder; extra keyword arguments go to PreTrainedConfig, so a saved
+    config.json round-trips."""
+
+    model_type = "ehr-ssl"
+
+    def __init__(
+        self,
+        vocab_size: int = 64,
+        n_value_bins: int = 11,
+        hidden_size: int = 64,
+        num_hidden_layers: int = 2,
+        num_attention_heads: int = 2,
+        intermediate_size: int = 256,
+        max_position_embeddings: int = 256,
+        n_time_buckets: int = 64,
+        time_bucket_scale: float = 5.0,
+        n_segments: int = 3,
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        pooling: str = "cls",
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        pad_token_id: int = 0,
+        **kwargs,
+    ):
+        if hidden_size % num_attention_heads:
+            raise ValueError(
+                f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
+                f"{num_attention_heads}"
+            )
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.vocab_size = vocab_size
+        self.n_value_bins = n_value_bins  # bins 1..n plus 0 = no value
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.n_time_buckets = n_time_buckets
+        # bucket = round(scale * log1p(|hours|)): 5 per e-fold resolves minutes near the
+        # prediction time and months in the history; 64 buckets reach ~30 years.
+        self.time_bucket_scale = time_bucket_scale
+        self.n_segments = n_segments
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.pooling = pooling
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+
+def time_buckets(time_deltas: torch.Tensor, config: EHRConfig) -> torch.Tensor:
+    """Log-bucketed time offsets. Shape: (B, T) float hours -> (B, T) long in [0, n_buckets)."""
+    scaled = torch.log1p(time_deltas.abs().float()) * config.time_bucket_scale
+    return scaled.round().long().clamp_(0, config.n_time_buckets - 1)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LayerNorm block: x + attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: EHRConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.n_heads = config.num_attention_heads
+        self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.mlp_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.fc_in = nn.Linear(d, config.intermediate_size)
+        self.fc_out = nn.Linear(config.intermediate_size, d)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.attention_dropout = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, attention_bias: torch.Tensor) -> torch.Tensor:
+        """Shape: x (B, T, D), attention_bias (B, 1, 1, T) bool (True = attend) -> (B, T, D)."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).split(d, dim=2)
+        # (B, T, D) -> (B, H, T, D/H) for attention, then back.
+        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attention_bias,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).reshape(b, t, d)
+        x = x + self.dropout(self.out(y))
+        return x + self.dropout(self.fc_out(F.gelu(self.fc_in(self.mlp_norm(x)))))
+
+
+class EHRPreTrainedModel(PreTrainedModel):
+    """Weight initialization and the config class shared by the encoder and task models."""
+
+    config_class = EHRConfig
+    base_model_prefix = "encoder"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class EHREncoder(EHRPreTrainedModel):
+    """Token sequences of visits -> contextual token states and a pooled visit vector."""
+
+    def __init__(self, config: EHRConfig):
+        super().__init__(config)
+        d = config.hidden_size
+        self.code_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
+        self.value_embeddings = nn.Embedding(config.n_value_bins, d)
+        self.time_embeddings = nn.Embedding(config.n_time_buckets, d)
+        self.segment_embeddings = nn.Embedding(config.n_segments, d)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
+        self.embedding_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        value_bins: torch.Tensor,
+        time_deltas: torch.Tensor,
+        segment_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> BaseModelOutputWithPooling:
+        """Encode a padded batch.
+
+        Shape: every input (B, T) (attention_mask bool, True = token) ->
+        last_hidden_state (B, T, D), pooler_output (B, D).
+        """
+        t = input_ids.shape[1]
+        if t > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {t} exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}"
+            )
+        positions = torch.arange(t, device=input_ids.device)
+        x = (
+            self.code_embeddings(input_ids)
+            + self.value_embeddings(value_bins)
+            + self.time_embeddings(time_buckets(time_deltas, self.config))
+            + self.segment_embeddings(segment_ids)
+            + self.position_embeddings(positions)[None]
+        )
+        x = self.dropout(self.embedding_norm(x))
+        mask = attention_mask.bool()
+        attention_bias = mask[:, None, None, :]  # (B, T) -> (B, 1, 1, T): keys to attend to
+        for layer in self.layers:
+            x = layer(x, attention_bias)
+        hidden = self.final_norm(x)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden, pooler_output=self.pool(hidden, mask)
+        )
+
+    def pool(
+        self, hidden: torch.Tensor, mask: torch.Tensor, pooling: str | None = None
+    ) -> torch.Tensor:
+        """The visit vector under `pooling` (one of POOLINGS; the config's when None), so a
+        probe can read any pooling of one forward pass. Shape: hidden (B, T, D), mask (B, T)
+        bool -> (B, D)."""
+        if (pooling or self.config.pooling) == "cls":
+            return hidden[:, 0]
+        weights = mask.to(hidden.dtype)[..., None]  # (B, T, 1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def num_flops_per_token(self, sequence_length: int) -> float:
+        """Training FLOPs per token: 6 x non-embedding parameters plus attention (fwd + bwd)."""
+        c = self.config
+        dense = 6 * sum(p.numel() for n, p in self.named_parameters() if "layers." in n)
+        attention = 12 * c.num_hidden_layers * c.hidden_size * sequence_length
+        return float(dense + attention)
+
+
+def _register() -> None:
+    """Make AutoConfig/AutoModel resolve model_type "ehr-ssl" (idempotent)."""
+    try:
+        AutoConfig.register(EHRConfig.model_type, EHRConfig)
+        AutoModel.register(EHRConfig, EHREncoder)
+    except ValueError:  # already registered
+        pass
+
+
+_register()

@@ -1,0 +1,607 @@
+"""The event tokenizer: turns each visit into a token sequence for a transformer.
+
+A visit's sequence, with per-token segment ids (0 static, 1 history, 2 current visit):
+
+    [CLS] static... [HIST] history events... [VISIT] current-visit events...
+      0     0         1     1                    2       2
+
+History events have `arrival_time - lookback <= time < arrival_time`; current-visit events have
+`arrival_time <= time <= prediction_time`. No event with `time > prediction_time` is ever read.
+When a visit has more events than fit in `max_length`, the oldest are dropped first, so the current
+visit is kept whole unless it alone overflows (then its most recent events are kept).
+
+Per token: `input_ids` (vocabulary id), `value_bins` (0 = no numeric value, 1..n_bins = per-code
+quantile bin), `time_deltas` (hours relative to the prediction time, <= 0) and `segment_ids`.
+Static features are tokens too: `STATIC//<column>` with a value bin for numeric columns,
+`STATIC//<column>//<value>` for categorical ones (`STATIC//<column>` alone when the value is null).
+The vocabulary and the bin edges are fitted on the training visits only; codes held by fewer than
+`min_count` distinct training patients map to [UNK].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from ehr_ssl import __version__
+from ehr_ssl.atomic import atomic_directory, atomic_write_text
+from ehr_ssl.config import DataConfig, TokenizeConfig, TokenizerConfig, from_dict, to_dict
+from ehr_ssl.data.readers import (
+    check_events,
+    check_time_zones,
+    check_visits,
+    dataset_files,
+    read_events,
+    read_labels,
+    read_visits,
+)
+from ehr_ssl.data.schema import LABELS, SCHEMA_VERSION
+from ehr_ssl.data.splits import SPLITS, assign_splits
+from ehr_ssl.data.windows import EventWindows, build_windows
+from ehr_ssl.errors import InputError
+from ehr_ssl.tokens.shards import MANIFEST_FILE, TOKENS_FORMAT, ShardWriter
+
+SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[CLS]", "[UNK]", "[HIST]", "[VISIT]")
+PAD_ID, MASK_ID, CLS_ID, UNK_ID, HIST_ID, VISIT_ID = range(len(SPECIAL_TOKENS))
+SEGMENT_STATIC, SEGMENT_HISTORY, SEGMENT_CURRENT = 0, 1, 2
+NO_VALUE_BIN = 0
+TOKENIZER_FILE = "tokenizer.json"
+TOKEN_COLUMNS = ("input_ids", "value_bins", "time_deltas", "segment_ids")
+_US_PER_HOUR = 3_600_000_000
+
+
+def event_budget(config: TokenizerConfig, n_static: int) -> int:
+    """Events that fit in a sequence: max_length less [CLS], two separators and the statics."""
+    budget = config.max_length - 3 - n_static
+    if budget < 1:
+        raise InputError(
+            f"max_length {config.max_length} leaves no room for events after {n_static} static "
+            "tokens and 3 special tokens",
+            column="tokenizer.max_length",
+        )
+    return budget
+
+
+def static_events(visits: pl.DataFrame, static_columns: dict[str, str]) -> pl.DataFrame:
+    """Static features as (visit, code, numeric_value) rows, visit-major, column order kept."""
+    parts = []
+    for position, (name, kind) in enumerate(static_columns.items()):
+        if kind == "numeric":
+            code = pl.lit(f"STATIC//{name}")
+            value = pl.col(name).cast(pl.Float64).fill_nan(None)
+        else:
+            text = pl.col(name).cast(pl.String)
+            code = pl.when(text.is_null()).then(pl.lit(f"STATIC//{name}"))
+            code = code.otherwise(pl.lit(f"STATIC//{name}//") + text)
+            value = pl.lit(None, pl.Float64)
+        parts.append(
+            visits.select(
+                pl.int_range(pl.len(), dtype=pl.Int64).alias("visit"),
+                pl.lit(position, pl.Int32).alias("position"),
+                "patient_id",
+                code.alias("code"),
+                value.alias("numeric_value"),
+            )
+        )
+    if not parts:
+        return pl.DataFrame(
+            schema={
+                "visit": pl.Int64,
+                "position": pl.Int32,
+                "patient_id": visits.schema["patient_id"],
+                "code": pl.String,
+                "numeric_value": pl.Float64,
+            }
+        )
+    return pl.concat(parts).sort("visit", "position")
+
+
+@dataclass
+class Tokenizer:
+    """A fitted vocabulary, per-code bin edges and the settings that produced them."""
+
+    vocab: list[str]
+    bin_edges: dict[str, list[float]]
+    static_columns: dict[str, str]
+    config: TokenizerConfig
+    data_config: DataConfig
+
+    def __post_init__(self) -> None:
+        self._ids = pl.DataFrame(
+            {"code": self.vocab, "id": pl.Series(range(len(self.vocab)), dtype=pl.Int32)}
+        )
+        # Shape: (n_bins - 1, V): edge j of every token id, +inf padded; the value bin is
+        # 1 + the number of edges <= value. Edge-major so each edge is one small 1-D lookup.
+        edges = np.full((max(self.config.n_bins - 1, 0), len(self.vocab)), np.inf)
+        has_bins = np.zeros(len(self.vocab), dtype=bool)
+        index = {code: i for i, code in enumerate(self.vocab)}
+        for code, code_edges in self.bin_edges.items():
+            edges[: len(code_edges), index[code]] = code_edges
+            has_bins[index[code]] = True
+        self._edges, self._has_bins = edges, has_bins
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    # --- encoding -------------------------------------------------------------------------
+
+    def input_config(self) -> DataConfig:
+        """How new visits and events are read for this tokenizer: the prediction time rule and
+        the static columns it was fitted with."""
+        return DataConfig(
+            prediction_offset_minutes=self.data_config.prediction_offset_minutes,
+            static_columns=list(self.static_columns),
+            drop_null_time_events=self.data_config.drop_null_time_events,
+        )
+
+    def encode(self, visits: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+        """Tokenize visits with this fitted vocabulary (for new data; unknown codes -> [UNK]).
+
+        Takes raw visits/events frames as in the input contract and returns one row per visit:
+        visit_id, patient_id, length and the list columns of TOKEN_COLUMNS.
+        """
+        check_time_zones(
+            [
+                (
+                    "visits",
+                    visits.select(
+                        c for c in ("arrival_time", "prediction_time") if c in visits.columns
+                    ),
+                ),
+                ("events", events.select(c for c in ("time",) if c in events.columns)),
+            ]
+        )
+        visits = self.check_visits(visits)
+        events = check_events(events, config=self.input_config())
+        if visits.schema["patient_id"] != events.schema["patient_id"]:
+            raise InputError(
+                f"type {events.schema['patient_id']} differs from visits.patient_id type "
+                f"{visits.schema['patient_id']}",
+                file="events",
+                column="patient_id",
+            )
+        return self.encode_checked(visits, events)
+
+    def check_visits(self, visits: pl.DataFrame, source: str = "visits") -> pl.DataFrame:
+        """Check and normalize a visits table against the contract and this tokenizer's
+        static columns (present, and of the kind they were fitted as)."""
+        visits, static_columns, _ = check_visits(visits, config=self.input_config(), source=source)
+        self.check_static_columns(static_columns, source)
+        return visits
+
+    def check_static_columns(self, static_columns: dict[str, str], source: str) -> None:
+        """New data's static columns must be those the tokenizer was fitted with, of the same
+        kind (numeric or categorical)."""
+        for name, kind in self.static_columns.items():
+            if static_columns.get(name) != kind:
+                raise InputError(
+                    f"was {kind} when the tokenizer was fitted, is "
+                    f"{static_columns.get(name, 'missing')} now",
+                    file=source,
+                    column=name,
+                )
+
+    def encode_checked(self, visits: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+        """`encode` for visits and events already checked and normalized (readers.check_*)."""
+        windows = build_windows(
+            visits,
+            events,
+            lookback_days=self.config.lookback_days,
+            max_events=event_budget(self.config, len(self.static_columns)),
+        )
+        return self.encode_windows(visits, windows)
+
+    def encode_windows(self, visits: pl.DataFrame, windows: EventWindows) -> pl.DataFrame:
+        """Assemble the token sequences of normalized `visits` from their event windows."""
+        n_visits, n_static = visits.height, len(self.static_columns)
+        ev_ids, ev_bins = self._token_ids(windows.events)
+        st = static_events(visits, self.static_columns)
+        st_ids, st_bins = self._token_ids(st)
+
+        n_events = windows.lengths
+        n_history = windows.current - windows.start
+        lengths = 3 + n_static + n_events
+        offsets = np.zeros(n_visits + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        input_ids = np.empty(total, dtype=np.int32)
+        value_bins = np.zeros(total, dtype=np.int8)
+        time_deltas = np.zeros(total, dtype=np.float32)
+        segment_ids = np.full(total, SEGMENT_STATIC, dtype=np.int8)
+
+        base = offsets[:-1]
+        pred_us = _micros(visits["prediction_time"])
+        arrival_us = _micros(visits["arrival_time"])
+        input_ids[base] = CLS_ID
+        if n_static:
+            # Shape: (V, S) positions of the static tokens, right after [CLS].
+            static_pos = (base[:, None] + 1 + np.arange(n_static)).ravel()
+            input_ids[static_pos] = st_ids
+            value_bins[static_pos] = st_bins
+        hist_pos = base + 1 + n_static
+        visit_pos = hist_pos + 1 + n_history
+        input_ids[hist_pos], input_ids[visit_pos] = HIST_ID, VISIT_ID
+        window_us = (arrival_us - pred_us) - int(self.config.lookback_days * 24 * _US_PER_HOUR)
+        time_deltas[hist_pos] = window_us / _US_PER_HOUR
+        time_deltas[visit_pos] = (arrival_us - pred_us) / _US_PER_HOUR
+        segment_ids[hist_pos] = SEGMENT_HISTORY
+        segment_ids[visit_pos] = SEGMENT_CURRENT
+
+        # Event k of visit v (k counted within its kept window) goes to hist_pos[v] + 1 + k,
+        # one further along once past the history (the [VISIT] separator sits between).
+        visit_of, k, src = windows.gather_index()
+        in_current = k >= n_history[visit_of]
+        dst = hist_pos[visit_of] + 1 + k + in_current
+        input_ids[dst] = ev_ids[src]
+        value_bins[dst] = ev_bins[src]
+        event_us = _micros(windows.events["time"])[src]
+        time_deltas[dst] = (event_us - pred_us[visit_of]) / _US_PER_HOUR
+        segment_ids[dst] = np.where(in_current, SEGMENT_CURRENT, SEGMENT_HISTORY)
+
+        # 64-bit offsets: polars' own list layout (no conversion), and no 2**31-token limit.
+        arrow_offsets = _arrow(offsets)
+        columns = {
+            name: pl.from_arrow(pa.LargeListArray.from_arrays(arrow_offsets, _arrow(values)))
+            for name, values in zip(
+                TOKEN_COLUMNS, (input_ids, value_bins, time_deltas, segment_ids), strict=True
+            )
+        }
+        return visits.select("visit_id", "patient_id").with_columns(
+            length=pl.Series(lengths.astype(np.int32)), **columns
+        )
+
+    def _token_ids(self, events: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Shape (E,), (E,): the vocabulary id and value bin of each event row."""
+        ids = (
+            events.select("code")
+            .join(self._ids, on="code", how="left", maintain_order="left")["id"]
+            .fill_null(UNK_ID)
+            .to_numpy()
+        )
+        values = events["numeric_value"].to_numpy()
+        has_value = ~np.isnan(values)
+        valued_ids, valued = ids[has_value], values[has_value]
+        count = np.ones(len(valued), dtype=np.int8)
+        for edge in self._edges:  # n_bins - 1 passes of a (V,) lookup beat one (E, n_bins) gather
+            count += valued >= edge[valued_ids]
+        bins = np.zeros(len(ids), dtype=np.int8)
+        bins[has_value] = np.where(self._has_bins[valued_ids], count, NO_VALUE_BIN)
+        return ids, bins
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        """The tokenizer as tokenizer.json's text: vocabulary, bin edges and settings."""
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "special_tokens": list(SPECIAL_TOKENS),
+            "config": to_dict(self.config),
+            "data_config": to_dict(self.data_config),
+            "static_columns": self.static_columns,
+            "vocab": self.vocab,
+            "bin_edges": self.bin_edges,
+        }
+        return json.dumps(document, indent=1) + "\n"
+
+    def save(self, directory: Path) -> Path:
+        """Write `tokenizer.json` (vocabulary, bin edges, settings) into `directory`."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        path = Path(directory) / TOKENIZER_FILE
+        atomic_write_text(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> Tokenizer:
+        """Read a tokenizer saved by `save` (a directory or the tokenizer.json path itself)."""
+        path = Path(directory)
+        path = path / TOKENIZER_FILE if path.is_dir() else path
+        try:
+            document = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError("tokenizer file not found", file=str(path)) from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON ({e})", file=str(path)) from None
+        if document.get("schema_version") != SCHEMA_VERSION:
+            raise InputError(
+                f"schema version {document.get('schema_version')} is not the supported "
+                f"{SCHEMA_VERSION}",
+                file=str(path),
+            )
+        if tuple(document["vocab"][: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise InputError("vocabulary does not start with the special tokens", file=str(path))
+        return cls(
+            vocab=document["vocab"],
+            bin_edges=document["bin_edges"],
+            static_columns=document["static_columns"],
+            config=from_dict(TokenizerConfig, document["config"], source=str(path)),
+            data_config=from_dict(DataConfig, document["data_config"], source=str(path)),
+        )
+
+
+def fit_tokenizer(
+    visits: pl.DataFrame,
+    windows: EventWindows,
+    *,
+    fit_mask: np.ndarray,
+    static_columns: dict[str, str],
+    config: TokenizerConfig,
+    data_config: DataConfig,
+) -> Tokenizer:
+    """Fit the vocabulary and bin edges on what the visits selected by `fit_mask` read.
+
+    `fit_mask` (shape (V,) bool) selects the training visits: nothing of the other visits is
+    looked at. Each event counts once however many visits read it; a code's count is the number
+    of distinct patients who have it. (`ehr_ssl.tokens.stream` fits the same from chunks.)
+    """
+    check_fit_mask(fit_mask)
+    rows = fit_rows(visits, windows, fit_mask=fit_mask, static_columns=static_columns)
+    vocab = fit_vocabulary(patient_counts(rows), config)
+    bin_edges = fit_bin_edges(rows, vocab[len(SPECIAL_TOKENS) :], config.n_bins)
+    return Tokenizer(vocab, bin_edges, dict(static_columns), config, data_config)
+
+
+def check_fit_mask(fit_mask: np.ndarray) -> None:
+    """There must be a training visit to fit on."""
+    if not fit_mask.any():
+        raise InputError(
+            "no visit in the training split (too few patients, or split fractions leave none)",
+            column="split",
+        )
+
+
+def fit_rows(
+    visits: pl.DataFrame,
+    windows: EventWindows,
+    *,
+    fit_mask: np.ndarray,
+    static_columns: dict[str, str],
+) -> pl.DataFrame:
+    """What the visits selected by `fit_mask` (shape (V,) bool) read, each event once, and their
+    static features: rows of patient_id, code, numeric_value."""
+    columns = ["patient_id", "code", "numeric_value"]
+    read = windows.events.select(columns).filter(pl.Series(windows.read_mask(fit_mask)))
+    statics = static_events(visits.filter(pl.Series(fit_mask)), static_columns)
+    return pl.concat([read, statics.select(columns)], rechunk=False)
+
+
+def patient_counts(rows: pl.DataFrame) -> pl.DataFrame:
+    """Distinct patients per code of `fit_rows`: columns code, patients. Counts of disjoint sets
+    of patients add up."""
+    return rows.group_by("code").agg(pl.col("patient_id").n_unique().alias("patients"))
+
+
+def fit_vocabulary(counts: pl.DataFrame, config: TokenizerConfig) -> list[str]:
+    """The special tokens, then the codes held by >= min_count patients (`patient_counts`), most
+    frequent first, ties by code."""
+    kept = counts.filter(pl.col("patients") >= config.min_count).sort(
+        ["patients", "code"], descending=[True, False]
+    )
+    if kept.height == 0:
+        raise InputError(
+            f"no code is held by min_count={config.min_count} training patients: the vocabulary "
+            "would be empty",
+            column="tokenizer.min_count",
+        )
+    return list(SPECIAL_TOKENS) + kept["code"].to_list()
+
+
+def fit_bin_edges(rows: pl.DataFrame, codes: list[str], n_bins: int) -> dict[str, list[float]]:
+    """Per-code bin edges: the linear quantiles i / n_bins (i = 1..n_bins-1) of the numeric
+    values in `rows` (code, numeric_value) of each of `codes` that has values, sorted by code.
+    A code's edges need all its values, and only them."""
+    quantiles = [i / n_bins for i in range(1, n_bins)]
+    known = pl.col("code").is_in(pl.Series(codes, dtype=pl.String).implode())
+    valued = rows.filter(pl.col("numeric_value").is_not_null() & known)
+    edges = valued.group_by("code").agg(
+        pl.col("numeric_value").quantile(q, "linear").alias(f"q{i}")
+        for i, q in enumerate(quantiles)
+    )
+    # Repeated quantiles (discrete values such as triage levels) collapse into one edge.
+    return {row[0]: sorted(set(row[1:])) for row in edges.sort("code").iter_rows()}
+
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """Wrap a 1-D numpy array as an Arrow array without a copy. (pa.array() would import
+    pandas on first use, a fifth of a second on every run.)"""
+    values = np.ascontiguousarray(values)
+    dtype = pa.from_numpy_dtype(values.dtype)
+    return pa.Array.from_buffers(dtype, len(values), [None, pa.py_buffer(values)])
+
+
+def _micros(times: pl.Series) -> np.ndarray:
+    return times.cast(pl.Datetime("us")).dt.epoch("us").to_numpy()
+
+
+def tokenize_dataset(
+    data_dir: Path,
+    out_dir: Path,
+    config: TokenizeConfig,
+    *,
+    overwrite: bool = False,
+    tokenizer: Tokenizer | None = None,
+    splits: Callable[[pl.DataFrame], pl.Series] | None = None,
+    cache_dir: Path | None = None,
+) -> dict:
+    """The tokenize stage: read and check a dataset, split patients, fit the tokenizer on the
+    training visits, encode every visit and write the tokens directory atomically.
+
+    A dataset of more than `config.chunk_visits` visits streams: its events are partitioned by
+    patient into a temporary work directory beside `out_dir` and read chunk by chunk
+    (`ehr_ssl.tokens.stream`), with the same tokenizer and tokens as in memory (shard rows may
+    come in another order). `tokenizer` replaces the fitted one (a production model's, for
+    retraining: new codes read as [UNK]); `splits` maps the checked visits to their split
+    (default: `assign_splits` by patient; a null split leaves the visit out). With a
+    `tokenizer`, `cache_dir` makes the tokenization incremental (`ehr_ssl.tokens.incremental`, in
+    memory): a rerun on a dataset that grew tokenizes only new and changed visits. Returns the
+    manifest (also written as manifest.json). Raises InputError on bad input, before anything
+    is written.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise InputError("output directory already exists (use --overwrite)", file=str(out_dir))
+    data, out = Path(data_dir).resolve(), out_dir.resolve()
+    if out == data or out in data.parents:
+        raise InputError("output directory would replace the input data", file=str(out_dir))
+    split_of = splits or (lambda v: assign_splits(v["patient_id"], config.split))
+    write = partial(
+        _write_tokens, data_dir=Path(data_dir), out_dir=out_dir, config=config, overwrite=overwrite
+    )
+    if tokenizer is not None and cache_dir is not None:
+        from ehr_ssl.tokens.incremental import cached_tokens
+
+        visits, tokens, files, _ = cached_tokens(data_dir, cache_dir, tokenizer)
+        labels = _labels(data_dir, visits, files)
+        split = split_of(visits)
+        kept = split.is_not_null()
+        visits, tokens, split = visits.filter(kept), tokens.filter(kept), split.drop_nulls()
+        return write(
+            [tokens.with_columns(split)],
+            tokenizer=tokenizer,
+            visits=visits,
+            split=split,
+            labels=labels,
+            files=files,
+        )
+
+    data_config = config.data if tokenizer is None else tokenizer.input_config()
+    files = dataset_files(data_dir)
+    (visits_path,) = files["visits"]
+    all_visits, static_columns, _, times = read_visits(visits_path, data_config)
+    if tokenizer is not None:
+        tokenizer.check_static_columns(static_columns, str(visits_path))
+    split = split_of(all_visits)
+    visits = all_visits
+    if split.null_count():
+        visits, split = visits.filter(split.is_not_null()), split.drop_nulls()
+    fit_mask = (split == "train").to_numpy()
+    if tokenizer is None:
+        check_fit_mask(fit_mask)
+    tokenizer_config = config.tokenizer if tokenizer is None else tokenizer.config
+    budget = event_budget(tokenizer_config, len(static_columns))  # before any events are read
+    settings = dict(static_columns=static_columns, config=config.tokenizer, data_config=config.data)
+    written = partial(write, visits=visits, split=split, files=files)
+    n_chunks = math.ceil(visits.height / config.chunk_visits)
+    if n_chunks <= 1:
+        events = read_events(
+            files["events"], visits, config=data_config, times=times, source=visits_path.name
+        )
+        labels = _labels(data_dir, all_visits, files)
+        if tokenizer is None:
+            windows = build_windows(
+                visits,
+                events,
+                lookback_days=config.tokenizer.lookback_days,
+                max_events=budget,
+            )
+            del events  # the windows hold them, sorted
+            tokenizer = fit_tokenizer(visits, windows, fit_mask=fit_mask, **settings)
+            tokens = tokenizer.encode_windows(visits, windows)
+            del windows
+        else:
+            tokens = tokenizer.encode_checked(visits, events)
+        return written([tokens.with_columns(split)], tokenizer=tokenizer, labels=labels)
+
+    from ehr_ssl.tokens.stream import encode_chunks, fit_chunks, partitioned_events
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with partitioned_events(
+        files["events"],
+        visits,
+        n_chunks=n_chunks,
+        times=times,
+        config=data_config,
+        source=visits_path.name,
+        work_parent=out_dir.parent,
+    ) as chunks:
+        # read_labels checks against every visit, those the split leaves out too
+        labels = _labels(data_dir, all_visits, files)
+        del times, all_visits
+        if tokenizer is None:
+            tokenizer = fit_chunks(visits, chunks, fit_mask=fit_mask, **settings)
+        tokens = encode_chunks(visits, split, chunks, tokenizer)
+        return written(tokens, tokenizer=tokenizer, labels=labels)
+
+
+def _labels(
+    data_dir: Path, visits: pl.DataFrame, files: dict[str, list[Path]]
+) -> pl.DataFrame | None:
+    """The checked labels (None without labels.parquet), whose file joins `files`."""
+    labels = read_labels(data_dir, visits)
+    if labels is not None:
+        files["labels"] = [Path(data_dir) / LABELS.filename]
+    return labels
+
+
+def _write_tokens(
+    chunks: Iterable[pl.DataFrame],
+    *,
+    tokenizer: Tokenizer,
+    visits: pl.DataFrame,
+    split: pl.Series,
+    labels: pl.DataFrame | None,
+    files: dict[str, list[Path]],
+    data_dir: Path,
+    out_dir: Path,
+    config: TokenizeConfig,
+    overwrite: bool,
+) -> dict:
+    """Write the tokens directory atomically from `chunks`, the encoded visits (`Tokenizer.
+    encode` columns and `split`) in any grouping: `visits` and `split` (shape (V,)) are all
+    of them, for the manifest. Returns the manifest."""
+    if labels is None:
+        labels = pl.DataFrame(schema={"visit_id": visits.schema["visit_id"], "label": pl.Boolean})
+    arrivals = visits["arrival_time"]
+    manifest = {
+        "format": TOKENS_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "ehr_ssl_version": __version__,
+        "inputs": input_fingerprint(files, data_dir),
+        "vocab_size": tokenizer.vocab_size,
+        "static_columns": tokenizer.static_columns,
+        "arrival_time_range": [str(arrivals.min()), str(arrivals.max())],
+        "splits": {},
+    }
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        tokenizer.save(tmp)
+        writers = {name: ShardWriter(tmp, name, config.shard_visits) for name in SPLITS}
+        for tokens in chunks:
+            # The label by a join of the ids alone: joining `tokens` would copy its lists.
+            label = tokens.select("visit_id").join(
+                labels, on="visit_id", how="left", maintain_order="left"
+            )["label"]
+            tokens = tokens.with_columns(label=label, labeled=label.is_not_null()).select(
+                "visit_id", "patient_id", "split", "labeled", "label", "length", *TOKEN_COLUMNS
+            )
+            for name, writer in writers.items():
+                writer.append(tokens.filter(pl.col("split") == name))
+            del tokens  # before the next chunk is encoded
+        for name, writer in writers.items():
+            manifest["splits"][name] = writer.close()
+            in_split = arrivals.filter(split == name)
+            manifest["splits"][name]["arrival_time_range"] = (
+                [str(in_split.min()), str(in_split.max())] if in_split.len() else None
+            )
+        atomic_write_text(tmp / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
+        atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def input_fingerprint(files: dict[str, list[Path]], root: Path) -> dict[str, dict]:
+    """Size and modification time of each input file, to tell later whether inputs changed."""
+    return {
+        str(path.relative_to(root)): {
+            "bytes": path.stat().st_size,
+            "mtime_ns": path.stat().st_mtime_ns,
+        }
+        for paths in files.values()
+        for path in paths
+    }

@@ -1,0 +1,278 @@
+"""Scheduled retraining and the registry: warm start and promotion, the gate refusing a worse
+candidate, a retrain SIGKILLed at several points, and concurrent retrains."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ehr_ssl.cli import main
+from ehr_ssl.config import load_pipeline_config
+from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+from ehr_ssl.deploy.registry import Registry
+from ehr_ssl.deploy.retraining import gate, retrain
+
+SETTINGS = {
+    "preset": "tiny",
+    "train.max_steps": 10,
+    "tokenizer.max_length": 64,
+    "finetune.max_epochs": 2,
+    "finetune.patience": 1,
+    "evaluate.n_boot": 50,
+    "retrain.test_fraction": 0.2,
+    # A 10-step tiny model is as overconfident as chance makes it (slopes near 0.5 both sides of
+    # the default bound): these tests are about the registry, so the gate here checks AUROC and
+    # that a calibration fit exists; test_the_gate_checks_calibration covers the bounds.
+    "retrain.calibration_slope_min": 0.0,
+    "retrain.calibration_slope_max": 100.0,
+    "retrain.max_abs_calibration_intercept": 100.0,
+}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("retrain")
+    write_cohort(generate_cohort(1500, labeled_frac=0.5, seed=11), root / "data")
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def registry(data, tmp_path_factory) -> Path:
+    """A registry after one retrain (version 1 in production)."""
+    path = tmp_path_factory.mktemp("reg") / "registry"
+    retrain(data, path, load_pipeline_config(None, SETTINGS))
+    return path
+
+
+def _state(path: Path) -> tuple:
+    """What must not change when a retrain fails: history, pointer and the versions present."""
+    return (
+        (path / "history.jsonl").read_text(),
+        (path / "production").read_text(),
+        sorted(p.name for p in (path / "versions").iterdir()),
+    )
+
+
+def test_first_retrain_promotes_and_a_second_warm_starts(registry, data, tmp_path, caplog):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    assert Registry(reg).production_version() == 1
+    assert json.loads((reg / "production").read_text()) == {"version": 1}
+    record = retrain(data, reg, load_pipeline_config(None, SETTINGS))
+    assert record["version"] == 2 and record["warm_start_from"] == 1
+    assert record["production"] is not None and record["candidate_minus_production"] is not None
+    assert record["drift"]["unknown_code_share"]["current"] >= 0
+    history = Registry(reg).history()
+    assert [r["version"] for r in history] == [1, 2]
+    report = (reg / "versions" / "2" / "retrain_report.md").read_text()
+    assert "## Gate" in report and "## Drift" in report
+    # the version's bundle carries the comparison with the baselines on the same test window
+    evaluation = json.loads((reg / "versions" / "2" / "report.json").read_text())
+    assert list(evaluation["models"]) == ["candidate", "production", "counts_logistic",
+                                          "counts_gbm"]  # fmt: skip
+    assert evaluation["models"]["candidate"]["auroc"] == record["candidate"]["auroc"]
+    assert "counts_logistic" in (reg / "versions" / "2" / "MODEL_CARD.md").read_text()
+    assert Registry(reg).production_version() == (2 if record["promoted"] else 1)
+    # the same data again, under the same tokenizer: nothing to tokenize (incremental)
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        retrain(data, reg, load_pipeline_config(None, SETTINGS))
+    assert "tokenize: 0 visits tokenized, 1500 reused from the cache" in caplog.text
+
+
+def test_the_gate_refuses_a_worse_candidate(registry, data, tmp_path, capsys):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    before = _state(reg)
+    # Replace the labels the candidate learns from (every visit before the test window) with
+    # labels unrelated to risk; keep the window's true labels: the candidate must lose there.
+    worse = tmp_path / "worse"
+    shutil.copytree(data, worse)
+    visits = pl.read_parquet(worse / "visits.parquet")
+    cutoff = visits["arrival_time"].quantile(0.7)
+    early = visits.filter(pl.col("arrival_time") < cutoff)["visit_id"].implode()
+    labels = pl.read_parquet(worse / "labels.parquet")
+    is_early = labels["visit_id"].is_in(early)
+    noise = labels.filter(is_early).with_columns(label=pl.int_range(pl.len()) % 4 == 0)
+    pl.concat([noise, labels.filter(~is_early)]).write_parquet(worse / "labels.parquet")
+    argv = ["retrain", "--data", str(worse), "--registry", str(reg), "--preset", "tiny",
+            "--max-steps", "10", "--test-fraction", "0.2", "--n-boot", "50"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "not promoted" in out and "FAILED candidate AUROC" in out
+    history = Registry(reg).history()
+    assert history[-1]["promoted"] is False and history[-1]["version"] == 2
+    assert (reg / "production").read_text() == before[1]
+
+
+def test_the_gate_checks_calibration():
+    config = load_pipeline_config(None, {})  # default gate: slope in [0.5, 2], |intercept| <= 1.5
+    good = {"auroc": 0.8, "calibration_slope": 1.0, "calibration_intercept": -0.5}
+    assert gate(good, None, config) == (True, [
+        "passed candidate AUROC 0.800 vs minimum 0.500",
+        "passed calibration slope 1.000 in [0.5, 2]",
+        "passed |calibration intercept| -0.500 <= 1.5",
+    ])  # fmt: skip
+    for change, failed in [
+        ({"calibration_slope": 0.49}, "FAILED calibration slope 0.490 in [0.5, 2]"),
+        ({"calibration_slope": 2.5}, "FAILED calibration slope 2.500 in [0.5, 2]"),
+        ({"calibration_slope": None}, "FAILED calibration slope none in [0.5, 2]"),
+        ({"calibration_intercept": 1.6}, "FAILED |calibration intercept| 1.600 <= 1.5"),
+        ({"calibration_intercept": None}, "FAILED |calibration intercept| none <= 1.5"),
+    ]:
+        promote, reasons = gate({**good, **change}, None, config)
+        assert not promote and reasons[0] == failed
+    # with a production model, the candidate may fall at most max_auroc_drop below it
+    assert gate(good, {"auroc": 0.805}, config)[0]
+    assert not gate(good, {"auroc": 0.82}, config)[0]
+
+
+_KILLER = """
+import os, signal, sys
+from pathlib import Path
+import ehr_ssl.deploy.registry as registry_module
+import ehr_ssl.training.pretrain as train_module
+from ehr_ssl.config import load_pipeline_config
+from ehr_ssl.deploy.retraining import gate, retrain
+
+point = sys.argv[3]
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+if point == "pretraining":
+    train_module.save_checkpoint = die
+elif point == "after-version-moved":
+    registry_module.atomic_write_text = die  # the history write, right after the move
+elif point == "after-history-written":  # the pointer's rewrite in commit (not at the lock)
+    write_pointer, calls = registry_module.Registry._write_pointer, []
+    def pointer_then_die(self):
+        calls.append(1)
+        if len(calls) == 2:
+            die()
+        write_pointer(self)
+    registry_module.Registry._write_pointer = pointer_then_die
+retrain(Path(sys.argv[1]), Path(sys.argv[2]), load_pipeline_config(None, {settings}))
+"""
+
+
+@pytest.mark.parametrize("point", ["pretraining", "after-version-moved", "after-history-written"])
+def test_a_killed_retrain_leaves_the_registry_consistent(registry, data, tmp_path, point):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    before = _state(reg)
+    script = _KILLER.replace("{settings}", repr(SETTINGS))
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(data), str(reg), point], cwd=ROOT, capture_output=True
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    if point == "after-history-written":  # killed after the commit: recorded in full
+        assert len(Registry(reg).history()) == 2
+        assert (reg / "production").read_text() == before[1]  # the pointer lags ...
+    else:
+        assert _state(reg)[:2] == before[:2]  # history and production untouched
+    # ... and the next retrain recovers: no orphan version, pointer = history's production
+    retrain(data, reg, load_pipeline_config(None, SETTINGS))
+    registry_now = Registry(reg)
+    recorded = [r["version"] for r in registry_now.history()]
+    assert sorted(int(p.name) for p in (reg / "versions").iterdir()) == recorded
+    assert json.loads((reg / "production").read_text())["version"] == (
+        registry_now.production_version()
+    )
+    assert not (reg / "tmp").exists() or not any((reg / "tmp").iterdir())
+
+
+def test_a_second_retrain_waits_or_fails_clearly(registry, data, tmp_path, capsys):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    before = _state(reg)
+    with Registry(reg).lock():
+        argv = ["retrain", "--data", str(data), "--registry", str(reg), "--preset", "tiny"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "locked by another retrain" in err and f"pid {os.getpid()}" in err
+    assert _state(reg) == before
+    # two at once, the second waiting for the first: both recorded, one after the other
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from ehr_ssl.config import load_pipeline_config
+        from ehr_ssl.deploy.retraining import gate, retrain
+        retrain(sys.argv[1], sys.argv[2], load_pipeline_config(None, {SETTINGS!r}), wait=300)
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(data), str(reg)], cwd=ROOT, stderr=subprocess.PIPE
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    assert [r["version"] for r in Registry(reg).history()] == [1, 2, 3]
+    assert sorted(p.name for p in (reg / "versions").iterdir()) == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["retrain", "--data", "{missing}", "--registry", "{reg}"], "dataset directory not found"),
+        (["retrain", "--data", "{data}", "--registry", "{reg}", "--test-fraction", "1.5"],
+         "column 'retrain.test_fraction': must be in (0, 1)"),
+        (["retrain", "--data", "{data}", "--registry", "{notreg}"],
+         "is not empty: refusing to make a registry there"),
+        (["registry", "{notreg}"], "not a model registry"),
+        (["bundle", "{notreg}", "--out", "{out}"], "not a run directory"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2_with_one_line(registry, data, tmp_path, capsys, argv, expected):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    before = _state(reg)
+    notreg = tmp_path / "notreg"
+    notreg.mkdir()
+    (notreg / "something").write_text("x")
+    paths = {"missing": tmp_path / "nope", "reg": reg, "data": data, "notreg": notreg,
+             "out": tmp_path / "out"}  # fmt: skip
+    assert main([a.format(**{k: str(v) for k, v in paths.items()}) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ehr-ssl: error: ") and expected in err[0], err
+    assert _state(reg) == before and not (tmp_path / "out").exists()
+
+
+def test_a_retrain_on_bad_data_leaves_the_registry_untouched(registry, data, tmp_path, capsys):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    before = _state(reg)
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    pl.read_parquet(bad / "events.parquet").drop("time").write_parquet(bad / "events.parquet")
+    assert main(["retrain", "--data", str(bad), "--registry", str(reg)]) == 2
+    assert "column 'time': missing" in capsys.readouterr().err
+    assert _state(reg) == before and not any((reg / "tmp").iterdir())
+
+
+def test_no_identifier_reaches_the_versions_the_history_or_the_log(finished_run, tmp_path, caplog):
+    from tests.conftest import PATIENT_PREFIX, VISIT_PREFIX
+
+    data, _ = finished_run  # string identifiers with distinctive prefixes
+    reg = tmp_path / "registry"
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        retrain(data, reg, load_pipeline_config(None, SETTINGS))
+        retrain(data, reg, load_pipeline_config(None, SETTINGS))
+    # (the pointer exists only once a version passed the gate)
+    shipped = [p for p in (reg / "history.jsonl", reg / "production") if p.exists()]
+    shipped += [p for p in (reg / "versions").rglob("*") if p.is_file()]
+    for path in shipped:
+        content = path.read_bytes()
+        assert PATIENT_PREFIX.encode() not in content and VISIT_PREFIX.encode() not in content, path
+    assert PATIENT_PREFIX not in caplog.text and VISIT_PREFIX not in caplog.text

@@ -1,0 +1,143 @@
+"""`ehr-ssl predict` / `embed`: streamed chunks give the in-memory answer, bad input exits 2 with
+one line and no output, and no identifier reaches the logs."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ehr_ssl.deploy.bundle import load_bundle
+from ehr_ssl.cli import main
+from tests.conftest import PATIENT_PREFIX, VISIT_PREFIX
+
+
+def test_chunked_prediction_equals_the_in_memory_one(finished_run, tmp_path, capsys):
+    data, run = finished_run
+    model = load_bundle(run / "bundle")
+    visits, events = (
+        pl.read_parquet(data / "visits.parquet"),
+        pl.read_parquet(data / "events.parquet"),
+    )
+    expected = model.predict(visits, events)
+    out = tmp_path / "scores.parquet"
+    argv = ["predict", "--model", str(run / "bundle"), "--data", str(data), "--out", str(out),
+            "--chunk-visits", "400", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    got = pl.read_parquet(out)
+    assert got.columns == ["visit_id", "score"] and got.height == visits.height
+    joined = expected.join(got, on="visit_id")
+    assert joined.height == visits.height
+    # Other batch mates pad to other lengths: float32 sums in another order, nothing more.
+    np.testing.assert_allclose(joined["score"], joined["score_right"], rtol=0, atol=1e-4)
+    logs = capsys.readouterr()
+    assert PATIENT_PREFIX not in logs.err + logs.out and VISIT_PREFIX not in logs.err + logs.out
+
+
+def test_embed_writes_a_fixed_size_list(finished_run, tmp_path):
+    data, run = finished_run
+    out = tmp_path / "emb.parquet"
+    argv = ["embed", "--model", str(run / "bundle"), "--data", str(data), "--out", str(out)]
+    assert main(argv) == 0
+    got = pl.read_parquet(out)
+    assert got.columns == ["visit_id", "embedding"]
+    assert got.schema["embedding"] == pl.Array(pl.Float32, load_bundle(run / "bundle").hidden_size)
+
+
+def _break(data, tmp_path, table, change):
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    frame = pl.read_parquet(bad / f"{table}.parquet")
+    change(frame).write_parquet(bad / f"{table}.parquet")
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("table", "change", "expected"),
+    [
+        ("events", lambda f: f.drop("code"), "events.parquet: column 'code': missing"),
+        ("events", lambda f: f.with_columns(time=pl.lit("x")),
+         "column 'time': expected a timestamp"),
+        ("visits", lambda f: f.with_columns(patient_id=pl.lit(None, pl.String)),
+         "column 'patient_id': 1500 null values"),
+        ("visits", lambda f: pl.concat([f, f.head(1)]), "column 'visit_id': 2 duplicate values"),
+        ("visits", lambda f: f.drop("age"), "column 'age'"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2_with_one_line_and_no_output(
+    finished_run, tmp_path, capsys, table, change, expected
+):
+    data, run = finished_run
+    bad = _break(data, tmp_path, table, change)
+    out = tmp_path / "out" / "scores.parquet"
+    argv = ["predict", "--model", str(run / "bundle"), "--data", str(bad), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("ehr-ssl: error: ") and expected in err, err
+    assert "Traceback" not in err and PATIENT_PREFIX not in err and VISIT_PREFIX not in err
+    assert not out.exists() and not list(out.parent.glob(".*")) if out.parent.exists() else True
+
+
+def test_a_corrupt_events_file_exits_2(finished_run, tmp_path, capsys):
+    data, run = finished_run
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    raw = (bad / "events.parquet").read_bytes()
+    (bad / "events.parquet").write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "scores.parquet"
+    argv = ["predict", "--model", str(run / "bundle"), "--data", str(bad), "--out", str(out)]
+    assert main(argv) == 2
+    assert "events.parquet" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_missing_bundle_exits_2(finished_run, tmp_path, capsys):
+    data, _ = finished_run
+    argv = ["predict", "--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "not a model bundle" in capsys.readouterr().err
+
+
+def test_future_events_change_no_batch_prediction(finished_run, tmp_path):
+    from tests.test_pipeline import _perturb_future_events
+
+    data, run = finished_run
+    perturbed = tmp_path / "perturbed"
+    _perturb_future_events(data, perturbed)
+    scores = []
+    for source in (data, perturbed):
+        out = tmp_path / f"{source.name}.parquet"
+        argv = ["predict", "--model", str(run / "bundle"), "--data", str(source), "--out",
+                str(out), "--chunk-visits", "400", "--device", "cpu"]  # fmt: skip
+        assert main(argv) == 0
+        scores.append(pl.read_parquet(out))
+    assert scores[0].equals(scores[1])  # bitwise
+
+
+def test_events_after_each_visits_own_prediction_time_are_never_read(finished_run):
+    """Every patient's first visit, with everything after that visit's prediction time changed,
+    deleted or added to (so later visits' windows, which may read those events, are not
+    scored): the scores and embeddings stay bitwise the same."""
+    data, run = finished_run
+    model = load_bundle(run / "bundle")
+    visits = pl.read_parquet(data / "visits.parquet")
+    first = visits.sort("arrival_time").unique("patient_id", keep="first", maintain_order=True)
+    events = pl.read_parquet(data / "events.parquet")
+    cutoff = events.join(first.select("patient_id", "prediction_time"), on="patient_id")
+    future = pl.col("time") > pl.col("prediction_time")
+    assert cutoff.filter(future).height > 100
+    changed = cutoff.with_columns(
+        code=pl.when(future).then(pl.lit("LEAK//") + pl.col("code")).otherwise(pl.col("code")),
+        numeric_value=pl.when(future).then(pl.lit(1e6)).otherwise(pl.col("numeric_value")),
+    ).filter(~future | (pl.int_range(pl.len()) % 3 != 0))
+    added = first.select(
+        "patient_id",
+        time=pl.col("prediction_time") + pl.duration(seconds=1),
+        code=pl.lit("ADMIT//X"),
+        numeric_value=pl.lit(None, pl.Float64),
+    )
+    perturbed = pl.concat([changed.drop("prediction_time"), added])
+    assert model.predict(first, events).equals(model.predict(first, perturbed))
+    assert model.embed(first, events).equals(model.embed(first, perturbed))

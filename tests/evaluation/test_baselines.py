@@ -1,0 +1,372 @@
+"""Tests of the counts baselines: feature layout against hand-made visits and a loop reference,
+row independence, validation-only model selection, a beats-chance check and label budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
+
+from ehr_ssl.evaluation.baselines import (
+    EXCLUDED_IDS,
+    GBM_GRID,
+    LOGISTIC_GRID,
+    count_features,
+    fit_counts_baseline,
+    label_budget_subset,
+    n_count_features,
+    predict_proba,
+)
+from ehr_ssl.tokens.shards import read_split
+from ehr_ssl.tokens.tokenizer import (
+    CLS_ID,
+    HIST_ID,
+    MASK_ID,
+    PAD_ID,
+    UNK_ID,
+    VISIT_ID,
+    Tokenizer,
+)
+
+V, N_BINS = 10, 3  # hand-made vocabulary: ids 0-5 special, 6-9 codes
+GRIDS = {"logistic": LOGISTIC_GRID, "gbm": GBM_GRID}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # HistGradientBoosting's OpenMP threads crawl on a busy 2-core machine; data here is tiny.
+    with threadpool_limits(limits=1):
+        yield
+
+
+def token_frame(visits: list[list[tuple[int, int, int]]]) -> pl.DataFrame:
+    """Visits given as lists of (input_id, value_bin, segment_id) tokens, in shard dtypes."""
+    return pl.DataFrame(
+        {
+            "visit_id": list(range(1, len(visits) + 1)),
+            "input_ids": [[t[0] for t in v] for v in visits],
+            "value_bins": [[t[1] for t in v] for v in visits],
+            "segment_ids": [[t[2] for t in v] for v in visits],
+        },
+        schema={
+            "visit_id": pl.Int64,
+            "input_ids": pl.List(pl.Int32),
+            "value_bins": pl.List(pl.Int8),
+            "segment_ids": pl.List(pl.Int8),
+        },
+    )
+
+
+# [CLS] static [HIST] history [VISIT] current, as the tokenizer lays them out.
+VISIT_A = [
+    (CLS_ID, 0, 0),
+    (6, 1, 0),  # a static with a value bin
+    (HIST_ID, 0, 1),
+    (7, 0, 1),
+    (7, 2, 1),
+    (UNK_ID, 0, 1),
+    (MASK_ID, 0, 1),
+    (VISIT_ID, 0, 2),
+    (6, 3, 2),
+    (8, 0, 2),
+]
+VISIT_B = [(CLS_ID, 0, 0), (HIST_ID, 0, 1), (VISIT_ID, 0, 2), (PAD_ID, 0, 2)]
+VISIT_C = [(CLS_ID, 0, 0), (9, 3, 0), (HIST_ID, 0, 1), (VISIT_ID, 0, 2), (9, 3, 2)]
+
+
+def current(code: int) -> int:
+    return V + V * N_BINS + code
+
+
+def code_bin(code: int, value_bin: int) -> int:
+    return V + code * N_BINS + value_bin - 1
+
+
+def test_count_features_hand_made_entries():
+    X = count_features(token_frame([VISIT_A, VISIT_B, VISIT_C]), vocab_size=V, n_bins=N_BINS)
+    assert X.shape == (3, n_count_features(V, N_BINS)) == (3, 50)
+    expected = np.zeros((3, 50))
+    # A: codes 6 x2, 7 x2, [UNK] x1, 8 x1; (6, bin 1), (7, bin 2), (6, bin 3); current 6 and 8.
+    for col, count in {6: 2, 7: 2, UNK_ID: 1, 8: 1}.items():
+        expected[0, col] = count
+    for col in (code_bin(6, 1), code_bin(7, 2), code_bin(6, 3), current(6), current(8)):
+        expected[0, col] = 1
+    # B: only special tokens ([PAD] in the current segment too): an all-zero row.
+    # C: code 9 twice, both with bin 3 (one static, one current).
+    expected[2, 9], expected[2, code_bin(9, 3)], expected[2, current(9)] = 2, 2, 1
+    np.testing.assert_array_equal(X.toarray(), np.log1p(expected))
+    assert X[0, 6] == np.log1p(2.0)
+    assert X[:, list(EXCLUDED_IDS)].nnz == 0
+    assert X[:, [current(i) for i in EXCLUDED_IDS]].nnz == 0
+
+
+def test_count_features_rejects_out_of_range_tokens():
+    with pytest.raises(ValueError, match="token ids"):
+        count_features(token_frame([[(V, 0, 2)]]), vocab_size=V, n_bins=N_BINS)
+    with pytest.raises(ValueError, match="value bins"):
+        count_features(token_frame([[(6, N_BINS + 1, 2)]]), vocab_size=V, n_bins=N_BINS)
+    bad = token_frame([VISIT_A]).with_columns(pl.col("value_bins").list.slice(0, 2))
+    with pytest.raises(ValueError, match="differ in length"):
+        count_features(bad, vocab_size=V, n_bins=N_BINS)
+
+
+def reference_count_features(frame: pl.DataFrame, vocab_size: int, n_bins: int) -> np.ndarray:
+    """The layout of count_features written with Python loops, from its docstring."""
+    counts = np.zeros((frame.height, n_count_features(vocab_size, n_bins)))
+    for row, (ids, bins, segments) in enumerate(
+        zip(frame["input_ids"], frame["value_bins"], frame["segment_ids"], strict=True)
+    ):
+        for token, value_bin, segment in zip(ids, bins, segments, strict=True):
+            if token in EXCLUDED_IDS:
+                continue
+            counts[row, token] += 1
+            if value_bin > 0:
+                counts[row, vocab_size + token * n_bins + value_bin - 1] += 1
+            if segment == 2:
+                counts[row, vocab_size + vocab_size * n_bins + token] += 1
+    return np.log1p(counts)
+
+
+@pytest.fixture(scope="module")
+def cohort(cohort_tokens: Path) -> dict:
+    """The fixture cohort's labeled visits per split, with their count features."""
+    tokenizer = Tokenizer.load(cohort_tokens)
+    sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
+    out = {"sizes": sizes, "tokens": cohort_tokens}
+    for split in ("train", "val", "test"):
+        frame = label_budget_subset(read_split(cohort_tokens, split), None, seed=0)
+        out[split] = (frame, count_features(frame, **sizes), frame["label"].to_numpy())
+    return out
+
+
+def test_count_features_match_loop_reference(cohort: dict):
+    frame = read_split(cohort["tokens"], "train")
+    X = count_features(frame, **cohort["sizes"])
+    np.testing.assert_allclose(
+        X.toarray(), reference_count_features(frame, **cohort["sizes"]), rtol=0, atol=1e-12
+    )
+    # A sliced frame (list offsets not starting at 0) gives the same rows.
+    np.testing.assert_array_equal(
+        count_features(frame.slice(17, 40), **cohort["sizes"]).toarray(), X[17:57].toarray()
+    )
+
+
+def test_rows_depend_only_on_their_own_visit(cohort: dict):
+    sizes = {"vocab_size": V, "n_bins": N_BINS}
+    row_a = count_features(token_frame([VISIT_A, VISIT_B, VISIT_C]), **sizes)[0].toarray()
+    # Other visits get more, fewer and different tokens (longer lists shift A's offsets).
+    other_b = VISIT_B + [(7, 1, 2)] * 5
+    other_c = [(CLS_ID, 0, 0), (8, 2, 1)]
+    for frame, row in (
+        (token_frame([VISIT_A, other_b, other_c]), 0),
+        (token_frame([other_b, VISIT_A]), 1),
+        (token_frame([VISIT_A]), 0),
+    ):
+        np.testing.assert_array_equal(count_features(frame, **sizes)[row].toarray(), row_a)
+    # On the cohort: dropping each other visit's last tokens leaves visit 0's row bitwise equal.
+    frame = read_split(cohort["tokens"], "train").head(50)
+    cut = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) > 0)
+        .then(pl.col(c).list.head(pl.col("length") - 2))
+        .otherwise(pl.col(c))
+        for c in ("input_ids", "value_bins", "segment_ids")
+    )
+    X, X_cut = (count_features(f, **cohort["sizes"]) for f in (frame, cut))
+    assert (X[1:] != X_cut[1:]).nnz > 0  # the edit did change the other rows
+    np.testing.assert_array_equal(X[0].toarray(), X_cut[0].toarray())
+
+
+@pytest.fixture(scope="module")
+def fitted(cohort: dict) -> dict:
+    (_, X_train, y_train), (_, X_val, y_val) = cohort["train"], cohort["val"]
+    return {
+        kind: fit_counts_baseline(kind, X_train, y_train, X_val, y_val, seed=0)
+        for kind in ("logistic", "gbm")
+    }
+
+
+@pytest.mark.parametrize("kind", ["logistic", "gbm"])
+def test_fit_selects_from_grid_on_validation(cohort: dict, fitted: dict, kind: str):
+    estimator, record = fitted[kind]
+    _, X_test, _ = cohort["test"]
+    scores = predict_proba(estimator, X_test)
+    assert scores.shape == (X_test.shape[0],)
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert len(set(np.round(scores, 6))) > 1
+    grid = GRIDS[kind]
+    assert set(record["chosen"]) == set(grid)
+    assert all(record["chosen"][name] in values for name, values in grid.items())
+    assert len(record["candidates"]) == np.prod([len(v) for v in grid.values()])
+    aurocs = [c["val_auroc"] for c in record["candidates"]]
+    assert record["val_auroc"] == max(aurocs)
+    first_best = record["candidates"][aurocs.index(max(aurocs))]["params"]
+    assert record["chosen"] == first_best
+    model = estimator[-1]
+    if kind == "gbm":  # fixed rounds, no internal early-stopping split of the training rows
+        assert model.early_stopping is False and model.n_iter_ == model.max_iter
+    else:
+        assert np.all(model.n_iter_ < model.max_iter)  # converged
+    # The recorded val AUROC is that of the returned model.
+    _, X_val, y_val = cohort["val"]
+    assert roc_auc_score(y_val, predict_proba(estimator, X_val)) == record["val_auroc"]
+
+
+@pytest.mark.parametrize("kind", ["logistic", "gbm"])
+def test_test_labels_change_nothing_and_refit_is_deterministic(
+    cohort: dict, fitted: dict, kind: str
+):
+    """Re-run from frames whose TEST labels are shuffled: same choice, bitwise same scores."""
+    frame, _, y_test = cohort["test"]
+    shuffled = frame.with_columns(
+        label=pl.Series(np.random.default_rng(0).permutation(frame["label"].to_numpy()))
+    )
+    assert not np.array_equal(shuffled["label"].to_numpy(), y_test)
+    (_, X_train, y_train), (_, X_val, y_val) = cohort["train"], cohort["val"]
+    estimator, record = fit_counts_baseline(kind, X_train, y_train, X_val, y_val, seed=0)
+    reference_estimator, reference_record = fitted[kind]
+    assert record == reference_record
+    np.testing.assert_array_equal(
+        predict_proba(estimator, count_features(shuffled, **cohort["sizes"])),
+        predict_proba(reference_estimator, cohort["test"][1]),
+    )
+
+
+@pytest.mark.parametrize("kind", ["logistic", "gbm"])
+def test_selection_reads_validation_labels(cohort: dict, fitted: dict, kind: str):
+    (_, X_train, y_train), (_, X_val, y_val) = cohort["train"], cohort["val"]
+    y_shuffled = np.random.default_rng(1).permutation(y_val)
+    _, record = fit_counts_baseline(kind, X_train, y_train, X_val, y_shuffled, seed=0)
+    reference = [c["val_auroc"] for c in fitted[kind][1]["candidates"]]
+    assert [c["val_auroc"] for c in record["candidates"]] != reference
+
+
+def test_fit_rejects_bad_input(cohort: dict):
+    (_, X_train, y_train), (_, X_val, y_val) = cohort["train"], cohort["val"]
+    with pytest.raises(ValueError, match="kind"):
+        fit_counts_baseline("forest", X_train, y_train, X_val, y_val, seed=0)
+    with pytest.raises(ValueError, match="both classes"):
+        fit_counts_baseline("logistic", X_train, y_train, X_val, np.zeros_like(y_val), seed=0)
+    with pytest.raises(ValueError, match="rows"):
+        fit_counts_baseline("logistic", X_train, y_train[:-1], X_val, y_val, seed=0)
+
+
+@pytest.fixture(scope="module")
+def larger_cohort(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
+    """3,000 visits, half labeled: the fixture cohort's test split has too few labels (26) for a
+    stable AUROC. Returns the tokens directory and the oracle probabilities."""
+    from ehr_ssl.config import TokenizeConfig, TokenizerConfig
+    from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+    from ehr_ssl.tokens.tokenizer import tokenize_dataset
+
+    root = tmp_path_factory.mktemp("larger_cohort")
+    synthetic = generate_cohort(3000, labeled_frac=0.5, seed=2)
+    write_cohort(synthetic, root / "data")
+    config = TokenizeConfig(tokenizer=TokenizerConfig(max_length=64))
+    tokenize_dataset(root / "data", root / "tokens", config)
+    return root / "tokens", synthetic.oracle
+
+
+@pytest.mark.parametrize(
+    ("kind", "grid"),
+    [
+        ("logistic", None),
+        # One grid point, fewer rounds: keeps the test fast; the selection is tested above.
+        ("gbm", {"learning_rate": [0.1], "max_leaf_nodes": [7], "max_iter": [100]}),
+    ],
+)
+def test_baseline_beats_chance_but_not_the_oracle(larger_cohort, kind: str, grid):
+    tokens, oracle = larger_cohort
+    tokenizer = Tokenizer.load(tokens)
+    sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
+    data = {}
+    for split in ("train", "val", "test"):
+        frame = label_budget_subset(read_split(tokens, split), None, seed=0)
+        data[split] = (frame, count_features(frame, **sizes), frame["label"].to_numpy())
+    (_, X_train, y_train), (_, X_val, y_val) = data["train"], data["val"]
+    estimator, _ = fit_counts_baseline(kind, X_train, y_train, X_val, y_val, seed=0, grid=grid)
+    test_frame, X_test, y_test = data["test"]
+    assert y_test.size >= 150
+    auroc = roc_auc_score(y_test, predict_proba(estimator, X_test))
+    truth = test_frame.join(oracle, on="visit_id", how="left", maintain_order="left")
+    oracle_auroc = roc_auc_score(y_test, truth["admission_probability"].to_numpy())
+    # Above chance; and not above what the true risk allows (a leak of the outcome would be).
+    assert 0.6 < auroc < oracle_auroc + 0.05, (auroc, oracle_auroc)
+
+
+# --- label budgets ---------------------------------------------------------------------------
+
+
+def budget_frame(n: int = 200) -> pl.DataFrame:
+    """Visits with ids in reverse order, every third unlabeled."""
+    labeled = [i % 3 != 0 for i in range(n)]
+    return pl.DataFrame(
+        {
+            "visit_id": list(range(n, 0, -1)),
+            "labeled": labeled,
+            "label": [(i % 2 == 0) if lab else None for i, lab in enumerate(labeled)],
+        }
+    )
+
+
+def ids(frame: pl.DataFrame) -> set[int]:
+    return set(frame["visit_id"].to_list())
+
+
+def test_label_budget_subsets_are_nested_and_labeled():
+    frame = budget_frame()
+    available = int(frame["labeled"].sum())
+    subsets = [label_budget_subset(frame, n, seed=3) for n in (1, 5, 20, 60, available)]
+    for smaller, larger in zip(subsets, subsets[1:], strict=False):
+        assert ids(smaller) < ids(larger)
+    assert [s.height for s in subsets] == [1, 5, 20, 60, available]
+    assert all(s["labeled"].all() for s in subsets)
+    assert ids(subsets[-1]) == ids(label_budget_subset(frame, None, seed=3))
+    assert ids(subsets[-1]) == ids(frame.filter("labeled"))
+    # Rows come back in frame order.
+    order = frame["visit_id"].to_list()
+    kept = subsets[2]["visit_id"].to_list()
+    assert kept == sorted(kept, key=order.index)
+
+
+def test_label_budget_is_seeded_and_independent_of_row_order():
+    frame = budget_frame()
+    assert ids(label_budget_subset(frame, 20, seed=3)) == ids(
+        label_budget_subset(frame, 20, seed=3)
+    )
+    assert ids(label_budget_subset(frame, 20, seed=3)) != ids(
+        label_budget_subset(frame, 20, seed=4)
+    )
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=0)
+    assert ids(label_budget_subset(shuffled, 20, seed=3)) == ids(
+        label_budget_subset(frame, 20, seed=3)
+    )
+
+
+def test_label_budget_fraction_matches_count():
+    frame = budget_frame(150)  # 100 labeled
+    for fraction, n in ((0.01, 1), (0.25, 25), (0.29, 29), (0.5, 50), (1.0, 100)):
+        assert ids(label_budget_subset(frame, fraction, seed=7)) == ids(
+            label_budget_subset(frame, n, seed=7)
+        )
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        (0, "less than one"),
+        (-3, "less than one"),
+        (101, "100 labeled"),
+        (0.0, r"\(0, 1\]"),
+        (1.5, r"\(0, 1\]"),
+        (0.001, "less than one"),
+        (True, "budget must be"),
+        ("all", "budget must be"),
+    ],
+)
+def test_label_budget_rejects_bad_budgets(budget, message: str):
+    with pytest.raises(ValueError, match=message):
+        label_budget_subset(budget_frame(150), budget, seed=0)

@@ -1,0 +1,186 @@
+"""The encoder: shapes, padding and batch invariance, future-event invariance at the model input,
+save/load identity and the Auto classes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import polars as pl
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+import ehr_ssl  # noqa: F401  (registers the Auto classes)
+from ehr_ssl.tokens.batching import collate
+from ehr_ssl.config import SplitConfig, TokenizeConfig, TokenizerConfig
+from ehr_ssl.model.encoder import EHRConfig, EHREncoder, time_buckets
+from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
+from tests.conftest import make_tables, write_tables
+
+INPUTS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")
+
+
+def tiny(**kwargs) -> EHREncoder:
+    torch.manual_seed(0)
+    config = EHRConfig(
+        vocab_size=50,
+        n_value_bins=11,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **kwargs,
+    )
+    return EHREncoder(config).eval()
+
+
+def random_visits(n: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    visits = []
+    for _ in range(n):
+        t = int(torch.randint(5, 30, (1,), generator=g))
+        segments = torch.cat([torch.zeros(3), torch.ones(t // 2), 2 * torch.ones(t - 3 - t // 2)])
+        visits.append(
+            {
+                "input_ids": torch.randint(6, 50, (t,), generator=g).numpy(),
+                "value_bins": torch.randint(0, 11, (t,), generator=g).numpy(),
+                "time_deltas": (-torch.rand(t, generator=g) * 1000).numpy(),
+                "segment_ids": segments.long().numpy(),
+            }
+        )
+    return visits
+
+
+def encode(model, batch):
+    with torch.no_grad():
+        return model(**{k: batch[k] for k in INPUTS})
+
+
+def test_shapes_and_time_buckets():
+    model = tiny()
+    batch = collate(random_visits(4))
+    out = encode(model, batch)
+    b, t = batch["input_ids"].shape
+    assert out.last_hidden_state.shape == (b, t, 32)
+    assert out.pooler_output.shape == (b, 32)
+    buckets = time_buckets(torch.tensor([0.0, -0.5, -24.0, -8760.0, -1e9]), model.config)
+    assert buckets.tolist() == sorted(buckets.tolist())  # monotone in |time|
+    assert buckets[0] == 0 and buckets[-1] == model.config.n_time_buckets - 1
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_padding_invariance(pooling):
+    model = tiny(pooling=pooling)
+    visits = random_visits(5)
+    short = encode(model, collate(visits))
+    long = encode(model, collate(visits, pad_to_multiple_of=48))
+    torch.testing.assert_close(short.pooler_output, long.pooler_output, rtol=1e-5, atol=1e-5)
+    mask = collate(visits)["attention_mask"]
+    t = mask.shape[1]
+    torch.testing.assert_close(
+        short.last_hidden_state[mask], long.last_hidden_state[:, :t][mask], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_a_visit_does_not_see_its_batch_mates():
+    model = tiny(pooling="mean")
+    visits = random_visits(6)
+    together = encode(model, collate(visits)).pooler_output
+    alone = torch.cat([encode(model, collate([v])).pooler_output for v in visits])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_save_load_and_auto_classes(tmp_path):
+    model = tiny(pooling="mean")
+    batch = collate(random_visits(3))
+    model.save_pretrained(tmp_path / "enc")
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    config = AutoConfig.from_pretrained(tmp_path / "enc")
+    assert isinstance(config, EHRConfig) and config.pooling == "mean"
+    loaded = AutoModel.from_pretrained(tmp_path / "enc").eval()
+    assert isinstance(loaded, EHREncoder)
+    assert torch.equal(encode(model, batch).pooler_output, encode(loaded, batch).pooler_output)
+
+
+def test_config_round_trips_extra_keys_and_validates():
+    config = EHRConfig(hidden_size=32, num_attention_heads=4, my_note="kept")
+    again = EHRConfig.from_dict(config.to_dict())
+    assert again.my_note == "kept" and again.hidden_size == 32
+    with pytest.raises(ValueError, match="not a multiple"):
+        EHRConfig(hidden_size=30, num_attention_heads=4)
+    with pytest.raises(ValueError, match="pooling"):
+        EHRConfig(pooling="max")
+    model = tiny()
+    batch = collate(random_visits(2))
+    too_long = {k: v.repeat(1, 10) for k, v in batch.items()}
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
+        encode(model, too_long)
+
+
+def test_every_input_channel_matters():
+    model = tiny()
+    batch = collate(random_visits(3))
+    reference = encode(model, batch).pooler_output
+    shifted = {  # each channel moved to other valid values on real tokens
+        "input_ids": (batch["input_ids"] - 6 + 1) % 44 + 6,
+        "value_bins": (batch["value_bins"] + 1) % 11,
+        "time_deltas": batch["time_deltas"] * 50,
+        "segment_ids": (batch["segment_ids"] + 1) % 3,
+    }
+    for name, values in shifted.items():
+        changed = dict(batch)
+        changed[name] = torch.where(batch["attention_mask"], values, batch[name])
+        assert not torch.allclose(encode(model, changed).pooler_output, reference), name
+
+
+def test_future_events_do_not_reach_the_model(tmp_path):
+    """Events after the prediction time (changed, deleted or added) give bitwise identical
+    encoder outputs for the visit, end to end through the tokenizer."""
+    tables = make_tables()
+    data = write_tables(tmp_path / "data", tables)
+    config = TokenizeConfig(
+        split=SplitConfig(val_fraction=0.2, test_fraction=0.2),
+        tokenizer=TokenizerConfig(min_count=2, max_length=64),
+    )
+    tokenize_dataset(data, tmp_path / "tokens", config)
+    tokenizer = Tokenizer.load(tmp_path / "tokens")
+    visits = tables["visits"].filter(pl.col("visit_id") % 2 == 0)
+    cutoff = visits.select("patient_id", "prediction_time")
+    events = tables["events"].join(cutoff, on="patient_id")
+    future = pl.col("time") > pl.col("prediction_time")
+    perturbed = pl.concat(
+        [
+            events.filter(~future).drop("prediction_time"),
+            cutoff.select(
+                "patient_id",
+                (pl.col("prediction_time") + timedelta(microseconds=1)).alias("time"),
+                pl.lit("DISP//ADMIT").alias("code"),
+                pl.lit(5.0).alias("numeric_value"),
+            ),
+        ]
+    )
+    model = EHREncoder(
+        EHRConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).eval()
+
+    def outputs(events_frame):
+        encoded = tokenizer.encode(visits, events_frame).sort("visit_id")
+        rows = [
+            {c: encoded[c][i].to_numpy() for c in INPUTS if c != "attention_mask"}
+            for i in range(encoded.height)
+        ]
+        return encode(model, collate(rows))
+
+    before, after = outputs(tables["events"]), outputs(perturbed)
+    assert torch.equal(before.pooler_output, after.pooler_output)
+    assert torch.equal(before.last_hidden_state, after.last_hidden_state)

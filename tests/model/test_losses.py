@@ -1,0 +1,393 @@
+"""The loss functions against slow references written from their definitions, and closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ehr_ssl.model.losses import IGNORE_INDEX, info_nce_loss, masked_event_loss
+
+# ----------------------------------------------------------------------------------------------
+# masked_event_loss
+
+
+def reference_masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over target positions of -log softmax(logits)[label], one position at a time."""
+    total, count = 0.0, 0
+    batch, tokens, _ = logits.shape
+    for b in range(batch):
+        for t in range(tokens):
+            label = int(labels[b, t])
+            if label == IGNORE_INDEX:
+                continue
+            row = [float(x) for x in logits[b, t]]
+            peak = max(row)
+            log_sum_exp = peak + math.log(sum(math.exp(x - peak) for x in row))
+            total += log_sum_exp - row[label]
+            count += 1
+    return total / count if count else 0.0
+
+
+def random_labels(
+    shape: tuple[int, int], n_classes: int, target_fraction: float, generator: torch.Generator
+) -> torch.Tensor:
+    labels = torch.randint(0, n_classes, shape, generator=generator)
+    is_target = torch.rand(shape, generator=generator) < target_fraction
+    return labels.masked_fill(~is_target, IGNORE_INDEX)
+
+
+def random_batch(
+    seed: int,
+    batch: int = 3,
+    tokens: int = 7,
+    vocab: int = 11,
+    bins: int = 5,
+    code_fraction: float = 0.3,
+    bin_fraction: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    code_logits = 3 * torch.randn(batch, tokens, vocab, generator=generator)
+    bin_logits = 3 * torch.randn(batch, tokens, bins, generator=generator)
+    code_labels = random_labels((batch, tokens), vocab, code_fraction, generator)
+    bin_labels = random_labels((batch, tokens), bins, bin_fraction, generator)
+    return code_logits, code_labels, bin_logits, bin_labels
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("fractions", [(0.15, 0.1), (0.5, 0.5), (1.0, 1.0)])
+def test_masked_event_loss_matches_reference(seed: int, fractions: tuple[float, float]) -> None:
+    code_logits, code_labels, bin_logits, bin_labels = random_batch(
+        seed, code_fraction=fractions[0], bin_fraction=fractions[1]
+    )
+    assert (code_labels != IGNORE_INDEX).any()
+    code_loss, bin_loss = masked_event_loss(code_logits, code_labels, bin_logits, bin_labels)
+    assert code_loss.shape == () and bin_loss.shape == ()
+    expected_code = reference_masked_cross_entropy(code_logits, code_labels)
+    expected_bin = reference_masked_cross_entropy(bin_logits, bin_labels)
+    assert code_loss.item() == pytest.approx(expected_code, rel=1e-5, abs=1e-6)
+    assert bin_loss.item() == pytest.approx(expected_bin, rel=1e-5, abs=1e-6)
+
+
+def test_masked_event_loss_gradient_is_softmax_minus_one_hot_over_targets() -> None:
+    code_logits, code_labels, bin_logits, bin_labels = random_batch(7, code_fraction=0.4)
+    code_logits.requires_grad_(True)
+    code_loss, _ = masked_event_loss(code_logits, code_labels, bin_logits, bin_labels)
+    code_loss.backward()
+    is_target = code_labels != IGNORE_INDEX
+    one_hot = F.one_hot(code_labels.clamp(min=0), code_logits.shape[-1]).float()
+    expected = (code_logits.detach().softmax(-1) - one_hot) * is_target[..., None]
+    expected = expected / is_target.sum()
+    torch.testing.assert_close(code_logits.grad, expected)
+
+
+def test_no_targets_gives_exact_zero_with_zero_gradient() -> None:
+    code_logits, _, bin_logits, _ = random_batch(0)
+    code_logits.requires_grad_(True)
+    bin_logits.requires_grad_(True)
+    no_targets = torch.full(code_logits.shape[:2], IGNORE_INDEX)
+    code_loss, bin_loss = masked_event_loss(code_logits, no_targets, bin_logits, no_targets)
+    assert code_loss.item() == 0.0 and bin_loss.item() == 0.0
+    assert code_loss.requires_grad and bin_loss.requires_grad
+    (code_loss + bin_loss).backward()
+    assert torch.equal(code_logits.grad, torch.zeros_like(code_logits))
+    assert torch.equal(bin_logits.grad, torch.zeros_like(bin_logits))
+
+
+def test_one_empty_term_does_not_disturb_the_other() -> None:
+    # The common case: masked events in the batch, none of them numeric.
+    code_logits, code_labels, bin_logits, _ = random_batch(1, code_fraction=0.5)
+    no_bins = torch.full(code_labels.shape, IGNORE_INDEX)
+    code_loss, bin_loss = masked_event_loss(code_logits, code_labels, bin_logits, no_bins)
+    assert bin_loss.item() == 0.0
+    assert code_loss.item() == pytest.approx(
+        reference_masked_cross_entropy(code_logits, code_labels), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize(("vocab", "bins"), [(2, 3), (11, 5), (1000, 21)])
+def test_uniform_logits_give_log_of_class_count(vocab: int, bins: int) -> None:
+    _, code_labels, _, bin_labels = random_batch(2, vocab=vocab, bins=bins, code_fraction=0.5)
+    code_logits = torch.full((*code_labels.shape, vocab), 1.7)
+    bin_logits = torch.zeros((*bin_labels.shape, bins))
+    code_loss, bin_loss = masked_event_loss(code_logits, code_labels, bin_logits, bin_labels)
+    assert code_loss.item() == pytest.approx(math.log(vocab), rel=1e-6)
+    assert bin_loss.item() == pytest.approx(math.log(bins), rel=1e-6)
+
+
+def test_confident_correct_logits_give_zero() -> None:
+    _, code_labels, _, bin_labels = random_batch(3, code_fraction=0.5, bin_fraction=0.5)
+    code_logits = 50.0 * F.one_hot(code_labels.clamp(min=0), 11).float()
+    bin_logits = 50.0 * F.one_hot(bin_labels.clamp(min=0), 5).float()
+    code_loss, bin_loss = masked_event_loss(code_logits, code_labels, bin_logits, bin_labels)
+    # Each term is log(1 + (C - 1) e^-50) ~ (C - 1) e^-50.
+    assert 0.0 <= code_loss.item() < 1e-15
+    assert 0.0 <= bin_loss.item() < 1e-15
+    # And confidently wrong logits cost the margin: log(1 + e^50 + (C - 2)) ~ 50.
+    wrong = 50.0 * F.one_hot((code_labels.clamp(min=0) + 1) % 11, 11).float()
+    assert masked_event_loss(wrong, code_labels, bin_logits, bin_labels)[0].item() == (
+        pytest.approx(50.0, rel=1e-6)
+    )
+
+
+def test_bf16_logits_give_float32_loss_close_to_float32() -> None:
+    code_logits, code_labels, bin_logits, bin_labels = random_batch(4, tokens=64, vocab=300)
+    code_bf16, bin_bf16 = code_logits.bfloat16(), bin_logits.bfloat16()
+    code_loss, bin_loss = masked_event_loss(code_bf16, code_labels, bin_bf16, bin_labels)
+    assert code_loss.dtype == torch.float32 and bin_loss.dtype == torch.float32
+    # Same bf16-rounded logits, computed by the reference in float64: only the inputs are coarse.
+    expected_code = reference_masked_cross_entropy(code_bf16.float(), code_labels)
+    expected_bin = reference_masked_cross_entropy(bin_bf16.float(), bin_labels)
+    assert code_loss.item() == pytest.approx(expected_code, rel=1e-5)
+    assert bin_loss.item() == pytest.approx(expected_bin, rel=1e-5)
+    # And close to the loss of the unrounded float32 logits.
+    code_f32, bin_f32 = masked_event_loss(code_logits, code_labels, bin_logits, bin_labels)
+    assert code_loss.item() == pytest.approx(code_f32.item(), rel=1e-2)
+    assert bin_loss.item() == pytest.approx(bin_f32.item(), rel=1e-2)
+
+
+def test_logits_at_non_target_positions_are_ignored_bitwise() -> None:
+    code_logits, code_labels, bin_logits, bin_labels = random_batch(5, tokens=20)
+    code_labels[0, :2] = IGNORE_INDEX
+    bin_labels[0, :2] = IGNORE_INDEX
+    before = masked_event_loss(code_logits, code_labels, bin_logits, bin_labels)
+
+    def scramble(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        noise = 1e4 * torch.randn(logits.shape, generator=torch.Generator().manual_seed(9))
+        noise[0, 0] = float("nan")  # even NaN and inf outside the targets must not leak in
+        noise[0, 1] = float("inf")
+        not_target = (labels == IGNORE_INDEX)[..., None]
+        return torch.where(not_target, noise, logits).requires_grad_(True)
+
+    scrambled_code = scramble(code_logits, code_labels)
+    scrambled_bin = scramble(bin_logits, bin_labels)
+    after = masked_event_loss(scrambled_code, code_labels, scrambled_bin, bin_labels)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    (after[0] + after[1]).backward()
+    for logits, labels in ((scrambled_code, code_labels), (scrambled_bin, bin_labels)):
+        assert torch.isfinite(logits.grad).all()
+        assert torch.equal(
+            logits.grad[labels == IGNORE_INDEX], torch.zeros_like(logits.grad[labels == -100])
+        )
+
+
+def test_masked_event_loss_rejects_bad_input() -> None:
+    code_logits, code_labels, bin_logits, bin_labels = random_batch(6, code_fraction=1.0)
+    with pytest.raises(ValueError, match="-1"):  # -1 is not the ignore index
+        masked_event_loss(code_logits, code_labels.clamp(max=-1), bin_logits, bin_labels)
+    with pytest.raises(ValueError, match="11"):
+        masked_event_loss(code_logits, code_labels.clamp(min=11), bin_logits, bin_labels)
+    with pytest.raises(ValueError, match="shape"):
+        masked_event_loss(code_logits, code_labels[:, :-1], bin_logits, bin_labels)
+    with pytest.raises(ValueError, match="integer"):
+        masked_event_loss(code_logits, code_labels.float(), bin_logits, bin_labels)
+
+
+# ----------------------------------------------------------------------------------------------
+# info_nce_loss
+
+
+def reference_simclr_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> float:
+    """NT-Xent straight from Algorithm 1 of Chen et al. (2020), one anchor at a time.
+
+    The 2N embeddings are interleaved as in the paper: z_{2k-1} = a_k, z_{2k} = b_k (1-based).
+    """
+    n = z_a.shape[0]
+    z = [None] * (2 * n)
+    for k in range(n):
+        z[2 * k] = [float(x) for x in z_a[k]]
+        z[2 * k + 1] = [float(x) for x in z_b[k]]
+
+    def sim(u: list[float], v: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(u, v, strict=True))
+        return dot / (math.sqrt(sum(x * x for x in u)) * math.sqrt(sum(y * y for y in v)))
+
+    def loss(i: int, j: int) -> float:
+        numerator = math.exp(sim(z[i], z[j]) / temperature)
+        denominator = sum(math.exp(sim(z[i], z[k]) / temperature) for k in range(2 * n) if k != i)
+        return -math.log(numerator / denominator)
+
+    return sum(loss(2 * k, 2 * k + 1) + loss(2 * k + 1, 2 * k) for k in range(n)) / (2 * n)
+
+
+def random_views(
+    n: int, dim: int, seed: int, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    z_a = torch.randn(n, dim, generator=generator, dtype=dtype)
+    # Correlated second view, so the positives are more similar than the negatives.
+    z_b = z_a + 0.7 * torch.randn(n, dim, generator=generator, dtype=dtype)
+    return z_a, z_b
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 9])
+@pytest.mark.parametrize("dim", [3, 16])
+@pytest.mark.parametrize("temperature", [0.1, 0.5, 2.0])
+def test_info_nce_matches_simclr_reference(n: int, dim: int, temperature: float) -> None:
+    z_a, z_b = random_views(n, dim, seed=n * 100 + dim)
+    loss = info_nce_loss(z_a, z_b, temperature=temperature)
+    assert loss.shape == () and loss.dtype == torch.float32
+    expected = reference_simclr_loss(z_a, z_b, temperature)
+    # abs: a float32 log-sum-exp minus the positive logit (up to 1/t) has ~1e-7/t absolute error.
+    assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_single_pair_gives_zero() -> None:
+    z_a, z_b = random_views(1, 8, seed=0)
+    z_a.requires_grad_(True)
+    loss = info_nce_loss(z_a, z_b, temperature=0.1)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(z_a.grad).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 10])
+@pytest.mark.parametrize("temperature", [0.05, 0.5, 1.0])
+def test_identical_orthogonal_embeddings_closed_form(n: int, temperature: float) -> None:
+    # z_a = z_b = I_N. For the anchor a_i: sim(a_i, b_i) = 1 (positive), and a_i is orthogonal to
+    # the 2N - 2 others (a_j, b_j, j != i), so each negative has sim 0; a_i itself is excluded.
+    #   l = -log( e^{1/t} / (e^{1/t} + (2N - 2) e^0) ) = log(1 + (2N - 2) e^{-1/t}),
+    # the same for every anchor, hence the mean. N = 1 gives log 1 = 0.
+    eye = torch.eye(n)
+    expected = math.log1p((2 * n - 2) * math.exp(-1 / temperature))
+    loss = info_nce_loss(eye, eye.clone(), temperature=temperature)
+    assert loss.item() == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
+def test_symmetric_in_the_two_views() -> None:
+    z_a, z_b = random_views(7, 5, seed=1)
+    torch.testing.assert_close(
+        info_nce_loss(z_a, z_b, temperature=0.2), info_nce_loss(z_b, z_a, temperature=0.2)
+    )
+
+
+def test_invariant_to_scaling_the_inputs() -> None:
+    z_a, z_b = random_views(6, 4, seed=2)
+    scale_a = torch.rand(6, 1, generator=torch.Generator().manual_seed(0)) * 10 + 0.1
+    scale_b = torch.rand(6, 1, generator=torch.Generator().manual_seed(1)) * 10 + 0.1
+    torch.testing.assert_close(
+        info_nce_loss(z_a * scale_a, z_b * scale_b, temperature=0.3),
+        info_nce_loss(z_a, z_b, temperature=0.3),
+    )
+
+
+def test_invariant_to_permuting_the_pairs() -> None:
+    z_a, z_b = random_views(8, 4, seed=3)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        info_nce_loss(z_a[perm], z_b[perm], temperature=0.3),
+        info_nce_loss(z_a, z_b, temperature=0.3),
+    )
+    # Permuting one view only breaks the pairs, so the loss must change (and grow).
+    assert info_nce_loss(z_a, z_b[perm], temperature=0.3) > info_nce_loss(z_a, z_b, temperature=0.3)
+
+
+def test_gathered_form_with_the_local_batch_is_the_plain_call() -> None:
+    z_a, z_b = random_views(5, 6, seed=4)
+    plain = info_nce_loss(z_a, z_b, temperature=0.1)
+    gathered = info_nce_loss(z_a, z_b, temperature=0.1, offset=0, all_a=z_a, all_b=z_b)
+    assert torch.equal(plain, gathered)
+
+
+@pytest.mark.parametrize("n_processes", [2, 3, 4])
+def test_distributed_mean_equals_the_global_loss_and_gradient(n_processes: int) -> None:
+    per_process, dim, temperature = 3, 5, 0.25
+    global_a, global_b = random_views(
+        n_processes * per_process, dim, seed=n_processes, dtype=torch.float64
+    )
+    global_a.requires_grad_(True)
+    global_b.requires_grad_(True)
+    single = info_nce_loss(global_a, global_b, temperature=temperature)
+    expected_grads = torch.autograd.grad(single, (global_a, global_b))
+
+    # Simulate the processes: each sees its local slice (a view of the global tensor, so gradients
+    # through both the anchors and the gathered candidates reach the same rows, as with
+    # torch.distributed.nn.functional.all_gather), and DDP averages over processes.
+    losses = []
+    for rank in range(n_processes):
+        rows = slice(rank * per_process, (rank + 1) * per_process)
+        losses.append(
+            info_nce_loss(
+                global_a[rows],
+                global_b[rows],
+                temperature=temperature,
+                offset=rank * per_process,
+                all_a=global_a,
+                all_b=global_b,
+            )
+        )
+    averaged = torch.stack(losses).mean()
+    grads = torch.autograd.grad(averaged, (global_a, global_b))
+    torch.testing.assert_close(averaged, single)
+    torch.testing.assert_close(grads, expected_grads)
+    # Each process alone is not the global loss: the split must actually matter to this test.
+    assert not torch.allclose(losses[0], single)
+
+
+def test_distributed_form_uses_the_offset() -> None:
+    global_a, global_b = random_views(6, 4, seed=5)
+    local_a, local_b = global_a[3:], global_b[3:]
+    right = info_nce_loss(
+        local_a, local_b, temperature=0.2, offset=3, all_a=global_a, all_b=global_b
+    )
+    wrong = info_nce_loss(
+        local_a, local_b, temperature=0.2, offset=0, all_a=global_a, all_b=global_b
+    )
+    assert not torch.allclose(right, wrong)
+
+
+def test_info_nce_gradcheck_float64() -> None:
+    z_a, z_b = random_views(3, 4, seed=6, dtype=torch.float64)
+    z_a.requires_grad_(True)
+    z_b.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: info_nce_loss(a, b, temperature=0.3), (z_a, z_b))
+
+
+def test_info_nce_gradients_reach_both_views() -> None:
+    z_a, z_b = random_views(4, 8, seed=7)
+    z_a.requires_grad_(True)
+    z_b.requires_grad_(True)
+    info_nce_loss(z_a, z_b, temperature=0.1).backward()
+    for grad in (z_a.grad, z_b.grad):
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_info_nce_low_precision_inputs_compute_in_float32() -> None:
+    z_a, z_b = random_views(6, 8, seed=8)
+    loss = info_nce_loss(z_a.bfloat16(), z_b.bfloat16(), temperature=0.1)
+    assert loss.dtype == torch.float32
+    expected = reference_simclr_loss(z_a.bfloat16().float(), z_b.bfloat16().float(), 0.1)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.5, float("nan"), float("inf")])
+def test_info_nce_rejects_bad_temperature(temperature: float) -> None:
+    z_a, z_b = random_views(3, 4, seed=9)
+    with pytest.raises(ValueError, match=f"got {temperature}"):
+        info_nce_loss(z_a, z_b, temperature=temperature)
+
+
+def test_info_nce_rejects_bad_shapes_and_offsets() -> None:
+    z_a, z_b = random_views(4, 3, seed=10)
+    with pytest.raises(ValueError, match="z_a and z_b"):
+        info_nce_loss(z_a, z_b[:3], temperature=0.1)
+    with pytest.raises(ValueError, match="at least one row"):
+        info_nce_loss(z_a[:0], z_b[:0], temperature=0.1)
+    with pytest.raises(ValueError, match="together"):
+        info_nce_loss(z_a, z_b, temperature=0.1, all_a=z_a)
+    with pytest.raises(ValueError, match="offset 2"):
+        info_nce_loss(z_a[:3], z_b[:3], temperature=0.1, offset=2, all_a=z_a, all_b=z_b)
+    with pytest.raises(ValueError, match=r"\(M, 3\)"):
+        info_nce_loss(z_a, z_b, temperature=0.1, all_a=z_a[:, :2], all_b=z_b[:, :2])
+
+
+def test_info_nce_stays_float32_under_autocast():
+    g = torch.Generator().manual_seed(0)
+    z_a, z_b = torch.randn(64, 16, generator=g), torch.randn(64, 16, generator=g)
+    plain = info_nce_loss(z_a, z_b, temperature=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = info_nce_loss(z_a, z_b, temperature=0.1)
+    assert autocast.dtype == torch.float32
+    assert torch.equal(plain, autocast)

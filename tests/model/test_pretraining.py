@@ -1,0 +1,211 @@
+"""The pretraining objectives wired together: terms switch with their weights, the total is the
+weighted sum, randomness comes from the generator, and the loss falls on a fixed batch."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+import torch
+
+from ehr_ssl.tokens.batching import TokenDataset, collate
+from ehr_ssl.config import ObjectiveConfig
+from ehr_ssl.model.encoder import EHRConfig, EHREncoder
+from ehr_ssl.model.pretraining import PretrainingModel
+from ehr_ssl.tokens.tokenizer import Tokenizer
+
+
+def _model(tokens, **objective) -> PretrainingModel:
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.load(tokens)
+    config = EHRConfig(
+        vocab_size=tokenizer.vocab_size,
+        n_value_bins=tokenizer.config.n_bins + 1,
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return PretrainingModel(EHREncoder(config), ObjectiveConfig(projection_dim=16, **objective))
+
+
+def _batch(tokens, n=24):
+    dataset = TokenDataset(tokens, pl.col("split") == "train", splits=["train"])
+    return collate([dataset[i] for i in range(n)])
+
+
+@pytest.mark.parametrize(
+    "weights,terms",
+    [
+        ({}, {"masked_code", "masked_bin", "contrastive"}),
+        ({"contrastive_weight": 0.0}, {"masked_code", "masked_bin"}),
+        ({"masked_weight": 0.0}, {"contrastive"}),
+    ],
+)
+def test_terms_follow_weights_and_sum(cohort_tokens, weights, terms):
+    model = _model(cohort_tokens, **weights)
+    losses = model(_batch(cohort_tokens), torch.Generator().manual_seed(0))
+    assert set(losses) == terms | {"loss", "encoder_tokens", "encoder_slots"}
+    o = model.objective
+    expected = o.masked_weight * (
+        losses.get("masked_code", 0) + o.value_bin_weight * losses.get("masked_bin", 0)
+    ) + o.contrastive_weight * losses.get("contrastive", 0)
+    torch.testing.assert_close(losses["loss"], torch.as_tensor(expected))
+    assert all(torch.isfinite(losses[k]) for k in terms | {"loss"})
+
+
+def test_randomness_comes_from_the_generator(cohort_tokens):
+    model = _model(cohort_tokens)
+    batch = _batch(cohort_tokens)
+    a = model(batch, torch.Generator().manual_seed(5))["loss"]
+    b = model(batch, torch.Generator().manual_seed(5))["loss"]
+    c = model(batch, torch.Generator().manual_seed(6))["loss"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("weights", [{}, {"contrastive_weight": 0.0}, {"masked_weight": 0.0}])
+def test_loss_falls_on_a_fixed_batch(cohort_tokens, weights):
+    model = _model(cohort_tokens, **weights)
+    batch = _batch(cohort_tokens)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(40):
+        losses = model(batch, torch.Generator().manual_seed(0))  # the same corruption each step
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        history.append(float(losses["loss"].detach()))
+    assert history[-1] < 0.6 * history[0]
+
+
+def test_masked_loss_reaches_embeddings_of_codes_absent_from_the_batch(cohort_tokens):
+    """The code decoder is the embedding matrix (tied): the masked term's softmax sends a
+    gradient to every code's embedding, also codes the batch never shows. Untied, the rows of
+    absent codes would get none."""
+    model = _model(cohort_tokens, contrastive_weight=0.0)
+    batch = _batch(cohort_tokens, n=4)
+    model(batch, torch.Generator().manual_seed(0))["loss"].backward()
+    grad = model.encoder.code_embeddings.weight.grad  # (V, D)
+    present = torch.zeros(grad.shape[0], dtype=torch.bool)
+    present[batch["input_ids"].unique()] = True
+    absent = ~present
+    absent[: model.encoder.config.pad_token_id + 1] = False
+    assert absent.sum() > 0
+    assert (grad[absent].abs().sum(dim=1) > 0).all()
+    assert all(p.shape != grad.shape for p in model.masked_head.parameters())  # no own decoder
+
+
+def test_one_pass_equals_separate_encodings(cohort_tokens):
+    """The two views share one encoder batch: every term must equal the same term computed from
+    separate encodings (catches misaligned masked targets or shifted contrastive pairs)."""
+    from ehr_ssl.model.losses import info_nce_loss, masked_event_loss
+    from ehr_ssl.model.masking import mask_events
+    from ehr_ssl.model.pretraining import ENCODER_INPUTS
+    from ehr_ssl.model.views import augment_view
+
+    model = _model(cohort_tokens).eval()
+    batch = _batch(cohort_tokens)
+    losses = model(batch, torch.Generator().manual_seed(3))
+
+    g, o = torch.Generator().manual_seed(3), model.objective
+    knobs = {
+        "event_dropout": o.event_dropout,
+        "history_crop": o.history_crop,
+        "time_jitter": o.time_jitter,
+    }
+    view_a = augment_view(batch, generator=g, **knobs)
+    view_a, code_labels, bin_labels = mask_events(
+        view_a, vocab_size=model.encoder.config.vocab_size, generator=g, rate=o.mask_rate
+    )
+    view_b = augment_view(batch, generator=g, **knobs)
+    encoded_a = model.encoder(**{k: view_a[k] for k in ENCODER_INPUTS})
+    encoded_b = model.encoder(**{k: view_b[k] for k in ENCODER_INPUTS})
+    code_logits, bin_logits = model.masked_head(
+        encoded_a.last_hidden_state, model.encoder.code_embeddings.weight
+    )
+    code, value = masked_event_loss(code_logits, code_labels, bin_logits, bin_labels)
+    contrastive = info_nce_loss(
+        model.projection(encoded_a.pooler_output),
+        model.projection(encoded_b.pooler_output),
+        temperature=o.temperature,
+    )
+    torch.testing.assert_close(losses["masked_code"], code, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses["masked_bin"], value, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses["contrastive"], contrastive, rtol=1e-5, atol=1e-5)
+
+
+def _contrastive_rank(rank: int, world: int, port: int, z_a, z_b, out_dir: str) -> None:
+    """One process of the DDP test: its slice of the pairs, negatives gathered from all."""
+    import torch.distributed as dist
+
+    from ehr_ssl.model.pretraining import contrastive_loss
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    n = z_a.shape[0] // world
+    a = z_a[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+    b = z_b[rank * n : (rank + 1) * n].clone().requires_grad_(True)
+    loss = contrastive_loss(a, b, temperature=0.5)
+    loss.backward()
+    torch.save({"loss": loss.detach(), "a": a.grad, "b": b.grad}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_contrastive_negatives_are_gathered_across_processes(tmp_path):
+    """Two gloo processes, each with half the pairs: the mean of their losses is the
+    single-process loss on the whole batch, and their gradients (averaged as DDP does) match."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from ehr_ssl.model.losses import info_nce_loss
+
+    g = torch.Generator().manual_seed(0)
+    z_a, z_b = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_contrastive_rank, args=(2, port, z_a, z_b, str(tmp_path)), nprocs=2)
+    parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+    full_a, full_b = z_a.clone().requires_grad_(True), z_b.clone().requires_grad_(True)
+    full = info_nce_loss(full_a, full_b, temperature=0.5)
+    full.backward()
+    torch.testing.assert_close((parts[0]["loss"] + parts[1]["loss"]) / 2, full)
+    # all_gather's backward sums every rank's gradient into the local rows; DDP then averages
+    # parameter gradients over the 2 ranks, hence the division.
+    torch.testing.assert_close(torch.cat([p["a"] for p in parts]) / 2, full_a.grad)
+    torch.testing.assert_close(torch.cat([p["b"] for p in parts]) / 2, full_b.grad)
+
+
+def test_pretraining_masks_at_its_rate_with_the_80_10_10_split(cohort_tokens, monkeypatch):
+    import math
+
+    import ehr_ssl.model.pretraining as module
+    from ehr_ssl.model.masking import event_tokens
+    from ehr_ssl.tokens.tokenizer import MASK_ID
+
+    seen = {}
+    original = module.mask_events
+
+    def spy(batch, **kwargs):
+        seen["batch"], seen["out"] = batch, original(batch, **kwargs)
+        return seen["out"]
+
+    monkeypatch.setattr(module, "mask_events", spy)
+    model = _model(cohort_tokens, contrastive_weight=0.0, mask_rate=0.3)
+    model(_batch(cohort_tokens, n=400), torch.Generator().manual_seed(0))
+    corrupted, code_labels, _ = seen["out"]
+    events, chosen = event_tokens(seen["batch"]), code_labels != -100
+    n_events, n_chosen = int(events.sum()), int(chosen.sum())
+    new, old = corrupted["input_ids"][chosen], seen["batch"]["input_ids"][chosen]
+
+    def close(count: int, total: int, p: float) -> bool:  # within 5 standard deviations
+        return abs(count / total - p) <= 5 * math.sqrt(p * (1 - p) / total)
+
+    assert n_events > 3000 and not (chosen & ~events).any()
+    assert close(n_chosen, n_events, 0.3)
+    assert close(int((new == MASK_ID).sum()), n_chosen, 0.8)
+    assert close(int((new == old).sum()), n_chosen, 0.1)

@@ -1,0 +1,112 @@
+"""Incremental tokenization: a rerun on a dataset that grew (new visits, a new events shard,
+late events inside old visits' windows) tokenizes only what is new and gives exactly the tokens
+of a full tokenization."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ehr_ssl.config import TokenizeConfig, TokenizerConfig
+from ehr_ssl.data.synthetic import generate_cohort
+from ehr_ssl.tokens.shards import read_split
+from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
+
+CONFIG = TokenizeConfig(tokenizer=TokenizerConfig(max_length=64))
+
+
+def _write(directory: Path, visits: pl.DataFrame, parts: list[pl.DataFrame], labels) -> None:
+    (directory / "events").mkdir(parents=True, exist_ok=True)
+    visits.write_parquet(directory / "visits.parquet")
+    labels.join(visits.select("visit_id"), on="visit_id", how="semi").write_parquet(
+        directory / "labels.parquet"
+    )
+    for i, part in enumerate(parts):
+        path = directory / "events" / f"part-{i}.parquet"
+        if not path.exists():  # earlier shards stay untouched, as appended exports do
+            part.write_parquet(path)
+
+
+def _tokens(tokens_dir: Path) -> pl.DataFrame:
+    return pl.concat([read_split(tokens_dir, s) for s in ("train", "val", "test")]).sort("visit_id")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    cohort = generate_cohort(1500, labeled_frac=0.3, seed=2)
+    cut = cohort.visits["arrival_time"].quantile(0.8)
+    # the tokenizer of a production model: fitted on the early data
+    early = root / "early"
+    _write(early, cohort.visits.filter(pl.col("arrival_time") < cut),
+           [cohort.events.filter(pl.col("time") < cut)], cohort.labels)  # fmt: skip
+    tokenize_dataset(early, root / "fitted", CONFIG)
+    return root, cohort, cut, Tokenizer.load(root / "fitted")
+
+
+def test_a_grown_dataset_tokenizes_only_what_is_new(cohort, tmp_path, caplog):
+    root, cohort, cut, tokenizer = cohort
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    first = [cohort.events.filter(pl.col("time") < cut)]
+    _write(data, cohort.visits.filter(pl.col("arrival_time") < cut), first, cohort.labels)
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        tokenize_dataset(data, tmp_path / "t1", CONFIG, tokenizer=tokenizer, cache_dir=cache)
+    assert "reused from the cache (full: no valid cache)" in caplog.text
+
+    # the export grows: every visit, and the later events as a new shard; one late event lands
+    # inside an early visit's window (late-arriving data)
+    late_visit = cohort.visits.filter(pl.col("arrival_time") < cut).row(10, named=True)
+    late = pl.DataFrame(
+        {"patient_id": [late_visit["patient_id"]],
+         "time": [late_visit["prediction_time"] - timedelta(minutes=5)],
+         "code": ["LAB//LACTATE"], "numeric_value": [4.2]},
+        schema=cohort.events.schema,
+    )  # fmt: skip
+    second = pl.concat([cohort.events.filter(pl.col("time") >= cut), late])
+    _write(data, cohort.visits, [*first, second], cohort.labels)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        tokenize_dataset(data, tmp_path / "t2", CONFIG, tokenizer=tokenizer, cache_dir=cache)
+    message = next(r.getMessage() for r in caplog.records if "reused" in r.getMessage())
+    tokenized, reused = (int(w) for w in message.split() if w.isdigit())
+    n_new = cohort.visits.height - cohort.visits.filter(pl.col("arrival_time") < cut).height
+    assert tokenized + reused == cohort.visits.height
+    assert n_new < tokenized < n_new + cohort.visits.height // 10  # new + the touched few
+    full = tmp_path / "full"
+    tokenize_dataset(data, full, CONFIG, tokenizer=tokenizer)
+    assert _tokens(tmp_path / "t2").equals(_tokens(full))
+    # the late event changed the early visit's tokens
+    before = _tokens(tmp_path / "t1").filter(pl.col("visit_id") == late_visit["visit_id"])
+    after = _tokens(tmp_path / "t2").filter(pl.col("visit_id") == late_visit["visit_id"])
+    assert not before.equals(after)
+
+
+def test_a_changed_visit_row_or_removed_shard_is_seen(cohort, tmp_path, caplog):
+    root, cohort, cut, tokenizer = cohort
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    parts = [
+        cohort.events.filter(pl.col("time") < cut),
+        cohort.events.filter(pl.col("time") >= cut),
+    ]
+    _write(data, cohort.visits, parts, cohort.labels)
+    tokenize_dataset(data, tmp_path / "t1", CONFIG, tokenizer=tokenizer, cache_dir=cache)
+    older = cohort.visits.with_columns(
+        age=pl.when(pl.int_range(pl.len()) == 3).then(pl.col("age") + 30).otherwise(pl.col("age"))
+    )
+    older.write_parquet(data / "visits.parquet")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        tokenize_dataset(data, tmp_path / "t2", CONFIG, tokenizer=tokenizer, cache_dir=cache)
+    assert "tokenize: 1 visits tokenized" in caplog.text
+    full = tmp_path / "full"
+    tokenize_dataset(data, full, CONFIG, tokenizer=tokenizer)
+    assert _tokens(tmp_path / "t2").equals(_tokens(full))
+    (data / "events" / "part-1.parquet").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        tokenize_dataset(data, tmp_path / "t3", CONFIG, tokenizer=tokenizer, cache_dir=cache)
+    assert "(full: no valid cache)" in caplog.text

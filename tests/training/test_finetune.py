@@ -1,0 +1,220 @@
+"""Fine-tuning: the three modes run and select on validation only; the test split is never
+read (shuffling its labels changes no choice); class weighting and learning rates as stated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ehr_ssl.training.finetune as finetuning
+from ehr_ssl.config import FinetuneConfig, load_pretrain_config
+from ehr_ssl.training.finetune import AdmissionClassifier, finetune
+from ehr_ssl.model.encoder import EHRConfig, EHREncoder
+from ehr_ssl.tokens.shards import read_manifest, read_split, write_split_shards
+from ehr_ssl.training.pretrain import pretrain
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(cohort_tokens, tmp_path_factory):
+    run = tmp_path_factory.mktemp("pretrained") / "run"
+    config = load_pretrain_config(None, {"preset": "tiny", "train.max_steps": 10})
+    pretrain(cohort_tokens, run, config)
+    return run / "encoder"
+
+
+def _config(**kwargs) -> FinetuneConfig:
+    return FinetuneConfig(**{"max_epochs": 3, "patience": 2, "batch_size": 32, **kwargs})
+
+
+@pytest.mark.parametrize("mode", ["full", "scratch", "linear-probe"])
+def test_modes_run_and_select_on_validation(cohort_tokens, encoder_dir, tmp_path, mode):
+    summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _config(mode=mode))
+    history = summary["history"]
+    assert summary["val_auroc"] == max(h["val_auroc"] for h in history)
+    assert 0.0 <= summary["val_auroc"] <= 1.0
+    written = json.loads((tmp_path / "ft" / "finetune_summary.json").read_text())
+    assert written["mode"] == mode and written["val_labeled"] == summary["val_labeled"]
+    if mode == "linear-probe":
+        assert (tmp_path / "ft" / "linear_probe.safetensors").exists()
+    else:
+        assert summary["selected_epoch"] == max(history, key=lambda h: h["val_auroc"])["epoch"]
+        assert (tmp_path / "ft" / "model" / "model.safetensors").exists()
+
+
+def test_the_test_split_is_never_read(cohort_tokens, encoder_dir, tmp_path, monkeypatch):
+    splits_read = []
+    original = finetuning.TokenDataset
+
+    def recording(tokens_dir, selection, *, splits):
+        splits_read.extend(splits)
+        return original(tokens_dir, selection, splits=splits)
+
+    monkeypatch.setattr(finetuning, "TokenDataset", recording)
+    finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _config(mode="full"))
+    assert set(splits_read) == {"train", "val"}
+
+
+def test_shuffled_test_labels_change_no_choice(cohort_tokens, encoder_dir, tmp_path):
+    shuffled = tmp_path / "tokens"
+    shutil.copytree(cohort_tokens, shuffled)
+    test = read_split(cohort_tokens, "test")
+    labels = test["label"].shuffle(seed=1)
+    assert not labels.equals(test["label"])
+    for shard in read_manifest(shuffled)["splits"]["test"]["shards"]:
+        (shuffled / shard).unlink()
+    write_split_shards(test.with_columns(labels), shuffled, "test", 10**6)
+    a = finetune(cohort_tokens, encoder_dir, tmp_path / "a", _config(mode="full"))
+    b = finetune(shuffled, encoder_dir, tmp_path / "b", _config(mode="full"))
+    assert a["selected_epoch"] == b["selected_epoch"] and a["history"] == b["history"]
+    p = finetune(cohort_tokens, encoder_dir, tmp_path / "p", _config(mode="linear-probe"))
+    q = finetune(shuffled, encoder_dir, tmp_path / "q", _config(mode="linear-probe"))
+    assert p["selected_C"] == q["selected_C"] and p["history"] == q["history"]
+
+
+def test_full_mode_starts_from_the_pretrained_encoder(cohort_tokens, encoder_dir, monkeypatch):
+    pretrained = EHREncoder.from_pretrained(encoder_dir).state_dict()
+    config = EHRConfig.from_pretrained(encoder_dir)
+    full = finetuning.build_classifier(encoder_dir, config, _config(mode="full"))
+    scratch = finetuning.build_classifier(encoder_dir, config, _config(mode="scratch"))
+    for name, tensor in pretrained.items():
+        assert torch.equal(full.encoder.state_dict()[name], tensor), name
+    assert not torch.equal(
+        scratch.encoder.code_embeddings.weight, pretrained["code_embeddings.weight"]
+    )
+
+    seen = {}
+    original = torch.optim.AdamW
+
+    def capture(groups, *args, **kwargs):
+        seen["groups"] = groups
+        return original(groups, *args, **kwargs)
+
+    monkeypatch.setattr(finetuning.torch.optim, "AdamW", capture)
+    finetuning._train_classifier(
+        encoder_dir,
+        config,
+        finetuning.labeled_split(cohort_tokens, "train"),
+        finetuning.labeled_split(cohort_tokens, "val"),
+        _config(mode="full", max_epochs=1, learning_rate=1e-3, encoder_lr_ratio=0.1),
+        torch.device("cpu"),
+    )
+    assert sorted({g["lr"] for g in seen["groups"]}) == pytest.approx([1e-4, 1e-3])
+
+
+def test_loss_weights_the_positive_class():
+    torch.manual_seed(0)
+    model = AdmissionClassifier(
+        EHRConfig(
+            vocab_size=20,
+            hidden_size=16,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=8,
+        )
+    ).eval()
+    b, t = 4, 6
+    inputs = {
+        "input_ids": torch.randint(6, 20, (b, t)),
+        "value_bins": torch.zeros(b, t, dtype=torch.long),
+        "time_deltas": torch.zeros(b, t),
+        "segment_ids": torch.ones(b, t, dtype=torch.long),
+        "attention_mask": torch.ones(b, t, dtype=torch.bool),
+    }
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    out = model(**inputs, labels=labels, pos_weight=torch.tensor(3.0))
+    logits = out.logits
+    expected = -(3.0 * labels * F.logsigmoid(logits) + (1 - labels) * F.logsigmoid(-logits)).mean()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_head_dropout_acts_on_standardized_features(monkeypatch):
+    """A barely trained encoder's pooled vectors are almost alike (std ~0.005 around a mean of
+    ~2 was seen), so the probe's coefficients, folded into the head as coef / std, were ~300:
+    dropout zeroing an uncentred feature then moved the logit by hundreds. The standardization
+    is a fixed layer in front of the dropout, so dropping a feature costs coef * z, and the
+    folded head (what bundles store) scores like the model in eval mode."""
+    torch.manual_seed(0)
+    config = EHRConfig(vocab_size=20, hidden_size=16, num_attention_heads=2,
+                       intermediate_size=32, max_position_embeddings=8)  # fmt: skip
+    model = AdmissionClassifier(config, head_dropout=0.5)
+    mean, std = torch.full((16,), 2.0), torch.full((16,), 0.005)
+    z = torch.randn(64, 16)
+    pooled = mean + std * z  # (B, D): what the encoder hands the head
+    monkeypatch.setattr(
+        model.encoder, "forward", lambda *a, **k: type("Out", (), {"pooler_output": pooled})
+    )
+    with torch.no_grad():
+        model.feature_mean.copy_(mean)
+        model.feature_std.copy_(std)
+        model.head.weight.copy_(torch.full((1, 16), 1.0))
+        model.head.bias.zero_()
+    inputs = {name: None for name in ("input_ids", "value_bins", "time_deltas", "segment_ids",
+                                      "attention_mask")}  # fmt: skip
+    evaluated = model.eval()(**inputs).logits
+    trained = model.train()(**inputs).logits
+    # dropout at 0.5 rescales kept features by 2: |change| <= sum |2 z - z| = sum |z|
+    assert ((trained - evaluated).abs() <= z.abs().sum(1) + 1e-3).all()
+    weight, bias = model.folded_head()
+    torch.testing.assert_close(pooled @ weight + bias, evaluated, rtol=1e-4, atol=1e-3)
+
+
+def test_a_label_budget_limits_the_training_labels(cohort_tokens, encoder_dir, tmp_path):
+    train = read_split(cohort_tokens, "train").filter(pl.col("labeled"))
+    ids = train["visit_id"].head(60)
+    summary = finetune(
+        cohort_tokens, encoder_dir, tmp_path / "ft", _config(mode="scratch"), train_ids=ids
+    )
+    assert summary["train_labeled"] == 60 < train.height
+    assert np.isfinite(summary["val_auroc"])
+
+
+@pytest.mark.parametrize("mode", ["full", "linear-probe"])
+def test_predictions_from_the_output_directory(cohort_tokens, encoder_dir, tmp_path, mode):
+    from sklearn.metrics import roc_auc_score
+
+    summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _config(mode=mode))
+    val = finetuning.labeled_split(cohort_tokens, "val")
+    scores = finetuning.predict_finetuned(tmp_path / "ft", encoder_dir, val, torch.device("cpu"))
+    assert scores.shape == (len(val),) and ((scores >= 0) & (scores <= 1)).all()
+    # The selected model's validation AUROC is reproduced from what was written.
+    assert roc_auc_score(val.labels, scores) == pytest.approx(summary["val_auroc"], abs=1e-9)
+
+
+def test_label_budget_from_the_config_matches_explicit_ids(cohort_tokens, encoder_dir, tmp_path):
+    train_ids, val_ids = finetuning.budget_ids(cohort_tokens, 50, seed=3)
+    bigger, _ = finetuning.budget_ids(cohort_tokens, 80, seed=3)
+    assert len(train_ids) == 50 and set(train_ids) <= set(bigger)  # nested
+    assert len(val_ids) == 20  # the proportional share is smaller; at least 20 are kept
+    by_config = finetune(
+        cohort_tokens, encoder_dir, tmp_path / "a", _config(mode="scratch", label_budget=50, seed=3)
+    )
+    by_ids = finetune(
+        cohort_tokens,
+        encoder_dir,
+        tmp_path / "b",
+        _config(mode="scratch", seed=3),
+        train_ids=train_ids,
+        val_ids=val_ids,
+    )
+    assert (by_config["train_labeled"], by_config["val_labeled"]) == (50, 20)
+    assert by_config["history"] == by_ids["history"]
+
+
+def test_full_mode_starts_as_the_linear_probe(cohort_tokens, encoder_dir, tmp_path):
+    """LP-FT: epoch 0 is the probe-initialized classifier, scored on val before any update, and
+    it scores like the linear probe itself (same pooled vectors, same logistic regression)."""
+    full = finetune(
+        cohort_tokens, encoder_dir, tmp_path / "full", FinetuneConfig(mode="full", max_epochs=1)
+    )
+    probe = finetune(
+        cohort_tokens, encoder_dir, tmp_path / "probe", FinetuneConfig(mode="linear-probe")
+    )
+    assert full["history"][0]["epoch"] == 0 and full["history"][0]["last_loss"] is None
+    assert full["history"][0]["val_auroc"] == pytest.approx(probe["val_auroc"], abs=1e-6)
+    assert full["val_auroc"] >= probe["val_auroc"] - 1e-6  # never worse on val than the probe
