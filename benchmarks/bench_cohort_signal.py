@@ -25,11 +25,10 @@ import polars as pl
 import scipy.sparse as sp
 from cohort_workdir import cohort_stamp, write_or_reuse
 
-from ehr_ssl.evaluation.baselines import count_features, fit_counts_baseline, predict_proba
 from ehr_ssl.config import TokenizeConfig
 from ehr_ssl.data.synthetic import generate_cohort
+from ehr_ssl.evaluation.baselines import count_features, fit_counts_baseline, predict_proba
 from ehr_ssl.evaluation.metrics import auroc, bootstrap_ci, paired_bootstrap_difference
-from ehr_ssl.training.finetune import budget_split
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import (
     SEGMENT_CURRENT,
@@ -38,6 +37,7 @@ from ehr_ssl.tokens.tokenizer import (
     Tokenizer,
     tokenize_dataset,
 )
+from ehr_ssl.training.finetune import budget_split
 
 
 def without_segment(frame: pl.DataFrame, segment: int) -> pl.DataFrame:

@@ -3,9 +3,9 @@ pretraining step, and how much memory the dataset takes.
 
 Synthesizes and tokenizes `--visits` visits (or reuses `--tokens DIR`), then in fresh child
 processes: (1) iterates the pretraining DataLoader alone (TokenDataset + LengthBucketSampler +
-collate, as `ehr_ssl.training.pretrain` builds it) for `--batches` batches of `--batch-size` visits and
-reports visits/s and tokens/s; (2) runs `--steps` steps of the real loop (`pretrain`, preset
-`--preset`) on the same shards and reports its tokens/s and data-wait share from the metrics
+collate, as `ehr_ssl.training.pretrain` builds it) for `--batches` batches of `--batch-size`
+visits and reports visits/s and tokens/s; (2) runs `--steps` steps of the real loop (`pretrain`,
+preset `--preset`) on the same shards and reports its tokens/s and data-wait share from the metrics
 log. Both report the child's peak RSS and its anonymous (non-file) resident memory at the end:
 token shards are memory-mapped, so their pages are file cache the kernel may drop, not heap.
 
@@ -40,8 +40,8 @@ def loader_alone(tokens: Path, batch_size: int, batches: int, workers: int) -> d
     import torch
     from torch.utils.data import DataLoader
 
-    from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
     from ehr_ssl.data.splits import SPLITS
+    from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
     from ehr_ssl.training.pretrain import pretraining_selection
 
     started = time.perf_counter()

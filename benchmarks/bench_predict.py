@@ -25,9 +25,9 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from ehr_ssl.deploy.bundle import AdmissionModel
 from ehr_ssl.config import PRESETS, TokenizeConfig, load_pretrain_config
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+from ehr_ssl.deploy.bundle import AdmissionModel
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
 from ehr_ssl.training.pretrain import encoder_config

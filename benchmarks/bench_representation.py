@@ -33,13 +33,13 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
-from ehr_ssl.evaluation.baselines import count_features
-from ehr_ssl.tokens.batching import TokenDataset
 from ehr_ssl.data.synthetic import CONDITIONS, generate_cohort
-from ehr_ssl.training.finetune import budget_split, labeled_split, pooled_vectors_by_pooling
+from ehr_ssl.evaluation.baselines import count_features
 from ehr_ssl.model.encoder import POOLINGS, EHREncoder
+from ehr_ssl.tokens.batching import TokenDataset
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
+from ehr_ssl.training.finetune import budget_split, labeled_split, pooled_vectors_by_pooling
 
 N_NAMED = 12  # CONDITIONS: the named conditions first, then the minor ones
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)

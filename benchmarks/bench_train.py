@@ -1,7 +1,8 @@
 """Pretraining throughput per preset and device: tokens/s, padding, data vs compute, peak memory,
 and on CUDA the model FLOPs utilization (MFU).
 
-Synthesizes and tokenizes a cohort once, then runs the real training loop (`ehr_ssl.training.pretrain`) for
+Synthesizes and tokenizes a cohort once, then runs the real training loop
+(`ehr_ssl.training.pretrain`) for
 `--steps` steps per preset, each preset in a fresh process (its peak RSS is its own), and reads
 its metrics log, skipping the first `--warmup` steps (first-call allocation and kernel
 selection). tokens/s counts the visits' real tokens per second of step time; encoder tokens/s

@@ -15,6 +15,8 @@ from typing import Any
 
 import polars as pl
 
+from ehr_ssl.layout import BUNDLE_FILE, RunLayout
+
 
 def load(path: str | Path, device: str = "cpu"):  # noqa: ANN201 - AdmissionModel, imported late
     """Load a model bundle (`RUN/bundle`, a registry version) or a registry's production model.
@@ -104,8 +106,8 @@ class RunResult:
     @property
     def bundle(self) -> Path | None:
         """The run's model bundle, if it has one."""
-        path = self.run_dir / "bundle"
-        return path if (path / "bundle.json").exists() else None
+        path = RunLayout(self.run_dir).bundle
+        return path if (path / BUNDLE_FILE).exists() else None
 
     def load_model(self, device: str = "cpu"):  # noqa: ANN201
         """The run's bundled model (see `load`)."""
@@ -165,8 +167,9 @@ def evaluate(
 ) -> RunResult:
     """(Re)score a complete run directory on its test split (what `ehr-ssl evaluate` does).
     `data`: the dataset directory, for its oracle.parquet if it ships one."""
+    from ehr_ssl.config import read_run_config
     from ehr_ssl.data.schema import ORACLE_FILENAME
-    from ehr_ssl.pipeline import evaluate_run, read_run_config
+    from ehr_ssl.pipeline import evaluate_run
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)

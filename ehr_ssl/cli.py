@@ -34,6 +34,7 @@ from ehr_ssl.config import (
 from ehr_ssl.data.readers import read_dataset
 from ehr_ssl.data.summary import format_summary, summarize_dataset
 from ehr_ssl.errors import InputError, TrainingError
+from ehr_ssl.layout import ENCODER_DIR, MODEL_CONFIG_FILE
 from ehr_ssl.tokens.shards import format_manifest
 
 log = logging.getLogger("ehr_ssl")
@@ -255,8 +256,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         base=_read_table(args.config, "finetune"),
         source=str(args.config or "config"),
     )
-    encoder = args.encoder / "encoder" if (args.encoder / "encoder").is_dir() else args.encoder
-    if not (encoder / "config.json").is_file():
+    nested = args.encoder / ENCODER_DIR
+    encoder = nested if nested.is_dir() else args.encoder
+    if not (encoder / MODEL_CONFIG_FILE).is_file():
         raise InputError("not a pretrained encoder (no config.json)", file=str(args.encoder))
     started = time.perf_counter()
     with process_group(config.device):
@@ -280,9 +282,9 @@ def _read_table(path: Path | None, table: str) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ehr_ssl.training.distributed import process_group
-    from ehr_ssl.pipeline import run_pipeline
     from ehr_ssl.evaluation.report import format_report_table
+    from ehr_ssl.pipeline import run_pipeline
+    from ehr_ssl.training.distributed import process_group
 
     config = _pipeline_config(args)
     with process_group(args.device or config.train.device):
@@ -377,8 +379,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ehr_ssl.data.synthetic import generate_cohort, write_cohort
-    from ehr_ssl.pipeline import run_pipeline
     from ehr_ssl.evaluation.report import format_report_table
+    from ehr_ssl.pipeline import run_pipeline
 
     data_dir = args.out / "data"
     log.info("demo: synthesizing %d visits (seed %d) -> %s", args.visits, args.seed, data_dir)

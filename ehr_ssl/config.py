@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
 import math
 import tomllib
 import types
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ehr_ssl.errors import InputError
+from ehr_ssl.layout import RUN_CONFIG_FILE
 
 
 def _check_positive(config: Any, names: tuple[str, ...], section: str) -> None:
@@ -481,6 +483,9 @@ class FinetuneConfig:
 # The models of a run: the SSL encoder fine-tuned in full (the reference), its linear probe, the
 # same transformer from scratch, and the counts baselines.
 MODELS = ("ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm")
+# The fine-tuned models and their fine-tuning mode; the counts baselines and their kind.
+FINETUNED = {"ssl": "full", "ssl_linear_probe": "linear-probe", "scratch": "scratch"}
+COUNTS = {"counts_logistic": "logistic", "counts_gbm": "gbm"}
 
 
 def parse_budget(text: str | int | float) -> int | float | None:
@@ -665,3 +670,14 @@ def load_pretrain_config(path: Path | None, overrides: dict[str, Any]) -> Pretra
 def load_tokenize_config(path: Path | None, overrides: dict[str, Any]) -> TokenizeConfig:
     """The tokenize part of a pipeline config (a file may hold every stage's tables)."""
     return load_pipeline_config(path, overrides).tokenize_config()
+
+
+def read_run_config(run_dir: Path) -> PipelineConfig:
+    """The resolved configuration a run directory was made with (RUN/run_config.json)."""
+    saved = Path(run_dir) / RUN_CONFIG_FILE
+    if not saved.is_file():
+        raise InputError("not a run directory (no run_config.json)", file=str(run_dir))
+    try:
+        return from_dict(PipelineConfig, json.loads(saved.read_text()), source=str(saved))
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON ({e})", file=str(saved)) from None

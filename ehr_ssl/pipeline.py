@@ -31,19 +31,23 @@ import numpy as np
 import polars as pl
 
 from ehr_ssl.atomic import atomic_write_text
-from ehr_ssl.config import PipelineConfig, parse_budget, to_dict
+from ehr_ssl.config import COUNTS, FINETUNED, PipelineConfig, parse_budget, to_dict
 from ehr_ssl.data.readers import read_dataset
 from ehr_ssl.data.schema import ORACLE_FILENAME
 from ehr_ssl.data.summary import format_summary, summarize_dataset
 from ehr_ssl.errors import InputError
+from ehr_ssl.layout import (
+    BUNDLE_FILE,
+    CHECKPOINTS_DIR,
+    FINETUNE_SUMMARY_FILE,
+    MANIFEST_FILE,
+    PRETRAIN_SUMMARY_FILE,
+    RUN_CONFIG_FILE,
+    WEIGHTS_FILE,
+    RunLayout,
+)
 
 log = logging.getLogger("ehr_ssl")
-
-STAGES_FILE = "stages.json"
-RUN_CONFIG_FILE = "run_config.json"
-BUNDLE_DIR = "bundle"
-FINETUNED = {"ssl": "full", "ssl_linear_probe": "linear-probe", "scratch": "scratch"}
-COUNTS = {"counts_logistic": "logistic", "counts_gbm": "gbm"}
 
 
 def data_fingerprint(data_dir: Path) -> str:
@@ -80,7 +84,7 @@ class _Stages:
 
     def __init__(self, run_dir: Path, *, write: bool = True):
         """`write` False: a torchrun process other than rank 0, which reads but never writes."""
-        self.path = run_dir / STAGES_FILE
+        self.path = RunLayout(run_dir).stages
         self.write = write
         self.done: dict[str, str] = {}
         if self.path.exists():
@@ -96,23 +100,6 @@ class _Stages:
         self.done[name] = fingerprint
         if self.write:
             atomic_write_text(self.path, json.dumps(self.done, indent=2, sort_keys=True) + "\n")
-
-
-def read_run_config(run_dir: Path) -> PipelineConfig:
-    """The resolved configuration a run directory was made with (RUN/run_config.json)."""
-    from ehr_ssl.config import from_dict
-
-    saved = Path(run_dir) / RUN_CONFIG_FILE
-    if not saved.is_file():
-        raise InputError("not a run directory (no run_config.json)", file=str(run_dir))
-    try:
-        return from_dict(PipelineConfig, json.loads(saved.read_text()), source=str(saved))
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e})", file=str(saved)) from None
-
-
-def model_dir(run_dir: Path, budget: str, seed: int, model: str) -> Path:
-    return run_dir / "models" / f"{budget}-seed{seed}" / model
 
 
 def run_pipeline(
@@ -131,9 +118,9 @@ def run_pipeline(
     """
     from transformers.utils import logging as hf_logging
 
+    from ehr_ssl.tokens.shards import read_split
     from ehr_ssl.training import distributed
     from ehr_ssl.training.finetune import budget_split, finetune
-    from ehr_ssl.tokens.shards import read_split
     from ehr_ssl.training.pretrain import pretrain
 
     hf_logging.disable_progress_bar()
@@ -151,22 +138,23 @@ def run_pipeline(
     started = time.perf_counter()
 
     # validate + tokenize (bad input stops the run before anything is written)
-    tokens_dir = run_dir / "tokens"
+    layout = RunLayout(run_dir)
+    tokens_dir = layout.tokens
     tokenize_config = config.tokenize_config()
     fp_data = data_fingerprint(data_dir)
     fp_tokens = _hash(["tokens", fp_data, _settings(tokenize_config)])
-    tokens_rerun = not stages.is_done("tokenize", fp_tokens, tokens_dir / "manifest.json")
+    tokens_rerun = not stages.is_done("tokenize", fp_tokens, tokens_dir / MANIFEST_FILE)
     distributed.barrier()  # every process has decided what to run before anything is written
     if rank.is_main:
         _validate_and_tokenize(data_dir, run_dir, config, tokens_rerun, stages, fp_tokens)
     distributed.barrier()
 
     # pretrain
-    pretrain_dir = run_dir / "pretrain"
+    pretrain_dir = layout.pretrain
     pretrain_config = config.pretrain_config()
     fp_pretrain = _hash(["pretrain", fp_tokens, _settings(pretrain_config)])
-    encoder_dir = pretrain_dir / "encoder"
-    if stages.is_done("pretrain", fp_pretrain, pretrain_dir / "pretrain_summary.json"):
+    encoder_dir = layout.encoder
+    if stages.is_done("pretrain", fp_pretrain, pretrain_dir / PRETRAIN_SUMMARY_FILE):
         log.info("pretrain: unchanged since the last run, skipped")
     else:
         resume = not tokens_rerun and _resumable(pretrain_dir, pretrain_config)
@@ -178,7 +166,7 @@ def run_pipeline(
         stages.mark("pretrain", fp_pretrain)
     # Downstream stages depend on the encoder's weights themselves (a rerun on GPU need not
     # reproduce them bit for bit), not only on the settings that made them.
-    fp_encoder = _file_hash(encoder_dir / "model.safetensors")
+    fp_encoder = _file_hash(encoder_dir / WEIGHTS_FILE)
 
     # fine-tune every transformer model at every budget and seed (train and val only); every
     # budget is drawn first, so one the data cannot meet stops the run before any training
@@ -196,21 +184,21 @@ def run_pipeline(
         for seed in config.evaluate.seeds:
             ids = ids_of[budget, seed]
             for model in [m for m in config.evaluate.models if m in FINETUNED]:
-                out = model_dir(run_dir, budget, seed, model)
+                out = layout.model(budget, seed, model)
                 ft_config = config.finetune_config(FINETUNED[model], seed)
                 fp = _hash(["finetune", fp_tokens, fp_encoder, budget, seed, model,
                             _settings(ft_config)])  # fmt: skip
                 name = f"finetune {model} {budget}-seed{seed}"
-                if stages.is_done(name, fp, out / "finetune_summary.json"):
+                if stages.is_done(name, fp, out / FINETUNE_SUMMARY_FILE):
                     log.info("%s: unchanged since the last run, skipped", name)
-                    fingerprints[name] = _file_hash(out / "finetune_summary.json")
+                    fingerprints[name] = _file_hash(out / FINETUNE_SUMMARY_FILE)
                     continue
                 step_started = time.perf_counter()
                 summary = finetune(
                     tokens_dir, encoder_dir, out, ft_config, train_ids=ids[0], val_ids=ids[1]
                 )
                 stages.mark(name, fp)
-                fingerprints[name] = _file_hash(out / "finetune_summary.json")
+                fingerprints[name] = _file_hash(out / FINETUNE_SUMMARY_FILE)
                 log.info(
                     "%s: %d train / %d val labels, val AUROC %.3f (%.0f s)",
                     name,
@@ -229,7 +217,7 @@ def run_pipeline(
     if rank.is_main:
         _evaluate_and_bundle(run_dir, config, data_dir if has_oracle else None, stages, fp_eval)
     distributed.barrier()
-    report = json.loads((run_dir / "report.json").read_text())
+    report = json.loads(layout.report.read_text())
     log.info("run: complete in %.0f s -> %s", time.perf_counter() - started, run_dir)
     return report
 
@@ -253,13 +241,13 @@ def _validate_and_tokenize(
         del dataset
         log.info("validate: %s\n%s", data_dir, format_summary(summary))
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / RUN_CONFIG_FILE, json.dumps(to_dict(config), indent=2) + "\n")
+    atomic_write_text(RunLayout(run_dir).config, json.dumps(to_dict(config), indent=2) + "\n")
     if not rerun:
         log.info("validate + tokenize: unchanged since the last run, skipped")
         return
-    tokenize_dataset(data_dir, run_dir / "tokens", tokenize_config, overwrite=True)
+    tokenize_dataset(data_dir, RunLayout(run_dir).tokens, tokenize_config, overwrite=True)
     stages.mark("tokenize", fingerprint)
-    log.info("tokenize: -> %s (%.0f s)", run_dir / "tokens", time.perf_counter() - started)
+    log.info("tokenize: -> %s (%.0f s)", RunLayout(run_dir).tokens, time.perf_counter() - started)
 
 
 def _evaluate_and_bundle(
@@ -273,23 +261,24 @@ def _evaluate_and_bundle(
     reference model at the main budget, ready for `ehr-ssl predict`."""
     from ehr_ssl.deploy.bundle import export_bundle
 
-    if stages.is_done("evaluate", fingerprint, run_dir / "report.json"):
+    layout = RunLayout(run_dir)
+    if stages.is_done("evaluate", fingerprint, layout.report):
         log.info("evaluate: unchanged since the last run, skipped")
     else:
         evaluate_run(oracle_dir, run_dir, config)
         stages.mark("evaluate", fingerprint)
     if "ssl" in config.evaluate.models:
         fp_bundle = _hash(["bundle", fingerprint])
-        if not stages.is_done("bundle", fp_bundle, run_dir / BUNDLE_DIR / "bundle.json"):
-            export_bundle(run_dir, run_dir / BUNDLE_DIR, model="ssl", overwrite=True)
+        if not stages.is_done("bundle", fp_bundle, layout.bundle / BUNDLE_FILE):
+            export_bundle(run_dir, layout.bundle, model="ssl", overwrite=True)
             stages.mark("bundle", fp_bundle)
-            log.info("bundle: -> %s", run_dir / BUNDLE_DIR)
+            log.info("bundle: -> %s", layout.bundle)
 
 
 def _resumable(pretrain_dir: Path, config: Any) -> bool:
     """An interrupted pretraining of the same configuration (on unchanged tokens) can resume."""
-    saved = pretrain_dir / "run_config.json"
-    if not (saved.exists() and (pretrain_dir / "checkpoints").is_dir()):
+    saved = pretrain_dir / RUN_CONFIG_FILE
+    if not (saved.exists() and (pretrain_dir / CHECKPOINTS_DIR).is_dir()):
         return False
     try:
         return json.loads(saved.read_text()).get("config") == to_dict(config)
@@ -305,20 +294,21 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
     synthetic cohort ships one), or None.
     """
     from ehr_ssl.evaluation.baselines import count_features, score_counts_baseline
-    from ehr_ssl.training.finetune import budget_split, labeled_split, predict_finetuned
     from ehr_ssl.evaluation.report import build_report, write_report
     from ehr_ssl.tokens.shards import read_split
     from ehr_ssl.tokens.tokenizer import Tokenizer
+    from ehr_ssl.training.finetune import budget_split, labeled_split, predict_finetuned
     from ehr_ssl.training.pretrain import resolve_device
 
-    tokens_dir, encoder_dir = run_dir / "tokens", run_dir / "pretrain" / "encoder"
+    layout = RunLayout(run_dir)
+    tokens_dir, encoder_dir = layout.tokens, layout.encoder
     missing = [
-        model_dir(run_dir, budget, seed, model)
+        layout.model(budget, seed, model)
         for budget in config.evaluate.budgets
         for seed in config.evaluate.seeds
         for model in config.evaluate.models
         if model in FINETUNED
-        and not (model_dir(run_dir, budget, seed, model) / "finetune_summary.json").exists()
+        and not (layout.model(budget, seed, model) / FINETUNE_SUMMARY_FILE).exists()
     ]
     if missing:
         raise InputError(
@@ -352,8 +342,8 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
             for model in config.evaluate.models:
                 key = f"{budget}-seed{seed}/{model}"
                 if model in FINETUNED:
-                    out = model_dir(run_dir, budget, seed, model)
-                    summary = json.loads((out / "finetune_summary.json").read_text())
+                    out = layout.model(budget, seed, model)
+                    summary = json.loads((out / FINETUNE_SUMMARY_FILE).read_text())
                     selection[key] = {
                         k: summary.get(k) for k in ("val_auroc", "selected_epoch", "selected_C")
                     }

@@ -4,10 +4,14 @@ A patient's split depends only on their id and the seed, never on the rest of th
 order or the library versions (polars' own hash is not stable across versions, so the hash is
 written out here: FNV-1a over the UTF-8 bytes of the id, integer ids as their decimal text,
 then the splitmix64 finalizer).
-Every visit of a patient lands in the same split.
+Every visit of a patient lands in the same split. Label budgets draw nested subsets of the
+labeled visits of a split.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import numpy as np
 import polars as pl
@@ -97,3 +101,53 @@ def temporal_splits(
     split[of_test_patient] = None
     split[in_window] = "test"
     return pl.Series("split", split.tolist(), dtype=pl.Enum(SPLITS))
+
+
+def label_budget_subset(
+    frame: pl.DataFrame, budget: int | float | None, *, seed: int
+) -> pl.DataFrame:
+    """The labeled visits of `frame`, limited to a label budget drawn as nested subsets.
+
+    Labeled visits are sorted by visit_id (so the draw does not depend on row order) and ranked
+    once by a permutation seeded with `seed`; a budget of N keeps the first N in that ranking.
+    Hence for one seed the subset of a smaller budget is always inside that of a larger one.
+    Rows come back in frame order.
+
+    Args:
+        frame: Visits with `visit_id` and `labeled` columns (e.g. one split from read_split).
+        budget: An int N (1 <= N <= labeled visits), a float fraction in (0, 1] (N = fraction *
+            labeled visits, rounded half up), or None for every labeled visit.
+        seed: Seed of the ranking.
+
+    Raises:
+        ValueError: For a budget below one visit, above the labeled visits available (the
+            message says how many), a fraction outside (0, 1], or another type.
+    """
+    for column in ("visit_id", "labeled"):
+        if column not in frame.columns:
+            raise ValueError(f"frame has no column {column!r} (columns: {frame.columns})")
+    is_labeled = frame.get_column("labeled").fill_null(False).to_numpy().astype(bool)
+    available = int(is_labeled.sum())
+    if budget is None:
+        return frame.filter(pl.Series(is_labeled))
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
+        raise ValueError(f"budget must be an int, a float in (0, 1] or None, got {budget!r}")
+    if isinstance(budget, numbers.Integral):
+        n = int(budget)
+    else:
+        if not 0.0 < budget <= 1.0:
+            raise ValueError(f"a fractional budget must be in (0, 1], got {budget!r}")
+        n = math.floor(budget * available + 0.5)
+    if n < 1:
+        raise ValueError(
+            f"budget {budget!r} is less than one visit ({available} labeled available)"
+        )
+    if n > available:
+        raise ValueError(f"budget {budget!r} exceeds the {available} labeled visits available")
+
+    rows = np.flatnonzero(is_labeled)
+    by_id = frame.get_column("visit_id").gather(rows).arg_sort().to_numpy()
+    ranking = rows[by_id][np.random.default_rng(seed).permutation(available)]
+    keep = np.zeros(frame.height, dtype=bool)
+    keep[ranking[:n]] = True
+    return frame.filter(pl.Series(keep))

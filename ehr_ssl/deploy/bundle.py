@@ -33,20 +33,29 @@ from safetensors.torch import load_file, save_file
 
 from ehr_ssl import __version__
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
-from ehr_ssl.tokens.batching import collate
 from ehr_ssl.deploy.drift import data_profile
 from ehr_ssl.errors import InputError
+from ehr_ssl.evaluation.report import model_metrics
+from ehr_ssl.layout import (
+    BUNDLE_FILE,
+    CLASSIFIER_DIR,
+    ENCODER_DIR,
+    FINETUNE_SUMMARY_FILE,
+    HEAD_FILE,
+    MODEL_CARD_FILE,
+    PROBE_FILE,
+    PROFILE_FILE,
+    REPORT_JSON,
+    RunLayout,
+)
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
-from ehr_ssl.evaluation.report import model_metrics
+from ehr_ssl.tokens.batching import collate
 from ehr_ssl.tokens.shards import flat_tokens
 from ehr_ssl.tokens.tokenizer import TOKEN_COLUMNS, Tokenizer
 
 BUNDLE_FORMAT = "ehr-ssl-bundle"
 BUNDLE_VERSION = 1
-BUNDLE_FILE = "bundle.json"
-HEAD_FILE = "head.safetensors"
-PROFILE_FILE = "data_profile.json"
 LABEL_DEFINITION = (
     "hospital admission within 7 days of the ED visit (the `label` of labels.parquet: true = "
     "admitted)"
@@ -146,7 +155,7 @@ class AdmissionModel:
         if directory.exists() and not overwrite:
             raise InputError("output directory already exists", file=str(directory))
         with atomic_directory(directory, overwrite=overwrite) as tmp:
-            self.encoder.cpu().save_pretrained(tmp / "encoder")
+            self.encoder.cpu().save_pretrained(tmp / ENCODER_DIR)
             self.encoder.to(self.device)
             save_file(
                 {
@@ -158,10 +167,10 @@ class AdmissionModel:
             self.tokenizer.save(tmp)
             atomic_write_text(tmp / BUNDLE_FILE, json.dumps(self.info, indent=2) + "\n")
             if self.report is not None:
-                atomic_write_text(tmp / "report.json", json.dumps(self.report, indent=2) + "\n")
+                atomic_write_text(tmp / REPORT_JSON, json.dumps(self.report, indent=2) + "\n")
             if self.profile is not None:
                 atomic_write_text(tmp / PROFILE_FILE, json.dumps(self.profile) + "\n")
-            atomic_write_text(tmp / "MODEL_CARD.md", model_card(self.info, self.report))
+            atomic_write_text(tmp / MODEL_CARD_FILE, model_card(self.info, self.report))
         return directory
 
 
@@ -180,7 +189,7 @@ def load_bundle(directory: Path, device: str = "cpu") -> AdmissionModel:
         )
     tokenizer = Tokenizer.load(directory)
     try:
-        encoder = EHREncoder.from_pretrained(directory / "encoder", use_safetensors=True)
+        encoder = EHREncoder.from_pretrained(directory / ENCODER_DIR, use_safetensors=True)
         head = load_file(str(directory / HEAD_FILE))
     except (OSError, ValueError) as e:
         raise InputError(
@@ -192,7 +201,8 @@ def load_bundle(directory: Path, device: str = "cpu") -> AdmissionModel:
             f"{tokenizer.vocab_size}",
             file=str(directory),
         )
-    report = _read_json(directory / "report.json") if (directory / "report.json").exists() else None
+    report_path = directory / REPORT_JSON
+    report = _read_json(report_path) if report_path.exists() else None
     profile = _read_json(directory / PROFILE_FILE) if (directory / PROFILE_FILE).exists() else None
     model = AdmissionModel(tokenizer, encoder, head["weight"], head["bias"], info, report, profile)
     return model.to(device)
@@ -242,7 +252,7 @@ def export_bundle(
         budget: The label budget (default: the run's main budget).
         seed: The fine-tuning seed (default: the run's first).
     """
-    from ehr_ssl.pipeline import FINETUNED, model_dir, read_run_config
+    from ehr_ssl.config import FINETUNED, read_run_config
 
     run_dir = Path(run_dir)
     if model not in FINETUNED:
@@ -254,15 +264,16 @@ def export_bundle(
     config = read_run_config(run_dir)
     budget = budget or config.evaluate.label_budget
     seed = config.evaluate.seeds[0] if seed is None else seed
-    source = model_dir(run_dir, budget, seed, model)
-    if not (source / "finetune_summary.json").exists():
+    layout = RunLayout(run_dir)
+    source = layout.model(budget, seed, model)
+    if not (source / FINETUNE_SUMMARY_FILE).exists():
         raise InputError(
             f"no fine-tuned {model} at budget {budget}, seed {seed} in this run", file=str(run_dir)
         )
-    report = _read_json(run_dir / "report.json") if (run_dir / "report.json").exists() else None
+    report = _read_json(layout.report) if layout.report.exists() else None
     bundle = make_bundle(
-        run_dir / "tokens",
-        run_dir / "pretrain" / "encoder",
+        layout.tokens,
+        layout.encoder,
         source,
         info={
             "model": model,
@@ -289,23 +300,23 @@ def make_bundle(
     pretrained encoder it used and its tokens directory. `info` adds to bundle.json (what the
     model is, its metrics); the training data's counts, dates and token profile come from the
     tokens directory's train split."""
-    from ehr_ssl.training.finetune import AdmissionClassifier, fold_standardization
     from ehr_ssl.tokens.shards import read_manifest, read_split
+    from ehr_ssl.training.finetune import AdmissionClassifier, fold_standardization
 
     tokenizer = Tokenizer.load(tokens_dir)
-    if (Path(finetune_dir) / "model").is_dir():  # full fine-tuning, scratch
+    if (Path(finetune_dir) / CLASSIFIER_DIR).is_dir():  # full fine-tuning, scratch
         classifier = AdmissionClassifier.from_pretrained(
-            Path(finetune_dir) / "model", use_safetensors=True
+            Path(finetune_dir) / CLASSIFIER_DIR, use_safetensors=True
         )
         encoder = classifier.encoder
         weight, bias = (t.detach() for t in classifier.folded_head())
     else:  # the linear probe, folded into one linear layer
-        probe = load_file(str(Path(finetune_dir) / "linear_probe.safetensors"))
+        probe = load_file(str(Path(finetune_dir) / PROBE_FILE))
         encoder = EHREncoder.from_pretrained(encoder_dir, use_safetensors=True)
         weight, bias = fold_standardization(
             probe["coef"], probe["intercept"][0], probe["mean"], probe["std"]
         )
-    summary = _read_json(Path(finetune_dir) / "finetune_summary.json")
+    summary = _read_json(Path(finetune_dir) / FINETUNE_SUMMARY_FILE)
     manifest = read_manifest(tokens_dir)
     full_info = {
         "format": BUNDLE_FORMAT,

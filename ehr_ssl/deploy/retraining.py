@@ -8,8 +8,8 @@ a production model, its tokenizer is kept (the encoder's embeddings are tied to 
 new codes read as [UNK], and the drift section says how many); a first retrain fits a tokenizer
 on train and pretrains from scratch. Tokens are cached in the registry under the production
 tokenizer, so a retrain on a dataset that grew tokenizes only the new and changed visits
-(`ehr_ssl.tokens.incremental`). Everything else is built in the registry's tmp/ and committed at the end
-(`ehr_ssl.deploy.registry.Registry.commit`).
+(`ehr_ssl.tokens.incremental`). Everything else is built in the registry's tmp/ and committed
+at the end (`ehr_ssl.deploy.registry.Registry.commit`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 import polars as pl
 
 from ehr_ssl.atomic import atomic_write_text
-from ehr_ssl.config import PipelineConfig, parse_budget, to_dict
+from ehr_ssl.config import COUNTS, PipelineConfig, parse_budget, to_dict
 from ehr_ssl.data.splits import temporal_splits
-from ehr_ssl.errors import InputError
 from ehr_ssl.deploy.registry import Registry
+from ehr_ssl.errors import InputError
 
 log = logging.getLogger("ehr_ssl")
 
@@ -48,15 +48,14 @@ def retrain(
     """
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl.evaluation.baselines import count_features, score_counts_baseline
-    from ehr_ssl.deploy.bundle import load_bundle, make_bundle
     from ehr_ssl.data.schema import ORACLE_FILENAME
+    from ehr_ssl.deploy.bundle import load_bundle, make_bundle
     from ehr_ssl.deploy.drift import compare_profiles, data_profile, format_drift_markdown
-    from ehr_ssl.training.finetune import budget_ids, finetune, labeled_split, predict_finetuned
-    from ehr_ssl.pipeline import COUNTS
+    from ehr_ssl.evaluation.baselines import count_features, score_counts_baseline
     from ehr_ssl.evaluation.report import build_report, model_metrics
     from ehr_ssl.tokens.shards import read_split
     from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
+    from ehr_ssl.training.finetune import budget_ids, finetune, labeled_split, predict_finetuned
     from ehr_ssl.training.pretrain import pretrain, resolve_device
 
     hf_logging.disable_progress_bar()

@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ehr_ssl.atomic import atomic_file
-from ehr_ssl.deploy.bundle import AdmissionModel
 from ehr_ssl.data.partitions import (
     CHUNK_COLUMN,
     chunk_of,
@@ -35,6 +34,7 @@ from ehr_ssl.data.partitions import (
 )
 from ehr_ssl.data.readers import read_visits, table_files
 from ehr_ssl.data.schema import EVENTS, VISITS
+from ehr_ssl.deploy.bundle import AdmissionModel
 from ehr_ssl.errors import InputError
 from ehr_ssl.tokens.tokenizer import UNK_ID
 

@@ -8,7 +8,6 @@ visits, the same lookback window and the same cutoff (no event after the predict
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Literal
 
 import numpy as np
@@ -296,53 +295,3 @@ def predict_proba(estimator, X) -> np.ndarray:
     if 1 not in classes:
         raise ValueError(f"estimator was not trained with a positive class 1, classes {classes}")
     return np.asarray(estimator.predict_proba(X)[:, classes.index(1)], dtype=np.float64)
-
-
-def label_budget_subset(
-    frame: pl.DataFrame, budget: int | float | None, *, seed: int
-) -> pl.DataFrame:
-    """The labeled visits of `frame`, limited to a label budget drawn as nested subsets.
-
-    Labeled visits are sorted by visit_id (so the draw does not depend on row order) and ranked
-    once by a permutation seeded with `seed`; a budget of N keeps the first N in that ranking.
-    Hence for one seed the subset of a smaller budget is always inside that of a larger one.
-    Rows come back in frame order.
-
-    Args:
-        frame: Visits with `visit_id` and `labeled` columns (e.g. one split from read_split).
-        budget: An int N (1 <= N <= labeled visits), a float fraction in (0, 1] (N = fraction *
-            labeled visits, rounded half up), or None for every labeled visit.
-        seed: Seed of the ranking.
-
-    Raises:
-        ValueError: For a budget below one visit, above the labeled visits available (the
-            message says how many), a fraction outside (0, 1], or another type.
-    """
-    for column in ("visit_id", "labeled"):
-        if column not in frame.columns:
-            raise ValueError(f"frame has no column {column!r} (columns: {frame.columns})")
-    is_labeled = frame.get_column("labeled").fill_null(False).to_numpy().astype(bool)
-    available = int(is_labeled.sum())
-    if budget is None:
-        return frame.filter(pl.Series(is_labeled))
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
-        raise ValueError(f"budget must be an int, a float in (0, 1] or None, got {budget!r}")
-    if isinstance(budget, numbers.Integral):
-        n = int(budget)
-    else:
-        if not 0.0 < budget <= 1.0:
-            raise ValueError(f"a fractional budget must be in (0, 1], got {budget!r}")
-        n = math.floor(budget * available + 0.5)
-    if n < 1:
-        raise ValueError(
-            f"budget {budget!r} is less than one visit ({available} labeled available)"
-        )
-    if n > available:
-        raise ValueError(f"budget {budget!r} exceeds the {available} labeled visits available")
-
-    rows = np.flatnonzero(is_labeled)
-    by_id = frame.get_column("visit_id").gather(rows).arg_sort().to_numpy()
-    ranking = rows[by_id][np.random.default_rng(seed).permutation(available)]
-    keep = np.zeros(frame.height, dtype=bool)
-    keep[ranking[:n]] = True
-    return frame.filter(pl.Series(keep))

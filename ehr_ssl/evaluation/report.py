@@ -22,6 +22,14 @@ from ehr_ssl.evaluation.metrics import (
     paired_bootstrap_difference,
     seed_mean_bootstrap_ci,
 )
+from ehr_ssl.layout import (
+    CALIBRATION_PLOT,
+    LABEL_EFFICIENCY_PLOT,
+    PREDICTIONS_FILE,
+    REPORT_JSON,
+    REPORT_MD,
+    ROC_PLOT,
+)
 
 # The predictions contract: one row per (test visit, model, label budget, training seed).
 PREDICTION_COLUMNS = (
@@ -575,8 +583,8 @@ def write_plots(predictions: pl.DataFrame, report: dict[str, Any], out_dir: Path
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
     ax.set_title(f"ROC, test set, label budget {budget}")
     ax.legend(loc="lower right", fontsize="small")
-    _save_figure(figure, out_dir / "roc.png")
-    written.append(out_dir / "roc.png")
+    _save_figure(figure, out_dir / ROC_PLOT)
+    written.append(out_dir / ROC_PLOT)
 
     figure = Figure(figsize=(5.5, 5), layout="constrained")
     ax = figure.add_subplot()
@@ -588,8 +596,8 @@ def write_plots(predictions: pl.DataFrame, report: dict[str, Any], out_dir: Path
     ax.set(xlim=(0, 1), ylim=(0, 1))
     ax.set_title(f"Calibration (10 quantile bins), label budget {budget}")
     ax.legend(loc="upper left", fontsize="small")
-    _save_figure(figure, out_dir / "calibration.png")
-    written.append(out_dir / "calibration.png")
+    _save_figure(figure, out_dir / CALIBRATION_PLOT)
+    written.append(out_dir / CALIBRATION_PLOT)
 
     efficiency = [e for e in report["label_efficiency"] if e["train_labels"] > 0]
     if len(efficiency) >= 2:
@@ -613,8 +621,8 @@ def write_plots(predictions: pl.DataFrame, report: dict[str, Any], out_dir: Path
         ax.set(xlabel="labeled training visits", ylabel="test AUROC (mean over seeds)")
         ax.set_title("Label efficiency (band: 95% CI, patient bootstrap)")
         ax.legend(loc="best", fontsize="small")
-        _save_figure(figure, out_dir / "label_efficiency.png")
-        written.append(out_dir / "label_efficiency.png")
+        _save_figure(figure, out_dir / LABEL_EFFICIENCY_PLOT)
+        written.append(out_dir / LABEL_EFFICIENCY_PLOT)
     return written
 
 
@@ -633,11 +641,11 @@ def write_report(predictions: pl.DataFrame, report: dict[str, Any], out_dir: Pat
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out_dir / "report.md", format_report_markdown(report))
+    atomic_write_text(out_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out_dir / REPORT_MD, format_report_markdown(report))
     write_plots(predictions, report, out_dir)
     first = [c for c in PARQUET_COLUMN_ORDER if c in predictions.columns]
     ordered = predictions.select(first + [c for c in predictions.columns if c not in first])
-    with atomic_file(out_dir / "predictions.parquet") as tmp:
+    with atomic_file(out_dir / PREDICTIONS_FILE) as tmp:
         ordered.write_parquet(tmp)
         _fsync(tmp)

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ehr_ssl.training import distributed
 from ehr_ssl.config import ObjectiveConfig
+from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.model.heads import MaskedEventHead, ProjectionHead
 from ehr_ssl.model.losses import IGNORE_INDEX, info_nce_loss, masked_event_loss
 from ehr_ssl.model.masking import mask_events
-from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.model.views import augment_view
+from ehr_ssl.training import distributed
 
 ENCODER_INPUTS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")
 

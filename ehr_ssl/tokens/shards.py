@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from ehr_ssl.data.splits import SPLITS
 from ehr_ssl.errors import InputError
+from ehr_ssl.layout import MANIFEST_FILE
 
-MANIFEST_FILE = "manifest.json"
 TOKENS_FORMAT = "ehr-ssl-tokens"
 
 

@@ -47,13 +47,13 @@ from ehr_ssl.data.schema import LABELS, SCHEMA_VERSION
 from ehr_ssl.data.splits import SPLITS, assign_splits
 from ehr_ssl.data.windows import EventWindows, build_windows
 from ehr_ssl.errors import InputError
-from ehr_ssl.tokens.shards import MANIFEST_FILE, TOKENS_FORMAT, ShardWriter
+from ehr_ssl.layout import MANIFEST_FILE, TOKENIZER_FILE, TOKENS_CONFIG_FILE
+from ehr_ssl.tokens.shards import TOKENS_FORMAT, ShardWriter
 
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[CLS]", "[UNK]", "[HIST]", "[VISIT]")
 PAD_ID, MASK_ID, CLS_ID, UNK_ID, HIST_ID, VISIT_ID = range(len(SPECIAL_TOKENS))
 SEGMENT_STATIC, SEGMENT_HISTORY, SEGMENT_CURRENT = 0, 1, 2
 NO_VALUE_BIN = 0
-TOKENIZER_FILE = "tokenizer.json"
 TOKEN_COLUMNS = ("input_ids", "value_bins", "time_deltas", "segment_ids")
 _US_PER_HOUR = 3_600_000_000
 
@@ -590,7 +590,7 @@ def _write_tokens(
             manifest["splits"][name]["arrival_time_range"] = (
                 [str(in_split.min()), str(in_split.max())] if in_split.len() else None
             )
-        atomic_write_text(tmp / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
+        atomic_write_text(tmp / TOKENS_CONFIG_FILE, json.dumps(to_dict(config), indent=2) + "\n")
         atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -19,8 +19,7 @@ from torch import nn
 
 from ehr_ssl.atomic import atomic_directory
 from ehr_ssl.errors import InputError
-
-CHECKPOINTS = "checkpoints"
+from ehr_ssl.layout import CHECKPOINTS_DIR, WEIGHTS_FILE
 
 
 def save_checkpoint(
@@ -34,13 +33,13 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write the checkpoint of `step` and delete all but the newest `keep`."""
-    root = Path(run_dir) / CHECKPOINTS
+    root = Path(run_dir) / CHECKPOINTS_DIR
     path = root / f"step-{step:08d}"
     for stale in root.glob(".step-*.tmp-*"):  # left by a run killed while saving
         shutil.rmtree(stale, ignore_errors=True)
     with atomic_directory(path, overwrite=True) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
+        save_file(weights, str(tmp / WEIGHTS_FILE))
         state = {
             "step": step,
             "data_position": data_position,
@@ -60,7 +59,7 @@ def save_checkpoint(
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint (temporary directories of interrupted writes are skipped)."""
-    found = sorted((Path(run_dir) / CHECKPOINTS).glob("step-*"))
+    found = sorted((Path(run_dir) / CHECKPOINTS_DIR).glob("step-*"))
     return found[-1] if found else None
 
 
@@ -73,7 +72,7 @@ def load_checkpoint(
 ) -> tuple[int, dict[str, int]]:
     """Restore model, optimizer and RNG states in place; returns (step, data position)."""
     try:
-        weights = load_file(str(path / "model.safetensors"))
+        weights = load_file(str(path / WEIGHTS_FILE))
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors, pickle and OS errors all mean the same thing here
         raise InputError(f"unreadable checkpoint ({type(e).__name__})", file=str(path)) from None

@@ -34,15 +34,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ehr_ssl.training import distributed
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
-from ehr_ssl.evaluation.baselines import label_budget_subset
-from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.config import FinetuneConfig, to_dict
+from ehr_ssl.data.splits import label_budget_subset
 from ehr_ssl.errors import InputError
+from ehr_ssl.layout import CLASSIFIER_DIR, FINETUNE_SUMMARY_FILE, PROBE_FILE
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder, EHRPreTrainedModel
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
+from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.tokens.shards import read_split
+from ehr_ssl.training import distributed
 from ehr_ssl.training.pretrain import param_groups, resolve_device
 
 log = logging.getLogger("ehr_ssl")
@@ -255,10 +256,10 @@ def finetune(
     if rank.is_main:
         with atomic_directory(out_dir, overwrite=True) as tmp:
             if model is not None:
-                model.cpu().save_pretrained(tmp / "model")
+                model.cpu().save_pretrained(tmp / CLASSIFIER_DIR)
             else:
-                save_file(probe, str(tmp / "linear_probe.safetensors"))
-            atomic_write_text(tmp / "finetune_summary.json", json.dumps(summary, indent=2) + "\n")
+                save_file(probe, str(tmp / PROBE_FILE))
+            atomic_write_text(tmp / FINETUNE_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     distributed.barrier()  # the next stage reads what rank 0 wrote
     return summary
 
@@ -423,10 +424,10 @@ def predict_finetuned(
     """P(admission) for every visit of `dataset` from a fine-tuning output directory: the
     classifier (full, scratch) or the probe over `encoder_dir`'s frozen encoder. Shape: (N,)."""
     finetune_dir = Path(finetune_dir)
-    if (finetune_dir / "model").is_dir():
-        model = AdmissionClassifier.from_pretrained(finetune_dir / "model").to(device)
+    if (finetune_dir / CLASSIFIER_DIR).is_dir():
+        model = AdmissionClassifier.from_pretrained(finetune_dir / CLASSIFIER_DIR).to(device)
         return predict_scores(model, dataset, device)
-    probe = {k: v.numpy() for k, v in load_file(finetune_dir / "linear_probe.safetensors").items()}
+    probe = {k: v.numpy() for k, v in load_file(finetune_dir / PROBE_FILE).items()}
     encoder = EHREncoder.from_pretrained(encoder_dir).to(device)
     x = (pooled_vectors(encoder, dataset, device) - probe["mean"]) / probe["std"]
     return 1 / (1 + np.exp(-(x @ probe["coef"] + probe["intercept"])))

@@ -31,24 +31,27 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ehr_ssl.training import distributed
 from ehr_ssl.atomic import atomic_directory, atomic_file, atomic_write_text
-from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
-from ehr_ssl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ehr_ssl.config import PretrainConfig, TrainConfig, to_dict
 from ehr_ssl.data.splits import SPLITS
 from ehr_ssl.errors import InputError, TrainingError
+from ehr_ssl.layout import (
+    ENCODER_DIR,
+    HEADS_FILE,
+    METRICS_FILE,
+    PRETRAIN_SUMMARY_FILE,
+    RUN_CONFIG_FILE,
+    TENSORBOARD_DIR,
+    TOKENIZER_FILE,
+)
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder
 from ehr_ssl.model.pretraining import PretrainingModel
-from ehr_ssl.tokens.tokenizer import TOKENIZER_FILE, Tokenizer
+from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
+from ehr_ssl.tokens.tokenizer import Tokenizer
+from ehr_ssl.training import distributed
+from ehr_ssl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger("ehr_ssl")
-
-RUN_CONFIG = "run_config.json"
-METRICS = "metrics.jsonl"
-SUMMARY = "pretrain_summary.json"
-ENCODER_DIR = "encoder"
-HEADS_FILE = "pretraining_heads.safetensors"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,7 +101,7 @@ class MetricsLog:
     """metrics.jsonl (one JSON object per logged step), optionally mirrored to TensorBoard."""
 
     def __init__(self, run_dir: Path, *, resume_step: int, tensorboard: bool):
-        self.path = run_dir / METRICS
+        self.path = run_dir / METRICS_FILE
         self.last: dict = {}
         if self.path.exists():
             # Keep what led to the checkpoint being resumed; drop what a killed run wrote after
@@ -118,7 +121,7 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops the points a killed run logged after the checkpoint.
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+            self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=resume_step + 1)
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
@@ -362,7 +365,7 @@ def pretrain(
         summary = _finish(out_dir, tokens_dir, model, config, last, step, len(dataset))
     distributed.barrier()  # what follows (fine-tuning) reads the encoder rank 0 wrote
     if not rank.is_main:
-        summary = json.loads((out_dir / SUMMARY).read_text())
+        summary = json.loads((out_dir / PRETRAIN_SUMMARY_FILE).read_text())
     return summary
 
 
@@ -425,7 +428,7 @@ class _Window:
 def _prepare_run_dir(out_dir: Path, run: dict, *, resume: bool) -> None:
     """Create the run directory, or check that a resumed run has the same configuration and
     data (tokenizer and visit count: the learning-rate schedule depends on the latter)."""
-    saved = out_dir / RUN_CONFIG
+    saved = out_dir / RUN_CONFIG_FILE
     if resume and saved.exists():
         try:
             previous = json.loads(saved.read_text())
@@ -491,5 +494,5 @@ def _finish(
         "final_metrics": last,
         "tokens_dir": str(tokens_dir),
     }
-    atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / PRETRAIN_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from ehr_ssl.config import SplitConfig
-from ehr_ssl.data.splits import assign_splits, patient_hash
+from ehr_ssl.data.splits import assign_splits, label_budget_subset, patient_hash
 
 
 def test_deterministic_and_independent_of_row_order():
@@ -107,3 +107,78 @@ def test_temporal_splits_hold_out_the_latest_visits_and_keep_patients_apart():
     # a left-out visit is an earlier visit of a test-window patient
     left_out = patients.filter(~kept).unique()
     assert left_out.is_in(patients.filter(split == "test").implode()).all()
+
+
+# --- label budgets ---------------------------------------------------------------------------
+
+
+def budget_frame(n: int = 200) -> pl.DataFrame:
+    """Visits with ids in reverse order, every third unlabeled."""
+    labeled = [i % 3 != 0 for i in range(n)]
+    return pl.DataFrame(
+        {
+            "visit_id": list(range(n, 0, -1)),
+            "labeled": labeled,
+            "label": [(i % 2 == 0) if lab else None for i, lab in enumerate(labeled)],
+        }
+    )
+
+
+def ids(frame: pl.DataFrame) -> set[int]:
+    return set(frame["visit_id"].to_list())
+
+
+def test_label_budget_subsets_are_nested_and_labeled():
+    frame = budget_frame()
+    available = int(frame["labeled"].sum())
+    subsets = [label_budget_subset(frame, n, seed=3) for n in (1, 5, 20, 60, available)]
+    for smaller, larger in zip(subsets, subsets[1:], strict=False):
+        assert ids(smaller) < ids(larger)
+    assert [s.height for s in subsets] == [1, 5, 20, 60, available]
+    assert all(s["labeled"].all() for s in subsets)
+    assert ids(subsets[-1]) == ids(label_budget_subset(frame, None, seed=3))
+    assert ids(subsets[-1]) == ids(frame.filter("labeled"))
+    # Rows come back in frame order.
+    order = frame["visit_id"].to_list()
+    kept = subsets[2]["visit_id"].to_list()
+    assert kept == sorted(kept, key=order.index)
+
+
+def test_label_budget_is_seeded_and_independent_of_row_order():
+    frame = budget_frame()
+    assert ids(label_budget_subset(frame, 20, seed=3)) == ids(
+        label_budget_subset(frame, 20, seed=3)
+    )
+    assert ids(label_budget_subset(frame, 20, seed=3)) != ids(
+        label_budget_subset(frame, 20, seed=4)
+    )
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=0)
+    assert ids(label_budget_subset(shuffled, 20, seed=3)) == ids(
+        label_budget_subset(frame, 20, seed=3)
+    )
+
+
+def test_label_budget_fraction_matches_count():
+    frame = budget_frame(150)  # 100 labeled
+    for fraction, n in ((0.01, 1), (0.25, 25), (0.29, 29), (0.5, 50), (1.0, 100)):
+        assert ids(label_budget_subset(frame, fraction, seed=7)) == ids(
+            label_budget_subset(frame, n, seed=7)
+        )
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        (0, "less than one"),
+        (-3, "less than one"),
+        (101, "100 labeled"),
+        (0.0, r"\(0, 1\]"),
+        (1.5, r"\(0, 1\]"),
+        (0.001, "less than one"),
+        (True, "budget must be"),
+        ("all", "budget must be"),
+    ],
+)
+def test_label_budget_rejects_bad_budgets(budget, message: str):
+    with pytest.raises(ValueError, match=message):
+        label_budget_subset(budget_frame(150), budget, seed=0)

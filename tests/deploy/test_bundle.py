@@ -12,9 +12,9 @@ import torch
 
 from ehr_ssl.deploy.bundle import export_bundle, load_bundle
 from ehr_ssl.errors import InputError
-from ehr_ssl.training.finetune import labeled_split, predict_finetuned
-from ehr_ssl.pipeline import model_dir
+from ehr_ssl.layout import RunLayout
 from ehr_ssl.tokens.shards import read_split
+from ehr_ssl.training.finetune import labeled_split, predict_finetuned
 from tests.conftest import PATIENT_PREFIX, VISIT_PREFIX
 
 
@@ -24,7 +24,7 @@ def test_a_bundle_scores_as_the_run_did(finished_run, tmp_path, model):
     bundle = load_bundle(export_bundle(run, tmp_path / model, model=model))
     test = read_split(run / "tokens", "test").filter(pl.col("labeled"))
     expected = predict_finetuned(
-        model_dir(run, "all", 0, model),
+        RunLayout(run).model("all", 0, model),
         run / "pretrain" / "encoder",
         labeled_split(run / "tokens", "test"),
         torch.device("cpu"),

@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ehr_ssl.deploy.bundle import load_bundle
 from ehr_ssl.cli import main
+from ehr_ssl.deploy.bundle import load_bundle
 from tests.conftest import PATIENT_PREFIX, VISIT_PREFIX
 
 

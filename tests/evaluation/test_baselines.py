@@ -11,13 +11,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
+from ehr_ssl.data.splits import label_budget_subset
 from ehr_ssl.evaluation.baselines import (
     EXCLUDED_IDS,
     GBM_GRID,
     LOGISTIC_GRID,
     count_features,
     fit_counts_baseline,
-    label_budget_subset,
     n_count_features,
     predict_proba,
 )
@@ -295,78 +295,3 @@ def test_baseline_beats_chance_but_not_the_oracle(larger_cohort, kind: str, grid
     oracle_auroc = roc_auc_score(y_test, truth["admission_probability"].to_numpy())
     # Above chance; and not above what the true risk allows (a leak of the outcome would be).
     assert 0.6 < auroc < oracle_auroc + 0.05, (auroc, oracle_auroc)
-
-
-# --- label budgets ---------------------------------------------------------------------------
-
-
-def budget_frame(n: int = 200) -> pl.DataFrame:
-    """Visits with ids in reverse order, every third unlabeled."""
-    labeled = [i % 3 != 0 for i in range(n)]
-    return pl.DataFrame(
-        {
-            "visit_id": list(range(n, 0, -1)),
-            "labeled": labeled,
-            "label": [(i % 2 == 0) if lab else None for i, lab in enumerate(labeled)],
-        }
-    )
-
-
-def ids(frame: pl.DataFrame) -> set[int]:
-    return set(frame["visit_id"].to_list())
-
-
-def test_label_budget_subsets_are_nested_and_labeled():
-    frame = budget_frame()
-    available = int(frame["labeled"].sum())
-    subsets = [label_budget_subset(frame, n, seed=3) for n in (1, 5, 20, 60, available)]
-    for smaller, larger in zip(subsets, subsets[1:], strict=False):
-        assert ids(smaller) < ids(larger)
-    assert [s.height for s in subsets] == [1, 5, 20, 60, available]
-    assert all(s["labeled"].all() for s in subsets)
-    assert ids(subsets[-1]) == ids(label_budget_subset(frame, None, seed=3))
-    assert ids(subsets[-1]) == ids(frame.filter("labeled"))
-    # Rows come back in frame order.
-    order = frame["visit_id"].to_list()
-    kept = subsets[2]["visit_id"].to_list()
-    assert kept == sorted(kept, key=order.index)
-
-
-def test_label_budget_is_seeded_and_independent_of_row_order():
-    frame = budget_frame()
-    assert ids(label_budget_subset(frame, 20, seed=3)) == ids(
-        label_budget_subset(frame, 20, seed=3)
-    )
-    assert ids(label_budget_subset(frame, 20, seed=3)) != ids(
-        label_budget_subset(frame, 20, seed=4)
-    )
-    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=0)
-    assert ids(label_budget_subset(shuffled, 20, seed=3)) == ids(
-        label_budget_subset(frame, 20, seed=3)
-    )
-
-
-def test_label_budget_fraction_matches_count():
-    frame = budget_frame(150)  # 100 labeled
-    for fraction, n in ((0.01, 1), (0.25, 25), (0.29, 29), (0.5, 50), (1.0, 100)):
-        assert ids(label_budget_subset(frame, fraction, seed=7)) == ids(
-            label_budget_subset(frame, n, seed=7)
-        )
-
-
-@pytest.mark.parametrize(
-    ("budget", "message"),
-    [
-        (0, "less than one"),
-        (-3, "less than one"),
-        (101, "100 labeled"),
-        (0.0, r"\(0, 1\]"),
-        (1.5, r"\(0, 1\]"),
-        (0.001, "less than one"),
-        (True, "budget must be"),
-        ("all", "budget must be"),
-    ],
-)
-def test_label_budget_rejects_bad_budgets(budget, message: str):
-    with pytest.raises(ValueError, match=message):
-        label_budget_subset(budget_frame(150), budget, seed=0)

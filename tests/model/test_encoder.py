@@ -11,9 +11,9 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 import ehr_ssl  # noqa: F401  (registers the Auto classes)
-from ehr_ssl.tokens.batching import collate
 from ehr_ssl.config import SplitConfig, TokenizeConfig, TokenizerConfig
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder, time_buckets
+from ehr_ssl.tokens.batching import collate
 from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
 from tests.conftest import make_tables, write_tables
 

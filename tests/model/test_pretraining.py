@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 import torch
 
-from ehr_ssl.tokens.batching import TokenDataset, collate
 from ehr_ssl.config import ObjectiveConfig
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder
 from ehr_ssl.model.pretraining import PretrainingModel
+from ehr_ssl.tokens.batching import TokenDataset, collate
 from ehr_ssl.tokens.tokenizer import Tokenizer
 
 

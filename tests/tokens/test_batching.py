@@ -8,8 +8,8 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.data.splits import SPLITS
+from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.tokens.shards import open_shard, read_split
 from ehr_ssl.training.pretrain import pretraining_selection
 

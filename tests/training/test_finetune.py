@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 import ehr_ssl.training.finetune as finetuning
 from ehr_ssl.config import FinetuneConfig, load_pretrain_config
-from ehr_ssl.training.finetune import AdmissionClassifier, finetune
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder
 from ehr_ssl.tokens.shards import read_manifest, read_split, write_split_shards
+from ehr_ssl.training.finetune import AdmissionClassifier, finetune
 from ehr_ssl.training.pretrain import pretrain
 
 

@@ -1,0 +1,91 @@
+"""The output directories of ehr-ssl, in one place: every file and folder name they hold.
+
+A run directory (`ehr-ssl run`) nests the others:
+
+    RUN/run_config.json    the resolved PipelineConfig
+    RUN/stages.json        stage -> fingerprint of its complete outputs
+    RUN/tokens/            a tokens directory (`ehr-ssl tokenize`)
+    RUN/pretrain/          a pretraining directory (`ehr-ssl pretrain`); its encoder in encoder/
+    RUN/models/<budget>-seed<seed>/<model>/   fine-tuning directories (`ehr-ssl finetune`)
+    RUN/report.json  report.md  predictions.parquet  roc.png  calibration.png  label_efficiency.png
+    RUN/bundle/            a bundle (`ehr-ssl bundle`): the SSL model at the main budget
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# A tokens directory: TOKENS/{tokenizer,manifest,config}.json and TOKENS/<split>/part-*.arrow.
+TOKENIZER_FILE = "tokenizer.json"
+MANIFEST_FILE = "manifest.json"
+TOKENS_CONFIG_FILE = "config.json"
+
+# A pretraining directory. RUN_CONFIG_FILE is also the run directory's own configuration.
+RUN_CONFIG_FILE = "run_config.json"
+METRICS_FILE = "metrics.jsonl"
+PRETRAIN_SUMMARY_FILE = "pretrain_summary.json"  # written last: the pretraining finished
+ENCODER_DIR = "encoder"  # config.json + model.safetensors (AutoModel.from_pretrained)
+HEADS_FILE = "pretraining_heads.safetensors"
+CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+MODEL_CONFIG_FILE = "config.json"  # what save_pretrained writes beside the weights
+WEIGHTS_FILE = "model.safetensors"
+
+# A fine-tuning directory: the classifier (full, scratch) or the probe (linear-probe).
+FINETUNE_SUMMARY_FILE = "finetune_summary.json"  # written last: the fine-tuning finished
+CLASSIFIER_DIR = "model"
+PROBE_FILE = "linear_probe.safetensors"
+
+# The report of a run (`ehr-ssl evaluate`).
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PREDICTIONS_FILE = "predictions.parquet"
+ROC_PLOT = "roc.png"
+CALIBRATION_PLOT = "calibration.png"
+LABEL_EFFICIENCY_PLOT = "label_efficiency.png"
+
+# A bundle: ENCODER_DIR, HEAD_FILE, TOKENIZER_FILE, REPORT_JSON, PROFILE_FILE, MODEL_CARD_FILE.
+BUNDLE_FILE = "bundle.json"
+HEAD_FILE = "head.safetensors"
+PROFILE_FILE = "data_profile.json"
+MODEL_CARD_FILE = "MODEL_CARD.md"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of a run directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / RUN_CONFIG_FILE
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages.json"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens"
+
+    @property
+    def pretrain(self) -> Path:
+        return self.root / "pretrain"
+
+    @property
+    def encoder(self) -> Path:
+        return self.pretrain / ENCODER_DIR
+
+    def model(self, budget: str, seed: int, model: str) -> Path:
+        """The fine-tuning directory of one model at one label budget and seed."""
+        return self.root / "models" / f"{budget}-seed{seed}" / model
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_JSON
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
