@@ -30,13 +30,9 @@ from ehr_ssl.data.synthetic import generate_cohort
 from ehr_ssl.evaluation.baselines import count_features, fit_counts_baseline, predict_proba
 from ehr_ssl.evaluation.metrics import auroc, bootstrap_ci, paired_bootstrap_difference
 from ehr_ssl.tokens.shards import read_split
-from ehr_ssl.tokens.tokenizer import (
-    SEGMENT_CURRENT,
-    SEGMENT_HISTORY,
-    TOKEN_COLUMNS,
-    Tokenizer,
-    tokenize_dataset,
-)
+from ehr_ssl.tokens.tokenize import tokenize_dataset
+from ehr_ssl.tokens.tokenizer import Tokenizer
+from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, SEGMENT_HISTORY, TOKEN_COLUMNS
 from ehr_ssl.training.finetune import budget_split
 
 

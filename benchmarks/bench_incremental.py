@@ -26,7 +26,8 @@ import polars as pl
 from ehr_ssl.config import TokenizeConfig
 from ehr_ssl.data.synthetic import generate_cohort
 from ehr_ssl.tokens.shards import read_split
-from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
+from ehr_ssl.tokens.tokenize import tokenize_dataset
+from ehr_ssl.tokens.tokenizer import Tokenizer
 
 
 def write_export(directory: Path, visits, labels, shards: list[pl.DataFrame]) -> None:

@@ -135,7 +135,7 @@ def main() -> None:
         if tokens is None:
             from ehr_ssl.config import TokenizeConfig
             from ehr_ssl.data.synthetic import generate_cohort, write_cohort
-            from ehr_ssl.tokens.tokenizer import tokenize_dataset
+            from ehr_ssl.tokens.tokenize import tokenize_dataset
 
             write_cohort(generate_cohort(args.visits, seed=0), work / "data", shards=8)
             tokens = work / "tokens"

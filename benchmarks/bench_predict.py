@@ -29,7 +29,8 @@ from ehr_ssl.config import PRESETS, TokenizeConfig, load_pretrain_config
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.deploy.bundle import AdmissionModel
 from ehr_ssl.model.encoder import EHREncoder
-from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
+from ehr_ssl.tokens.tokenize import tokenize_dataset
+from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training.pretrain import encoder_config
 
 

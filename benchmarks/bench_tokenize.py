@@ -37,7 +37,7 @@ import json, sys, time
 from pathlib import Path
 started = time.perf_counter()
 from ehr_ssl.config import TokenizeConfig
-from ehr_ssl.tokens.tokenizer import tokenize_dataset
+from ehr_ssl.tokens.tokenize import tokenize_dataset
 imported = time.perf_counter()
 manifest = tokenize_dataset(Path(sys.argv[1]), Path(sys.argv[2]), TokenizeConfig())
 done = time.perf_counter()

@@ -23,7 +23,7 @@ _EXPORTS = {
     "RunResult": "ehr_ssl.api",
     "AdmissionModel": "ehr_ssl.deploy.bundle",
     "Tokenizer": "ehr_ssl.tokens.tokenizer",
-    "tokenize_dataset": "ehr_ssl.tokens.tokenizer",
+    "tokenize_dataset": "ehr_ssl.tokens.tokenize",
     "read_dataset": "ehr_ssl.data.readers",
     "generate_cohort": "ehr_ssl.data.synthetic",
     "EHRConfig": "ehr_ssl.model.encoder",

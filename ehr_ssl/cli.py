@@ -172,7 +172,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from ehr_ssl.tokens.tokenizer import tokenize_dataset
+    from ehr_ssl.tokens.tokenize import tokenize_dataset
 
     config = _tokenize_config(args)
     started = time.perf_counter()

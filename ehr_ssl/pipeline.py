@@ -231,7 +231,7 @@ def _validate_and_tokenize(
     fingerprint: str,
 ) -> None:
     """The validate and tokenize stages (bad input stops the run before anything is written)."""
-    from ehr_ssl.tokens.tokenizer import tokenize_dataset
+    from ehr_ssl.tokens.tokenize import tokenize_dataset
 
     started = time.perf_counter()
     tokenize_config = config.tokenize_config()

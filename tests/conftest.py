@@ -71,7 +71,7 @@ def cohort_tokens(tmp_path_factory) -> Path:
     """A small synthetic cohort tokenized once per test session (max_length 64)."""
     from ehr_ssl.config import TokenizeConfig, TokenizerConfig
     from ehr_ssl.data.synthetic import generate_cohort, write_cohort
-    from ehr_ssl.tokens.tokenizer import tokenize_dataset
+    from ehr_ssl.tokens.tokenize import tokenize_dataset
 
     root = tmp_path_factory.mktemp("cohort")
     write_cohort(generate_cohort(1200, labeled_frac=0.2, seed=1), root / "data")

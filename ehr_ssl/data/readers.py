@@ -416,3 +416,15 @@ def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     line = text[0] if text else type(error).__name__
     return line[:200]
+
+
+def input_fingerprint(files: dict[str, list[Path]], root: Path) -> dict[str, dict]:
+    """Size and modification time of each input file, to tell later whether inputs changed."""
+    return {
+        str(path.relative_to(root)): {
+            "bytes": path.stat().st_size,
+            "mtime_ns": path.stat().st_mtime_ns,
+        }
+        for paths in files.values()
+        for path in paths
+    }

@@ -52,7 +52,8 @@ from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.tokens.batching import collate
 from ehr_ssl.tokens.shards import flat_tokens
-from ehr_ssl.tokens.tokenizer import TOKEN_COLUMNS, Tokenizer
+from ehr_ssl.tokens.tokenizer import Tokenizer
+from ehr_ssl.tokens.vocab import TOKEN_COLUMNS
 
 BUNDLE_FORMAT = "ehr-ssl-bundle"
 BUNDLE_VERSION = 1

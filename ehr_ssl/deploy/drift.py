@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from ehr_ssl.tokens.shards import flat_tokens
-from ehr_ssl.tokens.tokenizer import HIST_ID, SEGMENT_STATIC, SPECIAL_TOKENS, UNK_ID, VISIT_ID
+from ehr_ssl.tokens.vocab import HIST_ID, SEGMENT_STATIC, SPECIAL_TOKENS, UNK_ID, VISIT_ID
 
 TOP_SHIFTED = 10  # codes listed by how much their share moved
 

@@ -54,7 +54,8 @@ def retrain(
     from ehr_ssl.evaluation.baselines import count_features, score_counts_baseline
     from ehr_ssl.evaluation.report import build_report, model_metrics
     from ehr_ssl.tokens.shards import read_split
-    from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
+    from ehr_ssl.tokens.tokenize import tokenize_dataset
+    from ehr_ssl.tokens.tokenizer import Tokenizer
     from ehr_ssl.training.finetune import budget_ids, finetune, labeled_split, predict_finetuned
     from ehr_ssl.training.pretrain import pretrain, resolve_device
 

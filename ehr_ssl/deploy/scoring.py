@@ -36,7 +36,7 @@ from ehr_ssl.data.readers import read_visits, table_files
 from ehr_ssl.data.schema import EVENTS, VISITS
 from ehr_ssl.deploy.bundle import AdmissionModel
 from ehr_ssl.errors import InputError
-from ehr_ssl.tokens.tokenizer import UNK_ID
+from ehr_ssl.tokens.vocab import UNK_ID
 
 log = logging.getLogger("ehr_ssl")
 

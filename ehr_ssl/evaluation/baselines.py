@@ -22,7 +22,7 @@ from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MaxAbsScaler
 
-from ehr_ssl.tokens.tokenizer import CLS_ID, HIST_ID, MASK_ID, PAD_ID, SEGMENT_CURRENT, VISIT_ID
+from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, MASK_ID, PAD_ID, SEGMENT_CURRENT, VISIT_ID
 
 # Structural tokens carry no clinical content; [UNK] does (a rare code was there) and is counted.
 EXCLUDED_IDS = (PAD_ID, MASK_ID, CLS_ID, HIST_ID, VISIT_ID)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ehr_ssl.model.losses import IGNORE_INDEX
-from ehr_ssl.tokens.tokenizer import (
+from ehr_ssl.tokens.vocab import (
     CLS_ID,
     HIST_ID,
     MASK_ID,

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from ehr_ssl.tokens.tokenizer import (
+from ehr_ssl.tokens.vocab import (
     CLS_ID,
     HIST_ID,
     MASK_ID,

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ehr_ssl.tokens.shards import flat_tokens, open_shard, read_manifest
-from ehr_ssl.tokens.tokenizer import PAD_ID, TOKEN_COLUMNS
+from ehr_ssl.tokens.vocab import PAD_ID, TOKEN_COLUMNS
 
 _DTYPES = {  # model input dtypes (embedding lookups take int64)
     "input_ids": np.int64,

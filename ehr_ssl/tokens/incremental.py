@@ -27,10 +27,10 @@ import polars as pl
 import pyarrow as pa
 
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
-from ehr_ssl.data.readers import checked_events, read_visits, table_files
+from ehr_ssl.data.readers import checked_events, input_fingerprint, read_visits, table_files
 from ehr_ssl.data.schema import EVENTS, VISITS
 from ehr_ssl.tokens.shards import open_shard
-from ehr_ssl.tokens.tokenizer import Tokenizer, input_fingerprint
+from ehr_ssl.tokens.tokenizer import Tokenizer
 
 log = logging.getLogger("ehr_ssl")
 

@@ -29,7 +29,6 @@ from ehr_ssl.config import DataConfig, TokenizerConfig
 from ehr_ssl.data.partitions import chunk_of, partition_events, read_chunk_events
 from ehr_ssl.data.windows import EventWindows, build_windows
 from ehr_ssl.tokens.tokenizer import (
-    SPECIAL_TOKENS,
     Tokenizer,
     event_budget,
     fit_bin_edges,
@@ -37,6 +36,7 @@ from ehr_ssl.tokens.tokenizer import (
     fit_vocabulary,
     patient_counts,
 )
+from ehr_ssl.tokens.vocab import SPECIAL_TOKENS
 
 log = logging.getLogger("ehr_ssl")
 

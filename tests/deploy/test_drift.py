@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 
 from ehr_ssl.deploy.drift import compare_profiles, data_profile, jensen_shannon
-from ehr_ssl.tokens.tokenizer import CLS_ID, HIST_ID, SPECIAL_TOKENS, UNK_ID, VISIT_ID
+from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, SPECIAL_TOKENS, UNK_ID, VISIT_ID
 
 VOCAB = [*SPECIAL_TOKENS, "A", "B"]
 A, B = len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + 1

@@ -22,15 +22,8 @@ from ehr_ssl.evaluation.baselines import (
     predict_proba,
 )
 from ehr_ssl.tokens.shards import read_split
-from ehr_ssl.tokens.tokenizer import (
-    CLS_ID,
-    HIST_ID,
-    MASK_ID,
-    PAD_ID,
-    UNK_ID,
-    VISIT_ID,
-    Tokenizer,
-)
+from ehr_ssl.tokens.tokenizer import Tokenizer
+from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, MASK_ID, PAD_ID, UNK_ID, VISIT_ID
 
 V, N_BINS = 10, 3  # hand-made vocabulary: ids 0-5 special, 6-9 codes
 GRIDS = {"logistic": LOGISTIC_GRID, "gbm": GBM_GRID}
@@ -260,7 +253,7 @@ def larger_cohort(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
     stable AUROC. Returns the tokens directory and the oracle probabilities."""
     from ehr_ssl.config import TokenizeConfig, TokenizerConfig
     from ehr_ssl.data.synthetic import generate_cohort, write_cohort
-    from ehr_ssl.tokens.tokenizer import tokenize_dataset
+    from ehr_ssl.tokens.tokenize import tokenize_dataset
 
     root = tmp_path_factory.mktemp("larger_cohort")
     synthetic = generate_cohort(3000, labeled_frac=0.5, seed=2)

@@ -14,7 +14,8 @@ import ehr_ssl  # noqa: F401  (registers the Auto classes)
 from ehr_ssl.config import SplitConfig, TokenizeConfig, TokenizerConfig
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder, time_buckets
 from ehr_ssl.tokens.batching import collate
-from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
+from ehr_ssl.tokens.tokenize import tokenize_dataset
+from ehr_ssl.tokens.tokenizer import Tokenizer
 from tests.conftest import make_tables, write_tables
 
 INPUTS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")

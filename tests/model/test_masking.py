@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ehr_ssl.model.masking import event_tokens, mask_events
-from ehr_ssl.tokens.tokenizer import (
+from ehr_ssl.tokens.vocab import (
     CLS_ID,
     HIST_ID,
     MASK_ID,

@@ -185,7 +185,7 @@ def test_pretraining_masks_at_its_rate_with_the_80_10_10_split(cohort_tokens, mo
 
     import ehr_ssl.model.pretraining as module
     from ehr_ssl.model.masking import event_tokens
-    from ehr_ssl.tokens.tokenizer import MASK_ID
+    from ehr_ssl.tokens.vocab import MASK_ID
 
     seen = {}
     original = module.mask_events

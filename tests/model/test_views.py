@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ehr_ssl.model.views import augment_view
-from ehr_ssl.tokens.tokenizer import CLS_ID, HIST_ID, SEGMENT_CURRENT, SEGMENT_HISTORY, VISIT_ID
+from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, SEGMENT_CURRENT, SEGMENT_HISTORY, VISIT_ID
 from tests.model.test_masking import events_of, make_batch
 
 TOKEN_KEYS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")

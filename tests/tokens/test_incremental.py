@@ -14,7 +14,8 @@ import pytest
 from ehr_ssl.config import TokenizeConfig, TokenizerConfig
 from ehr_ssl.data.synthetic import generate_cohort
 from ehr_ssl.tokens.shards import read_split
-from ehr_ssl.tokens.tokenizer import Tokenizer, tokenize_dataset
+from ehr_ssl.tokens.tokenize import tokenize_dataset
+from ehr_ssl.tokens.tokenizer import Tokenizer
 
 CONFIG = TokenizeConfig(tokenizer=TokenizerConfig(max_length=64))
 

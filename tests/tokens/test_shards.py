@@ -11,7 +11,7 @@ import pytest
 from ehr_ssl.config import TokenizeConfig
 from ehr_ssl.errors import InputError
 from ehr_ssl.tokens.shards import flat_tokens, open_shard, read_manifest, read_split
-from ehr_ssl.tokens.tokenizer import tokenize_dataset
+from ehr_ssl.tokens.tokenize import tokenize_dataset
 from tests.conftest import make_tables, write_tables
 
 

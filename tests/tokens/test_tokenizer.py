@@ -16,7 +16,9 @@ from ehr_ssl.data.splits import assign_splits, temporal_splits
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.errors import InputError
 from ehr_ssl.tokens.shards import ShardWriter, open_shard, read_manifest, read_split
-from ehr_ssl.tokens.tokenizer import (
+from ehr_ssl.tokens.tokenize import tokenize_dataset
+from ehr_ssl.tokens.tokenizer import Tokenizer
+from ehr_ssl.tokens.vocab import (
     CLS_ID,
     HIST_ID,
     SEGMENT_CURRENT,
@@ -24,8 +26,6 @@ from ehr_ssl.tokens.tokenizer import (
     SPECIAL_TOKENS,
     UNK_ID,
     VISIT_ID,
-    Tokenizer,
-    tokenize_dataset,
 )
 from tests.conftest import make_tables, write_tables
 

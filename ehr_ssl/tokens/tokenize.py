@@ -1,0 +1,208 @@
+"""The tokenize stage: read and check a dataset, split patients, fit the tokenizer on the
+training visits, encode every visit and write the tokens directory atomically.
+
+Three strategies give the same tokens: in memory (`Tokenizer`), streamed chunk by chunk for data
+larger than `chunk_visits` (`ehr_ssl.tokens.stream`), and incremental against a registry's cache
+(`ehr_ssl.tokens.incremental`). The directory's files are named in `ehr_ssl.layout`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+
+import polars as pl
+
+from ehr_ssl import __version__
+from ehr_ssl.atomic import atomic_directory, atomic_write_text
+from ehr_ssl.config import TokenizeConfig, to_dict
+from ehr_ssl.data.readers import (
+    dataset_files,
+    input_fingerprint,
+    read_events,
+    read_labels,
+    read_visits,
+)
+from ehr_ssl.data.schema import LABELS, SCHEMA_VERSION
+from ehr_ssl.data.splits import SPLITS, assign_splits
+from ehr_ssl.data.windows import build_windows
+from ehr_ssl.errors import InputError
+from ehr_ssl.layout import MANIFEST_FILE, TOKENS_CONFIG_FILE
+from ehr_ssl.tokens.incremental import cached_tokens
+from ehr_ssl.tokens.shards import TOKENS_FORMAT, ShardWriter
+from ehr_ssl.tokens.stream import encode_chunks, fit_chunks, partitioned_events
+from ehr_ssl.tokens.tokenizer import Tokenizer, check_fit_mask, event_budget, fit_tokenizer
+from ehr_ssl.tokens.vocab import TOKEN_COLUMNS
+
+
+def tokenize_dataset(
+    data_dir: Path,
+    out_dir: Path,
+    config: TokenizeConfig,
+    *,
+    overwrite: bool = False,
+    tokenizer: Tokenizer | None = None,
+    splits: Callable[[pl.DataFrame], pl.Series] | None = None,
+    cache_dir: Path | None = None,
+) -> dict:
+    """The tokenize stage: read and check a dataset, split patients, fit the tokenizer on the
+    training visits, encode every visit and write the tokens directory atomically.
+
+    A dataset of more than `config.chunk_visits` visits streams: its events are partitioned by
+    patient into a temporary work directory beside `out_dir` and read chunk by chunk
+    (`ehr_ssl.tokens.stream`), with the same tokenizer and tokens as in memory (shard rows may
+    come in another order). `tokenizer` replaces the fitted one (a production model's, for
+    retraining: new codes read as [UNK]); `splits` maps the checked visits to their split
+    (default: `assign_splits` by patient; a null split leaves the visit out). With a
+    `tokenizer`, `cache_dir` makes the tokenization incremental (`ehr_ssl.tokens.incremental`, in
+    memory): a rerun on a dataset that grew tokenizes only new and changed visits. Returns the
+    manifest (also written as manifest.json). Raises InputError on bad input, before anything
+    is written.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise InputError("output directory already exists (use --overwrite)", file=str(out_dir))
+    data, out = Path(data_dir).resolve(), out_dir.resolve()
+    if out == data or out in data.parents:
+        raise InputError("output directory would replace the input data", file=str(out_dir))
+    split_of = splits or (lambda v: assign_splits(v["patient_id"], config.split))
+    write = partial(
+        _write_tokens, data_dir=Path(data_dir), out_dir=out_dir, config=config, overwrite=overwrite
+    )
+    if tokenizer is not None and cache_dir is not None:
+        visits, tokens, files, _ = cached_tokens(data_dir, cache_dir, tokenizer)
+        labels = _labels(data_dir, visits, files)
+        split = split_of(visits)
+        kept = split.is_not_null()
+        visits, tokens, split = visits.filter(kept), tokens.filter(kept), split.drop_nulls()
+        return write(
+            [tokens.with_columns(split)],
+            tokenizer=tokenizer,
+            visits=visits,
+            split=split,
+            labels=labels,
+            files=files,
+        )
+
+    data_config = config.data if tokenizer is None else tokenizer.input_config()
+    files = dataset_files(data_dir)
+    (visits_path,) = files["visits"]
+    all_visits, static_columns, _, times = read_visits(visits_path, data_config)
+    if tokenizer is not None:
+        tokenizer.check_static_columns(static_columns, str(visits_path))
+    split = split_of(all_visits)
+    visits = all_visits
+    if split.null_count():
+        visits, split = visits.filter(split.is_not_null()), split.drop_nulls()
+    fit_mask = (split == "train").to_numpy()
+    if tokenizer is None:
+        check_fit_mask(fit_mask)
+    tokenizer_config = config.tokenizer if tokenizer is None else tokenizer.config
+    budget = event_budget(tokenizer_config, len(static_columns))  # before any events are read
+    settings = dict(static_columns=static_columns, config=config.tokenizer, data_config=config.data)
+    written = partial(write, visits=visits, split=split, files=files)
+    n_chunks = math.ceil(visits.height / config.chunk_visits)
+    if n_chunks <= 1:
+        events = read_events(
+            files["events"], visits, config=data_config, times=times, source=visits_path.name
+        )
+        labels = _labels(data_dir, all_visits, files)
+        if tokenizer is None:
+            windows = build_windows(
+                visits,
+                events,
+                lookback_days=config.tokenizer.lookback_days,
+                max_events=budget,
+            )
+            del events  # the windows hold them, sorted
+            tokenizer = fit_tokenizer(visits, windows, fit_mask=fit_mask, **settings)
+            tokens = tokenizer.encode_windows(visits, windows)
+            del windows
+        else:
+            tokens = tokenizer.encode_checked(visits, events)
+        return written([tokens.with_columns(split)], tokenizer=tokenizer, labels=labels)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with partitioned_events(
+        files["events"],
+        visits,
+        n_chunks=n_chunks,
+        times=times,
+        config=data_config,
+        source=visits_path.name,
+        work_parent=out_dir.parent,
+    ) as chunks:
+        # read_labels checks against every visit, those the split leaves out too
+        labels = _labels(data_dir, all_visits, files)
+        del times, all_visits
+        if tokenizer is None:
+            tokenizer = fit_chunks(visits, chunks, fit_mask=fit_mask, **settings)
+        tokens = encode_chunks(visits, split, chunks, tokenizer)
+        return written(tokens, tokenizer=tokenizer, labels=labels)
+
+
+def _labels(
+    data_dir: Path, visits: pl.DataFrame, files: dict[str, list[Path]]
+) -> pl.DataFrame | None:
+    """The checked labels (None without labels.parquet), whose file joins `files`."""
+    labels = read_labels(data_dir, visits)
+    if labels is not None:
+        files["labels"] = [Path(data_dir) / LABELS.filename]
+    return labels
+
+
+def _write_tokens(
+    chunks: Iterable[pl.DataFrame],
+    *,
+    tokenizer: Tokenizer,
+    visits: pl.DataFrame,
+    split: pl.Series,
+    labels: pl.DataFrame | None,
+    files: dict[str, list[Path]],
+    data_dir: Path,
+    out_dir: Path,
+    config: TokenizeConfig,
+    overwrite: bool,
+) -> dict:
+    """Write the tokens directory atomically from `chunks`, the encoded visits (`Tokenizer.
+    encode` columns and `split`) in any grouping: `visits` and `split` (shape (V,)) are all
+    of them, for the manifest. Returns the manifest."""
+    if labels is None:
+        labels = pl.DataFrame(schema={"visit_id": visits.schema["visit_id"], "label": pl.Boolean})
+    arrivals = visits["arrival_time"]
+    manifest = {
+        "format": TOKENS_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "ehr_ssl_version": __version__,
+        "inputs": input_fingerprint(files, data_dir),
+        "vocab_size": tokenizer.vocab_size,
+        "static_columns": tokenizer.static_columns,
+        "arrival_time_range": [str(arrivals.min()), str(arrivals.max())],
+        "splits": {},
+    }
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        tokenizer.save(tmp)
+        writers = {name: ShardWriter(tmp, name, config.shard_visits) for name in SPLITS}
+        for tokens in chunks:
+            # The label by a join of the ids alone: joining `tokens` would copy its lists.
+            label = tokens.select("visit_id").join(
+                labels, on="visit_id", how="left", maintain_order="left"
+            )["label"]
+            tokens = tokens.with_columns(label=label, labeled=label.is_not_null()).select(
+                "visit_id", "patient_id", "split", "labeled", "label", "length", *TOKEN_COLUMNS
+            )
+            for name, writer in writers.items():
+                writer.append(tokens.filter(pl.col("split") == name))
+            del tokens  # before the next chunk is encoded
+        for name, writer in writers.items():
+            manifest["splits"][name] = writer.close()
+            in_split = arrivals.filter(split == name)
+            manifest["splits"][name]["arrival_time_range"] = (
+                [str(in_split.min()), str(in_split.max())] if in_split.len() else None
+            )
+        atomic_write_text(tmp / TOKENS_CONFIG_FILE, json.dumps(to_dict(config), indent=2) + "\n")
+        atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+    return manifest
