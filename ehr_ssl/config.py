@@ -1,42 +1,79 @@
-"""Typed run configuration: dataclasses with checks, TOML files and command-line overrides.
+"""Every setting of ehr-ssl, declared once: a dataclass field with its type, default, docstring
+and check. The command line derives its flags and help text from these fields (`ehr_ssl.cli`).
 
 A run's configuration resolves in layers: the dataclass defaults, then (pretraining) a preset,
 then a TOML file (`[data]`, `[split]`, `[tokenizer]` tables for tokenize; `preset`, `[model]`,
-`[objective]`, `[train]` for pretrain), then explicit command-line options. The resolved
-configuration is saved beside every output (tokens/config.json, RUN/run_config.json).
+`[objective]`, `[train]` for pretrain; `[finetune]`, `[evaluate]`, `[retrain]`), then explicit
+command-line options. The resolved configuration is saved beside every output
+(tokens/config.json, RUN/run_config.json). The machinery lives in `ehr_ssl.settings`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import json
-import math
-import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import RUN_CONFIG_FILE
+from ehr_ssl.settings import (
+    check_positive,
+    check_range,
+    from_dict,
+    load_config,
+    merge,
+    read_toml,
+    to_dict,  # noqa: F401  TEMPORARY until callers import it from ehr_ssl.settings
+)
 
+DEVICES = ("auto", "cpu", "cuda")
 
-def _check_positive(config: Any, names: tuple[str, ...], section: str) -> None:
-    """Each named integer field is >= 1."""
-    for name in names:
-        if getattr(config, name) < 1:
-            raise InputError(
-                f"must be >= 1, got {getattr(config, name)}", column=f"{section}.{name}"
-            )
-
-
-def _check_range(value: float, low: float, high: float, name: str) -> None:
-    """Finite and within [low, high] (NaN fails every comparison, so it is named first)."""
-    if not math.isfinite(value) or not low <= value <= high:
-        raise InputError(f"must be a number in [{low}, {high}], got {value}", column=name)
+# Starting points, overridden by a TOML file and flags. tiny: tests (seconds); small: the CPU demo,
+# sized to train both objectives at >= 50k visit tokens/s on 2 CPU cores (benchmarks/README.md);
+# base: GPU pretraining.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "model": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "hidden_dropout_prob": 0.0,
+        },
+        "objective": {"projection_dim": 16},
+        "train": {"batch_size": 16, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
+    },
+    "small": {
+        "model": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+            "hidden_dropout_prob": 0.0,
+        },
+        "train": {"batch_size": 128, "learning_rate": 1e-3, "warmup_steps": 50},
+    },
+    "base": {
+        "model": {
+            "hidden_size": 512,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 8,
+            "intermediate_size": 2048,
+        },
+        "objective": {"projection_dim": 128},
+        "train": {
+            "batch_size": 256,
+            "learning_rate": 3e-4,
+            "warmup_steps": 1000,
+            "pad_to_multiple_of": 8,
+            "checkpoint_every": 1000,
+            "num_workers": 4,
+        },
+    },
+}
 
 
 @dataclass
@@ -52,7 +89,7 @@ class DataConfig:
     """Drop events with a null time (MEDS static rows) instead of rejecting the file."""
 
     def __post_init__(self) -> None:
-        _check_range(
+        check_range(
             self.prediction_offset_minutes, 0, 7 * 24 * 60, "data.prediction_offset_minutes"
         )
 
@@ -64,7 +101,9 @@ class SplitConfig:
     seed: int = 0
     """Changing it reassigns patients; keep it fixed across runs that must be comparable."""
     val_fraction: float = 0.1
+    """Share of patients in the validation split (model selection reads it)."""
     test_fraction: float = 0.1
+    """Share of patients in the test split (read once, for the final report)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**63:
@@ -98,7 +137,7 @@ class TokenizerConfig:
     """Per-code quantile bins for numeric values (edges fitted on the training split)."""
 
     def __post_init__(self) -> None:
-        _check_range(self.lookback_days, 0, 100 * 365, "tokenizer.lookback_days")
+        check_range(self.lookback_days, 0, 100 * 365, "tokenizer.lookback_days")
         if self.min_count < 1:
             raise InputError(f"must be >= 1, got {self.min_count}", column="tokenizer.min_count")
         if not 1 <= self.n_bins <= 100:
@@ -123,135 +162,6 @@ class TokenizeConfig:
         for name in ("shard_visits", "chunk_visits"):  # top-level keys of a TOML file
             if getattr(self, name) < 1:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", column=name)
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """The resolved configuration as plain JSON-ready data."""
-    return dataclasses.asdict(config)
-
-
-def from_dict(cls: type, values: dict[str, Any], *, source: str = "config") -> Any:
-    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise InputError(f"unknown key '{key}'{hint}", file=source)
-        kwargs[key] = _coerce(hints[key], value, key=key, source=source)
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise InputError(f"'{key}' must be a table, got {value!r}", file=source)
-        return from_dict(hint, value, source=source)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        inner = [o for o in options if o is not type(None)]
-        for option in inner[:-1]:  # int | float: the first type the value fits
-            try:
-                return _coerce(option, value, key=key, source=source)
-            except InputError:
-                continue
-        return _coerce(inner[-1], value, key=key, source=source)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise InputError(f"'{key}' must be a list, got {value!r}", file=source)
-        return [_coerce(item, v, key=key, source=source) for v in value]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise InputError(
-            f"'{key}' must be {hint.__name__}, got {type(value).__name__} {value!r}", file=source
-        )
-    return value
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError("file not found", file=str(path)) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, expected a TOML file", file=str(path)) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"not valid TOML ({e})", file=str(path)) from None
-    except OSError as e:
-        raise InputError(f"cannot read ({e.strerror})", file=str(path)) from None
-
-
-def load_config(
-    cls: type,
-    path: Path | None,
-    overrides: dict[str, Any],
-    *,
-    base: dict[str, Any] | None = None,
-    source: str | None = None,
-) -> Any:
-    """Defaults (or `base`), then the TOML file at `path` (if any), then `overrides`
-    ("section.key" -> value; None values are skipped, so unset command-line options keep the
-    file's value)."""
-    values = copy.deepcopy(base or {})  # overrides below must not write into PRESETS
-    if path is not None:
-        values = _merge(values, read_toml(path))
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        *sections, key = dotted.split(".")
-        node = values
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[key] = value
-    return from_dict(cls, values, source=source or (str(path) if path else "config"))
-
-
-@dataclass
-class ModelConfig:
-    """Encoder architecture (vocabulary sizes and max length come from the tokenizer)."""
-
-    hidden_size: int = 64
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 2
-    intermediate_size: int = 256
-    dropout: float = 0.1
-    """Dropout on hidden states. On CPU it costs ~15% of a step (random numbers for every
-    hidden state); the augmented views already regularize pretraining."""
-    attention_dropout: float = 0.0
-    """Dropout on attention probabilities (> 0 forces the slower math attention kernel)."""
-    pooling: str = "mean"
-    """Visit vector: "mean" (masked mean of all token states) or "cls" (the [CLS] state). The
-    masked-event term trains the token states and never the [CLS] state; probes of pretrained
-    encoders read the chronic conditions and the admission risk better from the mean
-    (benchmarks/README.md, "pooling")."""
-
-    def __post_init__(self) -> None:
-        _check_positive(
-            self,
-            ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
-            "model",
-        )
-        if self.hidden_size % self.num_attention_heads:
-            raise InputError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
-                f"{self.num_attention_heads}",
-                column="model",
-            )
-        if self.pooling not in ("cls", "mean"):
-            raise InputError(
-                f"must be 'cls' or 'mean', got {self.pooling!r}", column="model.pooling"
-            )
-        for name in ("dropout", "attention_dropout"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0 <= value < 1):
-                raise InputError(f"must be in [0, 1), got {value}", column=f"model.{name}")
 
 
 @dataclass
@@ -279,17 +189,17 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         for name in ("masked_weight", "contrastive_weight", "value_bin_weight"):
-            _check_range(getattr(self, name), 0, 1e6, f"objective.{name}")
+            check_range(getattr(self, name), 0, 1e6, f"objective.{name}")
         for name in ("event_dropout", "history_crop"):
-            _check_range(getattr(self, name), 0, 1, f"objective.{name}")
-        _check_range(self.time_jitter, 0, 10, "objective.time_jitter")
+            check_range(getattr(self, name), 0, 1, f"objective.{name}")
+        check_range(self.time_jitter, 0, 10, "objective.time_jitter")
         if self.masked_weight == 0 and self.contrastive_weight == 0:
             raise InputError("at least one objective needs a weight > 0", column="objective")
         if not 0 < self.mask_rate < 1:
             raise InputError(
                 f"must be in (0, 1), got {self.mask_rate}", column="objective.mask_rate"
             )
-        _check_range(self.temperature, 1e-4, 100, "objective.temperature")
+        check_range(self.temperature, 1e-4, 100, "objective.temperature")
         if self.projection_dim < 1:
             raise InputError(
                 f"must be >= 1, got {self.projection_dim}", column="objective.projection_dim"
@@ -326,8 +236,9 @@ class TrainConfig:
     """Seeds initialization, data order, masking, views and dropout."""
     num_workers: int = 0
     """DataLoader worker processes reading the memory-mapped shards."""
-    device: str = "auto"
-    """"auto" (cuda when available), "cpu" or "cuda"; bf16 autocast on cuda, fp32 on cpu."""
+    device: str = field(default="auto", metadata={"choices": DEVICES})
+    """Where to train: "auto" (cuda when available), "cpu" or "cuda"; bf16 autocast on cuda,
+    fp32 on cpu."""
     compile: bool = False
     """torch.compile the encoder (worth it on GPU for long runs)."""
     pad_to_multiple_of: int = 1
@@ -340,21 +251,21 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**32:
             raise InputError(f"must be in [0, 2**32), got {self.seed}", column="train.seed")
-        _check_positive(
+        check_positive(
             self,
             ("batch_size", "epochs", "checkpoint_every", "keep_checkpoints", "log_every"),
             "train",
         )
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError(f"must be >= 1, got {self.max_steps}", column="train.max_steps")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise InputError(
                 f"must be auto, cpu or cuda, got {self.device!r}", column="train.device"
             )
-        _check_range(self.learning_rate, 1e-9, 10, "train.learning_rate")
-        _check_range(self.weight_decay, 0, 10, "train.weight_decay")
-        _check_range(self.grad_clip, 1e-6, 1e6, "train.grad_clip")
-        _check_range(self.min_lr_ratio, 0, 1, "train.min_lr_ratio")
+        check_range(self.learning_rate, 1e-9, 10, "train.learning_rate")
+        check_range(self.weight_decay, 0, 10, "train.weight_decay")
+        check_range(self.grad_clip, 1e-6, 1e6, "train.grad_clip")
+        check_range(self.min_lr_ratio, 0, 1, "train.min_lr_ratio")
         if self.warmup_steps < 0 or self.num_workers < 0 or self.pad_to_multiple_of < 1:
             raise InputError(
                 "warmup_steps and num_workers must be >= 0, pad_to_multiple_of >= 1", column="train"
@@ -365,8 +276,14 @@ class TrainConfig:
 class PretrainConfig:
     """Everything `ehr-ssl pretrain` needs; `preset` picks the starting values."""
 
-    preset: str = "small"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    preset: str = field(default="small", metadata={"choices": tuple(PRESETS)})
+    """Starting values of [model], [objective] and [train]: tiny (tests), small (CPU), base (GPU)
+    (`PRESETS`)."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """The encoder's architecture: keyword arguments of `ehr_ssl.model.encoder.EHRConfig` (the
+    one description of the model; its docstring explains each). Unset keys take EHRConfig's
+    defaults; the vocabulary sizes and max length come from the tokenizer. Checked when the
+    encoder is built (`ehr_ssl.model.encoder.config_from_settings`)."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -379,61 +296,6 @@ class PretrainConfig:
             )
 
 
-# Starting points, overridden by a TOML file and flags. tiny: tests (seconds); small: the CPU demo,
-# sized to train both objectives at >= 50k visit tokens/s on 2 CPU cores (benchmarks/README.md);
-# base: GPU pretraining.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": {
-        "model": {
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-            "dropout": 0.0,
-        },
-        "objective": {"projection_dim": 16},
-        "train": {"batch_size": 16, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
-    },
-    "small": {
-        "model": {
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "intermediate_size": 128,
-            "dropout": 0.0,
-        },
-        "train": {"batch_size": 128, "learning_rate": 1e-3, "warmup_steps": 50},
-    },
-    "base": {
-        "model": {
-            "hidden_size": 512,
-            "num_hidden_layers": 8,
-            "num_attention_heads": 8,
-            "intermediate_size": 2048,
-        },
-        "objective": {"projection_dim": 128},
-        "train": {
-            "batch_size": 256,
-            "learning_rate": 3e-4,
-            "warmup_steps": 1000,
-            "pad_to_multiple_of": 8,
-            "checkpoint_every": 1000,
-            "num_workers": 4,
-        },
-    },
-}
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 FINETUNE_MODES = ("full", "linear-probe", "scratch")
 
 
@@ -441,25 +303,32 @@ FINETUNE_MODES = ("full", "linear-probe", "scratch")
 class FinetuneConfig:
     """Fine-tuning for admission within 7 days; selection uses the validation split only."""
 
-    mode: str = "full"
+    mode: str = field(default="full", metadata={"choices": FINETUNE_MODES})
     """full: the pretrained encoder trained further with a head; linear-probe: a logistic
     regression on the frozen encoder's pooled vectors; scratch: the same architecture from
     random initialization (the supervised-only baseline)."""
     label_budget: int | float | None = None
-    """Labeled train visits used: a count, a fraction, or None for all; val keeps the
-    proportional share (at least 20). Nested subsets for a seed; test keeps all its labels."""
+    """Labeled train visits used: a count, a fraction, or None for all ("all" on the command
+    line); val keeps the proportional share (at least 20). Nested subsets for a seed; test
+    keeps all its labels."""
     learning_rate: float = 1e-3
     """Learning rate of the head (and of the whole model in scratch mode)."""
     encoder_lr_ratio: float = 0.1
     """full mode: encoder learning rate = learning_rate x this (lower than the head's)."""
     batch_size: int = 64
+    """Labeled visits per step."""
     max_epochs: int = 30
+    """Epochs at most (early stopping on the validation AUROC usually ends sooner)."""
     patience: int = 4
     """Stop after this many epochs without a better validation AUROC."""
     weight_decay: float = 0.01
+    """AdamW decay of the weight matrices."""
     head_dropout: float = 0.1
+    """Dropout in front of the classification head."""
     seed: int = 0
-    device: str = "auto"
+    """Seed of the label subset and of training."""
+    device: str = field(default="auto", metadata={"choices": DEVICES})
+    """Where to train: "auto" (cuda when available), "cpu" or "cuda"."""
 
     def __post_init__(self) -> None:
         if self.mode not in FINETUNE_MODES:
@@ -467,12 +336,12 @@ class FinetuneConfig:
                 f"must be one of {', '.join(FINETUNE_MODES)}, got {self.mode!r}",
                 column="finetune.mode",
             )
-        _check_positive(self, ("batch_size", "max_epochs", "patience"), "finetune")
-        _check_range(self.learning_rate, 1e-9, 10, "finetune.learning_rate")
-        _check_range(self.encoder_lr_ratio, 0, 10, "finetune.encoder_lr_ratio")
-        _check_range(self.weight_decay, 0, 10, "finetune.weight_decay")
-        _check_range(self.head_dropout, 0, 0.99, "finetune.head_dropout")
-        if self.device not in ("auto", "cpu", "cuda"):
+        check_positive(self, ("batch_size", "max_epochs", "patience"), "finetune")
+        check_range(self.learning_rate, 1e-9, 10, "finetune.learning_rate")
+        check_range(self.encoder_lr_ratio, 0, 10, "finetune.encoder_lr_ratio")
+        check_range(self.weight_decay, 0, 10, "finetune.weight_decay")
+        check_range(self.head_dropout, 0, 0.99, "finetune.head_dropout")
+        if self.device not in DEVICES:
             raise InputError(
                 f"must be auto, cpu or cuda, got {self.device!r}", column="finetune.device"
             )
@@ -524,6 +393,7 @@ class EvaluateConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     """Label subsets (and fine-tuning seeds) per budget; the main table uses the first."""
     models: list[str] = field(default_factory=lambda: list(MODELS))
+    """The models trained and compared (`MODELS`); "ssl" is the reference."""
     n_boot: int = 1000
     """Patient-level bootstrap replicates for every confidence interval."""
 
@@ -542,7 +412,7 @@ class EvaluateConfig:
         if not self.seeds or any(not 0 <= s < 2**32 for s in self.seeds):
             raise InputError(f"must be integers in [0, 2**32), got {self.seeds}",
                              column="evaluate.seeds")  # fmt: skip
-        _check_positive(self, ("n_boot",), "evaluate")
+        check_positive(self, ("n_boot",), "evaluate")
 
     @property
     def budgets(self) -> list[str]:
@@ -568,6 +438,7 @@ class RetrainConfig:
     min_auroc: float = 0.5
     """Gate: candidate test AUROC at least this (the only AUROC check of a first retrain)."""
     calibration_slope_min: float = 0.5
+    """Gate: the candidate's calibration slope at least this on the test window."""
     calibration_slope_max: float = 2.0
     """Gate: the candidate's calibration slope within [min, max] on the test window."""
     max_abs_calibration_intercept: float = 1.5
@@ -579,17 +450,17 @@ class RetrainConfig:
             raise InputError(
                 f"must be in (0, 1), got {self.test_fraction}", column="retrain.test_fraction"
             )
-        _check_positive(self, ("pretrain_epochs",), "retrain")
+        check_positive(self, ("pretrain_epochs",), "retrain")
         parse_budget(self.label_budget)
-        _check_range(self.max_auroc_drop, 0, 1, "retrain.max_auroc_drop")
-        _check_range(self.min_auroc, 0, 1, "retrain.min_auroc")
+        check_range(self.max_auroc_drop, 0, 1, "retrain.max_auroc_drop")
+        check_range(self.min_auroc, 0, 1, "retrain.min_auroc")
         if not 0 <= self.calibration_slope_min <= self.calibration_slope_max:
             raise InputError(
                 f"need 0 <= calibration_slope_min <= calibration_slope_max, got "
                 f"{self.calibration_slope_min}, {self.calibration_slope_max}",
                 column="retrain.calibration_slope_min",
             )
-        _check_range(
+        check_range(
             self.max_abs_calibration_intercept, 0, 100, "retrain.max_abs_calibration_intercept"
         )
 
@@ -607,20 +478,12 @@ RUN_OPTIONS = {
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(PretrainConfig, TokenizeConfig):
     """Everything `ehr-ssl run` needs, one TOML file for all stages: the tokenize tables
     (`[data]`, `[split]`, `[tokenizer]`, `shard_visits`, `chunk_visits`), the pretraining ones
-    (`preset`, `[model]`, `[objective]`, `[train]`), `[finetune]`, `[evaluate]` and `[retrain]`."""
+    (`preset`, `[model]`, `[objective]`, `[train]`), `[finetune]`, `[evaluate]` and `[retrain]`.
+    The fields of the first two groups are inherited, so each is declared once."""
 
-    preset: str = "small"
-    data: DataConfig = field(default_factory=DataConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    shard_visits: int = 200_000
-    chunk_visits: int = 500_000
-    model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
@@ -658,7 +521,7 @@ def load_pipeline_config(path: Path | None, overrides: dict[str, Any]) -> Pipeli
     preset = overrides.get("preset") or file_values.get("preset") or PipelineConfig.preset
     if not isinstance(preset, str) or preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    values = _merge({"preset": preset, **copy.deepcopy(PRESETS[preset])}, file_values)
+    values = merge({"preset": preset, **copy.deepcopy(PRESETS[preset])}, file_values)
     return load_config(PipelineConfig, None, overrides, base=values, source=str(path or "config"))
 
 

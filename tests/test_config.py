@@ -9,17 +9,14 @@ from ehr_ssl.config import (
     SplitConfig,
     TokenizeConfig,
     TokenizerConfig,
-    load_config,
-    to_dict,
 )
 from ehr_ssl.errors import InputError
+from ehr_ssl.settings import from_dict, load_config, to_dict
 
 
 def test_defaults_round_trip_through_dict():
     config = TokenizeConfig()
     assert load_config(TokenizeConfig, None, {}) == config
-    from ehr_ssl.config import from_dict
-
     assert from_dict(TokenizeConfig, to_dict(config)) == config
 
 

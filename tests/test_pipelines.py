@@ -21,7 +21,7 @@ def test_hospital_config_spells_out_the_defaults():
     assert config.tokenize_config() == TokenizeConfig()
     assert config.preset == "base"
     for key, value in PRESETS["base"]["model"].items():
-        assert getattr(config.model, key) == value
+        assert config.model[key] == value
 
 
 def test_demo_config_is_what_the_demo_runs():

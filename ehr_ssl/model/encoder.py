@@ -13,18 +13,51 @@ batches). The encoder returns hidden states and a pooled visit vector
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ehr_ssl.errors import InputError
+
 POOLINGS = ("cls", "mean")
 
 
 class EHRConfig(PreTrainedConfig):
-    """Architecture of the encoder; extra keyword arguments go to PreTrainedConfig, so a saved
-    config.json round-trips."""
+    """Architecture of the encoder: the one description of the model. A pipeline's `[model]`
+    table (presets included) holds these keyword arguments, less the sizes the tokenizer sets
+    (`TOKENIZER_DERIVED`); extra keyword arguments go to PreTrainedConfig, so a saved
+    config.json round-trips.
+
+    Args:
+        vocab_size: Codes, statics and special tokens (from the tokenizer).
+        n_value_bins: Value bins plus 0 = no value (from the tokenizer).
+        hidden_size: Width of the token states (D).
+        num_hidden_layers: Transformer blocks.
+        num_attention_heads: Heads per block; must divide hidden_size.
+        intermediate_size: Width of each block's MLP.
+        max_position_embeddings: Tokens per visit (the tokenizer's max_length).
+        n_time_buckets: Log-spaced buckets of the time before the prediction time.
+        time_bucket_scale: Buckets per e-fold of hours (see `time_buckets`).
+        n_segments: Static, history and current visit.
+        hidden_dropout_prob: Dropout on hidden states. On CPU it costs ~15% of a step (random
+            numbers for every hidden state); the augmented views already regularize pretraining.
+        attention_probs_dropout_prob: Dropout on attention probabilities (> 0 forces the slower
+            math attention kernel).
+        pooling: Visit vector: "mean" (masked mean of all token states) or "cls" (the [CLS]
+            state). The masked-event term trains the token states and never the [CLS] state;
+            probes of pretrained encoders read the chronic conditions and the admission risk
+            better from the mean (benchmarks/README.md, "pooling").
+        layer_norm_eps: LayerNorm epsilon.
+        initializer_range: Standard deviation of the initial weights.
+        pad_token_id: The [PAD] id (from the tokenizer's fixed vocabulary).
+    """
 
     model_type = "ehr-ssl"
 
@@ -41,13 +74,22 @@ class EHRConfig(PreTrainedConfig):
         time_bucket_scale: float = 5.0,
         n_segments: int = 3,
         hidden_dropout_prob: float = 0.1,
-        attention_probs_dropout_prob: float = 0.1,
-        pooling: str = "cls",
+        attention_probs_dropout_prob: float = 0.0,
+        pooling: str = "mean",
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         pad_token_id: int = 0,
         **kwargs,
     ):
+        sizes = {
+            "hidden_size": hidden_size,
+            "num_hidden_layers": num_hidden_layers,
+            "num_attention_heads": num_attention_heads,
+            "intermediate_size": intermediate_size,
+        }
+        for name, value in sizes.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if hidden_size % num_attention_heads:
             raise ValueError(
                 f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
@@ -55,6 +97,13 @@ class EHRConfig(PreTrainedConfig):
             )
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        dropouts = {
+            "hidden_dropout_prob": hidden_dropout_prob,
+            "attention_probs_dropout_prob": attention_probs_dropout_prob,
+        }
+        for name, value in dropouts.items():
+            if not (math.isfinite(value) and 0 <= value < 1):
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
         self.vocab_size = vocab_size
         self.n_value_bins = n_value_bins  # bins 1..n plus 0 = no value
         self.hidden_size = hidden_size
@@ -73,6 +122,36 @@ class EHRConfig(PreTrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+
+# Sizes that come from the tokenizer, never from a [model] table.
+TOKENIZER_DERIVED = ("vocab_size", "n_value_bins", "max_position_embeddings", "pad_token_id")
+
+
+def config_from_settings(settings: dict[str, Any], **derived: Any) -> EHRConfig:
+    """An EHRConfig from a `[model]` table (`PretrainConfig.model`) and the sizes the tokenizer
+    sets (`derived`). Raises InputError naming the key at fault: unknown, wrong type or value."""
+    parameters = inspect.signature(EHRConfig.__init__).parameters
+    settable = [name for name, p in parameters.items()
+                if p.default is not p.empty and name not in TOKENIZER_DERIVED]  # fmt: skip
+    values = {}
+    for key, value in settings.items():
+        if key not in settable:
+            close = difflib.get_close_matches(key, settable, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise InputError(f"unknown key '{key}'{hint}", column="model")
+        expected = type(parameters[key].default)
+        fits = isinstance(value, expected) and not isinstance(value, bool)
+        if not (fits or (expected is float and type(value) is int)):
+            raise InputError(
+                f"must be {expected.__name__}, got {type(value).__name__} {value!r}",
+                column=f"model.{key}",
+            )
+        values[key] = expected(value)  # a TOML 0 for a float setting is 0.0
+    try:
+        return EHRConfig(**derived, **values)
+    except ValueError as e:
+        raise InputError(str(e), column="model") from None
 
 
 def time_buckets(time_deltas: torch.Tensor, config: EHRConfig) -> torch.Tensor:

@@ -18,7 +18,7 @@ import polars as pl
 
 from ehr_ssl import __version__
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
-from ehr_ssl.config import TokenizeConfig, to_dict
+from ehr_ssl.config import TokenizeConfig
 from ehr_ssl.data.readers import (
     dataset_files,
     input_fingerprint,
@@ -31,6 +31,7 @@ from ehr_ssl.data.splits import SPLITS, assign_splits
 from ehr_ssl.data.windows import build_windows
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import MANIFEST_FILE, TOKENS_CONFIG_FILE
+from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.incremental import cached_tokens
 from ehr_ssl.tokens.shards import TOKENS_FORMAT, ShardWriter
 from ehr_ssl.tokens.stream import encode_chunks, fit_chunks, partitioned_events

@@ -29,7 +29,7 @@ import polars as pl
 import pyarrow as pa
 
 from ehr_ssl.atomic import atomic_write_text
-from ehr_ssl.config import DataConfig, TokenizerConfig, from_dict, to_dict
+from ehr_ssl.config import DataConfig, TokenizerConfig
 from ehr_ssl.data.readers import (
     check_events,
     check_time_zones,
@@ -39,6 +39,7 @@ from ehr_ssl.data.schema import SCHEMA_VERSION
 from ehr_ssl.data.windows import EventWindows, build_windows
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import TOKENIZER_FILE
+from ehr_ssl.settings import from_dict, to_dict
 from ehr_ssl.tokens.vocab import (
     CLS_ID,
     HIST_ID,

@@ -44,7 +44,7 @@ from ehr_ssl.layout import (
     TENSORBOARD_DIR,
     TOKENIZER_FILE,
 )
-from ehr_ssl.model.encoder import EHRConfig, EHREncoder
+from ehr_ssl.model.encoder import EHRConfig, EHREncoder, config_from_settings
 from ehr_ssl.model.pretraining import PretrainingModel
 from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.tokens.tokenizer import Tokenizer
@@ -370,18 +370,12 @@ def pretrain(
 
 
 def encoder_config(tokenizer: Tokenizer, config: PretrainConfig) -> EHRConfig:
-    m = config.model
-    return EHRConfig(
+    """The encoder's architecture: the `[model]` settings and the tokenizer's sizes."""
+    return config_from_settings(
+        config.model,
         vocab_size=tokenizer.vocab_size,
         n_value_bins=tokenizer.config.n_bins + 1,
-        hidden_size=m.hidden_size,
-        num_hidden_layers=m.num_hidden_layers,
-        num_attention_heads=m.num_attention_heads,
-        intermediate_size=m.intermediate_size,
         max_position_embeddings=tokenizer.config.max_length,
-        hidden_dropout_prob=m.dropout,
-        attention_probs_dropout_prob=m.attention_dropout,
-        pooling=m.pooling,
     )
 
 

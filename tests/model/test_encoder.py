@@ -11,8 +11,9 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 import ehr_ssl  # noqa: F401  (registers the Auto classes)
-from ehr_ssl.config import SplitConfig, TokenizeConfig, TokenizerConfig
-from ehr_ssl.model.encoder import EHRConfig, EHREncoder, time_buckets
+from ehr_ssl.config import PRESETS, SplitConfig, TokenizeConfig, TokenizerConfig
+from ehr_ssl.errors import InputError
+from ehr_ssl.model.encoder import EHRConfig, EHREncoder, config_from_settings, time_buckets
 from ehr_ssl.tokens.batching import collate
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 from ehr_ssl.tokens.tokenizer import Tokenizer
@@ -115,6 +116,10 @@ def test_config_round_trips_extra_keys_and_validates():
         EHRConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="pooling"):
         EHRConfig(pooling="max")
+    with pytest.raises(ValueError, match="hidden_dropout_prob must be in"):
+        EHRConfig(hidden_dropout_prob=1.0)
+    with pytest.raises(ValueError, match="num_hidden_layers must be >= 1"):
+        EHRConfig(num_hidden_layers=0)
     model = tiny()
     batch = collate(random_visits(2))
     too_long = {k: v.repeat(1, 10) for k, v in batch.items()}
@@ -185,3 +190,36 @@ def test_future_events_do_not_reach_the_model(tmp_path):
     before, after = outputs(tables["events"]), outputs(perturbed)
     assert torch.equal(before.pooler_output, after.pooler_output)
     assert torch.equal(before.last_hidden_state, after.last_hidden_state)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_is_an_encoder_config(preset):
+    """A preset's [model] table holds EHRConfig's own argument names, nothing else."""
+    config = config_from_settings(PRESETS[preset]["model"], vocab_size=99)
+    for key, value in PRESETS[preset]["model"].items():
+        assert getattr(config, key) == value
+    assert config.vocab_size == 99
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"dropout": 0.1}, "column 'model': unknown key 'dropout'"),
+        ({"hiden_size": 8}, "(did you mean 'hidden_size'?)"),
+        ({"vocab_size": 8}, "unknown key 'vocab_size'"),  # the tokenizer sets it
+        ({"hidden_size": "64"}, "column 'model.hidden_size': must be int, got str"),
+        ({"num_hidden_layers": True}, "must be int, got bool"),
+        ({"hidden_size": 30, "num_attention_heads": 4}, "column 'model': hidden_size 30 is not"),
+        ({"pooling": "max"}, "pooling must be one of"),
+    ],
+)
+def test_model_settings_are_checked_with_one_clear_line(settings, message):
+    with pytest.raises(InputError) as error:
+        config_from_settings(settings)
+    assert message in str(error.value)
+
+
+def test_unset_model_settings_take_the_config_defaults():
+    assert config_from_settings({}).to_dict() == EHRConfig().to_dict()
+    dropout = config_from_settings({"hidden_dropout_prob": 0}).hidden_dropout_prob
+    assert dropout == 0.0 and isinstance(dropout, float)

@@ -1,0 +1,145 @@
+"""`ehr-ssl synth`, `validate` and `tokenize`: the data commands (polars only, never torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from ehr_ssl.cli.options import (
+    add_config_options,
+    add_setting,
+    fraction,
+    overrides,
+    positive_int,
+    seed,
+)
+from ehr_ssl.config import TokenizeConfig, load_tokenize_config
+from ehr_ssl.data.readers import read_dataset
+from ehr_ssl.data.summary import format_summary, summarize_dataset
+from ehr_ssl.errors import InputError
+from ehr_ssl.tokens.shards import format_manifest
+
+log = logging.getLogger("ehr_ssl")
+
+# Settings with a flag of their own on validate (reading the data) and tokenize (all of them).
+READING = (
+    "data.prediction_offset_minutes",
+    "data.static_columns",
+    "data.drop_null_time_events",
+    "tokenizer.lookback_days",
+)
+TOKENIZING = (
+    "tokenizer.max_length",
+    "tokenizer.min_count",
+    "tokenizer.n_bins",
+    "split.val_fraction",
+    "split.test_fraction",
+    "shard_visits",
+    "chunk_visits",
+)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+
+    if args.out.exists() and not args.overwrite:
+        raise InputError("output directory already exists (use --overwrite)", file=str(args.out))
+    started = time.perf_counter()
+    cohort = generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=args.seed)
+    write_cohort(cohort, args.out, shards=args.shards, overwrite=args.overwrite)
+    log.info(
+        "synth: %d visits, %d events, %d labeled -> %s (%.1f s)",
+        cohort.visits.height,
+        cohort.events.height,
+        cohort.labels.height,
+        args.out,
+        time.perf_counter() - started,
+    )
+    return 0
+
+
+def tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
+    return load_tokenize_config(args.config, overrides(args))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = tokenize_config(args)
+    dataset = read_dataset(args.data, config.data)
+    summary = summarize_dataset(dataset, lookback_days=config.tokenizer.lookback_days)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from ehr_ssl.tokens.tokenize import tokenize_dataset
+
+    config = tokenize_config(args)
+    started = time.perf_counter()
+    manifest = tokenize_dataset(args.data, args.out, config, overwrite=args.overwrite)
+    log.info("tokenize: wrote %s (%.1f s)", args.out, time.perf_counter() - started)
+    print(format_manifest(manifest))
+    return 0
+
+
+def _add_synth(commands: argparse._SubParsersAction) -> None:
+    synth = commands.add_parser(
+        "synth",
+        help="write the built-in synthetic ED cohort",
+        description="Write a synthetic ED cohort (visits, events, labels and the oracle "
+        "admission probabilities) as a dataset directory. Deterministic for a seed.",
+    )
+    synth.add_argument("out", type=Path, help="dataset directory to create")
+    synth.add_argument(
+        "--visits", type=positive_int, default=100_000, help="number of visits [100000]"
+    )
+    synth.add_argument(
+        "--labeled-frac", type=fraction, default=0.05, help="fraction of visits with a label [0.05]"
+    )
+    synth.add_argument("--seed", type=seed, default=0, help="random seed [0]")
+    synth.add_argument(
+        "--shards", type=positive_int, default=1, help="write events as this many files [1]"
+    )
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    synth.set_defaults(run=cmd_synth)
+
+
+def _add_reading_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    group = parser.add_argument_group("reading the data")
+    add_config_options(group, "[data], [split] and [tokenizer] tables")
+    for dotted in READING:
+        add_setting(group, dotted)
+    return group
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    _add_synth(commands)
+    validate = commands.add_parser(
+        "validate",
+        help="check a dataset against the input contract and summarize it",
+        description="Check a dataset directory against the input contract (data_schemas/) and "
+        "print a summary. Bad input: exit status 2 and one line naming file, column, problem.",
+    )
+    validate.add_argument("data", type=Path, help="dataset directory")
+    validate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_reading_options(validate)
+    validate.set_defaults(run=cmd_validate)
+
+    tokenize = commands.add_parser(
+        "tokenize",
+        help="split patients, fit the tokenizer on train, write token shards",
+        description="Split patients (train/val/test), fit the vocabulary and value bins on the "
+        "training patients, tokenize every visit and write token shards and the tokenizer. "
+        "Unset options take the --config file's value, else the default in brackets.",
+    )
+    tokenize.add_argument("data", type=Path, help="dataset directory")
+    tokenize.add_argument("--out", type=Path, required=True, help="tokens directory to create")
+    tokenize.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_reading_options(tokenize)
+    group = tokenize.add_argument_group("tokenizer")
+    add_setting(group, "split.seed", flag="--split-seed")
+    for dotted in TOKENIZING:
+        add_setting(group, dotted)
+    tokenize.set_defaults(run=cmd_tokenize)

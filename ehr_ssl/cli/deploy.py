@@ -1,0 +1,147 @@
+"""`ehr-ssl bundle`, `predict`, `embed`, `retrain` and `registry`: using trained models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ehr_ssl.cli.options import add_config_options, add_setting, overrides, positive_int, seed
+from ehr_ssl.config import DEVICES, FINETUNED, load_pipeline_config
+
+log = logging.getLogger("ehr_ssl")
+
+# Settings with a flag of their own on `retrain` (every other one: --config or --set).
+RETRAIN_FLAGS = ("preset", "train.epochs", "train.max_steps", "retrain.pretrain_epochs",
+                 "retrain.test_fraction", "retrain.label_budget", "retrain.max_auroc_drop",
+                 "evaluate.n_boot")  # fmt: skip
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """`predict` and `embed`: one row per visit of a dataset, streamed in chunks."""
+    from transformers.utils import logging as hf_logging
+
+    from ehr_ssl.api import load
+    from ehr_ssl.deploy.scoring import score_dataset
+
+    hf_logging.disable_progress_bar()
+    model = load(args.model, device=args.device)
+    score_dataset(model, args.data, args.out, output=args.command, chunk_visits=args.chunk_visits)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from ehr_ssl.deploy.bundle import export_bundle
+
+    hf_logging.disable_progress_bar()
+    out = export_bundle(
+        args.run_dir,
+        args.out,
+        model=args.model,
+        budget=args.label_budget,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    log.info("bundle: -> %s", out)
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from ehr_ssl.deploy.retraining import retrain
+
+    config = load_pipeline_config(args.config, overrides(args))
+    record = retrain(args.data, args.registry, config, wait=args.wait)
+    print(
+        f"version {record['version']}: "
+        f"{'promoted to production' if record['promoted'] else 'not promoted'}"
+    )
+    for reason in record["reasons"]:
+        print(f"  {reason}")
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from ehr_ssl.deploy.registry import Registry
+
+    registry = Registry.open(args.registry)
+    production = registry.production_version()
+    print(f"production: version {production}" if production else "production: none")
+    for record in registry.history():
+        metrics = record.get("candidate") or {}
+        print(
+            f"version {record['version']}  {record.get('time', '?')}  "
+            f"{'promoted' if record.get('promoted') else 'rejected'}  "
+            f"AUROC {metrics.get('auroc', float('nan')):.3f}"
+        )
+    return 0
+
+
+def _add_score_commands(commands: argparse._SubParsersAction) -> None:
+    for name, what in (
+        ("predict", "P(admission within 7 days) per visit: visit_id, score"),
+        ("embed", "the pooled visit vector per visit: visit_id, embedding (fixed-size list)"),
+    ):
+        score = commands.add_parser(
+            name,
+            help=f"{what.split(':')[0]} for a dataset, with a model bundle",
+            description=f"Write {what}, for every visit of a dataset directory, tokenized with "
+            "the bundle's tokenizer. Streams in chunks of patients (bounded memory); a progress "
+            "bar on a terminal, log lines otherwise. Rows come chunk by chunk: join on visit_id.",
+        )
+        score.add_argument(
+            "--model", type=Path, required=True, help="bundle directory, or a registry"
+        )
+        score.add_argument("--data", type=Path, required=True, help="dataset directory")
+        score.add_argument("--out", type=Path, required=True, help="output Parquet file")
+        score.add_argument(
+            "--chunk-visits", type=positive_int, default=100_000, help="visits per chunk [100000]"
+        )
+        score.add_argument(
+            "--device", choices=DEVICES, default="auto", help="where to score [auto: cuda if any]"
+        )
+        score.set_defaults(run=cmd_score)
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    _add_score_commands(commands)
+    bundle = commands.add_parser(
+        "bundle",
+        help="package a fine-tuned model of a run as a bundle",
+        description="Write a model bundle (encoder, head, tokenizer, report, model card) from a "
+        "run directory. `ehr-ssl run` bundles the SSL model at the main budget into RUN/bundle.",
+    )
+    bundle.add_argument("run_dir", metavar="RUN", type=Path, help="run directory")
+    bundle.add_argument("--out", type=Path, required=True, help="bundle directory")
+    bundle.add_argument("--model", default="ssl", choices=tuple(FINETUNED), help="which [ssl]")
+    bundle.add_argument("--label-budget", help="label budget [the run's main one]")
+    bundle.add_argument("--seed", type=seed, help="fine-tuning seed [the run's first]")
+    bundle.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    bundle.set_defaults(run=cmd_bundle)
+
+    retrain = commands.add_parser(
+        "retrain",
+        help="scheduled retraining into a model registry, with a promotion gate",
+        description="Warm-start from the registry's production model, continue pretraining on "
+        "the dataset, fine-tune, compare candidate and production on the most recent visits "
+        "(a temporal test window), and promote the candidate only if it passes the gate "
+        "([retrain] table of the config). The first retrain creates the registry and trains "
+        "from scratch. A lock keeps concurrent retrains apart; a killed retrain leaves the "
+        "registry as it was.",
+    )
+    retrain.add_argument("--data", type=Path, required=True, help="dataset directory")
+    retrain.add_argument("--registry", type=Path, required=True, help="registry directory")
+    add_config_options(retrain, "every stage's tables and [retrain]")
+    for dotted in RETRAIN_FLAGS:
+        add_setting(retrain, dotted)
+    retrain.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for another retrain's lock [0]"
+    )
+    retrain.set_defaults(run=cmd_retrain)
+
+    registry = commands.add_parser(
+        "registry", help="show a registry's production version and history"
+    )
+    registry.add_argument("registry", type=Path, help="registry directory")
+    registry.set_defaults(run=cmd_registry)

@@ -1,0 +1,129 @@
+"""`ehr-ssl run`, `evaluate` and `demo`: the whole pipeline into one run directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ehr_ssl.cli.options import add_config_options, add_setting, overrides, positive_int, seed
+from ehr_ssl.cli.train import is_main_process
+from ehr_ssl.config import DEVICES, load_pipeline_config
+
+# Settings with a flag of their own on `run` (every other one: --config or --set).
+RUN_FLAGS = ("preset", "train.epochs", "train.max_steps", "evaluate.label_budget",
+             "evaluate.label_budgets", "evaluate.seeds", "evaluate.n_boot")  # fmt: skip
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ehr_ssl.evaluation.report import format_report_table
+    from ehr_ssl.pipeline import run_pipeline
+    from ehr_ssl.training.distributed import process_group
+
+    config = load_pipeline_config(args.config, overrides(args))
+    with process_group(args.device or config.train.device):
+        report = run_pipeline(args.data, args.out, config, device=args.device)
+    if is_main_process():
+        print(format_report_table(report))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from ehr_ssl.api import evaluate
+
+    hf_logging.disable_progress_bar()
+    print(evaluate(args.run_dir, data=args.data, n_boot=args.n_boot))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import logging
+
+    from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+    from ehr_ssl.evaluation.report import format_report_table
+    from ehr_ssl.pipeline import run_pipeline
+
+    data_dir = args.out / "data"
+    logging.getLogger("ehr_ssl").info(
+        "demo: synthesizing %d visits (seed %d) -> %s", args.visits, args.seed, data_dir
+    )
+    write_cohort(
+        generate_cohort(args.visits, labeled_frac=0.05, seed=args.seed), data_dir, overwrite=True
+    )
+    demo_settings = {
+        "preset": "small",
+        "train.epochs": args.epochs,
+        "evaluate.label_budgets": args.label_budgets.split(","),
+    }
+    config = load_pipeline_config(args.config, {**demo_settings, **overrides(args)})
+    report = run_pipeline(data_dir, args.out / "run", config)
+    print()
+    print(format_report_table(report))
+    print(f"\nreport: {args.out / 'run' / 'report.md'}")
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser(
+        "run",
+        help="the whole pipeline: validate, tokenize, pretrain, fine-tune, baselines, evaluate",
+        description="Run validate -> tokenize -> pretrain -> fine-tune -> baselines -> evaluate "
+        "into one run directory, skipping every stage whose outputs are complete for the same "
+        "inputs and settings (a failed or killed run restarts where it stopped; pretraining "
+        "resumes from its last checkpoint). Writes report.json, report.md, predictions.parquet "
+        "and plots, and prints the report table. Unset options take the --config file's "
+        "value, else the preset's or the default in brackets.",
+    )
+    run.add_argument("--data", type=Path, required=True, help="dataset directory")
+    run.add_argument("--out", type=Path, required=True, help="run directory")
+    add_config_options(run, "every stage's tables (pipelines/*.toml)")
+    for dotted in RUN_FLAGS:
+        add_setting(run, dotted)
+    run.add_argument(
+        "--device",
+        choices=DEVICES,
+        help="where to pretrain and fine-tune [the config's train.device: auto, cuda if any]",
+    )
+    run.set_defaults(run=cmd_run)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="(re)write the report of a run directory",
+        description="Fit the counts baselines and score every fine-tuned model of a run "
+        "directory on the test split, with patient-level bootstrap CIs and paired differences; "
+        "write report.json, report.md, predictions.parquet and the plots. `ehr-ssl run` does "
+        "this as its last stage.",
+    )
+    evaluate.add_argument(
+        "run_dir", metavar="RUN", type=Path, help="run directory made by `ehr-ssl run`"
+    )
+    evaluate.add_argument(
+        "--data", type=Path, help="dataset directory, for its oracle.parquet if it has one"
+    )
+    evaluate.add_argument(
+        "--n-boot", type=positive_int, help="bootstrap replicates [the run's evaluate.n_boot]"
+    )
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole pipeline on a synthetic cohort",
+        description="Synthesize a cohort (5%% labeled) into OUT/data and run the whole pipeline "
+        "with the small preset into OUT/run, then print the report table.",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="demo directory [runs/demo]"
+    )
+    demo.add_argument(
+        "--visits", type=positive_int, default=20_000, help="synthetic visits [20000]"
+    )
+    demo.add_argument("--seed", type=seed, default=0, help="random seed of the cohort [0]")
+    demo.add_argument("--epochs", type=positive_int, default=3, help="pretraining epochs [3]")
+    demo.add_argument(
+        "--label-budgets",
+        default="100,300",
+        help="label-efficiency curve besides all labels [100,300]",
+    )
+    add_config_options(demo, "pipeline tables (e.g. pipelines/demo.toml)")
+    demo.set_defaults(run=cmd_demo)

@@ -1,0 +1,195 @@
+"""Typed settings machinery: dataclasses built from TOML tables and overrides, with checks.
+
+A setting is declared once, as a dataclass field with its type, default, docstring and check
+(`ehr_ssl.config`); this module turns nested dicts (a TOML file, "section.key" overrides from
+the command line) into those dataclasses, rejecting unknown keys and wrong types with one clear
+line, and reads each field's docstring so that help text comes from the declaration too.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import difflib
+import functools
+import inspect
+import math
+import textwrap
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from ehr_ssl.errors import InputError
+
+
+def check_positive(config: Any, names: tuple[str, ...], section: str) -> None:
+    """Each named integer field is >= 1."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise InputError(
+                f"must be >= 1, got {getattr(config, name)}", column=f"{section}.{name}"
+            )
+
+
+def check_range(value: float, low: float, high: float, name: str) -> None:
+    """Finite and within [low, high] (NaN fails every comparison, so it is named first)."""
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InputError(f"must be a number in [{low}, {high}], got {value}", column=name)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The resolved configuration as plain JSON-ready data."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, values: dict[str, Any], *, source: str = "config") -> Any:
+    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise InputError(f"unknown key '{key}'{hint}", file=source)
+        kwargs[key] = _coerce(hints[key], value, key=key, source=source)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise InputError(f"'{key}' must be a table, got {value!r}", file=source)
+        return from_dict(hint, value, source=source)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        for option in inner[:-1]:  # int | float: the first type the value fits
+            try:
+                return _coerce(option, value, key=key, source=source)
+            except InputError:
+                continue
+        return _coerce(inner[-1], value, key=key, source=source)
+    if origin is dict:  # a free-form table, checked where it is used ([model]: by EHRConfig)
+        if not isinstance(value, dict):
+            raise InputError(f"'{key}' must be a table, got {value!r}", file=source)
+        return copy.deepcopy(value)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise InputError(f"'{key}' must be a list, got {value!r}", file=source)
+        return [_coerce(item, v, key=key, source=source) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise InputError(
+            f"'{key}' must be {hint.__name__}, got {type(value).__name__} {value!r}", file=source
+        )
+    return value
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError("file not found", file=str(path)) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a TOML file", file=str(path)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not valid TOML ({e})", file=str(path)) from None
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror})", file=str(path)) from None
+
+
+def load_config(
+    cls: type,
+    path: Path | None,
+    overrides: dict[str, Any],
+    *,
+    base: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> Any:
+    """Defaults (or `base`), then the TOML file at `path` (if any), then `overrides`
+    ("section.key" -> value; None values are skipped, so unset command-line options keep the
+    file's value)."""
+    values = copy.deepcopy(base or {})  # overrides below must not write into PRESETS
+    if path is not None:
+        values = merge(values, read_toml(path))
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *sections, key = dotted.split(".")
+        node = values
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = value
+    return from_dict(cls, values, source=source or (str(path) if path else "config"))
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body, whitespace
+    collapsed), inherited fields included: help text comes from the declaration."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def setting_field(root: type, dotted: str) -> tuple[type, dataclasses.Field, Any]:
+    """The dataclass declaring the setting "section.key" of `root`, its field and type hint."""
+    cls = root
+    *sections, name = dotted.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return cls, fields[name], typing.get_type_hints(cls)[name]
+
+
+def field_default(field: dataclasses.Field) -> Any:
+    """A field's default value (its factory's product for lists and tables)."""
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """"section.key=value" -> ("section.key", value), the value read as TOML (numbers, true,
+    [lists], "strings"), or as a plain string when it is not TOML."""
+    dotted, sep, raw = text.partition("=")
+    if not sep or not dotted.strip():
+        raise InputError(f"expected section.key=value, got {text!r}", column="--set")
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return dotted.strip(), value
