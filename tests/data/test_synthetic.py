@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from ehr_ssl.data import schema, synthetic
 from ehr_ssl.data.synthetic import CONDITIONS, Cohort, generate_cohort, write_cohort
+from ehr_ssl.data.synthetic import writer as synthetic_writer
 
 N_VISITS = 4000
 
@@ -375,7 +376,7 @@ def test_a_failed_write_leaves_nothing(
     def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synthetic, "_write_events", fail)
+    monkeypatch.setattr(synthetic_writer, "_write_events", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         write_cohort(small, tmp_path / "cohort", shards=2)
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,30 @@
+"""The built-in synthetic emergency-department cohort: visits, events, labels and the true risk.
+
+`catalog` holds the static tables (conditions, labs, problems, code families), `simulation` draws
+patients, visits and their events for a seed, `writer` writes a cohort as a dataset directory.
+"""
+
+from ehr_ssl.data.synthetic.catalog import (
+    CONDITIONS,
+    LABS,
+    PROBLEMS,
+    Condition,
+    Lab,
+    Problem,
+    noise_codes,
+)
+from ehr_ssl.data.synthetic.simulation import Cohort, generate_cohort
+from ehr_ssl.data.synthetic.writer import write_cohort
+
+__all__ = [
+    "CONDITIONS",
+    "LABS",
+    "PROBLEMS",
+    "Cohort",
+    "Condition",
+    "Lab",
+    "Problem",
+    "generate_cohort",
+    "noise_codes",
+    "write_cohort",
+]
