@@ -39,7 +39,8 @@ from ehr_ssl.model.encoder import POOLINGS, EHREncoder
 from ehr_ssl.tokens.batching import TokenDataset
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
-from ehr_ssl.training.finetune import budget_split, labeled_split, pooled_vectors_by_pooling
+from ehr_ssl.training.finetune import budget_split, labeled_split
+from ehr_ssl.training.probe import pooled_vectors_by_pooling
 
 N_NAMED = 12  # CONDITIONS: the named conditions first, then the minor ones
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)

@@ -29,6 +29,42 @@ from ehr_ssl.errors import InputError
 POOLINGS = ("cls", "mean")
 
 
+def _check_architecture(
+    *,
+    hidden_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    intermediate_size: int,
+    hidden_dropout_prob: float,
+    attention_probs_dropout_prob: float,
+    pooling: str,
+) -> None:
+    """ValueError naming the argument at fault, for any value no encoder can be built with."""
+    sizes = {
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads,
+        "intermediate_size": intermediate_size,
+    }
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if hidden_size % num_attention_heads:
+        raise ValueError(
+            f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
+            f"{num_attention_heads}"
+        )
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    dropouts = {
+        "hidden_dropout_prob": hidden_dropout_prob,
+        "attention_probs_dropout_prob": attention_probs_dropout_prob,
+    }
+    for name, value in dropouts.items():
+        if not (math.isfinite(value) and 0 <= value < 1):
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
 class EHRConfig(PreTrainedConfig):
     """Architecture of the encoder: the one description of the model. A pipeline's `[model]`
     table (presets included) holds these keyword arguments, less the sizes the tokenizer sets
@@ -81,29 +117,15 @@ class EHRConfig(PreTrainedConfig):
         pad_token_id: int = 0,
         **kwargs,
     ):
-        sizes = {
-            "hidden_size": hidden_size,
-            "num_hidden_layers": num_hidden_layers,
-            "num_attention_heads": num_attention_heads,
-            "intermediate_size": intermediate_size,
-        }
-        for name, value in sizes.items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if hidden_size % num_attention_heads:
-            raise ValueError(
-                f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
-                f"{num_attention_heads}"
-            )
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        dropouts = {
-            "hidden_dropout_prob": hidden_dropout_prob,
-            "attention_probs_dropout_prob": attention_probs_dropout_prob,
-        }
-        for name, value in dropouts.items():
-            if not (math.isfinite(value) and 0 <= value < 1):
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        _check_architecture(
+            hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size,
+            hidden_dropout_prob=hidden_dropout_prob,
+            attention_probs_dropout_prob=attention_probs_dropout_prob,
+            pooling=pooling,
+        )
         self.vocab_size = vocab_size
         self.n_value_bins = n_value_bins  # bins 1..n plus 0 = no value
         self.hidden_size = hidden_size

@@ -12,14 +12,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ehr_ssl.config import ObjectiveConfig
+from ehr_ssl.model.collectives import all_gather_with_grad, data_parallel_rank
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.model.heads import MaskedEventHead, ProjectionHead
 from ehr_ssl.model.losses import IGNORE_INDEX, info_nce_loss, masked_event_loss
 from ehr_ssl.model.masking import mask_events
 from ehr_ssl.model.views import augment_view
-from ehr_ssl.training import distributed
 
 ENCODER_INPUTS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")
 
@@ -56,72 +57,97 @@ class PretrainingModel(nn.Module):
         a single process would), then only `rows` are encoded, and each term is scaled so that
         its mean over processes, which DDP's gradient averaging takes, is the global batch's.
         """
-        o = self.objective
-        masked, contrastive = o.masked_weight > 0, o.contrastive_weight > 0
-        # Inputs: view A (masked for the masked-event term) and, for the contrastive term, B.
-        view_a = self._view(batch, generator) if contrastive else batch
-        if masked:
-            view_a, code_labels, bin_labels = mask_events(
-                view_a,
-                vocab_size=self.encoder.config.vocab_size,
-                generator=generator,
-                rate=o.mask_rate,
-            )
-        views = [view_a, self._view(batch, generator)] if contrastive else [view_a]
-        scale = {}
+        views, labels = self._inputs(batch, generator)
+        scale: dict[str, Tensor] = {}
         if rows is not None:
-            world = batch["input_ids"].shape[0] // (rows.stop - rows.start)
-            views = [_take_rows(view, rows) for view in views]
-            if masked:
-                # Each term is a mean over its targets: local sum / global count, times the
-                # world size that the average over processes divides by.
-                t_a = views[0]["input_ids"].shape[1]
-                for name, labels in (("masked_code", code_labels), ("masked_bin", bin_labels)):
-                    local = labels[rows, :t_a]
-                    n_local = (local != IGNORE_INDEX).sum()
-                    n_global = (labels != IGNORE_INDEX).sum().clamp_min(1)
-                    scale[name] = world * n_local / n_global
-                    if name == "masked_code":
-                        code_labels = local
-                    else:
-                        bin_labels = local
+            views, labels, scale = _local_rows(batch, views, labels, rows)
         # Encode: both views in one pass, (2B, T) rather than two passes of (B, T): at these
         # sizes the per-operation overhead, not arithmetic, dominates on CPU.
         inputs = _stack_padded(
             views, self.pad_to_multiple_of, self.encoder.config.max_position_embeddings
         )
         encoded = self.encoder(**inputs)
-        b = views[0]["input_ids"].shape[0]  # this process's visits
-
-        losses: dict[str, Tensor] = {
+        terms = self._terms(encoded, views[0]["input_ids"].shape[0], labels, scale)
+        return {
             "encoder_tokens": inputs["attention_mask"].sum().detach(),
             "encoder_slots": torch.tensor(inputs["attention_mask"].numel()),
+            **terms,
+            "loss": self._weighted_sum(terms, batch["input_ids"].device),
         }
-        total = torch.zeros((), device=batch["input_ids"].device)
-        if masked:
-            targets = code_labels != IGNORE_INDEX  # (B, T_a): only these rows reach the heads
-            hidden_a = encoded.last_hidden_state[:b, : targets.shape[1]]
-            code_logits, bin_logits = self.masked_head(
-                hidden_a[targets], self.encoder.code_embeddings.weight
+
+    def _inputs(
+        self, batch: dict[str, Tensor], generator: torch.Generator
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor] | None]:
+        """View A (masked for the masked-event term) and, for the contrastive term, view B;
+        with the masked term's labels {"masked_code", "masked_bin"} (None when it is off).
+        The draws come in this order: view A, its masking, view B."""
+        o = self.objective
+        contrastive = o.contrastive_weight > 0
+        view_a = self._view(batch, generator) if contrastive else batch
+        labels = None
+        if o.masked_weight > 0:
+            view_a, code_labels, bin_labels = mask_events(
+                view_a,
+                vocab_size=self.encoder.config.vocab_size,
+                generator=generator,
+                rate=o.mask_rate,
             )
-            # (N, C) -> (1, N, C): the loss takes (B, T, C) batches of labelled positions.
-            code_loss, bin_loss = masked_event_loss(
-                code_logits[None],
-                code_labels[targets][None],
-                bin_logits[None],
-                bin_labels[targets][None],
-            )
-            if scale:
-                code_loss = code_loss * scale["masked_code"]
-                bin_loss = bin_loss * scale["masked_bin"]
-            losses["masked_code"], losses["masked_bin"] = code_loss, bin_loss
-            total = total + o.masked_weight * (code_loss + o.value_bin_weight * bin_loss)
-        if contrastive:
+            labels = {"masked_code": code_labels, "masked_bin": bin_labels}
+        views = [view_a, self._view(batch, generator)] if contrastive else [view_a]
+        return views, labels
+
+    def _terms(
+        self,
+        encoded: BaseModelOutputWithPooling,
+        n_visits: int,
+        labels: dict[str, Tensor] | None,
+        scale: dict[str, Tensor],
+    ) -> dict[str, Tensor]:
+        """The loss terms that are on, from the encoding of the stacked views (view A's
+        `n_visits` rows first). Shape: last_hidden_state (k * B, T, D) -> {name: ()}."""
+        terms = {}
+        if labels is not None:
+            hidden_a = encoded.last_hidden_state[:n_visits]  # (B, T, D)
+            terms["masked_code"], terms["masked_bin"] = self._masked_terms(hidden_a, labels, scale)
+        if self.objective.contrastive_weight > 0:
             z = self.projection(encoded.pooler_output)  # (2B, P): view A rows, then view B rows
-            losses["contrastive"] = contrastive_loss(z[:b], z[b:], temperature=o.temperature)
-            total = total + o.contrastive_weight * losses["contrastive"]
-        losses["loss"] = total
-        return losses
+            terms["contrastive"] = contrastive_loss(
+                z[:n_visits], z[n_visits:], temperature=self.objective.temperature
+            )
+        return terms
+
+    def _masked_terms(
+        self, hidden_a: Tensor, labels: dict[str, Tensor], scale: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """The masked-event terms (code, value bin) on view A's token states, scaled under
+        data parallelism. Shape: hidden_a (B, T, D), labels (B, T_a) -> (), ()."""
+        code_labels, bin_labels = labels["masked_code"], labels["masked_bin"]
+        targets = code_labels != IGNORE_INDEX  # (B, T_a): only these rows reach the heads
+        code_logits, bin_logits = self.masked_head(
+            hidden_a[:, : targets.shape[1]][targets], self.encoder.code_embeddings.weight
+        )
+        # (N, C) -> (1, N, C): the loss takes (B, T, C) batches of labelled positions.
+        code_loss, bin_loss = masked_event_loss(
+            code_logits[None],
+            code_labels[targets][None],
+            bin_logits[None],
+            bin_labels[targets][None],
+        )
+        if scale:
+            code_loss = code_loss * scale["masked_code"]
+            bin_loss = bin_loss * scale["masked_bin"]
+        return code_loss, bin_loss
+
+    def _weighted_sum(self, terms: dict[str, Tensor], device: torch.device) -> Tensor:
+        """The total loss: the terms that are on, weighted. Shape: ()."""
+        o = self.objective
+        total = torch.zeros((), device=device)
+        if "masked_code" in terms:
+            masked = terms["masked_code"] + o.value_bin_weight * terms["masked_bin"]
+            total = total + o.masked_weight * masked
+        if "contrastive" in terms:
+            total = total + o.contrastive_weight * terms["contrastive"]
+        return total
 
     def _view(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         o = self.objective
@@ -132,6 +158,31 @@ class PretrainingModel(nn.Module):
             history_crop=o.history_crop,
             time_jitter=o.time_jitter,
         )
+
+
+def _local_rows(
+    batch: dict[str, Tensor],
+    views: list[dict[str, Tensor]],
+    labels: dict[str, Tensor] | None,
+    rows: slice,
+) -> tuple[list[dict[str, Tensor]], dict[str, Tensor] | None, dict[str, Tensor]]:
+    """This process's rows of the views and of the masked labels, and each masked term's scale.
+
+    Each term is a mean over its targets: local sum / global count, times the world size that
+    the average over processes divides by. Shape: (B, T) -> (R, T_r); scales ().
+    """
+    world = batch["input_ids"].shape[0] // (rows.stop - rows.start)
+    views = [_take_rows(view, rows) for view in views]
+    if labels is None:
+        return views, None, {}
+    t_a = views[0]["input_ids"].shape[1]
+    local, scale = {}, {}
+    for name, global_labels in labels.items():
+        local[name] = global_labels[rows, :t_a]
+        n_local = (local[name] != IGNORE_INDEX).sum()
+        n_global = (global_labels != IGNORE_INDEX).sum().clamp_min(1)
+        scale[name] = world * n_local / n_global
+    return views, local, scale
 
 
 def _take_rows(view: dict[str, Tensor], rows: slice) -> dict[str, Tensor]:
@@ -162,10 +213,10 @@ def contrastive_loss(z_a: Tensor, z_b: Tensor, *, temperature: float) -> Tensor:
 
     Shape: z_a, z_b (N, P) -> (). Every process must hold the same N (drop_last batches).
     """
-    rank = distributed.current()
-    if not rank.distributed:
+    rank, world_size = data_parallel_rank()
+    if world_size == 1:
         return info_nce_loss(z_a, z_b, temperature=temperature)
-    all_a = distributed.all_gather_with_grad(z_a)  # (world * N, P), rank order
-    all_b = distributed.all_gather_with_grad(z_b)
-    offset = rank.rank * z_a.shape[0]
+    all_a = all_gather_with_grad(z_a)  # (world * N, P), rank order
+    all_b = all_gather_with_grad(z_b)
+    offset = rank * z_a.shape[0]
     return info_nce_loss(z_a, z_b, temperature=temperature, offset=offset, all_a=all_a, all_b=all_b)

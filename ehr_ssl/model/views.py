@@ -4,6 +4,7 @@ history, time jitter; removed tokens are compacted out and the batch re-padded."
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -59,6 +60,28 @@ def augment_view(
     Shape:
         (B, T) in, (B, T') out with T' <= T.
     """
+    _check_inputs(batch, generator, event_dropout, history_crop, time_jitter)
+    if event_dropout == 0 and history_crop == 0 and time_jitter == 0:
+        return {k: v.clone() if isinstance(v, Tensor) else v for k, v in batch.items()}
+    tokens = _token_kinds(batch)
+    draws = _draw(batch, generator)
+    removed = _dropped_or_cropped(tokens, draws, event_dropout, history_crop)
+    removed &= ~_put_back(tokens.current, removed, draws.rescue)
+    times = batch["time_deltas"]
+    if time_jitter > 0:
+        times = torch.where(tokens.events, times * torch.exp(time_jitter * draws.noise), times)
+    keep = tokens.real & ~removed
+    return _compact(batch, keep, times)
+
+
+def _check_inputs(
+    batch: dict[str, Tensor],
+    generator: torch.Generator,
+    event_dropout: float,
+    history_crop: float,
+    time_jitter: float,
+) -> None:
+    """ValueError, with the offending value, for a knob out of range or a malformed batch."""
     for name, value in (("event_dropout", event_dropout), ("history_crop", history_crop)):
         if not 0.0 <= value <= 1.0:  # also rejects NaN
             raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -73,63 +96,100 @@ def augment_view(
         raise ValueError(f"batch tensors must share one (B, T) shape, got {shapes}")
     if generator.device.type != ids.device.type:  # a cuda generator may carry no index
         raise ValueError(f"generator is on {generator.device}, batch on {ids.device}")
-    if event_dropout == 0 and history_crop == 0 and time_jitter == 0:
-        return {k: v.clone() if isinstance(v, Tensor) else v for k, v in batch.items()}
 
-    shape, device = ids.shape, ids.device
+
+class _TokenKinds(NamedTuple):
+    """Which positions hold what; each (B, T) bool."""
+
+    real: Tensor  # not padding
+    events: Tensor  # history or current events, the only tokens a view may remove
+    history: Tensor  # history events, oldest first from [HIST]
+    current: Tensor  # the current visit's events
+
+
+def _token_kinds(batch: dict[str, Tensor]) -> _TokenKinds:
+    ids, segments = batch["input_ids"], batch["segment_ids"]
     real = batch["attention_mask"].bool()
-    segments = batch["segment_ids"]
-    structural = torch.isin(ids, torch.tensor(_NOT_EVENTS, device=device, dtype=ids.dtype))
+    structural = torch.isin(ids, torch.tensor(_NOT_EVENTS, device=ids.device, dtype=ids.dtype))
     events = real & ~structural & ((segments == SEGMENT_HISTORY) | (segments == SEGMENT_CURRENT))
     history = events & (segments == SEGMENT_HISTORY)
     current = events & (segments == SEGMENT_CURRENT)
+    return _TokenKinds(real, events, history, current)
 
-    # Fixed-size draws whatever the knobs, so a seed fixes the whole view.
-    drop_draw = torch.rand(shape, generator=generator, device=device)
-    crop_draw = torch.rand(shape[:1], generator=generator, device=device)
-    rescue_draw = torch.rand(shape, generator=generator, device=device)
-    times = batch["time_deltas"]
-    noise = torch.randn(shape, generator=generator, device=device, dtype=times.dtype)
 
-    removed = events & (drop_draw < event_dropout)
+class _Draws(NamedTuple):
+    """A view's random numbers."""
+
+    drop: Tensor  # (B, T) uniform: event dropout
+    crop: Tensor  # (B,) uniform: the history crop's length
+    rescue: Tensor  # (B, T) uniform: which current event is put back
+    noise: Tensor  # (B, T) standard normal, in the times' dtype: time jitter
+
+
+def _draw(batch: dict[str, Tensor], generator: torch.Generator) -> _Draws:
+    """Fixed-size draws whatever the knobs, so a seed fixes the whole view."""
+    ids = batch["input_ids"]
+    shape, device = ids.shape, ids.device
+    drop = torch.rand(shape, generator=generator, device=device)
+    crop = torch.rand(shape[:1], generator=generator, device=device)
+    rescue = torch.rand(shape, generator=generator, device=device)
+    dtype = batch["time_deltas"].dtype
+    noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return _Draws(drop, crop, rescue, noise)
+
+
+def _dropped_or_cropped(
+    tokens: _TokenKinds, draws: _Draws, event_dropout: float, history_crop: float
+) -> Tensor:
+    """Events dropped at random, and each visit's oldest k history events, k uniform in
+    [0, floor(history_crop * n_history_events)]. Shape: (B, T) bool, True = removed."""
+    removed = tokens.events & (draws.drop < event_dropout)
+    history = tokens.history
     # History events run oldest first from [HIST]: rank 0 is the oldest.
     n_history = history.sum(dim=1)  # (B,)
     max_crop = torch.floor(history_crop * n_history.double()).long()  # (B,)
-    crop = torch.minimum((crop_draw.double() * (max_crop + 1)).long(), max_crop)  # (B,) uniform
+    crop = torch.minimum((draws.crop.double() * (max_crop + 1)).long(), max_crop)  # (B,) uniform
     rank = history.cumsum(dim=1) - 1  # (B, T)
     removed |= history & (rank < crop[:, None])
-    # A visit with current events keeps at least one: put back a random one if all went.
+    return removed
+
+
+def _put_back(current: Tensor, removed: Tensor, rescue_draw: Tensor) -> Tensor:
+    """A visit with current events keeps at least one: a random one of them where all went.
+    Shape: (B, T) bool, True = put back."""
     lost_all = current.any(dim=1) & ~(current & ~removed).any(dim=1)  # (B,)
     rescue = torch.where(current, rescue_draw, -1.0).argmax(dim=1)  # (B,) a random current event
-    put_back = torch.zeros_like(removed).scatter_(1, rescue[:, None], lost_all[:, None])
-    removed &= ~put_back
+    return torch.zeros_like(removed).scatter_(1, rescue[:, None], lost_all[:, None])
 
-    keep = real & ~removed
-    if time_jitter > 0:
-        times = torch.where(events, times * torch.exp(time_jitter * noise), times)
 
-    # Compaction: a stable sort puts each row's kept positions first, in their original order.
+def _compact(batch: dict[str, Tensor], keep: Tensor, times: Tensor) -> dict[str, Tensor]:
+    """The kept tokens of every (B, T) tensor shifted left over the removed ones, re-padded with
+    zeros to the longest kept row; `times` stands in for the time deltas. Shape: (B, T) ->
+    (B, T')."""
+    shape = batch["input_ids"].shape
+    # A stable sort puts each row's kept positions first, in their original order.
     order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices  # (B, T)
     new_length = int(keep.sum(dim=1).max()) if shape[0] else 0
     order = order[:, :new_length]  # (B, T')
     new_mask = torch.gather(keep, 1, order)  # (B, T'); True = real token
-
-    def compact(tensor: Tensor) -> Tensor:
-        index = order.reshape(*order.shape, *([1] * (tensor.dim() - 2))).expand(
-            -1, -1, *tensor.shape[2:]
-        )
-        gathered = torch.gather(tensor, 1, index)
-        mask = new_mask.reshape(*new_mask.shape, *([1] * (tensor.dim() - 2)))
-        return torch.where(mask, gathered, torch.zeros((), dtype=tensor.dtype, device=device))
-
     out = {}
     for key, value in batch.items():
         if key == "attention_mask":
             out[key] = new_mask.to(value.dtype)
         elif key == "time_deltas":
-            out[key] = compact(times)
+            out[key] = _gather_kept(times, order, new_mask)
         elif isinstance(value, Tensor) and value.dim() >= 2 and value.shape[:2] == shape:
-            out[key] = compact(value)
+            out[key] = _gather_kept(value, order, new_mask)
         else:
             out[key] = value
     return out
+
+
+def _gather_kept(tensor: Tensor, order: Tensor, new_mask: Tensor) -> Tensor:
+    """`tensor`'s positions in `order`, zero where `new_mask` is False. Shape: (B, T, ...) ->
+    (B, T', ...)."""
+    trailing = [1] * (tensor.dim() - 2)
+    index = order.reshape(*order.shape, *trailing).expand(-1, -1, *tensor.shape[2:])
+    gathered = torch.gather(tensor, 1, index)
+    mask = new_mask.reshape(*new_mask.shape, *trailing)
+    return torch.where(mask, gathered, torch.zeros((), dtype=tensor.dtype, device=order.device))

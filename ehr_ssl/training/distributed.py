@@ -114,34 +114,6 @@ def gather_rows(batch: dict[str, Tensor], length: int) -> dict[str, Tensor]:
     return out
 
 
-class _AllGather(torch.autograd.Function):
-    """all_gather whose backward sends each process the summed gradient of its own rows."""
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:
-        ctx.rows = tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        # Every process's loss reads every process's rows: sum the gradients, keep ours.
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        start = dist.get_rank() * ctx.rows
-        return grad[start : start + ctx.rows]
-
-
-def all_gather_with_grad(tensor: Tensor) -> Tensor:
-    """Every process's rows in rank order, differentiable (contrastive negatives).
-
-    Under DDP, which averages gradients over the W processes, the result is the gradient of the
-    mean of the processes' losses. Shape: (N, ...) on each process -> (W * N, ...).
-    """
-    return _AllGather.apply(tensor)
-
-
 def mean_over_ranks(values: dict[str, Tensor]) -> dict[str, Tensor]:
     """The mean of each scalar over processes (for logging: every process's terms of one
     step). Shape: {name: ()} -> {name: ()}."""

@@ -19,93 +19,35 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
-from ehr_ssl.config import FinetuneConfig, to_dict
+from ehr_ssl.config import FinetuneConfig
 from ehr_ssl.data.splits import label_budget_subset
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import CLASSIFIER_DIR, FINETUNE_SUMMARY_FILE, PROBE_FILE
-from ehr_ssl.model.encoder import EHRConfig, EHREncoder, EHRPreTrainedModel
+from ehr_ssl.model.classifier import AdmissionClassifier
+from ehr_ssl.model.encoder import EHRConfig, EHREncoder
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
+from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.training import distributed
-from ehr_ssl.training.pretrain import param_groups, resolve_device
+from ehr_ssl.training.device import resolve_device
+from ehr_ssl.training.optim import param_groups
+from ehr_ssl.training.probe import init_head_from_probe, linear_probe, pooled_vectors, probe_scores
 
 log = logging.getLogger("ehr_ssl")
-
-
-class AdmissionClassifier(EHRPreTrainedModel):
-    """Encoder + standardization + dropout + linear head on the pooled visit vector: one logit
-    per visit.
-
-    The standardization (`feature_mean`, `feature_std`: fixed buffers, identity unless the head
-    starts as the linear probe) keeps the head on the probe's scale. Folded into the head
-    instead (w = coef / std), a barely spread feature gets a huge weight, so dropout zeroing its
-    uncentred value moves the logit by w * value: a first fine-tuning loss of ~150 was seen.
-    """
-
-    def __init__(self, config: EHRConfig, head_dropout: float = 0.1):
-        super().__init__(config)
-        self.encoder = EHREncoder(config)
-        self.register_buffer("feature_mean", torch.zeros(config.hidden_size))
-        self.register_buffer("feature_std", torch.ones(config.hidden_size))
-        self.dropout = nn.Dropout(head_dropout)
-        self.head = nn.Linear(config.hidden_size, 1)
-        self.post_init()
-
-    def folded_head(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The standardization and head as one linear map of the pooled vector, (D,) and ()."""
-        return fold_standardization(
-            self.head.weight[0], self.head.bias[0], self.feature_mean, self.feature_std
-        )
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        value_bins: torch.Tensor,
-        time_deltas: torch.Tensor,
-        segment_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        pos_weight: torch.Tensor | None = None,
-    ) -> SequenceClassifierOutput:
-        """Shape: inputs (B, T), labels (B,) float 0/1 -> logits (B,), loss () if labels."""
-        pooled = self.encoder(
-            input_ids, value_bins, time_deltas, segment_ids, attention_mask
-        ).pooler_output
-        features = (pooled - self.feature_mean) / self.feature_std  # (B, D)
-        logits = self.head(self.dropout(features)).squeeze(-1)  # (B, 1) -> (B,)
-        loss = None
-        if labels is not None:
-            loss = F.binary_cross_entropy_with_logits(
-                logits.float(), labels.float(), pos_weight=pos_weight
-            )
-        return SequenceClassifierOutput(loss=loss, logits=logits)
-
-
-def fold_standardization(
-    coef: torch.Tensor, intercept: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A linear map of standardized vectors, coef . (x - mean) / std + intercept, as one of the
-    raw vectors: w = coef / std, b = intercept - w . mean. Shape: (D,), (), (D,), (D,) ->
-    (D,), ()."""
-    weight = coef / std
-    return weight, intercept - weight @ mean
 
 
 def budget_ids(
@@ -161,36 +103,6 @@ def predict_scores(
     return scores
 
 
-def pooled_vectors(
-    encoder: EHREncoder, dataset: TokenDataset, device: torch.device, batch_size: int = 256
-) -> np.ndarray:
-    """The encoder's pooled visit vectors, under its own pooling. Shape: (N, D)."""
-    pooling = encoder.config.pooling
-    return pooled_vectors_by_pooling(encoder, dataset, device, (pooling,), batch_size)[pooling]
-
-
-@torch.no_grad()
-def pooled_vectors_by_pooling(
-    encoder: EHREncoder,
-    dataset: TokenDataset,
-    device: torch.device,
-    poolings: Sequence[str],
-    batch_size: int = 256,
-) -> dict[str, np.ndarray]:
-    """The visit vectors under each of `poolings` from one forward pass per batch (the token
-    states do not depend on the pooling). Shape: (N, D) each."""
-    encoder.eval()
-    out: dict[str, list[torch.Tensor]] = {pooling: [] for pooling in poolings}
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        inputs = {k: batch[k].to(device) for k in ENCODER_INPUTS}
-        hidden = encoder(**inputs).last_hidden_state  # (B, T, D)
-        mask = inputs["attention_mask"].bool()  # (B, T)
-        for pooling in poolings:
-            out[pooling].append(encoder.pool(hidden, mask, pooling).cpu())
-    return {pooling: torch.cat(vectors).numpy() for pooling, vectors in out.items()}
-
-
 def finetune(
     tokens_dir: Path,
     encoder_dir: Path | None,
@@ -214,33 +126,12 @@ def finetune(
     encoder_config = EHRConfig.from_pretrained(encoder_dir)
     if config.label_budget is not None and train_ids is None and val_ids is None:
         train_ids, val_ids = budget_ids(tokens_dir, config.label_budget, seed=config.seed)
-    train, val = (
-        labeled_split(tokens_dir, "train", train_ids),
-        labeled_split(tokens_dir, "val", val_ids),
-    )
-    for name, dataset in (("train", train), ("val", val)):
-        if len(np.unique(dataset.labels)) < 2:
-            raise InputError(
-                f"the {name} split needs labeled visits of both classes, has {len(dataset)} "
-                "labeled visits",
-                file=str(tokens_dir),
-            )
+    train, val = _labeled_splits(tokens_dir, train_ids, val_ids)
     device = resolve_device(config.device)
-    rank = distributed.current()
-    if config.mode != "linear-probe" and config.batch_size % rank.world_size:
-        raise InputError(
-            f"{config.batch_size} is not divisible by the {rank.world_size} processes (it is the "
-            "global batch: each process takes an equal share)",
-            column="finetune.batch_size",
-        )
-    if rank.distributed and len(train) < rank.world_size:
-        raise InputError(
-            f"{len(train)} labeled train visits for {rank.world_size} processes",
-            file=str(tokens_dir),
-        )
+    _check_processes(config, len(train), tokens_dir)
     torch.manual_seed(config.seed)
     if config.mode == "linear-probe":
-        summary = _linear_probe(encoder_dir, train, val, config, device)
+        summary = linear_probe(encoder_dir, train, val, device)
         model = None
     else:
         model, summary = _train_classifier(encoder_dir, encoder_config, train, val, config, device)
@@ -253,15 +144,60 @@ def finetune(
         }
     )
     probe = summary.pop("_probe", None)
-    if rank.is_main:
-        with atomic_directory(out_dir, overwrite=True) as tmp:
-            if model is not None:
-                model.cpu().save_pretrained(tmp / CLASSIFIER_DIR)
-            else:
-                save_file(probe, str(tmp / PROBE_FILE))
-            atomic_write_text(tmp / FINETUNE_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    if distributed.current().is_main:
+        _write(out_dir, summary, model, probe)
     distributed.barrier()  # the next stage reads what rank 0 wrote
     return summary
+
+
+def _labeled_splits(
+    tokens_dir: Path, train_ids: pl.Series | None, val_ids: pl.Series | None
+) -> tuple[TokenDataset, TokenDataset]:
+    """The labeled train and val visits (of a label budget, if ids are given); each must hold
+    both classes."""
+    train, val = (
+        labeled_split(tokens_dir, "train", train_ids),
+        labeled_split(tokens_dir, "val", val_ids),
+    )
+    for name, dataset in (("train", train), ("val", val)):
+        if len(np.unique(dataset.labels)) < 2:
+            raise InputError(
+                f"the {name} split needs labeled visits of both classes, has {len(dataset)} "
+                "labeled visits",
+                file=str(tokens_dir),
+            )
+    return train, val
+
+
+def _check_processes(config: FinetuneConfig, n_train: int, tokens_dir: Path) -> None:
+    """Under torchrun, the global batch and the train visits must share out over processes."""
+    rank = distributed.current()
+    if config.mode != "linear-probe" and config.batch_size % rank.world_size:
+        raise InputError(
+            f"{config.batch_size} is not divisible by the {rank.world_size} processes (it is the "
+            "global batch: each process takes an equal share)",
+            column="finetune.batch_size",
+        )
+    if rank.distributed and n_train < rank.world_size:
+        raise InputError(
+            f"{n_train} labeled train visits for {rank.world_size} processes",
+            file=str(tokens_dir),
+        )
+
+
+def _write(
+    out_dir: Path,
+    summary: dict,
+    model: AdmissionClassifier | None,
+    probe: dict[str, torch.Tensor] | None,
+) -> None:
+    """The selected classifier, or the probe's tensors, and the summary, all at once."""
+    with atomic_directory(out_dir, overwrite=True) as tmp:
+        if model is not None:
+            model.cpu().save_pretrained(tmp / CLASSIFIER_DIR)
+        else:
+            save_file(probe, str(tmp / PROBE_FILE))
+        atomic_write_text(tmp / FINETUNE_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 def build_classifier(
@@ -274,6 +210,39 @@ def build_classifier(
     return model
 
 
+@dataclass
+class _EpochSelection:
+    """Early stopping on validation AUROC: the best state so far, every epoch's figures, and
+    the epochs since the last improvement."""
+
+    patience: int
+    best_state: dict | None = None
+    best_auroc: float = -1.0
+    history: list[dict] = field(default_factory=list)
+    stale: int = 0
+
+    def start_from(self, model: nn.Module, val_auroc: float) -> None:
+        """Epoch 0, before any update: the state every later epoch must beat."""
+        self.best_auroc = val_auroc
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.history.append({"epoch": 0, "val_auroc": val_auroc, "last_loss": None})
+
+    def record(self, epoch: int, val_auroc: float, last_loss: float, model: nn.Module) -> bool:
+        """Score an epoch (keeping the state if it is the best); True once patience runs out."""
+        self.history.append({"epoch": epoch, "val_auroc": val_auroc, "last_loss": last_loss})
+        if val_auroc > self.best_auroc:
+            self.best_state = copy.deepcopy(model.state_dict())
+            self.best_auroc, self.stale = val_auroc, 0
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def summary(self) -> dict:
+        """The selected epoch (the best on validation), its AUROC and the history."""
+        chosen = max(self.history, key=lambda h: h["val_auroc"])["epoch"]
+        return {"selected_epoch": chosen, "val_auroc": self.best_auroc, "history": self.history}
+
+
 def _train_classifier(
     encoder_dir: Path,
     encoder_config: EHRConfig,
@@ -282,140 +251,99 @@ def _train_classifier(
     config: FinetuneConfig,
     device: torch.device,
 ) -> tuple[AdmissionClassifier, dict]:
+    """Full or scratch fine-tuning: epochs over train until validation AUROC stops improving;
+    returns the model at its best epoch and the summary."""
     model = build_classifier(encoder_dir, encoder_config, config)
-    if config.mode == "full":
-        # The pretrained encoder moves slower than the freshly initialized head.
-        groups = param_groups(model.encoder, config.weight_decay)
-        for group in groups:
-            group["lr"] = config.learning_rate * config.encoder_lr_ratio
-        head = param_groups(model.head, config.weight_decay)
-        groups += [dict(g, lr=config.learning_rate) for g in head]
-    else:
-        groups = [
-            dict(g, lr=config.learning_rate) for g in param_groups(model, config.weight_decay)
-        ]
+    groups = _optimizer_groups(model, config)
     model.to(device)
     optimizer = torch.optim.AdamW(groups)
     positives = float(np.nansum(train.labels))
     pos_weight = torch.tensor((len(train) - positives) / positives, device=device)
-    best, best_auroc, history, stale = None, -1.0, [], 0
+    selection = _EpochSelection(patience=config.patience)
     if config.mode == "full":
         # Epoch 0 is the probe-initialized model before any update: fine-tuning is kept only
         # where it beats the probe on validation.
-        _init_head_from_probe(model, train, val, device)
-        best_auroc = _val_auroc(model, val, device)
-        best = copy.deepcopy(model.state_dict())
-        history.append({"epoch": 0, "val_auroc": best_auroc, "last_loss": None})
-    rank = distributed.current()
+        init_head_from_probe(model, train, val, device)
+        selection.start_from(model, _val_auroc(model, val, device))
+    trained = _data_parallel(model, device)
+    for epoch in range(1, config.max_epochs + 1):  # epoch k: after k passes over train
+        loader = _epoch_loader(train, config, epoch)
+        loss = _train_epoch(trained, model, optimizer, loader, pos_weight, device)
+        val_auroc = _val_auroc(model, val, device)
+        if selection.record(epoch, val_auroc, float(loss.detach()), model):
+            break
+    model.load_state_dict(selection.best_state)
+    return model, selection.summary()
+
+
+def _optimizer_groups(model: AdmissionClassifier, config: FinetuneConfig) -> list[dict]:
+    """AdamW's parameter groups: in full mode the pretrained encoder at learning_rate x
+    encoder_lr_ratio and the head at learning_rate; in scratch mode all at learning_rate."""
+    if config.mode != "full":
+        return [dict(g, lr=config.learning_rate) for g in param_groups(model, config.weight_decay)]
+    # The pretrained encoder moves slower than the freshly initialized head.
+    groups = param_groups(model.encoder, config.weight_decay)
+    for group in groups:
+        group["lr"] = config.learning_rate * config.encoder_lr_ratio
+    head = param_groups(model.head, config.weight_decay)
+    return groups + [dict(g, lr=config.learning_rate) for g in head]
+
+
+def _data_parallel(model: AdmissionClassifier, device: torch.device) -> nn.Module:
+    """The model, under torchrun wrapped in DistributedDataParallel."""
+    if not distributed.current().distributed:
+        return model
     # Data-parallel: DDP starts every process from rank 0's weights (the probe's head included)
     # and averages gradients; each process's rows are an equal share of the global batch.
-    trained = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if rank.distributed
-        else model
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
     )
-    for epoch in range(1, config.max_epochs + 1):  # epoch k: after k passes over train
-        model.train()
-        sampler = LengthBucketSampler(
-            train.lengths,
-            config.batch_size,
-            seed=config.seed,
-            epoch=epoch,
-            drop_last=False,
-            rank=rank.rank,
-            world_size=rank.world_size,
-        )
-        for batch in DataLoader(train, batch_sampler=sampler, collate_fn=collate):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = trained(
-                **{k: batch[k] for k in ENCODER_INPUTS},
-                labels=batch["labels"],
-                pos_weight=pos_weight,
-            ).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-        val_auroc = _val_auroc(model, val, device)
-        history.append({"epoch": epoch, "val_auroc": val_auroc, "last_loss": float(loss.detach())})
-        if val_auroc > best_auroc:
-            best, best_auroc, stale = copy.deepcopy(model.state_dict()), val_auroc, 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    model.load_state_dict(best)
-    chosen = max(history, key=lambda h: h["val_auroc"])["epoch"]
-    return model, {"selected_epoch": chosen, "val_auroc": best_auroc, "history": history}
+
+
+def _epoch_loader(train: TokenDataset, config: FinetuneConfig, epoch: int) -> DataLoader:
+    """This process's share of the train visits, length-bucketed, in the epoch's order."""
+    rank = distributed.current()
+    sampler = LengthBucketSampler(
+        train.lengths,
+        config.batch_size,
+        seed=config.seed,
+        epoch=epoch,
+        drop_last=False,
+        rank=rank.rank,
+        world_size=rank.world_size,
+    )
+    return DataLoader(train, batch_sampler=sampler, collate_fn=collate)
+
+
+def _train_epoch(
+    trained: nn.Module,
+    model: AdmissionClassifier,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    pos_weight: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """One pass over `loader` with the weighted loss and gradients clipped at norm 1; returns
+    the last batch's loss. `trained` is `model` or its DDP wrapper."""
+    model.train()
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = trained(
+            **{k: batch[k] for k in ENCODER_INPUTS},
+            labels=batch["labels"],
+            pos_weight=pos_weight,
+        ).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return loss
 
 
 def _val_auroc(model: AdmissionClassifier, val: TokenDataset, device: torch.device) -> float:
     """Validation AUROC; under torchrun rank 0's, so that every process selects alike."""
     auroc = float(roc_auc_score(val.labels, predict_scores(model, val, device)))
     return distributed.broadcast_float(auroc)
-
-
-def _fit_probe(
-    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
-) -> dict:
-    """A logistic regression on pooled vectors (standardized on train only), its C chosen by
-    validation AUROC. Shape: x_train (N, D), x_val (M, D). Returns coef (D,), intercept (1,),
-    mean (D,), std (D,), C, val_auroc and every candidate's validation AUROC."""
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    candidates = []
-    for c in (0.001, 0.01, 0.1, 1.0, 10.0):
-        probe = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
-        probe.fit((x_train - mean) / std, y_train)
-        auroc = roc_auc_score(y_val, probe.predict_proba((x_val - mean) / std)[:, 1])
-        candidates.append((float(auroc), c, probe))
-    val_auroc, c, probe = max(candidates, key=lambda t: t[0])
-    return {
-        "coef": probe.coef_[0],
-        "intercept": probe.intercept_,
-        "mean": mean,
-        "std": std,
-        "C": c,
-        "val_auroc": val_auroc,
-        "history": [{"C": cc, "val_auroc": a} for a, cc, _ in candidates],
-    }
-
-
-def _linear_probe(
-    encoder_dir: Path,
-    train: TokenDataset,
-    val: TokenDataset,
-    config: FinetuneConfig,
-    device: torch.device,
-) -> dict:
-    encoder = EHREncoder.from_pretrained(encoder_dir).to(device)
-    x_train, x_val = pooled_vectors(encoder, train, device), pooled_vectors(encoder, val, device)
-    probe = _fit_probe(x_train, train.labels, x_val, val.labels)
-    return {
-        "selected_C": probe["C"],
-        "val_auroc": probe["val_auroc"],
-        "history": probe["history"],
-        "_probe": {
-            k: torch.from_numpy(np.ascontiguousarray(probe[k], dtype=np.float32))
-            for k in ("coef", "intercept", "mean", "std")
-        },
-    }
-
-
-def _init_head_from_probe(
-    model: AdmissionClassifier, train: TokenDataset, val: TokenDataset, device: torch.device
-) -> None:
-    """LP-FT (Kumar et al., 2022): start the head at the linear probe of the frozen pretrained
-    encoder, so that fine-tuning begins from a good classifier instead of letting a random head
-    push large gradients into the pretrained features. The probe's standardization becomes the
-    classifier's fixed `feature_mean` and `feature_std`, its coefficients the head's."""
-    x_train, x_val = (pooled_vectors(model.encoder, d, device) for d in (train, val))
-    probe = _fit_probe(x_train, train.labels, x_val, val.labels)
-    with torch.no_grad():
-        for target, value in ((model.feature_mean, probe["mean"]),
-                              (model.feature_std, probe["std"]),
-                              (model.head.weight, probe["coef"][None]),
-                              (model.head.bias, probe["intercept"])):  # fmt: skip
-            target.copy_(torch.as_tensor(value, dtype=torch.float32))
 
 
 def predict_finetuned(
@@ -429,5 +357,4 @@ def predict_finetuned(
         return predict_scores(model, dataset, device)
     probe = {k: v.numpy() for k, v in load_file(finetune_dir / PROBE_FILE).items()}
     encoder = EHREncoder.from_pretrained(encoder_dir).to(device)
-    x = (pooled_vectors(encoder, dataset, device) - probe["mean"]) / probe["std"]
-    return 1 / (1 + np.exp(-(x @ probe["coef"] + probe["intercept"])))
+    return probe_scores(probe, pooled_vectors(encoder, dataset, device))

@@ -17,75 +17,43 @@ import hashlib
 import importlib.util
 import json
 import logging
-import math
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ehr_ssl.atomic import atomic_directory, atomic_file, atomic_write_text
-from ehr_ssl.config import PretrainConfig, TrainConfig, to_dict
+from ehr_ssl.config import PretrainConfig, TrainConfig
 from ehr_ssl.data.splits import SPLITS
 from ehr_ssl.errors import InputError, TrainingError
 from ehr_ssl.layout import (
     ENCODER_DIR,
     HEADS_FILE,
-    METRICS_FILE,
     PRETRAIN_SUMMARY_FILE,
     RUN_CONFIG_FILE,
-    TENSORBOARD_DIR,
     TOKENIZER_FILE,
 )
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder, config_from_settings
 from ehr_ssl.model.pretraining import PretrainingModel
+from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training import distributed
 from ehr_ssl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ehr_ssl.training.device import resolve_device
+from ehr_ssl.training.optim import learning_rate, param_groups, set_learning_rate
+from ehr_ssl.training.reporting import MetricsLog, StepReporter
 
 log = logging.getLogger("ehr_ssl")
-
-
-def resolve_device(name: str) -> torch.device:
-    """The training device; CUDA with its index, so tensors and generators agree exactly."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda requested but no CUDA device is available", column="device")
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
-    """Linear warmup over warmup_steps, then cosine decay to learning_rate * min_lr_ratio."""
-    peak, floor = config.learning_rate, config.learning_rate * config.min_lr_ratio
-    if step < config.warmup_steps:
-        return peak * (step + 1) / config.warmup_steps
-    span = max(total_steps - config.warmup_steps, 1)
-    progress = min((step - config.warmup_steps) / span, 1.0)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weight matrices of linear layers only; biases, norms and embeddings get none."""
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            is_matrix = isinstance(module, nn.Linear) and name == "weight"
-            (decay if is_matrix else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def pretraining_selection(include_test_unlabeled: bool) -> pl.Expr:
@@ -97,44 +65,28 @@ def pretraining_selection(include_test_unlabeled: bool) -> pl.Expr:
     return outside_test
 
 
-class MetricsLog:
-    """metrics.jsonl (one JSON object per logged step), optionally mirrored to TensorBoard."""
+@dataclass(frozen=True)
+class _Plan:
+    """What the input checks established, before anything is written."""
 
-    def __init__(self, run_dir: Path, *, resume_step: int, tensorboard: bool):
-        self.path = run_dir / METRICS_FILE
-        self.last: dict = {}
-        if self.path.exists():
-            # Keep what led to the checkpoint being resumed; drop what a killed run wrote after
-            # it, and a half-written last line.
-            kept = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if record["step"] <= resume_step:
-                    kept.append(record)
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-            self.last = kept[-1] if kept else {}
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    tokenizer: Tokenizer
+    dataset: TokenDataset
+    device: torch.device
+    rank: distributed.Rank
+    steps_per_epoch: int
+    total_steps: int
+    warm_encoder: EHREncoder | None  # init_encoder's weights, or None for a random encoder
 
-            # purge_step drops the points a killed run logged after the checkpoint.
-            self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=resume_step + 1)
 
-    def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        self.last = record
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, float) and key != "elapsed_s":
-                    self.writer.add_scalar(key, value, record["step"])
+@dataclass
+class _Learner:
+    """What a step updates."""
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    model: PretrainingModel
+    trained: nn.Module  # what the forward runs through: the model, compiled or DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # the objectives' random inputs (masks, views)
+    device: torch.device  # where the model, its batches and the generator live
 
 
 def pretrain(
@@ -153,7 +105,44 @@ def pretrain(
     pretrain_summary.json, the completion marker).
     """
     tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
-    # Every check comes before anything is written, so a refused start leaves no trace.
+    plan = _check_inputs(tokens_dir, config, init_encoder)
+    record = _run_record(tokens_dir, config, init_encoder, len(plan.dataset))
+    if plan.rank.is_main:
+        _prepare_run_dir(out_dir, record, resume=resume)
+    distributed.barrier()  # the others resume from what rank 0 has checked
+
+    learner = _build(plan, config)
+    step, position = _restore(out_dir, learner, resume=resume)
+    metrics = (
+        MetricsLog(out_dir, resume_step=step, tensorboard=config.train.tensorboard)
+        if plan.rank.is_main
+        else None
+    )
+    learner.trained = _compile_and_distribute(learner.model, plan, config)
+    _log_start(plan, config, learner.model.encoder)
+    reporter = StepReporter(
+        metrics,
+        step=step,
+        total_steps=plan.total_steps,
+        show_bar=sys.stderr.isatty() and plan.rank.is_main,
+        desc="pretrain",
+    )
+    step = _train(learner, plan, config.train, reporter, out_dir, step, position)
+    reporter.close()
+
+    summary = None
+    if plan.rank.is_main:
+        summary = _finish(
+            out_dir, tokens_dir, learner.model, config, reporter.last, step, len(plan.dataset)
+        )
+    distributed.barrier()  # what follows (fine-tuning) reads the encoder rank 0 wrote
+    if not plan.rank.is_main:
+        summary = json.loads((out_dir / PRETRAIN_SUMMARY_FILE).read_text())
+    return summary
+
+
+def _check_inputs(tokens_dir: Path, config: PretrainConfig, init_encoder: Path | None) -> _Plan:
+    """Every check comes before anything is written, so a refused start leaves no trace."""
     tokenizer = Tokenizer.load(tokens_dir)
     train = config.train
     rank = distributed.current()
@@ -173,20 +162,40 @@ def pretrain(
             file=str(tokens_dir),
         )
     steps_per_epoch = len(LengthBucketSampler(dataset.lengths, train.batch_size, seed=train.seed))
-    total_steps = train.max_steps or train.epochs * steps_per_epoch
     if train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise InputError(
             "tensorboard is not installed (pip install tensorboard)", column="train.tensorboard"
         )
-    if init_encoder is not None:
-        warm = EHREncoder.from_pretrained(init_encoder, use_safetensors=True)
-        if warm.config.vocab_size != tokenizer.vocab_size:
-            raise InputError(
-                f"the encoder's vocabulary ({warm.config.vocab_size}) is not the tokens' "
-                f"({tokenizer.vocab_size})",
-                file=str(init_encoder),
-            )
-    run = {
+    return _Plan(
+        tokenizer=tokenizer,
+        dataset=dataset,
+        device=device,
+        rank=rank,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=train.max_steps or train.epochs * steps_per_epoch,
+        warm_encoder=_warm_encoder(init_encoder, tokenizer),
+    )
+
+
+def _warm_encoder(init_encoder: Path | None, tokenizer: Tokenizer) -> EHREncoder | None:
+    """The encoder to warm-start from, checked against the tokens' vocabulary; None if none."""
+    if init_encoder is None:
+        return None
+    warm = EHREncoder.from_pretrained(init_encoder, use_safetensors=True)
+    if warm.config.vocab_size != tokenizer.vocab_size:
+        raise InputError(
+            f"the encoder's vocabulary ({warm.config.vocab_size}) is not the tokens' "
+            f"({tokenizer.vocab_size})",
+            file=str(init_encoder),
+        )
+    return warm
+
+
+def _run_record(
+    tokens_dir: Path, config: PretrainConfig, init_encoder: Path | None, n_visits: int
+) -> dict:
+    """run_config.json: the configuration and the data a resume must find unchanged."""
+    return {
         "config": to_dict(config),
         "init_encoder": None if init_encoder is None else str(Path(init_encoder).resolve()),
         "data": {
@@ -194,179 +203,196 @@ def pretrain(
             "tokenizer_sha256": hashlib.sha256(
                 (tokens_dir / TOKENIZER_FILE).read_bytes()
             ).hexdigest(),
-            "pretraining_visits": len(dataset),
+            "pretraining_visits": n_visits,
         },
     }
-    if rank.is_main:
-        _prepare_run_dir(out_dir, run, resume=resume)
-    distributed.barrier()  # the others resume from what rank 0 has checked
 
+
+def _build(plan: _Plan, config: PretrainConfig) -> _Learner:
+    """The seeded model (a random or the warm-started encoder, fresh heads), AdamW (no decay
+    on biases, norms and embeddings) and the objectives' generator."""
+    train, tokenizer = config.train, plan.tokenizer
     torch.manual_seed(train.seed)
-    encoder = warm if init_encoder is not None else EHREncoder(encoder_config(tokenizer, config))
+    if plan.warm_encoder is not None:
+        encoder = plan.warm_encoder
+    else:
+        encoder = EHREncoder(encoder_config(tokenizer, config))
     model = PretrainingModel(
         encoder, config.objective, pad_to_multiple_of=train.pad_to_multiple_of
-    ).to(device)
+    ).to(plan.device)
     optimizer = torch.optim.AdamW(
         param_groups(model, train.weight_decay),
         lr=train.learning_rate,
         betas=(0.9, 0.98),
-        fused=device.type == "cuda",
+        fused=plan.device.type == "cuda",
     )
-    generator = torch.Generator(device=device).manual_seed(train.seed)
+    generator = torch.Generator(device=plan.device).manual_seed(train.seed)
+    return _Learner(
+        model, trained=model, optimizer=optimizer, generator=generator, device=plan.device
+    )
+
+
+def _restore(out_dir: Path, learner: _Learner, *, resume: bool) -> tuple[int, dict]:
+    """The step and data position to start from: the latest checkpoint's on resume (model,
+    optimizer and generator restored), else step 0 at the start of epoch 0."""
     step, position = 0, {"epoch": 0, "batch": 0}
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
         step, position = load_checkpoint(
-            checkpoint, model=model, optimizer=optimizer, generator=generator
+            checkpoint,
+            model=learner.model,
+            optimizer=learner.optimizer,
+            generator=learner.generator,
         )
         log.info("pretrain: resumed from %s (step %d)", checkpoint.name, step)
     elif resume:
         log.info("pretrain: no checkpoint in %s yet, starting from step 0", out_dir)
-    metrics = (
-        MetricsLog(out_dir, resume_step=step, tensorboard=train.tensorboard)
-        if rank.is_main
-        else None
-    )
-    if train.compile:
-        encoder.compile()  # in place: state_dict keys (and checkpoints) stay the same
-    trained: nn.Module = model
-    if rank.distributed:
-        # A term switched off leaves its head without gradients, which DDP must be told.
-        one_term = min(config.objective.masked_weight, config.objective.contrastive_weight) == 0
-        trained = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=one_term,
-        )
+    return step, position
 
+
+def _compile_and_distribute(
+    model: PretrainingModel, plan: _Plan, config: PretrainConfig
+) -> nn.Module:
+    """What the forward runs through: the model, its encoder compiled if asked, wrapped in
+    DistributedDataParallel under torchrun."""
+    if config.train.compile:
+        model.encoder.compile()  # in place: state_dict keys (and checkpoints) stay the same
+    if not plan.rank.distributed:
+        return model
+    # A term switched off leaves its head without gradients, which DDP must be told.
+    one_term = min(config.objective.masked_weight, config.objective.contrastive_weight) == 0
+    return DistributedDataParallel(
+        model,
+        device_ids=[plan.device.index] if plan.device.type == "cuda" else None,
+        find_unused_parameters=one_term,
+    )
+
+
+def _log_start(plan: _Plan, config: PretrainConfig, encoder: EHREncoder) -> None:
+    """One line on what is about to run: data, steps, preset, devices and model size."""
     log.info(
         "pretrain: %d visits, %d steps (%d per epoch), %s, %s x %d, %.2fM parameters",
-        len(dataset),
-        total_steps,
-        steps_per_epoch,
+        len(plan.dataset),
+        plan.total_steps,
+        plan.steps_per_epoch,
         config.preset,
-        device,
-        rank.world_size,
+        plan.device,
+        plan.rank.world_size,
         sum(p.numel() for p in encoder.parameters()) / 1e6,
     )
-    progress = tqdm(
-        total=total_steps,
-        initial=step,
-        disable=not (sys.stderr.isatty() and rank.is_main),
-        desc="pretrain",
-    )
-    started, window = time.perf_counter(), _Window()
-    # A resumed run that had already finished keeps its final figures.
-    last = metrics.last if metrics is not None else {}
-    model.train()
-    while step < total_steps:
-        sampler = LengthBucketSampler(
-            dataset.lengths,
-            train.batch_size,
-            seed=train.seed,
-            epoch=position["epoch"],
-            start_batch=position["batch"],
-            rank=rank.rank,
-            world_size=rank.world_size,
-        )
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=collate,
-            num_workers=train.num_workers,
-            pin_memory=device.type == "cuda",
-            generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by loaders
-        )
+
+
+def _train(
+    learner: _Learner,
+    plan: _Plan,
+    train: TrainConfig,
+    reporter: StepReporter,
+    out_dir: Path,
+    step: int,
+    position: dict,
+) -> int:
+    """The loop: steps up to plan.total_steps, epoch after epoch from `position`, logging and
+    checkpointing on schedule. Returns the last step."""
+    learner.model.train()
+    while step < plan.total_steps:
+        global_batches, loader = _epoch_batches(plan, train, position)
         tick = time.perf_counter()
-        # The global batches, for their longest visit (this process's loader yields its share).
-        global_batches = sampler.batches()[position["batch"] :]
         for indices, batch in zip(global_batches, loader, strict=True):
             data_time = time.perf_counter() - tick
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            rows = None
-            if rank.distributed:
-                # Random inputs are drawn on the global batch, as one process would draw them.
-                batch = distributed.gather_rows(batch, int(dataset.lengths[indices].max()))
-                rows = rank.rows(len(indices))
-            lr = learning_rate(step, train, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                losses = trained(batch, generator, rows)
-            encoder_tokens, encoder_slots = (
-                losses.pop("encoder_tokens"),
-                losses.pop("encoder_slots"),
-            )
-            loss = losses["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-            # The gradient norm is the same on every process (gradients are averaged), so all of
-            # them stop together; no update has been made.
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                raise TrainingError(
-                    f"non-finite loss ({loss.item()}) or gradient at step {step}: training "
-                    "stopped; lower train.learning_rate or check the tokens (last checkpoint kept)"
-                )
-            optimizer.step()
+            batch, rows = _to_device(batch, indices, plan)
+            lr = learning_rate(step, train, plan.total_steps)
+            losses, grad_norm, encoder_counts = _train_step(learner, batch, rows, lr, step, train)
             step += 1
             position = {"epoch": position["epoch"], "batch": position["batch"] + 1}
-            window.add(
-                batch["attention_mask"][rows or slice(None)],
-                encoder_tokens,
-                encoder_slots,
-                data_time,
-                time.perf_counter() - tick,
-            )
-            progress.update(1)
-            if step % train.log_every == 0 or step == total_steps:
-                last = {
-                    "step": step,
-                    "epoch": position["epoch"],
-                    "lr": lr,
-                    **{k: float(v) for k, v in distributed.mean_over_ranks(losses).items()},
-                    "grad_norm": float(grad_norm),
-                    **window.flush(),
-                    "elapsed_s": round(time.perf_counter() - started, 2),
-                }
-                if metrics is not None:
-                    metrics.write(last)
-                progress.set_postfix(
-                    loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}"
-                )
-                if progress.disable:
-                    log.info(
-                        "step %d/%d loss %.4f lr %.2e %.0f tokens/s padding %.2f",
-                        step,
-                        total_steps,
-                        last["loss"],
-                        lr,
-                        last["tokens_per_s"],
-                        last["padding_fraction"],
-                    )
-            if rank.is_main and (step % train.checkpoint_every == 0 or step == total_steps):
+            real_tokens = batch["attention_mask"][rows or slice(None)]
+            reporter.add(real_tokens, encoder_counts, data_time, time.perf_counter() - tick)
+            last_step = step == plan.total_steps
+            if step % train.log_every == 0 or last_step:
+                reporter.log(step, position["epoch"], lr, losses, grad_norm)
+            if plan.rank.is_main and (step % train.checkpoint_every == 0 or last_step):
                 save_checkpoint(
                     out_dir,
                     step=step,
-                    model=model,
-                    optimizer=optimizer,
-                    generator=generator,
+                    model=learner.model,
+                    optimizer=learner.optimizer,
+                    generator=learner.generator,
                     data_position=position,
                     keep=train.keep_checkpoints,
                 )
-            if step >= total_steps:
+            if step >= plan.total_steps:
                 break
             tick = time.perf_counter()
         else:  # the epoch ran out
             position = {"epoch": position["epoch"] + 1, "batch": 0}
-    progress.close()
-    if metrics is not None:
-        metrics.close()
-        summary = _finish(out_dir, tokens_dir, model, config, last, step, len(dataset))
-    distributed.barrier()  # what follows (fine-tuning) reads the encoder rank 0 wrote
-    if not rank.is_main:
-        summary = json.loads((out_dir / PRETRAIN_SUMMARY_FILE).read_text())
-    return summary
+    return step
+
+
+def _epoch_batches(
+    plan: _Plan, train: TrainConfig, position: dict
+) -> tuple[list[np.ndarray], DataLoader]:
+    """The rest of an epoch from `position`: its global batches (visit indices, for their
+    longest visit) and a loader of this process's share of each, length-bucketed."""
+    sampler = LengthBucketSampler(
+        plan.dataset.lengths,
+        train.batch_size,
+        seed=train.seed,
+        epoch=position["epoch"],
+        start_batch=position["batch"],
+        rank=plan.rank.rank,
+        world_size=plan.rank.world_size,
+    )
+    loader = DataLoader(
+        plan.dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=train.num_workers,
+        pin_memory=plan.device.type == "cuda",
+        generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by loaders
+    )
+    return sampler.batches()[position["batch"] :], loader
+
+
+def _to_device(
+    batch: dict[str, torch.Tensor], indices: np.ndarray, plan: _Plan
+) -> tuple[dict[str, torch.Tensor], slice | None]:
+    """The batch on the device and, under torchrun, this process's rows of the global batch."""
+    batch = {k: v.to(plan.device, non_blocking=True) for k, v in batch.items()}
+    if not plan.rank.distributed:
+        return batch, None
+    # Random inputs are drawn on the global batch, as one process would draw them.
+    batch = distributed.gather_rows(batch, int(plan.dataset.lengths[indices].max()))
+    return batch, plan.rank.rows(len(indices))
+
+
+def _train_step(
+    learner: _Learner,
+    batch: dict[str, torch.Tensor],
+    rows: slice | None,
+    lr: float,
+    step: int,
+    train: TrainConfig,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One update at learning rate `lr`: forward (bf16 autocast on CUDA), backward, clipping,
+    and a stop before the update on a non-finite loss or gradient. Returns the loss terms, the
+    gradient norm and the encoder's real tokens and slots."""
+    set_learning_rate(learner.optimizer, lr)
+    device = learner.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        losses = learner.trained(batch, learner.generator, rows)
+    encoder_counts = losses.pop("encoder_tokens"), losses.pop("encoder_slots")
+    loss = losses["loss"]
+    learner.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(learner.model.parameters(), train.grad_clip)
+    # The gradient norm is the same on every process (gradients are averaged), so all of them
+    # stop together; no update has been made.
+    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        raise TrainingError(
+            f"non-finite loss ({loss.item()}) or gradient at step {step}: training "
+            "stopped; lower train.learning_rate or check the tokens (last checkpoint kept)"
+        )
+    learner.optimizer.step()
+    return losses, grad_norm, encoder_counts
 
 
 def encoder_config(tokenizer: Tokenizer, config: PretrainConfig) -> EHRConfig:
@@ -377,46 +403,6 @@ def encoder_config(tokenizer: Tokenizer, config: PretrainConfig) -> EHRConfig:
         n_value_bins=tokenizer.config.n_bins + 1,
         max_position_embeddings=tokenizer.config.max_length,
     )
-
-
-class _Window:
-    """Throughput figures over the steps since the last log line. Visit tokens are the real
-    tokens of the batch (data throughput); encoder tokens and slots are what the encoder ran on
-    (both views, padding included in slots)."""
-
-    def __init__(self) -> None:
-        self.tokens = self.encoder_tokens = self.encoder_slots = 0
-        self.data_s = self.step_s = 0.0
-
-    def add(
-        self,
-        attention_mask: torch.Tensor,
-        encoder_tokens: torch.Tensor,
-        encoder_slots: torch.Tensor,
-        data_s: float,
-        step_s: float,
-    ) -> None:
-        self.tokens += int(attention_mask.sum())
-        self.encoder_tokens += int(encoder_tokens)
-        self.encoder_slots += int(encoder_slots)
-        self.data_s += data_s
-        self.step_s += step_s
-
-    def flush(self) -> dict:
-        """The window's figures, token counts summed over processes; resets the window."""
-        seconds = max(self.step_s, 1e-9)
-        tokens, encoder_tokens, encoder_slots = distributed.sum_over_ranks(
-            [self.tokens, self.encoder_tokens, self.encoder_slots]
-        )
-        figures = {
-            "tokens_per_s": tokens / seconds,
-            "encoder_tokens_per_s": encoder_tokens / seconds,
-            "padding_fraction": 1 - encoder_tokens / max(encoder_slots, 1),
-            "data_s": self.data_s,
-            "compute_s": self.step_s - self.data_s,
-        }
-        self.__init__()
-        return figures
 
 
 def _prepare_run_dir(out_dir: Path, run: dict, *, resume: bool) -> None:

@@ -19,8 +19,7 @@ from safetensors.torch import load_file
 
 from ehr_ssl.tokens.batching import LengthBucketSampler
 from ehr_ssl.training.distributed import Rank
-
-from .test_pretraining import _batch, _model
+from tests.model.test_pretraining import _batch, _model
 
 
 def _pretrain(tokens: Path, out: Path, config: Path, processes: int, *extra: str) -> list[str]:

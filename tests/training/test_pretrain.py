@@ -21,7 +21,8 @@ from ehr_ssl.config import PretrainConfig, TrainConfig, load_pretrain_config
 from ehr_ssl.errors import InputError, TrainingError
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.model.pretraining import PretrainingModel
-from ehr_ssl.training.pretrain import learning_rate, param_groups, pretrain
+from ehr_ssl.training.optim import learning_rate, param_groups
+from ehr_ssl.training.pretrain import pretrain
 
 
 def test_learning_rate_schedule():
@@ -143,7 +144,7 @@ def test_resume_after_sigkill_ends_with_identical_weights(cohort_tokens, tmp_pat
     config.write_text(
         'preset = "tiny"\n[train]\nmax_steps = 30\ncheckpoint_every = 4\nlog_every = 2\n'
         "batch_size = 8\n"  # ~100 batches per epoch: the run crosses no epoch, resume mid-epoch
-        "[model]\ndropout = 0.1\n"  # dropout draws from the global RNG: its restore is tested too
+        "[model]\nhidden_dropout_prob = 0.1\n"  # draws from the global RNG: its restore is tested
     )
     reference = tmp_path / "reference"
     subprocess.run(_cli(cohort_tokens, reference, config), check=True)
