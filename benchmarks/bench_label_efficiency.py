@@ -24,7 +24,7 @@ from cohort_workdir import cohort_stamp, write_or_reuse
 
 from ehr_ssl.config import load_pipeline_config
 from ehr_ssl.data.synthetic import generate_cohort
-from ehr_ssl.evaluation.report import format_report_markdown
+from ehr_ssl.evaluation.render import format_report_markdown
 from ehr_ssl.pipeline import run_pipeline
 
 OBJECTIVES = {

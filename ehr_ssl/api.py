@@ -116,12 +116,12 @@ class RunResult:
         return load(self.bundle, device=device)
 
     def _repr_markdown_(self) -> str:
-        from ehr_ssl.evaluation.report import format_report_markdown
+        from ehr_ssl.evaluation.render import format_report_markdown
 
         return format_report_markdown(self.report)
 
     def __str__(self) -> str:
-        from ehr_ssl.evaluation.report import format_report_table
+        from ehr_ssl.evaluation.render import format_report_table
 
         return format_report_table(self.report)
 

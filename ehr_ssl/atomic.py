@@ -82,3 +82,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file to disk, so that the rename that publishes it never shows it empty."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -51,6 +51,12 @@ HEAD_FILE = "head.safetensors"
 PROFILE_FILE = "data_profile.json"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 
+# A retrain's work directory (a RunLayout under the registry's tmp/) fine-tunes the candidate
+# into CANDIDATE_DIR; the bundle it registers gains the retrain report.
+CANDIDATE_DIR = "finetune"
+RETRAIN_REPORT_MD = "retrain_report.md"
+RETRAIN_REPORT_JSON = "retrain_report.json"
+
 
 @dataclass(frozen=True)
 class RunLayout:

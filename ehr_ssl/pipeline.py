@@ -1,21 +1,6 @@
-"""The whole run: validate -> tokenize -> pretrain -> fine-tune -> baselines -> evaluate ->
-bundle.
-
-Every stage records a fingerprint of what it was made from (the data files, the settings, the
-upstream stages' fingerprints) in RUN/stages.json once its outputs are complete; a later run
-skips a stage whose outputs are complete with the same fingerprint, and reruns it and everything
-downstream otherwise. An interrupted pretraining resumes from its last checkpoint. The test split
-is read once, by the evaluate stage; every choice before it uses train and val only.
-
-Layout of RUN:
-    run_config.json   the resolved PipelineConfig
-    stages.json       stage -> fingerprint of its complete outputs
-    tokens/           token shards and the tokenizer (ehr_ssl.tokens.tokenizer)
-    pretrain/         the pretrained encoder and its run (ehr_ssl.training.pretrain)
-    models/<budget>-seed<seed>/<model>/   fine-tuned classifiers and probes
-    report.json report.md predictions.parquet roc.png calibration.png label_efficiency.png
-    bundle/           the SSL model at the main budget and first seed (ehr_ssl.deploy.bundle)
-"""
+"""The whole run (`ehr-ssl run`): validate -> tokenize -> pretrain -> fine-tune -> baselines ->
+evaluate -> bundle, each a small step that is skipped when its outputs are complete with the same
+fingerprint. The run directory's files are named in `ehr_ssl.layout`."""
 
 from __future__ import annotations
 
@@ -24,14 +9,14 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from ehr_ssl.atomic import atomic_write_text
-from ehr_ssl.config import COUNTS, FINETUNED, PipelineConfig, parse_budget, to_dict
+from ehr_ssl.config import FINETUNED, PipelineConfig, parse_budget
 from ehr_ssl.data.readers import read_dataset
 from ehr_ssl.data.schema import ORACLE_FILENAME
 from ehr_ssl.data.summary import format_summary, summarize_dataset
@@ -46,6 +31,8 @@ from ehr_ssl.layout import (
     WEIGHTS_FILE,
     RunLayout,
 )
+from ehr_ssl.model.encoder import config_from_settings
+from ehr_ssl.settings import to_dict
 
 log = logging.getLogger("ehr_ssl")
 
@@ -80,7 +67,14 @@ def _file_hash(path: Path) -> str:
 
 
 class _Stages:
-    """RUN/stages.json: the fingerprint of each complete stage, rewritten atomically."""
+    """RUN/stages.json: the fingerprint of each complete stage, rewritten atomically.
+
+    A fingerprint hashes what the stage was made from (the data files, the settings, the
+    upstream stages' fingerprints), so a later run skips a stage whose outputs are complete with
+    the same fingerprint, and reruns it and everything downstream otherwise. An interrupted
+    pretraining resumes from its last checkpoint. The test split is read once, by the evaluate
+    stage; every choice before it uses train and val only.
+    """
 
     def __init__(self, run_dir: Path, *, write: bool = True):
         """`write` False: a torchrun process other than rank 0, which reads but never writes."""
@@ -102,6 +96,17 @@ class _Stages:
             atomic_write_text(self.path, json.dumps(self.done, indent=2, sort_keys=True) + "\n")
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every stage of one run reads: where, with which settings, and the stage record."""
+
+    data_dir: Path
+    layout: RunLayout
+    config: PipelineConfig
+    stages: _Stages
+    is_main: bool  # under torchrun, rank 0: the one process that writes
+
+
 def run_pipeline(
     data_dir: Path, run_dir: Path, config: PipelineConfig, *, device: str | None = None
 ) -> dict:
@@ -118,108 +123,162 @@ def run_pipeline(
     """
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl.tokens.shards import read_split
     from ehr_ssl.training import distributed
-    from ehr_ssl.training.finetune import budget_split, finetune
-    from ehr_ssl.training.pretrain import pretrain
 
     hf_logging.disable_progress_bar()
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     if device is not None:
         config.train.device = config.finetune.device = device
-    if not data_dir.is_dir():
-        raise InputError("dataset directory not found", file=str(data_dir))
-    if run_dir.resolve() == data_dir.resolve():
-        raise InputError("the run directory must not be the dataset directory", file=str(run_dir))
+    _check_directories(data_dir, run_dir)
+    config_from_settings(config.model)  # a bad [model] key stops the run before tokenizing
     # Under torchrun, pretraining and fine-tuning run on every process; the other stages, and
     # every write, on rank 0 while the others wait.
     rank = distributed.current()
     stages = _Stages(run_dir, write=rank.is_main)
+    run = _Run(data_dir, RunLayout(run_dir), config, stages, rank.is_main)
     started = time.perf_counter()
 
-    # validate + tokenize (bad input stops the run before anything is written)
-    layout = RunLayout(run_dir)
-    tokens_dir = layout.tokens
-    tokenize_config = config.tokenize_config()
     fp_data = data_fingerprint(data_dir)
-    fp_tokens = _hash(["tokens", fp_data, _settings(tokenize_config)])
-    tokens_rerun = not stages.is_done("tokenize", fp_tokens, tokens_dir / MANIFEST_FILE)
-    distributed.barrier()  # every process has decided what to run before anything is written
-    if rank.is_main:
-        _validate_and_tokenize(data_dir, run_dir, config, tokens_rerun, stages, fp_tokens)
-    distributed.barrier()
+    fp_tokens, tokens_rerun = _tokenize_step(run, fp_data)
+    fp_encoder = _pretrain_step(run, fp_tokens, tokens_rerun=tokens_rerun)
+    fingerprints = _finetune_step(run, fp_tokens, fp_encoder)
+    _evaluate_step(run, fp_data, fp_tokens, fp_encoder, fingerprints)
 
-    # pretrain
-    pretrain_dir = layout.pretrain
-    pretrain_config = config.pretrain_config()
-    fp_pretrain = _hash(["pretrain", fp_tokens, _settings(pretrain_config)])
-    encoder_dir = layout.encoder
-    if stages.is_done("pretrain", fp_pretrain, pretrain_dir / PRETRAIN_SUMMARY_FILE):
-        log.info("pretrain: unchanged since the last run, skipped")
-    else:
-        resume = not tokens_rerun and _resumable(pretrain_dir, pretrain_config)
-        distributed.barrier()
-        if not resume and rank.is_main:
-            shutil.rmtree(pretrain_dir, ignore_errors=True)
-        log.info("pretrain: %s preset%s -> %s", config.preset, " (resumed)" * resume, pretrain_dir)
-        pretrain(tokens_dir, pretrain_dir, pretrain_config, resume=resume)
-        stages.mark("pretrain", fp_pretrain)
-    # Downstream stages depend on the encoder's weights themselves (a rerun on GPU need not
-    # reproduce them bit for bit), not only on the settings that made them.
-    fp_encoder = _file_hash(encoder_dir / WEIGHTS_FILE)
-
-    # fine-tune every transformer model at every budget and seed (train and val only); every
-    # budget is drawn first, so one the data cannot meet stops the run before any training
-    labeled = [
-        read_split(tokens_dir, split).filter(pl.col("labeled")).select("visit_id", "labeled")
-        for split in ("train", "val")
-    ]
-    ids_of = {
-        (budget, seed): budget_split(*labeled, parse_budget(budget), seed=seed)
-        for budget in config.evaluate.budgets
-        for seed in config.evaluate.seeds
-    }
-    fingerprints = {}
-    for budget in config.evaluate.budgets:
-        for seed in config.evaluate.seeds:
-            ids = ids_of[budget, seed]
-            for model in [m for m in config.evaluate.models if m in FINETUNED]:
-                out = layout.model(budget, seed, model)
-                ft_config = config.finetune_config(FINETUNED[model], seed)
-                fp = _hash(["finetune", fp_tokens, fp_encoder, budget, seed, model,
-                            _settings(ft_config)])  # fmt: skip
-                name = f"finetune {model} {budget}-seed{seed}"
-                if stages.is_done(name, fp, out / FINETUNE_SUMMARY_FILE):
-                    log.info("%s: unchanged since the last run, skipped", name)
-                    fingerprints[name] = _file_hash(out / FINETUNE_SUMMARY_FILE)
-                    continue
-                step_started = time.perf_counter()
-                summary = finetune(
-                    tokens_dir, encoder_dir, out, ft_config, train_ids=ids[0], val_ids=ids[1]
-                )
-                stages.mark(name, fp)
-                fingerprints[name] = _file_hash(out / FINETUNE_SUMMARY_FILE)
-                log.info(
-                    "%s: %d train / %d val labels, val AUROC %.3f (%.0f s)",
-                    name,
-                    summary["train_labeled"],
-                    summary["val_labeled"],
-                    summary["val_auroc"],
-                    time.perf_counter() - step_started,
-                )
-
-    # baselines + evaluate: the only stage that reads the test split
-    has_oracle = (data_dir / ORACLE_FILENAME).exists()
-    fp_eval = _hash(
-        ["evaluate", fp_tokens, fp_encoder, fingerprints, to_dict(config.evaluate),
-         fp_data if has_oracle else None]
-    )  # fmt: skip
-    if rank.is_main:
-        _evaluate_and_bundle(run_dir, config, data_dir if has_oracle else None, stages, fp_eval)
-    distributed.barrier()
-    report = json.loads(layout.report.read_text())
+    report = json.loads(run.layout.report.read_text())
     log.info("run: complete in %.0f s -> %s", time.perf_counter() - started, run_dir)
     return report
+
+
+def _check_directories(data_dir: Path, run_dir: Path) -> None:
+    if not data_dir.is_dir():
+        raise InputError("dataset directory not found", file=str(data_dir))
+    if run_dir.resolve() == data_dir.resolve():
+        raise InputError("the run directory must not be the dataset directory", file=str(run_dir))
+
+
+def _tokenize_step(run: _Run, fp_data: str) -> tuple[str, bool]:
+    """Validate + tokenize (bad input stops the run before anything is written). Returns the
+    tokens' fingerprint and whether they were made anew."""
+    from ehr_ssl.training import distributed
+
+    fp_tokens = _hash(["tokens", fp_data, _settings(run.config.tokenize_config())])
+    rerun = not run.stages.is_done("tokenize", fp_tokens, run.layout.tokens / MANIFEST_FILE)
+    distributed.barrier()  # every process has decided what to run before anything is written
+    if run.is_main:
+        _validate_and_tokenize(
+            run.data_dir, run.layout.root, run.config, rerun, run.stages, fp_tokens
+        )
+    distributed.barrier()
+    return fp_tokens, rerun
+
+
+def _pretrain_step(run: _Run, fp_tokens: str, *, tokens_rerun: bool) -> str:
+    """Pretrain, or resume an interrupted pretraining on unchanged tokens. Returns the
+    fingerprint of the encoder's weights."""
+    from ehr_ssl.training import distributed
+    from ehr_ssl.training.pretrain import pretrain
+
+    layout, config = run.layout, run.config
+    pretrain_config = config.pretrain_config()
+    fp_pretrain = _hash(["pretrain", fp_tokens, _settings(pretrain_config)])
+    if run.stages.is_done("pretrain", fp_pretrain, layout.pretrain / PRETRAIN_SUMMARY_FILE):
+        log.info("pretrain: unchanged since the last run, skipped")
+    else:
+        resume = not tokens_rerun and _resumable(layout.pretrain, pretrain_config)
+        distributed.barrier()
+        if not resume and run.is_main:
+            shutil.rmtree(layout.pretrain, ignore_errors=True)
+        log.info(
+            "pretrain: %s preset%s -> %s", config.preset, " (resumed)" * resume, layout.pretrain
+        )
+        pretrain(layout.tokens, layout.pretrain, pretrain_config, resume=resume)
+        run.stages.mark("pretrain", fp_pretrain)
+    # Downstream stages depend on the encoder's weights themselves (a rerun on GPU need not
+    # reproduce them bit for bit), not only on the settings that made them.
+    return _file_hash(layout.encoder / WEIGHTS_FILE)
+
+
+def _finetune_step(run: _Run, fp_tokens: str, fp_encoder: str) -> dict[str, str]:
+    """Fine-tune every transformer model at every budget and seed (train and val only).
+    Returns each fine-tuning's name -> the hash of its summary."""
+    fingerprints = {}
+    for (budget, seed), ids in _draw_label_budgets(run).items():
+        for model in [m for m in run.config.evaluate.models if m in FINETUNED]:
+            name, summary_hash = _finetune_model(
+                run, budget, seed, model, ids, fp_tokens, fp_encoder
+            )
+            fingerprints[name] = summary_hash
+    return fingerprints
+
+
+def _draw_label_budgets(run: _Run) -> dict[tuple[str, int], tuple[pl.Series, pl.Series]]:
+    """The (train, val) visit ids of every budget and seed: all drawn before any training, so
+    a budget the data cannot meet stops the run before it trains anything."""
+    from ehr_ssl.tokens.shards import read_split
+    from ehr_ssl.training.finetune import budget_split
+
+    labeled = [
+        read_split(run.layout.tokens, split).filter(pl.col("labeled")).select("visit_id", "labeled")
+        for split in ("train", "val")
+    ]
+    return {
+        (budget, seed): budget_split(*labeled, parse_budget(budget), seed=seed)
+        for budget in run.config.evaluate.budgets
+        for seed in run.config.evaluate.seeds
+    }
+
+
+def _finetune_model(
+    run: _Run,
+    budget: str,
+    seed: int,
+    model: str,
+    ids: tuple[pl.Series, pl.Series],
+    fp_tokens: str,
+    fp_encoder: str,
+) -> tuple[str, str]:
+    """One fine-tuning, unless complete with the same fingerprint. Returns its name and the
+    hash of its summary."""
+    from ehr_ssl.training.finetune import finetune
+
+    out = run.layout.model(budget, seed, model)
+    ft_config = run.config.finetune_config(FINETUNED[model], seed)
+    fp = _hash(["finetune", fp_tokens, fp_encoder, budget, seed, model, _settings(ft_config)])
+    name = f"finetune {model} {budget}-seed{seed}"
+    if run.stages.is_done(name, fp, out / FINETUNE_SUMMARY_FILE):
+        log.info("%s: unchanged since the last run, skipped", name)
+        return name, _file_hash(out / FINETUNE_SUMMARY_FILE)
+    started = time.perf_counter()
+    summary = finetune(
+        run.layout.tokens, run.layout.encoder, out, ft_config, train_ids=ids[0], val_ids=ids[1]
+    )
+    run.stages.mark(name, fp)
+    log.info(
+        "%s: %d train / %d val labels, val AUROC %.3f (%.0f s)",
+        name,
+        summary["train_labeled"],
+        summary["val_labeled"],
+        summary["val_auroc"],
+        time.perf_counter() - started,
+    )
+    return name, _file_hash(out / FINETUNE_SUMMARY_FILE)
+
+
+def _evaluate_step(
+    run: _Run, fp_data: str, fp_tokens: str, fp_encoder: str, fingerprints: dict[str, str]
+) -> None:
+    """Baselines + evaluate (the only stage that reads the test split), then the bundle."""
+    from ehr_ssl.training import distributed
+
+    has_oracle = (run.data_dir / ORACLE_FILENAME).exists()
+    fp_eval = _hash(
+        ["evaluate", fp_tokens, fp_encoder, fingerprints, to_dict(run.config.evaluate),
+         fp_data if has_oracle else None]
+    )  # fmt: skip
+    if run.is_main:
+        oracle_dir = run.data_dir if has_oracle else None
+        _evaluate_and_bundle(run.layout.root, run.config, oracle_dir, run.stages, fp_eval)
+    distributed.barrier()
 
 
 def _validate_and_tokenize(
@@ -293,85 +352,11 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
     `oracle_dir` is a dataset directory with an oracle.parquet (true probabilities; the
     synthetic cohort ships one), or None.
     """
-    from ehr_ssl.evaluation.baselines import count_features, score_counts_baseline
     from ehr_ssl.evaluation.report import build_report, write_report
-    from ehr_ssl.tokens.shards import read_split
-    from ehr_ssl.tokens.tokenizer import Tokenizer
-    from ehr_ssl.training.finetune import budget_split, labeled_split, predict_finetuned
-    from ehr_ssl.training.pretrain import resolve_device
 
     layout = RunLayout(run_dir)
-    tokens_dir, encoder_dir = layout.tokens, layout.encoder
-    missing = [
-        layout.model(budget, seed, model)
-        for budget in config.evaluate.budgets
-        for seed in config.evaluate.seeds
-        for model in config.evaluate.models
-        if model in FINETUNED
-        and not (layout.model(budget, seed, model) / FINETUNE_SUMMARY_FILE).exists()
-    ]
-    if missing:
-        raise InputError(
-            f"incomplete run: {len(missing)} fine-tuned model(s) missing, e.g. {missing[0]} "
-            "(`ehr-ssl run` completes it)",
-            file=str(run_dir),
-        )
-    tokenizer = Tokenizer.load(tokens_dir)
-    sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
-    columns = ["visit_id", "patient_id", "labeled", "label", "input_ids", "value_bins",
-               "segment_ids"]  # fmt: skip
-    train = read_split(tokens_dir, "train").filter(pl.col("labeled")).select(columns)
-    val = read_split(tokens_dir, "val").filter(pl.col("labeled")).select(columns)
-    test_ds = labeled_split(tokens_dir, "test")
-    test = read_split(tokens_dir, "test").filter(pl.col("labeled")).select(columns)
-    if test.height == 0 or test["label"].n_unique() < 2:
-        raise InputError(
-            f"the test split needs labeled visits of both classes to evaluate, has {test.height}",
-            file=str(tokens_dir),
-        )
-    assert test_ds.meta["visit_id"].equals(test["visit_id"])
-    x_test = count_features(test, **sizes)
-    device = resolve_device(config.finetune.device)
-    base = test.select("visit_id", "patient_id", pl.lit("test").alias("split"), "label")
-
-    frames, selection = [], {}
-    for budget in config.evaluate.budgets:
-        for seed in config.evaluate.seeds:
-            train_ids, val_ids = budget_split(train, val, parse_budget(budget), seed=seed)
-            scores: dict[str, np.ndarray] = {}
-            for model in config.evaluate.models:
-                key = f"{budget}-seed{seed}/{model}"
-                if model in FINETUNED:
-                    out = layout.model(budget, seed, model)
-                    summary = json.loads((out / FINETUNE_SUMMARY_FILE).read_text())
-                    selection[key] = {
-                        k: summary.get(k) for k in ("val_auroc", "selected_epoch", "selected_C")
-                    }
-                    scores[model] = predict_finetuned(out, encoder_dir, test_ds, device)
-                else:
-                    scores[model], record = score_counts_baseline(
-                        COUNTS[model],
-                        train.filter(pl.col("visit_id").is_in(train_ids.implode())),
-                        val.filter(pl.col("visit_id").is_in(val_ids.implode())),
-                        x_test,
-                        **sizes,
-                        seed=seed,
-                    )
-                    selection[key] = {"val_auroc": record["val_auroc"], "chosen": record["chosen"]}
-            for model, score in scores.items():
-                frames.append(
-                    base.with_columns(
-                        model=pl.lit(model),
-                        score=pl.Series(score, dtype=pl.Float64),
-                        budget=pl.lit(budget),
-                        seed=pl.lit(seed, dtype=pl.Int64),
-                        train_labels=pl.lit(len(train_ids), dtype=pl.Int64),
-                    )
-                )
-    predictions = pl.concat(frames).select(
-        "visit_id", "patient_id", "split", "model", "score", "label", "budget", "seed",
-        "train_labels",
-    )  # fmt: skip
+    _check_finetuned_models(layout, config)
+    predictions, selection = _score_test_split(layout, config)
     oracle = None
     if oracle_dir is not None:
         oracle = pl.read_parquet(Path(oracle_dir) / ORACLE_FILENAME)
@@ -393,3 +378,53 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
     )
     write_report(predictions, report, run_dir)
     return report
+
+
+def _check_finetuned_models(layout: RunLayout, config: PipelineConfig) -> None:
+    missing = [
+        layout.model(budget, seed, model)
+        for budget in config.evaluate.budgets
+        for seed in config.evaluate.seeds
+        for model in config.evaluate.models
+        if model in FINETUNED
+        and not (layout.model(budget, seed, model) / FINETUNE_SUMMARY_FILE).exists()
+    ]
+    if missing:
+        raise InputError(
+            f"incomplete run: {len(missing)} fine-tuned model(s) missing, e.g. {missing[0]} "
+            "(`ehr-ssl run` completes it)",
+            file=str(layout.root),
+        )
+
+
+def _score_test_split(layout: RunLayout, config: PipelineConfig) -> tuple[pl.DataFrame, dict]:
+    """Every model at every budget and seed on the test split (read once). Returns the
+    predictions and the choices made on val, keyed "<budget>-seed<seed>/<model>"."""
+    from ehr_ssl.evaluation.scoring import (
+        draw_label_budget,
+        read_labeled,
+        read_test_split,
+        score_models,
+    )
+    from ehr_ssl.training.device import resolve_device
+
+    test = read_test_split(
+        layout.tokens,
+        shortage="the test split needs labeled visits of both classes to evaluate, has {n}",
+        file=layout.tokens,
+    )
+    train, val = read_labeled(layout.tokens, "train"), read_labeled(layout.tokens, "val")
+    device = resolve_device(config.finetune.device)
+    frames, selection = [], {}
+    for budget_name in config.evaluate.budgets:
+        for seed in config.evaluate.seeds:
+            budget = draw_label_budget(train, val, budget_name, seed=seed)
+            finetuned = {model: layout.model(budget_name, seed, model)
+                         for model in config.evaluate.models if model in FINETUNED}  # fmt: skip
+            predictions, chosen = score_models(
+                test, budget, config.evaluate.models,
+                finetuned=finetuned, encoder_dir=layout.encoder, device=device,
+            )  # fmt: skip
+            frames.append(predictions)
+            selection |= {f"{budget_name}-seed{seed}/{m}": c for m, c in chosen.items()}
+    return pl.concat(frames), selection

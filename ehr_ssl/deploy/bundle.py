@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from ehr_ssl import __version__
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
 from ehr_ssl.deploy.drift import data_profile
+from ehr_ssl.deploy.model_card import model_card
 from ehr_ssl.errors import InputError
 from ehr_ssl.evaluation.report import model_metrics
 from ehr_ssl.layout import (
@@ -86,7 +87,7 @@ class AdmissionModel:
 
     def to(self, device: str | torch.device) -> AdmissionModel:
         """Move the model to a device ("cpu", "cuda", "auto"); returns self."""
-        from ehr_ssl.training.pretrain import resolve_device
+        from ehr_ssl.training.device import resolve_device
 
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.encoder.to(self.device)
@@ -301,8 +302,8 @@ def make_bundle(
     pretrained encoder it used and its tokens directory. `info` adds to bundle.json (what the
     model is, its metrics); the training data's counts, dates and token profile come from the
     tokens directory's train split."""
+    from ehr_ssl.model.classifier import AdmissionClassifier, fold_standardization
     from ehr_ssl.tokens.shards import read_manifest, read_split
-    from ehr_ssl.training.finetune import AdmissionClassifier, fold_standardization
 
     tokenizer = Tokenizer.load(tokens_dir)
     if (Path(finetune_dir) / CLASSIFIER_DIR).is_dir():  # full fine-tuning, scratch
@@ -361,78 +362,3 @@ def _prediction_time_rule(tokenizer: Tokenizer) -> str:
         "reads only events at or before it (history from "
         f"{tokenizer.config.lookback_days:g} days before arrival)"
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# the model card
-
-
-def model_card(info: dict, report: dict | None) -> str:
-    """MODEL_CARD.md: what the model is, what it was trained on, how well it does and where it
-    must not be used. Counts and dates only, no identifiers."""
-    data = info.get("training_data", {})
-    splits = data.get("splits", {})
-    dates = data.get("arrival_time_range") or ["?", "?"]
-    lines = [
-        f"# Model card: ehr-ssl admission model ({info.get('model')}, {info.get('mode')})",
-        "",
-        f"Created {info.get('created')} by ehr-ssl {info.get('ehr_ssl_version')}."
-        + (f" Warm-started from {info['warm_start']}." if info.get("warm_start") else ""),
-        "",
-        "## What it predicts",
-        "",
-        f"- Label: {info.get('label')}.",
-        f"- Prediction time: {info.get('prediction_time')}.",
-        "- Output: a probability per ED visit (`score`), or the pooled visit vector (`embed`).",
-        "",
-        "## Training data",
-        "",
-        f"Visits arriving from {dates[0]} to {dates[1]}; vocabulary of {data.get('vocab_size')} "
-        "tokens fitted on the training split (codes held by too few patients map to [UNK]).",
-        "",
-        "| split | visits | patients | labeled | positive | tokens |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, s in splits.items():
-        lines.append(
-            f"| {name} | {s['visits']:,} | {s['patients']:,} | {s['labeled']:,} | "
-            f"{s['positives']:,} | {s['tokens']:,} |"
-        )
-    lines += [
-        "",
-        f"Fine-tuned on {info.get('train_labels')} labeled training visits (label budget "
-        f"{info.get('label_budget')}, seed {info.get('seed')}), selected on "
-        f"{info.get('val_labels')} validation labels (validation AUROC "
-        f"{info.get('val_auroc', float('nan')):.3f}). Encoder: {info.get('encoder')}.",
-        "",
-        "## Evaluation",
-        "",
-    ]
-    if report is not None:
-        from ehr_ssl.evaluation.report import format_report_markdown
-
-        body = format_report_markdown(report).split("\n", 2)[2]  # without its own title
-        lines += [body.replace("\n## ", "\n### ")]
-    else:
-        lines += ["No evaluation report came with this model.", ""]
-    lines += [
-        "## Intended use",
-        "",
-        "Decision support and operational planning for adult ED visits at the hospital whose "
-        "records trained it: ranking visits by their risk of admission within 7 days, and "
-        "visit embeddings for analytics. Not a diagnostic device; a clinician decides.",
-        "",
-        "## Limitations",
-        "",
-        "- Trained on one hospital's records and date range: performance elsewhere, or after "
-        "changes in coding, case mix or admission policy, is unknown until measured (see the "
-        "drift section of a retrain report).",
-        "- Codes unseen in training, or seen in fewer patients than the vocabulary's minimum "
-        "count, are read as [UNK].",
-        "- The score is calibrated on the training population (see calibration slope and "
-        "intercept above); recalibrate before reading it as a probability elsewhere.",
-        "- Subgroup performance (age, sex, arrival mode) has not been evaluated here.",
-        "- A synthetic cohort's figures (`ehr-ssl demo`) say nothing about real data.",
-        "",
-    ]
-    return "\n".join(lines)

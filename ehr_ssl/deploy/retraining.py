@@ -1,41 +1,64 @@
 """Scheduled retraining (`ehr-ssl retrain`): warm-start from the production model, continue
 pretraining on the new data, fine-tune, compare candidate and production on the same fresh test
-window, and promote the candidate only when it passes the gate.
-
-The split is temporal (`ehr_ssl.data.splits.temporal_splits`): the most recent visits are the
-test window, read once for the comparison; the other patients are split into train and val. With
-a production model, its tokenizer is kept (the encoder's embeddings are tied to its vocabulary:
-new codes read as [UNK], and the drift section says how many); a first retrain fits a tokenizer
-on train and pretrains from scratch. Tokens are cached in the registry under the production
-tokenizer, so a retrain on a dataset that grew tokenizes only the new and changed visits
-(`ehr_ssl.tokens.incremental`). Everything else is built in the registry's tmp/ and committed
-at the end (`ehr_ssl.deploy.registry.Registry.commit`).
-"""
+window, and promote the candidate only when it passes the gate."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from ehr_ssl.atomic import atomic_write_text
-from ehr_ssl.config import COUNTS, PipelineConfig, parse_budget, to_dict
+from ehr_ssl.config import COUNTS, PipelineConfig
+from ehr_ssl.data.schema import ORACLE_FILENAME
 from ehr_ssl.data.splits import temporal_splits
 from ehr_ssl.deploy.registry import Registry
 from ehr_ssl.errors import InputError
+from ehr_ssl.layout import (
+    CANDIDATE_DIR,
+    ENCODER_DIR,
+    RETRAIN_REPORT_JSON,
+    RETRAIN_REPORT_MD,
+    RunLayout,
+)
+from ehr_ssl.model.encoder import config_from_settings
+from ehr_ssl.settings import to_dict
+
+if TYPE_CHECKING:
+    from ehr_ssl.config import FinetuneConfig
+    from ehr_ssl.deploy.bundle import AdmissionModel
+    from ehr_ssl.evaluation.scoring import LabelBudget
 
 log = logging.getLogger("ehr_ssl")
+
+
+@dataclass(frozen=True)
+class _Production:
+    """The production model a retrain warm-starts from and competes with (none at first)."""
+
+    version: int | None
+    model: AdmissionModel | None
 
 
 def retrain(
     data_dir: Path, registry_dir: Path, config: PipelineConfig, *, wait: float = 0.0
 ) -> dict:
     """Retrain on the dataset at `data_dir` and record the outcome in the registry.
+
+    The split is temporal (`ehr_ssl.data.splits.temporal_splits`): the most recent visits are
+    the test window, read once for the comparison; the other patients are split into train and
+    val. With a production model, its tokenizer is kept (the encoder's embeddings are tied to
+    its vocabulary: new codes read as [UNK], and the drift section says how many); a first
+    retrain fits a tokenizer on train and pretrains from scratch. Tokens are cached in the
+    registry under the production tokenizer, so a retrain on a dataset that grew tokenizes only
+    the new and changed visits (`ehr_ssl.tokens.incremental`). Everything else is built in the
+    registry's tmp/ and committed at the end (`ehr_ssl.deploy.registry.Registry.commit`).
 
     Args:
         data_dir: The dataset directory (the input contract; labels needed).
@@ -48,172 +71,30 @@ def retrain(
     """
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl.data.schema import ORACLE_FILENAME
-    from ehr_ssl.deploy.bundle import load_bundle, make_bundle
-    from ehr_ssl.deploy.drift import compare_profiles, data_profile, format_drift_markdown
-    from ehr_ssl.evaluation.baselines import count_features, score_counts_baseline
-    from ehr_ssl.evaluation.report import build_report, model_metrics
-    from ehr_ssl.tokens.shards import read_split
-    from ehr_ssl.tokens.tokenize import tokenize_dataset
-    from ehr_ssl.tokens.tokenizer import Tokenizer
-    from ehr_ssl.training.finetune import budget_ids, finetune, labeled_split, predict_finetuned
-    from ehr_ssl.training.pretrain import pretrain, resolve_device
-
     hf_logging.disable_progress_bar()
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise InputError("dataset directory not found", file=str(data_dir))
+    config_from_settings(config.model)  # a bad [model] key stops before the registry is touched
     started = time.perf_counter()
     registry = Registry.open(registry_dir, create=True)
-    settings = config.retrain
     with registry.lock(wait), registry.work_dir() as work:
-        production_version = registry.production_version()
-        production = None
-        if production_version is not None:
-            production = load_bundle(registry.version_path(production_version))
-            log.info("retrain: warm start from production version %d", production_version)
-        else:
-            log.info("retrain: no production model yet, training from scratch")
-
-        # tokenize with a temporal split (the test window: the most recent visits)
-        split_config = replace(config.split, test_fraction=settings.test_fraction)
-        tokens_dir = work / "tokens"
-        manifest = tokenize_dataset(
-            data_dir,
-            tokens_dir,
-            config.tokenize_config(),
-            tokenizer=None if production is None else production.tokenizer,
-            splits=lambda v: temporal_splits(v["patient_id"], v["prediction_time"], split_config),
-            # a dataset that only grew since the last retrain: only what is new is tokenized
-            cache_dir=None if production is None else registry.token_cache_dir,
+        # the work directory is laid out as a run directory, plus the candidate's fine-tuning
+        layout = RunLayout(work)
+        production = _load_production(registry)
+        manifest, counts = _tokenize(data_dir, layout.tokens, config, registry, production)
+        _pretrain(layout, config, registry, production)
+        budget, ft_config, summary = _finetune_candidate(layout, config)
+        report = _compare_on_test_window(data_dir, layout, budget, production, config, ft_config)
+        promote, reasons = gate(
+            report["models"]["candidate"], report["models"].get("production"), config
         )
-        counts = {k: {c: v[c] for c in ("visits", "labeled", "positives")}
-                  for k, v in manifest["splits"].items()}  # fmt: skip
-        log.info("retrain: tokenized %s", json.dumps(counts))
-
-        # continued pretraining (warm) or pretraining from scratch
-        pretrain_config = config.pretrain_config()
-        if production is not None:
-            pretrain_config.train.epochs = settings.pretrain_epochs
-        pretrain(
-            tokens_dir,
-            work / "pretrain",
-            pretrain_config,
-            init_encoder=None
-            if production is None
-            else registry.version_path(production_version) / "encoder",
+        drift = _drift(layout.tokens, manifest, production)
+        record = _history_record(
+            report, reasons, production.version, config, manifest, counts, summary, drift
         )
-        encoder_dir = work / "pretrain" / "encoder"
-
-        # fine-tune the candidate (train and val only)
-        budget = parse_budget(settings.label_budget)
-        ft_config = config.finetune_config("full", config.evaluate.seeds[0])
-        train_ids, val_ids = budget_ids(tokens_dir, budget, seed=ft_config.seed)
-        finetune_dir = work / "finetune"
-        summary = finetune(
-            tokens_dir, encoder_dir, finetune_dir, ft_config, train_ids=train_ids, val_ids=val_ids
-        )
-
-        # the comparison on the test window: read once, both models on the same visits
-        test_ds = labeled_split(tokens_dir, "test")
-        test = read_split(tokens_dir, "test").filter(pl.col("labeled"))
-        if test.height == 0 or test["label"].n_unique() < 2:
-            raise InputError(
-                f"the test window needs labeled visits of both classes, has {test.height} "
-                "(raise retrain.test_fraction)",
-                file=str(data_dir),
-            )
-        device = resolve_device(config.finetune.device)
-        scores = {"candidate": predict_finetuned(finetune_dir, encoder_dir, test_ds, device)}
-        if production is not None:
-            scores["production"] = production.score_tokens(test)
-        # the counts baselines on the same labels, for the model card's comparison
-        columns = ["visit_id", "patient_id", "label", "input_ids", "value_bins", "segment_ids"]
-        tokenizer = Tokenizer.load(tokens_dir)
-        sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
-        train, val = (
-            read_split(tokens_dir, split).filter(pl.col("visit_id").is_in(ids.implode()))
-            for split, ids in (("train", train_ids), ("val", val_ids))
-        )
-        x_test = count_features(test, **sizes)
-        for name, kind in COUNTS.items():
-            scores[name], _ = score_counts_baseline(
-                kind, train.select(columns), val.select(columns), x_test, **sizes,
-                seed=ft_config.seed,
-            )  # fmt: skip
-        base = test.select("visit_id", "patient_id", pl.lit("test").alias("split"), "label")
-        predictions = pl.concat(
-            base.with_columns(model=pl.lit(name), score=pl.Series(score, dtype=pl.Float64),
-                              budget=pl.lit(settings.label_budget), seed=pl.lit(ft_config.seed),
-                              train_labels=pl.lit(summary["train_labeled"]))
-            for name, score in scores.items()
-        )  # fmt: skip
-        oracle_path = data_dir / ORACLE_FILENAME
-        report = build_report(
-            predictions,
-            main_budget=settings.label_budget,
-            reference="candidate",
-            oracle=pl.read_parquet(oracle_path) if oracle_path.exists() else None,
-            n_boot=config.evaluate.n_boot,
-            seed=0,
-            settings={"retrain": to_dict(settings), "finetune": to_dict(ft_config)},
-        )
-        candidate = report["models"]["candidate"]
-        current = report["models"].get("production")
-        difference = None if current is None else current["reference_minus_this"]
-        promote, reasons = gate(candidate, current, config)
-
-        # drift: the new data against what the production model was trained on
-        everything = pl.concat([read_split(tokens_dir, s) for s in ("train", "val", "test")])
-        new_profile = data_profile(everything, manifest["vocab_size"])
-        drift = None
-        if production is not None and production.profile is not None:
-            drift = compare_profiles(production.profile, new_profile, production.tokenizer.vocab)
-
-        record = {
-            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "reasons": reasons,
-            "warm_start_from": production_version,
-            "production_version": production_version,
-            "candidate": model_metrics(report, "candidate"),
-            "production": model_metrics(report, "production"),
-            "candidate_minus_production": difference,
-            "gate": to_dict(settings),
-            "data": {
-                "splits": counts,
-                "test_window_from": manifest["splits"]["test"]["arrival_time_range"][0],
-            },
-            "finetune": {"train_labels": summary["train_labeled"],
-                         "val_labels": summary["val_labeled"], "val_auroc": summary["val_auroc"]},
-            "drift": None if drift is None else {
-                "code_frequency_jsd": drift["code_frequency_jsd"],
-                **{k: drift[k] for k in ("unknown_code_share", "prevalence", "events_per_visit")},
-            },
-        }  # fmt: skip
-        bundle = make_bundle(
-            tokens_dir,
-            encoder_dir,
-            finetune_dir,
-            info={
-                "model": "ssl",
-                "mode": "full",
-                "label_budget": settings.label_budget,
-                "seed": ft_config.seed,
-                "preset": config.preset,
-                "warm_start": None
-                if production_version is None
-                else f"registry version {production_version}",
-                "test_metrics": model_metrics(report, "candidate"),
-            },
-            report=report,
-        )
-        bundle_dir = bundle.save(work / "bundle")
-        report_md = format_retrain_report(record, promote)
-        if drift is not None:
-            report_md += "\n" + format_drift_markdown(drift)
-        atomic_write_text(bundle_dir / "retrain_report.md", report_md)
-        atomic_write_text(bundle_dir / "retrain_report.json", json.dumps(
-            {**record, "drift": drift}, indent=2) + "\n")  # fmt: skip
+        bundle_dir = _save_bundle(layout, config, ft_config, production.version, report)
+        _write_retrain_report(bundle_dir, record, promote, drift)
         version = registry.commit(bundle_dir, record, promote=promote)
     log.info(
         "retrain: version %d %s (%s) in %.0f s",
@@ -223,6 +104,220 @@ def retrain(
         time.perf_counter() - started,
     )
     return {"version": version, "promoted": promote, **record}
+
+
+def _load_production(registry: Registry) -> _Production:
+    from ehr_ssl.deploy.bundle import load_bundle
+
+    version = registry.production_version()
+    if version is None:
+        log.info("retrain: no production model yet, training from scratch")
+        return _Production(None, None)
+    model = load_bundle(registry.version_path(version))
+    log.info("retrain: warm start from production version %d", version)
+    return _Production(version, model)
+
+
+def _tokenize(
+    data_dir: Path,
+    tokens_dir: Path,
+    config: PipelineConfig,
+    registry: Registry,
+    production: _Production,
+) -> tuple[dict, dict]:
+    """Tokenize with a temporal split (the test window: the most recent visits), under the
+    production tokenizer if there is one. Returns the manifest and each split's counts."""
+    from ehr_ssl.tokens.tokenize import tokenize_dataset
+
+    split_config = replace(config.split, test_fraction=config.retrain.test_fraction)
+    warm = production.model is not None
+    manifest = tokenize_dataset(
+        data_dir,
+        tokens_dir,
+        config.tokenize_config(),
+        tokenizer=production.model.tokenizer if warm else None,
+        splits=lambda v: temporal_splits(v["patient_id"], v["prediction_time"], split_config),
+        # a dataset that only grew since the last retrain: only what is new is tokenized
+        cache_dir=registry.token_cache_dir if warm else None,
+    )
+    counts = {k: {c: v[c] for c in ("visits", "labeled", "positives")}
+              for k, v in manifest["splits"].items()}  # fmt: skip
+    log.info("retrain: tokenized %s", json.dumps(counts))
+    return manifest, counts
+
+
+def _pretrain(
+    layout: RunLayout, config: PipelineConfig, registry: Registry, production: _Production
+) -> None:
+    """Continued pretraining from the production encoder (warm), or pretraining from scratch."""
+    from ehr_ssl.training.pretrain import pretrain
+
+    pretrain_config = config.pretrain_config()
+    init_encoder = None
+    if production.version is not None:
+        pretrain_config.train.epochs = config.retrain.pretrain_epochs
+        init_encoder = registry.version_path(production.version) / ENCODER_DIR
+    pretrain(layout.tokens, layout.pretrain, pretrain_config, init_encoder=init_encoder)
+
+
+def _finetune_candidate(
+    layout: RunLayout, config: PipelineConfig
+) -> tuple[LabelBudget, FinetuneConfig, dict]:
+    """Fine-tune the candidate on a label budget of train and val (the test window is not read).
+    Returns the budget, the fine-tuning settings and its summary."""
+    from ehr_ssl.evaluation.scoring import draw_label_budget, read_labeled
+    from ehr_ssl.training.finetune import finetune
+
+    ft_config = config.finetune_config("full", config.evaluate.seeds[0])
+    train, val = read_labeled(layout.tokens, "train"), read_labeled(layout.tokens, "val")
+    budget = draw_label_budget(train, val, config.retrain.label_budget, seed=ft_config.seed)
+    summary = finetune(
+        layout.tokens,
+        layout.encoder,
+        layout.root / CANDIDATE_DIR,
+        ft_config,
+        train_ids=budget.train_ids,
+        val_ids=budget.val_ids,
+    )
+    return budget, ft_config, summary
+
+
+def _compare_on_test_window(
+    data_dir: Path,
+    layout: RunLayout,
+    budget: LabelBudget,
+    production: _Production,
+    config: PipelineConfig,
+    ft_config: FinetuneConfig,
+) -> dict:
+    """The test window, read once: candidate, production and the counts baselines (for the
+    model card's comparison, on the same labels) on the same visits. Returns the report."""
+    from ehr_ssl.evaluation.report import build_report
+    from ehr_ssl.evaluation.scoring import read_test_split, score_models
+    from ehr_ssl.training.device import resolve_device
+
+    test = read_test_split(
+        layout.tokens,
+        shortage="the test window needs labeled visits of both classes, has {n} "
+        "(raise retrain.test_fraction)",
+        file=data_dir,
+    )
+    device = resolve_device(config.finetune.device)
+    row_scorers = {} if production.model is None else {"production": production.model.score_tokens}
+    predictions, _ = score_models(
+        test,
+        budget,
+        ["candidate", *row_scorers, *COUNTS],
+        finetuned={"candidate": layout.root / CANDIDATE_DIR},
+        encoder_dir=layout.encoder,
+        device=device,
+        row_scorers=row_scorers,
+    )
+    oracle_path = data_dir / ORACLE_FILENAME
+    return build_report(
+        predictions,
+        main_budget=config.retrain.label_budget,
+        reference="candidate",
+        oracle=pl.read_parquet(oracle_path) if oracle_path.exists() else None,
+        n_boot=config.evaluate.n_boot,
+        seed=0,
+        settings={"retrain": to_dict(config.retrain), "finetune": to_dict(ft_config)},
+    )
+
+
+def _drift(tokens_dir: Path, manifest: dict, production: _Production) -> dict | None:
+    """The new data against what the production model was trained on (None without one)."""
+    from ehr_ssl.deploy.drift import compare_profiles, data_profile
+    from ehr_ssl.tokens.shards import read_split
+
+    everything = pl.concat([read_split(tokens_dir, s) for s in ("train", "val", "test")])
+    new_profile = data_profile(everything, manifest["vocab_size"])
+    model = production.model
+    if model is None or model.profile is None:
+        return None
+    return compare_profiles(model.profile, new_profile, model.tokenizer.vocab)
+
+
+def _history_record(
+    report: dict,
+    reasons: list,
+    production_version: int | None,
+    config: PipelineConfig,
+    manifest: dict,
+    counts: dict,
+    summary: dict,
+    drift: dict | None,
+) -> dict:
+    """The registry history's record of this retrain (the version is added on commit)."""
+    from ehr_ssl.evaluation.report import model_metrics
+
+    production = report["models"].get("production")
+    return {
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "reasons": reasons,
+        "warm_start_from": production_version,
+        "production_version": production_version,
+        "candidate": model_metrics(report, "candidate"),
+        "production": model_metrics(report, "production"),
+        "candidate_minus_production": None
+        if production is None
+        else production["reference_minus_this"],
+        "gate": to_dict(config.retrain),
+        "data": {
+            "splits": counts,
+            "test_window_from": manifest["splits"]["test"]["arrival_time_range"][0],
+        },
+        "finetune": {"train_labels": summary["train_labeled"],
+                     "val_labels": summary["val_labeled"], "val_auroc": summary["val_auroc"]},
+        "drift": None if drift is None else {
+            "code_frequency_jsd": drift["code_frequency_jsd"],
+            **{k: drift[k] for k in ("unknown_code_share", "prevalence", "events_per_visit")},
+        },
+    }  # fmt: skip
+
+
+def _save_bundle(
+    layout: RunLayout,
+    config: PipelineConfig,
+    ft_config: FinetuneConfig,
+    production_version: int | None,
+    report: dict,
+) -> Path:
+    """The candidate as a bundle in the work directory, ready to commit."""
+    from ehr_ssl.deploy.bundle import make_bundle
+    from ehr_ssl.evaluation.report import model_metrics
+
+    bundle = make_bundle(
+        layout.tokens,
+        layout.encoder,
+        layout.root / CANDIDATE_DIR,
+        info={
+            "model": "ssl",
+            "mode": "full",
+            "label_budget": config.retrain.label_budget,
+            "seed": ft_config.seed,
+            "preset": config.preset,
+            "warm_start": None
+            if production_version is None
+            else f"registry version {production_version}",
+            "test_metrics": model_metrics(report, "candidate"),
+        },
+        report=report,
+    )
+    return bundle.save(layout.bundle)
+
+
+def _write_retrain_report(
+    bundle_dir: Path, record: dict, promote: bool, drift: dict | None
+) -> None:
+    from ehr_ssl.deploy.drift import format_drift_markdown
+
+    report_md = format_retrain_report(record, promote)
+    if drift is not None:
+        report_md += "\n" + format_drift_markdown(drift)
+    atomic_write_text(bundle_dir / RETRAIN_REPORT_MD, report_md)
+    atomic_write_text(bundle_dir / RETRAIN_REPORT_JSON, json.dumps(
+        {**record, "drift": drift}, indent=2) + "\n")  # fmt: skip
 
 
 def gate(candidate: dict, production: dict | None, config: PipelineConfig) -> tuple[bool, list]:

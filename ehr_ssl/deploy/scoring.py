@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,76 +68,22 @@ def score_dataset(
     Returns:
         Counts: visits, chunks, event rows read, unknown-code share, seconds. No identifiers.
     """
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    if chunk_visits < 1:
-        raise InputError(f"must be >= 1, got {chunk_visits}", column="chunk_visits")
-    data_dir, out_path = Path(data_dir), Path(out_path)
-    if not data_dir.is_dir():
-        raise InputError("dataset directory not found", file=str(data_dir))
-    if out_path.is_dir():
-        raise InputError("is a directory, expected an output file path", file=str(out_path))
+    data_dir, out_path = _check_inputs(data_dir, out_path, output, chunk_visits)
     started = time.perf_counter()
-    tokenizer = model.tokenizer
-    (visits_path,) = table_files(data_dir, VISITS)
-    event_files = table_files(data_dir, EVENTS)
-    visits, static_columns, _, times = read_visits(visits_path, tokenizer.input_config())
-    tokenizer.check_static_columns(static_columns, str(visits_path))
-    n_chunks = max(1, math.ceil(visits.height / chunk_visits))
-    visits = visits.with_columns(chunk_of(pl.col("patient_id"), n_chunks))
+    dataset = _read_dataset(model, data_dir, chunk_visits)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     show = sys.stderr.isatty() if progress is None else progress
     work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.chunks-", dir=out_path.parent))
     try:
-        n_events = partition_events(
-            event_files,
-            n_chunks=n_chunks,
-            id_type=visits.schema["patient_id"],
-            times=times,
-            config=tokenizer.input_config(),
-            source=visits_path.name,
-            work=work,
+        n_events = _partition_events(model, dataset, work, output)
+        unknown, tokens_read = _score_chunks(
+            model, dataset, work, out_path, output=output, batch_size=batch_size, show=show
         )
-        log.info(
-            "%s: %d visits, %d event rows in %d chunk(s)", output, visits.height, n_events, n_chunks
-        )
-        unknown = tokens_read = 0
-        with atomic_file(out_path) as tmp:
-            writer = None
-            bar = tqdm(total=visits.height, unit="visit", desc=output, disable=not show)
-            for chunk in range(n_chunks):
-                in_chunk = pl.col(CHUNK_COLUMN) == chunk
-                chunk_visits_frame = visits.filter(in_chunk).drop(CHUNK_COLUMN)
-                if chunk_visits_frame.height == 0:
-                    continue
-                events = read_chunk_events(work, chunk, visits.schema["patient_id"])
-                tokens = tokenizer.encode_checked(chunk_visits_frame, events)
-                del events
-                ids = tokens["input_ids"].explode()
-                unknown += int((ids == UNK_ID).sum())
-                tokens_read += ids.len()
-                table = _output_table(model, tokens, output, batch_size)
-                if writer is None:
-                    writer = pq.ParquetWriter(str(tmp), table.schema)
-                writer.write_table(table)
-                bar.update(tokens.height)
-                if not show:
-                    log.info(
-                        "%s: chunk %d/%d done (%d visits)",
-                        output,
-                        chunk + 1,
-                        n_chunks,
-                        tokens.height,
-                    )
-            bar.close()
-            if writer is None:  # pragma: no cover - visits tables are never empty
-                raise InputError("no visits to score", file=str(visits_path))
-            writer.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = {
-        "visits": visits.height,
-        "chunks": n_chunks,
+        "visits": dataset.visits.height,
+        "chunks": dataset.n_chunks,
         "event_rows": n_events,
         "unknown_token_share": unknown / max(tokens_read, 1),
         "seconds": round(time.perf_counter() - started, 2),
@@ -150,6 +97,122 @@ def score_dataset(
         100 * summary["unknown_token_share"],
     )
     return summary
+
+
+@dataclass
+class _Dataset:
+    """The dataset to score: its visits, each with its chunk, and the files they came from."""
+
+    visits: pl.DataFrame  # the visits table plus CHUNK_COLUMN
+    visits_path: Path
+    event_files: list[Path]
+    times: list[tuple[str, pl.DataFrame]]  # timestamp columns, for the time zone check
+    n_chunks: int
+
+
+def _check_inputs(
+    data_dir: Path, out_path: Path, output: str, chunk_visits: int
+) -> tuple[Path, Path]:
+    """The dataset directory and output file as paths, after checking the arguments."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if chunk_visits < 1:
+        raise InputError(f"must be >= 1, got {chunk_visits}", column="chunk_visits")
+    data_dir, out_path = Path(data_dir), Path(out_path)
+    if not data_dir.is_dir():
+        raise InputError("dataset directory not found", file=str(data_dir))
+    if out_path.is_dir():
+        raise InputError("is a directory, expected an output file path", file=str(out_path))
+    return data_dir, out_path
+
+
+def _read_dataset(model: AdmissionModel, data_dir: Path, chunk_visits: int) -> _Dataset:
+    """Read and check the visits table, find the events files, and give each visit its chunk (a
+    hash of patient_id, so a patient's visits share one)."""
+    tokenizer = model.tokenizer
+    (visits_path,) = table_files(data_dir, VISITS)
+    event_files = table_files(data_dir, EVENTS)
+    visits, static_columns, _, times = read_visits(visits_path, tokenizer.input_config())
+    tokenizer.check_static_columns(static_columns, str(visits_path))
+    n_chunks = max(1, math.ceil(visits.height / chunk_visits))
+    visits = visits.with_columns(chunk_of(pl.col("patient_id"), n_chunks))
+    return _Dataset(visits, visits_path, event_files, times, n_chunks)
+
+
+def _partition_events(model: AdmissionModel, dataset: _Dataset, work: Path, output: str) -> int:
+    """Pass 1: check the events and write them to per-chunk files in `work`; the rows read."""
+    n_events = partition_events(
+        dataset.event_files,
+        n_chunks=dataset.n_chunks,
+        id_type=dataset.visits.schema["patient_id"],
+        times=dataset.times,
+        config=model.tokenizer.input_config(),
+        source=dataset.visits_path.name,
+        work=work,
+    )
+    log.info(
+        "%s: %d visits, %d event rows in %d chunk(s)",
+        output,
+        dataset.visits.height,
+        n_events,
+        dataset.n_chunks,
+    )
+    return n_events
+
+
+def _score_chunks(
+    model: AdmissionModel,
+    dataset: _Dataset,
+    work: Path,
+    out_path: Path,
+    *,
+    output: str,
+    batch_size: int,
+    show: bool,
+) -> tuple[int, int]:
+    """Pass 2: tokenize and score chunk by chunk, appending to `out_path` (written atomically).
+    Returns the number of unknown-code tokens and of all tokens read."""
+    unknown = tokens_read = 0
+    with atomic_file(out_path) as tmp:
+        writer = None
+        bar = tqdm(total=dataset.visits.height, unit="visit", desc=output, disable=not show)
+        for chunk in range(dataset.n_chunks):
+            tokens = _chunk_tokens(model, dataset, work, chunk)
+            if tokens is None:
+                continue
+            ids = tokens["input_ids"].explode()
+            unknown += int((ids == UNK_ID).sum())
+            tokens_read += ids.len()
+            table = _output_table(model, tokens, output, batch_size)
+            if writer is None:
+                writer = pq.ParquetWriter(str(tmp), table.schema)
+            writer.write_table(table)
+            bar.update(tokens.height)
+            if not show:
+                log.info(
+                    "%s: chunk %d/%d done (%d visits)",
+                    output,
+                    chunk + 1,
+                    dataset.n_chunks,
+                    tokens.height,
+                )
+        bar.close()
+        if writer is None:  # pragma: no cover - visits tables are never empty
+            raise InputError("no visits to score", file=str(dataset.visits_path))
+        writer.close()
+    return unknown, tokens_read
+
+
+def _chunk_tokens(
+    model: AdmissionModel, dataset: _Dataset, work: Path, chunk: int
+) -> pl.DataFrame | None:
+    """One chunk's visits tokenized with their events; None for a chunk without visits."""
+    visits = dataset.visits
+    visits_in_chunk = visits.filter(pl.col(CHUNK_COLUMN) == chunk).drop(CHUNK_COLUMN)
+    if visits_in_chunk.height == 0:
+        return None
+    events = read_chunk_events(work, chunk, visits.schema["patient_id"])
+    return model.tokenizer.encode_checked(visits_in_chunk, events)
 
 
 def _output_table(model: AdmissionModel, tokens: pl.DataFrame, output: str, batch_size: int):

@@ -1,5 +1,5 @@
-"""The evaluation report on small synthetic predictions built here (a good, a worse and a random
-model, two budgets, two seeds), and the seed-mean bootstrap against a slow reference."""
+"""The evaluation report on small synthetic predictions built in conftest.py (a good, a worse and a
+random model, two budgets, two seeds), and the seed-mean bootstrap against a slow reference."""
 
 from __future__ import annotations
 
@@ -19,105 +19,9 @@ from ehr_ssl.evaluation.metrics import (
     paired_bootstrap_difference,
     seed_mean_bootstrap_ci,
 )
-from ehr_ssl.evaluation.report import (
-    PREDICTION_COLUMNS,
-    build_report,
-    format_report_markdown,
-    format_report_table,
-    write_plots,
-    write_report,
-)
-
-N_BOOT = 200
-MODELS = ("ssl", "scratch", "random")  # good (the reference), worse, random
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def make_cohort(n_visits: int = 200, n_patients: int = 120, seed: int = 0) -> pl.DataFrame:
-    """Test visits (unsorted, non-consecutive ids) of patients with 1+ visits, a known risk."""
-    rng = np.random.default_rng(seed)
-    patients = np.concatenate(
-        [np.arange(n_patients), rng.integers(0, n_patients, n_visits - n_patients)]
-    )
-    patient_risk = rng.normal(-1.0, 1.2, n_patients)
-    risk = sigmoid(patient_risk[patients] + rng.normal(0, 0.5, n_visits))
-    return pl.DataFrame(
-        {
-            "visit_id": rng.permutation(10 * n_visits)[:n_visits] + 1000,
-            "patient_id": 7 * patients + 3,
-            "risk": risk,
-            "label": rng.random(n_visits) < risk,
-        }
-    )
-
-
-def make_predictions(
-    cohort: pl.DataFrame,
-    budgets: tuple[str, ...] = ("100", "all"),
-    seeds: tuple[int, ...] = (0, 1),
-    models: tuple[str, ...] = MODELS,
-) -> pl.DataFrame:
-    """One group per (model, budget, seed), rows shuffled differently in every group."""
-    noise_sd = {"ssl": 0.6, "scratch": 2.0}  # on the logit scale; the more labels, the less
-    logit = np.log(cohort["risk"].to_numpy()) - np.log1p(-cohort["risk"].to_numpy())
-    frames = []
-    for i, (model, budget, seed) in enumerate(
-        (m, b, s) for m in models for b in budgets for s in seeds
-    ):
-        rng = np.random.default_rng(100 + i)
-        if model == "random":
-            score = rng.random(cohort.height)
-        elif model == "inverted":
-            score = 1.0 - cohort["risk"].to_numpy()
-        else:
-            shrink = 0.5 if budget == "all" else 1.0
-            score = sigmoid(logit + rng.normal(0, noise_sd[model] * shrink, cohort.height))
-        n_labels = 100 if budget == "100" else (20 if budget == "20" else 4000 + 2 * seed)
-        frame = cohort.select("visit_id", "patient_id", "label").with_columns(
-            split=pl.lit("test"),
-            model=pl.lit(model),
-            budget=pl.lit(budget),
-            seed=pl.lit(seed),
-            train_labels=pl.lit(n_labels),
-            score=pl.Series(score),
-        )
-        frames.append(frame[rng.permutation(frame.height)])
-    return pl.concat(frames).select(PREDICTION_COLUMNS)
-
-
-@pytest.fixture(scope="module")
-def cohort() -> pl.DataFrame:
-    return make_cohort()
-
-
-@pytest.fixture(scope="module")
-def predictions(cohort: pl.DataFrame) -> pl.DataFrame:
-    return make_predictions(cohort)
-
-
-@pytest.fixture(scope="module")
-def oracle(cohort: pl.DataFrame) -> pl.DataFrame:
-    extra = pl.DataFrame({"visit_id": [1], "admission_probability": [0.5]})  # not a test visit
-    return pl.concat(
-        [cohort.select("visit_id", admission_probability="risk"), extra], how="vertical_relaxed"
-    )
-
-
-@pytest.fixture(scope="module")
-def report(predictions: pl.DataFrame, oracle: pl.DataFrame) -> dict:
-    return build_report(
-        predictions,
-        main_budget="100",
-        oracle=oracle,
-        n_boot=N_BOOT,
-        seed=0,
-        settings={"out": Path("runs/x"), "lr": np.float64(1e-3), "sizes": (1, 2)},
-        selection={"ssl": {"val_auroc": 0.8}},
-    )
+from ehr_ssl.evaluation.render import format_report_markdown
+from ehr_ssl.evaluation.report import build_report, write_report
+from tests.evaluation.conftest import MODELS, N_BOOT, make_predictions
 
 
 def aligned(predictions: pl.DataFrame, model: str, budget: str, seed: int) -> pl.DataFrame:
@@ -455,55 +359,7 @@ def test_bad_inputs_raise(predictions: pl.DataFrame) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# renderings and files
-
-
-def test_markdown_names_every_model_and_number(report: dict) -> None:
-    text = format_report_markdown(report)
-    assert text.startswith("# ")
-    for name, metrics in report["models"].items():
-        assert f"| {name} |" in text
-        assert f"{metrics['auroc']:.3f} ({metrics['auroc_ci95'][0]:.3f}–" in text
-        assert f"{metrics['brier']:.3f}" in text
-    difference = report["models"]["random"]["reference_minus_this"]["difference"]
-    assert f"{difference:+.3f}" in text
-    assert f"{report['models']['scratch']['relative_gain']:+.3f}" in text
-    assert f"oracle AUROC {report['oracle_auroc']:.3f}" in text
-    for entry in report["label_efficiency"]:
-        for value in entry["models"].values():
-            assert f"{value['mean']:.3f} ({value['ci95'][0]:.3f}–{value['ci95'][1]:.3f})" in text
-    for entry in report["label_efficiency"]:
-        diff = entry["models"]["scratch"]["reference_minus_this"]
-        assert f"{diff['difference']:+.3f} ({diff['ci95'][0]:+.3f}–" in text
-    assert "–" in text  # the reference's relative gain
-    assert "resample patients" in text and "paired" in text
-    # A report without an oracle and its JSON round trip format too.
-    no_oracle = json.loads(json.dumps({**report, "oracle_auroc": None, "oracle_auroc_ci95": None}))
-    assert "oracle AUROC –" in format_report_markdown(no_oracle)
-
-
-def test_terminal_table(report: dict) -> None:
-    lines = format_report_table(report).splitlines()
-    assert len(lines) == 2 + len(report["models"])
-    assert lines[0].startswith("model")
-    for line, (name, metrics) in zip(lines[2:], report["models"].items(), strict=True):
-        assert line.startswith(name)
-        assert f"{metrics['auroc']:.3f}" in line
-
-
-def test_plots_are_png_and_label_efficiency_needs_two_budgets(
-    tmp_path: Path, predictions: pl.DataFrame, report: dict
-) -> None:
-    written = write_plots(predictions, report, tmp_path)
-    assert [p.name for p in written] == ["roc.png", "calibration.png", "label_efficiency.png"]
-    for path in written:
-        assert path.read_bytes()[:8] == PNG_MAGIC
-    one_budget = predictions.filter(pl.col("budget") == "100")
-    single = build_report(one_budget, main_budget="100", n_boot=20)
-    out = tmp_path / "single"
-    out.mkdir()
-    assert [p.name for p in write_plots(one_budget, single, out)] == ["roc.png", "calibration.png"]
-    assert sorted(p.name for p in out.iterdir()) == ["calibration.png", "roc.png"]
+# files
 
 
 def test_write_report_writes_every_file_and_no_temporaries(

@@ -1,0 +1,97 @@
+"""The model card of a bundle (MODEL_CARD.md): what the model is, what it was trained on, how well
+it does and where it must not be used. Counts and dates only, no identifiers."""
+
+from __future__ import annotations
+
+from ehr_ssl.evaluation.render import format_report_markdown
+
+_INTENDED_USE_AND_LIMITATIONS = [
+    "## Intended use",
+    "",
+    "Decision support and operational planning for adult ED visits at the hospital whose "
+    "records trained it: ranking visits by their risk of admission within 7 days, and "
+    "visit embeddings for analytics. Not a diagnostic device; a clinician decides.",
+    "",
+    "## Limitations",
+    "",
+    "- Trained on one hospital's records and date range: performance elsewhere, or after "
+    "changes in coding, case mix or admission policy, is unknown until measured (see the "
+    "drift section of a retrain report).",
+    "- Codes unseen in training, or seen in fewer patients than the vocabulary's minimum "
+    "count, are read as [UNK].",
+    "- The score is calibrated on the training population (see calibration slope and "
+    "intercept above); recalibrate before reading it as a probability elsewhere.",
+    "- Subgroup performance (age, sex, arrival mode) has not been evaluated here.",
+    "- A synthetic cohort's figures (`ehr-ssl demo`) say nothing about real data.",
+    "",
+]
+
+
+def model_card(info: dict, report: dict | None) -> str:
+    """MODEL_CARD.md: what the model is, what it was trained on, how well it does and where it
+    must not be used. Counts and dates only, no identifiers.
+
+    Args:
+        info: The bundle's bundle.json contents.
+        report: The evaluation report the model came with, or None.
+
+    Returns:
+        Markdown text.
+    """
+    lines = _what_it_predicts(info) + _training_data(info) + _evaluation(report)
+    return "\n".join(lines + _INTENDED_USE_AND_LIMITATIONS)
+
+
+def _what_it_predicts(info: dict) -> list[str]:
+    """The title, provenance, label, prediction time and outputs."""
+    return [
+        f"# Model card: ehr-ssl admission model ({info.get('model')}, {info.get('mode')})",
+        "",
+        f"Created {info.get('created')} by ehr-ssl {info.get('ehr_ssl_version')}."
+        + (f" Warm-started from {info['warm_start']}." if info.get("warm_start") else ""),
+        "",
+        "## What it predicts",
+        "",
+        f"- Label: {info.get('label')}.",
+        f"- Prediction time: {info.get('prediction_time')}.",
+        "- Output: a probability per ED visit (`score`), or the pooled visit vector (`embed`).",
+        "",
+    ]
+
+
+def _training_data(info: dict) -> list[str]:
+    """Date range, vocabulary, the counts of each split, and how the model was fine-tuned."""
+    data = info.get("training_data", {})
+    splits = data.get("splits", {})
+    dates = data.get("arrival_time_range") or ["?", "?"]
+    lines = [
+        "## Training data",
+        "",
+        f"Visits arriving from {dates[0]} to {dates[1]}; vocabulary of {data.get('vocab_size')} "
+        "tokens fitted on the training split (codes held by too few patients map to [UNK]).",
+        "",
+        "| split | visits | patients | labeled | positive | tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in splits.items():
+        lines.append(
+            f"| {name} | {s['visits']:,} | {s['patients']:,} | {s['labeled']:,} | "
+            f"{s['positives']:,} | {s['tokens']:,} |"
+        )
+    return lines + [
+        "",
+        f"Fine-tuned on {info.get('train_labels')} labeled training visits (label budget "
+        f"{info.get('label_budget')}, seed {info.get('seed')}), selected on "
+        f"{info.get('val_labels')} validation labels (validation AUROC "
+        f"{info.get('val_auroc', float('nan')):.3f}). Encoder: {info.get('encoder')}.",
+        "",
+    ]
+
+
+def _evaluation(report: dict | None) -> list[str]:
+    """The evaluation report's body, its sections one level down, or a line saying there is none."""
+    lines = ["## Evaluation", ""]
+    if report is None:
+        return lines + ["No evaluation report came with this model.", ""]
+    body = format_report_markdown(report).split("\n", 2)[2]  # without its own title
+    return lines + [body.replace("\n## ", "\n### ")]

@@ -1,0 +1,147 @@
+"""The predictions contract of a run: one row per (test visit, model, label budget, training seed),
+its checks, its alignment by visit, and predictions.parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from ehr_ssl.atomic import atomic_file, fsync_file
+
+# The predictions contract: one row per (test visit, model, label budget, training seed).
+PREDICTION_COLUMNS = (
+    "visit_id",
+    "patient_id",
+    "split",
+    "model",
+    "budget",
+    "seed",
+    "train_labels",
+    "score",
+    "label",
+)
+# Column order of predictions.parquet: the identifying and scored columns first.
+PARQUET_COLUMN_ORDER = (
+    "visit_id",
+    "patient_id",
+    "split",
+    "model",
+    "score",
+    "label",
+    "budget",
+    "seed",
+    "train_labels",
+)
+_GROUP = ("model", "budget", "seed")
+
+
+def check_test_predictions(predictions: pl.DataFrame) -> pl.DataFrame:
+    """The test rows, checked: required columns, no nulls, budget as str, and every (model,
+    budget, seed) group scoring each test visit exactly once with consistent labels and patients.
+    Error messages count visits and never name one (no identifiers in errors)."""
+    frame = _required_columns(predictions)
+    frame = frame.filter(pl.col("split") == "test")
+    if frame.height == 0:
+        raise ValueError("predictions have no rows with split == 'test'")
+    _check_groups(frame)
+    _check_visits(frame)
+    return frame
+
+
+def _required_columns(predictions: pl.DataFrame) -> pl.DataFrame:
+    """The contract's columns, in its order, without nulls and with budget as str."""
+    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ValueError(
+            f"predictions lack required column(s) {missing}; expected {list(PREDICTION_COLUMNS)}"
+        )
+    frame = predictions.select(PREDICTION_COLUMNS).with_columns(pl.col("budget").cast(pl.String))
+    for column in PREDICTION_COLUMNS:
+        nulls = frame[column].null_count()
+        if nulls:
+            raise ValueError(f"predictions column {column!r} has {nulls} null value(s)")
+    return frame
+
+
+def _check_groups(frame: pl.DataFrame) -> None:
+    """Every (model, budget, seed) group scores each test visit once, with one train_labels."""
+    n_visits = frame["visit_id"].n_unique()
+    counts = frame.group_by(_GROUP, maintain_order=True).agg(
+        pl.len().alias("rows"),
+        pl.col("visit_id").n_unique().alias("visits"),
+        pl.col("train_labels").n_unique().alias("train_label_values"),
+    )
+    for row in counts.iter_rows(named=True):
+        where = f"model {row['model']!r}, budget {row['budget']!r}, seed {row['seed']}"
+        if row["rows"] != row["visits"]:
+            raise ValueError(
+                f"{where} scores {row['rows'] - row['visits']} test visit(s) more than once"
+            )
+        if row["visits"] != n_visits:
+            raise ValueError(
+                f"{where} scores {row['visits']} of the {n_visits} test visits: every (model, "
+                "budget, seed) must score the same test visits"
+            )
+        if row["train_label_values"] != 1:
+            raise ValueError(f"{where} has {row['train_label_values']} different train_labels")
+
+
+def _check_visits(frame: pl.DataFrame) -> None:
+    """Each test visit has one label and one patient across all groups."""
+    per_visit = frame.group_by("visit_id").agg(
+        pl.col("label").n_unique().alias("labels"), pl.col("patient_id").n_unique().alias("pids")
+    )
+    for column, what in (("labels", "label"), ("pids", "patient_id")):
+        bad = int((per_visit[column] > 1).sum())
+        if bad:
+            raise ValueError(f"{bad} test visit(s) have a different {what} in different groups")
+
+
+def budget_key(budget: str) -> tuple[int, float, str]:
+    """Numeric budgets in increasing order, then other names alphabetically, then "all"."""
+    if budget == "all":
+        return (2, 0.0, budget)
+    try:
+        return (0, float(budget), budget)
+    except ValueError:
+        return (1, 0.0, budget)
+
+
+class AlignedPredictions:
+    """The test frame split by (model, budget, seed), every group sorted by visit_id, so that row i
+    of every group is the same visit."""
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self.models: list[str] = frame["model"].unique(maintain_order=True).to_list()
+        self.budgets: list[str] = sorted(frame["budget"].unique().to_list(), key=budget_key)
+        visits = frame.group_by("visit_id").agg(pl.col("patient_id", "label").first())
+        visits = visits.sort("visit_id")
+        self.visit_id = visits["visit_id"].to_numpy()  # (n,)
+        self.y = visits["label"].to_numpy().astype(np.float64)  # (n,) 0/1
+        self.groups = visits["patient_id"].to_numpy()  # (n,)
+        self._parts = {
+            key: part.sort("visit_id")
+            for key, part in frame.partition_by(list(_GROUP), as_dict=True).items()
+        }
+
+    def seeds(self, model: str, budget: str) -> list[int]:
+        return sorted(s for m, b, s in self._parts if m == model and b == budget)
+
+    def scores(self, model: str, budget: str, seed: int) -> np.ndarray:
+        """Shape: (n,), aligned with `visit_id`."""
+        return self._parts[(model, budget, seed)]["score"].to_numpy().astype(np.float64)
+
+    def train_labels(self, model: str, budget: str, seed: int) -> int:
+        return int(self._parts[(model, budget, seed)]["train_labels"][0])
+
+
+def write_predictions(predictions: pl.DataFrame, path: Path) -> None:
+    """Write all splits as given to `path` atomically, the `PARQUET_COLUMN_ORDER` columns first,
+    then any others."""
+    first = [c for c in PARQUET_COLUMN_ORDER if c in predictions.columns]
+    ordered = predictions.select(first + [c for c in predictions.columns if c not in first])
+    with atomic_file(path) as tmp:
+        ordered.write_parquet(tmp)
+        fsync_file(tmp)

@@ -1,0 +1,186 @@
+"""Text renderings of an evaluation report: the Markdown document (report.md, the model card's
+evaluation section) and the terminal table of the main models."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DASH = "–"  # how a missing value (None) is shown
+
+# The closing paragraph of report.md; {n_boot} is the number of bootstrap replicates.
+_HOW_TO_READ = (
+    "How to read: AUROC intervals come from {n_boot} bootstrap replicates that "
+    "resample patients, not visits; the differences with the reference are paired (both "
+    "models scored on the same resampled patients), with a two-sided bootstrap p-value. "
+    "Relative gain = (AUROC_ref − 0.5) / (AUROC_model − 0.5) − 1: how much more "
+    "above-chance discrimination the reference achieves. Label-efficiency intervals are those "
+    "of the mean over seeds, and its differences are paired differences of seed means (one "
+    "resample of patients scores every seed of both models)."
+)
+
+
+def format_report_markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown document: summary line, main table, label-efficiency table and
+    the table of the reference minus each model along the curve.
+
+    Args:
+        report: A `build_report` result (or its JSON round trip).
+
+    Returns:
+        Markdown text ending in a newline; numbers with 3 decimals, missing values as "–".
+    """
+    lines = ["# Evaluation report", "", _summary_line(report), ""]
+    lines += [f"## Models at label budget {report['label_budget']}", ""]
+    lines += _markdown_table(*_main_rows(report, split_ci=False))
+    if report.get("label_efficiency"):
+        lines += _label_efficiency_lines(report)
+    lines += ["", _HOW_TO_READ.format(n_boot=report["n_boot"])]
+    return "\n".join(lines) + "\n"
+
+
+def format_report_table(report: dict[str, Any]) -> str:
+    """The main-model table as aligned plain text for a terminal (no trailing newline).
+
+    Args:
+        report: A `build_report` result.
+
+    Returns:
+        The header, a rule and one line per model; the model column left-aligned, numbers right.
+    """
+    header, rows = _main_rows(report, split_ci=True)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest]).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+# ----------------------------------------------------------------------------------------------
+# sections
+
+
+def _summary_line(report: dict[str, Any]) -> str:
+    """The test set, the main budget and seed, and the oracle AUROC in one sentence."""
+    oracle = _with_ci(report.get("oracle_auroc"), report.get("oracle_auroc_ci95"))
+    patients = report.get("n_test_patients")
+    return (
+        f"Test set: {report['n_test']} visits of {patients if patients is not None else DASH} "
+        f"patients, prevalence {_number(report['test_prevalence'])}; label budget "
+        f"{report['label_budget']} (training seed {report['seed']}); oracle AUROC {oracle}."
+    )
+
+
+def _main_rows(report: dict[str, Any], *, split_ci: bool) -> tuple[list[str], list[list[str]]]:
+    """Header and one row of cells per main model; with `split_ci` the intervals and p-values
+    get their own columns (terminal table), else they share the estimate's cell (Markdown)."""
+    reference = report["reference"]
+    with_oracle = report.get("oracle_auroc") is not None
+    if split_ci:
+        header = ["model", "AUROC", "95% CI", "AUPRC", "Brier", "cal. slope", "cal. intercept"]
+        header += [f"{reference} - this", "95% CI", "p", "rel. gain"]
+    else:
+        header = ["model", "AUROC (95% CI)", "AUPRC", "Brier", "cal. slope", "cal. intercept"]
+        header += [f"{reference} minus this (95% CI, p)", "relative gain in (AUROC − 0.5)"]
+    if with_oracle:
+        header.append("gap to oracle")
+    rows = []
+    for name, m in report["models"].items():
+        ci = m["auroc_ci95"]
+        if split_ci:
+            row = [name, _number(m["auroc"]), f"{_number(ci[0])}–{_number(ci[1])}"]
+        else:
+            row = [name, _with_ci(m["auroc"], ci)]
+        row += [_number(m[k]) for k in ("auprc", "brier")]
+        row += [_number(m[k]) for k in ("calibration_slope", "calibration_intercept")]
+        row += _comparison_cells(m.get("reference_minus_this"), split_ci=split_ci)
+        row.append(DASH if name == reference else _number(m.get("relative_gain"), signed=True))
+        if with_oracle:
+            row.append(_number(m.get("gap_to_oracle")))
+        rows.append(row)
+    return header, rows
+
+
+def _comparison_cells(diff: dict[str, Any] | None, *, split_ci: bool) -> list[str]:
+    """The reference-minus-this cells of a main row: estimate, interval and p-value in three
+    cells (terminal) or one (Markdown); "reference" for the reference itself."""
+    if diff is None:
+        return ["reference", "", ""] if split_ci else ["reference"]
+    if not split_ci:
+        return [_difference_cell(diff)]
+    low, high = diff["ci95"]
+    return [
+        _number(diff["difference"], signed=True),
+        f"{_number(low, signed=True)}–{_number(high, signed=True)}",
+        "<0.001" if diff["p_value"] < 0.001 else f"{diff['p_value']:.3f}",
+    ]
+
+
+def _label_efficiency_lines(report: dict[str, Any]) -> list[str]:
+    """The label-efficiency table (seed means with intervals), the seeds per cell, and the table
+    of the reference minus each other model along the curve."""
+    efficiency = report["label_efficiency"]
+    names = list(dict.fromkeys(n for entry in efficiency for n in entry["models"]))
+    lines = ["", "## Label efficiency (test AUROC, mean over seeds (95% CI))", ""]
+    rows = []
+    for entry in efficiency:
+        cells = [entry["budget"], str(entry["train_labels"])]
+        for name in names:
+            value = entry["models"].get(name)
+            cells.append(DASH if value is None else _with_ci(value["mean"], value["ci95"]))
+        rows.append(cells)
+    lines += _markdown_table(["budget", "train labels", *names], rows)
+    seeds = sorted({v["n_seeds"] for e in efficiency for v in e["models"].values()})
+    lines += ["", f"Seeds per cell: {', '.join(map(str, seeds))}."]
+    others = [n for n in names if n != report["reference"]]
+    lines += [
+        "",
+        f"## {report['reference']} minus each model, mean over seeds (paired, 95% CI, p)",
+        "",
+    ]
+    rows = []
+    for entry in efficiency:
+        cells = [entry["budget"], str(entry["train_labels"])]
+        for name in others:
+            diff = (entry["models"].get(name) or {}).get("reference_minus_this")
+            cells.append(DASH if diff is None else _difference_cell(diff))
+        rows.append(cells)
+    return lines + _markdown_table(["budget", "train labels", *others], rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# cells
+
+
+def _number(value: float | None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return DASH
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _with_ci(value: float | None, ci: list[float] | None, signed: bool = False) -> str:
+    if value is None:
+        return DASH
+    if ci is None:
+        return _number(value, signed)
+    return f"{_number(value, signed)} ({_number(ci[0], signed)}–{_number(ci[1], signed)})"
+
+
+def _p_value(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def _difference_cell(diff: dict[str, Any]) -> str:
+    """A paired difference as "+0.012 (+0.002–+0.021), p=0.020"."""
+    estimate = _with_ci(diff["difference"], diff["ci95"], signed=True)
+    return f"{estimate}, {_p_value(diff['p_value'])}"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return [line(header), "|" + "|".join("---" for _ in header) + "|", *map(line, rows)]

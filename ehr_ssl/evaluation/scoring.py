@@ -1,0 +1,198 @@
+"""Scoring every model on the test split: the labeled test visits read once, a label budget's
+train and val visits, the counts baselines fit on them, the fine-tuned models, and the
+predictions frame (one row per model and test visit) that the report is built from."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+
+from ehr_ssl.config import COUNTS, parse_budget
+from ehr_ssl.errors import InputError
+from ehr_ssl.evaluation.baselines import count_features, score_counts_baseline
+from ehr_ssl.evaluation.predictions import PARQUET_COLUMN_ORDER
+from ehr_ssl.layout import FINETUNE_SUMMARY_FILE
+from ehr_ssl.tokens.batching import TokenDataset
+from ehr_ssl.tokens.shards import read_split
+from ehr_ssl.tokens.tokenizer import Tokenizer
+from ehr_ssl.training.finetune import budget_split, labeled_split, predict_finetuned
+
+# What the counts baselines read of a labeled train or val visit.
+LABELED_COLUMNS = ["visit_id", "patient_id", "labeled", "label", "input_ids", "value_bins",
+                   "segment_ids"]  # fmt: skip
+# The columns of the predictions frame, in the order predictions.parquet keeps them.
+# What the fine-tuning summary says about the choices made on val, copied into the report.
+FINETUNE_SELECTION_KEYS = ("val_auroc", "selected_epoch", "selected_C")
+
+# A model scored from the test visits' token rows (e.g. a deployed bundle's `score_tokens`).
+RowScorer = Callable[[pl.DataFrame], np.ndarray]
+
+
+@dataclass(frozen=True)
+class LabeledTestSplit:
+    """The labeled visits of a tokens directory's test split, read once for every model.
+
+    `rows` (every token column, shard order), `dataset` (the same visits for the transformer
+    models) and `counts` (their `count_features`, row i = rows[i]) list the visits in one order.
+    """
+
+    rows: pl.DataFrame
+    dataset: TokenDataset
+    counts: sp.csr_matrix
+    vocab_size: int
+    n_bins: int
+
+
+@dataclass(frozen=True)
+class LabelBudget:
+    """The labeled train and val visits of one label budget and seed: all a model learns from.
+
+    `name` is the budget as the settings spell it ("all", "1000", "0.25"); `train` and `val` are
+    the rows of `train_ids` and `val_ids`, in split order.
+    """
+
+    name: str
+    seed: int
+    train_ids: pl.Series
+    val_ids: pl.Series
+    train: pl.DataFrame
+    val: pl.DataFrame
+
+
+def read_test_split(tokens_dir: Path, *, shortage: str, file: Path) -> LabeledTestSplit:
+    """The labeled visits of the test split, checked to hold both classes.
+
+    Args:
+        tokens_dir: A tokens directory.
+        shortage: The error message when the split lacks a class; "{n}" is replaced by the
+            number of labeled visits it has (each caller names its split its own way).
+        file: The file or directory the error names.
+
+    Raises:
+        InputError: No labeled test visit, or labels of one class only (AUROC undefined).
+    """
+    tokenizer = Tokenizer.load(tokens_dir)
+    dataset = labeled_split(tokens_dir, "test")
+    rows = read_split(tokens_dir, "test").filter(pl.col("labeled"))
+    if rows.height == 0 or rows["label"].n_unique() < 2:
+        raise InputError(shortage.format(n=rows.height), file=str(file))
+    assert dataset.meta["visit_id"].equals(rows["visit_id"])
+    sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
+    return LabeledTestSplit(rows, dataset, count_features(rows, **sizes), **sizes)
+
+
+def read_labeled(tokens_dir: Path, split: str) -> pl.DataFrame:
+    """The labeled visits of a train or val split, with the columns the baselines read."""
+    return read_split(tokens_dir, split).filter(pl.col("labeled")).select(LABELED_COLUMNS)
+
+
+def draw_label_budget(
+    train: pl.DataFrame, val: pl.DataFrame, budget: str, *, seed: int
+) -> LabelBudget:
+    """The visits of a label budget (`ehr_ssl.training.finetune.budget_split`) among the labeled
+    `train` and `val` visits (`read_labeled`)."""
+    train_ids, val_ids = budget_split(train, val, parse_budget(budget), seed=seed)
+    return LabelBudget(
+        name=budget,
+        seed=seed,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        train=train.filter(pl.col("visit_id").is_in(train_ids.implode())),
+        val=val.filter(pl.col("visit_id").is_in(val_ids.implode())),
+    )
+
+
+def score_counts(name: str, test: LabeledTestSplit, budget: LabelBudget) -> tuple[np.ndarray, dict]:
+    """A counts baseline (a `COUNTS` name) fit on the budget's train visits, chosen on its val
+    visits, and its test scores; the test labels play no part. Shape: (N,) test visits.
+    Returns the scores and the choice made on val (val_auroc, chosen)."""
+    scores, record = score_counts_baseline(
+        COUNTS[name],
+        budget.train,
+        budget.val,
+        test.counts,
+        vocab_size=test.vocab_size,
+        n_bins=test.n_bins,
+        seed=budget.seed,
+    )
+    return scores, {"val_auroc": record["val_auroc"], "chosen": record["chosen"]}
+
+
+def score_finetuned(
+    finetune_dir: Path, encoder_dir: Path, test: LabeledTestSplit, device: torch.device
+) -> tuple[np.ndarray, dict]:
+    """A fine-tuned model's test scores, and the choices its fine-tuning made on val (from its
+    summary). Shape: (N,) test visits."""
+    summary = json.loads((Path(finetune_dir) / FINETUNE_SUMMARY_FILE).read_text())
+    selection = {key: summary.get(key) for key in FINETUNE_SELECTION_KEYS}
+    return predict_finetuned(finetune_dir, encoder_dir, test.dataset, device), selection
+
+
+def predictions_frame(
+    test: LabeledTestSplit, scores: Mapping[str, np.ndarray], budget: LabelBudget
+) -> pl.DataFrame:
+    """One row per model (in `scores` order) and test visit: `PARQUET_COLUMN_ORDER`, with score
+    Float64, seed and train_labels Int64 (the number of train labels of the budget)."""
+    base = test.rows.select("visit_id", "patient_id", pl.lit("test").alias("split"), "label")
+    frames = [
+        base.with_columns(
+            model=pl.lit(model),
+            score=pl.Series(score, dtype=pl.Float64),
+            budget=pl.lit(budget.name),
+            seed=pl.lit(budget.seed, dtype=pl.Int64),
+            train_labels=pl.lit(len(budget.train_ids), dtype=pl.Int64),
+        )
+        for model, score in scores.items()
+    ]
+    return pl.concat(frames).select(PARQUET_COLUMN_ORDER)
+
+
+def score_models(
+    test: LabeledTestSplit,
+    budget: LabelBudget,
+    models: Sequence[str],
+    *,
+    finetuned: Mapping[str, Path],
+    encoder_dir: Path,
+    device: torch.device,
+    row_scorers: Mapping[str, RowScorer] | None = None,
+) -> tuple[pl.DataFrame, dict[str, dict]]:
+    """Score every model on the same test visits, for one label budget and seed.
+
+    A model is a fine-tuned one (a name in `finetuned`), a counts baseline (a `COUNTS` name,
+    fit here on the budget's train and val visits) or a `row_scorers` entry.
+
+    Args:
+        test: The labeled test split (`read_test_split`).
+        budget: The label budget the models learned from (`draw_label_budget`).
+        models: The models to score, in the order of the predictions frame.
+        finetuned: Model name -> its fine-tuning directory.
+        encoder_dir: The pretrained encoder (a linear probe's features).
+        device: Where the fine-tuned models run.
+        row_scorers: Model name -> a function of the test visits' token rows.
+
+    Returns:
+        The predictions frame (`predictions_frame`) and, per fine-tuned model and counts
+        baseline, the choices made on val.
+    """
+    row_scorers = row_scorers or {}
+    scores, selection = {}, {}
+    for model in models:
+        if model in finetuned:
+            scores[model], selection[model] = score_finetuned(
+                finetuned[model], encoder_dir, test, device
+            )
+        elif model in COUNTS:
+            scores[model], selection[model] = score_counts(model, test, budget)
+        elif model in row_scorers:
+            scores[model] = row_scorers[model](test.rows)
+        else:
+            raise ValueError(f"no way to score model {model!r}")
+    return predictions_frame(test, scores, budget), selection

@@ -1,0 +1,40 @@
+"""The Markdown and terminal renderings of the report built in conftest.py."""
+
+from __future__ import annotations
+
+import json
+
+from ehr_ssl.evaluation.render import format_report_markdown, format_report_table
+
+
+def test_markdown_names_every_model_and_number(report: dict) -> None:
+    text = format_report_markdown(report)
+    assert text.startswith("# ")
+    for name, metrics in report["models"].items():
+        assert f"| {name} |" in text
+        assert f"{metrics['auroc']:.3f} ({metrics['auroc_ci95'][0]:.3f}–" in text
+        assert f"{metrics['brier']:.3f}" in text
+    difference = report["models"]["random"]["reference_minus_this"]["difference"]
+    assert f"{difference:+.3f}" in text
+    assert f"{report['models']['scratch']['relative_gain']:+.3f}" in text
+    assert f"oracle AUROC {report['oracle_auroc']:.3f}" in text
+    for entry in report["label_efficiency"]:
+        for value in entry["models"].values():
+            assert f"{value['mean']:.3f} ({value['ci95'][0]:.3f}–{value['ci95'][1]:.3f})" in text
+    for entry in report["label_efficiency"]:
+        diff = entry["models"]["scratch"]["reference_minus_this"]
+        assert f"{diff['difference']:+.3f} ({diff['ci95'][0]:+.3f}–" in text
+    assert "–" in text  # the reference's relative gain
+    assert "resample patients" in text and "paired" in text
+    # A report without an oracle and its JSON round trip format too.
+    no_oracle = json.loads(json.dumps({**report, "oracle_auroc": None, "oracle_auroc_ci95": None}))
+    assert "oracle AUROC –" in format_report_markdown(no_oracle)
+
+
+def test_terminal_table(report: dict) -> None:
+    lines = format_report_table(report).splitlines()
+    assert len(lines) == 2 + len(report["models"])
+    assert lines[0].startswith("model")
+    for line, (name, metrics) in zip(lines[2:], report["models"].items(), strict=True):
+        assert line.startswith(name)
+        assert f"{metrics['auroc']:.3f}" in line

@@ -1,0 +1,176 @@
+"""Scoring every model on the test split: the check of the labeled test split, the same visits
+for every model, the predictions frame's columns and dtypes, counts baselines blind to test labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from ehr_ssl.config import COUNTS, load_pipeline_config
+from ehr_ssl.data import schema
+from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+from ehr_ssl.errors import InputError
+from ehr_ssl.evaluation.baselines import count_features
+from ehr_ssl.evaluation.predictions import PARQUET_COLUMN_ORDER
+from ehr_ssl.evaluation.scoring import (
+    LabeledTestSplit,
+    draw_label_budget,
+    read_labeled,
+    read_test_split,
+    score_counts,
+    score_models,
+)
+from ehr_ssl.tokens.shards import read_split
+from ehr_ssl.tokens.tokenize import tokenize_dataset
+from ehr_ssl.training.finetune import finetune
+from ehr_ssl.training.pretrain import pretrain
+
+CONFIG = load_pipeline_config(
+    None,
+    {
+        "preset": "tiny",
+        "train.max_steps": 2,
+        "tokenizer.max_length": 64,
+        "finetune.max_epochs": 1,
+        "finetune.patience": 1,
+    },
+)
+SHORTAGE = "the test split needs labeled visits of both classes, has {n}"
+CPU = torch.device("cpu")
+
+
+def _tokenize(data_dir: Path, tokens_dir: Path) -> Path:
+    tokenize_dataset(data_dir, tokens_dir, CONFIG.tokenize_config(), overwrite=True)
+    return tokens_dir
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("scoring")
+    write_cohort(generate_cohort(800, labeled_frac=0.5, seed=5), root / "data")
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def tokens_dir(data_dir) -> Path:
+    return _tokenize(data_dir, data_dir.parent / "tokens")
+
+
+@pytest.fixture(scope="module")
+def test_split(tokens_dir) -> LabeledTestSplit:
+    return read_test_split(tokens_dir, shortage=SHORTAGE, file=tokens_dir)
+
+
+@pytest.fixture(scope="module")
+def budget(tokens_dir):
+    train, val = read_labeled(tokens_dir, "train"), read_labeled(tokens_dir, "val")
+    return draw_label_budget(train, val, "60", seed=0)
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tokens_dir, budget) -> tuple[Path, Path]:
+    """A (2-step) pretrained encoder and a linear probe over it: (encoder_dir, finetune_dir)."""
+    out = tokens_dir.parent
+    pretrain(tokens_dir, out / "pretrain", CONFIG.pretrain_config())
+    ft_config = CONFIG.finetune_config("linear-probe", 0)
+    finetune(out / "tokens", out / "pretrain" / "encoder", out / "probe", ft_config,
+             train_ids=budget.train_ids, val_ids=budget.val_ids)  # fmt: skip
+    return out / "pretrain" / "encoder", out / "probe"
+
+
+def _relabel_test_visits(data_dir: Path, tokens_dir: Path, out_dir: Path, label) -> Path:
+    """A copy of the dataset whose test visits are all labeled `label` (None: unlabeled). The
+    split hashes patients, so the same visits land in the test split."""
+    test_ids = read_split(tokens_dir, "test")["visit_id"].implode()
+    labels = pl.read_parquet(data_dir / schema.LABELS.filename)
+    if label is None:
+        labels = labels.filter(~pl.col("visit_id").is_in(test_ids))
+    else:
+        in_test = pl.col("visit_id").is_in(test_ids)
+        labels = labels.with_columns(label=pl.when(in_test).then(label).otherwise(pl.col("label")))
+    out_dir.mkdir()
+    for path in data_dir.iterdir():
+        (out_dir / path.name).write_bytes(path.read_bytes())
+    labels.write_parquet(out_dir / schema.LABELS.filename)
+    return _tokenize(out_dir, out_dir.parent / f"{out_dir.name}-tokens")
+
+
+@pytest.mark.parametrize("label", [False, True, None], ids=["negatives", "positives", "none"])
+def test_a_test_split_without_both_classes_is_refused_with_the_callers_message(
+    data_dir, tokens_dir, tmp_path, label
+):
+    relabeled = _relabel_test_visits(data_dir, tokens_dir, tmp_path / "data", label)
+    labeled = read_split(relabeled, "test").filter(pl.col("labeled"))
+    assert labeled["label"].n_unique() <= 1  # the premise: one class or none
+    for shortage in (SHORTAGE, "the test window lacks a class ({n} labels), raise it"):
+        with pytest.raises(InputError) as caught:
+            read_test_split(relabeled, shortage=shortage, file=tmp_path / "where")
+        assert caught.value.problem == shortage.format(n=labeled.height)
+        assert caught.value.file == str(tmp_path / "where")
+
+
+def test_the_test_split_is_its_labeled_visits_in_one_order(tokens_dir, test_split):
+    labeled = read_split(tokens_dir, "test").filter(pl.col("labeled"))
+    assert test_split.rows["visit_id"].equals(labeled["visit_id"])
+    assert test_split.dataset.meta["visit_id"].equals(labeled["visit_id"])
+    assert test_split.counts.shape[0] == labeled.height
+    assert test_split.rows["label"].n_unique() == 2
+
+
+def test_every_model_gets_the_same_visits(test_split, budget, probe_dir):
+    encoder_dir, finetune_dir = probe_dir
+    models = ["counts_gbm", "probe", "constant", "counts_logistic"]
+    predictions, chosen = score_models(
+        test_split,
+        budget,
+        models,
+        finetuned={"probe": finetune_dir},
+        encoder_dir=encoder_dir,
+        device=CPU,
+        row_scorers={"constant": lambda rows: np.full(rows.height, 0.5)},
+    )
+    assert predictions.columns == list(PARQUET_COLUMN_ORDER)
+    assert predictions["model"].unique(maintain_order=True).to_list() == models
+    expected = test_split.rows.select("visit_id", "patient_id", "label")
+    for model, group in predictions.group_by("model", maintain_order=True):
+        assert group.select("visit_id", "patient_id", "label").equals(expected), model
+        assert group["score"].is_between(0, 1).all() and group["score"].is_finite().all()
+    assert set(chosen) == {"counts_gbm", "probe", "counts_logistic"}  # choices made on val
+    assert chosen["probe"]["val_auroc"] is not None
+
+
+def test_the_predictions_frame_has_the_run_dtypes(test_split, budget):
+    predictions, _ = score_models(
+        test_split, budget, ["counts_logistic"], finetuned={}, encoder_dir=Path("-"), device=CPU
+    )
+    assert predictions.schema["score"] == pl.Float64
+    assert predictions.schema["seed"] == pl.Int64
+    assert predictions.schema["train_labels"] == pl.Int64
+    assert predictions["budget"].unique().to_list() == ["60"]
+    assert predictions["split"].unique().to_list() == ["test"]
+    assert predictions["train_labels"].unique().to_list() == [len(budget.train_ids)] == [60]
+
+
+def test_an_unknown_model_is_refused(test_split, budget):
+    with pytest.raises(ValueError, match="no way to score model 'mystery'"):
+        score_models(test_split, budget, ["mystery"], finetuned={}, encoder_dir=Path("-"),
+                     device=CPU)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(COUNTS))
+def test_the_counts_baselines_never_read_test_labels(test_split, budget, name):
+    flipped_rows = test_split.rows.with_columns(label=~pl.col("label"))
+    sizes = {"vocab_size": test_split.vocab_size, "n_bins": test_split.n_bins}
+    flipped = dataclasses.replace(
+        test_split, rows=flipped_rows, counts=count_features(flipped_rows, **sizes)
+    )
+    scores, chosen = score_counts(name, test_split, budget)
+    flipped_scores, flipped_chosen = score_counts(name, flipped, budget)
+    np.testing.assert_array_equal(scores, flipped_scores)
+    assert chosen == flipped_chosen
