@@ -17,7 +17,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ehr-ssl demo --out runs/demo
 
-test: $(STAMP)
+# The README's test command (and CI's): lint and format check, then the whole suite.
+test: lint
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

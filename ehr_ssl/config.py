@@ -26,7 +26,6 @@ from ehr_ssl.settings import (
     load_config,
     merge,
     read_toml,
-    to_dict,  # noqa: F401  TEMPORARY until callers import it from ehr_ssl.settings
 )
 
 DEVICES = ("auto", "cpu", "cuda")

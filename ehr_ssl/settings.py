@@ -142,8 +142,6 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-
-
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's docstring (the string literal under it in the class body, whitespace
@@ -183,7 +181,7 @@ def field_default(field: dataclasses.Field) -> Any:
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """"section.key=value" -> ("section.key", value), the value read as TOML (numbers, true,
+    """ "section.key=value" -> ("section.key", value), the value read as TOML (numbers, true,
     [lists], "strings"), or as a plain string when it is not TOML."""
     dotted, sep, raw = text.partition("=")
     if not sep or not dotted.strip():

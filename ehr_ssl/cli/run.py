@@ -15,7 +15,7 @@ RUN_FLAGS = ("preset", "train.epochs", "train.max_steps", "evaluate.label_budget
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ehr_ssl.evaluation.report import format_report_table
+    from ehr_ssl.evaluation.render import format_report_table
     from ehr_ssl.pipeline import run_pipeline
     from ehr_ssl.training.distributed import process_group
 
@@ -41,7 +41,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
     from ehr_ssl.data.synthetic import generate_cohort, write_cohort
-    from ehr_ssl.evaluation.report import format_report_table
+    from ehr_ssl.evaluation.render import format_report_table
     from ehr_ssl.pipeline import run_pipeline
 
     data_dir = args.out / "data"
@@ -105,7 +105,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--n-boot", type=positive_int, help="bootstrap replicates [the run's evaluate.n_boot]"
     )
     evaluate.set_defaults(run=cmd_evaluate)
+    _add_demo(commands)
 
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
         help="run the whole pipeline on a synthetic cohort",

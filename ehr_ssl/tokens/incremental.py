@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -79,31 +80,9 @@ def cached_tokens(
         tokens = tokenizer.encode_checked(visits, events_of(event_files))
         stats = {"tokenized": visits.height, "reused": 0, "full": True}
     else:
-        cached_visits = pl.read_parquet(cache_dir / "visits.parquet")
-        cached = pl.from_arrow(open_shard(cache_dir / "tokens.arrow"))
-        new_files = [
-            path
-            for path, (name, entry) in zip(event_files, fingerprint.items(), strict=True)
-            if cache["inputs"].get(name) != entry
-        ]
-        new_events = events_of(new_files) if new_files else _no_events(visits)
-        redo = _visits_to_redo(visits, cached_visits, new_events, tokenizer)
-        again = visits.filter(redo)
-        if again.height:
-            old_files = [p for p in event_files if p not in new_files]
-            patients = again["patient_id"]
-            events = pl.concat(
-                [events_of(old_files, patients) if old_files else _no_events(visits),
-                 new_events.filter(pl.col("patient_id").is_in(patients.unique().implode()))]
-            )  # fmt: skip
-            fresh = tokenizer.encode_checked(again, events)
-        else:
-            fresh = cached.clear()
-        kept = cached.join(visits.filter(~redo).select("visit_id"), on="visit_id", how="semi")
-        tokens = visits.select("visit_id").join(
-            pl.concat([kept, fresh]), on="visit_id", how="left", maintain_order="left"
+        tokens, stats = _update_from_cache(
+            cache_dir, cache, visits, event_files, fingerprint, events_of, tokenizer
         )
-        stats = {"tokenized": again.height, "reused": kept.height, "full": False}
     _write_cache(cache_dir, visits, tokens, tokenizer_hash, fingerprint)
     log.info(
         "tokenize: %d visits tokenized, %d reused from the cache%s",
@@ -112,6 +91,45 @@ def cached_tokens(
         " (full: no valid cache)" if stats["full"] else "",
     )
     return visits, tokens, files, stats
+
+
+def _update_from_cache(
+    cache_dir: Path,
+    cache: dict,
+    visits: pl.DataFrame,
+    event_files: list[Path],
+    fingerprint: dict[str, dict],
+    events_of: Callable[..., pl.DataFrame],
+    tokenizer: Tokenizer,
+) -> tuple[pl.DataFrame, dict]:
+    """The cached tokens of unchanged visits and fresh ones for the rest: visits new or changed
+    since the cache, and those whose window gained an event from a new or changed file."""
+    cached_visits = pl.read_parquet(cache_dir / "visits.parquet")
+    cached = pl.from_arrow(open_shard(cache_dir / "tokens.arrow"))
+    new_files = [
+        path
+        for path, (name, entry) in zip(event_files, fingerprint.items(), strict=True)
+        if cache["inputs"].get(name) != entry
+    ]
+    new_events = events_of(new_files) if new_files else _no_events(visits)
+    redo = _visits_to_redo(visits, cached_visits, new_events, tokenizer)
+    again = visits.filter(redo)
+    if again.height:
+        old_files = [p for p in event_files if p not in new_files]
+        patients = again["patient_id"]
+        events = pl.concat(
+            [events_of(old_files, patients) if old_files else _no_events(visits),
+             new_events.filter(pl.col("patient_id").is_in(patients.unique().implode()))]
+        )  # fmt: skip
+        fresh = tokenizer.encode_checked(again, events)
+    else:
+        fresh = cached.clear()
+    kept = cached.join(visits.filter(~redo).select("visit_id"), on="visit_id", how="semi")
+    tokens = visits.select("visit_id").join(
+        pl.concat([kept, fresh]), on="visit_id", how="left", maintain_order="left"
+    )
+    stats = {"tokenized": again.height, "reused": kept.height, "full": False}
+    return tokens, stats
 
 
 def _visits_to_redo(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import polars as pl
 
 from ehr_ssl import __version__
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
-from ehr_ssl.config import TokenizeConfig
+from ehr_ssl.config import DataConfig, TokenizeConfig
 from ehr_ssl.data.readers import (
     dataset_files,
     input_fingerprint,
@@ -64,30 +65,78 @@ def tokenize_dataset(
     is written.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise InputError("output directory already exists (use --overwrite)", file=str(out_dir))
-    data, out = Path(data_dir).resolve(), out_dir.resolve()
-    if out == data or out in data.parents:
-        raise InputError("output directory would replace the input data", file=str(out_dir))
+    _check_output(Path(data_dir), out_dir, overwrite=overwrite)
     split_of = splits or (lambda v: assign_splits(v["patient_id"], config.split))
     write = partial(
         _write_tokens, data_dir=Path(data_dir), out_dir=out_dir, config=config, overwrite=overwrite
     )
     if tokenizer is not None and cache_dir is not None:
-        visits, tokens, files, _ = cached_tokens(data_dir, cache_dir, tokenizer)
-        labels = _labels(data_dir, visits, files)
-        split = split_of(visits)
-        kept = split.is_not_null()
-        visits, tokens, split = visits.filter(kept), tokens.filter(kept), split.drop_nulls()
-        return write(
-            [tokens.with_columns(split)],
-            tokenizer=tokenizer,
-            visits=visits,
-            split=split,
-            labels=labels,
-            files=files,
-        )
+        return _tokenize_incremental(data_dir, cache_dir, tokenizer, split_of, write)
+    dataset = _read_split_visits(data_dir, config, tokenizer, split_of)
+    written = partial(write, visits=dataset.visits, split=dataset.split, files=dataset.files)
+    n_chunks = math.ceil(dataset.visits.height / config.chunk_visits)
+    if n_chunks <= 1:
+        return _tokenize_in_memory(data_dir, dataset, config, tokenizer, written)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return _tokenize_streamed(data_dir, dataset, config, tokenizer, written, n_chunks, out_dir)
 
+
+def _check_output(data_dir: Path, out_dir: Path, *, overwrite: bool) -> None:
+    if out_dir.exists() and not overwrite:
+        raise InputError("output directory already exists (use --overwrite)", file=str(out_dir))
+    data, out = data_dir.resolve(), out_dir.resolve()
+    if out == data or out in data.parents:
+        raise InputError("output directory would replace the input data", file=str(out_dir))
+
+
+def _tokenize_incremental(
+    data_dir: Path,
+    cache_dir: Path,
+    tokenizer: Tokenizer,
+    split_of: Callable[[pl.DataFrame], pl.Series],
+    write: Callable[..., dict],
+) -> dict:
+    """A production tokenizer against the registry's cache: only new or changed visits."""
+    visits, tokens, files, _ = cached_tokens(data_dir, cache_dir, tokenizer)
+    labels = _labels(data_dir, visits, files)
+    split = split_of(visits)
+    kept = split.is_not_null()
+    visits, tokens, split = visits.filter(kept), tokens.filter(kept), split.drop_nulls()
+    return write(
+        [tokens.with_columns(split)],
+        tokenizer=tokenizer,
+        visits=visits,
+        split=split,
+        labels=labels,
+        files=files,
+    )
+
+
+@dataclass
+class _SplitVisits:
+    """The checked visits of a dataset with their split, read before any event is."""
+
+    files: dict[str, list[Path]]
+    source: str  # the visits file's name, for error messages about events
+    all_visits: pl.DataFrame | None  # every visit, those the split leaves out too (labels)
+    visits: pl.DataFrame  # the visits tokenized
+    split: pl.Series  # (V,) their splits
+    times: object  # read_visits' time index of the visits, for reading events
+    static_columns: dict[str, str]
+    data_config: DataConfig
+    event_budget: int  # events that fit in a sequence
+
+    @property
+    def fit_mask(self):  # noqa: ANN201 - numpy bool array (V,)
+        return (self.split == "train").to_numpy()
+
+
+def _read_split_visits(
+    data_dir: Path,
+    config: TokenizeConfig,
+    tokenizer: Tokenizer | None,
+    split_of: Callable[[pl.DataFrame], pl.Series],
+) -> _SplitVisits:
     data_config = config.data if tokenizer is None else tokenizer.input_config()
     files = dataset_files(data_dir)
     (visits_path,) = files["visits"]
@@ -98,50 +147,76 @@ def tokenize_dataset(
     visits = all_visits
     if split.null_count():
         visits, split = visits.filter(split.is_not_null()), split.drop_nulls()
-    fit_mask = (split == "train").to_numpy()
     if tokenizer is None:
-        check_fit_mask(fit_mask)
+        check_fit_mask((split == "train").to_numpy())
     tokenizer_config = config.tokenizer if tokenizer is None else tokenizer.config
     budget = event_budget(tokenizer_config, len(static_columns))  # before any events are read
-    settings = dict(static_columns=static_columns, config=config.tokenizer, data_config=config.data)
-    written = partial(write, visits=visits, split=split, files=files)
-    n_chunks = math.ceil(visits.height / config.chunk_visits)
-    if n_chunks <= 1:
-        events = read_events(
-            files["events"], visits, config=data_config, times=times, source=visits_path.name
-        )
-        labels = _labels(data_dir, all_visits, files)
-        if tokenizer is None:
-            windows = build_windows(
-                visits,
-                events,
-                lookback_days=config.tokenizer.lookback_days,
-                max_events=budget,
-            )
-            del events  # the windows hold them, sorted
-            tokenizer = fit_tokenizer(visits, windows, fit_mask=fit_mask, **settings)
-            tokens = tokenizer.encode_windows(visits, windows)
-            del windows
-        else:
-            tokens = tokenizer.encode_checked(visits, events)
-        return written([tokens.with_columns(split)], tokenizer=tokenizer, labels=labels)
+    return _SplitVisits(files, visits_path.name, all_visits, visits, split, times,
+                        static_columns, data_config, budget)  # fmt: skip
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+def _fit_settings(dataset: _SplitVisits, config: TokenizeConfig) -> dict:
+    return dict(static_columns=dataset.static_columns, config=config.tokenizer,
+                data_config=config.data)  # fmt: skip
+
+
+def _tokenize_in_memory(
+    data_dir: Path,
+    dataset: _SplitVisits,
+    config: TokenizeConfig,
+    tokenizer: Tokenizer | None,
+    written: Callable[..., dict],
+) -> dict:
+    visits = dataset.visits
+    events = read_events(dataset.files["events"], visits, config=dataset.data_config,
+                         times=dataset.times, source=dataset.source)  # fmt: skip
+    labels = _labels(data_dir, dataset.all_visits, dataset.files)
+    if tokenizer is None:
+        windows = build_windows(
+            visits,
+            events,
+            lookback_days=config.tokenizer.lookback_days,
+            max_events=dataset.event_budget,
+        )
+        del events  # the windows hold them, sorted
+        fit_mask = dataset.fit_mask
+        tokenizer = fit_tokenizer(
+            visits, windows, fit_mask=fit_mask, **_fit_settings(dataset, config)
+        )
+        tokens = tokenizer.encode_windows(visits, windows)
+        del windows
+    else:
+        tokens = tokenizer.encode_checked(visits, events)
+    return written([tokens.with_columns(dataset.split)], tokenizer=tokenizer, labels=labels)
+
+
+def _tokenize_streamed(
+    data_dir: Path,
+    dataset: _SplitVisits,
+    config: TokenizeConfig,
+    tokenizer: Tokenizer | None,
+    written: Callable[..., dict],
+    n_chunks: int,
+    out_dir: Path,
+) -> dict:
+    """Events partitioned by patient into a work directory beside `out_dir`, then read chunk
+    by chunk: memory holds one chunk of events, not the dataset."""
     with partitioned_events(
-        files["events"],
-        visits,
+        dataset.files["events"],
+        dataset.visits,
         n_chunks=n_chunks,
-        times=times,
-        config=data_config,
-        source=visits_path.name,
+        times=dataset.times,
+        config=dataset.data_config,
+        source=dataset.source,
         work_parent=out_dir.parent,
     ) as chunks:
         # read_labels checks against every visit, those the split leaves out too
-        labels = _labels(data_dir, all_visits, files)
-        del times, all_visits
+        labels = _labels(data_dir, dataset.all_visits, dataset.files)
+        dataset.times = dataset.all_visits = None  # no longer needed: free them
         if tokenizer is None:
-            tokenizer = fit_chunks(visits, chunks, fit_mask=fit_mask, **settings)
-        tokens = encode_chunks(visits, split, chunks, tokenizer)
+            tokenizer = fit_chunks(dataset.visits, chunks, fit_mask=dataset.fit_mask,
+                                   **_fit_settings(dataset, config))  # fmt: skip
+        tokens = encode_chunks(dataset.visits, dataset.split, chunks, tokenizer)
         return written(tokens, tokenizer=tokenizer, labels=labels)
 
 
