@@ -224,7 +224,7 @@ class TrainConfig:
     epochs: int = 1
     """Passes over the pretraining visits (when max_steps is not set)."""
     max_steps: int | None = None
-    """Stop after this many optimizer steps (default: epochs x batches per epoch)."""
+    """Stop after this many optimizer steps; none: epochs x batches per epoch."""
     checkpoint_every: int = 200
     """Steps between checkpoints (and one at the end)."""
     keep_checkpoints: int = 2

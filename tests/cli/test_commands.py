@@ -101,7 +101,7 @@ def test_chunk_visits_from_the_file_or_the_flag(tmp_path):
 
 @pytest.mark.parametrize(
     "command", [None, "synth", "validate", "tokenize", "pretrain", "finetune", "run", "evaluate",
-                "demo"]
+                "bundle", "predict", "embed", "retrain", "registry", "demo"]
 )  # fmt: skip
 def test_help_explains_every_option(command, capsys):
     argv = ["--help"] if command is None else [command, "--help"]
@@ -116,6 +116,7 @@ def test_help_explains_every_option(command, capsys):
         if action.option_strings and action.dest != "help":
             assert action.help, f"{command}: {action.option_strings} has no help"
             assert action.option_strings[-1] in text
+    assert "(default" not in text  # defaults are shown once, in brackets, from the settings
 
 
 def test_validate_reports_oddities(tmp_path, capsys):
