@@ -196,7 +196,7 @@ def test_cli_run_prints_the_table_and_rejects_bad_input(cohort_dir, tmp_path, ca
         (["--label-budget", "1.5"], "label_budget"),
         (["--seeds", "x"], "seeds"),
         (["--set", "model.dropout=0.1"], "column 'model': unknown key 'dropout'"),
-        (["--set", "model.hidden_size=30"], "not a multiple of num_attention_heads"),
+        (["--set", "model.hidden_size=31"], "not a multiple of num_attention_heads"),
     ],
 )
 def test_cli_run_rejects_bad_settings(cohort_dir, tmp_path, capsys, argv, expected):
