@@ -81,8 +81,11 @@ class DataConfig:
 
     prediction_offset_minutes: float = 60.0
     """prediction_time = arrival_time + this, for visits tables without a prediction_time column."""
-    static_columns: list[str] | None = None
-    """Visit columns used as static features; None = age and sex, where present. Name only
+    static_columns: list[str] | None = field(
+        default=None, metadata={"unset": "age,sex where present"}
+    )
+    """Visit columns used as static features (comma-separated on the command line); None = age
+    and sex, where present. Name only
     columns known at arrival: never identifiers or anything recorded after prediction_time."""
     drop_null_time_events: bool = False
     """Drop events with a null time (MEDS static rows) instead of rejecting the file."""
@@ -276,8 +279,8 @@ class PretrainConfig:
     """Everything `ehr-ssl pretrain` needs; `preset` picks the starting values."""
 
     preset: str = field(default="small", metadata={"choices": tuple(PRESETS)})
-    """Starting values of [model], [objective] and [train]: tiny (tests), small (CPU), base (GPU)
-    (`PRESETS`)."""
+    """Starting values of [model], [objective] and [train] (PRESETS): tiny (tests), small (CPU),
+    base (GPU)."""
     model: dict[str, Any] = field(default_factory=dict)
     """The encoder's architecture: keyword arguments of `ehr_ssl.model.encoder.EHRConfig` (the
     one description of the model; its docstring explains each). Unset keys take EHRConfig's
@@ -388,9 +391,11 @@ class EvaluateConfig:
     label_budget: str = "all"
     """The budget of the report's main table: "all", a count ("1000") or a fraction ("0.1")."""
     label_budgets: list[str] = field(default_factory=list)
-    """Budgets of the label-efficiency curve (the main budget is always one of them)."""
+    """Budgets of the label-efficiency curve (the main budget is always one of them), e.g.
+    100,300,1000,3000,all."""
     seeds: list[int] = field(default_factory=lambda: [0])
-    """Label subsets (and fine-tuning seeds) per budget; the main table uses the first."""
+    """Label subsets (and fine-tuning seeds) per budget, e.g. 0,1,2; the main table uses the
+    first."""
     models: list[str] = field(default_factory=lambda: list(MODELS))
     """The models trained and compared (`MODELS`); "ssl" is the reference."""
     n_boot: int = 1000
@@ -464,7 +469,7 @@ class RetrainConfig:
         )
 
 
-# The options of `ehr-ssl run` (flags) and `ehr_ssl.run` (keywords), and the settings they set.
+# The keywords of `ehr_ssl.run` and the flags of `ehr-ssl run`: the settings they set.
 RUN_OPTIONS = {
     "preset": "preset",
     "epochs": "train.epochs",

@@ -31,7 +31,7 @@ from ehr_ssl.layout import (
     WEIGHTS_FILE,
     RunLayout,
 )
-from ehr_ssl.model.encoder import config_from_settings
+from ehr_ssl.model.encoder import resolve_model_settings
 from ehr_ssl.settings import to_dict
 
 log = logging.getLogger("ehr_ssl")
@@ -130,7 +130,8 @@ def run_pipeline(
     if device is not None:
         config.train.device = config.finetune.device = device
     _check_directories(data_dir, run_dir)
-    config_from_settings(config.model)  # a bad [model] key stops the run before tokenizing
+    # every architecture setting recorded; a bad [model] key stops the run before tokenizing
+    config.model = resolve_model_settings(config.model)
     # Under torchrun, pretraining and fine-tuning run on every process; the other stages, and
     # every write, on rank 0 while the others wait.
     rank = distributed.current()

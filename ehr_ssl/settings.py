@@ -87,6 +87,8 @@ def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:
         return [_coerce(item, v, key=key, source=source) for v in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # a label budget of 1000 (--set evaluate.label_budget=1000)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise InputError(
             f"'{key}' must be {hint.__name__}, got {type(value).__name__} {value!r}", file=source
@@ -128,6 +130,8 @@ def load_config(
         node = values
         for section in sections:
             node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise InputError(f"'{section}' is a value, not a table", column=dotted)
         node[key] = value
     return from_dict(cls, values, source=source or (str(path) if path else "config"))
 

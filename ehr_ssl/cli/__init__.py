@@ -18,8 +18,7 @@ from pathlib import Path
 
 from ehr_ssl import __version__
 from ehr_ssl.cli import data, deploy, run, train
-from ehr_ssl.cli.options import Parser
-from ehr_ssl.cli.train import is_main_process
+from ehr_ssl.cli.options import Parser, is_main_process
 from ehr_ssl.errors import InputError, TrainingError
 
 

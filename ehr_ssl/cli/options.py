@@ -9,6 +9,7 @@ A setting flag stores its value under the dest "setting:<section.key>" and defau
 from __future__ import annotations
 
 import argparse
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def is_main_process() -> bool:
+    """False in torchrun's processes other than rank 0, which speaks for the run."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def positive_int(text: str) -> int:
@@ -68,6 +74,8 @@ def _argument_type(hint: Any) -> dict[str, Any]:
     if hint is bool:
         return {"action": "store_true"}
     options = [o for o in typing.get_args(hint) if o is not type(None)]
+    if len(options) == 1 and typing.get_origin(options[0]) is list:  # list[str] | None
+        hint, options = options[0], list(typing.get_args(options[0]))
     if typing.get_origin(hint) is list:
         return {"type": _list_of(options[0])}
     if len(options) > 1:  # int | float | None: a label budget ("all" is None)
@@ -75,8 +83,10 @@ def _argument_type(hint: Any) -> dict[str, Any]:
     return {"type": options[0] if options else hint}
 
 
-def _shown(dotted: str, value: Any) -> str:
-    """A setting's value as the command line writes it."""
+def _shown(dotted: str, value: Any, unset: str | None = None) -> str:
+    """A setting's value as the command line writes it (`unset`: what None means)."""
+    if value is None and unset:
+        return unset
     if value is None:
         return "all" if dotted.endswith("label_budget") else "none"
     if isinstance(value, bool):
@@ -86,15 +96,15 @@ def _shown(dotted: str, value: Any) -> str:
     return str(value)
 
 
-def _default_text(dotted: str, default: Any) -> str:
+def _default_text(dotted: str, default: Any, unset: str | None = None) -> str:
     """[default], naming the presets' values where they set this setting."""
     section, _, key = dotted.rpartition(".")
     by_preset = {name: p.get(section, {}).get(key) for name, p in PRESETS.items()}
     by_preset = {name: value for name, value in by_preset.items() if value is not None}
     if by_preset:
         presets = ", ".join(f"{name} {value}" for name, value in by_preset.items())
-        return f"[preset: {presets}; else {_shown(dotted, default)}]"
-    return f"[{_shown(dotted, default)}]"
+        return f"[preset: {presets}; else {_shown(dotted, default, unset)}]"
+    return f"[{_shown(dotted, default, unset)}]"
 
 
 def add_setting(
@@ -107,8 +117,10 @@ def add_setting(
     """A flag for the setting "section.key" of `root` (default flag: --key, dashed)."""
     cls, field, hint = setting_field(root, dotted)
     flag = flag or "--" + field.name.replace("_", "-")
-    doc = field_docs(cls).get(field.name, "")
-    help_text = f"{doc} {_default_text(dotted, field_default(field))}".strip()
+    doc = field_docs(cls).get(field.name, "").replace("`", "")
+    help_text = (
+        f"{doc} {_default_text(dotted, field_default(field), field.metadata.get('unset'))}".strip()
+    )
     kwargs = _argument_type(hint)
     if "choices" in field.metadata:
         kwargs["choices"] = field.metadata["choices"]

@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ehr_ssl.cli.options import add_config_options, add_setting, overrides, positive_int, seed
-from ehr_ssl.cli.train import is_main_process
-from ehr_ssl.config import DEVICES, load_pipeline_config
+from ehr_ssl.cli.options import (
+    add_config_options,
+    add_setting,
+    is_main_process,
+    overrides,
+    positive_int,
+    seed,
+)
+from ehr_ssl.config import DEVICES, RUN_OPTIONS, load_pipeline_config
 
-# Settings with a flag of their own on `run` (every other one: --config or --set).
-RUN_FLAGS = ("preset", "train.epochs", "train.max_steps", "evaluate.label_budget",
-             "evaluate.label_budgets", "evaluate.seeds", "evaluate.n_boot")  # fmt: skip
+# Settings with a flag of their own on `run`, the keywords of `ehr_ssl.run` (every other one:
+# --config or --set).
+RUN_FLAGS = tuple(RUN_OPTIONS.values())
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 
-from ehr_ssl.cli.options import add_config_options, add_setting, overrides
+from ehr_ssl.cli.options import add_config_options, add_setting, is_main_process, overrides
 from ehr_ssl.config import FinetuneConfig, load_pretrain_config
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import ENCODER_DIR, MODEL_CONFIG_FILE
@@ -23,11 +22,6 @@ PRETRAIN_FLAGS = ("train.max_steps", "train.epochs", "train.device", "train.batc
                   "train.include_test_unlabeled", "train.compile", "train.tensorboard")  # fmt: skip
 FINETUNE_FLAGS = ("mode", "label_budget", "learning_rate", "encoder_lr_ratio", "batch_size",
                   "max_epochs", "patience", "seed", "device")  # fmt: skip
-
-
-def is_main_process() -> bool:
-    """False in torchrun's processes other than rank 0, which speaks for the run."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

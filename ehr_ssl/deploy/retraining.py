@@ -27,7 +27,7 @@ from ehr_ssl.layout import (
     RETRAIN_REPORT_MD,
     RunLayout,
 )
-from ehr_ssl.model.encoder import config_from_settings
+from ehr_ssl.model.encoder import resolve_model_settings
 from ehr_ssl.settings import to_dict
 
 if TYPE_CHECKING:
@@ -75,7 +75,8 @@ def retrain(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise InputError("dataset directory not found", file=str(data_dir))
-    config_from_settings(config.model)  # a bad [model] key stops before the registry is touched
+    # every architecture setting recorded; a bad [model] key stops before the registry is touched
+    config.model = resolve_model_settings(config.model)
     started = time.perf_counter()
     registry = Registry.open(registry_dir, create=True)
     with registry.lock(wait), registry.work_dir() as work:

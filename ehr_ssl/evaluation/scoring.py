@@ -27,7 +27,6 @@ from ehr_ssl.training.finetune import budget_split, labeled_split, predict_finet
 # What the counts baselines read of a labeled train or val visit.
 LABELED_COLUMNS = ["visit_id", "patient_id", "labeled", "label", "input_ids", "value_bins",
                    "segment_ids"]  # fmt: skip
-# The columns of the predictions frame, in the order predictions.parquet keeps them.
 # What the fine-tuning summary says about the choices made on val, copied into the report.
 FINETUNE_SELECTION_KEYS = ("val_auroc", "selected_epoch", "selected_C")
 

@@ -148,18 +148,34 @@ class EHRConfig(PreTrainedConfig):
 
 # Sizes that come from the tokenizer, never from a [model] table.
 TOKENIZER_DERIVED = ("vocab_size", "n_value_bins", "max_position_embeddings", "pad_token_id")
+# [model] keys of releases before the table took EHRConfig's names.
+RENAMED = {"dropout": "hidden_dropout_prob", "attention_dropout": "attention_probs_dropout_prob"}
+
+
+def _settable() -> list[str]:
+    parameters = inspect.signature(EHRConfig.__init__).parameters
+    return [name for name, p in parameters.items()
+            if p.default is not p.empty and name not in TOKENIZER_DERIVED]  # fmt: skip
+
+
+def resolve_model_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A `[model]` table checked and completed with EHRConfig's defaults: every architecture
+    setting, as run_config.json and the stage fingerprints record it."""
+    config = config_from_settings(settings)
+    return {name: getattr(config, name) for name in _settable()}
 
 
 def config_from_settings(settings: dict[str, Any], **derived: Any) -> EHRConfig:
     """An EHRConfig from a `[model]` table (`PretrainConfig.model`) and the sizes the tokenizer
     sets (`derived`). Raises InputError naming the key at fault: unknown, wrong type or value."""
     parameters = inspect.signature(EHRConfig.__init__).parameters
-    settable = [name for name, p in parameters.items()
-                if p.default is not p.empty and name not in TOKENIZER_DERIVED]  # fmt: skip
+    settable = _settable()
     values = {}
     for key, value in settings.items():
         if key not in settable:
-            close = difflib.get_close_matches(key, settable, n=1)
+            close = (
+                [RENAMED[key]] if key in RENAMED else difflib.get_close_matches(key, settable, n=1)
+            )
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise InputError(f"unknown key '{key}'{hint}", column="model")
         expected = type(parameters[key].default)

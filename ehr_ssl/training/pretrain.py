@@ -13,6 +13,7 @@ from every process, and rank 0 alone writes checkpoints, metrics and the encoder
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -42,7 +43,12 @@ from ehr_ssl.layout import (
     RUN_CONFIG_FILE,
     TOKENIZER_FILE,
 )
-from ehr_ssl.model.encoder import EHRConfig, EHREncoder, config_from_settings
+from ehr_ssl.model.encoder import (
+    EHRConfig,
+    EHREncoder,
+    config_from_settings,
+    resolve_model_settings,
+)
 from ehr_ssl.model.pretraining import PretrainingModel
 from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
@@ -105,6 +111,8 @@ def pretrain(
     pretrain_summary.json, the completion marker).
     """
     tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
+    # every architecture setting recorded; a bad [model] key stops before anything is written
+    config = dataclasses.replace(config, model=resolve_model_settings(config.model))
     plan = _check_inputs(tokens_dir, config, init_encoder)
     record = _run_record(tokens_dir, config, init_encoder, len(plan.dataset))
     if plan.rank.is_main:

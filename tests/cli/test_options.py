@@ -12,6 +12,7 @@ import pytest
 from ehr_ssl.cli import build_parser, main
 from ehr_ssl.cli.options import overrides
 from ehr_ssl.config import PipelineConfig, load_pipeline_config
+from ehr_ssl.errors import InputError
 from ehr_ssl.settings import field_docs, parse_assignment
 from tests.conftest import make_tables, write_tables
 
@@ -85,3 +86,20 @@ def test_set_reaches_a_setting_without_a_flag(tmp_path):
     assert main([*argv, "--set", "data.prediction_offset_minutes=30"]) == 0
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["data"]["prediction_offset_minutes"] == 30.0
+
+
+def test_list_flags_split_on_commas():
+    args = build_parser().parse_args(["validate", "D", "--static-columns", "age,sex"])
+    assert overrides(args) == {"data.static_columns": ["age", "sex"]}
+    args = build_parser().parse_args(["run", "--data", "D", "--out", "O", "--seeds", "0,1,2"])
+    assert overrides(args) == {"evaluate.seeds": [0, 1, 2]}
+
+
+def test_set_of_a_budget_number_and_into_a_value(tmp_path):
+    args = build_parser().parse_args(["run", "--data", "D", "--out", "O",
+                                      "--set", "evaluate.label_budget=1000"])  # fmt: skip
+    assert load_pipeline_config(None, overrides(args)).evaluate.label_budget == "1000"
+    args = build_parser().parse_args(["run", "--data", "D", "--out", "O",
+                                      "--set", "train.epochs.x=1"])  # fmt: skip
+    with pytest.raises(InputError, match="'epochs' is a value, not a table"):
+        load_pipeline_config(None, {"train.epochs": 2, **overrides(args)})

@@ -13,7 +13,13 @@ from transformers import AutoConfig, AutoModel
 import ehr_ssl  # noqa: F401  (registers the Auto classes)
 from ehr_ssl.config import PRESETS, SplitConfig, TokenizeConfig, TokenizerConfig
 from ehr_ssl.errors import InputError
-from ehr_ssl.model.encoder import EHRConfig, EHREncoder, config_from_settings, time_buckets
+from ehr_ssl.model.encoder import (
+    EHRConfig,
+    EHREncoder,
+    config_from_settings,
+    resolve_model_settings,
+    time_buckets,
+)
 from ehr_ssl.tokens.batching import collate
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 from ehr_ssl.tokens.tokenizer import Tokenizer
@@ -204,7 +210,7 @@ def test_every_preset_is_an_encoder_config(preset):
 @pytest.mark.parametrize(
     "settings,message",
     [
-        ({"dropout": 0.1}, "column 'model': unknown key 'dropout'"),
+        ({"dropout": 0.1}, "unknown key 'dropout' (did you mean 'hidden_dropout_prob'?)"),
         ({"hiden_size": 8}, "(did you mean 'hidden_size'?)"),
         ({"vocab_size": 8}, "unknown key 'vocab_size'"),  # the tokenizer sets it
         ({"hidden_size": "64"}, "column 'model.hidden_size': must be int, got str"),
@@ -223,3 +229,13 @@ def test_unset_model_settings_take_the_config_defaults():
     assert config_from_settings({}).to_dict() == EHRConfig().to_dict()
     dropout = config_from_settings({"hidden_dropout_prob": 0}).hidden_dropout_prob
     assert dropout == 0.0 and isinstance(dropout, float)
+
+
+def test_resolved_model_settings_name_every_architecture_setting():
+    resolved = resolve_model_settings({"hidden_size": 32})
+    assert resolved["hidden_size"] == 32 and resolved["pooling"] == "mean"
+    assert "vocab_size" not in resolved  # the tokenizer's
+    assert (
+        config_from_settings(resolved).to_dict()
+        == config_from_settings({"hidden_size": 32}).to_dict()
+    )

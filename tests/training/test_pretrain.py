@@ -3,6 +3,7 @@ loss, and a resume after SIGKILL that ends with exactly the weights of an uninte
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -197,6 +198,10 @@ def test_cli_pretrain_variants_are_one_flag_apart(cohort_tokens, tmp_path):
 def test_a_refused_start_leaves_nothing(cohort_tokens, tmp_path):
     with pytest.raises(InputError, match="fewer than one batch"):
         pretrain(cohort_tokens, tmp_path / "run", _tiny(batch_size=5000))
+    assert not (tmp_path / "run").exists()
+    bad_model = dataclasses.replace(_tiny(), model={"hidden_size": 31})
+    with pytest.raises(InputError, match="not a multiple of num_attention_heads"):
+        pretrain(cohort_tokens, tmp_path / "run", bad_model)
     assert not (tmp_path / "run").exists()
     with pytest.raises(InputError, match="needs batch_size >= 2"):
         _tiny(batch_size=1).__post_init__()
