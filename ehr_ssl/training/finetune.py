@@ -17,6 +17,7 @@ AUROC decides, so all keep the same epoch; rank 0 alone writes.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -35,13 +36,14 @@ from ehr_ssl.atomic import atomic_directory, atomic_write_text
 from ehr_ssl.config import FinetuneConfig
 from ehr_ssl.data.splits import label_budget_subset
 from ehr_ssl.errors import InputError
-from ehr_ssl.layout import CLASSIFIER_DIR, FINETUNE_SUMMARY_FILE, PROBE_FILE
+from ehr_ssl.layout import CLASSIFIER_DIR, FINETUNE_SUMMARY_FILE, PROBE_FILE, TOKENIZER_FILE
 from ehr_ssl.model.classifier import AdmissionClassifier
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.tokens.shards import read_split
+from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training import distributed
 from ehr_ssl.training.device import resolve_device
 from ehr_ssl.training.optim import param_groups
@@ -124,6 +126,7 @@ def finetune(
     if encoder_dir is None:
         raise InputError("a pretrained encoder directory is needed", column="finetune.encoder")
     encoder_config = EHRConfig.from_pretrained(encoder_dir)
+    _check_encoder_fits_tokens(tokens_dir, Path(encoder_dir), encoder_config, config.mode)
     if config.label_budget is not None and train_ids is None and val_ids is None:
         train_ids, val_ids = budget_ids(tokens_dir, config.label_budget, seed=config.seed)
     train, val = _labeled_splits(tokens_dir, train_ids, val_ids)
@@ -148,6 +151,34 @@ def finetune(
         _write(out_dir, summary, model, probe)
     distributed.barrier()  # the next stage reads what rank 0 wrote
     return summary
+
+
+def _check_encoder_fits_tokens(
+    tokens_dir: Path, encoder_dir: Path, encoder_config: EHRConfig, mode: str
+) -> None:
+    """The encoder reads these tokens as it was pretrained to: the same tokenizer (by its hash,
+    where the pretraining directory kept a copy beside the encoder, as `--resume` checks) and
+    in every mode the same vocabulary and bins (scratch mode takes only the architecture)."""
+    tokenizer = Tokenizer.load(tokens_dir)
+    sizes = {
+        "vocabulary": (encoder_config.vocab_size, tokenizer.vocab_size),
+        "value bins": (encoder_config.n_value_bins, tokenizer.config.n_bins + 1),
+    }
+    mismatched = [f"{name} {ours} vs {theirs}" for name, (ours, theirs) in sizes.items()
+                  if ours != theirs]  # fmt: skip
+    pretrained_with = encoder_dir.parent / TOKENIZER_FILE
+    if mode != "scratch" and not mismatched and pretrained_with.is_file():
+        digests = [hashlib.sha256(p.read_bytes()).hexdigest()
+                   for p in (pretrained_with, tokens_dir / TOKENIZER_FILE)]  # fmt: skip
+        if digests[0] != digests[1]:
+            mismatched.append("the same sizes but another tokenizer.json")
+    if mismatched:
+        raise InputError(
+            "the encoder was pretrained on tokens of another tokenizer "
+            f"({'; '.join(mismatched)}, encoder vs tokens): fine-tune it on the tokens it was "
+            "pretrained on",
+            file=str(encoder_dir),
+        )
 
 
 def _labeled_splits(

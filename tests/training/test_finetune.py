@@ -160,3 +160,25 @@ def test_full_mode_starts_as_the_linear_probe(cohort_tokens, encoder_dir, tmp_pa
     assert full["history"][0]["epoch"] == 0 and full["history"][0]["last_loss"] is None
     assert full["history"][0]["val_auroc"] == pytest.approx(probe["val_auroc"], abs=1e-6)
     assert full["val_auroc"] >= probe["val_auroc"] - 1e-6  # never worse on val than the probe
+
+
+def test_an_encoder_of_other_tokens_is_refused(cohort_tokens, encoder_dir, tmp_path):
+    """Tokens of another tokenizer: other vocabulary sizes, or the same sizes in another order."""
+    from ehr_ssl.config import TokenizeConfig, TokenizerConfig
+    from ehr_ssl.errors import InputError
+    from ehr_ssl.tokens.tokenize import tokenize_dataset
+
+    other = tmp_path / "other"
+    config = TokenizeConfig(tokenizer=TokenizerConfig(max_length=64, min_count=2))
+    tokenize_dataset(cohort_tokens.parent / "data", other, config)
+    for mode in ("full", "scratch", "linear-probe"):
+        with pytest.raises(InputError, match="pretrained on tokens of another tokenizer"):
+            finetune(other, encoder_dir, tmp_path / "out", _config(mode=mode))
+    swapped = tmp_path / "swapped"
+    shutil.copytree(cohort_tokens, swapped)
+    tokenizer = json.loads((swapped / "tokenizer.json").read_text())
+    tokenizer["vocab"][6], tokenizer["vocab"][7] = tokenizer["vocab"][7], tokenizer["vocab"][6]
+    (swapped / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(InputError, match="another tokenizer.json"):
+        finetune(swapped, encoder_dir, tmp_path / "out", _config())
+    assert not (tmp_path / "out").exists()
