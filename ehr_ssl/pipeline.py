@@ -33,6 +33,7 @@ from ehr_ssl.layout import (
 )
 from ehr_ssl.model.encoder import resolve_model_settings
 from ehr_ssl.settings import to_dict
+from ehr_ssl.training import distributed
 
 log = logging.getLogger("ehr_ssl")
 
@@ -123,8 +124,6 @@ def run_pipeline(
     """
     from transformers.utils import logging as hf_logging
 
-    from ehr_ssl.training import distributed
-
     hf_logging.disable_progress_bar()
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     if device is not None:
@@ -160,8 +159,6 @@ def _check_directories(data_dir: Path, run_dir: Path) -> None:
 def _tokenize_step(run: _Run, fp_data: str) -> tuple[str, bool]:
     """Validate + tokenize (bad input stops the run before anything is written). Returns the
     tokens' fingerprint and whether they were made anew."""
-    from ehr_ssl.training import distributed
-
     fp_tokens = _hash(["tokens", fp_data, _settings(run.config.tokenize_config())])
     rerun = not run.stages.is_done("tokenize", fp_tokens, run.layout.tokens / MANIFEST_FILE)
     distributed.barrier()  # every process has decided what to run before anything is written
@@ -176,7 +173,6 @@ def _tokenize_step(run: _Run, fp_data: str) -> tuple[str, bool]:
 def _pretrain_step(run: _Run, fp_tokens: str, *, tokens_rerun: bool) -> str:
     """Pretrain, or resume an interrupted pretraining on unchanged tokens. Returns the
     fingerprint of the encoder's weights."""
-    from ehr_ssl.training import distributed
     from ehr_ssl.training.pretrain import pretrain
 
     layout, config = run.layout, run.config
@@ -269,8 +265,6 @@ def _evaluate_step(
     run: _Run, fp_data: str, fp_tokens: str, fp_encoder: str, fingerprints: dict[str, str]
 ) -> None:
     """Baselines + evaluate (the only stage that reads the test split), then the bundle."""
-    from ehr_ssl.training import distributed
-
     has_oracle = (run.data_dir / ORACLE_FILENAME).exists()
     fp_eval = _hash(
         ["evaluate", fp_tokens, fp_encoder, fingerprints, to_dict(run.config.evaluate),
@@ -300,14 +294,15 @@ def _validate_and_tokenize(
         summary = summarize_dataset(dataset, lookback_days=tokenize_config.tokenizer.lookback_days)
         del dataset
         log.info("validate: %s\n%s", data_dir, format_summary(summary))
+    layout = RunLayout(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RunLayout(run_dir).config, json.dumps(to_dict(config), indent=2) + "\n")
+    atomic_write_text(layout.config, json.dumps(to_dict(config), indent=2) + "\n")
     if not rerun:
         log.info("validate + tokenize: unchanged since the last run, skipped")
         return
-    tokenize_dataset(data_dir, RunLayout(run_dir).tokens, tokenize_config, overwrite=True)
+    tokenize_dataset(data_dir, layout.tokens, tokenize_config, overwrite=True)
     stages.mark("tokenize", fingerprint)
-    log.info("tokenize: -> %s (%.0f s)", RunLayout(run_dir).tokens, time.perf_counter() - started)
+    log.info("tokenize: -> %s (%.0f s)", layout.tokens, time.perf_counter() - started)
 
 
 def _evaluate_and_bundle(
