@@ -1,9 +1,10 @@
 """Patient partitions: a dataset's events spilled to chunk files by a hash of patient_id, so that
 every patient's visits and events meet in one chunk and a stage can stream chunk by chunk.
 
-The events files are read in record batches and checked as they go (`readers.checked_events`), so
-memory holds one batch, not the events table. A chunk file holds the normalized columns
-(patient_id, time, code, numeric_value) of the events of its patients, in no particular order.
+The events files are read one row group at a time, in batches, and checked as they go
+(`readers.checked_events`), so memory holds one row group, not the events table. A chunk file
+holds the normalized columns (patient_id, time, code, numeric_value) of the events of its
+patients, in no particular order.
 Events of patients without a visit land in a chunk too, where no visit reads them (as in memory).
 """
 
@@ -12,9 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ehr_ssl.artifacts import write_failure
 from ehr_ssl.config import DataConfig
+from ehr_ssl.data.parquet import parquet_writer, read_parquet
 from ehr_ssl.data.readers import checked_events
 
 CHUNK_COLUMN = "_chunk"
@@ -79,24 +83,36 @@ def partition_events(
             events = events.with_columns(chunk_of(pl.col("patient_id"), n_chunks))
             parts = events.partition_by(CHUNK_COLUMN, as_dict=True, include_key=False)
             for (chunk,), part in parts.items():
-                table = part.to_arrow(compat_level=pl.CompatLevel.oldest())
-                if chunk not in writers:
-                    # lz4: writes twice as fast as snappy, and the files are read back twice
-                    path = str(chunk_path(work, chunk))
-                    writers[chunk] = pq.ParquetWriter(path, table.schema, compression="lz4")
-                writers[chunk].write_table(table)
+                _append(writers, work, chunk, part.to_arrow(compat_level=pl.CompatLevel.oldest()))
     finally:
-        for writer in writers.values():
-            writer.close()
+        for chunk, writer in writers.items():
+            try:
+                writer.close()  # writes the last row group
+            except (OSError, pa.ArrowException) as e:
+                raise write_failure(chunk_path(work, chunk), e) from e
     return rows
+
+
+def _append(writers: dict[int, pq.ParquetWriter], work: Path, chunk: int, table: pa.Table) -> None:
+    """Append `table` to the file of `chunk`, opening its writer on first use. A failed write (a
+    full disk, in pyarrow's words) raises an OSError naming the file."""
+    path = chunk_path(work, chunk)
+    try:
+        if chunk not in writers:
+            # lz4: writes twice as fast as snappy, and the files are read back twice
+            writers[chunk] = parquet_writer(path, table.schema, compression="lz4")
+        writers[chunk].write_table(table)
+    except (OSError, pa.ArrowException) as e:
+        raise write_failure(path, e) from e
 
 
 def read_chunk_events(work: Path, chunk: int, id_type: pl.DataType) -> pl.DataFrame:
     """The events of one chunk's patients, as `partition_events` wrote them (an empty frame for
-    a chunk whose patients have no events)."""
+    a chunk whose patients have no events). Checked, as every read: a work file damaged on
+    disk is an error, never silently different events."""
     path = chunk_path(work, chunk)
     if path.exists():
-        return pl.read_parquet(path)
+        return read_parquet(path)
     return pl.DataFrame(
         schema={
             "patient_id": id_type,

@@ -8,17 +8,28 @@ naive UTC, numeric_value Float64 (NaN read as null), labels Boolean. Every probl
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ehr_ssl.config import DataConfig
-from ehr_ssl.data.schema import EVENTS, LABELS, VISITS, Column, Table
+from ehr_ssl.data.parquet import parquet_columns, read_parquet, read_row_groups
+from ehr_ssl.data.schema import (
+    EARLIEST_TIME,
+    EVENTS,
+    LABELS,
+    LATEST_TIME,
+    ORACLE,
+    VISITS,
+    Column,
+    Table,
+)
 from ehr_ssl.errors import InputError
 
 KEY_COLUMNS = ("visit_id", "patient_id", "arrival_time", "prediction_time")
@@ -42,41 +53,42 @@ def table_files(root: Path, table: Table) -> list[Path]:
     """The Parquet file(s) of `table` in dataset directory `root` (raises if there are none)."""
     single = root / table.filename
     shard_dir = root / table.name
-    if table.sharded and shard_dir.is_dir():
-        if single.exists():
+    if table.sharded and is_present(shard_dir) and not shard_dir.is_file():
+        if is_present(single):
             raise InputError(
                 f"both {table.filename} and {table.name}/ exist; keep one", file=str(root)
             )
+        check_file(shard_dir, directory=True)
         shards = sorted(shard_dir.glob("*.parquet"))
         if not shards:
             raise InputError("directory has no *.parquet files", file=str(shard_dir))
         return shards
-    if single.is_dir():
-        raise InputError("is a directory, expected a Parquet file", file=str(single))
-    if not single.is_file():
+    if not is_present(single):
         raise InputError("file not found", file=str(single))
+    check_file(single)
     return [single]
 
 
-def read_parquet(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
-    """Scan a Parquet file (only `columns`, if given) and collect it, turning any decoding
-    failure into an InputError naming the file."""
-    try:
-        scan = pl.scan_parquet(path)
-        return (scan.select(columns) if columns is not None else scan).collect()
-    except Exception as e:  # polars/arrow raise many types for corrupt files
-        raise InputError(
-            f"not a readable Parquet file ({_first_line(e)})", file=str(path)
-        ) from None
+def is_present(path: Path) -> bool:
+    """Whether `path` exists as a name, even one that cannot be followed (a dangling symbolic
+    link, a link loop): such a file is an error to report (`check_file`), never an absent
+    table."""
+    return os.path.lexists(path)
 
 
-def parquet_columns(path: Path) -> list[str]:
+def check_file(path: Path, *, directory: bool = False) -> None:
+    """A dataset file (or shard `directory`) that is present (`is_present`) must be one that
+    can be opened."""
     try:
-        return list(pl.read_parquet_schema(path))
-    except Exception as e:
-        raise InputError(
-            f"not a readable Parquet file ({_first_line(e)})", file=str(path)
-        ) from None
+        mode = path.stat().st_mode  # follows symbolic links
+    except OSError as e:
+        dangling = e.errno == errno.ENOENT and path.is_symlink()
+        why = "a symbolic link to a missing file" if dangling else e.strerror or str(e)
+        raise InputError(f"cannot be read ({why})", file=str(path)) from None
+    if directory and not stat.S_ISDIR(mode):
+        raise InputError("is not a directory", file=str(path))
+    if not directory and stat.S_ISDIR(mode):
+        raise InputError("is a directory, expected a Parquet file", file=str(path))
 
 
 def dataset_files(root: Path) -> dict[str, list[Path]]:
@@ -131,13 +143,31 @@ def read_events(
 
 
 def read_labels(root: Path, visits: pl.DataFrame) -> pl.DataFrame | None:
-    """The checked labels table of dataset `root` (None when it has no labels.parquet)."""
+    """The checked labels table of dataset `root` (None when it has no labels.parquet; a
+    labels.parquet that cannot be read is an error, never "no labels")."""
     path = Path(root) / LABELS.filename
-    if not path.exists():
+    if not is_present(path):
         return None
+    check_file(path)
     labels = check_labels(read_parquet(path), source=str(path))
     check_labels_match_visits(labels, visits, source=str(path))
     return labels
+
+
+def read_oracle(root: Path) -> pl.DataFrame | None:
+    """The true admission probabilities that a synthetic dataset `root` ships (visit_id,
+    admission_probability in [0, 1]), checked; None when it has no oracle.parquet."""
+    path = Path(root) / ORACLE.filename
+    if not is_present(path):
+        return None
+    check_file(path)
+    source = str(path)
+    oracle = _normalize(read_parquet(path), ORACLE, source)
+    _check_unique(oracle, ORACLE.column("visit_id"), source)
+    probability = pl.col("admission_probability")
+    outside = (probability < 0) | (probability > 1)
+    _first_bad(oracle, outside, source, "admission_probability", "values outside [0, 1]")
+    return oracle.select("visit_id", "admission_probability")
 
 
 def checked_events(
@@ -150,10 +180,11 @@ def checked_events(
     batch_rows: int | None = None,
 ) -> Iterator[pl.DataFrame]:
     """The events files, checked and normalized (`check_events`), one frame per file, or per
-    record batch of at most `batch_rows` rows (bounded memory; errors still name the file's
-    row). Only the contract's columns are read. Empty files or batches of a partitioned export
-    are skipped; an events table with no rows at all is rejected. `times` holds the timestamp
-    columns seen so far (the visits'), for the time zone check across tables."""
+    batch of at most `batch_rows` rows (memory holds one row group of the file; errors still
+    name the file's row). Only the contract's columns are read. Empty files or batches of a
+    partitioned export are skipped; an events table with no rows at all is rejected. `times`
+    holds the timestamp columns seen so far (the visits'), for the time zone check across
+    tables."""
     wanted = {c.name for c in EVENTS.columns} | {a for c in EVENTS.columns for a in c.aliases}
     any_rows = False
     for path in files:
@@ -181,17 +212,14 @@ def checked_events(
 
 
 def _raw_batches(path: Path, columns: list[str], batch_rows: int | None) -> Iterator[pl.DataFrame]:
-    """A Parquet file whole (`batch_rows` None) or in record batches, as polars frames."""
+    """A Parquet file whole (`batch_rows` None) or in batches of at most `batch_rows` rows (read
+    one row group at a time), as polars frames."""
     if batch_rows is None:
         yield read_parquet(path, columns)
         return
-    try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
-            yield pl.from_arrow(pa.Table.from_batches([batch]))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(
-            f"not a readable Parquet file ({_first_line(e)})", file=str(path)
-        ) from None
+    for row_group in read_row_groups(path, columns):
+        for start in range(0, row_group.height, batch_rows):
+            yield row_group.slice(start, batch_rows)
 
 
 def check_visits(
@@ -292,6 +320,7 @@ def _cast(df: pl.DataFrame, column: Column, source: str) -> pl.Expr:
         expected = "string or integer ids"
     elif column.kind == "timestamp":
         if isinstance(dtype, pl.Datetime):
+            _check_time_range(df, column.name, dtype, source)
             if dtype.time_zone is not None:
                 col = col.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
             if dtype.time_unit == "ns":
@@ -320,6 +349,21 @@ def _cast(df: pl.DataFrame, column: Column, source: str) -> pl.Expr:
             return col.cast(pl.Boolean)
         expected = "booleans (or integers 0/1)"
     raise InputError(f"expected {expected}, found {dtype}", file=source, column=column.name)
+
+
+def _check_time_range(df: pl.DataFrame, name: str, dtype: pl.Datetime, source: str) -> None:
+    """Times must lie in [EARLIEST_TIME, LATEST_TIME) (see schema.py). Compared as the stored
+    integers, in the column's own unit and before any conversion, which could overflow."""
+    per_second = {"ms": 10**3, "us": 10**6, "ns": 10**9}[dtype.time_unit]
+    epoch = datetime(1970, 1, 1)
+    low = int((EARLIEST_TIME - epoch).total_seconds()) * per_second
+    last = int((LATEST_TIME - epoch).total_seconds()) * per_second - 1
+    # Bounds past the int64 range (nanoseconds reach 1677 to 2262 only) rule nothing out.
+    low, last = max(low, -(2**63)), min(last, 2**63 - 1)
+    stored = pl.col(name).to_physical()  # UTC epoch, also for time-zone-aware columns
+    outside = (stored < low) | (stored > last)
+    years = f"{EARLIEST_TIME.year} to {LATEST_TIME.year - 1}"
+    _first_bad(df, outside, source, name, f"times outside the years {years}")
 
 
 _NORMAL_TYPES = {
@@ -410,12 +454,6 @@ def _static_columns(
             )
     others = [c for c in df.columns if c not in KEY_COLUMNS and c not in statics]
     return statics, others
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    line = text[0] if text else type(error).__name__
-    return line[:200]
 
 
 def input_fingerprint(files: dict[str, list[Path]], root: Path) -> dict[str, dict]:

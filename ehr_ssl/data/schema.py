@@ -10,10 +10,18 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 SCHEMA_VERSION = 1
+
+# The times a dataset may hold, [EARLIEST_TIME, LATEST_TIME). A time outside is an export error
+# (a sentinel such as 9999-12-31, a number in the wrong unit); refusing it keeps every window
+# (time - a lookback of up to 100 years, time + an offset) far from the limits of int64
+# microseconds and of Python's datetime (years 1 to 9999), so no arithmetic overflows.
+EARLIEST_TIME = datetime(1800, 1, 1)
+LATEST_TIME = datetime(2300, 1, 1)
 
 # "id": string or integer (integers are read as int64); "timestamp": any Parquet timestamp;
 # "float": any numeric type, read as float64; "bool": boolean, or integer 0/1; "string": text.
@@ -148,8 +156,17 @@ LABELS = Table(
 TABLES: tuple[Table, ...] = (VISITS, EVENTS, LABELS)
 
 # Written by the synthetic generator beside the dataset; the pipeline never reads it except to
-# report the oracle (Bayes) AUROC in evaluations.
-ORACLE_FILENAME = "oracle.parquet"
+# report the oracle (Bayes) AUROC in evaluations. Not part of the contract (not in TABLES).
+ORACLE = Table(
+    name="oracle",
+    description="Synthetic cohorts only: the true admission probability of every visit.",
+    columns=(
+        Column("visit_id", "id", True, False, "A visit of visits.parquet.", unique=True),
+        Column("admission_probability", "float", True, False, "The true risk, in [0, 1]."),
+    ),
+    extra_columns="Ignored.",
+)
+ORACLE_FILENAME = ORACLE.filename
 
 
 def schema_document(table: Table) -> dict:

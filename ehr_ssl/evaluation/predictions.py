@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 
 from ehr_ssl.atomic import atomic_file, fsync_file
+from ehr_ssl.data.parquet import write_parquet
 
 # The predictions contract: one row per (test visit, model, label budget, training seed).
 PREDICTION_COLUMNS = (
@@ -143,5 +144,5 @@ def write_predictions(predictions: pl.DataFrame, path: Path) -> None:
     first = [c for c in PARQUET_COLUMN_ORDER if c in predictions.columns]
     ordered = predictions.select(first + [c for c in predictions.columns if c not in first])
     with atomic_file(path) as tmp:
-        ordered.write_parquet(tmp)
+        write_parquet(ordered, tmp)  # with page checksums: damage is found when read
         fsync_file(tmp)

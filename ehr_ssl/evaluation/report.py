@@ -14,6 +14,8 @@ import numpy as np
 import polars as pl
 
 from ehr_ssl.atomic import atomic_write_text
+from ehr_ssl.data.schema import ORACLE_FILENAME
+from ehr_ssl.errors import InputError
 from ehr_ssl.evaluation.metrics import (
     auroc,
     bootstrap_ci,
@@ -236,13 +238,22 @@ def _oracle_scores(oracle: pl.DataFrame, visit_id: np.ndarray) -> np.ndarray | N
     """The oracle's admission probability of each test visit, aligned; None if any is missing."""
     missing = [c for c in ORACLE_COLUMNS if c not in oracle.columns]
     if missing:
-        raise ValueError(f"oracle lacks column(s) {missing}; expected {list(ORACLE_COLUMNS)}")
+        raise InputError(f"lacks column(s) {missing}", file=ORACLE_FILENAME)
     oracle = oracle.select(ORACLE_COLUMNS)
     if oracle["visit_id"].n_unique() != oracle.height:
-        raise ValueError("oracle has duplicate visit_id values")
+        raise InputError("duplicate values", file=ORACLE_FILENAME, column="visit_id")
     visits = pl.DataFrame({"visit_id": visit_id})
+    try:
+        oracle = oracle.with_columns(pl.col("visit_id").cast(visits["visit_id"].dtype))
+    except pl.exceptions.PolarsError:  # string ids against integer ones: another dataset's
+        raise InputError(
+            f"type {oracle.schema['visit_id']} cannot be the run's visit_id type "
+            f"{visits['visit_id'].dtype}",
+            file=ORACLE_FILENAME,
+            column="visit_id",
+        ) from None
     joined = visits.join(
-        oracle.with_columns(pl.col("visit_id").cast(visits["visit_id"].dtype)),
+        oracle,
         on="visit_id",
         how="left",
         maintain_order="left",

@@ -28,8 +28,10 @@ import polars as pl
 import pyarrow as pa
 
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
+from ehr_ssl.data.parquet import read_parquet, write_parquet
 from ehr_ssl.data.readers import checked_events, input_fingerprint, read_visits, table_files
 from ehr_ssl.data.schema import EVENTS, VISITS
+from ehr_ssl.errors import InputError
 from ehr_ssl.tokens.shards import open_shard
 from ehr_ssl.tokens.tokenizer import Tokenizer
 
@@ -76,12 +78,12 @@ def cached_tokens(
         return pl.concat(chunks) if chunks else _no_events(visits)
 
     cache = _read_cache(cache_dir, tokenizer_hash)
-    if cache is None or set(cache["inputs"]) - set(fingerprint):
+    if cache is None or set(cache[0]["inputs"]) - set(fingerprint):
         tokens = tokenizer.encode_checked(visits, events_of(event_files))
         stats = {"tokenized": visits.height, "reused": 0, "full": True}
     else:
         tokens, stats = _update_from_cache(
-            cache_dir, cache, visits, event_files, fingerprint, events_of, tokenizer
+            cache, visits, event_files, fingerprint, events_of, tokenizer
         )
     _write_cache(cache_dir, visits, tokens, tokenizer_hash, fingerprint)
     log.info(
@@ -94,8 +96,7 @@ def cached_tokens(
 
 
 def _update_from_cache(
-    cache_dir: Path,
-    cache: dict,
+    cache: tuple[dict, pl.DataFrame, pl.DataFrame],
     visits: pl.DataFrame,
     event_files: list[Path],
     fingerprint: dict[str, dict],
@@ -103,13 +104,13 @@ def _update_from_cache(
     tokenizer: Tokenizer,
 ) -> tuple[pl.DataFrame, dict]:
     """The cached tokens of unchanged visits and fresh ones for the rest: visits new or changed
-    since the cache, and those whose window gained an event from a new or changed file."""
-    cached_visits = pl.read_parquet(cache_dir / "visits.parquet")
-    cached = pl.from_arrow(open_shard(cache_dir / "tokens.arrow"))
+    since the cache, and those whose window gained an event from a new or changed file.
+    `cache` is `_read_cache`'s (record, visits, tokens)."""
+    record, cached_visits, cached = cache
     new_files = [
         path
         for path, (name, entry) in zip(event_files, fingerprint.items(), strict=True)
-        if cache["inputs"].get(name) != entry
+        if record["inputs"].get(name) != entry
     ]
     new_events = events_of(new_files) if new_files else _no_events(visits)
     redo = _visits_to_redo(visits, cached_visits, new_events, tokenizer)
@@ -165,8 +166,11 @@ def _no_events(visits: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _read_cache(cache_dir: Path, tokenizer_hash: str) -> dict | None:
-    """The cache's record, or None when there is no usable cache for this tokenizer."""
+def _read_cache(
+    cache_dir: Path, tokenizer_hash: str
+) -> tuple[dict, pl.DataFrame, pl.DataFrame] | None:
+    """The cache's record, visits and tokens, or None when there is no usable cache for this
+    tokenizer (a damaged one included: it only costs a full tokenization)."""
     try:
         record = json.loads((cache_dir / "cache.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -175,14 +179,23 @@ def _read_cache(cache_dir: Path, tokenizer_hash: str) -> dict | None:
         return None
     if not ((cache_dir / "visits.parquet").exists() and (cache_dir / "tokens.arrow").exists()):
         return None
-    return record
+    try:
+        visits = read_parquet(cache_dir / "visits.parquet")
+        tokens = pl.from_arrow(open_shard(cache_dir / "tokens.arrow"))
+    except InputError as e:
+        log.warning("tokenize: token cache not used: %s", e)
+        return None
+    if tokens.height != visits.height:
+        log.warning("tokenize: token cache not used: its visits and tokens differ in length")
+        return None
+    return record, visits, tokens
 
 
 def _write_cache(
     cache_dir: Path, visits: pl.DataFrame, tokens: pl.DataFrame, tokenizer_hash: str, inputs: dict
 ) -> None:
     with atomic_directory(cache_dir, overwrite=True) as tmp:
-        visits.write_parquet(tmp / "visits.parquet")
+        write_parquet(visits, tmp / "visits.parquet")
         table = tokens.to_arrow(compat_level=pl.CompatLevel.oldest())
         with (
             pa.OSFile(str(tmp / "tokens.arrow"), "wb") as sink,

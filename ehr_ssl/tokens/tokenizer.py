@@ -113,14 +113,24 @@ class Tokenizer:
     data_config: DataConfig
 
     def __post_init__(self) -> None:
+        # Codes are looked up among the data codes only (ids from len(SPECIAL_TOKENS) on): the
+        # special tokens are positions, not codes, so a data code spelled "[CLS]" is an ordinary
+        # code with an id of its own and never collides with the [CLS] token.
+        first = len(SPECIAL_TOKENS)
+        codes = self.vocab[first:]
+        if len(set(codes)) != len(codes):
+            raise InputError("the vocabulary lists a code twice", column="vocab")
         self._ids = pl.DataFrame(
-            {"code": self.vocab, "id": pl.Series(range(len(self.vocab)), dtype=pl.Int32)}
+            {"code": codes, "id": pl.Series(range(first, len(self.vocab)), dtype=pl.Int32)},
+            schema={"code": pl.String, "id": pl.Int32},
         )
         # Shape: (n_bins - 1, V): edge j of every token id, +inf padded; the value bin is
         # 1 + the number of edges <= value. Edge-major so each edge is one small 1-D lookup.
         edges = np.full((max(self.config.n_bins - 1, 0), len(self.vocab)), np.inf)
         has_bins = np.zeros(len(self.vocab), dtype=bool)
-        index = {code: i for i, code in enumerate(self.vocab)}
+        index = {code: first + i for i, code in enumerate(codes)}
+        if not set(self.bin_edges) <= set(index):
+            raise InputError("bin edges for a code not in the vocabulary", column="bin_edges")
         for code, code_edges in self.bin_edges.items():
             edges[: len(code_edges), index[code]] = code_edges
             has_bins[index[code]] = True
@@ -299,30 +309,52 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory: Path) -> Tokenizer:
-        """Read a tokenizer saved by `save` (a directory or the tokenizer.json path itself)."""
+        """Read a tokenizer saved by `save` (a directory or the tokenizer.json path itself).
+
+        Raises:
+            InputError: naming the file, if it is missing, not JSON or not a tokenizer.
+        """
         path = Path(directory)
         path = path / TOKENIZER_FILE if path.is_dir() else path
+        document = _read_document(path)
         try:
-            document = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError("tokenizer file not found", file=str(path)) from None
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON ({e})", file=str(path)) from None
-        if document.get("schema_version") != SCHEMA_VERSION:
-            raise InputError(
-                f"schema version {document.get('schema_version')} is not the supported "
-                f"{SCHEMA_VERSION}",
-                file=str(path),
+            return cls(
+                vocab=document["vocab"],
+                bin_edges=document["bin_edges"],
+                static_columns=document["static_columns"],
+                config=from_dict(TokenizerConfig, document["config"], source=str(path)),
+                data_config=from_dict(DataConfig, document["data_config"], source=str(path)),
             )
-        if tuple(document["vocab"][: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
-            raise InputError("vocabulary does not start with the special tokens", file=str(path))
-        return cls(
-            vocab=document["vocab"],
-            bin_edges=document["bin_edges"],
-            static_columns=document["static_columns"],
-            config=from_dict(TokenizerConfig, document["config"], source=str(path)),
-            data_config=from_dict(DataConfig, document["data_config"], source=str(path)),
+        except InputError as e:
+            if e.file is not None:
+                raise
+            raise InputError(e.problem, file=str(path), column=e.column) from None
+        except (KeyError, TypeError, ValueError, AttributeError, pl.exceptions.PolarsError) as e:
+            # An edited file: a key missing, a value of the wrong type.
+            problem = f"not a valid tokenizer ({type(e).__name__}: {e})"[:200]
+            raise InputError(problem, file=str(path)) from None
+
+
+def _read_document(path: Path) -> dict:
+    """tokenizer.json's JSON object, of the supported schema version and vocabulary layout."""
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("tokenizer file not found", file=str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not valid JSON ({e})", file=str(path)) from None
+    if not isinstance(document, dict):
+        raise InputError("not a tokenizer (expected a JSON object)", file=str(path))
+    if document.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(
+            f"schema version {document.get('schema_version')} is not the supported "
+            f"{SCHEMA_VERSION}",
+            file=str(path),
         )
+    vocab = document.get("vocab")
+    if not isinstance(vocab, list) or tuple(vocab[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+        raise InputError("vocabulary does not start with the special tokens", file=str(path))
+    return document
 
 
 def fit_tokenizer(

@@ -3,13 +3,22 @@ file, column and problem (and never an identifier), and MEDS names and type vari
 
 from __future__ import annotations
 
-from datetime import timedelta
+import os
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from ehr_ssl.cli import main
 from ehr_ssl.config import DataConfig
-from ehr_ssl.data.readers import read_dataset
+from ehr_ssl.data.parquet import read_parquet, write_parquet
+from ehr_ssl.data.readers import read_dataset, read_oracle
+from ehr_ssl.data.synthetic import generate_cohort
 from ehr_ssl.errors import InputError
 from tests.conftest import T0, write_tables
 
@@ -430,3 +439,171 @@ def test_empty_shards_are_skipped_but_not_all(tmp_path, tables):
     tables["events"].head(0).write_parquet(root / "events" / "part-0.parquet")
     with pytest.raises(InputError, match="every shard is empty"):
         read_dataset(root, DataConfig())
+
+
+# --- damaged files, unreadable files, extreme times ------------------------------------------
+
+
+def damage(path: Path, seed: int) -> None:
+    """256 random bytes written over the middle of a file, as a bad disk or transfer does."""
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    noise = np.random.default_rng(seed).integers(0, 256, 256, dtype=np.uint8).tobytes()
+    raw[middle : middle + 256] = noise
+    path.write_bytes(bytes(raw))
+
+
+@pytest.fixture(scope="module")
+def checksummed_cohort(tmp_path_factory) -> Path:
+    """3,000 synthetic visits written with page checksums (as ehr-ssl writes its files)."""
+    cohort = generate_cohort(3000, labeled_frac=0.05, seed=0)
+    root = tmp_path_factory.mktemp("checksummed")
+    for name in ("visits", "events", "labels"):
+        write_parquet(getattr(cohort, name), root / f"{name}.parquet")
+    return root
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["validate"], ["tokenize", "--out"], ["tokenize", "--chunk-visits", "500", "--out"]],
+    ids=["validate", "tokenize", "tokenize-streamed"],
+)
+def test_damaged_events_file_exits_2_naming_it(tmp_path, checksummed_cohort, capsys, argv):
+    """Seed 1 damages the time column so that it still decodes (polars read it without a word):
+    the page checksums find it, in the whole-file and the row-group-by-row-group reads."""
+    data = tmp_path / "data"
+    shutil.copytree(checksummed_cohort, data)
+    damage(data / "events.parquet", seed=1)
+    command = [argv[0], str(data), *argv[1:]] + ([str(tmp_path / "out")] if len(argv) > 1 else [])
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    where = f"ehr-ssl: error: {data}/events.parquet: column 'time': damaged Parquet file"
+    assert len(err) == 1 and err[0].startswith(where)
+    assert not (tmp_path / "out").exists()
+
+
+def test_damage_outside_the_stored_statistics_is_found_without_checksums(tmp_path):
+    """A dataset of a writer without page checksums (polars' default): seed 0 damages the
+    visits' times so that they still decode (polars read them without a word), to values
+    outside the row group's stored min and max."""
+    cohort = generate_cohort(300, seed=0)
+    root = write_tables(tmp_path / "data", {"visits": cohort.visits, "events": cohort.events})
+    damage(root / "visits.parquet", seed=0)
+    with pytest.raises(InputError, match="damaged Parquet file") as info:
+        read_dataset(root, DataConfig())
+    assert info.value.file == str(root / "visits.parquet")
+    assert info.value.column in cohort.visits.columns
+
+
+def test_statistics_accept_every_healthy_file(tmp_path, tables):
+    """Types and writers whose statistics need care: unsigned, nanosecond, time-zone aware,
+    categorical, strings, NaN and nulls, several row groups, pyarrow and polars writers."""
+    frame = tables["events"].with_columns(
+        big=(pl.col("patient_id").cast(pl.UInt64) + 2**63),
+        ns=pl.col("time").cast(pl.Datetime("ns", "Europe/Paris")),
+        category=pl.col("code").cast(pl.Categorical),
+        nan=pl.when(pl.col("patient_id") % 2 == 0)
+        .then(float("nan"))
+        .otherwise(pl.col("numeric_value")),
+        day=pl.col("time").dt.date(),
+    )
+    frame.write_parquet(tmp_path / "polars.parquet", row_group_size=50)
+    write_parquet(frame, tmp_path / "pyarrow.parquet")
+    frame.to_pandas().to_parquet(tmp_path / "pandas.parquet")
+    for name in ("polars", "pyarrow"):
+        assert read_parquet(tmp_path / f"{name}.parquet").equals(frame)
+    got = read_parquet(tmp_path / "pandas.parquet", list(frame.columns))  # NaN written as null
+    assert got.height == frame.height and got["big"].equals(frame["big"])
+    # Stored in another unit than the column's type: seconds as milliseconds, date64 as days.
+    seconds = pa.array([1_700_000_000, 1_700_000_100], pa.timestamp("s"))
+    days = pa.array([1_577_836_800_000, 1_609_459_200_000], pa.date64())
+    pq.write_table(pa.table({"s": seconds, "d": days}), tmp_path / "units.parquet")
+    assert read_parquet(tmp_path / "units.parquet").height == 2
+
+
+@pytest.mark.parametrize(
+    "micros",
+    [2**63 - 1, 2**62, -(2**62), 253_402_300_800_000_000, -(2**63) + 1],
+    ids=["int64-max", "2**62", "-2**62", "year-10000", "int64-min"],
+)
+def test_times_outside_the_plausible_years_name_column_and_row(tmp_path, tables, capsys, micros):
+    times = tables["events"]["time"].dt.epoch("us").scatter(5, micros)
+    tables["events"] = tables["events"].with_columns(time=pl.from_epoch(times, time_unit="us"))
+    root = write_tables(tmp_path / "data", tables)
+    assert main(["validate", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"ehr-ssl: error: {root}/events.parquet: column 'time': 1 times outside the years 1800 "
+        "to 2299 (first at row index 5)"
+    ]
+
+
+@pytest.mark.parametrize("unit", ["ms", "us", "ns"])
+def test_time_range_in_every_unit_and_time_zone(tmp_path, tables, unit):
+    """Checked as stored, before any conversion: the last plausible time passes, one beyond
+    fails (nanoseconds end in 2262, so there the early bound is tried)."""
+    events = tables["events"].with_columns(pl.col("time").dt.replace_time_zone("UTC"))
+    last_ok, bad = datetime(2299, 12, 31, 23, 59, 59), datetime(2300, 1, 1)
+    if unit == "ns":
+        last_ok, bad = datetime(1800, 1, 1), datetime(1799, 12, 31, 23, 59, 59)
+    for value, refused in ((last_ok, False), (bad, True)):
+        arrival = pl.when(pl.int_range(pl.len()) == 7).then(value).otherwise(pl.col("arrival_time"))
+        visits = tables["visits"].drop("prediction_time")
+        arrival = arrival.cast(pl.Datetime(unit)).dt.replace_time_zone("UTC")
+        visits = visits.with_columns(arrival.alias("arrival_time"))
+        root = write_tables(tmp_path / f"{refused}", {**tables, "visits": visits, "events": events})
+        if not refused:
+            read_dataset(root, DataConfig())
+            continue
+        with pytest.raises(InputError, match="1 times outside .* row index 7") as info:
+            read_dataset(root, DataConfig())
+        assert info.value.column == "arrival_time"
+
+
+def _loop(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.symlink_to(path.name)  # a link to itself
+
+
+def _dangling(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.symlink_to("nowhere.parquet")
+
+
+@pytest.mark.parametrize("make", [_loop, _dangling], ids=["loop", "dangling"])
+@pytest.mark.parametrize("name", ["labels.parquet", "visits.parquet", "events.parquet", "events"])
+def test_a_present_file_that_cannot_be_read_is_an_error_never_absent(dataset_dir, make, name):
+    if name == "events":
+        (dataset_dir / "events.parquet").unlink()
+    make(dataset_dir / name)
+    with pytest.raises(InputError, match="cannot be read") as info:
+        read_dataset(dataset_dir, DataConfig())
+    assert info.value.file == str(dataset_dir / name)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_labels_are_an_error(dataset_dir):
+    (dataset_dir / "labels.parquet").chmod(0)
+    with pytest.raises(InputError) as info:
+        read_dataset(dataset_dir, DataConfig())
+    assert info.value.file == str(dataset_dir / "labels.parquet")
+
+
+def test_oracle_is_read_checked(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    assert read_oracle(root) is None
+    oracle = pl.DataFrame({"visit_id": [1, 2, 3], "admission_probability": [0.1, 0.9, 0.5]})
+    oracle.write_parquet(root / "oracle.parquet")
+    assert read_oracle(root).equals(oracle)
+    raw = (root / "oracle.parquet").read_bytes()
+    (root / "oracle.parquet").write_bytes(raw[: len(raw) // 2])  # truncated
+    with pytest.raises(InputError, match="not a readable Parquet file") as info:
+        read_oracle(root)
+    assert info.value.file == str(root / "oracle.parquet")
+    oracle.with_columns(admission_probability=pl.lit(1.5)).write_parquet(root / "oracle.parquet")
+    with pytest.raises(InputError, match="3 values outside \\[0, 1\\]"):
+        read_oracle(root)
+    _loop(root / "oracle.parquet")
+    with pytest.raises(InputError, match="cannot be read"):
+        read_oracle(root)

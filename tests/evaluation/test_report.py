@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from ehr_ssl.errors import InputError
 from ehr_ssl.evaluation.metrics import (
     auroc,
     bootstrap_ci,
@@ -253,8 +254,18 @@ def test_oracle_missing_a_visit_or_absent_gives_none(
         assert result["oracle_auroc"] is None
         assert result["oracle_auroc_ci95"] is None
         assert all(m["gap_to_oracle"] is None for m in result["models"].values())
-    with pytest.raises(ValueError, match="oracle lacks"):
+    with pytest.raises(InputError, match="oracle.parquet: lacks column"):
         build_report(small, main_budget="100", oracle=oracle.rename({"visit_id": "v"}), n_boot=20)
+
+
+def test_an_oracle_of_another_id_type_is_bad_input(
+    predictions: pl.DataFrame, oracle: pl.DataFrame
+) -> None:
+    small = predictions.filter(pl.col("budget") == "100", pl.col("seed") == 0)
+    renamed = oracle.with_columns(pl.format("V{}", "visit_id").alias("visit_id"))
+    with pytest.raises(InputError, match="column 'visit_id': type String cannot be") as info:
+        build_report(small, main_budget="100", oracle=renamed, n_boot=20)
+    assert info.value.file == "oracle.parquet"
 
 
 def test_label_efficiency_means_over_seeds(predictions: pl.DataFrame, report: dict) -> None:

@@ -111,3 +111,21 @@ def test_a_changed_visit_row_or_removed_shard_is_seen(cohort, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="ehr_ssl"):
         tokenize_dataset(data, tmp_path / "t3", CONFIG, tokenizer=tokenizer, cache_dir=cache)
     assert "(full: no valid cache)" in caplog.text
+
+
+@pytest.mark.parametrize("damaged", ["visits.parquet", "tokens.arrow"])
+def test_a_damaged_cache_means_a_full_tokenization(cohort, tmp_path, caplog, damaged):
+    """The cache is ours to rebuild: a damaged file in it costs a full tokenization (with a
+    warning naming it), never an error and never tokens read from damaged bytes."""
+    root, cohort, cut, tokenizer = cohort
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _write(data, cohort.visits, [cohort.events], cohort.labels)
+    tokenize_dataset(data, tmp_path / "t1", CONFIG, tokenizer=tokenizer, cache_dir=cache)
+    raw = bytearray((cache / damaged).read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(range(64))
+    (cache / damaged).write_bytes(bytes(raw[: len(raw) * 3 // 4]))  # and truncated
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        tokenize_dataset(data, tmp_path / "t2", CONFIG, tokenizer=tokenizer, cache_dir=cache)
+    assert f"token cache not used: {cache / damaged}" in caplog.text
+    assert "(full: no valid cache)" in caplog.text
+    assert _tokens(tmp_path / "t2").equals(_tokens(tmp_path / "t1"))

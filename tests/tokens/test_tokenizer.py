@@ -3,6 +3,7 @@ streamed in chunks of patients giving the in-memory result."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from datetime import timedelta
@@ -478,3 +479,55 @@ def test_no_identifiers_in_tokenizer_or_metadata(tmp_path):
     tokenize_dataset(data, out, _config())
     for name in ("tokenizer.json", "manifest.json", "config.json"):
         assert "SECRET" not in (out / name).read_text(), name
+
+
+# Data codes spelled as special tokens, one with numeric values (so with bin edges).
+AS_SPECIAL = {
+    "VITAL//HR": "[CLS]",
+    "LAB//LACTATE": "[PAD]",
+    "DISP//HOME": "[MASK]",
+    "DX//C1": "[UNK]",
+}
+
+
+def _spelled(tokenizer: Tokenizer, ids: list[int], rename: dict[str, str]) -> list[tuple]:
+    """Each token as (is a special token, its code after `rename`)."""
+    first = len(SPECIAL_TOKENS)
+    return [
+        (i < first, tokenizer.vocab[i] if i < first else rename.get(tokenizer.vocab[i]))
+        for i in ids
+    ]
+
+
+@pytest.mark.parametrize("chunk_visits", [1_000_000, 20], ids=["in-memory", "streamed"])
+def test_codes_spelled_like_special_tokens_are_ordinary_codes(tmp_path, chunk_visits):
+    """Renaming codes to "[CLS]", "[PAD]", ... changes nothing but their spelling: they get ids
+    of their own, never a special token's, with their bins, in the stage and in `encode`."""
+    tables = make_tables()
+    _, tokenizer, tokens = _run(tmp_path, tables, "plain", chunk_visits=chunk_visits)
+    tables["events"] = tables["events"].with_columns(pl.col("code").replace(AS_SPECIAL))
+    _, renamed_tokenizer, renamed = _run(tmp_path, tables, "renamed", chunk_visits=chunk_visits)
+    for column in ("length", "value_bins", "time_deltas", "segment_ids"):
+        assert renamed[column].equals(tokens[column])
+    identity = {code: code for code in tokenizer.vocab}
+    expected = _spelled(tokenizer, tokens["input_ids"].explode().to_list(), identity | AS_SPECIAL)
+    got = _spelled(renamed_tokenizer, renamed["input_ids"].explode().to_list(), identity)
+    assert got == expected
+    assert renamed_tokenizer.bin_edges["[PAD]"] == tokenizer.bin_edges["LAB//LACTATE"]
+    encoded = renamed_tokenizer.encode(tables["visits"], tables["events"]).sort("visit_id")
+    assert encoded.equals(renamed.select(encoded.columns))
+
+
+def test_a_tokenizer_file_with_a_code_twice_or_stray_bin_edges_is_refused(tmp_path):
+    tokenizer = Tokenizer.load(_run(tmp_path, make_tables())[1].save(tmp_path / "t"))
+    for change in (
+        {"vocab": [*tokenizer.vocab, tokenizer.vocab[-1]]},
+        {"bin_edges": {**tokenizer.bin_edges, "NOT//IN_VOCAB": [1.0]}},
+        {"vocab": "[PAD]"},
+        {"config": None},
+    ):
+        document = {**json.loads(tokenizer.to_json()), **change}
+        (tmp_path / "bad.json").write_text(json.dumps(document))
+        with pytest.raises(InputError) as info:
+            Tokenizer.load(tmp_path / "bad.json")
+        assert info.value.file == str(tmp_path / "bad.json"), change
