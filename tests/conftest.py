@@ -113,3 +113,19 @@ def finished_run(tmp_path_factory) -> tuple[Path, Path]:
     )
     run_pipeline(root / "data", root / "run", config, device="cpu")
     return root / "data", root / "run"
+
+
+# What safetensors raises when the disk fills up (measured on a 64 KiB tmpfs).
+SAFETENSORS_DISK_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every safetensors write fails as on a full disk (a stub: tests cannot mount a tmpfs)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def save_file(*args, **kwargs):
+        raise SafetensorError(SAFETENSORS_DISK_FULL)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)

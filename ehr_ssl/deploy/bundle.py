@@ -4,7 +4,8 @@ that scores them (`ehr_ssl.load`).
 Layout of a bundle:
 
     bundle.json         format, what the model is, its label and prediction time, training data
-                        counts and date range, its test metrics
+                        counts and date range, its test metrics, and the SHA-256 and size of
+                        every other file of the bundle ("files")
     encoder/            the encoder (save_pretrained: config.json + model.safetensors)
     head.safetensors    the classification head: weight (D,), bias () -> logit of admission
     tokenizer.json      the fitted tokenizer (vocabulary, bin edges, settings)
@@ -15,11 +16,18 @@ Layout of a bundle:
 Every model kind (full fine-tuning, linear probe, scratch) becomes an encoder plus a linear head on
 its pooled vector, so a bundle scores and embeds the same way whatever made it. Nothing is
 pickled; loading reads JSON and safetensors only. Bundles hold no patient or visit identifier.
+
+Loading checks every file against bundle.json's checksums before reading it and refuses a
+bundle with a file damaged, edited or missing, or with weights it does not list: a model is
+never scored from bytes other than those written. (The checksums guard against damage, not
+against someone who rewrites bundle.json too.) Bundles of format version 1 have no checksums
+and are refused: export them again.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,9 +37,16 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import torch
-from safetensors.torch import load_file, save_file
+from scipy.special import expit
 
 from ehr_ssl import __version__
+from ehr_ssl.artifacts import (
+    check_tensor_shapes,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    sha256_file,
+)
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
 from ehr_ssl.deploy.drift import data_profile
 from ehr_ssl.deploy.model_card import model_card
@@ -44,9 +59,12 @@ from ehr_ssl.layout import (
     FINETUNE_SUMMARY_FILE,
     HEAD_FILE,
     MODEL_CARD_FILE,
+    MODEL_CONFIG_FILE,
     PROBE_FILE,
     PROFILE_FILE,
     REPORT_JSON,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
     RunLayout,
 )
 from ehr_ssl.model.encoder import EHREncoder
@@ -57,7 +75,18 @@ from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import TOKEN_COLUMNS
 
 BUNDLE_FORMAT = "ehr-ssl-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: bundle.json holds the checksums of the bundle's files
+# The files `load_bundle` reads (besides bundle.json): each must be listed with its checksum;
+# the first four must be there.
+REQUIRED_FILES = (f"{ENCODER_DIR}/{MODEL_CONFIG_FILE}", f"{ENCODER_DIR}/{WEIGHTS_FILE}",
+                  HEAD_FILE, TOKENIZER_FILE)  # fmt: skip
+READ_FILES = (*REQUIRED_FILES, REPORT_JSON, PROFILE_FILE)
+# Weights formats: one the checksums do not list is refused (a loader might take it for the
+# model); other unlisted files (notes, .DS_Store) are ignored.
+WEIGHT_SUFFIXES = frozenset(
+    {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack",
+     ".onnx", ".gguf"}
+)  # fmt: skip
 LABEL_DEFINITION = (
     "hospital admission within 7 days of the ED visit (the `label` of labels.parquet: true = "
     "admitted)"
@@ -122,10 +151,12 @@ class AdmissionModel:
 
     def score_pooled(self, pooled: np.ndarray) -> np.ndarray:
         """Scores from pooled vectors. Shape: (N, D) -> (N,) float64."""
-        with torch.no_grad():
-            x = torch.from_numpy(pooled).to(self.device)
-            logits = torch.nn.functional.linear(x, self.head_weight[None], self.head_bias[None])
-            return torch.sigmoid(logits[:, 0]).double().cpu().numpy()
+        # In float64 numpy, row by row the same whatever the number of rows: torch's vectorized
+        # sigmoid rounds the last elements of a tensor differently, so a visit's score would
+        # depend on how many visits share its chunk.
+        weight = self.head_weight.detach().double().cpu().numpy().reshape(-1)
+        logits = (np.asarray(pooled, dtype=np.float64) * weight).sum(axis=1) + float(self.head_bias)
+        return expit(logits)
 
     @torch.no_grad()
     def embed_tokens(self, tokens: pl.DataFrame, batch_size: int = 256) -> np.ndarray:
@@ -151,70 +182,173 @@ class AdmissionModel:
 
     # --- persistence ----------------------------------------------------------------------
 
-    def save(self, directory: Path, *, overwrite: bool = False) -> Path:
-        """Write the bundle to `directory` atomically (a complete bundle or nothing)."""
+    def save(
+        self,
+        directory: Path,
+        *,
+        overwrite: bool = False,
+        documents: Mapping[str, str] | None = None,
+    ) -> Path:
+        """Write the bundle to `directory` atomically (a complete bundle or nothing).
+
+        `documents` (file name -> text) adds files the bundle ships, such as a retrain's
+        report; like every file, they are in bundle.json's checksums.
+        """
         directory = Path(directory)
         if directory.exists() and not overwrite:
             raise InputError("output directory already exists", file=str(directory))
+        texts = {MODEL_CARD_FILE: model_card(self.info, self.report), **(documents or {})}
+        if self.report is not None:
+            texts[REPORT_JSON] = json.dumps(self.report, indent=2) + "\n"
+        if self.profile is not None:
+            texts[PROFILE_FILE] = json.dumps(self.profile) + "\n"
         with atomic_directory(directory, overwrite=overwrite) as tmp:
-            self.encoder.cpu().save_pretrained(tmp / ENCODER_DIR)
+            self.encoder.cpu().save_checked(tmp / ENCODER_DIR)
             self.encoder.to(self.device)
-            save_file(
-                {
-                    "weight": self.head_weight.detach().float().cpu().contiguous(),
-                    "bias": self.head_bias.detach().float().cpu().reshape(()).contiguous(),
-                },
-                str(tmp / HEAD_FILE),
-            )
+            head = {
+                "weight": self.head_weight.detach().float().cpu().contiguous(),
+                "bias": self.head_bias.detach().float().cpu().reshape(()).contiguous(),
+            }
+            save_safetensors(head, tmp / HEAD_FILE)
             self.tokenizer.save(tmp)
-            atomic_write_text(tmp / BUNDLE_FILE, json.dumps(self.info, indent=2) + "\n")
-            if self.report is not None:
-                atomic_write_text(tmp / REPORT_JSON, json.dumps(self.report, indent=2) + "\n")
-            if self.profile is not None:
-                atomic_write_text(tmp / PROFILE_FILE, json.dumps(self.profile) + "\n")
-            atomic_write_text(tmp / MODEL_CARD_FILE, model_card(self.info, self.report))
+            for name, text in texts.items():
+                atomic_write_text(tmp / name, text)
+            # Last, so that the checksums cover every file written above.
+            info = {**self.info, "files": file_checksums(tmp)}
+            atomic_write_text(tmp / BUNDLE_FILE, json.dumps(info, indent=2) + "\n")
         return directory
 
 
 def load_bundle(directory: Path, device: str = "cpu") -> AdmissionModel:
-    """Load a bundle written by `AdmissionModel.save` (JSON and safetensors only)."""
+    """Load a bundle written by `AdmissionModel.save` (JSON and safetensors only), every file
+    checked against bundle.json's checksums first.
+
+    Raises:
+        InputError: one line naming the file at fault: not a bundle, an unsupported format, a
+            file damaged, edited, missing or unexpected, weights that do not fit the encoder's
+            configuration or the tokenizer.
+    """
     directory = Path(directory)
     info_path = directory / BUNDLE_FILE
     if not info_path.is_file():
         raise InputError("not a model bundle (no bundle.json)", file=str(directory))
-    info = _read_json(info_path)
-    if info.get("format") != BUNDLE_FORMAT or info.get("format_version") != BUNDLE_VERSION:
-        raise InputError(
-            f"bundle format {info.get('format')!r} version {info.get('format_version')!r} is not "
-            f"the supported {BUNDLE_FORMAT!r} version {BUNDLE_VERSION}",
-            file=str(info_path),
-        )
+    info = read_json(info_path, what="bundle record")
+    _check_format(info, info_path)
+    verify_bundle_files(directory, info)
     tokenizer = Tokenizer.load(directory)
-    try:
-        encoder = EHREncoder.from_pretrained(directory / ENCODER_DIR, use_safetensors=True)
-        head = load_file(str(directory / HEAD_FILE))
-    except (OSError, ValueError) as e:
-        raise InputError(
-            f"damaged bundle ({str(e).splitlines()[0]})", file=str(directory)
-        ) from None
+    encoder = EHREncoder.load_checked(directory / ENCODER_DIR)
+    head_path = directory / HEAD_FILE
+    head = load_safetensors(head_path, what="classification head")
+    shapes = {"weight": (encoder.config.hidden_size,), "bias": ()}
+    check_tensor_shapes(head, shapes, path=head_path, what="classification head")
     if encoder.config.vocab_size != tokenizer.vocab_size:
         raise InputError(
             f"encoder vocabulary {encoder.config.vocab_size} != tokenizer vocabulary "
             f"{tokenizer.vocab_size}",
             file=str(directory),
         )
-    report_path = directory / REPORT_JSON
-    report = _read_json(report_path) if report_path.exists() else None
-    profile = _read_json(directory / PROFILE_FILE) if (directory / PROFILE_FILE).exists() else None
+    listed = info["files"]
+    report = read_json(directory / REPORT_JSON, what="report") if REPORT_JSON in listed else None
+    profile = (
+        read_json(directory / PROFILE_FILE, what="data profile") if PROFILE_FILE in listed else None
+    )
     model = AdmissionModel(tokenizer, encoder, head["weight"], head["bias"], info, report, profile)
     return model.to(device)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e})", file=str(path)) from None
+def _check_format(info: dict, info_path: Path) -> None:
+    """A bundle record of this format and version (version 1 had no checksums)."""
+    if info.get("format") != BUNDLE_FORMAT:
+        raise InputError(
+            f"format {info.get('format')!r} is not {BUNDLE_FORMAT!r}: not a model bundle",
+            file=str(info_path),
+        )
+    version = info.get("format_version")
+    if version == 1:
+        raise InputError(
+            "bundle format version 1 has no checksums of its files, so its weights cannot be "
+            "checked: export it again (`ehr-ssl bundle RUN --out DIR`)",
+            file=str(info_path),
+        )
+    if version != BUNDLE_VERSION:
+        raise InputError(
+            f"bundle format version {version!r} is not the supported version {BUNDLE_VERSION} "
+            "(written by another ehr-ssl version?)",
+            file=str(info_path),
+        )
+
+
+def file_checksums(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every file of a bundle directory but bundle.json: its path relative to the directory
+    (POSIX) -> {"sha256": hex digest, "bytes": size}."""
+    directory = Path(directory)
+    return {
+        path.relative_to(directory).as_posix(): {
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+        }
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.relative_to(directory).as_posix() != BUNDLE_FILE
+    }
+
+
+def verify_bundle_files(directory: Path, info: dict) -> None:
+    """Every file bundle.json lists is there with its size and SHA-256, the files the loader
+    reads are listed, and no unlisted weights lie in the bundle.
+
+    Raises:
+        InputError: naming the first file at fault.
+    """
+    directory = Path(directory)
+    listed = _listed_files(info, directory / BUNDLE_FILE)
+    for name, entry in sorted(listed.items()):
+        path = directory / name
+        if not path.is_file():
+            raise InputError("missing (bundle.json lists it)", file=str(path))
+        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            raise InputError(
+                "does not match its checksum in bundle.json: the file was damaged or edited "
+                "after the bundle was written (export the bundle again)",
+                file=str(path),
+            )
+    for path in sorted(directory.rglob("*")):
+        name = path.relative_to(directory).as_posix()
+        unlisted = path.is_file() and name != BUNDLE_FILE and name not in listed
+        if unlisted and (path.suffix in WEIGHT_SUFFIXES or name in READ_FILES):
+            raise InputError(
+                "unexpected file: bundle.json has no checksum for it (remove it, or export "
+                "the bundle again)",
+                file=str(path),
+            )
+
+
+def _listed_files(info: dict, info_path: Path) -> dict[str, dict[str, Any]]:
+    """bundle.json's "files", checked: relative paths inside the bundle, each with a SHA-256
+    and a size, the files the loader needs among them."""
+    files = info.get("files")
+    if not isinstance(files, dict):
+        raise InputError("no 'files' object with the checksums of the bundle", file=str(info_path))
+    for name, entry in files.items():
+        parts = Path(name).parts
+        inside = not Path(name).is_absolute() and ".." not in parts and name != BUNDLE_FILE
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        size = entry.get("bytes") if isinstance(entry, dict) else None
+        well_formed = (
+            isinstance(digest, str)
+            and len(digest) == 64
+            and all(c in "0123456789abcdef" for c in digest)
+            and isinstance(size, int)
+            and not isinstance(size, bool)
+        )
+        if not (inside and well_formed):
+            raise InputError(
+                f"'files' entry {name!r} is not a file of the bundle with a sha256 and a size",
+                file=str(info_path),
+            )
+    unlisted = [name for name in REQUIRED_FILES if name not in files]
+    if unlisted:
+        raise InputError(f"'files' does not list {unlisted[0]}", file=str(info_path))
+    return files
 
 
 def _polars_inputs(visits: Any, events: Any) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
@@ -272,7 +406,7 @@ def export_bundle(
         raise InputError(
             f"no fine-tuned {model} at budget {budget}, seed {seed} in this run", file=str(run_dir)
         )
-    report = _read_json(layout.report) if layout.report.exists() else None
+    report = read_json(layout.report, what="report") if layout.report.exists() else None
     bundle = make_bundle(
         layout.tokens,
         layout.encoder,
@@ -304,21 +438,20 @@ def make_bundle(
     tokens directory's train split."""
     from ehr_ssl.model.classifier import AdmissionClassifier, fold_standardization
     from ehr_ssl.tokens.shards import read_manifest, read_split
+    from ehr_ssl.training.probe import load_probe
 
     tokenizer = Tokenizer.load(tokens_dir)
     if (Path(finetune_dir) / CLASSIFIER_DIR).is_dir():  # full fine-tuning, scratch
-        classifier = AdmissionClassifier.from_pretrained(
-            Path(finetune_dir) / CLASSIFIER_DIR, use_safetensors=True
-        )
+        classifier = AdmissionClassifier.load_checked(Path(finetune_dir) / CLASSIFIER_DIR)
         encoder = classifier.encoder
         weight, bias = (t.detach() for t in classifier.folded_head())
     else:  # the linear probe, folded into one linear layer
-        probe = load_file(str(Path(finetune_dir) / PROBE_FILE))
-        encoder = EHREncoder.from_pretrained(encoder_dir, use_safetensors=True)
+        encoder = EHREncoder.load_checked(encoder_dir)
+        probe = load_probe(Path(finetune_dir) / PROBE_FILE, encoder.config.hidden_size)
         weight, bias = fold_standardization(
             probe["coef"], probe["intercept"][0], probe["mean"], probe["std"]
         )
-    summary = _read_json(Path(finetune_dir) / FINETUNE_SUMMARY_FILE)
+    summary = read_json(Path(finetune_dir) / FINETUNE_SUMMARY_FILE, what="fine-tuning summary")
     manifest = read_manifest(tokens_dir)
     full_info = {
         "format": BUNDLE_FORMAT,

@@ -16,6 +16,9 @@ place just before, the production pointer rewritten just after). history.jsonl i
 the production version is the last one promoted there. So a retrain killed at any point leaves
 history and production as they were, or, killed after the commit, fully recorded (the next
 retrain then removes versions no record points to and rewrites a lagging pointer).
+
+Every file is checked when read: a damaged marker, history record or pointer is bad input (one
+line naming the file and the problem), never a silent default.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ehr_ssl.artifacts import read_json
 from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.errors import InputError
 
 REGISTRY_FORMAT = "ehr-ssl-registry"
+REGISTRY_VERSION = 1
 MARKER_FILE = "registry.json"
 HISTORY_FILE = "history.jsonl"
 PRODUCTION_FILE = "production"
@@ -58,6 +63,7 @@ class Registry:
         """Open a registry; with `create`, make an empty one where there is none."""
         root = Path(root)
         if cls.is_registry(root):
+            _check_marker(root / MARKER_FILE)
             return cls(root)
         if not create:
             raise InputError("not a model registry (no registry.json)", file=str(root))
@@ -67,24 +73,43 @@ class Registry:
             )
         (root / "versions").mkdir(parents=True, exist_ok=True)
         atomic_write_text(
-            root / MARKER_FILE, json.dumps({"format": REGISTRY_FORMAT, "version": 1}) + "\n"
+            root / MARKER_FILE,
+            json.dumps({"format": REGISTRY_FORMAT, "version": REGISTRY_VERSION}) + "\n",
         )
         return cls(root)
 
     # --- reading --------------------------------------------------------------------------
 
     def history(self) -> list[dict]:
+        """The history's records, oldest first, each with an integer "version" (increasing)
+        and a boolean "promoted".
+
+        Raises:
+            InputError: naming history.jsonl and the line of the first bad record.
+        """
         path = self.root / HISTORY_FILE
         if not path.exists():
             return []
         try:
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise InputError(f"damaged history ({e})", file=str(path)) from None
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read the history ({e})", file=str(path)) from None
+        records: list[dict] = []
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                previous = records[-1]["version"] if records else 0
+                records.append(_history_record(line, number, previous, path))
+        return records
 
     def production_version(self) -> int | None:
-        """The version in production: the last one promoted in the history (None: none yet)."""
-        promoted = [r["version"] for r in self.history() if r.get("promoted")]
+        """The version in production: the last one promoted in the history (None: none yet).
+        The pointer file mirrors it and may lag behind by a killed retrain, never more.
+
+        Raises:
+            InputError: when the history or the pointer is damaged.
+        """
+        promoted = [r["version"] for r in self.history() if r["promoted"]]
+        _check_pointer(self.root / PRODUCTION_FILE, promoted)
         return promoted[-1] if promoted else None
 
     def production_path(self) -> Path:
@@ -147,7 +172,7 @@ class Registry:
         self._write_pointer()
 
     def _write_pointer(self) -> None:
-        version = self.production_version()
+        version = self.production_version()  # checks the pointer there is
         path = self.root / PRODUCTION_FILE
         text = json.dumps({"version": version}) + "\n"
         if version is not None and (not path.exists() or path.read_text() != text):
@@ -178,3 +203,61 @@ class Registry:
         atomic_write_text(history, previous + json.dumps(record, sort_keys=True) + "\n")
         self._write_pointer()
         return version
+
+
+def _check_marker(path: Path) -> None:
+    """registry.json: this format and version."""
+    marker = read_json(path, what="registry marker")
+    if marker.get("format") != REGISTRY_FORMAT or marker.get("version") != REGISTRY_VERSION:
+        raise InputError(
+            f"registry format {marker.get('format')!r} version {marker.get('version')!r} is not "
+            f"{REGISTRY_FORMAT!r} version {REGISTRY_VERSION}",
+            file=str(path),
+        )
+
+
+def _history_record(line: str, number: int, previous: int, path: Path) -> dict:
+    """One line of history.jsonl, checked: a JSON object with a "version" above `previous`
+    (versions are numbered in commit order) and a boolean "promoted"."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"line {number}: not valid JSON ({e.msg})", file=str(path)) from None
+    if not isinstance(record, dict):
+        raise InputError(f"line {number}: not a JSON object", file=str(path))
+    version = record.get("version")
+    if not _is_integer(version):
+        raise InputError(f"line {number}: no integer 'version' (damaged?)", file=str(path))
+    if version <= previous:
+        raise InputError(
+            f"line {number}: version {version} after version {previous} (versions increase; "
+            "damaged?)",
+            file=str(path),
+        )
+    if not isinstance(record.get("promoted"), bool):
+        raise InputError(f"line {number}: 'promoted' is not true or false", file=str(path))
+    return record
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_pointer(path: Path, promoted: list[int]) -> None:
+    """The production pointer, if there is one, names a version the history promoted (the
+    latest, or an earlier one when a retrain was killed before moving it)."""
+    if not path.exists():
+        return
+    remedy = "remove it, the next retrain rewrites it from history.jsonl"
+    pointer = read_json(path, what="production pointer")
+    version = pointer.get("version")
+    if set(pointer) != {"version"} or not _is_integer(version):
+        raise InputError(
+            f'production pointer is not {{"version": N}} (damaged?): {remedy}', file=str(path)
+        )
+    if version not in promoted:
+        raise InputError(
+            f"production pointer names version {version}, which history.jsonl never promoted "
+            f"(damaged?): {remedy}",
+            file=str(path),
+        )

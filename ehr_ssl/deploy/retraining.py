@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.config import COUNTS, PipelineConfig
-from ehr_ssl.data.schema import ORACLE_FILENAME
+from ehr_ssl.data.readers import read_oracle
 from ehr_ssl.data.splits import temporal_splits
 from ehr_ssl.deploy.registry import Registry
 from ehr_ssl.errors import InputError
@@ -84,8 +83,11 @@ def retrain(
         layout = RunLayout(work)
         production = _load_production(registry)
         manifest, counts = _tokenize(data_dir, layout.tokens, config, registry, production)
+        # the label budget is drawn (and checked against the labels) before any training
+        ft_config = config.finetune_config("full", config.evaluate.seeds[0])
+        budget = _draw_budget(layout, config, ft_config)
         _pretrain(layout, config, registry, production)
-        budget, ft_config, summary = _finetune_candidate(layout, config)
+        summary = _finetune_candidate(layout, budget, ft_config)
         report = _compare_on_test_window(data_dir, layout, budget, production, config, ft_config)
         promote, reasons = gate(
             report["models"]["candidate"], report["models"].get("production"), config
@@ -94,8 +96,8 @@ def retrain(
         record = _history_record(
             report, reasons, production.version, config, manifest, counts, summary, drift
         )
-        bundle_dir = _save_bundle(layout, config, ft_config, production.version, report)
-        _write_retrain_report(bundle_dir, record, promote, drift)
+        documents = _retrain_report_documents(record, promote, drift)
+        bundle_dir = _save_bundle(layout, config, ft_config, production.version, report, documents)
         version = registry.commit(bundle_dir, record, promote=promote)
     log.info(
         "retrain: version %d %s (%s) in %.0f s",
@@ -161,18 +163,25 @@ def _pretrain(
     pretrain(layout.tokens, layout.pretrain, pretrain_config, init_encoder=init_encoder)
 
 
-def _finetune_candidate(
-    layout: RunLayout, config: PipelineConfig
-) -> tuple[LabelBudget, FinetuneConfig, dict]:
-    """Fine-tune the candidate on a label budget of train and val (the test window is not read).
-    Returns the budget, the fine-tuning settings and its summary."""
+def _draw_budget(
+    layout: RunLayout, config: PipelineConfig, ft_config: FinetuneConfig
+) -> LabelBudget:
+    """The candidate's label budget among the labeled train and val visits (the test window is
+    not read); a budget the labels cannot meet stops the retrain here, before pretraining."""
     from ehr_ssl.evaluation.scoring import draw_label_budget, read_labeled
+
+    train, val = read_labeled(layout.tokens, "train"), read_labeled(layout.tokens, "val")
+    return draw_label_budget(
+        train, val, config.retrain.label_budget, seed=ft_config.seed,
+        setting="retrain.label_budget",
+    )  # fmt: skip
+
+
+def _finetune_candidate(layout: RunLayout, budget: LabelBudget, ft_config: FinetuneConfig) -> dict:
+    """Fine-tune the candidate on its label budget. Returns the fine-tuning summary."""
     from ehr_ssl.training.finetune import finetune
 
-    ft_config = config.finetune_config("full", config.evaluate.seeds[0])
-    train, val = read_labeled(layout.tokens, "train"), read_labeled(layout.tokens, "val")
-    budget = draw_label_budget(train, val, config.retrain.label_budget, seed=ft_config.seed)
-    summary = finetune(
+    return finetune(
         layout.tokens,
         layout.encoder,
         layout.root / CANDIDATE_DIR,
@@ -180,7 +189,6 @@ def _finetune_candidate(
         train_ids=budget.train_ids,
         val_ids=budget.val_ids,
     )
-    return budget, ft_config, summary
 
 
 def _compare_on_test_window(
@@ -214,12 +222,11 @@ def _compare_on_test_window(
         device=device,
         row_scorers=row_scorers,
     )
-    oracle_path = data_dir / ORACLE_FILENAME
     return build_report(
         predictions,
         main_budget=config.retrain.label_budget,
         reference="candidate",
-        oracle=pl.read_parquet(oracle_path) if oracle_path.exists() else None,
+        oracle=read_oracle(data_dir),
         n_boot=config.evaluate.n_boot,
         seed=0,
         settings={"retrain": to_dict(config.retrain), "finetune": to_dict(ft_config)},
@@ -283,8 +290,10 @@ def _save_bundle(
     ft_config: FinetuneConfig,
     production_version: int | None,
     report: dict,
+    documents: dict[str, str],
 ) -> Path:
-    """The candidate as a bundle in the work directory, ready to commit."""
+    """The candidate as a bundle in the work directory, ready to commit, with `documents` (the
+    retrain report) among its files and checksums."""
     from ehr_ssl.deploy.bundle import make_bundle
     from ehr_ssl.evaluation.report import model_metrics
 
@@ -305,20 +314,18 @@ def _save_bundle(
         },
         report=report,
     )
-    return bundle.save(layout.bundle)
+    return bundle.save(layout.bundle, documents=documents)
 
 
-def _write_retrain_report(
-    bundle_dir: Path, record: dict, promote: bool, drift: dict | None
-) -> None:
+def _retrain_report_documents(record: dict, promote: bool, drift: dict | None) -> dict[str, str]:
+    """The retrain report the version's bundle ships: file name -> text (Markdown and JSON)."""
     from ehr_ssl.deploy.drift import format_drift_markdown
 
     report_md = format_retrain_report(record, promote)
     if drift is not None:
         report_md += "\n" + format_drift_markdown(drift)
-    atomic_write_text(bundle_dir / RETRAIN_REPORT_MD, report_md)
-    atomic_write_text(bundle_dir / RETRAIN_REPORT_JSON, json.dumps(
-        {**record, "drift": drift}, indent=2) + "\n")  # fmt: skip
+    report_json = json.dumps({**record, "drift": drift}, indent=2) + "\n"
+    return {RETRAIN_REPORT_MD: report_md, RETRAIN_REPORT_JSON: report_json}
 
 
 def gate(candidate: dict, production: dict | None, config: PipelineConfig) -> tuple[bool, list]:

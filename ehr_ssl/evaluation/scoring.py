@@ -4,7 +4,6 @@ predictions frame (one row per model and test visit) that the report is built fr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 
+from ehr_ssl.artifacts import read_json
 from ehr_ssl.config import COUNTS, parse_budget
 from ehr_ssl.errors import InputError
 from ehr_ssl.evaluation.baselines import count_features, score_counts_baseline
@@ -93,11 +93,11 @@ def read_labeled(tokens_dir: Path, split: str) -> pl.DataFrame:
 
 
 def draw_label_budget(
-    train: pl.DataFrame, val: pl.DataFrame, budget: str, *, seed: int
+    train: pl.DataFrame, val: pl.DataFrame, budget: str, *, seed: int, setting: str = "label_budget"
 ) -> LabelBudget:
     """The visits of a label budget (`ehr_ssl.training.finetune.budget_split`) among the labeled
-    `train` and `val` visits (`read_labeled`)."""
-    train_ids, val_ids = budget_split(train, val, parse_budget(budget), seed=seed)
+    `train` and `val` visits (`read_labeled`); an error names `setting`."""
+    train_ids, val_ids = budget_split(train, val, parse_budget(budget), seed=seed, setting=setting)
     return LabelBudget(
         name=budget,
         seed=seed,
@@ -129,7 +129,7 @@ def score_finetuned(
 ) -> tuple[np.ndarray, dict]:
     """A fine-tuned model's test scores, and the choices its fine-tuning made on val (from its
     summary). Shape: (N,) test visits."""
-    summary = json.loads((Path(finetune_dir) / FINETUNE_SUMMARY_FILE).read_text())
+    summary = read_json(Path(finetune_dir) / FINETUNE_SUMMARY_FILE, what="fine-tuning summary")
     selection = {key: summary.get(key) for key in FINETUNE_SELECTION_KEYS}
     return predict_finetuned(finetune_dir, encoder_dir, test.dataset, device), selection
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -24,31 +25,67 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ehr_ssl.artifacts import (
+    check_tensor_shapes,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    write_failure,
+)
+from ehr_ssl.config import MAX_TOKENS_PER_VISIT, MAX_WIDTH
 from ehr_ssl.errors import InputError
+from ehr_ssl.layout import MODEL_CONFIG_FILE, WEIGHTS_FILE
 
 POOLINGS = ("cls", "mean")
+# Eval mode pads each visit to its length rounded up to this, never to its batch's longest
+# visit (`EHREncoder._encode_by_width`); 8 also suits GPU tensor cores.
+EVAL_WIDTH_MULTIPLE = 8
+# The range of each size: generous but finite (as the settings' in ehr_ssl.config), so that an
+# absurd value (a hand-edited config.json, a [model] table) is refused before any allocation.
+SIZE_RANGES = {
+    "hidden_size": (1, MAX_WIDTH),
+    "num_hidden_layers": (1, 256),
+    "num_attention_heads": (1, MAX_WIDTH),
+    "intermediate_size": (1, 4 * MAX_WIDTH),
+    "max_position_embeddings": (1, MAX_TOKENS_PER_VISIT),
+    "vocab_size": (1, 10**8),
+    "n_value_bins": (1, 1024),
+    "n_time_buckets": (1, 4096),
+    "n_segments": (3, 64),  # the tokenizer's segment ids are 0, 1 and 2
+}
+# 40 GB of float32 weights, 160 GB with gradients and AdamW's moments: more than one GPU holds.
+MAX_PARAMETERS = 10**10
+
+
+def _check_sizes(sizes: dict[str, int]) -> None:
+    """ValueError naming the size at fault: out of its range, or too many parameters in all."""
+    for name, value in sizes.items():
+        low, high = SIZE_RANGES[name]
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+        if value > high:
+            raise ValueError(f"{name} must be <= {high}, got {value}")
+    d, embedded = sizes["hidden_size"], ("vocab_size", "n_value_bins", "n_time_buckets",
+                                         "n_segments", "max_position_embeddings")  # fmt: skip
+    per_layer = 4 * d * d + 2 * d * sizes["intermediate_size"]  # attention, then the MLP
+    parameters = sizes["num_hidden_layers"] * per_layer + d * sum(sizes[n] for n in embedded)
+    if parameters > MAX_PARAMETERS:
+        raise ValueError(
+            f"about {parameters:.2g} parameters, more than {MAX_PARAMETERS:.0g}: "
+            "lower hidden_size, num_hidden_layers or intermediate_size"
+        )
 
 
 def _check_architecture(
     *,
-    hidden_size: int,
-    num_hidden_layers: int,
-    num_attention_heads: int,
-    intermediate_size: int,
+    sizes: dict[str, int],
     hidden_dropout_prob: float,
     attention_probs_dropout_prob: float,
     pooling: str,
 ) -> None:
     """ValueError naming the argument at fault, for any value no encoder can be built with."""
-    sizes = {
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_hidden_layers,
-        "num_attention_heads": num_attention_heads,
-        "intermediate_size": intermediate_size,
-    }
-    for name, value in sizes.items():
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+    _check_sizes(sizes)
+    hidden_size, num_attention_heads = sizes["hidden_size"], sizes["num_attention_heads"]
     if hidden_size % num_attention_heads:
         raise ValueError(
             f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
@@ -118,10 +155,17 @@ class EHRConfig(PreTrainedConfig):
         **kwargs,
     ):
         _check_architecture(
-            hidden_size=hidden_size,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=num_attention_heads,
-            intermediate_size=intermediate_size,
+            sizes={
+                "hidden_size": hidden_size,
+                "num_hidden_layers": num_hidden_layers,
+                "num_attention_heads": num_attention_heads,
+                "intermediate_size": intermediate_size,
+                "max_position_embeddings": max_position_embeddings,
+                "vocab_size": vocab_size,
+                "n_value_bins": n_value_bins,
+                "n_time_buckets": n_time_buckets,
+                "n_segments": n_segments,
+            },
             hidden_dropout_prob=hidden_dropout_prob,
             attention_probs_dropout_prob=attention_probs_dropout_prob,
             pooling=pooling,
@@ -232,11 +276,92 @@ class EncoderLayer(nn.Module):
         return x + self.dropout(self.fc_out(F.gelu(self.fc_in(self.mlp_norm(x)))))
 
 
+def load_config(directory: Path) -> EHRConfig:
+    """The EHRConfig of a saved model directory (its config.json), checked.
+
+    Raises:
+        InputError: naming config.json when it is missing, not JSON, not an ehr-ssl
+            configuration or holds a value no encoder can be built with.
+    """
+    path = Path(directory) / MODEL_CONFIG_FILE
+    document = read_json(path, what="model configuration")
+    if document.get("model_type") != EHRConfig.model_type:
+        raise InputError(
+            f"model_type {document.get('model_type')!r} is not {EHRConfig.model_type!r}: not "
+            "an ehr-ssl model configuration",
+            file=str(path),
+        )
+    try:
+        return EHRConfig.from_dict(document)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"invalid model configuration ({e})", file=str(path)) from None
+
+
 class EHRPreTrainedModel(PreTrainedModel):
-    """Weight initialization and the config class shared by the encoder and task models."""
+    """Weight initialization and the config class shared by the encoder and task models, and
+    their checked saving and loading (config.json + model.safetensors, what save_pretrained
+    writes and AutoModel.from_pretrained reads)."""
 
     config_class = EHRConfig
     base_model_prefix = "encoder"
+
+    @classmethod
+    def load_checked(cls, directory: Path) -> Self:
+        """The model saved in `directory`, in eval mode, every weight from the file.
+
+        Unlike `from_pretrained`, nothing is ever initialized at random and nothing but
+        safetensors is read: a config and weights that disagree (a layer more or less, another
+        hidden size), a damaged weights file or a pickled `pytorch_model.bin` are refused.
+
+        Raises:
+            InputError: one line naming the file at fault and the problem.
+        """
+        directory = Path(directory)
+        config = load_config(directory)
+        weights_path = directory / WEIGHTS_FILE
+        if not weights_path.exists() and any(directory.glob("*.bin")):
+            raise InputError(
+                f"no {WEIGHTS_FILE}: ehr-ssl reads weights from safetensors only, never from "
+                "pickled .bin files",
+                file=str(directory),
+            )
+        weights = load_safetensors(weights_path, what="model weights")
+        try:
+            with torch.device("meta"):  # shapes only: every value comes from the file
+                model = cls(config)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise InputError(
+                f"no model can be built from this configuration ({e})",
+                file=str(directory / MODEL_CONFIG_FILE),
+            ) from None
+        expected = model.state_dict()
+        check_tensor_shapes(
+            weights,
+            {name: tuple(t.shape) for name, t in expected.items()},
+            path=weights_path,
+            what="model weights",
+        )
+        weights = {name: t.to(expected[name].dtype) for name, t in weights.items()}
+        model.load_state_dict(weights, strict=True, assign=True)
+        return model.eval()
+
+    def save_checked(self, directory: Path) -> None:
+        """Write config.json and model.safetensors to `directory` (what `load_checked` and
+        `from_pretrained` read), with the mode of every other output.
+
+        Raises:
+            OSError: naming the file when a write fails (a full disk, say).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.architectures = [type(self).__name__]  # as save_pretrained records them
+        self.config.dtype = self.dtype
+        try:
+            self.config.to_json_file(directory / MODEL_CONFIG_FILE)
+        except OSError as e:
+            raise write_failure(directory / MODEL_CONFIG_FILE, e) from None
+        weights = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()}
+        save_safetensors(weights, directory / WEIGHTS_FILE, metadata={"format": "pt"})
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -276,7 +401,8 @@ class EHREncoder(EHRPreTrainedModel):
         segment_ids: torch.Tensor,
         attention_mask: torch.Tensor,
     ) -> BaseModelOutputWithPooling:
-        """Encode a padded batch.
+        """Encode a right-padded batch. In eval mode a visit's outputs do not depend on the
+        other visits of the batch, bitwise on CPU (see `_encode_by_width`).
 
         Shape: every input (B, T) (attention_mask bool, True = token) ->
         last_hidden_state (B, T, D), pooler_output (B, D).
@@ -287,7 +413,24 @@ class EHREncoder(EHRPreTrainedModel):
                 f"sequence length {t} exceeds max_position_embeddings "
                 f"{self.config.max_position_embeddings}"
             )
-        positions = torch.arange(t, device=input_ids.device)
+        inputs = (input_ids, value_bins, time_deltas, segment_ids, attention_mask.bool())
+        if not self.training:
+            return self._encode_by_width(*inputs)
+        hidden = self._encode(*inputs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden, pooler_output=self.pool(hidden, inputs[-1])
+        )
+
+    def _encode(
+        self,
+        input_ids: torch.Tensor,
+        value_bins: torch.Tensor,
+        time_deltas: torch.Tensor,
+        segment_ids: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Embeddings, the blocks and the final norm. Shape: (B, T) each -> (B, T, D)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = (
             self.code_embeddings(input_ids)
             + self.value_embeddings(value_bins)
@@ -296,14 +439,47 @@ class EHREncoder(EHRPreTrainedModel):
             + self.position_embeddings(positions)[None]
         )
         x = self.dropout(self.embedding_norm(x))
-        mask = attention_mask.bool()
         attention_bias = mask[:, None, None, :]  # (B, T) -> (B, 1, 1, T): keys to attend to
         for layer in self.layers:
             x = layer(x, attention_bias)
-        hidden = self.final_norm(x)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden, pooler_output=self.pool(hidden, mask)
-        )
+        return self.final_norm(x)
+
+    def _encode_by_width(
+        self,
+        input_ids: torch.Tensor,
+        value_bins: torch.Tensor,
+        time_deltas: torch.Tensor,
+        segment_ids: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> BaseModelOutputWithPooling:
+        """Eval mode: each group of visits of one width (the visit's own length rounded up to
+        EVAL_WIDTH_MULTIPLE) encoded on its own. The sums over keys (attention) and tokens (mean
+        pooling) then run over the same width whatever the batch, so a visit's numbers never
+        depend on its batch mates; the padded width of the batch changed them by up to 2.4e-7
+        (float32 rounding). Elementwise kernels (GELU) round the last elements of a tensor that
+        is not whole vectors differently: widths a multiple of 8 keep the presets' tensors whole.
+        Padding positions come back as zeros.
+
+        Shape: every input (B, T) -> last_hidden_state (B, T, D), pooler_output (B, D).
+        """
+        b, t = input_ids.shape
+        positions = torch.arange(1, t + 1, device=mask.device)
+        ends = (mask * positions).amax(1) if t else mask.new_zeros(b, dtype=torch.long)
+        multiple = EVAL_WIDTH_MULTIPLE
+        widths = (-(-ends // multiple) * multiple).clamp(1, self.config.max_position_embeddings)
+        pad = max(int(widths.max()) - t, 0) if b else 0  # a width may reach past the batch's T
+        padded = [F.pad(x, (0, pad), value=v) for x, v in (
+            (input_ids, self.config.pad_token_id), (value_bins, 0), (time_deltas, 0),
+            (segment_ids, 0), (mask, False))]  # fmt: skip
+        hidden = padded[0].new_zeros((b, t, self.config.hidden_size), dtype=self.dtype)
+        pooled = hidden.new_zeros((b, self.config.hidden_size))
+        for width in widths.unique().tolist():
+            rows = (widths == width).nonzero()[:, 0]
+            group = [x[rows, :width] for x in padded]  # (G, width) each
+            states = self._encode(*group)  # (G, width, D)
+            hidden[rows, : min(width, t)] = states[:, :t].to(hidden.dtype)
+            pooled[rows] = self.pool(states, group[-1]).to(hidden.dtype)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
     def pool(
         self, hidden: torch.Tensor, mask: torch.Tensor, pooling: str | None = None

@@ -5,6 +5,9 @@ A checkpoint is a directory `checkpoints/step-XXXXXXXX/` written atomically (tem
 position: tensors and plain containers only, read back with `torch.load(weights_only=True)`,
 which refuses arbitrary pickled objects) and `meta.json`. The learning-rate schedule is a pure
 function of the step, so the step is the scheduler's whole state.
+
+A damaged newest checkpoint stops a resume with one line naming it (never a silent fall back to
+an older one: removing it, the user chooses to resume from the one before).
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ehr_ssl.artifacts import load_safetensors, save_safetensors, write_failure
 from ehr_ssl.atomic import atomic_directory
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import CHECKPOINTS_DIR, WEIGHTS_FILE
+
+STATE_FILE = "state.pt"
+STATE_KEYS = ("step", "data_position", "optimizer", "torch_rng", "cuda_rng", "generator",
+              "generator_device")  # fmt: skip
 
 
 def save_checkpoint(
@@ -39,7 +46,7 @@ def save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     with atomic_directory(path, overwrite=True) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / WEIGHTS_FILE))
+        save_safetensors(weights, tmp / WEIGHTS_FILE)
         state = {
             "step": step,
             "data_position": data_position,
@@ -50,11 +57,26 @@ def save_checkpoint(
             "generator": generator.get_state(),
             "generator_device": generator.device.type,
         }
-        torch.save(state, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "data_position": data_position}))
+        _save_state(state, tmp / STATE_FILE)
+        try:
+            meta = json.dumps({"step": step, "data_position": data_position})
+            (tmp / "meta.json").write_text(meta)
+        except OSError as e:
+            raise write_failure(path / "meta.json", e) from None
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _save_state(state: dict, path: Path) -> None:
+    """torch.save, a failure raised as an OSError naming the file. torch reports a full disk
+    as a RuntimeError ("unexpected pos"); writing through a Python file keeps the OSError
+    behind it, and with it the cause."""
+    try:
+        with path.open("wb") as f:
+            torch.save(state, f)
+    except (OSError, RuntimeError) as e:
+        raise write_failure(path, e) from None
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -70,12 +92,26 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
 ) -> tuple[int, dict[str, int]]:
-    """Restore model, optimizer and RNG states in place; returns (step, data position)."""
+    """Restore model, optimizer and RNG states in place; returns (step, data position).
+
+    Raises:
+        InputError: naming the checkpoint file that is damaged or does not fit the model.
+    """
+    remedy = f"remove {path.name} to resume from the checkpoint before it (or from the start)"
     try:
-        weights = load_file(str(path / WEIGHTS_FILE))
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors, pickle and OS errors all mean the same thing here
-        raise InputError(f"unreadable checkpoint ({type(e).__name__})", file=str(path)) from None
+        weights = load_safetensors(path / WEIGHTS_FILE, what="checkpoint weights")
+    except InputError as e:
+        raise InputError(f"{e.problem}; {remedy}", file=e.file) from None
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle and OS errors alike: the file cannot be used
+        raise InputError(
+            f"unreadable checkpoint ({type(e).__name__}); {remedy}", file=str(path / STATE_FILE)
+        ) from None
+    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
+        raise InputError(
+            f"unreadable checkpoint (not a training state); {remedy}", file=str(path / STATE_FILE)
+        )
     if state.get("generator_device") != generator.device.type:
         raise InputError(
             f"written on {state.get('generator_device')}, resumed on {generator.device.type}: "

@@ -12,6 +12,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from ehr_ssl.artifacts import check_tensor_shapes, load_safetensors
 from ehr_ssl.model.classifier import AdmissionClassifier
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
@@ -78,7 +79,7 @@ def linear_probe(
 ) -> dict:
     """The linear-probe mode: the probe on `encoder_dir`'s frozen encoder. Returns the summary,
     with the probe's tensors under "_probe" (coef, intercept, mean, std; float32)."""
-    encoder = EHREncoder.from_pretrained(encoder_dir).to(device)
+    encoder = EHREncoder.load_checked(encoder_dir).to(device)
     x_train, x_val = pooled_vectors(encoder, train, device), pooled_vectors(encoder, val, device)
     probe = fit_probe(x_train, train.labels, x_val, val.labels)
     return {
@@ -114,3 +115,17 @@ def probe_scores(probe: dict[str, np.ndarray], vectors: np.ndarray) -> np.ndarra
     Shape: (N, D) -> (N,)."""
     x = (vectors - probe["mean"]) / probe["std"]
     return 1 / (1 + np.exp(-(x @ probe["coef"] + probe["intercept"])))
+
+
+def load_probe(path: Path, hidden_size: int) -> dict[str, torch.Tensor]:
+    """A saved probe (`linear_probe`'s tensors) for pooled vectors of `hidden_size`: coef (D,),
+    intercept (1,), mean (D,), std (D,).
+
+    Raises:
+        InputError: naming the file when it is missing, damaged or of other shapes.
+    """
+    probe = load_safetensors(path, what="linear probe")
+    shapes = {"coef": (hidden_size,), "intercept": (1,), "mean": (hidden_size,),
+              "std": (hidden_size,)}  # fmt: skip
+    check_tensor_shapes(probe, shapes, path=path, what="linear probe")
+    return probe

@@ -3,14 +3,21 @@ pickle and no identifiers inside, and the model card."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from ehr_ssl.deploy.bundle import export_bundle, load_bundle
+from ehr_ssl.artifacts import load_safetensors
+from ehr_ssl.cli import main
+from ehr_ssl.deploy.bundle import export_bundle, file_checksums, load_bundle
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import RunLayout
 from ehr_ssl.tokens.shards import read_split
@@ -95,3 +102,138 @@ def test_loading_refuses_what_is_not_a_bundle(finished_run, tmp_path):
         load_bundle(tmp_path)
     with pytest.raises(InputError, match="counts baselines are not saved"):
         export_bundle(run, tmp_path / "b", model="counts_logistic")
+
+
+def test_bundle_json_holds_the_checksum_of_every_other_file(finished_run):
+    _, run = finished_run
+    bundle = run / "bundle"
+    files = json.loads((bundle / "bundle.json").read_text())["files"]
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert set(files) == on_disk - {"bundle.json"}
+    weights = bundle / "encoder" / "model.safetensors"
+    entry = files["encoder/model.safetensors"]
+    assert entry["bytes"] == weights.stat().st_size
+    assert entry["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def _reseal(bundle: Path) -> None:
+    """Checksums of the files as they are now: what a bundle written damaged would hold."""
+    info = json.loads((bundle / "bundle.json").read_text())
+    info["files"] = file_checksums(bundle)
+    (bundle / "bundle.json").write_text(json.dumps(info))
+
+
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _flip(path: Path, start: int, stop: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[start:stop] = bytes(b ^ 0xFF for b in data[start:stop])
+    path.write_bytes(bytes(data))
+
+
+def _weights_as_pickle(bundle: Path) -> None:
+    weights = bundle / "encoder" / "model.safetensors"
+    torch.save(load_safetensors(weights), weights)
+
+
+def _bin_instead_of_safetensors(bundle: Path) -> None:
+    weights = bundle / "encoder" / "model.safetensors"
+    torch.save(load_safetensors(weights), bundle / "encoder" / "pytorch_model.bin")
+    weights.unlink()
+
+
+def _head_of_another_shape(bundle: Path) -> None:
+    save_file({"weight": torch.zeros(5), "bias": torch.zeros(())}, str(bundle / "head.safetensors"))
+
+
+def _nan_weights(bundle: Path) -> None:
+    weights = bundle / "encoder" / "model.safetensors"
+    tensors = load_safetensors(weights)
+    tensors["final_norm.weight"][0] = float("nan")
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+
+
+WEIGHTS = "encoder/model.safetensors"
+MISMATCH = "does not match its checksum in bundle.json"
+UNREADABLE = "model weights is not a readable safetensors file"
+# (damage, the message as the bundle holds it, the message with checksums of the damaged files
+# (`_reseal`), or None where only the checksum can tell)
+DAMAGES = {
+    "truncated weights": (lambda b: (b / WEIGHTS).write_bytes((b / WEIGHTS).read_bytes()[:999]),
+                          MISMATCH, UNREADABLE),
+    "empty weights": (lambda b: (b / WEIGHTS).write_bytes(b""), MISMATCH, UNREADABLE),
+    "header flipped": (lambda b: _flip(b / WEIGHTS, 8, 40), MISMATCH, UNREADABLE),
+    "weight bytes flipped": (lambda b: _flip(b / WEIGHTS, -400, -300), MISMATCH, None),
+    "pickle renamed": (_weights_as_pickle, MISMATCH, UNREADABLE),
+    "NaN weights": (_nan_weights, MISMATCH, "holds NaN or infinity"),
+    "pytorch_model.bin": (_bin_instead_of_safetensors, "model.safetensors: missing",
+                          "does not list encoder/model.safetensors"),
+    "tokenizer edited": (lambda b: _edit_json(b / "tokenizer.json", min_count=99), MISMATCH,
+                         None),
+    "head of another shape": (_head_of_another_shape, MISMATCH, "of another shape"),
+    "a layer more": (lambda b: _edit_json(b / "encoder/config.json", num_hidden_layers=3),
+                     MISMATCH, "missing (first 'layers.2."),
+    "another hidden size": (lambda b: _edit_json(b / "encoder/config.json", hidden_size=64),
+                            MISMATCH, "of another shape"),
+    "head missing": (lambda b: (b / "head.safetensors").unlink(), "missing (bundle.json lists it)",
+                     None),
+    "unlisted weights": (lambda b: (b / "encoder/pytorch_model.bin").write_bytes(b"x"),
+                         "unexpected file", None),
+    "bundle.json a list": (lambda b: (b / "bundle.json").write_text("[]"),
+                           "bundle record is a JSON list", None),
+    "no checksums (version 1)": (lambda b: _edit_json(b / "bundle.json", format_version=1),
+                                 "format version 1 has no checksums", None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("damage", "resealed"),
+    [(name, False) for name in DAMAGES]
+    + [(name, True) for name, (_, _, resealed) in DAMAGES.items() if resealed],
+    ids=lambda value: {False: "as written", True: "checksums redone"}.get(value, value),
+)
+def test_a_damaged_bundle_exits_2_with_one_line(finished_run, tmp_path, capsys, damage, resealed):
+    """Bytes flipped inside the weights once moved scores by up to 0.16 (exit 0); a damaged
+    file exited 1 with a library's error. Checksums catch every damage; behind them, the
+    loaders refuse what they can tell is wrong."""
+    data, run = finished_run
+    damage_bundle, message, message_resealed = DAMAGES[damage]
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run / "bundle", bundle)
+    damage_bundle(bundle)
+    if resealed:
+        _reseal(bundle)
+    out = tmp_path / "scores.parquet"
+    assert main(["predict", "--model", str(bundle), "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and (message_resealed if resealed else message) in err[0], err
+    assert str(bundle) in err[0] and not out.exists()
+
+
+def test_a_full_disk_while_bundling_names_the_file_and_leaves_nothing(
+    finished_run, tmp_path, capsys, full_disk
+):
+    _, run = finished_run
+    out = tmp_path / "bundle"
+    assert main(["bundle", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on device" in err[0].lower(), err
+    assert "model.safetensors" in err[0] or "head.safetensors" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_file_of_a_bundle_and_a_run_has_the_same_mode(finished_run, tmp_path):
+    """Weights were written 0600 and JSON 0644: another user of a shared model directory could
+    read bundle.json but not the weights."""
+    _, run = finished_run
+    umask = os.umask(0o027)
+    try:
+        export_bundle(run, tmp_path / "bundle")
+    finally:
+        os.umask(umask)
+    modes = {p.stat().st_mode & 0o777 for p in (tmp_path / "bundle").rglob("*") if p.is_file()}
+    assert modes == {0o640}
+    modes = {p.stat().st_mode & 0o777 for p in run.rglob("*") if p.is_file()}
+    assert modes == {0o666 & ~umask}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -276,3 +277,47 @@ def test_no_identifier_reaches_the_versions_the_history_or_the_log(finished_run,
         content = path.read_bytes()
         assert PATIENT_PREFIX.encode() not in content and VISIT_PREFIX.encode() not in content, path
     assert PATIENT_PREFIX not in caplog.text and VISIT_PREFIX not in caplog.text
+
+
+GOOD_HISTORY = '{"version": 1, "promoted": true}\n{"version": 2, "promoted": false}\n'
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "expected"),
+    [
+        ("history.jsonl", '{"promoted": true}\n', "history.jsonl: line 1: no integer 'version'"),
+        ("history.jsonl", GOOD_HISTORY + "garbage\n", "line 3: not valid JSON"),
+        ("history.jsonl", "[1, 2]\n", "line 1: not a JSON object"),
+        ("history.jsonl", GOOD_HISTORY + '{"version": 2, "promoted": true}\n',
+         "line 3: version 2 after version 2"),
+        ("history.jsonl", '{"version": 1}\n', "line 1: 'promoted' is not true or false"),
+        ("production", "garbage", "production pointer is not valid JSON"),
+        ("production", "[1]", "production pointer is a JSON list"),
+        ("production", '{"version": "1"}', 'production pointer is not {"version": N}'),
+        ("production", '{"version": 2}', "names version 2, which history.jsonl never promoted"),
+        ("registry.json", "[]", "registry marker is a JSON list"),
+        ("registry.json", '{"format": "other"}', "registry format 'other' version None"),
+    ],
+)  # fmt: skip
+def test_a_damaged_registry_file_exits_2_with_one_line(tmp_path, capsys, file, content, expected):
+    """A history record without a version gave KeyError; a garbage pointer or registry file
+    was accepted without a word."""
+    import ehr_ssl
+    from ehr_ssl.errors import InputError
+
+    reg = Registry.open(tmp_path / "registry", create=True).root
+    (reg / "history.jsonl").write_text(GOOD_HISTORY)
+    (reg / "production").write_text('{"version": 1}\n')
+    assert main(["registry", str(reg)]) == 0
+    assert "production: version 1" in capsys.readouterr().out
+    (reg / file).write_text(content)
+    assert main(["registry", str(reg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(reg / file) in err[0] and expected in err[0], err
+    with pytest.raises(InputError, match=re.escape(expected)):
+        ehr_ssl.load(reg)
+
+
+def test_a_version_bundle_holds_its_retrain_report_in_its_checksums(registry):
+    files = json.loads((registry / "versions" / "1" / "bundle.json").read_text())["files"]
+    assert {"retrain_report.md", "retrain_report.json"} <= set(files)

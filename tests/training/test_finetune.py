@@ -182,3 +182,44 @@ def test_an_encoder_of_other_tokens_is_refused(cohort_tokens, encoder_dir, tmp_p
     with pytest.raises(InputError, match="another tokenizer.json"):
         finetune(swapped, encoder_dir, tmp_path / "out", _config())
     assert not (tmp_path / "out").exists()
+
+
+def test_only_safetensors_weights_are_read(cohort_tokens, encoder_dir, tmp_path):
+    """finetune and evaluate fell back to a pickled pytorch_model.bin where model.safetensors
+    was missing; the bundle loader refused it."""
+    from ehr_ssl.artifacts import load_safetensors
+    from ehr_ssl.errors import InputError
+    from ehr_ssl.model.classifier import AdmissionClassifier
+
+    def pickle_the_weights(directory):
+        weights = directory / "model.safetensors"
+        torch.save(load_safetensors(weights), directory / "pytorch_model.bin")
+        weights.unlink()
+
+    run = tmp_path / "pretrained"
+    shutil.copytree(encoder_dir.parent, run)
+    pickle_the_weights(run / "encoder")
+    for mode in ("full", "linear-probe"):
+        with pytest.raises(InputError, match="safetensors only"):
+            finetune(cohort_tokens, run / "encoder", tmp_path / "out", _config(mode=mode))
+    assert not (tmp_path / "out").exists()
+    AdmissionClassifier(EHRConfig.from_pretrained(encoder_dir)).save_checked(
+        tmp_path / "ft" / "model"
+    )
+    pickle_the_weights(tmp_path / "ft" / "model")
+    test = finetuning.labeled_split(cohort_tokens, "test")
+    with pytest.raises(InputError, match="safetensors only"):
+        finetuning.predict_finetuned(tmp_path / "ft", encoder_dir, test, torch.device("cpu"))
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(
+    cohort_tokens, encoder_dir, tmp_path, full_disk
+):
+    """A full disk was `internal error: SafetensorError` (exit 1)."""
+    import errno
+
+    with pytest.raises(OSError) as caught:
+        finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _config(mode="linear-probe"))
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename.endswith("linear_probe.safetensors")
+    assert list(tmp_path.iterdir()) == []
