@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ehr_ssl.artifacts import read_json
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import RUN_CONFIG_FILE
+from ehr_ssl.outputs import KINDS, output_kind
 from ehr_ssl.settings import (
+    check_count,
     check_positive,
     check_range,
     from_dict,
@@ -29,6 +31,21 @@ from ehr_ssl.settings import (
 )
 
 DEVICES = ("auto", "cpu", "cuda")
+
+# Upper bounds of the size-like settings: generous (far beyond any ED cohort or any model this
+# code is for) but finite, so that an absurd value stops at configuration time with one line
+# instead of an allocation of terabytes after tokenizing (max_length = 1e11 once asked for a
+# 12.8 TB position table).
+# Tokens per visit, 32x the default: one visit's attention scores are T^2 floats per head and
+# layer (256 MiB at 8192 on CPU, where they are materialized) and the position table T x D.
+MAX_TOKENS_PER_VISIT = 8192
+MAX_WIDTH = 16_384  # hidden and projection sizes: wider than GPT-3's 12,288
+MAX_BATCH = 65_536  # visits per step; the contrastive term compares all (2B)^2 pairs of views
+MAX_EPOCHS = 100_000
+MAX_STEPS = 10**9  # steps and step intervals: years of training
+MAX_VISITS = 10**9  # visits per chunk or shard, patients per code: beyond any hospital system
+MAX_WORKERS = 256  # loader processes
+MAX_BOOTSTRAP = 1_000_000  # replicates: CI limits stop moving long before
 
 # Starting points, overridden by a TOML file and flags. tiny: tests (seconds); small: the CPU demo,
 # sized to train both objectives at >= 50k visit tokens/s on 2 CPU cores (benchmarks/README.md);
@@ -131,7 +148,8 @@ class TokenizerConfig:
     lookback_days: float = 365.0
     """History window: events from arrival_time - lookback up to prediction_time are read."""
     max_length: int = 256
-    """Tokens per visit, specials and statics included; the oldest history is dropped first."""
+    """Tokens per visit, specials and statics included (4 to 8192); the oldest history is
+    dropped first."""
     min_count: int = 5
     """A code (or static value) enters the vocabulary only if at least this many distinct
     training patients have it; counting patients, not events, is the privacy guard."""
@@ -140,8 +158,14 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         check_range(self.lookback_days, 0, 100 * 365, "tokenizer.lookback_days")
-        if self.min_count < 1:
-            raise InputError(f"must be >= 1, got {self.min_count}", column="tokenizer.min_count")
+        check_count(
+            self.max_length,
+            "tokenizer.max_length",
+            low=4,
+            high=MAX_TOKENS_PER_VISIT,
+            why="attention memory grows with its square",
+        )
+        check_count(self.min_count, "tokenizer.min_count", high=MAX_VISITS)
         if not 1 <= self.n_bins <= 100:
             raise InputError(f"must be in [1, 100], got {self.n_bins}", column="tokenizer.n_bins")
 
@@ -162,8 +186,7 @@ class TokenizeConfig:
 
     def __post_init__(self) -> None:
         for name in ("shard_visits", "chunk_visits"):  # top-level keys of a TOML file
-            if getattr(self, name) < 1:
-                raise InputError(f"must be >= 1, got {getattr(self, name)}", column=name)
+            check_count(getattr(self, name), name, high=MAX_VISITS)
 
 
 @dataclass
@@ -202,10 +225,7 @@ class ObjectiveConfig:
                 f"must be in (0, 1), got {self.mask_rate}", column="objective.mask_rate"
             )
         check_range(self.temperature, 1e-4, 100, "objective.temperature")
-        if self.projection_dim < 1:
-            raise InputError(
-                f"must be >= 1, got {self.projection_dim}", column="objective.projection_dim"
-            )
+        check_count(self.projection_dim, "objective.projection_dim", high=MAX_WIDTH)
 
 
 @dataclass
@@ -253,13 +273,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**32:
             raise InputError(f"must be in [0, 2**32), got {self.seed}", column="train.seed")
-        check_positive(
-            self,
-            ("batch_size", "epochs", "checkpoint_every", "keep_checkpoints", "log_every"),
-            "train",
+        check_count(
+            self.batch_size,
+            "train.batch_size",
+            high=MAX_BATCH,
+            why="the contrastive term compares every pair of the batch's views",
         )
-        if self.max_steps is not None and self.max_steps < 1:
-            raise InputError(f"must be >= 1, got {self.max_steps}", column="train.max_steps")
+        check_count(self.epochs, "train.epochs", high=MAX_EPOCHS)
+        check_positive(
+            self, ("checkpoint_every", "keep_checkpoints", "log_every"), "train", high=MAX_STEPS
+        )
+        if self.max_steps is not None:
+            check_count(self.max_steps, "train.max_steps", high=MAX_STEPS)
         if self.device not in DEVICES:
             raise InputError(
                 f"must be auto, cpu or cuda, got {self.device!r}", column="train.device"
@@ -268,10 +293,9 @@ class TrainConfig:
         check_range(self.weight_decay, 0, 10, "train.weight_decay")
         check_range(self.grad_clip, 1e-6, 1e6, "train.grad_clip")
         check_range(self.min_lr_ratio, 0, 1, "train.min_lr_ratio")
-        if self.warmup_steps < 0 or self.num_workers < 0 or self.pad_to_multiple_of < 1:
-            raise InputError(
-                "warmup_steps and num_workers must be >= 0, pad_to_multiple_of >= 1", column="train"
-            )
+        check_count(self.warmup_steps, "train.warmup_steps", low=0, high=MAX_STEPS)
+        check_count(self.num_workers, "train.num_workers", low=0, high=MAX_WORKERS)
+        check_count(self.pad_to_multiple_of, "train.pad_to_multiple_of", high=MAX_TOKENS_PER_VISIT)
 
 
 @dataclass
@@ -338,7 +362,8 @@ class FinetuneConfig:
                 f"must be one of {', '.join(FINETUNE_MODES)}, got {self.mode!r}",
                 column="finetune.mode",
             )
-        check_positive(self, ("batch_size", "max_epochs", "patience"), "finetune")
+        check_count(self.batch_size, "finetune.batch_size", high=MAX_BATCH)
+        check_positive(self, ("max_epochs", "patience"), "finetune", high=MAX_EPOCHS)
         check_range(self.learning_rate, 1e-9, 10, "finetune.learning_rate")
         check_range(self.encoder_lr_ratio, 0, 10, "finetune.encoder_lr_ratio")
         check_range(self.weight_decay, 0, 10, "finetune.weight_decay")
@@ -416,7 +441,7 @@ class EvaluateConfig:
         if not self.seeds or any(not 0 <= s < 2**32 for s in self.seeds):
             raise InputError(f"must be integers in [0, 2**32), got {self.seeds}",
                              column="evaluate.seeds")  # fmt: skip
-        check_positive(self, ("n_boot",), "evaluate")
+        check_count(self.n_boot, "evaluate.n_boot", high=MAX_BOOTSTRAP)
 
     @property
     def budgets(self) -> list[str]:
@@ -454,7 +479,7 @@ class RetrainConfig:
             raise InputError(
                 f"must be in (0, 1), got {self.test_fraction}", column="retrain.test_fraction"
             )
-        check_positive(self, ("pretrain_epochs",), "retrain")
+        check_count(self.pretrain_epochs, "retrain.pretrain_epochs", high=MAX_EPOCHS)
         parse_budget(self.label_budget)
         check_range(self.max_auroc_drop, 0, 1, "retrain.max_auroc_drop")
         check_range(self.min_auroc, 0, 1, "retrain.min_auroc")
@@ -524,7 +549,12 @@ def load_pipeline_config(path: Path | None, overrides: dict[str, Any]) -> Pipeli
     file_values = read_toml(path) if path is not None else {}
     preset = overrides.get("preset") or file_values.get("preset") or PipelineConfig.preset
     if not isinstance(preset, str) or preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+        in_file = path is not None and not overrides.get("preset")
+        raise InputError(
+            f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})",
+            file=str(path) if in_file else None,
+            column="preset",
+        )
     values = merge({"preset": preset, **copy.deepcopy(PRESETS[preset])}, file_values)
     return load_config(PipelineConfig, None, overrides, base=values, source=str(path or "config"))
 
@@ -540,11 +570,46 @@ def load_tokenize_config(path: Path | None, overrides: dict[str, Any]) -> Tokeni
 
 
 def read_run_config(run_dir: Path) -> PipelineConfig:
-    """The resolved configuration a run directory was made with (RUN/run_config.json)."""
-    saved = Path(run_dir) / RUN_CONFIG_FILE
-    if not saved.is_file():
-        raise InputError("not a run directory (no run_config.json)", file=str(run_dir))
-    try:
-        return from_dict(PipelineConfig, json.loads(saved.read_text()), source=str(saved))
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e})", file=str(saved)) from None
+    """The resolved configuration a run directory was made with (RUN/run_config.json).
+
+    Raises:
+        InputError: naming `run_dir` when it is not a run directory (a pretraining, tokens or
+            fine-tuning directory, a bundle: saying which, and what to give instead), or
+            naming run_config.json when it is damaged or holds a bad setting.
+    """
+    run_dir = Path(run_dir)
+    kind = output_kind(run_dir) if run_dir.is_dir() else None
+    saved = run_dir / RUN_CONFIG_FILE
+    if kind in ("run", "pretrain") and saved.is_file():
+        document = read_json(saved, what="run configuration")
+        # A pretraining directory keeps its own run_config.json: {"config", "init_encoder",
+        # "data"}; a run's holds the PipelineConfig itself.
+        if not {"config", "data"} <= set(document):
+            return from_dict(PipelineConfig, document, source=str(saved))
+        kind = "pretrain"
+    raise InputError(_not_a_run_directory(run_dir, kind), file=str(run_dir))
+
+
+# What to give instead of an output of another kind, where a command takes that one.
+_TAKEN_BY = {
+    "pretrain": "`ehr-ssl finetune --encoder` takes this one",
+    "tokens": "`ehr-ssl pretrain --tokens` and `finetune --tokens` take this one",
+    "bundle": "`ehr-ssl predict --model` takes this one",
+}
+
+
+def _not_a_run_directory(path: Path, kind: str | None) -> str:
+    """The problem with `path` given as a run directory: what it is and what to give instead
+    (the run directory it lies in, when it lies in one)."""
+    if not path.exists():
+        return "run directory not found"
+    what = f"is an ehr-ssl {KINDS[kind]}, not a run directory" if kind in KINDS else (
+        "not a run directory (no run_config.json)")  # fmt: skip
+    enclosing = next(
+        (parent for parent in list(path.resolve().parents)[:3] if output_kind(parent) == "run"),
+        None,
+    )
+    instead = f"the run directory it lies in, {enclosing}" if enclosing else (
+        "the directory `ehr-ssl run --out` wrote")  # fmt: skip
+    taken_by = f" ({_TAKEN_BY[kind]})" if kind in _TAKEN_BY else ""
+    return f"{what}: give {instead}{taken_by}"

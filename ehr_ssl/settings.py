@@ -25,13 +25,21 @@ from typing import Any
 from ehr_ssl.errors import InputError
 
 
-def check_positive(config: Any, names: tuple[str, ...], section: str) -> None:
-    """Each named integer field is >= 1."""
+def check_count(value: int, name: str, *, high: int, low: int = 1, why: str = "") -> None:
+    """An integer setting in [low, high]. The upper bound is generous but finite, so that an
+    absurd value stops at configuration time instead of allocating terabytes later; `why` says
+    what it protects."""
+    if value < low:
+        raise InputError(f"must be >= {low}, got {value}", column=name)
+    if value > high:
+        because = f" ({why})" if why else ""
+        raise InputError(f"must be <= {high}{because}, got {value}", column=name)
+
+
+def check_positive(config: Any, names: tuple[str, ...], section: str, *, high: int) -> None:
+    """Each named integer field is in [1, high]."""
     for name in names:
-        if getattr(config, name) < 1:
-            raise InputError(
-                f"must be >= 1, got {getattr(config, name)}", column=f"{section}.{name}"
-            )
+        check_count(getattr(config, name), f"{section}.{name}", high=high)
 
 
 def check_range(value: float, low: float, high: float, name: str) -> None:
@@ -45,8 +53,21 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def from_dict(cls: type, values: dict[str, Any], *, source: str = "config") -> Any:
-    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types."""
+NO_FILE = "config"  # the source of settings that come from no file (defaults, flags)
+
+
+def from_dict(
+    cls: type,
+    values: dict[str, Any],
+    *,
+    source: str = NO_FILE,
+    overridden: frozenset[str] = frozenset(),
+) -> Any:
+    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types.
+
+    A value out of range (the dataclasses' own checks) is reported naming `source`, the file
+    the values came from, unless the setting at fault is one of `overridden` (the "section.key"
+    settings given by flags, whose error names the setting only)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -55,15 +76,40 @@ def from_dict(cls: type, values: dict[str, Any], *, source: str = "config") -> A
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise InputError(f"unknown key '{key}'{hint}", file=source)
-        kwargs[key] = _coerce(hints[key], value, key=key, source=source)
-    return cls(**kwargs)
+        kwargs[key] = _coerce(hints[key], value, key=key, source=source, overridden=overridden)
+    try:
+        return cls(**kwargs)
+    except InputError as e:
+        raise naming_source(e, source, overridden) from None
 
 
-def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:
+def naming_source(error: InputError, source: str, overridden: frozenset[str]) -> InputError:
+    """`error` naming `source`, the file the settings came from, unless it names a file already
+    or the setting at fault was given on the command line (`overridden`: "section.key"
+    settings; the error then names the setting only)."""
+    if error.file is not None or source == NO_FILE or _set_by_flag(error.column, overridden):
+        return error
+    return InputError(error.problem, file=source, column=error.column)
+
+
+def _set_by_flag(column: str | None, overridden: frozenset[str]) -> bool:
+    """Whether the setting an error names (or one inside it, for a check of several) was given
+    on the command line. Flags of one section's settings ("max_epochs") match by suffix."""
+    if column is None:
+        return False
+    return any(
+        key == column or column.endswith("." + key) or key.startswith(column + ".")
+        for key in overridden
+    )
+
+
+def _coerce(
+    hint: Any, value: Any, *, key: str, source: str, overridden: frozenset[str] = frozenset()
+) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise InputError(f"'{key}' must be a table, got {value!r}", file=source)
-        return from_dict(hint, value, source=source)
+        return from_dict(hint, value, source=source, overridden=overridden)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -123,6 +169,7 @@ def load_config(
     values = copy.deepcopy(base or {})  # overrides below must not write into PRESETS
     if path is not None:
         values = merge(values, read_toml(path))
+    given = frozenset(dotted for dotted, value in overrides.items() if value is not None)
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -133,7 +180,8 @@ def load_config(
             if not isinstance(node, dict):
                 raise InputError(f"'{section}' is a value, not a table", column=dotted)
         node[key] = value
-    return from_dict(cls, values, source=source or (str(path) if path else "config"))
+    source = source or (str(path) if path else NO_FILE)
+    return from_dict(cls, values, source=source, overridden=given)
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -1,16 +1,25 @@
 """Typed configs: checks with clear errors, TOML loading, command-line overrides."""
 
+import json
 import re
 
 import pytest
 
+from ehr_ssl.cli import main
 from ehr_ssl.config import (
     DataConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    PipelineConfig,
     SplitConfig,
     TokenizeConfig,
     TokenizerConfig,
+    TrainConfig,
+    load_pipeline_config,
+    read_run_config,
 )
 from ehr_ssl.errors import InputError
+from ehr_ssl.outputs import write_marker
 from ehr_ssl.settings import from_dict, load_config, to_dict
 
 
@@ -55,3 +64,115 @@ def test_toml_types_are_checked(tmp_path):
     assert config.tokenizer.n_bins == 5
     with pytest.raises(InputError, match="file not found"):
         load_config(TokenizeConfig, tmp_path / "missing.toml", {})
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        # once passed tokenize, then pretraining asked for a 12.8 TB position table
+        (lambda: TokenizerConfig(max_length=100_000_000_000),
+         "column 'tokenizer.max_length': must be <= 8192 (attention memory grows with its "
+         "square), got 100000000000"),
+        (lambda: TokenizerConfig(max_length=3), "must be >= 4, got 3"),
+        (lambda: TokenizerConfig(min_count=10**30), "must be <= 1000000000"),
+        (lambda: TokenizeConfig(chunk_visits=10**30), "column 'chunk_visits': must be <="),
+        (lambda: TrainConfig(batch_size=10**9), "column 'train.batch_size': must be <= 65536"),
+        (lambda: TrainConfig(epochs=10**12), "column 'train.epochs': must be <= 100000"),
+        (lambda: TrainConfig(max_steps=10**12), "column 'train.max_steps': must be <="),
+        (lambda: TrainConfig(num_workers=10**6), "column 'train.num_workers': must be <= 256"),
+        (lambda: TrainConfig(warmup_steps=-1), "column 'train.warmup_steps': must be >= 0"),
+        (lambda: TrainConfig(pad_to_multiple_of=10**5), "'train.pad_to_multiple_of': must be <="),
+        (lambda: FinetuneConfig(batch_size=10**9), "column 'finetune.batch_size': must be <="),
+        (lambda: FinetuneConfig(max_epochs=10**9), "column 'finetune.max_epochs': must be <="),
+        (lambda: EvaluateConfig(n_boot=10**12), "column 'evaluate.n_boot': must be <= 1000000"),
+    ],
+)  # fmt: skip
+def test_absurd_sizes_stop_at_configuration_time(make, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        make()
+
+
+def test_value_errors_name_the_file_they_come_from(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text("[train]\nepochs = 0\n[tokenizer]\nmax_length = 100000000000\n")
+    with pytest.raises(InputError) as error:
+        load_pipeline_config(path, {"train.epochs": 2})
+    assert str(error.value).startswith(f"{path}: column 'tokenizer.max_length': must be <= 8192")
+    with pytest.raises(InputError) as error:
+        load_pipeline_config(path, {"tokenizer.max_length": 64})
+    assert str(error.value) == f"{path}: column 'train.epochs': must be >= 1, got 0"
+    # a flag's bad value names the setting, not the file it overrode
+    with pytest.raises(InputError) as error:
+        load_pipeline_config(path, {"tokenizer.max_length": 64, "train.epochs": -3})
+    assert str(error.value) == "column 'train.epochs': must be >= 1, got -3"
+    # settings of one section (ehr-ssl finetune): the flag "max_epochs" is finetune.max_epochs
+    base = {"max_epochs": 0}
+    with pytest.raises(InputError, match=re.escape(f"{path}: column 'finetune.max_epochs'")):
+        load_config(FinetuneConfig, None, {}, base=base, source=str(path))
+    with pytest.raises(InputError) as error:
+        load_config(FinetuneConfig, None, {"max_epochs": 0}, base={}, source=str(path))
+    assert str(error.value) == "column 'finetune.max_epochs': must be >= 1, got 0"
+    path.write_text('preset = "huge"\n')
+    with pytest.raises(InputError, match=re.escape(f"{path}: column 'preset': unknown preset")):
+        load_pipeline_config(path, {})
+
+
+def test_the_cli_names_the_file_of_a_bad_value(dataset_dir, tmp_path, capsys):
+    config = tmp_path / "x.toml"
+    config.write_text("[tokenizer]\nmax_length = 100000000000\n")
+    argv = ["tokenize", str(dataset_dir), "--out", str(tmp_path / "t"), "--config", str(config)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"ehr-ssl: error: {config}: column 'tokenizer.max_length': must be <= 8192 (attention "
+        "memory grows with its square), got 100000000000"
+    ]
+    assert not (tmp_path / "t").exists()
+
+
+def _fake_run(root):
+    """A run directory's records and its nested outputs, as far as read_run_config looks."""
+    root.mkdir()
+    write_marker(root, "run")
+    (root / "run_config.json").write_text(json.dumps(to_dict(PipelineConfig())))
+    (root / "stages.json").write_text("{}")
+    for name, kind in (
+        ("pretrain", "pretrain"),
+        ("tokens", "tokens"),
+        ("models/all/ssl", "finetune"),
+    ):
+        (root / name).mkdir(parents=True)
+        write_marker(root / name, kind)
+    record = {"config": {}, "init_encoder": None, "data": {}}
+    (root / "pretrain" / "run_config.json").write_text(json.dumps(record))
+    (root / "bundle").mkdir()
+    (root / "bundle" / "bundle.json").write_text("{}")
+    return root
+
+
+@pytest.mark.parametrize(
+    "where,message",
+    [
+        ("pretrain", "pretrain: is an ehr-ssl pretraining directory (ehr-ssl pretrain), not a "
+                     "run directory: give the run directory it lies in, {run} (`ehr-ssl "
+                     "finetune --encoder` takes this one)"),
+        ("tokens", "is an ehr-ssl tokens directory (ehr-ssl tokenize), not a run directory: give "
+                   "the run directory it lies in, {run} (`ehr-ssl pretrain --tokens`"),
+        ("models/all/ssl", "is an ehr-ssl fine-tuning directory (ehr-ssl finetune), not a run "
+                           "directory: give the run directory it lies in, {run}"),
+        ("models", "not a run directory (no run_config.json): give the run directory it lies"),
+        ("bundle", "(`ehr-ssl predict --model` takes this one)"),
+        ("elsewhere", "run directory not found"),
+    ],
+)  # fmt: skip
+def test_evaluate_says_what_it_was_given_instead_of_a_run(tmp_path, capsys, where, message):
+    """`ehr-ssl evaluate RUN/pretrain` once said "unknown key 'config'"."""
+    run = _fake_run(tmp_path / "run")
+    assert read_run_config(run) == PipelineConfig()
+    with pytest.raises(InputError, match=re.escape(message.format(run=run.resolve()))):
+        read_run_config(run / where)
+    for command in (["evaluate", str(run / where)],
+                    ["bundle", str(run / where), "--out", str(tmp_path / "b")]):  # fmt: skip
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("a run directory" in err[0] or "not found" in err[0])

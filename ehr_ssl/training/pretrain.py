@@ -27,20 +27,24 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ehr_ssl.artifacts import save_safetensors
 from ehr_ssl.atomic import atomic_directory, atomic_file, atomic_write_text
 from ehr_ssl.config import PretrainConfig, TrainConfig
 from ehr_ssl.data.splits import SPLITS
 from ehr_ssl.errors import InputError, TrainingError
 from ehr_ssl.layout import (
+    CHECKPOINTS_DIR,
     ENCODER_DIR,
     HEADS_FILE,
+    METRICS_FILE,
+    OUTPUT_MARKER_FILE,
     PRETRAIN_SUMMARY_FILE,
     RUN_CONFIG_FILE,
+    TENSORBOARD_DIR,
     TOKENIZER_FILE,
 )
 from ehr_ssl.model.encoder import (
@@ -50,6 +54,7 @@ from ehr_ssl.model.encoder import (
     resolve_model_settings,
 )
 from ehr_ssl.model.pretraining import PretrainingModel
+from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_dir, output_lock
 from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.tokens.tokenizer import Tokenizer
@@ -108,18 +113,34 @@ def pretrain(
     `init_encoder` (a save_pretrained directory) warm-starts from that encoder's weights and
     architecture instead of a random `config.model` (its vocabulary must be the tokens'); the
     pretraining heads start fresh. Returns the run summary (also written as
-    pretrain_summary.json, the completion marker).
+    pretrain_summary.json, the completion marker). `out_dir` must be new, empty or a pretraining
+    directory (to resume), outside the inputs; rank 0 holds its lock while it trains.
     """
     tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
+    check_output_dir(out_dir, "pretrain")
+    check_outside_inputs(out_dir, {"--tokens": tokens_dir, "init_encoder": init_encoder})
+    with output_lock(out_dir, enabled=distributed.current().is_main, clean_inside=True):
+        return _pretrain(tokens_dir, out_dir, config, resume=resume, init_encoder=init_encoder)
+
+
+def _pretrain(
+    tokens_dir: Path,
+    out_dir: Path,
+    config: PretrainConfig,
+    *,
+    resume: bool,
+    init_encoder: Path | None,
+) -> dict:
+    """`pretrain` once its output is checked and locked."""
     # every architecture setting recorded; a bad [model] key stops before anything is written
     config = dataclasses.replace(config, model=resolve_model_settings(config.model))
     plan = _check_inputs(tokens_dir, config, init_encoder)
     record = _run_record(tokens_dir, config, init_encoder, len(plan.dataset))
+    learner = _build(plan, config)  # a model too large to build fails before anything is written
     if plan.rank.is_main:
         _prepare_run_dir(out_dir, record, resume=resume)
     distributed.barrier()  # the others resume from what rank 0 has checked
 
-    learner = _build(plan, config)
     step, position = _restore(out_dir, learner, resume=resume)
     metrics = (
         MetricsLog(out_dir, resume_step=step, tensorboard=config.train.tensorboard)
@@ -189,7 +210,7 @@ def _warm_encoder(init_encoder: Path | None, tokenizer: Tokenizer) -> EHREncoder
     """The encoder to warm-start from, checked against the tokens' vocabulary; None if none."""
     if init_encoder is None:
         return None
-    warm = EHREncoder.from_pretrained(init_encoder, use_safetensors=True)
+    warm = EHREncoder.load_checked(init_encoder)
     if warm.config.vocab_size != tokenizer.vocab_size:
         raise InputError(
             f"the encoder's vocabulary ({warm.config.vocab_size}) is not the tokens' "
@@ -429,13 +450,43 @@ def _prepare_run_dir(out_dir: Path, run: dict, *, resume: bool) -> None:
             raise InputError(
                 f"differs from the run being resumed ({', '.join(changed)})", file=str(saved)
             )
+        mark_output_dir(out_dir, "pretrain")  # one an earlier version wrote gains its marker
         return
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise InputError(
-            "output directory is not empty (use --resume to continue that run)", file=str(out_dir)
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        _clear_untrained_attempt(out_dir)
+        if out_dir.exists() and any(p.name != OUTPUT_MARKER_FILE for p in out_dir.iterdir()):
+            raise InputError(
+                "output directory is not empty (use --resume to continue that run)",
+                file=str(out_dir),
+            )
+    mark_output_dir(out_dir, "pretrain")
     atomic_write_text(saved, json.dumps(run, indent=2) + "\n")
+
+
+# What a pretraining that failed or was killed before its first checkpoint leaves: nothing that
+# --resume could continue from.
+_UNTRAINED_LEFTOVERS = {RUN_CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, CHECKPOINTS_DIR}
+
+
+def _clear_untrained_attempt(out_dir: Path) -> None:
+    """Remove what a pretraining that stopped before its first checkpoint left (its record,
+    metrics of no step kept), so that a plain rerun is not refused for it. A directory holding
+    anything more (a checkpoint, an encoder, files not ours) is left as it is."""
+    if not out_dir.is_dir():
+        return
+    entries = [p for p in out_dir.iterdir() if p.name != OUTPUT_MARKER_FILE]
+    names = {p.name for p in entries}
+    if RUN_CONFIG_FILE not in names or not names <= _UNTRAINED_LEFTOVERS:
+        return
+    if latest_checkpoint(out_dir) is not None:
+        return
+    log.info("pretrain: %s holds a pretraining stopped before any checkpoint: starting afresh",
+             out_dir)  # fmt: skip
+    for path in entries:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -461,14 +512,14 @@ def _finish(
     """Write the encoder, the heads, the tokenizer and the summary (the completion marker)."""
     model = model.cpu()
     with atomic_directory(out_dir / ENCODER_DIR, overwrite=True) as tmp:
-        model.encoder.save_pretrained(tmp)
+        model.encoder.save_checked(tmp)
     heads = {
         f"{name}.{k}": v.detach().contiguous()
         for name in ("masked_head", "projection")
         for k, v in getattr(model, name).state_dict().items()
     }
     with atomic_file(out_dir / HEADS_FILE) as tmp:
-        save_file(heads, str(tmp))
+        save_safetensors(heads, tmp)
     with atomic_file(out_dir / TOKENIZER_FILE) as tmp:
         shutil.copyfile(tokens_dir / TOKENIZER_FILE, tmp)
     summary = {

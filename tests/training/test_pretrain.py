@@ -207,6 +207,27 @@ def test_a_refused_start_leaves_nothing(cohort_tokens, tmp_path):
         _tiny(batch_size=1).__post_init__()
 
 
+def test_a_pretraining_failed_before_any_checkpoint_never_blocks_a_plain_rerun(
+    cohort_tokens, tmp_path, monkeypatch
+):
+    """An allocation failure in the first step once left run_config.json behind, and the same
+    command again was refused ("not empty")."""
+    out = tmp_path / "run"
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("simulated: out of memory")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("ehr_ssl.training.pretrain._train", out_of_memory)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            pretrain(cohort_tokens, out, _tiny(max_steps=4))
+    assert (out / "run_config.json").exists()
+    assert pretrain(cohort_tokens, out, _tiny(max_steps=4, checkpoint_every=2))["steps"] == 4
+    (out / "pretrain_summary.json").unlink()  # killed after a checkpoint: --resume continues it
+    with pytest.raises(InputError, match="use --resume"):
+        pretrain(cohort_tokens, out, _tiny(max_steps=4))
+
+
 def test_resume_refuses_other_data_and_broken_checkpoints(cohort_tokens, tmp_path):
     import shutil
 
