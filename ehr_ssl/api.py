@@ -29,7 +29,7 @@ def load(path: str | Path, device: str = "cpu"):  # noqa: ANN201 - AdmissionMode
 
     path = Path(path)
     if Registry.is_registry(path):
-        path = Registry(path).production_path()
+        path = Registry.open(path).production_path()  # open checks the registry's marker
     return load_bundle(path, device=device)
 
 
@@ -146,8 +146,8 @@ def run(
         **options: preset, epochs, max_steps, label_budget, label_budgets (a list), seeds (a
             list), n_boot: as the CLI flags of the same names.
     """
-    from ehr_ssl.config import RUN_OPTIONS, load_pipeline_config
-    from ehr_ssl.pipeline import run_pipeline
+    from ehr_ssl.config import RUN_OPTIONS
+    from ehr_ssl.pipeline import load_checked_config, run_pipeline
 
     unknown = sorted(set(options) - set(RUN_OPTIONS))
     if unknown:
@@ -157,7 +157,7 @@ def run(
         if key in overrides:
             overrides[key] = [str(b) if key.endswith("budgets") else b for b in overrides[key]]
     overrides.update(settings or {})
-    resolved = load_pipeline_config(Path(config) if config else None, overrides)
+    resolved = load_checked_config(Path(config) if config else None, overrides)
     report = run_pipeline(Path(data), Path(out), resolved, device=device)
     return RunResult(Path(out), report)
 
@@ -168,12 +168,16 @@ def evaluate(
     """(Re)score a complete run directory on its test split (what `ehr-ssl evaluate` does).
     `data`: the dataset directory, for its oracle.parquet if it ships one."""
     from ehr_ssl.config import read_run_config
+    from ehr_ssl.data.readers import is_present
     from ehr_ssl.data.schema import ORACLE_FILENAME
+    from ehr_ssl.errors import InputError
     from ehr_ssl.pipeline import evaluate_run
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     if n_boot is not None:
         config.evaluate.n_boot = n_boot
-    oracle = Path(data) if data and (Path(data) / ORACLE_FILENAME).exists() else None
+    if data is not None and not Path(data).is_dir():
+        raise InputError("dataset directory not found", file=str(data))
+    oracle = Path(data) if data and is_present(Path(data) / ORACLE_FILENAME) else None
     return RunResult(run_dir, evaluate_run(oracle, run_dir, config))

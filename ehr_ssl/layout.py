@@ -1,7 +1,9 @@
 """The output directories of ehr-ssl, in one place: every file and folder name they hold.
 
-A run directory (`ehr-ssl run`) nests the others:
+Every output directory but a bundle (whose bundle.json says what it is) carries OUTPUT_MARKER_FILE,
+naming its kind (`ehr_ssl.outputs`). A run directory (`ehr-ssl run`) nests the others:
 
+    RUN/ehr_ssl_output.json  the marker: {"format": "ehr-ssl-output", "kind": "run", ...}
     RUN/run_config.json    the resolved PipelineConfig
     RUN/stages.json        stage -> fingerprint of its complete outputs
     RUN/tokens/            a tokens directory (`ehr-ssl tokenize`)
@@ -16,6 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# In every output directory but a bundle: which kind of ehr-ssl output it is (ehr_ssl.outputs).
+OUTPUT_MARKER_FILE = "ehr_ssl_output.json"
+
 # A tokens directory: TOKENS/{tokenizer,manifest,config}.json and TOKENS/<split>/part-*.arrow.
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
@@ -23,6 +28,7 @@ TOKENS_CONFIG_FILE = "config.json"
 
 # A pretraining directory. RUN_CONFIG_FILE is also the run directory's own configuration.
 RUN_CONFIG_FILE = "run_config.json"
+STAGES_FILE = "stages.json"  # a run directory's record of its complete stages
 METRICS_FILE = "metrics.jsonl"
 PRETRAIN_SUMMARY_FILE = "pretrain_summary.json"  # written last: the pretraining finished
 ENCODER_DIR = "encoder"  # config.json + model.safetensors (AutoModel.from_pretrained)
@@ -70,7 +76,7 @@ class RunLayout:
 
     @property
     def stages(self) -> Path:
-        return self.root / "stages.json"
+        return self.root / STAGES_FILE
 
     @property
     def tokens(self) -> Path:

@@ -16,8 +16,8 @@ from typing import Any
 import polars as pl
 
 from ehr_ssl.atomic import atomic_write_text
-from ehr_ssl.config import FINETUNED, PipelineConfig, parse_budget
-from ehr_ssl.data.readers import read_dataset
+from ehr_ssl.config import FINETUNED, PipelineConfig, load_pipeline_config, parse_budget
+from ehr_ssl.data.readers import is_present, read_dataset, read_oracle
 from ehr_ssl.data.schema import ORACLE_FILENAME
 from ehr_ssl.data.summary import format_summary, summarize_dataset
 from ehr_ssl.errors import InputError
@@ -32,10 +32,24 @@ from ehr_ssl.layout import (
     RunLayout,
 )
 from ehr_ssl.model.encoder import resolve_model_settings
-from ehr_ssl.settings import to_dict
+from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_dir, output_lock
+from ehr_ssl.settings import NO_FILE, naming_source, to_dict
 from ehr_ssl.training import distributed
 
 log = logging.getLogger("ehr_ssl")
+
+
+def load_checked_config(path: Path | None, overrides: dict[str, Any]) -> PipelineConfig:
+    """`load_pipeline_config`, with the [model] table checked too: by the encoder's own config,
+    which needs torch, hence not in `ehr_ssl.config` (which `tokenize` reads). A bad setting of
+    the file then stops here, naming the file, as one of the other tables does."""
+    config = load_pipeline_config(path, overrides)
+    try:
+        config.model = resolve_model_settings(config.model)
+    except InputError as e:
+        given = frozenset(key for key, value in overrides.items() if value is not None)
+        raise naming_source(e, str(path) if path else NO_FILE, given) from None
+    return config
 
 
 def data_fingerprint(data_dir: Path) -> str:
@@ -121,14 +135,27 @@ def run_pipeline(
 
     Returns:
         The report (also written as RUN/report.json).
+
+    Raises:
+        InputError: before anything is written, when `run_dir` is a file, a non-empty directory
+            other than a run directory, at, inside or above `data_dir`, or being written by
+            another process (rank 0 holds its lock for the whole run).
     """
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    _check_directories(data_dir, run_dir)
+    with output_lock(run_dir, enabled=distributed.current().is_main, clean_inside=True):
+        return _run_pipeline(data_dir, run_dir, config, device=device)
+
+
+def _run_pipeline(
+    data_dir: Path, run_dir: Path, config: PipelineConfig, *, device: str | None
+) -> dict:
+    """`run_pipeline` once the run directory is checked and locked."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
     if device is not None:
         config.train.device = config.finetune.device = device
-    _check_directories(data_dir, run_dir)
     # every architecture setting recorded; a bad [model] key stops the run before tokenizing
     config.model = resolve_model_settings(config.model)
     # Under torchrun, pretraining and fine-tuning run on every process; the other stages, and
@@ -140,8 +167,9 @@ def run_pipeline(
 
     fp_data = data_fingerprint(data_dir)
     fp_tokens, tokens_rerun = _tokenize_step(run, fp_data)
+    label_budgets = _draw_label_budgets(run)  # a budget the labels cannot meet stops us here
     fp_encoder = _pretrain_step(run, fp_tokens, tokens_rerun=tokens_rerun)
-    fingerprints = _finetune_step(run, fp_tokens, fp_encoder)
+    fingerprints = _finetune_step(run, fp_tokens, fp_encoder, label_budgets)
     _evaluate_step(run, fp_data, fp_tokens, fp_encoder, fingerprints)
 
     report = json.loads(run.layout.report.read_text())
@@ -150,10 +178,12 @@ def run_pipeline(
 
 
 def _check_directories(data_dir: Path, run_dir: Path) -> None:
+    """The run directory is new, empty or a run directory, and outside the dataset (a run
+    inside it would change the data's fingerprint, and so never resume)."""
+    check_outside_inputs(run_dir, {"--data": data_dir})
+    check_output_dir(run_dir, "run")
     if not data_dir.is_dir():
         raise InputError("dataset directory not found", file=str(data_dir))
-    if run_dir.resolve() == data_dir.resolve():
-        raise InputError("the run directory must not be the dataset directory", file=str(run_dir))
 
 
 def _tokenize_step(run: _Run, fp_data: str) -> tuple[str, bool]:
@@ -184,6 +214,7 @@ def _pretrain_step(run: _Run, fp_tokens: str, *, tokens_rerun: bool) -> str:
         resume = not tokens_rerun and _resumable(layout.pretrain, pretrain_config)
         distributed.barrier()
         if not resume and run.is_main:
+            check_output_dir(layout.pretrain, "pretrain")  # never remove what is not ours
             shutil.rmtree(layout.pretrain, ignore_errors=True)
         log.info(
             "pretrain: %s preset%s -> %s", config.preset, " (resumed)" * resume, layout.pretrain
@@ -195,11 +226,17 @@ def _pretrain_step(run: _Run, fp_tokens: str, *, tokens_rerun: bool) -> str:
     return _file_hash(layout.encoder / WEIGHTS_FILE)
 
 
-def _finetune_step(run: _Run, fp_tokens: str, fp_encoder: str) -> dict[str, str]:
-    """Fine-tune every transformer model at every budget and seed (train and val only).
-    Returns each fine-tuning's name -> the hash of its summary."""
+def _finetune_step(
+    run: _Run,
+    fp_tokens: str,
+    fp_encoder: str,
+    label_budgets: dict[tuple[str, int], tuple[pl.Series, pl.Series]],
+) -> dict[str, str]:
+    """Fine-tune every transformer model at every budget and seed (train and val only; the
+    visit ids of `_draw_label_budgets`). Returns each fine-tuning's name -> the hash of its
+    summary."""
     fingerprints = {}
-    for (budget, seed), ids in _draw_label_budgets(run).items():
+    for (budget, seed), ids in label_budgets.items():
         for model in [m for m in run.config.evaluate.models if m in FINETUNED]:
             name, summary_hash = _finetune_model(
                 run, budget, seed, model, ids, fp_tokens, fp_encoder
@@ -209,19 +246,30 @@ def _finetune_step(run: _Run, fp_tokens: str, fp_encoder: str) -> dict[str, str]
 
 
 def _draw_label_budgets(run: _Run) -> dict[tuple[str, int], tuple[pl.Series, pl.Series]]:
-    """The (train, val) visit ids of every budget and seed: all drawn before any training, so
-    a budget the data cannot meet stops the run before it trains anything."""
+    """The (train, val) visit ids of every budget and seed, drawn right after tokenizing: a
+    budget the labels cannot meet (more visits than are labeled, one class only) stops the run
+    before it trains anything, naming the setting and the counts."""
     from ehr_ssl.tokens.shards import read_split
     from ehr_ssl.training.finetune import budget_split
 
     labeled = [
-        read_split(run.layout.tokens, split).filter(pl.col("labeled")).select("visit_id", "labeled")
+        read_split(run.layout.tokens, split)
+        .filter(pl.col("labeled"))
+        .select("visit_id", "labeled", "label")
         for split in ("train", "val")
     ]
+    evaluate = run.config.evaluate
     return {
-        (budget, seed): budget_split(*labeled, parse_budget(budget), seed=seed)
-        for budget in run.config.evaluate.budgets
-        for seed in run.config.evaluate.seeds
+        (budget, seed): budget_split(
+            *labeled,
+            parse_budget(budget),
+            seed=seed,
+            setting="evaluate.label_budget"
+            if budget == evaluate.label_budget
+            else "evaluate.label_budgets",
+        )
+        for budget in evaluate.budgets
+        for seed in evaluate.seeds
     }
 
 
@@ -265,7 +313,7 @@ def _evaluate_step(
     run: _Run, fp_data: str, fp_tokens: str, fp_encoder: str, fingerprints: dict[str, str]
 ) -> None:
     """Baselines + evaluate (the only stage that reads the test split), then the bundle."""
-    has_oracle = (run.data_dir / ORACLE_FILENAME).exists()
+    has_oracle = is_present(run.data_dir / ORACLE_FILENAME)
     fp_eval = _hash(
         ["evaluate", fp_tokens, fp_encoder, fingerprints, to_dict(run.config.evaluate),
          fp_data if has_oracle else None]
@@ -295,7 +343,7 @@ def _validate_and_tokenize(
         del dataset
         log.info("validate: %s\n%s", data_dir, format_summary(summary))
     layout = RunLayout(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(run_dir, "run")  # created once the data passed validation
     atomic_write_text(layout.config, json.dumps(to_dict(config), indent=2) + "\n")
     if not rerun:
         log.info("validate + tokenize: unchanged since the last run, skipped")
@@ -325,6 +373,7 @@ def _evaluate_and_bundle(
     if "ssl" in config.evaluate.models:
         fp_bundle = _hash(["bundle", fingerprint])
         if not stages.is_done("bundle", fp_bundle, layout.bundle / BUNDLE_FILE):
+            check_output_dir(layout.bundle, "bundle")
             export_bundle(run_dir, layout.bundle, model="ssl", overwrite=True)
             stages.mark("bundle", fp_bundle)
             log.info("bundle: -> %s", layout.bundle)
@@ -353,9 +402,7 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
     layout = RunLayout(run_dir)
     _check_finetuned_models(layout, config)
     predictions, selection = _score_test_split(layout, config)
-    oracle = None
-    if oracle_dir is not None:
-        oracle = pl.read_parquet(Path(oracle_dir) / ORACLE_FILENAME)
+    oracle = read_oracle(oracle_dir) if oracle_dir is not None else None
     report = build_report(
         predictions,
         main_budget=config.evaluate.label_budget,

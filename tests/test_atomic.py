@@ -1,10 +1,11 @@
 """Atomic outputs: complete or absent, never partial."""
 
+import errno
 import os
 
 import pytest
 
-from ehr_ssl.atomic import atomic_directory, atomic_write_text
+from ehr_ssl.atomic import atomic_directory, atomic_file, atomic_write_text
 
 
 def test_success_renames_into_place_with_umask_mode(tmp_path):
@@ -51,3 +52,37 @@ def test_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_temporaries_carry_the_output_name_and_the_process_id(tmp_path):
+    target = tmp_path / "out"
+    with atomic_directory(target) as tmp:
+        assert tmp.name.startswith(f".out.tmp-{os.getpid()}-")
+    with atomic_file(tmp_path / "f.json") as tmp:
+        assert tmp.name.startswith(f".f.json.tmp-{os.getpid()}-")
+        tmp.write_text("{}")
+
+
+def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "tokens"
+    with pytest.raises(OSError) as error, atomic_directory(target) as tmp:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "train" / "part.arrow"))
+    assert error.value.filename == str(target / "train" / "part.arrow")
+    assert error.value.errno == errno.ENOSPC
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")  # as os.fsync says it: no path
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as error:
+        atomic_write_text(tmp_path / "manifest.json", "{}")
+    assert error.value.filename == str(tmp_path / "manifest.json")
+    assert "No space left on device" in error.value.strerror
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_empty_directory_is_replaced_without_overwrite(tmp_path):
+    (tmp_path / "out").mkdir()
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("x")
+    assert os.listdir(tmp_path / "out") == ["a.txt"]

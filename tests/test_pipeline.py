@@ -15,7 +15,8 @@ import pytest
 from ehr_ssl.cli import main
 from ehr_ssl.config import load_pipeline_config
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
-from ehr_ssl.pipeline import run_pipeline
+from ehr_ssl.errors import InputError
+from ehr_ssl.pipeline import load_checked_config, run_pipeline
 from ehr_ssl.tokens.shards import read_split
 
 MODELS = ["ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm"]
@@ -228,12 +229,39 @@ def test_cli_finetune(first_run, tmp_path, capsys):
     assert "scratch: 60 train" in capsys.readouterr().out
     summary = json.loads((tmp_path / "ft" / "finetune_summary.json").read_text())
     assert summary["train_labeled"] == 60 and summary["config"]["max_epochs"] == 1
-    assert main([*argv, "--label-budget", "100000"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "label_budget" in err[0]
+    for budget, problem in (("100000", "budget 100000 exceeds the"), ("1", "both classes")):
+        assert main([*argv, "--label-budget", budget]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "column 'finetune.label_budget'" in err[0] and problem in err[0]
     missing = [*base, "--encoder", str(tmp_path), "--out", str(tmp_path / "x")]
     assert main(missing) == 2
     assert "not a pretrained encoder" in capsys.readouterr().err
+
+
+def test_a_bad_model_setting_names_its_file_or_flag(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text("[model]\nhidden_size = 100000\n")
+    with pytest.raises(InputError) as error:
+        load_checked_config(path, {})
+    assert str(error.value) == f"{path}: column 'model': hidden_size must be <= 16384, got 100000"
+    with pytest.raises(InputError) as error:
+        load_checked_config(path, {"model.hidden_size": 200000})
+    assert str(error.value) == "column 'model': hidden_size must be <= 16384, got 200000"
+
+
+def test_budgets_the_labels_cannot_meet_stop_the_run_before_pretraining(cohort_dir, tmp_path):
+    """Such a budget was once found only after pretraining."""
+    out = tmp_path / "run"
+    cases = [
+        ({"evaluate.label_budgets": ["60", "100000"]},
+         r"column 'evaluate.label_budgets': budget 100000 exceeds the \d+ labeled visits"),
+        ({"evaluate.label_budget": "1"},
+         r"column 'evaluate.label_budget': budget 1 leaves 1 labeled train visits, [01] of them"),
+    ]  # fmt: skip
+    for overrides, message in cases:
+        with pytest.raises(InputError, match=message):
+            run_pipeline(cohort_dir, out, _config(**overrides), device="cpu")
+        assert (out / "tokens" / "manifest.json").exists() and not (out / "pretrain").exists()
 
 
 def test_cli_evaluate_refuses_an_incomplete_run(first_run, tmp_path, capsys):

@@ -20,6 +20,7 @@ from ehr_ssl.config import TokenizeConfig, load_tokenize_config
 from ehr_ssl.data.readers import read_dataset
 from ehr_ssl.data.summary import format_summary, summarize_dataset
 from ehr_ssl.errors import InputError
+from ehr_ssl.outputs import check_output_dir
 from ehr_ssl.tokens.shards import format_manifest
 
 log = logging.getLogger("ehr_ssl")
@@ -45,7 +46,8 @@ TOKENIZING = (
 def cmd_synth(args: argparse.Namespace) -> int:
     from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 
-    if args.out.exists() and not args.overwrite:
+    check_output_dir(args.out, "dataset", flag="OUT")  # at once: a file, or someone's data
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise InputError("output directory already exists (use --overwrite)", file=str(args.out))
     started = time.perf_counter()
     cohort = generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=args.seed)

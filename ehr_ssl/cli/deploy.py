@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from ehr_ssl.cli.options import add_config_options, add_setting, overrides, positive_int, seed
-from ehr_ssl.config import DEVICES, FINETUNED, load_pipeline_config
+from ehr_ssl.config import DEVICES, FINETUNED
+from ehr_ssl.outputs import check_output_dir, check_outside_inputs, output_lock
 
 log = logging.getLogger("ehr_ssl")
 
@@ -22,9 +23,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from ehr_ssl.api import load
-    from ehr_ssl.deploy.scoring import score_dataset
+    from ehr_ssl.deploy.scoring import check_output_file, score_dataset
 
     hf_logging.disable_progress_bar()
+    check_output_file(args.out, {"--data": args.data, "--model": args.model})  # before loading
     model = load(args.model, device=args.device)
     score_dataset(model, args.data, args.out, output=args.command, chunk_visits=args.chunk_visits)
     return 0
@@ -36,22 +38,27 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from ehr_ssl.deploy.bundle import export_bundle
 
     hf_logging.disable_progress_bar()
-    out = export_bundle(
-        args.run_dir,
-        args.out,
-        model=args.model,
-        budget=args.label_budget,
-        seed=args.seed,
-        overwrite=args.overwrite,
-    )
+    check_outside_inputs(args.out, {"RUN": args.run_dir})
+    check_output_dir(args.out, "bundle")  # --overwrite replaces a bundle, nothing else
+    with output_lock(args.out):
+        out = export_bundle(
+            args.run_dir,
+            args.out,
+            model=args.model,
+            budget=args.label_budget,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
     log.info("bundle: -> %s", out)
     return 0
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from ehr_ssl.deploy.retraining import retrain
+    from ehr_ssl.pipeline import load_checked_config
 
-    config = load_pipeline_config(args.config, overrides(args))
+    check_outside_inputs(args.registry, {"--data": args.data}, flag="--registry")
+    config = load_checked_config(args.config, overrides(args))
     record = retrain(args.data, args.registry, config, wait=args.wait)
     print(
         f"version {record['version']}: "

@@ -13,7 +13,8 @@ from ehr_ssl.cli.options import (
     positive_int,
     seed,
 )
-from ehr_ssl.config import DEVICES, RUN_OPTIONS, load_pipeline_config
+from ehr_ssl.config import DEVICES, RUN_OPTIONS
+from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_dir, output_lock
 
 # Settings with a flag of their own on `run`, the keywords of `ehr_ssl.run` (every other one:
 # --config or --set).
@@ -22,10 +23,12 @@ RUN_FLAGS = tuple(RUN_OPTIONS.values())
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ehr_ssl.evaluation.render import format_report_table
-    from ehr_ssl.pipeline import run_pipeline
+    from ehr_ssl.pipeline import load_checked_config, run_pipeline
     from ehr_ssl.training.distributed import process_group
 
-    config = load_pipeline_config(args.config, overrides(args))
+    check_outside_inputs(args.out, {"--data": args.data})  # at once, before anything is read
+    check_output_dir(args.out, "run")
+    config = load_checked_config(args.config, overrides(args))
     with process_group(args.device or config.train.device):
         report = run_pipeline(args.data, args.out, config, device=args.device)
     if is_main_process():
@@ -48,22 +51,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ehr_ssl.data.synthetic import generate_cohort, write_cohort
     from ehr_ssl.evaluation.render import format_report_table
-    from ehr_ssl.pipeline import run_pipeline
+    from ehr_ssl.pipeline import load_checked_config, run_pipeline
 
-    data_dir = args.out / "data"
-    logging.getLogger("ehr_ssl").info(
-        "demo: synthesizing %d visits (seed %d) -> %s", args.visits, args.seed, data_dir
-    )
-    write_cohort(
-        generate_cohort(args.visits, labeled_frac=0.05, seed=args.seed), data_dir, overwrite=True
-    )
+    check_output_dir(args.out, "demo")
     demo_settings = {
         "preset": "small",
         "train.epochs": args.epochs,
         "evaluate.label_budgets": args.label_budgets.split(","),
     }
-    config = load_pipeline_config(args.config, {**demo_settings, **overrides(args)})
-    report = run_pipeline(data_dir, args.out / "run", config)
+    config = load_checked_config(args.config, {**demo_settings, **overrides(args)})
+    data_dir = args.out / "data"
+    with output_lock(args.out):
+        logging.getLogger("ehr_ssl").info(
+            "demo: synthesizing %d visits (seed %d) -> %s", args.visits, args.seed, data_dir
+        )
+        cohort = generate_cohort(args.visits, labeled_frac=0.05, seed=args.seed)
+        write_cohort(cohort, data_dir, overwrite=True)
+        mark_output_dir(args.out, "demo")
+        report = run_pipeline(data_dir, args.out / "run", config)
     print()
     print(format_report_table(report))
     print(f"\nreport: {args.out / 'run' / 'report.md'}")

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 from ehr_ssl.cli.options import add_config_options, add_setting, is_main_process, overrides
-from ehr_ssl.config import FinetuneConfig, load_pretrain_config
+from ehr_ssl.config import FinetuneConfig
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import ENCODER_DIR, MODEL_CONFIG_FILE
+from ehr_ssl.outputs import check_output_dir, check_outside_inputs
 from ehr_ssl.settings import load_config, read_toml
 
 log = logging.getLogger("ehr_ssl")
@@ -27,11 +28,13 @@ FINETUNE_FLAGS = ("mode", "label_budget", "learning_rate", "encoder_lr_ratio", "
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
+    from ehr_ssl.pipeline import load_checked_config
     from ehr_ssl.training.distributed import process_group
     from ehr_ssl.training.pretrain import pretrain
 
     hf_logging.disable_progress_bar()  # transformers' own save bars; our logs stay plain lines
-    config = load_pretrain_config(args.config, overrides(args))
+    check_output_dir(args.out, "pretrain")  # at once, before the configuration is read
+    config = load_checked_config(args.config, overrides(args)).pretrain_config()
     started = time.perf_counter()
     with process_group(config.train.device):  # joins torchrun's processes, if launched so
         summary = pretrain(args.tokens, args.out, config, resume=args.resume)
@@ -70,11 +73,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from ehr_ssl.training.finetune import finetune
 
     hf_logging.disable_progress_bar()
+    check_output_dir(args.out, "finetune")  # at once, before any model is read
     config = _finetune_config(args)
     nested = args.encoder / ENCODER_DIR
     encoder = nested if nested.is_dir() else args.encoder
     if not (encoder / MODEL_CONFIG_FILE).is_file():
         raise InputError("not a pretrained encoder (no config.json)", file=str(args.encoder))
+    check_outside_inputs(args.out, {"--tokens": args.tokens, "--encoder": args.encoder})
     started = time.perf_counter()
     with process_group(config.device):
         summary = finetune(args.tokens, encoder, args.out, config)

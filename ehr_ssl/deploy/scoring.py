@@ -5,7 +5,9 @@ Two passes: (1) the events files are read in record batches, checked, and writte
 per-chunk files by a hash of patient_id, so every patient's events land in one chunk; (2) each
 chunk's visits and events are tokenized with the bundle's tokenizer and scored, and the rows are
 appended to the output. Peak memory is about one chunk's events and tokens, not the dataset's.
-The output is written under a temporary name and renamed when complete. Rows come chunk by chunk
+The chunk files and the output are written beside the output, under hidden temporary names
+(`ehr_ssl.atomic`): removed when the command ends, or by the next one to the same output if it
+was killed. The output is renamed into place when complete. Rows come chunk by chunk
 (input order within a chunk): join on visit_id.
 """
 
@@ -15,7 +17,6 @@ import logging
 import math
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from ehr_ssl.atomic import atomic_file
+from ehr_ssl.artifacts import write_failure
+from ehr_ssl.atomic import atomic_file, make_temporary_dir, renamed_error
+from ehr_ssl.data.parquet import parquet_writer
 from ehr_ssl.data.partitions import (
     CHUNK_COLUMN,
     chunk_of,
@@ -37,6 +40,7 @@ from ehr_ssl.data.readers import read_visits, table_files
 from ehr_ssl.data.schema import EVENTS, VISITS
 from ehr_ssl.deploy.bundle import AdmissionModel
 from ehr_ssl.errors import InputError
+from ehr_ssl.outputs import check_outside_inputs, output_lock
 from ehr_ssl.tokens.vocab import UNK_ID
 
 log = logging.getLogger("ehr_ssl")
@@ -70,17 +74,22 @@ def score_dataset(
     """
     data_dir, out_path = _check_inputs(data_dir, out_path, output, chunk_visits)
     started = time.perf_counter()
-    dataset = _read_dataset(model, data_dir, chunk_visits)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     show = sys.stderr.isatty() if progress is None else progress
-    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.chunks-", dir=out_path.parent))
-    try:
-        n_events = _partition_events(model, dataset, work, output)
-        unknown, tokens_read = _score_chunks(
-            model, dataset, work, out_path, output=output, batch_size=batch_size, show=show
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with output_lock(out_path):  # and the temporaries of a killed run removed
+        dataset = _read_dataset(model, data_dir, chunk_visits)
+        work = make_temporary_dir(out_path, "chunks")
+        try:
+            n_events = _partition_events(model, dataset, work, output)
+            unknown, tokens_read = _score_chunks(
+                model, dataset, work, out_path, output=output, batch_size=batch_size, show=show
+            )
+        except OSError as e:  # a work file that cannot be written: name the output it serves
+            renamed = renamed_error(e, work, out_path, counterpart=False)
+            if renamed is e:
+                raise
+            raise renamed from e
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     summary = {
         "visits": dataset.visits.height,
         "chunks": dataset.n_chunks,
@@ -121,9 +130,16 @@ def _check_inputs(
     data_dir, out_path = Path(data_dir), Path(out_path)
     if not data_dir.is_dir():
         raise InputError("dataset directory not found", file=str(data_dir))
-    if out_path.is_dir():
-        raise InputError("is a directory, expected an output file path", file=str(out_path))
+    check_output_file(out_path, {"--data": data_dir})
     return data_dir, out_path
+
+
+def check_output_file(out_path: Path, inputs: dict[str, Path | None]) -> None:
+    """The output file of `predict`/`embed`: not a directory, and at, inside or above none of
+    `inputs` ({flag: path}). Raises InputError naming it."""
+    if Path(out_path).is_dir():
+        raise InputError("is a directory, expected an output file path", file=str(out_path))
+    check_outside_inputs(out_path, inputs)
 
 
 def _read_dataset(model: AdmissionModel, data_dir: Path, chunk_visits: int) -> _Dataset:
@@ -184,9 +200,7 @@ def _score_chunks(
             unknown += int((ids == UNK_ID).sum())
             tokens_read += ids.len()
             table = _output_table(model, tokens, output, batch_size)
-            if writer is None:
-                writer = pq.ParquetWriter(str(tmp), table.schema)
-            writer.write_table(table)
+            writer = _write_rows(writer, table, tmp, out_path)
             bar.update(tokens.height)
             if not show:
                 log.info(
@@ -199,8 +213,25 @@ def _score_chunks(
         bar.close()
         if writer is None:  # pragma: no cover - visits tables are never empty
             raise InputError("no visits to score", file=str(dataset.visits_path))
-        writer.close()
+        try:
+            writer.close()  # writes the last row group and the footer
+        except (OSError, pa.ArrowException) as e:
+            raise write_failure(out_path, e) from e
     return unknown, tokens_read
+
+
+def _write_rows(
+    writer: pq.ParquetWriter | None, table: pa.Table, tmp: Path, out_path: Path
+) -> pq.ParquetWriter:
+    """Append one chunk's rows to the temporary output `tmp` (opening the writer on the first);
+    a failed write (a full disk, in pyarrow's words) raises an OSError naming `out_path`."""
+    try:
+        if writer is None:
+            writer = parquet_writer(tmp, table.schema)
+        writer.write_table(table)
+    except (OSError, pa.ArrowException) as e:
+        raise write_failure(out_path, e) from e
+    return writer
 
 
 def _chunk_tokens(

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from ehr_ssl.artifacts import write_failure
 from ehr_ssl.data.splits import SPLITS
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import MANIFEST_FILE
@@ -82,11 +83,14 @@ class ShardWriter:
     def _write(self, part: pl.DataFrame) -> None:
         name = f"{self.split}/part-{len(self.shards):05d}.arrow"
         table = part.rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())
-        with (
-            pa.OSFile(str(self.directory / name), "wb") as sink,
-            pa.ipc.new_file(sink, table.schema) as writer,
-        ):
-            writer.write_table(table)
+        try:
+            with (
+                pa.OSFile(str(self.directory / name), "wb") as sink,
+                pa.ipc.new_file(sink, table.schema) as writer,
+            ):
+                writer.write_table(table)
+        except (OSError, pa.ArrowException) as e:  # a full disk, in pyarrow's words
+            raise write_failure(self.directory / name, e) from e
         self.shards.append(name)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ehr_ssl.artifacts import write_failure
+from ehr_ssl.atomic import make_temporary_dir, renamed_error
 from ehr_ssl.config import DataConfig, TokenizerConfig
+from ehr_ssl.data.parquet import parquet_writer, read_parquet
 from ehr_ssl.data.partitions import chunk_of, partition_events, read_chunk_events
 from ehr_ssl.data.windows import EventWindows, build_windows
 from ehr_ssl.tokens.tokenizer import (
@@ -70,16 +73,18 @@ def partitioned_events(
     times: list,
     config: DataConfig,
     source: str,
-    work_parent: Path,
+    beside: Path,
 ) -> Iterator[EventChunks]:
     """Check the events files and partition them by patient into `n_chunks` chunks, in a work
-    directory under `work_parent` that is removed on exit, whether the block succeeds or not.
+    directory beside the output `beside` (`.<name>.work-<pid>-*`, see `ehr_ssl.atomic`) that is
+    removed on exit, whether the block succeeds or not.
 
-    Raises InputError on bad input (`partition_events`).
+    Raises InputError on bad input (`partition_events`), and an OSError naming `beside` when
+    the work cannot be written (a full disk).
     """
     started = time.perf_counter()
     chunk = visits.select(chunk_of(pl.col("patient_id"), n_chunks)).to_series()
-    work = Path(tempfile.mkdtemp(prefix=".tokenize-work-", dir=work_parent))
+    work = make_temporary_dir(Path(beside), "work")
     try:
         rows = partition_events(
             files,
@@ -98,6 +103,11 @@ def partitioned_events(
             time.perf_counter() - started,
         )
         yield EventChunks(work, chunk.to_numpy(), n_chunks, visits.schema["patient_id"])
+    except OSError as e:
+        renamed = renamed_error(e, work, Path(beside), counterpart=False)
+        if renamed is e:
+            raise
+        raise renamed from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -202,23 +212,31 @@ class FitStatistics:
         parts = values.partition_by("_bucket", as_dict=True, include_key=False)
         for (bucket,), part in parts.items():
             table = part.to_arrow(compat_level=pl.CompatLevel.oldest())
-            if bucket not in self._writers:
-                path = self.work / f"bucket-{bucket:03d}.parquet"
-                self._writers[bucket] = pq.ParquetWriter(str(path), table.schema)
-            self._writers[bucket].write_table(table)
+            try:
+                if bucket not in self._writers:
+                    self._writers[bucket] = parquet_writer(self._path(bucket), table.schema)
+                self._writers[bucket].write_table(table)
+            except (OSError, pa.ArrowException) as e:  # a full disk, in pyarrow's words
+                raise write_failure(self._path(bucket), e) from e
+
+    def _path(self, bucket: int) -> Path:
+        return self.work / f"bucket-{bucket:03d}.parquet"
 
     def tokenizer(
         self, static_columns: dict[str, str], config: TokenizerConfig, data_config: DataConfig
     ) -> Tokenizer:
         """The tokenizer `fit_tokenizer` would fit on all the rows taken."""
-        for writer in self._writers.values():
-            writer.close()
+        for bucket, writer in self._writers.items():
+            try:
+                writer.close()  # writes the last row group
+            except (OSError, pa.ArrowException) as e:
+                raise write_failure(self._path(bucket), e) from e
         counts = pl.concat(self._counts).group_by("code").agg(pl.col("patients").sum())
         vocab = fit_vocabulary(counts, config)
         codes = vocab[len(SPECIAL_TOKENS) :]
         bin_edges: dict[str, list[float]] = {}
         for bucket in sorted(self._writers):
-            values = pl.read_parquet(self.work / f"bucket-{bucket:03d}.parquet")
+            values = read_parquet(self._path(bucket))
             bin_edges.update(fit_bin_edges(values, codes, config.n_bins))
         return Tokenizer(
             vocab, dict(sorted(bin_edges.items())), dict(static_columns), config, data_config

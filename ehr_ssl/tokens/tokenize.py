@@ -32,6 +32,7 @@ from ehr_ssl.data.splits import SPLITS, assign_splits
 from ehr_ssl.data.windows import build_windows
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import MANIFEST_FILE, TOKENS_CONFIG_FILE
+from ehr_ssl.outputs import check_output_dir, check_outside_inputs, output_lock, write_marker
 from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.incremental import cached_tokens
 from ehr_ssl.tokens.shards import TOKENS_FORMAT, ShardWriter
@@ -66,6 +67,20 @@ def tokenize_dataset(
     """
     out_dir = Path(out_dir)
     _check_output(Path(data_dir), out_dir, overwrite=overwrite)
+    with output_lock(out_dir):
+        return _tokenize(data_dir, out_dir, config, overwrite, tokenizer, splits, cache_dir)
+
+
+def _tokenize(
+    data_dir: Path,
+    out_dir: Path,
+    config: TokenizeConfig,
+    overwrite: bool,
+    tokenizer: Tokenizer | None,
+    splits: Callable[[pl.DataFrame], pl.Series] | None,
+    cache_dir: Path | None,
+) -> dict:
+    """`tokenize_dataset` once the output is checked and locked."""
     split_of = splits or (lambda v: assign_splits(v["patient_id"], config.split))
     write = partial(
         _write_tokens, data_dir=Path(data_dir), out_dir=out_dir, config=config, overwrite=overwrite
@@ -82,11 +97,12 @@ def tokenize_dataset(
 
 
 def _check_output(data_dir: Path, out_dir: Path, *, overwrite: bool) -> None:
-    if out_dir.exists() and not overwrite:
+    """A tokens directory is written where it is new, empty, or (with `overwrite`) an earlier
+    tokens directory; never at, inside or above the dataset."""
+    check_outside_inputs(out_dir, {"DATA": data_dir})
+    check_output_dir(out_dir, "tokens")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise InputError("output directory already exists (use --overwrite)", file=str(out_dir))
-    data, out = data_dir.resolve(), out_dir.resolve()
-    if out == data or out in data.parents:
-        raise InputError("output directory would replace the input data", file=str(out_dir))
 
 
 def _tokenize_incremental(
@@ -199,8 +215,9 @@ def _tokenize_streamed(
     n_chunks: int,
     out_dir: Path,
 ) -> dict:
-    """Events partitioned by patient into a work directory beside `out_dir`, then read chunk
-    by chunk: memory holds one chunk of events, not the dataset."""
+    """Events partitioned by patient into a work directory beside `out_dir` (removed on exit,
+    or by the next tokenize to `out_dir` if killed), then read chunk by chunk: memory holds one
+    chunk of events, not the dataset."""
     with partitioned_events(
         dataset.files["events"],
         dataset.visits,
@@ -208,7 +225,7 @@ def _tokenize_streamed(
         times=dataset.times,
         config=dataset.data_config,
         source=dataset.source,
-        work_parent=out_dir.parent,
+        beside=out_dir,
     ) as chunks:
         # read_labels checks against every visit, those the split leaves out too
         labels = _labels(data_dir, dataset.all_visits, dataset.files)
@@ -260,6 +277,7 @@ def _write_tokens(
         "splits": {},
     }
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        write_marker(tmp, "tokens")
         tokenizer.save(tmp)
         writers = {name: ShardWriter(tmp, name, config.shard_visits) for name in SPLITS}
         for tokens in chunks:

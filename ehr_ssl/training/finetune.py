@@ -26,20 +26,21 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ehr_ssl.artifacts import save_safetensors
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
 from ehr_ssl.config import FinetuneConfig
 from ehr_ssl.data.splits import label_budget_subset
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import CLASSIFIER_DIR, FINETUNE_SUMMARY_FILE, PROBE_FILE, TOKENIZER_FILE
 from ehr_ssl.model.classifier import AdmissionClassifier
-from ehr_ssl.model.encoder import EHRConfig, EHREncoder
+from ehr_ssl.model.encoder import EHRConfig, EHREncoder, load_config
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
+from ehr_ssl.outputs import check_output_dir, check_outside_inputs, output_lock, write_marker
 from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.tokens.shards import read_split
@@ -47,18 +48,29 @@ from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training import distributed
 from ehr_ssl.training.device import resolve_device
 from ehr_ssl.training.optim import param_groups
-from ehr_ssl.training.probe import init_head_from_probe, linear_probe, pooled_vectors, probe_scores
+from ehr_ssl.training.probe import (
+    init_head_from_probe,
+    linear_probe,
+    load_probe,
+    pooled_vectors,
+    probe_scores,
+)
 
 log = logging.getLogger("ehr_ssl")
 
 
 def budget_ids(
-    tokens_dir: Path, budget: int | float | None, *, seed: int, min_val: int = 20
+    tokens_dir: Path,
+    budget: int | float | None,
+    *,
+    seed: int,
+    min_val: int = 20,
+    setting: str = "label_budget",
 ) -> tuple[pl.Series, pl.Series]:
     """Visit ids of a label budget, read from the token shards (see `budget_split`)."""
     train = read_split(tokens_dir, "train").filter(pl.col("labeled"))
     val = read_split(tokens_dir, "val").filter(pl.col("labeled"))
-    return budget_split(train, val, budget, seed=seed, min_val=min_val)
+    return budget_split(train, val, budget, seed=seed, min_val=min_val, setting=setting)
 
 
 def budget_split(
@@ -68,18 +80,48 @@ def budget_split(
     *,
     seed: int,
     min_val: int = 20,
+    setting: str = "label_budget",
 ) -> tuple[pl.Series, pl.Series]:
     """Visit ids of a label budget: `budget` labeled train visits (a count, a fraction of them,
     or None for all), and the share of val labels a split of that size would have (val/train
     available ratio, at least `min_val` or all there are). Nested in the budget for a seed.
-    `train` and `val` are the labeled visits of each split (`visit_id`, `labeled` columns)."""
+    `train` and `val` are the labeled visits of each split (`visit_id`, `labeled` and, to check
+    that each subset holds both classes, `label` columns).
+
+    Raises:
+        InputError: naming `setting` (where the budget was set) and the counts, for a budget
+            the labels cannot meet: fine-tuning would fail on it.
+    """
     try:
         train_ids = label_budget_subset(train, budget, seed=seed)["visit_id"]
     except ValueError as e:  # a budget the train split cannot meet is a bad setting
-        raise InputError(f"{e} in the train split", column="label_budget") from None
+        raise InputError(f"{e} in the train split", column=setting) from None
+    if val.height == 0:
+        raise InputError("no labeled visits in the val split to select on", column=setting)
     share = round(len(train_ids) * val.height / max(train.height, 1))
     val_ids = label_budget_subset(val, min(max(share, min_val), val.height), seed=seed)
-    return train_ids, val_ids["visit_id"]
+    ids = {"train": train_ids, "val": val_ids["visit_id"]}
+    for split, frame in (("train", train), ("val", val)):
+        _check_both_classes(frame, ids[split], budget, split=split, setting=setting)
+    return ids["train"], ids["val"]
+
+
+def _check_both_classes(
+    labeled: pl.DataFrame, ids: pl.Series, budget: int | float | None, *, split: str, setting: str
+) -> None:
+    """The visits `ids` of `labeled` hold both classes (fine-tuning and its selection need
+    them); a frame without a `label` column is not checked."""
+    if "label" not in labeled.columns:
+        return
+    labels = labeled.filter(pl.col("visit_id").is_in(ids.implode()))["label"]
+    positives = int(labels.sum())
+    if positives in (0, labels.len()):
+        shown = "all" if budget is None else budget
+        raise InputError(
+            f"budget {shown!r} leaves {labels.len()} labeled {split} visits, {positives} of them "
+            "positive: fine-tuning needs both classes",
+            column=setting,
+        )
 
 
 def labeled_split(tokens_dir: Path, split: str, visit_ids: pl.Series | None = None) -> TokenDataset:
@@ -120,15 +162,33 @@ def finetune(
 
     `encoder_dir` is a pretrained encoder (save_pretrained directory); scratch mode takes only
     its architecture. Writes the selected model (safetensors + config.json) and a summary to
-    `out_dir` atomically and returns the summary. Never reads the test split.
+    `out_dir` atomically and returns the summary. Never reads the test split. `out_dir` must be
+    new, empty or an earlier fine-tuning directory, outside the inputs; rank 0 holds its lock.
     """
     tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
     if encoder_dir is None:
         raise InputError("a pretrained encoder directory is needed", column="finetune.encoder")
-    encoder_config = EHRConfig.from_pretrained(encoder_dir)
+    check_output_dir(out_dir, "finetune")
+    check_outside_inputs(out_dir, {"--tokens": tokens_dir, "--encoder": encoder_dir})
+    with output_lock(out_dir, enabled=distributed.current().is_main):
+        return _finetune(tokens_dir, Path(encoder_dir), out_dir, config, train_ids, val_ids)
+
+
+def _finetune(
+    tokens_dir: Path,
+    encoder_dir: Path,
+    out_dir: Path,
+    config: FinetuneConfig,
+    train_ids: pl.Series | None,
+    val_ids: pl.Series | None,
+) -> dict:
+    """`finetune` once its output is checked and locked."""
+    encoder_config = load_config(encoder_dir)
     _check_encoder_fits_tokens(tokens_dir, Path(encoder_dir), encoder_config, config.mode)
     if config.label_budget is not None and train_ids is None and val_ids is None:
-        train_ids, val_ids = budget_ids(tokens_dir, config.label_budget, seed=config.seed)
+        train_ids, val_ids = budget_ids(
+            tokens_dir, config.label_budget, seed=config.seed, setting="finetune.label_budget"
+        )
     train, val = _labeled_splits(tokens_dir, train_ids, val_ids)
     device = resolve_device(config.device)
     _check_processes(config, len(train), tokens_dir)
@@ -224,10 +284,11 @@ def _write(
 ) -> None:
     """The selected classifier, or the probe's tensors, and the summary, all at once."""
     with atomic_directory(out_dir, overwrite=True) as tmp:
+        write_marker(tmp, "finetune")
         if model is not None:
-            model.cpu().save_pretrained(tmp / CLASSIFIER_DIR)
+            model.cpu().save_checked(tmp / CLASSIFIER_DIR)
         else:
-            save_file(probe, str(tmp / PROBE_FILE))
+            save_safetensors(probe, tmp / PROBE_FILE)
         atomic_write_text(tmp / FINETUNE_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
@@ -237,7 +298,7 @@ def build_classifier(
     """full: the pretrained encoder under a new head; scratch: the same architecture, random."""
     model = AdmissionClassifier(encoder_config, head_dropout=config.head_dropout)
     if config.mode == "full":
-        model.encoder = EHREncoder.from_pretrained(encoder_dir)
+        model.encoder = EHREncoder.load_checked(encoder_dir)  # every weight from the file
     return model
 
 
@@ -384,8 +445,9 @@ def predict_finetuned(
     classifier (full, scratch) or the probe over `encoder_dir`'s frozen encoder. Shape: (N,)."""
     finetune_dir = Path(finetune_dir)
     if (finetune_dir / CLASSIFIER_DIR).is_dir():
-        model = AdmissionClassifier.from_pretrained(finetune_dir / CLASSIFIER_DIR).to(device)
+        model = AdmissionClassifier.load_checked(finetune_dir / CLASSIFIER_DIR).to(device)
         return predict_scores(model, dataset, device)
-    probe = {k: v.numpy() for k, v in load_file(finetune_dir / PROBE_FILE).items()}
-    encoder = EHREncoder.from_pretrained(encoder_dir).to(device)
+    encoder = EHREncoder.load_checked(encoder_dir).to(device)
+    probe = load_probe(finetune_dir / PROBE_FILE, encoder.config.hidden_size)
+    probe = {k: v.numpy() for k, v in probe.items()}
     return probe_scores(probe, pooled_vectors(encoder, dataset, device))

@@ -58,7 +58,8 @@ def test_bad_input_exit_2_one_line_no_output(tmp_path):
 
 def test_existing_output_and_bad_config(tmp_path, capsys):
     data = write_tables(tmp_path / "data", make_tables())
-    (tmp_path / "tokens").mkdir()
+    (tmp_path / "tokens").mkdir()  # an empty directory is used
+    assert main(["-q", "tokenize", str(data), "--out", str(tmp_path / "tokens")]) == 0
     assert main(["tokenize", str(data), "--out", str(tmp_path / "tokens")]) == 2
     assert "already exists (use --overwrite)" in capsys.readouterr().err
     config = tmp_path / "run.toml"
@@ -180,7 +181,7 @@ def test_environment_problems_are_one_line_exit_2(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     cases = [
         (["tokenize", str(data), "--out", str(tmp_path / "file" / "sub")], "file: File exists"),
-        (["tokenize", str(data), "--out", str(data), "--overwrite"], "would replace the input"),
+        (["tokenize", str(data), "--out", str(data), "--overwrite"], "--out is the input DATA"),
         (
             ["tokenize", str(data), "--out", str(tmp_path / "t"), "--config", str(tmp_path)],
             "is a directory, expected a TOML file",

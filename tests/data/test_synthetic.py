@@ -13,6 +13,9 @@ from sklearn.metrics import roc_auc_score
 from ehr_ssl.data import schema, synthetic
 from ehr_ssl.data.synthetic import CONDITIONS, Cohort, generate_cohort, write_cohort
 from ehr_ssl.data.synthetic import writer as synthetic_writer
+from ehr_ssl.errors import InputError
+from ehr_ssl.layout import OUTPUT_MARKER_FILE
+from ehr_ssl.outputs import output_kind
 
 N_VISITS = 4000
 
@@ -328,8 +331,10 @@ def test_write_cohort_one_events_file(small: Cohort, tmp_path: Path) -> None:
             schema.EVENTS.filename,
             schema.LABELS.filename,
             schema.ORACLE_FILENAME,
+            OUTPUT_MARKER_FILE,
         ]
     )
+    assert output_kind(out) == "dataset"
     assert_frame_equal(pl.read_parquet(out / schema.VISITS.filename), small.visits)
     assert_frame_equal(pl.read_parquet(out / schema.EVENTS.filename), small.events)
     assert_frame_equal(pl.read_parquet(out / schema.LABELS.filename), small.labels)
@@ -364,10 +369,16 @@ def test_write_cohort_refuses_an_existing_directory(small: Cohort, tmp_path: Pat
     (out / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError):
         write_cohort(small, out)
+    with pytest.raises(InputError, match="not an ehr-ssl output"):  # not even with overwrite
+        write_cohort(small, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    write_cohort(small, out, overwrite=True)
-    assert not (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    write_cohort(small, out)  # an empty directory is used
+    (out / "extra.txt").write_text("x")
+    write_cohort(small, out, overwrite=True)  # a synthetic dataset is replaced
+    assert not (out / "extra.txt").exists()
     assert (out / schema.VISITS.filename).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort"]  # no lock, no temporaries
 
 
 def test_a_failed_write_leaves_nothing(

@@ -9,7 +9,9 @@ import polars as pl
 
 from ehr_ssl.atomic import atomic_directory
 from ehr_ssl.data import schema
+from ehr_ssl.data.parquet import write_parquet
 from ehr_ssl.data.synthetic.simulation import Cohort
+from ehr_ssl.outputs import check_output_dir, output_lock, write_marker
 
 
 def write_cohort(
@@ -25,25 +27,31 @@ def write_cohort(
         cohort: The cohort to write.
         out_dir: The dataset directory to create.
         shards: Number of event files, >= 1.
-        overwrite: Replace an existing `out_dir`.
+        overwrite: Replace an existing `out_dir`, if it is a synthetic dataset directory.
 
     Raises:
         ValueError: If `shards` < 1.
-        FileExistsError: If `out_dir` exists and `overwrite` is False.
+        FileExistsError: If `out_dir` exists, is not empty and `overwrite` is False.
+        InputError: If `overwrite` is True and `out_dir` is a file, or a non-empty directory
+            other than a synthetic dataset (never replaced: it may be someone's data).
     """
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise ValueError(f"shards must be an integer >= 1, got {shards!r}")
-    with atomic_directory(Path(out_dir), overwrite=overwrite) as tmp:
-        cohort.visits.write_parquet(tmp / schema.VISITS.filename)
+    out_dir = Path(out_dir)
+    if overwrite:
+        check_output_dir(out_dir, "dataset")
+    with output_lock(out_dir), atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        write_marker(tmp, "dataset")
+        write_parquet(cohort.visits, tmp / schema.VISITS.filename)
         if cohort.labels.height:  # no labels: no labels.parquet (an empty table is bad input)
-            cohort.labels.write_parquet(tmp / schema.LABELS.filename)
-        cohort.oracle.write_parquet(tmp / schema.ORACLE_FILENAME)
+            write_parquet(cohort.labels, tmp / schema.LABELS.filename)
+        write_parquet(cohort.oracle, tmp / schema.ORACLE_FILENAME)
         _write_events(cohort.events, tmp, shards=shards)
 
 
 def _write_events(events: pl.DataFrame, directory: Path, *, shards: int) -> None:
     if shards == 1:
-        events.write_parquet(directory / schema.EVENTS.filename)
+        write_parquet(events, directory / schema.EVENTS.filename)
         return
     shard_dir = directory / schema.EVENTS.name
     shard_dir.mkdir()
@@ -54,4 +62,4 @@ def _write_events(events: pl.DataFrame, directory: Path, *, shards: int) -> None
     )
     for i in range(shards):
         part = parts.get((i,), events.clear())
-        part.write_parquet(shard_dir / f"part-{i:05d}.parquet")
+        write_parquet(part, shard_dir / f"part-{i:05d}.parquet")
