@@ -27,7 +27,7 @@ import torch
 
 from ehr_ssl.config import PRESETS, TokenizeConfig, load_pretrain_config
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
-from ehr_ssl.deploy.bundle import AdmissionModel
+from ehr_ssl.deploy.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, AdmissionModel
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 from ehr_ssl.tokens.tokenizer import Tokenizer
@@ -41,7 +41,7 @@ def build_bundle(data: Path, work: Path, preset: str) -> Path:
     torch.manual_seed(0)
     encoder = EHREncoder(encoder_config(tokenizer, load_pretrain_config(None, {"preset": preset})))
     head = torch.randn(encoder.config.hidden_size) / encoder.config.hidden_size**0.5
-    info = {"format": "ehr-ssl-bundle", "format_version": 1, "model": f"random-{preset}"}
+    info = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "model": f"random-{preset}"}
     model = AdmissionModel(tokenizer, encoder, head, torch.tensor(0.0), info)
     return model.save(work / "bundle", overwrite=True)
 
