@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ehr_ssl.model.masking import event_tokens, mask_events
+from ehr_ssl.model.masking import ENCOUNTER_TIMES, event_tokens, mask_events
 from ehr_ssl.tokens.vocab import (
     CLS_ID,
     HIST_ID,
@@ -262,3 +262,147 @@ def test_a_batch_without_required_keys_is_rejected():
     del batch["segment_ids"]
     with pytest.raises(ValueError, match="segment_ids"):
         _mask(batch)
+
+
+# ---- unit="encounter" (issue 19): whole history days are targets, all or none ----
+
+
+def day_batch(n_visits: int = 400, seed: int = 0) -> dict[str, torch.Tensor]:
+    """`make_batch` visits whose history events fall on at most 4 days (several events a day)."""
+    batch = make_batch(n_visits, seed=seed, max_history=30, max_current=20)
+    times, history = batch["time_deltas"], history_events(batch)
+    days = torch.floor(times / 180.0)  # the 30-day window in 4 blocks: days -4 .. -1
+    batch["time_deltas"] = torch.where(history, days * 24.0 + 0.5, times)
+    return batch
+
+
+def history_events(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return events_of(batch) & (batch["segment_ids"] == SEGMENT_HISTORY)
+
+
+def encounters_of(batch: dict[str, torch.Tensor]) -> list[list[tuple[int, int]]]:
+    """Each history encounter's positions, written out independently: (row, day) groups."""
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for row, col in history_events(batch).nonzero().tolist():
+        day = math.floor(float(batch["time_deltas"][row, col]) / 24.0)
+        groups.setdefault((row, day), []).append((row, col))
+    return list(groups.values())
+
+
+def test_encounter_unit_chooses_whole_encounters_or_none():
+    batch = day_batch(64)
+    encounters = encounters_of(batch)
+    assert sum(len(e) > 1 for e in encounters) > 50  # the test has multi-event days
+    for seed in range(5):
+        _, code_labels, _ = _mask(batch, seed=seed, rate=0.3, unit="encounter")
+        chosen = (code_labels != -100).tolist()
+        whole = [{chosen[r][c] for r, c in encounter} for encounter in encounters]
+        assert all(len(states) == 1 for states in whole)
+        assert any(states == {True} for states in whole)
+
+
+@pytest.mark.parametrize("rate", [0.15, 0.4])
+def test_encounter_unit_keeps_the_rate_for_history_and_current(rate):
+    history_chosen = history_total = current_chosen = current_total = 0
+    sum_sq = 0  # the chosen-token count's variance is rate (1 - rate) sum(encounter size^2)
+    for seed in range(10):
+        batch = day_batch(200, seed=seed)
+        _, code_labels, _ = _mask(batch, seed=seed, rate=rate, unit="encounter")
+        chosen, history = code_labels != -100, history_events(batch)
+        current = events_of(batch) & ~history
+        history_chosen += int((chosen & history).sum())
+        history_total += int(history.sum())
+        current_chosen += int((chosen & current).sum())
+        current_total += int(current.sum())
+        sum_sq += sum(len(e) ** 2 for e in encounters_of(batch))
+    sd = math.sqrt(rate * (1 - rate) * sum_sq) / history_total
+    assert abs(history_chosen / history_total - rate) <= 5 * sd
+    sd_current = math.sqrt(rate * (1 - rate) / current_total)
+    assert abs(current_chosen / current_total - rate) <= 5 * sd_current
+
+
+def test_encounter_unit_never_targets_statics_or_structure_and_keeps_the_split():
+    batch = day_batch(400)
+    events = events_of(batch)
+    corrupted, code_labels, bin_labels = _mask(batch, rate=1.0, unit="encounter")
+    assert torch.equal(code_labels != -100, events)  # rate 1: every event, nothing else
+    assert (bin_labels[~events] == -100).all()
+    for name in ("input_ids", "value_bins"):
+        assert torch.equal(corrupted[name][~events], batch[name][~events])
+    _, code_labels, _ = _mask(batch, rate=0.5, unit="encounter")
+    assert not ((code_labels != -100) & ~events).any()
+    new = corrupted["input_ids"][events]
+    share = float((new == MASK_ID).double().mean())
+    assert abs(share - 0.8) <= 5 * math.sqrt(0.8 * 0.2 / int(events.sum()))
+
+
+def test_encounter_unit_groups_by_encounter_times_when_given():
+    # An augmented view's per-token time jitter would move same-day events to different days.
+    batch = day_batch(64)
+    encounters = encounters_of(batch)
+    noise = torch.exp(0.3 * torch.randn(batch["time_deltas"].shape, generator=torch.Generator()))
+    jittered = {**batch, "time_deltas": batch["time_deltas"] * noise}
+    jittered[ENCOUNTER_TIMES] = batch["time_deltas"]
+    for seed in range(5):
+        _, code_labels, _ = _mask(jittered, seed=seed, rate=0.3, unit="encounter")
+        chosen = (code_labels != -100).tolist()
+        assert all(len({chosen[r][c] for r, c in e}) == 1 for e in encounters)
+
+
+def test_encounter_unit_is_seeded():
+    batch = day_batch(32)
+    first, second, other = (_mask(batch, seed=s, unit="encounter") for s in (7, 7, 8))
+    for a, b in zip(first[1:], second[1:], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(first[0]["input_ids"], second[0]["input_ids"])
+    assert not torch.equal(first[1], other[1])
+
+
+def test_encounter_unit_needs_time_deltas_and_unknown_units_are_rejected():
+    batch = make_batch(2)
+    with pytest.raises(ValueError, match="'day'"):
+        _mask(batch, unit="day")
+    del batch["time_deltas"]
+    _mask(batch)  # the token unit does not read the times
+    with pytest.raises(ValueError, match="time_deltas"):
+        _mask(batch, unit="encounter")
+
+
+def test_pretraining_steps_with_encounter_masking(cohort_tokens, monkeypatch):
+    import polars as pl
+
+    import ehr_ssl.model.pretraining as module
+    from ehr_ssl.tokens.batching import TokenDataset, collate
+
+    units = []
+    original = module.mask_events
+
+    def spy(batch, **kwargs):
+        units.append(kwargs.get("unit"))
+        out = original(batch, **kwargs)
+        # View A is time-jittered; its encounters are still whole, by the un-jittered times.
+        groups = {}
+        history = event_tokens(batch) & (batch["segment_ids"] == SEGMENT_HISTORY)
+        days = torch.floor(batch[ENCOUNTER_TIMES] / 24.0)
+        for (row, col), chosen in zip(
+            history.nonzero().tolist(), (out[1] != -100)[history].tolist(), strict=True
+        ):
+            groups.setdefault((row, float(days[row, col])), set()).add(chosen)
+        assert groups and all(len(states) == 1 for states in groups.values())
+        return out
+
+    monkeypatch.setattr(module, "mask_events", spy)
+    from tests.model.test_pretraining import _model
+
+    model = _model(cohort_tokens, mask_unit="encounter")
+    dataset = TokenDataset(cohort_tokens, pl.col("split") == "train", splits=["train"])
+    batch = collate([dataset[i] for i in range(24)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        losses = model(batch, generator)
+        assert all(torch.isfinite(losses[k]) for k in ("loss", "masked_code", "contrastive"))
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+    assert units == ["encounter"] * 3
