@@ -12,8 +12,11 @@ If statics + current visit alone find the partner nearly always, the InfoNCE los
 down without reading the history, and the encoder is not pushed to represent it. No model is
 involved: this measures the views, so it reads the same before and after training.
 
+`--views disjoint` draws the pair as `objective.contrastive_views = "disjoint"` does (history
+encounters split between the views, statics and current visit in view A only).
+
 usage: python benchmarks/bench_view_shortcut.py --tokens TOKENS [--batch-size 128]
-           [--batches 20] [--seed 0]
+           [--batches 20] [--seed 0] [--views augment|disjoint]
        python benchmarks/bench_view_shortcut.py --visits 20000   (synthesize and tokenize)
 """
 
@@ -30,7 +33,7 @@ import scipy.sparse as sp
 import torch
 
 from ehr_ssl.config import ObjectiveConfig, TokenizeConfig
-from ehr_ssl.model.views import augment_view
+from ehr_ssl.model.views import augment_view, disjoint_views
 from ehr_ssl.tokens.batching import TokenDataset, collate
 from ehr_ssl.tokens.vocab import (
     CLS_ID,
@@ -78,9 +81,31 @@ def top1_retrieval(a: sp.csr_matrix, b: sp.csr_matrix) -> np.ndarray:
     return (own > similarity.max(axis=1)) & (own > 0)
 
 
-def measure(tokens: Path, batch_size: int, batches: int, seed: int) -> dict:
+def draw_pair(
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    objective: ObjectiveConfig,
+    views: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The contrastive pair as PretrainingModel draws it (without the masking of view A)."""
+    if views == "disjoint":
+        return disjoint_views(batch, generator=generator)
+    return tuple(
+        augment_view(
+            batch,
+            generator=generator,
+            event_dropout=objective.event_dropout,
+            history_crop=objective.history_crop,
+            time_jitter=objective.time_jitter,
+        )
+        for _ in range(2)
+    )
+
+
+def measure(tokens: Path, batch_size: int, batches: int, seed: int, views: str = "augment") -> dict:
     """Top-1 retrieval of the partner view per part of the visit, over `batches` random batches
-    of train visits, with the pretraining's default augmentation."""
+    of train visits, with views drawn as `objective.contrastive_views = views` draws them (the
+    default augmentation knobs)."""
     dataset = TokenDataset(tokens, pl.lit(True), splits=["train"])
     objective = ObjectiveConfig()
     rng = np.random.default_rng(seed)
@@ -90,16 +115,7 @@ def measure(tokens: Path, batch_size: int, batches: int, seed: int) -> dict:
     for _ in range(batches):
         rows = rng.choice(len(dataset), size=min(batch_size, len(dataset)), replace=False)
         batch = collate([dataset[int(i)] for i in rows])
-        view_a, view_b = (
-            augment_view(
-                batch,
-                generator=generator,
-                event_dropout=objective.event_dropout,
-                history_crop=objective.history_crop,
-                time_jitter=objective.time_jitter,
-            )
-            for _ in range(2)
-        )
+        view_a, view_b = draw_pair(batch, generator, objective, views)
         for part, segments in PARTS.items():
             a, b = bags(view_a, segments), bags(view_b, segments)
             hits[part].append(top1_retrieval(a, b))
@@ -108,7 +124,8 @@ def measure(tokens: Path, batch_size: int, batches: int, seed: int) -> dict:
         )
         has_history.append(history_events.any(axis=1))
     with_history = np.concatenate(has_history)
-    result = {"batch_size": batch_size, "batches": batches, "visits": int(len(with_history))}
+    result = {"views": views, "batch_size": batch_size, "batches": batches}
+    result["visits"] = int(len(with_history))
     result["share_with_history"] = round(float(with_history.mean()), 4)
     for part, found in hits.items():
         found = np.concatenate(found)
@@ -133,10 +150,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="the small preset's [128]")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--views", choices=("augment", "disjoint"), default="augment")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-view-shortcut-") as work:
         tokens = args.tokens or synthesize(args.visits, Path(work))
-        print(json.dumps(measure(tokens, args.batch_size, args.batches, args.seed), indent=2))
+        result = measure(tokens, args.batch_size, args.batches, args.seed, args.views)
+        print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from ehr_ssl.settings import (
 )
 
 DEVICES = ("auto", "cpu", "cuda")
+CONTRASTIVE_VIEWS = ("augment", "disjoint")
+MASK_UNITS = ("token", "encounter")
 
 # Upper bounds of the size-like settings: generous (far beyond any ED cohort or any model this
 # code is for) but finite, so that an absurd value stops at configuration time with one line
@@ -201,6 +203,11 @@ class ObjectiveConfig:
     """Contrastive visits (SimCLR-style NT-Xent between two augmented views)."""
     mask_rate: float = 0.15
     """Share of event tokens chosen for prediction (of those, 80% [MASK], 10% random, 10% kept)."""
+    mask_unit: str = field(default="token", metadata={"choices": MASK_UNITS})
+    """What masked-event modeling chooses: "token" (each event token at mask_rate) or
+    "encounter" (whole history encounters, a visit's history events of one day, each at
+    mask_rate, so a code cannot be copied from its own encounter: issue 19; current-visit
+    events are still chosen token by token at mask_rate)."""
     temperature: float = 0.1
     """NT-Xent softmax temperature."""
     projection_dim: int = 64
@@ -211,6 +218,11 @@ class ObjectiveConfig:
     """View augmentation: up to this share of the oldest history events cropped."""
     time_jitter: float = 0.1
     """View augmentation: times multiplied by exp(N(0, time_jitter^2))."""
+    contrastive_views: str = field(default="augment", metadata={"choices": CONTRASTIVE_VIEWS})
+    """How the contrastive pair is drawn: "augment" (two augmented copies of the visit, sharing
+    its statics and current visit) or "disjoint" (history encounters split between the views;
+    view A also has the statics and current visit, view B only its encounters: issue 19; the
+    view augmentation settings above then go unused)."""
 
     def __post_init__(self) -> None:
         for name in ("masked_weight", "contrastive_weight", "value_bin_weight"):
@@ -224,8 +236,18 @@ class ObjectiveConfig:
             raise InputError(
                 f"must be in (0, 1), got {self.mask_rate}", column="objective.mask_rate"
             )
+        if self.mask_unit not in MASK_UNITS:
+            raise InputError(
+                f"must be one of {', '.join(MASK_UNITS)}, got {self.mask_unit!r}",
+                column="objective.mask_unit",
+            )
         check_range(self.temperature, 1e-4, 100, "objective.temperature")
         check_count(self.projection_dim, "objective.projection_dim", high=MAX_WIDTH)
+        if self.contrastive_views not in CONTRASTIVE_VIEWS:
+            raise InputError(
+                f"must be one of {', '.join(CONTRASTIVE_VIEWS)}, got {self.contrastive_views!r}",
+                column="objective.contrastive_views",
+            )
 
 
 @dataclass

@@ -10,6 +10,7 @@ from ehr_ssl.config import (
     DataConfig,
     EvaluateConfig,
     FinetuneConfig,
+    ObjectiveConfig,
     PipelineConfig,
     SplitConfig,
     TokenizeConfig,
@@ -42,6 +43,14 @@ def test_defaults_round_trip_through_dict():
         (lambda: DataConfig(prediction_offset_minutes=float("inf")), "got inf"),
         (lambda: TokenizeConfig(chunk_visits=0), "column 'chunk_visits': must be >= 1, got 0"),
         (lambda: TokenizeConfig(shard_visits=0), "column 'shard_visits': must be >= 1, got 0"),
+        (
+            lambda: ObjectiveConfig(contrastive_views="both"),
+            "column 'objective.contrastive_views': must be one of augment, disjoint, got 'both'",
+        ),
+        (
+            lambda: ObjectiveConfig(mask_unit="day"),
+            "column 'objective.mask_unit': must be one of token, encounter, got 'day'",
+        ),
     ],
 )
 def test_invalid_values_raise_clear_errors(make, message):

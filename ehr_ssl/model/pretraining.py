@@ -19,8 +19,8 @@ from ehr_ssl.model.collectives import all_gather_with_grad, data_parallel_rank
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.model.heads import MaskedEventHead, ProjectionHead
 from ehr_ssl.model.losses import IGNORE_INDEX, info_nce_loss, masked_event_loss
-from ehr_ssl.model.masking import mask_events
-from ehr_ssl.model.views import augment_view
+from ehr_ssl.model.masking import ENCOUNTER_TIMES, mask_events
+from ehr_ssl.model.views import augment_view, disjoint_views
 
 ENCODER_INPUTS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")
 
@@ -80,10 +80,15 @@ class PretrainingModel(nn.Module):
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor] | None]:
         """View A (masked for the masked-event term) and, for the contrastive term, view B;
         with the masked term's labels {"masked_code", "masked_bin"} (None when it is off).
-        The draws come in this order: view A, its masking, view B."""
+        The draws come in this order: view A, its masking, view B ("augment" views); both
+        views, then the masking (`contrastive_views = "disjoint"`)."""
         o = self.objective
         contrastive = o.contrastive_weight > 0
-        view_a = self._view(batch, generator) if contrastive else batch
+        disjoint = contrastive and o.contrastive_views == "disjoint"
+        if disjoint:
+            view_a, view_b = disjoint_views(batch, generator=generator)
+        else:
+            view_a = self._view(batch, generator) if contrastive else batch
         labels = None
         if o.masked_weight > 0:
             view_a, code_labels, bin_labels = mask_events(
@@ -91,9 +96,12 @@ class PretrainingModel(nn.Module):
                 vocab_size=self.encoder.config.vocab_size,
                 generator=generator,
                 rate=o.mask_rate,
+                unit=o.mask_unit,
             )
             labels = {"masked_code": code_labels, "masked_bin": bin_labels}
-        views = [view_a, self._view(batch, generator)] if contrastive else [view_a]
+        if contrastive and not disjoint:
+            view_b = self._view(batch, generator)
+        views = [view_a, view_b] if contrastive else [view_a]
         return views, labels
 
     def _terms(
@@ -151,6 +159,8 @@ class PretrainingModel(nn.Module):
 
     def _view(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         o = self.objective
+        if o.mask_unit == "encounter":  # view A's encounters are grouped by un-jittered times
+            batch = {**batch, ENCOUNTER_TIMES: batch["time_deltas"]}
         return augment_view(
             batch,
             generator=generator,

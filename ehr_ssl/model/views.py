@@ -1,5 +1,6 @@
-"""Augmented views of visits for the contrastive objective: event dropout, a crop of the oldest
-history, time jitter; removed tokens are compacted out and the batch re-padded."""
+"""Views of visits for the contrastive objective. `augment_view`: event dropout, a crop of the
+oldest history, time jitter. `disjoint_views`: a pair that shares no event, the history's
+encounters split between the two. Removed tokens are compacted out and the batch re-padded."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ehr_ssl.model.encounters import encounter_starts, start_positions
 from ehr_ssl.tokens.vocab import (
     CLS_ID,
     HIST_ID,
@@ -16,6 +18,7 @@ from ehr_ssl.tokens.vocab import (
     PAD_ID,
     SEGMENT_CURRENT,
     SEGMENT_HISTORY,
+    SEGMENT_STATIC,
     VISIT_ID,
 )
 
@@ -72,6 +75,68 @@ def augment_view(
         times = torch.where(tokens.events, times * torch.exp(time_jitter * draws.noise), times)
     keep = tokens.real & ~removed
     return _compact(batch, keep, times)
+
+
+def disjoint_views(
+    batch: dict[str, Tensor], *, generator: torch.Generator
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Two views of each visit that share no event, only the patient (issue 19).
+
+    A visit's history encounters are its history events grouped by day: time deltas are hours
+    before the prediction time (<= 0), so day = floor(time_delta / 24), the 24-hour windows
+    counted back from the prediction time (the tokens carry no clock time, so these are not
+    wall-calendar days). History events run oldest first, so an encounter is a run of one day.
+    Each encounter goes to view A or view B with probability 0.5; where a visit with >= 2
+    encounters sent them all to one side, a random one is moved to the other, so both views
+    hold some history. View A also keeps the static tokens and the current visit's events;
+    view B keeps only its encounters. [CLS], [HIST] and [VISIT] (no information) are in both.
+
+    A visit with fewer than 2 encounters cannot be split: view B gets its whole history (if
+    any), view A its statics and current visit. This keeps the pair disjoint without a
+    same-day shortcut (a token-by-token split of one encounter would leave near-copies, e.g. a
+    lab panel, in both views), and is the same present-vs-history task as the split visits.
+    A visit without history has an event-free view B: its pair carries no signal.
+
+    Args:
+        batch: as for `augment_view`; other (B, T) tensors are compacted the same way.
+        generator: the only source of randomness; on the batch's device.
+
+    Returns:
+        (view A, view B): new dicts, each re-padded to its longest row.
+
+    Shape:
+        (B, T) in, (B, T_a) and (B, T_b) out, both <= T.
+    """
+    _check_inputs(batch, generator, 0.0, 0.0, 0.0)
+    tokens = _token_kinds(batch)
+    to_b = _encounters_to_b(tokens.history, batch["time_deltas"], generator)
+    times = batch["time_deltas"]
+    only_b = tokens.real & ~(tokens.events & ~to_b) & ~_statics(batch)
+    return _compact(batch, tokens.real & ~to_b, times), _compact(batch, only_b, times)
+
+
+def _statics(batch: dict[str, Tensor]) -> Tensor:
+    """The static tokens (segment 0, after [CLS]). Shape: (B, T) bool."""
+    static = batch["attention_mask"].bool() & (batch["segment_ids"] == SEGMENT_STATIC)
+    return static & (batch["input_ids"] != CLS_ID)
+
+
+def _encounters_to_b(history: Tensor, times: Tensor, generator: torch.Generator) -> Tensor:
+    """The history events that go to view B: whole encounters (day runs) at random, at least
+    one per side where a visit has >= 2, the whole history where it has fewer.
+    Shape: (B, T) bool."""
+    shape, device = history.shape, history.device
+    coin = torch.rand(shape, generator=generator, device=device)
+    pick = torch.rand(shape, generator=generator, device=device)
+    starts = encounter_starts(history, times)
+    split = starts.sum(dim=1) >= 2  # (B,)
+    to_b = starts & (coin < 0.5)
+    one_sided = split & (~to_b.any(dim=1) | ~(starts & ~to_b).any(dim=1))  # (B,)
+    moved = torch.where(starts, pick, -1.0).argmax(dim=1)  # (B,) a random encounter
+    to_b ^= torch.zeros_like(starts).scatter_(1, moved[:, None], one_sided[:, None])
+    # Every event takes its run's side: the side at the latest start at or before it.
+    to_b = torch.gather(to_b, 1, start_positions(starts)) & history
+    return torch.where(split[:, None], to_b, history)
 
 
 def _check_inputs(

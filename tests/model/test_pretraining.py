@@ -209,3 +209,17 @@ def test_pretraining_masks_at_its_rate_with_the_80_10_10_split(cohort_tokens, mo
     assert close(n_chosen, n_events, 0.3)
     assert close(int((new == MASK_ID).sum()), n_chosen, 0.8)
     assert close(int((new == old).sum()), n_chosen, 0.1)
+
+
+def test_pretraining_steps_with_disjoint_views(cohort_tokens):
+    model = _model(cohort_tokens, contrastive_views="disjoint")
+    batch = _batch(cohort_tokens)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        losses = model(batch, generator)
+        assert {"masked_code", "contrastive"} <= set(losses)
+        assert all(torch.isfinite(losses[k]) for k in ("loss", "contrastive"))
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()

@@ -6,11 +6,19 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
-from ehr_ssl.model.views import augment_view
-from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, SEGMENT_CURRENT, SEGMENT_HISTORY, VISIT_ID
+from ehr_ssl.model.views import augment_view, disjoint_views
+from ehr_ssl.tokens.vocab import (
+    CLS_ID,
+    HIST_ID,
+    SEGMENT_CURRENT,
+    SEGMENT_HISTORY,
+    SEGMENT_STATIC,
+    VISIT_ID,
+)
 from tests.model.test_masking import events_of, make_batch
 
 TOKEN_KEYS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")
@@ -186,3 +194,113 @@ def test_a_batch_with_mismatched_shapes_is_rejected():
     batch["time_deltas"] = batch["time_deltas"][:, :-1]
     with pytest.raises(ValueError, match="time_deltas"):
         _view(batch)
+
+
+def _with_encounters(batch, seed=0, max_days=4):
+    """`batch` with each visit's history events (oldest first) grouped into random whole days
+    before the prediction time; returns it and each event's day (-1 elsewhere), (B, T)."""
+    rng = np.random.default_rng(seed)
+    history = events_of(batch) & (batch["segment_ids"] == SEGMENT_HISTORY)
+    times, days = batch["time_deltas"].clone(), torch.full_like(batch["input_ids"], -1)
+    for i in range(history.shape[0]):
+        where = history[i].nonzero().flatten()
+        ago = np.sort(rng.integers(0, int(rng.integers(1, max_days + 1)), len(where)))[::-1]
+        days[i, where] = torch.as_tensor(ago.copy())
+        hours = -24.0 * ago - 1.0 - 20.0 * np.sort(rng.random(len(where)))  # in its day
+        times[i, where] = torch.as_tensor(hours, dtype=times.dtype)
+    return {**batch, "time_deltas": times}, days
+
+
+def _kept(view, width):
+    """(B, T) bool: which original positions a view kept."""
+    kept = torch.zeros(len(view["input_ids"]), width, dtype=torch.bool)
+    for i, origin in enumerate(_origins(view)):
+        kept[i, origin] = True
+    return kept
+
+
+def test_disjoint_views_split_the_history_by_whole_encounters():
+    batch, days = _with_encounters(_tracked(make_batch(200, max_history=12)))
+    a, b = disjoint_views(batch, generator=torch.Generator().manual_seed(0))
+    width = batch["input_ids"].shape[1]
+    in_a, in_b = _kept(a, width), _kept(b, width)
+    events = events_of(batch)
+    history = events & (batch["segment_ids"] == SEGMENT_HISTORY)
+    real = batch["attention_mask"]
+    assert not (in_a & in_b & events).any()  # no event in both
+    assert torch.equal((in_a ^ in_b) & history, history)  # every history event in one view
+    assert torch.equal(in_a & ~history, real & ~history)  # A: all statics, structure, current
+    statics = real & (batch["segment_ids"] == SEGMENT_STATIC) & (batch["input_ids"] != CLS_ID)
+    assert torch.equal(in_b & ~history, real & ~events & ~statics)  # B: no static, no current token
+    n_encounters = [len(set(days[i][history[i]].tolist())) for i in range(len(days))]
+    for i, n in enumerate(n_encounters):
+        for day in set(days[i][history[i]].tolist()):
+            assert in_b[i][history[i] & (days[i] == day)].unique().numel() == 1  # whole day
+        if n >= 2:
+            assert (in_a[i] & history[i]).any() and (in_b[i] & history[i]).any()
+        else:
+            assert torch.equal(in_b[i] & history[i], history[i])  # B gets the whole history
+    assert {0, 1} <= set(n_encounters) and max(n_encounters) >= 3
+    shares = [float((in_b[i] & history[i]).sum() / history[i].sum()) for i in range(len(days))]
+    assert 0.35 < np.mean([s for s, n in zip(shares, n_encounters, strict=True) if n >= 2]) < 0.65
+    for view in (a, b):
+        for key in TOKEN_KEYS:  # compacted: values travel with their positions
+            origin = view["position"] - 1
+            mask = view["attention_mask"]
+            taken = torch.gather(batch[key], 1, origin.clamp(min=0))
+            assert torch.equal(view[key][mask], taken[mask])
+            assert not view[key][~mask].any()
+
+
+def test_disjoint_views_seeded():
+    batch, _ = _with_encounters(make_batch(64, max_history=12))
+    first, second, other = (
+        disjoint_views(batch, generator=torch.Generator().manual_seed(seed)) for seed in (3, 3, 4)
+    )
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(first, second, strict=True) for k in x)
+    assert any(not torch.equal(x[k], y[k]) for x, y in zip(first, other, strict=True) for k in x)
+
+
+def test_disjoint_views_of_visits_with_no_one_or_many_encounters():
+    hours = {"none": [], "one": [-30.0, -29.0, -27.5], "many": [-200.0, -100.0, -99.0, -5.0]}
+    rows = []
+    for times in hours.values():
+        n = len(times)
+        rows.append(
+            (
+                [CLS_ID, 7, HIST_ID, *range(10, 10 + n), VISIT_ID, 8],
+                [SEGMENT_STATIC] * 2 + [SEGMENT_HISTORY] * (n + 1) + [SEGMENT_CURRENT] * 2,
+                [0.0, 0.0, -720.0, *times, -1.0, -0.5],
+            )
+        )
+    width = max(len(ids) for ids, _, _ in rows)
+    batch = {
+        "input_ids": torch.tensor([r[0] + [0] * (width - len(r[0])) for r in rows]),
+        "segment_ids": torch.tensor([r[1] + [0] * (width - len(r[1])) for r in rows]),
+        "time_deltas": torch.tensor([r[2] + [0.0] * (width - len(r[2])) for r in rows]),
+        "attention_mask": torch.tensor(
+            [[True] * len(r[0]) + [False] * (width - len(r[0])) for r in rows]
+        ),
+    }
+    batch["value_bins"] = torch.zeros_like(batch["input_ids"])
+    for seed in range(20):
+        a, b = disjoint_views(batch, generator=torch.Generator().manual_seed(seed))
+        real_b = [
+            ids[mask].tolist()
+            for ids, mask in zip(b["input_ids"], b["attention_mask"], strict=True)
+        ]
+        real_a = [
+            ids[mask].tolist()
+            for ids, mask in zip(a["input_ids"], a["attention_mask"], strict=True)
+        ]
+        assert real_a[0] == [CLS_ID, 7, HIST_ID, VISIT_ID, 8] and real_b[0] == [
+            CLS_ID,
+            HIST_ID,
+            VISIT_ID,
+        ]
+        assert real_a[1] == [CLS_ID, 7, HIST_ID, VISIT_ID, 8]
+        assert real_b[1] == [CLS_ID, HIST_ID, 10, 11, 12, VISIT_ID]
+        history_b = real_b[2][2:-1]
+        assert history_b and len(history_b) < 4  # both views get an encounter
+        assert (11 in history_b) == (12 in history_b)  # -100 h and -99 h: one day
+        assert sorted(history_b + real_a[2][3:-2]) == [10, 11, 12, 13]
