@@ -13,10 +13,13 @@ down without reading the history, and the encoder is not pushed to represent it.
 involved: this measures the views, so it reads the same before and after training.
 
 `--views disjoint` draws the pair as `objective.contrastive_views = "disjoint"` does (history
-encounters split between the views, statics and current visit in view A only).
+encounters split between the views, statics and current visit in view A only). `--views patient`
+as `"patient"` does: view B is another train visit of the same patient (both views augmented);
+only visits that have such a partner are scored, and other rows of the same patient are no
+candidates (they are no negatives in the loss either).
 
 usage: python benchmarks/bench_view_shortcut.py --tokens TOKENS [--batch-size 128]
-           [--batches 20] [--seed 0] [--views augment|disjoint]
+           [--batches 20] [--seed 0] [--views augment|disjoint|patient]
        python benchmarks/bench_view_shortcut.py --visits 20000   (synthesize and tokenize)
 """
 
@@ -35,6 +38,7 @@ import torch
 from ehr_ssl.config import ObjectiveConfig, TokenizeConfig
 from ehr_ssl.model.views import augment_view, disjoint_views
 from ehr_ssl.tokens.batching import TokenDataset, collate
+from ehr_ssl.tokens.pairs import PatientVisits
 from ehr_ssl.tokens.vocab import (
     CLS_ID,
     HIST_ID,
@@ -69,14 +73,19 @@ def bags(view: dict[str, torch.Tensor], segments: tuple[int, ...]) -> sp.csr_mat
     return sp.diags(1.0 / np.maximum(norms, 1e-12)) @ matrix
 
 
-def top1_retrieval(a: sp.csr_matrix, b: sp.csr_matrix) -> np.ndarray:
-    """Per visit i, whether view b_i is strictly nearer to a_i than every other b_j (ties and
-    empty bags count as misses). Shape: (B,) bool."""
+def top1_retrieval(
+    a: sp.csr_matrix, b: sp.csr_matrix, excluded: np.ndarray | None = None
+) -> np.ndarray:
+    """Per visit i, whether view b_i is strictly nearer to a_i than every other b_j that
+    `excluded[i, j]` does not rule out (ties and empty bags count as misses).
+    Shape: (B, B) bool excluded -> (B,) bool."""
     width = max(a.shape[1], b.shape[1])
     a = sp.csr_matrix(a, shape=(a.shape[0], width)) if a.shape[1] < width else a
     b = sp.csr_matrix(b, shape=(b.shape[0], width)) if b.shape[1] < width else b
     similarity = (a @ b.T).toarray()
     own = np.diag(similarity).copy()
+    if excluded is not None:
+        similarity[excluded] = -np.inf
     np.fill_diagonal(similarity, -np.inf)
     return (own > similarity.max(axis=1)) & (own > 0)
 
@@ -86,20 +95,44 @@ def draw_pair(
     generator: torch.Generator,
     objective: ObjectiveConfig,
     views: str,
+    partner: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The contrastive pair as PretrainingModel draws it (without the masking of view A)."""
+    """The contrastive pair as PretrainingModel draws it (without the masking of view A);
+    "patient" views augment `batch` and `partner`, the partner visits."""
     if views == "disjoint":
         return disjoint_views(batch, generator=generator)
+    sources = (batch, partner) if views == "patient" else (batch, batch)
     return tuple(
         augment_view(
-            batch,
+            source,
             generator=generator,
             event_dropout=objective.event_dropout,
             history_crop=objective.history_crop,
             time_jitter=objective.time_jitter,
         )
-        for _ in range(2)
+        for source in sources
     )
+
+
+def draw_batch(
+    dataset: TokenDataset,
+    patients: PatientVisits | None,
+    size: int,
+    rng: np.random.Generator,
+) -> tuple[dict, dict | None, np.ndarray, np.ndarray | None]:
+    """A random batch of visits; with `patients`, also their partner visits (the visit itself
+    where it has none), whether each has one, and which candidates are the same patient.
+    Returns (batch, partner batch, scored rows (B,) bool, excluded candidates (B, B) bool)."""
+    rows = rng.choice(len(dataset), size=min(size, len(dataset)), replace=False)
+    batch = collate([dataset[int(i)] for i in rows])
+    if patients is None:
+        return batch, None, np.ones(len(rows), dtype=bool), None
+    partners = patients.draw_partners(rows, rng)
+    paired = partners >= 0
+    partner = collate([dataset[int(j)] for j in np.where(paired, partners, rows)])
+    groups = patients.groups(rows)
+    excluded = (groups[:, None] == groups[None, :]) | ~paired[None, :]
+    return batch, partner, paired, excluded
 
 
 def measure(tokens: Path, batch_size: int, batches: int, seed: int, views: str = "augment") -> dict:
@@ -107,25 +140,27 @@ def measure(tokens: Path, batch_size: int, batches: int, seed: int, views: str =
     of train visits, with views drawn as `objective.contrastive_views = views` draws them (the
     default augmentation knobs)."""
     dataset = TokenDataset(tokens, pl.lit(True), splits=["train"])
+    patients = PatientVisits.of_dataset(dataset) if views == "patient" else None
     objective = ObjectiveConfig()
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     hits = {part: [] for part in PARTS}
-    has_history = []
+    has_history, n_rows = [], 0
     for _ in range(batches):
-        rows = rng.choice(len(dataset), size=min(batch_size, len(dataset)), replace=False)
-        batch = collate([dataset[int(i)] for i in rows])
-        view_a, view_b = draw_pair(batch, generator, objective, views)
+        batch, partner, scored, excluded = draw_batch(dataset, patients, batch_size, rng)
+        view_a, view_b = draw_pair(batch, generator, objective, views, partner)
         for part, segments in PARTS.items():
             a, b = bags(view_a, segments), bags(view_b, segments)
-            hits[part].append(top1_retrieval(a, b))
+            hits[part].append(top1_retrieval(a, b, excluded)[scored])
         history_events = (batch["segment_ids"].numpy() == SEGMENT_HISTORY) & ~np.isin(
             batch["input_ids"].numpy(), STRUCTURAL
         )
-        has_history.append(history_events.any(axis=1))
+        has_history.append(history_events.any(axis=1)[scored])
+        n_rows += len(scored)
     with_history = np.concatenate(has_history)
     result = {"views": views, "batch_size": batch_size, "batches": batches}
-    result["visits"] = int(len(with_history))
+    result["visits"] = int(len(with_history))  # scored: with "patient", those with a partner
+    result["share_scored"] = round(len(with_history) / n_rows, 4)
     result["share_with_history"] = round(float(with_history.mean()), 4)
     for part, found in hits.items():
         found = np.concatenate(found)
@@ -150,7 +185,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="the small preset's [128]")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--views", choices=("augment", "disjoint"), default="augment")
+    parser.add_argument("--views", choices=("augment", "disjoint", "patient"), default="augment")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-view-shortcut-") as work:
         tokens = args.tokens or synthesize(args.visits, Path(work))

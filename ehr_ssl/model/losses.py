@@ -1,5 +1,6 @@
 """Pure loss functions of tensors for the pretraining objectives: masked-event modeling and the
-symmetric InfoNCE (NT-Xent) of SimCLR. They know nothing about models or heads."""
+symmetric InfoNCE (NT-Xent) of SimCLR, optionally with groups of rows that are never each other's
+negatives (patient-level positives, CLOCS). They know nothing about models or heads."""
 
 from __future__ import annotations
 
@@ -89,6 +90,8 @@ def info_nce_loss(
     offset: int = 0,
     all_a: Tensor | None = None,
     all_b: Tensor | None = None,
+    groups: Tensor | None = None,
+    paired: Tensor | None = None,
 ) -> Tensor:
     """Symmetric InfoNCE / NT-Xent loss of SimCLR (Chen et al. 2020).
 
@@ -99,14 +102,23 @@ def info_nce_loss(
     the 2N anchors of -log softmax at the positive. With N = 1 there is no negative and the loss
     is 0. Computed in at least float32.
 
+    Groups (patient-level positives): rows that share a `groups` id (one patient) are never each
+    other's negatives; every embedding of a same-group row, in either view, leaves the anchor's
+    denominator, except the anchor's own positive. A row whose `paired` is False has no positive:
+    neither of its embeddings is an anchor and its `z_b` row (a placeholder) is no candidate,
+    while its `z_a` row stays a negative of the other groups. The loss is then the mean over the
+    anchors of paired rows, exactly 0 (with a zero gradient, never NaN) when there is none.
+
     Distributed training: pass the global batch as `all_a`, `all_b` (M rows, every process's rows
     in rank order, this process's at `offset : offset + N`). The anchors stay the local 2N rows and
     the candidates become all 2M gathered embeddings, so negatives come from every process. The
     caller must gather *with* gradients (`torch.distributed.nn.functional.all_gather`, whose
     backward sums each rank's contribution to the local rows), and every process must hold the
     same N: then the mean over the local anchors, averaged over processes by DDP, has the value and
-    the gradient of the single-process loss on the global batch. With `all_a=z_a`, `all_b=z_b`,
-    `offset=0` this is the plain call.
+    the gradient of the single-process loss on the global batch. With `groups` or `paired`, the
+    processes may hold different numbers of anchors, so each returns its anchors' sum over the
+    global anchor count, times M / N (the number of processes that DDP's average divides by).
+    With `all_a=z_a`, `all_b=z_b`, `offset=0` this is the plain call.
 
     Args:
         z_a: Projections of the first view.
@@ -115,41 +127,22 @@ def info_nce_loss(
         offset: Index of this process's first row in `all_a` / `all_b`.
         all_a: Gathered first-view projections of the global batch, or None (single process).
         all_b: Gathered second-view projections of the global batch, or None (single process).
+        groups: Integer group id of each row of the global batch (rows of `all_a`, or of `z_a`
+            without it), or None: every row its own group.
+        paired: Whether each row of the global batch has a positive, or None: all have.
 
     Returns:
         The scalar loss.
 
     Shape:
-        z_a (N, D), z_b (N, D), all_a (M, D), all_b (M, D) -> ().
+        z_a (N, D), z_b (N, D), all_a (M, D), all_b (M, D), groups (M,), paired (M,) -> ().
 
     Raises:
         ValueError: on a temperature that is not a finite positive number, mismatched shapes, only
             one of `all_a` / `all_b`, or an offset that does not place the N rows inside M.
     """
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    if z_a.ndim != 2 or z_a.shape != z_b.shape:
-        raise ValueError(
-            f"z_a and z_b must both be (N, D), got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
-        )
-    n_local, dim = z_a.shape
-    if n_local == 0:
-        raise ValueError("z_a and z_b must have at least one row, got 0")
-    if (all_a is None) != (all_b is None):
-        raise ValueError("all_a and all_b must be given together")
-    if all_a is None or all_b is None:
-        all_a, all_b, offset = z_a, z_b, 0
-    else:
-        if all_a.ndim != 2 or all_a.shape != all_b.shape or all_a.shape[1] != dim:
-            raise ValueError(
-                f"all_a and all_b must both be (M, {dim}), "
-                f"got {tuple(all_a.shape)} and {tuple(all_b.shape)}"
-            )
-        if not 0 <= offset <= all_a.shape[0] - n_local:
-            raise ValueError(
-                f"offset {offset} does not place {n_local} local rows inside {all_a.shape[0]} rows"
-            )
-    n_global = all_a.shape[0]
+    all_a, all_b, offset = _check_info_nce(z_a, z_b, temperature, offset, all_a, all_b)
+    n_local, n_global = z_a.shape[0], all_a.shape[0]
     dtype = _compute_dtype(torch.promote_types(z_a.dtype, all_a.dtype))
 
     # Anchors: [a_0..a_{N-1}, b_0..b_{N-1}]; candidates: [A_0..A_{M-1}, B_0..B_{M-1}].
@@ -164,8 +157,78 @@ def info_nce_loss(
     self_cols = torch.cat([local, local + n_global])  # (2N,) each anchor's own column
     positive_cols = torch.cat([local + n_global, local])  # (2N,) its pair, in the other view
     rows = torch.arange(2 * n_local, device=z_a.device)
-    self_mask = torch.zeros_like(logits, dtype=torch.bool)
-    self_mask[rows, self_cols] = True
-    # -inf, not a large negative number: exp gives exactly 0, and the positive is always finite.
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    return F.cross_entropy(logits, positive_cols)
+    excluded = torch.zeros_like(logits, dtype=torch.bool)
+    excluded[rows, self_cols] = True
+    if groups is None and paired is None:
+        # -inf, not a large negative number: exp gives exactly 0, and the positive is always finite.
+        return F.cross_entropy(logits.masked_fill(excluded, float("-inf")), positive_cols)
+    groups, paired = _groups_and_pairs(groups, paired, n_global, z_a.device)
+    candidate_groups = torch.cat([groups, groups])  # (2M,)
+    excluded |= candidate_groups[self_cols][:, None] == candidate_groups[None, :]  # same group
+    excluded[rows, positive_cols] = False  # ... but the anchor's own positive
+    excluded |= ~torch.cat([torch.ones_like(paired), paired])[None, :]  # placeholder views B
+    is_anchor = paired[self_cols % n_global]  # (2N,)
+    # Only anchors reach the softmax: a non-anchor row may hold nothing but -inf.
+    total = F.cross_entropy(
+        logits.masked_fill(excluded, float("-inf"))[is_anchor],
+        positive_cols[is_anchor],
+        reduction="sum",
+    )
+    n_anchors = 2 * int(paired.sum())
+    return total * (n_global / n_local) / max(n_anchors, 1)
+
+
+def _check_info_nce(
+    z_a: Tensor,
+    z_b: Tensor,
+    temperature: float,
+    offset: int,
+    all_a: Tensor | None,
+    all_b: Tensor | None,
+) -> tuple[Tensor, Tensor, int]:
+    """ValueError on bad input; (all_a, all_b, offset) with the single-process defaults filled."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if z_a.ndim != 2 or z_a.shape != z_b.shape:
+        raise ValueError(
+            f"z_a and z_b must both be (N, D), got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
+    n_local, dim = z_a.shape
+    if n_local == 0:
+        raise ValueError("z_a and z_b must have at least one row, got 0")
+    if (all_a is None) != (all_b is None):
+        raise ValueError("all_a and all_b must be given together")
+    if all_a is None or all_b is None:
+        return z_a, z_b, 0
+    if all_a.ndim != 2 or all_a.shape != all_b.shape or all_a.shape[1] != dim:
+        raise ValueError(
+            f"all_a and all_b must both be (M, {dim}), "
+            f"got {tuple(all_a.shape)} and {tuple(all_b.shape)}"
+        )
+    if not 0 <= offset <= all_a.shape[0] - n_local:
+        raise ValueError(
+            f"offset {offset} does not place {n_local} local rows inside {all_a.shape[0]} rows"
+        )
+    return all_a, all_b, offset
+
+
+def _groups_and_pairs(
+    groups: Tensor | None, paired: Tensor | None, n_global: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """`groups` and `paired` checked against the M global rows, None filled with the defaults
+    (every row its own group; every row paired). Shape: (M,), (M,) bool."""
+    if groups is None:
+        groups = torch.arange(n_global, device=device)
+    if paired is None:
+        paired = torch.ones(n_global, dtype=torch.bool, device=device)
+    if groups.shape != (n_global,) or groups.is_floating_point():
+        raise ValueError(
+            f"groups must be an integer tensor of shape ({n_global},), got "
+            f"{groups.dtype} {tuple(groups.shape)}"
+        )
+    if paired.shape != (n_global,) or paired.dtype != torch.bool:
+        raise ValueError(
+            f"paired must be a bool tensor of shape ({n_global},), got "
+            f"{paired.dtype} {tuple(paired.shape)}"
+        )
+    return groups.to(device), paired.to(device)

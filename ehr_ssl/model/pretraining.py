@@ -4,6 +4,8 @@
 score with the heads, compute the weighted losses. With both objectives on, the masked-event
 loss is computed on view A (masking is one more augmentation of that view) and both views go
 through the encoder as one batch; a weight of 0 switches a term and its inputs off.
+With `contrastive_views = "patient"` view B is another visit of the same patient, which the
+batch carries (`ehr_ssl.tokens.pairs.collate_pairs`), and same-patient rows are never negatives.
 Randomness comes only from the generator passed in; device and precision belong to the loop.
 """
 
@@ -21,6 +23,7 @@ from ehr_ssl.model.heads import MaskedEventHead, ProjectionHead
 from ehr_ssl.model.losses import IGNORE_INDEX, info_nce_loss, masked_event_loss
 from ehr_ssl.model.masking import ENCOUNTER_TIMES, mask_events
 from ehr_ssl.model.views import augment_view, disjoint_views
+from ehr_ssl.tokens.pairs import split_partner
 
 ENCODER_INPUTS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")
 
@@ -56,8 +59,12 @@ class PretrainingModel(nn.Module):
         random inputs are drawn for the whole batch (every process draws the same numbers, as
         a single process would), then only `rows` are encoded, and each term is scaled so that
         its mean over processes, which DDP's gradient averaging takes, is the global batch's.
+
+        `contrastive_views = "patient"` needs the batch of `collate_pairs`: the partner views
+        and the patient groups ride along (of the global batch under data parallelism).
         """
-        views, labels = self._inputs(batch, generator)
+        batch, partner, pairs = split_partner(batch)
+        views, labels = self._inputs(batch, partner, generator)
         scale: dict[str, Tensor] = {}
         if rows is not None:
             views, labels, scale = _local_rows(batch, views, labels, rows)
@@ -67,7 +74,7 @@ class PretrainingModel(nn.Module):
             views, self.pad_to_multiple_of, self.encoder.config.max_position_embeddings
         )
         encoded = self.encoder(**inputs)
-        terms = self._terms(encoded, views[0]["input_ids"].shape[0], labels, scale)
+        terms = self._terms(encoded, views[0]["input_ids"].shape[0], labels, scale, pairs)
         return {
             "encoder_tokens": inputs["attention_mask"].sum().detach(),
             "encoder_slots": torch.tensor(inputs["attention_mask"].numel()),
@@ -76,15 +83,23 @@ class PretrainingModel(nn.Module):
         }
 
     def _inputs(
-        self, batch: dict[str, Tensor], generator: torch.Generator
+        self,
+        batch: dict[str, Tensor],
+        partner: dict[str, Tensor] | None,
+        generator: torch.Generator,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor] | None]:
         """View A (masked for the masked-event term) and, for the contrastive term, view B;
         with the masked term's labels {"masked_code", "masked_bin"} (None when it is off).
-        The draws come in this order: view A, its masking, view B ("augment" views); both
-        views, then the masking (`contrastive_views = "disjoint"`)."""
+        The draws come in this order: view A, its masking, view B ("augment" and "patient"
+        views); both views, then the masking (`contrastive_views = "disjoint"`)."""
         o = self.objective
         contrastive = o.contrastive_weight > 0
         disjoint = contrastive and o.contrastive_views == "disjoint"
+        if contrastive and o.contrastive_views == "patient" and partner is None:
+            raise ValueError(
+                'contrastive_views = "patient" needs batches with partner visits '
+                f"(ehr_ssl.tokens.pairs.collate_pairs), got keys {sorted(batch)}"
+            )
         if disjoint:
             view_a, view_b = disjoint_views(batch, generator=generator)
         else:
@@ -100,7 +115,12 @@ class PretrainingModel(nn.Module):
             )
             labels = {"masked_code": code_labels, "masked_bin": bin_labels}
         if contrastive and not disjoint:
-            view_b = self._view(batch, generator)
+            # "patient": the partner visit gets the same light augmentation as view A (as in
+            # CLOCS-style training): two visits of one patient share much of their history
+            # token for token, and dropout and the history crop keep the pair from being
+            # matched by copying it; the knobs at 0 give the plain partner visit.
+            source = partner if o.contrastive_views == "patient" else batch
+            view_b = self._view(source, generator)
         views = [view_a, view_b] if contrastive else [view_a]
         return views, labels
 
@@ -110,17 +130,23 @@ class PretrainingModel(nn.Module):
         n_visits: int,
         labels: dict[str, Tensor] | None,
         scale: dict[str, Tensor],
+        pairs: dict[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """The loss terms that are on, from the encoding of the stacked views (view A's
-        `n_visits` rows first). Shape: last_hidden_state (k * B, T, D) -> {name: ()}."""
+        `n_visits` rows first); `pairs` holds the global batch's patient groups and partner
+        flags ("patient" views). Shape: last_hidden_state (k * B, T, D) -> {name: ()}."""
         terms = {}
         if labels is not None:
             hidden_a = encoded.last_hidden_state[:n_visits]  # (B, T, D)
             terms["masked_code"], terms["masked_bin"] = self._masked_terms(hidden_a, labels, scale)
         if self.objective.contrastive_weight > 0:
             z = self.projection(encoded.pooler_output)  # (2B, P): view A rows, then view B rows
+            patient = self.objective.contrastive_views == "patient" and pairs is not None
             terms["contrastive"] = contrastive_loss(
-                z[:n_visits], z[n_visits:], temperature=self.objective.temperature
+                z[:n_visits],
+                z[n_visits:],
+                temperature=self.objective.temperature,
+                **(pairs if patient else {}),
             )
         return terms
 
@@ -218,15 +244,27 @@ def _stack_padded(views: list[dict[str, Tensor]], multiple: int, limit: int) -> 
     }
 
 
-def contrastive_loss(z_a: Tensor, z_b: Tensor, *, temperature: float) -> Tensor:
+def contrastive_loss(
+    z_a: Tensor,
+    z_b: Tensor,
+    *,
+    temperature: float,
+    groups: Tensor | None = None,
+    paired: Tensor | None = None,
+) -> Tensor:
     """NT-Xent on this process's pairs, with negatives from every process under DDP.
 
-    Shape: z_a, z_b (N, P) -> (). Every process must hold the same N (drop_last batches).
+    `groups` and `paired` (patient views; see `info_nce_loss`) cover the global batch, every
+    process's rows in rank order. Shape: z_a, z_b (N, P), groups, paired (world * N,) -> ().
+    Every process must hold the same N (drop_last batches).
     """
     rank, world_size = data_parallel_rank()
+    pairs = {"groups": groups, "paired": paired}
     if world_size == 1:
-        return info_nce_loss(z_a, z_b, temperature=temperature)
+        return info_nce_loss(z_a, z_b, temperature=temperature, **pairs)
     all_a = all_gather_with_grad(z_a)  # (world * N, P), rank order
     all_b = all_gather_with_grad(z_b)
     offset = rank * z_a.shape[0]
-    return info_nce_loss(z_a, z_b, temperature=temperature, offset=offset, all_a=all_a, all_b=all_b)
+    return info_nce_loss(
+        z_a, z_b, temperature=temperature, offset=offset, all_a=all_a, all_b=all_b, **pairs
+    )

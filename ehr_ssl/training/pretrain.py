@@ -4,7 +4,8 @@ AdamW (no decay on biases, norms and embeddings), linear warmup then cosine deca
 of the step), gradient clipping, bf16 autocast on CUDA and fp32 on CPU, optional torch.compile,
 length-bucketed batches streamed from memory-mapped shards, atomic checkpoints every N steps, and
 a resume that continues bit for bit. The loop owns device and precision; the model and the losses
-know nothing about either.
+know nothing about either. With `objective.contrastive_views = "patient"` each batch also carries
+a partner visit of the same (train-split) patient per visit, drawn from (seed, epoch, batch).
 
 Under torchrun the same loop runs data-parallel (DistributedDataParallel): train.batch_size is
 the global batch, each process reads and encodes its share of it, contrastive negatives come
@@ -57,6 +58,13 @@ from ehr_ssl.model.pretraining import PretrainingModel
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_dir, output_lock
 from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
+from ehr_ssl.tokens.pairs import (
+    PARTNER,
+    PairedDataset,
+    PatientPairSampler,
+    PatientVisits,
+    collate_pairs,
+)
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training import distributed
 from ehr_ssl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -87,6 +95,7 @@ class _Plan:
     steps_per_epoch: int
     total_steps: int
     warm_encoder: EHREncoder | None  # init_encoder's weights, or None for a random encoder
+    patients: PatientVisits | None = None  # the partner lookup of "patient" views, else None
 
 
 @dataclass
@@ -203,7 +212,20 @@ def _check_inputs(tokens_dir: Path, config: PretrainConfig, init_encoder: Path |
         steps_per_epoch=steps_per_epoch,
         total_steps=train.max_steps or train.epochs * steps_per_epoch,
         warm_encoder=_warm_encoder(init_encoder, tokenizer),
+        patients=_patient_visits(dataset, config),
     )
+
+
+def _patient_visits(dataset: TokenDataset, config: PretrainConfig) -> PatientVisits | None:
+    """The partner lookup when the contrastive term uses "patient" views, else None."""
+    objective = config.objective
+    if objective.contrastive_weight == 0 or objective.contrastive_views != "patient":
+        return None
+    patients = PatientVisits.of_dataset(dataset)
+    share = float((patients.partner_counts(np.arange(len(dataset))) > 0).mean())
+    # A share, never an identifier: patient ids stay in memory.
+    log.info("pretrain: %.1f%% of the visits have a partner visit (patient views)", 100 * share)
+    return patients
 
 
 def _warm_encoder(init_encoder: Path | None, tokenizer: Tokenizer) -> EHREncoder | None:
@@ -358,9 +380,10 @@ def _train(
 
 def _epoch_batches(
     plan: _Plan, train: TrainConfig, position: dict
-) -> tuple[list[np.ndarray], DataLoader]:
-    """The rest of an epoch from `position`: its global batches (visit indices, for their
-    longest visit) and a loader of this process's share of each, length-bucketed."""
+) -> tuple[list[tuple[np.ndarray, ...]], DataLoader]:
+    """The rest of an epoch from `position`: its global batches (visit indices, and with
+    "patient" views their partners' too, for their longest visit) and a loader of this
+    process's share of each, length-bucketed."""
     sampler = LengthBucketSampler(
         plan.dataset.lengths,
         train.batch_size,
@@ -370,27 +393,41 @@ def _epoch_batches(
         rank=plan.rank.rank,
         world_size=plan.rank.world_size,
     )
+    if plan.patients is None:
+        dataset, collate_fn, batch_sampler = plan.dataset, collate, sampler
+        batches = [(b,) for b in sampler.batches()[position["batch"] :]]
+    else:  # each visit with a partner visit of its patient, drawn per (seed, epoch, batch)
+        batch_sampler = PatientPairSampler(sampler, plan.patients)
+        dataset, collate_fn = PairedDataset(plan.dataset), collate_pairs
+        batches = batch_sampler.batches()
     loader = DataLoader(
-        plan.dataset,
-        batch_sampler=sampler,
-        collate_fn=collate,
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate_fn,
         num_workers=train.num_workers,
         pin_memory=plan.device.type == "cuda",
         generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by loaders
     )
-    return sampler.batches()[position["batch"] :], loader
+    return batches, loader
 
 
 def _to_device(
-    batch: dict[str, torch.Tensor], indices: np.ndarray, plan: _Plan
+    batch: dict[str, torch.Tensor], indices: tuple[np.ndarray, ...], plan: _Plan
 ) -> tuple[dict[str, torch.Tensor], slice | None]:
-    """The batch on the device and, under torchrun, this process's rows of the global batch."""
+    """The batch on the device and, under torchrun, this process's rows of the global batch
+    (`indices`: the global batch's visits, then their partners where the batch has them)."""
     batch = {k: v.to(plan.device, non_blocking=True) for k, v in batch.items()}
     if not plan.rank.distributed:
         return batch, None
-    # Random inputs are drawn on the global batch, as one process would draw them.
-    batch = distributed.gather_rows(batch, int(plan.dataset.lengths[indices].max()))
-    return batch, plan.rank.rows(len(indices))
+    # Random inputs are drawn on the global batch, as one process would draw them; each view
+    # is padded to its own longest visit, as the single-process collate pads it.
+    longest = [int(plan.dataset.lengths[i].max()) for i in indices]
+    own = {k: v for k, v in batch.items() if not k.startswith(PARTNER)}
+    gathered = distributed.gather_rows(own, longest[0])
+    if len(indices) > 1:
+        partner = {k: v for k, v in batch.items() if k.startswith(PARTNER)}
+        gathered.update(distributed.gather_rows(partner, longest[1]))
+    return gathered, plan.rank.rows(len(indices[0]))
 
 
 def _train_step(

@@ -391,3 +391,168 @@ def test_info_nce_stays_float32_under_autocast():
         autocast = info_nce_loss(z_a, z_b, temperature=0.1)
     assert autocast.dtype == torch.float32
     assert torch.equal(plain, autocast)
+
+
+# ----------------------------------------------------------------------------------------------
+# info_nce_loss with patient groups (patient-level positives, CLOCS)
+
+
+def reference_grouped_loss(
+    z_a: torch.Tensor, z_b: torch.Tensor, groups: list[int], paired: list[bool], t: float
+) -> float:
+    """NT-Xent one anchor at a time, written from the rule: an anchor is a view of a paired row;
+    its candidates are every view except itself, the views of other rows of its group (its own
+    positive excepted) and the placeholder views B of unpaired rows."""
+    n = z_a.shape[0]
+    views = [("a", i, [float(x) for x in z_a[i]]) for i in range(n)]
+    views += [("b", i, [float(x) for x in z_b[i]]) for i in range(n)]
+
+    def sim(u: list[float], v: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(u, v, strict=True))
+        return dot / (math.sqrt(sum(x * x for x in u)) * math.sqrt(sum(y * y for y in v)))
+
+    losses = []
+    for side, i, u in views:
+        if not paired[i]:
+            continue
+        terms, positive = [], None
+        for other_side, j, v in views:
+            if (other_side, j) == (side, i) or (other_side == "b" and not paired[j]):
+                continue
+            if j == i:
+                positive = math.exp(sim(u, v) / t)
+            elif groups[j] != groups[i]:
+                terms.append(math.exp(sim(u, v) / t))
+        losses.append(-math.log(positive / (positive + sum(terms))))
+    return sum(losses) / len(losses) if losses else 0.0
+
+
+def test_grouped_info_nce_on_a_hand_made_case() -> None:
+    # Rows 0 and 1: one patient; row 2: another; row 3: no partner. Embeddings on the axes, so
+    # every similarity is 0 or 1: a_0 = b_0 = a_1 = b_1 = e0, a_2 = b_2 = e1, a_3 = e0.
+    # Anchor a_0: positive b_0 (sim 1); a_1, b_1 share its group (left out); b_3 is a
+    # placeholder (left out); negatives a_2 (0), b_2 (0), a_3 (1): -log(e^{1/t} / (2 e^{1/t}
+    # + 2)). Anchor a_2: positive b_2 (1); negatives a_0, b_0, a_1, b_1, a_3, all 0:
+    # -log(e^{1/t} / (e^{1/t} + 5)). Rows 0, 1 alike, row 2 alike for its b: mean of 6 anchors.
+    e0, e1 = [1.0, 0.0], [0.0, 1.0]
+    z_a = torch.tensor([e0, e0, e1, e0])
+    z_b = torch.tensor([e0, e0, e1, e1])  # b_3 = e1: a placeholder, must not count anywhere
+    t = 0.5
+    first = -math.log(math.exp(1 / t) / (2 * math.exp(1 / t) + 2))
+    second = -math.log(math.exp(1 / t) / (math.exp(1 / t) + 5))
+    expected = (4 * first + 2 * second) / 6
+    loss = info_nce_loss(
+        z_a,
+        z_b,
+        temperature=t,
+        groups=torch.tensor([0, 0, 1, 2]),
+        paired=torch.tensor([True, True, True, False]),
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert loss.item() == pytest.approx(
+        reference_grouped_loss(z_a, z_b, [0, 0, 1, 2], [True, True, True, False], t), rel=1e-6
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_grouped_info_nce_matches_reference(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    n = 9
+    z_a, z_b = random_views(n, 4, seed=seed)
+    groups = torch.randint(0, 5, (n,), generator=generator)
+    paired = torch.rand(n, generator=generator) < 0.7
+    loss = info_nce_loss(z_a, z_b, temperature=0.3, groups=groups, paired=paired)
+    expected = reference_grouped_loss(z_a, z_b, groups.tolist(), paired.tolist(), 0.3)
+    assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_distinct_groups_all_paired_is_the_plain_loss() -> None:
+    z_a, z_b = random_views(7, 5, seed=11)
+    plain = info_nce_loss(z_a, z_b, temperature=0.2)
+    grouped = info_nce_loss(
+        z_a, z_b, temperature=0.2, groups=torch.arange(7), paired=torch.ones(7, dtype=torch.bool)
+    )
+    torch.testing.assert_close(grouped, plain)
+
+
+def test_same_group_rows_are_never_negatives() -> None:
+    # Row 0 alone is paired, so its two views are the only anchors; row 1 shares its group, rows
+    # 2-4 do not. Moving a_1 next to a_0 changes nothing (a_1 is not in a denominator), while
+    # with row 1 in a group of its own it becomes a strong negative and the loss grows.
+    z_a, z_b = random_views(5, 4, seed=12)
+    groups = torch.tensor([0, 0, 1, 2, 3])
+    paired = torch.tensor([True, False, False, False, False])
+    loss = info_nce_loss(z_a, z_b, temperature=0.2, groups=groups, paired=paired)
+    moved = z_a.clone()
+    moved[1] = z_a[0] * 3
+    again = info_nce_loss(moved, z_b, temperature=0.2, groups=groups, paired=paired)
+    torch.testing.assert_close(again, loss, rtol=0, atol=0)
+    apart = info_nce_loss(moved, z_b, temperature=0.2, groups=torch.arange(5), paired=paired)
+    assert apart > loss + 0.1
+
+
+def test_no_pair_in_the_batch_gives_zero_and_a_zero_gradient() -> None:
+    z_a, z_b = random_views(4, 3, seed=13)
+    z_a.requires_grad_(True)
+    z_b.requires_grad_(True)
+    loss = info_nce_loss(
+        z_a, z_b, temperature=0.1, groups=torch.zeros(4, dtype=torch.long),
+        paired=torch.zeros(4, dtype=torch.bool),
+    )  # fmt: skip
+    assert loss.item() == 0.0
+    loss.backward()
+    assert not z_a.grad.any() and not z_b.grad.any()
+    # One patient, one pair among placeholders: no negative left, the loss is 0 (finite).
+    paired = torch.tensor([True, False, False, False])
+    single = info_nce_loss(
+        z_a, z_b, temperature=0.1, groups=torch.zeros(4, dtype=torch.long), paired=paired
+    )
+    assert single.item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("n_processes", [2, 3])
+def test_grouped_distributed_mean_equals_the_global_loss_and_gradient(n_processes: int) -> None:
+    """Processes hold different numbers of anchors: their losses, averaged as DDP averages,
+    are still the global loss, gradients included."""
+    per_process, generator = 4, torch.Generator().manual_seed(n_processes)
+    global_a, global_b = random_views(
+        n_processes * per_process, 5, seed=20 + n_processes, dtype=torch.float64
+    )
+    global_a.requires_grad_(True)
+    global_b.requires_grad_(True)
+    m = n_processes * per_process
+    groups = torch.randint(0, m // 2, (m,), generator=generator)
+    paired = torch.rand(m, generator=generator) < 0.6
+    paired[:per_process] = False  # process 0 holds no anchor at all
+    paired[per_process] = True
+    pairs = {"groups": groups, "paired": paired}
+    single = info_nce_loss(global_a, global_b, temperature=0.25, **pairs)
+    expected_grads = torch.autograd.grad(single, (global_a, global_b))
+    losses = []
+    for rank in range(n_processes):
+        rows = slice(rank * per_process, (rank + 1) * per_process)
+        losses.append(
+            info_nce_loss(
+                global_a[rows],
+                global_b[rows],
+                temperature=0.25,
+                offset=rank * per_process,
+                all_a=global_a,
+                all_b=global_b,
+                **pairs,
+            )
+        )
+    averaged = torch.stack(losses).mean()
+    torch.testing.assert_close(averaged, single)
+    torch.testing.assert_close(torch.autograd.grad(averaged, (global_a, global_b)), expected_grads)
+    assert losses[0].item() == 0.0
+
+
+def test_grouped_info_nce_rejects_bad_groups() -> None:
+    z_a, z_b = random_views(4, 3, seed=14)
+    with pytest.raises(ValueError, match=r"groups must be an integer tensor of shape \(4,\)"):
+        info_nce_loss(z_a, z_b, temperature=0.1, groups=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="groups must be an integer"):
+        info_nce_loss(z_a, z_b, temperature=0.1, groups=torch.zeros(4))
+    with pytest.raises(ValueError, match=r"paired must be a bool tensor"):
+        info_nce_loss(z_a, z_b, temperature=0.1, paired=torch.ones(4, dtype=torch.long))

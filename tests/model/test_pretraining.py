@@ -223,3 +223,82 @@ def test_pretraining_steps_with_disjoint_views(cohort_tokens):
         optimizer.zero_grad()
         losses["loss"].backward()
         optimizer.step()
+
+
+def _pair_batch(tokens, n=24, paired=True) -> dict[str, torch.Tensor]:
+    """A batch of collate_pairs whose visits include two of one patient (a same-group pair of
+    rows); `paired=False`: every partner a placeholder."""
+    import numpy as np
+
+    from ehr_ssl.data.splits import SPLITS
+    from ehr_ssl.tokens.pairs import PairedDataset, PatientVisits, collate_pairs
+    from ehr_ssl.training.pretrain import pretraining_selection
+
+    dataset = TokenDataset(tokens, pretraining_selection(False), splits=SPLITS)
+    patients = PatientVisits.of_dataset(dataset)
+    counts = patients.partner_counts(np.arange(len(dataset)))
+    first = int(np.flatnonzero(counts >= 2)[0])  # a patient with >= 3 train visits
+    same = int(patients.draw_partners(np.array([first]), np.random.default_rng(0))[0])
+    visits = np.array([first, same, *[i for i in range(n) if i not in (first, same)][: n - 2]])
+    partners = patients.draw_partners(visits, np.random.default_rng(1))
+    if not paired:
+        partners[:] = -1
+    groups = patients.groups(visits)
+    assert groups[0] == groups[1] and len(set(groups.tolist())) < n
+    triples = zip(visits.tolist(), partners.tolist(), groups.tolist(), strict=True)
+    return collate_pairs([PairedDataset(dataset)[t] for t in triples])
+
+
+def test_patient_views_one_pass_equals_separate_encodings(cohort_tokens):
+    """View A is the visit (augmented, masked), view B its partner (augmented); the loss masks
+    same-patient rows: every term equals the one computed step by step."""
+    from ehr_ssl.model.losses import info_nce_loss, masked_event_loss
+    from ehr_ssl.model.masking import mask_events
+    from ehr_ssl.model.pretraining import ENCODER_INPUTS
+    from ehr_ssl.model.views import augment_view
+    from ehr_ssl.tokens.pairs import split_partner
+
+    model = _model(cohort_tokens, contrastive_views="patient").eval()
+    batch = _pair_batch(cohort_tokens)
+    losses = model(batch, torch.Generator().manual_seed(3))
+
+    visits, partner, pairs = split_partner(batch)
+    assert pairs["paired"].sum() > 10
+    g, o = torch.Generator().manual_seed(3), model.objective
+    knobs = {k: getattr(o, k) for k in ("event_dropout", "history_crop", "time_jitter")}
+    view_a = augment_view(visits, generator=g, **knobs)
+    view_a, code_labels, bin_labels = mask_events(
+        view_a, vocab_size=model.encoder.config.vocab_size, generator=g, rate=o.mask_rate
+    )
+    view_b = augment_view(partner, generator=g, **knobs)
+    encoded_a = model.encoder(**{k: view_a[k] for k in ENCODER_INPUTS})
+    encoded_b = model.encoder(**{k: view_b[k] for k in ENCODER_INPUTS})
+    code_logits, bin_logits = model.masked_head(
+        encoded_a.last_hidden_state, model.encoder.code_embeddings.weight
+    )
+    code, _ = masked_event_loss(code_logits, code_labels, bin_logits, bin_labels)
+    z_a = model.projection(encoded_a.pooler_output)
+    z_b = model.projection(encoded_b.pooler_output)
+    contrastive = info_nce_loss(z_a, z_b, temperature=o.temperature, **pairs)
+    torch.testing.assert_close(losses["masked_code"], code, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses["contrastive"], contrastive, rtol=1e-5, atol=1e-5)
+    unmasked = info_nce_loss(z_a, z_b, temperature=o.temperature, paired=pairs["paired"])
+    assert not torch.allclose(unmasked, contrastive)  # the same-patient rows do matter
+
+
+def test_patient_views_without_any_pair_give_a_finite_loss(cohort_tokens):
+    model = _model(cohort_tokens, contrastive_views="patient")
+    losses = model(_pair_batch(cohort_tokens, paired=False), torch.Generator().manual_seed(0))
+    assert losses["contrastive"].item() == 0.0
+    assert torch.isfinite(losses["loss"]) and losses["masked_code"] > 0
+    losses["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_patient_views_need_batches_with_partners(cohort_tokens):
+    model = _model(cohort_tokens, contrastive_views="patient")
+    with pytest.raises(ValueError, match="partner visits"):
+        model(_batch(cohort_tokens, n=4), torch.Generator().manual_seed(0))
+    # Without the contrastive term there are no views to pair: a plain batch is fine.
+    model = _model(cohort_tokens, contrastive_views="patient", contrastive_weight=0.0)
+    assert torch.isfinite(model(_batch(cohort_tokens, n=4), torch.Generator())["loss"])

@@ -42,14 +42,19 @@ def _losses(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_take_the_steps_of_one(cohort_tokens, tmp_path):
+# "patient": each process also reads its rows' partner visits, padded to the partners' own
+# global longest, and the same-patient masks cover the gathered batch.
+@pytest.mark.parametrize(
+    "objective", ["", '[objective]\ncontrastive_views = "patient"\n'], ids=["augment", "patient"]
+)
+def test_two_processes_take_the_steps_of_one(cohort_tokens, tmp_path, objective):
     config = tmp_path / "run.toml"
     config.write_text(
         'preset = "tiny"\n[train]\nmax_steps = 6\nlog_every = 1\ncheckpoint_every = 3\n'
         "batch_size = 16\n"  # the global batch: 8 visits per process
         # A small step: Adam's normalized updates are about lr in size even where a gradient
         # is nearly 0, which would let rounding differences show at the default rate.
-        "learning_rate = 1e-4\n"
+        "learning_rate = 1e-4\n" + objective
     )
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(_pretrain(cohort_tokens, one, config, 1), check=True)
