@@ -5,9 +5,11 @@ of each encoder (the second also of bag-of-codes counts, for comparison):
    together? The share of family codes whose nearest neighbour (cosine) is of the same family
    (chance: about 0.02), and the mean cosine within a family against that across families;
 2. the latent state: each chronic condition (AUROC) and frailty (R2) decoded by a logistic /
-   ridge regression from the pooled visit vector ([CLS] and mean pooling), fitted on train visits
-   and scored on test visits (the true state comes from regenerating the cohort);
-3. admission: a logistic regression on the pooled vectors of a label budget of train visits,
+   ridge regression from the visit vector of each readout (`--readout`: "pooled", the pooled
+   vector under [CLS] and mean pooling; "segments", the segment readout of
+   `EHREncoder.readout`), fitted on train visits and scored on test visits (the true state comes
+   from regenerating the cohort);
+3. admission: a logistic regression on the visit vectors of a label budget of train visits,
    C chosen on the budget's val visits, test AUROC.
 
 WORK is a `bench_label_efficiency.py` or `bench_cohort_signal.py` work directory (its
@@ -16,7 +18,7 @@ directory the encoders were pretrained on.
 
 usage: python benchmarks/bench_representation.py --work WORK --tokens TOKENS \
            --encoders RUN/pretrain/encoder[,RUN2/pretrain/encoder] [--budget 1000] \
-           [--latent-train 4000]
+           [--latent-train 4000] [--readout pooled,segments]
 """
 
 from __future__ import annotations
@@ -33,14 +35,16 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
+from ehr_ssl.config import READOUTS
 from ehr_ssl.data.synthetic import CONDITIONS, generate_cohort
 from ehr_ssl.evaluation.baselines import count_features
 from ehr_ssl.model.encoder import POOLINGS, EHREncoder
 from ehr_ssl.tokens.batching import TokenDataset
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
-from ehr_ssl.training.finetune import budget_split, labeled_split
-from ehr_ssl.training.probe import pooled_vectors_by_pooling
+from ehr_ssl.training.budgets import budget_split
+from ehr_ssl.training.finetune import labeled_split
+from ehr_ssl.training.probe import pooled_vectors, pooled_vectors_by_pooling
 
 N_NAMED = 12  # CONDITIONS: the named conditions first, then the minor ones
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
@@ -131,6 +135,23 @@ def admission_probe(
     return {"C": c, "val_auroc": float(val), "test_auroc": float(test)}
 
 
+def visit_vectors(
+    encoder: EHREncoder, datasets: dict[str, TokenDataset], readouts: list[str]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each feature set's vectors per split: "cls" and "mean" for the pooled readout (one forward
+    pass per batch), "segments" for the segment readout. Shape: (N, D) or (N, 3 D + 2)."""
+    cpu = torch.device("cpu")
+    features: dict[str, dict[str, np.ndarray]] = {}
+    if "pooled" in readouts:
+        by_pooling = {s: pooled_vectors_by_pooling(encoder, d, cpu, POOLINGS)
+                      for s, d in datasets.items()}  # fmt: skip
+        features |= {p: {s: v[p] for s, v in by_pooling.items()} for p in POOLINGS}
+    if "segments" in readouts:
+        features["segments"] = {s: pooled_vectors(encoder, d, cpu, readout="segments")
+                                for s, d in datasets.items()}  # fmt: skip
+    return features
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True)
@@ -138,7 +159,13 @@ def main() -> None:
     parser.add_argument("--encoders", required=True, help="comma-separated encoder directories")
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--latent-train", type=int, default=4000, help="train visits, probe 2")
+    parser.add_argument(
+        "--readout", default="pooled", help=f"comma-separated, of {', '.join(READOUTS)}"
+    )
     args = parser.parse_args()
+    readouts = args.readout.split(",")
+    if not readouts or set(readouts) - set(READOUTS):
+        parser.error(f"--readout: choose from {', '.join(READOUTS)}, got {args.readout!r}")
     torch.set_num_threads(2)
 
     made = json.loads((args.work / "cohort.json").read_text())
@@ -170,7 +197,14 @@ def main() -> None:
     }
     # Probe 3's visits: the label budget (as the pipeline draws it, seed 0) and the test split.
     labeled = {s: splits[s].filter(pl.col("labeled")) for s in ("train", "val")}
-    train_ids, val_ids = budget_split(labeled["train"], labeled["val"], args.budget, seed=0)
+    train_ids, val_ids = budget_split(  # holdout: the probes are judged on the val split
+        labeled["train"],
+        labeled["val"],
+        args.budget,
+        seed=0,
+        selection="holdout",
+        cv_max_labels=0,
+    )
     budget = {
         "train": labeled_split(args.tokens, "train", train_ids),
         "val": labeled_split(args.tokens, "val", val_ids),
@@ -181,18 +215,16 @@ def main() -> None:
     counts = {s: count_features(f, vocab_size=v, n_bins=b) for s, f in frames.items()}
     rows = {"counts": {"latent": decode_latent(counts["train"], counts["test"], latent["train"],
                                                latent["test"], MaxAbsScaler())}}  # fmt: skip
-    cpu = torch.device("cpu")
+    features = []  # the feature sets of each encoder: poolings of "pooled", then "segments"
     for directory in args.encoders.split(","):
         encoder = EHREncoder.from_pretrained(directory).eval()
         rows[directory] = {"families": family_structure(encoder, tokenizer.vocab)}
-        vectors = {s: pooled_vectors_by_pooling(encoder, d, cpu, POOLINGS)
-                   for s, d in datasets.items()}  # fmt: skip
-        budget_vectors = {s: pooled_vectors_by_pooling(encoder, d, cpu, POOLINGS)
-                          for s, d in budget.items()}  # fmt: skip
-        for pooling in POOLINGS:
-            x = {s: v[pooling] for s, v in vectors.items()}
-            xb = {s: v[pooling] for s, v in budget_vectors.items()}
-            rows[directory][pooling] = {
+        vectors = visit_vectors(encoder, datasets, readouts)
+        budget_vectors = visit_vectors(encoder, budget, readouts)
+        features = list(vectors)
+        for name in features:
+            x, xb = vectors[name], budget_vectors[name]
+            rows[directory][name] = {
                 "latent": decode_latent(x["train"], x["test"], latent["train"], latent["test"],
                                         StandardScaler()),
                 "admission": admission_probe(xb["train"], budget["train"].labels, xb["val"],
@@ -207,7 +239,7 @@ def main() -> None:
     print("\n| features | named conditions AUROC | minor conditions AUROC | frailty R2 | "
           f"admission probe @{args.budget} (test AUROC) |\n|---|---|---|---|---|")  # fmt: skip
     for name, row in rows.items():
-        for pooling in ("latent",) if name == "counts" else POOLINGS:
+        for pooling in ("latent",) if name == "counts" else features:
             cell = row if name == "counts" else row[pooling]
             lat = cell["latent"]
             probe = f"{cell['admission']['test_auroc']:.3f}" if "admission" in cell else "-"

@@ -88,7 +88,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 def _add_score_commands(commands: argparse._SubParsersAction) -> None:
     for name, what in (
         ("predict", "P(admission within 7 days) per visit: visit_id, score"),
-        ("embed", "the pooled visit vector per visit: visit_id, embedding (fixed-size list)"),
+        ("embed", "the visit vector per visit: visit_id, embedding (bundle.json's embedding.dim)"),
     ):
         score = commands.add_parser(
             name,

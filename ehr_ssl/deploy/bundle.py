@@ -4,17 +4,21 @@ that scores them (`ehr_ssl.load`).
 Layout of a bundle:
 
     bundle.json         format, what the model is, its label and prediction time, training data
-                        counts and date range, its test metrics, and the SHA-256 and size of
+                        counts and date range, its test metrics, the embedding's readout and
+                        width ("embedding": {"readout", "dim"}), and the SHA-256 and size of
                         every other file of the bundle ("files")
-    encoder/            the encoder (save_pretrained: config.json + model.safetensors)
-    head.safetensors    the classification head: weight (D,), bias () -> logit of admission
+    encoder/            the encoder (save_pretrained: config.json + model.safetensors; its
+                        config's `readout` is the visit vector the head reads and embed returns)
+    head.safetensors    the classification head: weight (R,), bias () -> logit of admission
     tokenizer.json      the fitted tokenizer (vocabulary, bin edges, settings)
     data_profile.json   token counts of the training visits, for drift checks
     report.json         the evaluation report the model came with
     MODEL_CARD.md       the model card
 
 Every model kind (full fine-tuning, linear probe, scratch) becomes an encoder plus a linear head on
-its pooled vector, so a bundle scores and embeds the same way whatever made it. Nothing is
+its readout (`EHREncoder.readout`: the pooled vector, D wide, or the segment readout, 3 D + 2),
+so a bundle scores and embeds the same way whatever made it. A bundle written before the readout
+was recorded has none in its encoder config or bundle.json: it reads the pooled vector. Nothing is
 pickled; loading reads JSON and safetensors only. Bundles hold no patient or visit identifier.
 
 Loading checks every file against bundle.json's checksums before reading it and refuses a
@@ -60,14 +64,13 @@ from ehr_ssl.layout import (
     HEAD_FILE,
     MODEL_CARD_FILE,
     MODEL_CONFIG_FILE,
-    PROBE_FILE,
     PROFILE_FILE,
     REPORT_JSON,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     RunLayout,
 )
-from ehr_ssl.model.encoder import EHREncoder
+from ehr_ssl.model.encoder import EHREncoder, readout_dim
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.tokens.batching import collate
 from ehr_ssl.tokens.shards import flat_tokens
@@ -99,8 +102,8 @@ class AdmissionModel:
     contract's visits and events tables (polars or pandas) and return the same kind."""
 
     tokenizer: Tokenizer
-    encoder: EHREncoder
-    head_weight: torch.Tensor  # (D,)
+    encoder: EHREncoder  # its config's readout: the visit vector the head reads, embed returns
+    head_weight: torch.Tensor  # (R,)
     head_bias: torch.Tensor  # ()
     info: dict[str, Any]
     report: dict[str, Any] | None = None
@@ -113,6 +116,16 @@ class AdmissionModel:
     @property
     def hidden_size(self) -> int:
         return self.encoder.config.hidden_size
+
+    @property
+    def readout(self) -> str:
+        """The visit vector the head reads and `embed` returns (`EHREncoder.readout`)."""
+        return self.encoder.config.readout
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of `embed`'s vectors (R): hidden_size, or 3 x hidden_size + 2 for "segments"."""
+        return readout_dim(self.hidden_size, self.readout)
 
     def to(self, device: str | torch.device) -> AdmissionModel:
         """Move the model to a device ("cpu", "cuda", "auto"); returns self."""
@@ -137,8 +150,9 @@ class AdmissionModel:
         return out.to_pandas() if as_pandas else out
 
     def embed(self, visits: Any, events: Any) -> Any:
-        """The pooled visit vector per visit: a frame of `visit_id`, `embedding` (a fixed-size
-        list of D float32) in the visits' order, of the kind given (polars or pandas)."""
+        """The visit vector per visit, under the bundle's readout: a frame of `visit_id`,
+        `embedding` (a fixed-size list of `embedding_dim` float32, bundle.json's
+        "embedding"."dim") in the visits' order, of the kind given (polars or pandas)."""
         visits_pl, events_pl, as_pandas = _polars_inputs(visits, events)
         tokens = self.tokenizer.encode(visits_pl, events_pl)
         out = tokens.select("visit_id").with_columns(embedding=pl.Series(self.embed_tokens(tokens)))
@@ -150,7 +164,7 @@ class AdmissionModel:
         return self.score_pooled(pooled)
 
     def score_pooled(self, pooled: np.ndarray) -> np.ndarray:
-        """Scores from pooled vectors. Shape: (N, D) -> (N,) float64."""
+        """Scores from visit vectors (`embed_tokens`). Shape: (N, R) -> (N,) float64."""
         # In float64 numpy, row by row the same whatever the number of rows: torch's vectorized
         # sigmoid rounds the last elements of a tensor differently, so a visit's score would
         # depend on how many visits share its chunk.
@@ -160,11 +174,12 @@ class AdmissionModel:
 
     @torch.no_grad()
     def embed_tokens(self, tokens: pl.DataFrame, batch_size: int = 256) -> np.ndarray:
-        """Pooled vectors of tokenized visits, in row order. Shape: (N, D) float32.
+        """Visit vectors (the bundle's readout) of tokenized visits, in row order. Shape: (N, R)
+        float32.
 
         Visits are batched by length (less padding); the padding mask makes each visit's vector
         independent of its batch mates."""
-        out = np.empty((tokens.height, self.hidden_size), dtype=np.float32)
+        out = np.empty((tokens.height, self.embedding_dim), dtype=np.float32)
         table = tokens.select(TOKEN_COLUMNS).to_arrow()
         flat = {c: flat_tokens(table, c) for c in TOKEN_COLUMNS}
         offsets = flat["input_ids"][1]
@@ -177,7 +192,8 @@ class AdmissionModel:
             ]
             batch = collate(visits)
             inputs = {k: batch[k].to(self.device) for k in ENCODER_INPUTS}
-            out[rows] = self.encoder(**inputs).pooler_output.float().cpu().numpy()
+            vectors = self.encoder(**inputs, readout=self.readout).readout  # (B, R)
+            out[rows] = vectors.float().cpu().numpy()
         return out
 
     # --- persistence ----------------------------------------------------------------------
@@ -238,8 +254,10 @@ def load_bundle(directory: Path, device: str = "cpu") -> AdmissionModel:
     tokenizer = Tokenizer.load(directory)
     encoder = EHREncoder.load_checked(directory / ENCODER_DIR)
     head_path = directory / HEAD_FILE
+    _check_embedding(info, encoder, info_path)
     head = load_safetensors(head_path, what="classification head")
-    shapes = {"weight": (encoder.config.hidden_size,), "bias": ()}
+    shapes = {"weight": (readout_dim(encoder.config.hidden_size, encoder.config.readout),),
+              "bias": ()}  # fmt: skip
     check_tensor_shapes(head, shapes, path=head_path, what="classification head")
     if encoder.config.vocab_size != tokenizer.vocab_size:
         raise InputError(
@@ -274,6 +292,23 @@ def _check_format(info: dict, info_path: Path) -> None:
         raise InputError(
             f"bundle format version {version!r} is not the supported version {BUNDLE_VERSION} "
             "(written by another ehr-ssl version?)",
+            file=str(info_path),
+        )
+
+
+def embedding_info(encoder: EHREncoder) -> dict[str, Any]:
+    """bundle.json's "embedding": the readout `embed` returns (and the head reads), its width."""
+    readout = encoder.config.readout
+    return {"readout": readout, "dim": readout_dim(encoder.config.hidden_size, readout)}
+
+
+def _check_embedding(info: dict, encoder: EHREncoder, info_path: Path) -> None:
+    """bundle.json's "embedding", where it has one (bundles before it read "pooled"), agrees
+    with the encoder's configuration."""
+    if "embedding" in info and info["embedding"] != embedding_info(encoder):
+        raise InputError(
+            f"'embedding' {info['embedding']!r} does not match the encoder's "
+            f"{embedding_info(encoder)!r} (encoder/config.json): export the bundle again",
             file=str(info_path),
         )
 
@@ -443,11 +478,12 @@ def make_bundle(
     tokenizer = Tokenizer.load(tokens_dir)
     if (Path(finetune_dir) / CLASSIFIER_DIR).is_dir():  # full fine-tuning, scratch
         classifier = AdmissionClassifier.load_checked(Path(finetune_dir) / CLASSIFIER_DIR)
-        encoder = classifier.encoder
+        encoder = classifier.encoder  # its config is the classifier's: the readout included
         weight, bias = (t.detach() for t in classifier.folded_head())
     else:  # the linear probe, folded into one linear layer
         encoder = EHREncoder.load_checked(encoder_dir)
-        probe = load_probe(Path(finetune_dir) / PROBE_FILE, encoder.config.hidden_size)
+        probe, readout = load_probe(finetune_dir, encoder.config.hidden_size)
+        encoder.config.readout = readout  # the bundle's encoder/config.json records it
         weight, bias = fold_standardization(
             probe["coef"], probe["intercept"][0], probe["mean"], probe["std"]
         )
@@ -467,6 +503,7 @@ def make_bundle(
             k: getattr(encoder.config, k)
             for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "pooling")
         },
+        "embedding": embedding_info(encoder),
         "training_data": {
             "arrival_time_range": manifest.get("arrival_time_range"),
             "vocab_size": manifest["vocab_size"],

@@ -54,9 +54,18 @@ def _what_it_predicts(info: dict) -> list[str]:
         "",
         f"- Label: {info.get('label')}.",
         f"- Prediction time: {info.get('prediction_time')}.",
-        "- Output: a probability per ED visit (`score`), or the pooled visit vector (`embed`).",
+        "- Output: a probability per ED visit (`score`), or the visit vector (`embed`): "
+        + _embedding(info)
+        + ".",
         "",
     ]
+
+
+def _embedding(info: dict) -> str:
+    """What `embed` returns: the readout and its width (bundles before them: pooled)."""
+    embedding = info.get("embedding") or {"readout": "pooled"}
+    dim = embedding.get("dim") or info.get("encoder", {}).get("hidden_size")
+    return f"readout {embedding.get('readout')!r}, {dim} float32 per visit"
 
 
 def _training_data(info: dict) -> list[str]:

@@ -172,7 +172,7 @@ def _draw_budget(
 
     train, val = read_labeled(layout.tokens, "train"), read_labeled(layout.tokens, "val")
     return draw_label_budget(
-        train, val, config.retrain.label_budget, seed=ft_config.seed,
+        train, val, config.retrain.label_budget, seed=ft_config.seed, config=ft_config,
         setting="retrain.label_budget",
     )  # fmt: skip
 

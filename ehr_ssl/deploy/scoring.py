@@ -64,7 +64,7 @@ def score_dataset(
         model: A loaded bundle.
         data_dir: A dataset directory (visits, events; labels, if any, are not read).
         out_path: The output Parquet file: `visit_id`, then `score` (float64) or `embedding`
-            (fixed-size list of D float32).
+            (fixed-size list of the bundle's `embedding_dim` float32).
         output: "predict" or "embed".
         chunk_visits: About how many visits are tokenized and scored at once (memory bound).
         progress: A progress bar (default: when stderr is a terminal); else log lines.

@@ -1,5 +1,5 @@
-"""The admission classifier: the encoder under a standardization and a linear head, one logit
-per visit (fine-tuning's model; one model, one file)."""
+"""The admission classifier: the encoder's readout under a standardization and a linear head,
+one logit per visit (fine-tuning's model; one model, one file)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ehr_ssl.model.encoder import EHRConfig, EHREncoder, EHRPreTrainedModel
+from ehr_ssl.model.encoder import EHRConfig, EHREncoder, EHRPreTrainedModel, readout_dim
 
 
 class AdmissionClassifier(EHRPreTrainedModel):
-    """Encoder + standardization + dropout + linear head on the pooled visit vector: one logit
-    per visit.
+    """Encoder + standardization + dropout + linear head on the encoder's readout under
+    `config.readout` (R wide: D for "pooled", 3 D + 2 for "segments"): one logit per visit.
+    The readout is recorded in config.json; a classifier saved before it existed reads "pooled".
 
     The standardization (`feature_mean`, `feature_std`: fixed buffers, identity unless the head
     starts as the linear probe) keeps the head on the probe's scale. Folded into the head
@@ -24,14 +25,15 @@ class AdmissionClassifier(EHRPreTrainedModel):
     def __init__(self, config: EHRConfig, head_dropout: float = 0.1):
         super().__init__(config)
         self.encoder = EHREncoder(config)
-        self.register_buffer("feature_mean", torch.zeros(config.hidden_size))
-        self.register_buffer("feature_std", torch.ones(config.hidden_size))
+        width = readout_dim(config.hidden_size, config.readout)  # R
+        self.register_buffer("feature_mean", torch.zeros(width))
+        self.register_buffer("feature_std", torch.ones(width))
         self.dropout = nn.Dropout(head_dropout)
-        self.head = nn.Linear(config.hidden_size, 1)
+        self.head = nn.Linear(width, 1)
         self.post_init()
 
     def folded_head(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The standardization and head as one linear map of the pooled vector, (D,) and ()."""
+        """The standardization and head as one linear map of the readout, (R,) and ()."""
         return fold_standardization(
             self.head.weight[0], self.head.bias[0], self.feature_mean, self.feature_std
         )
@@ -47,10 +49,11 @@ class AdmissionClassifier(EHRPreTrainedModel):
         pos_weight: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
         """Shape: inputs (B, T), labels (B,) float 0/1 -> logits (B,), loss () if labels."""
-        pooled = self.encoder(
-            input_ids, value_bins, time_deltas, segment_ids, attention_mask
-        ).pooler_output
-        features = (pooled - self.feature_mean) / self.feature_std  # (B, D)
+        vectors = self.encoder(
+            input_ids, value_bins, time_deltas, segment_ids, attention_mask,
+            readout=self.config.readout,
+        ).readout  # fmt: skip
+        features = (vectors - self.feature_mean) / self.feature_std  # (B, R)
         logits = self.head(self.dropout(features)).squeeze(-1)  # (B, 1) -> (B,)
         loss = None
         if labels is not None:

@@ -6,7 +6,8 @@ the prediction time (log-bucketed), its segment (static / history / current visi
 position. Attention is `torch.nn.functional.scaled_dot_product_attention` (with the padding
 mask it takes the memory-efficient kernel on GPU; flash attention would need padding-free
 batches). The encoder returns hidden states and a pooled visit vector
-([CLS] or the masked mean); heads for the objectives live in `ehr_ssl.model.heads`.
+([CLS] or the masked mean), and on request the readout downstream models read (`readout`);
+heads for the objectives live in `ehr_ssl.model.heads`.
 
 `import ehr_ssl` registers the classes, so `AutoConfig`/`AutoModel.from_pretrained(dir)` work.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -32,9 +34,10 @@ from ehr_ssl.artifacts import (
     save_safetensors,
     write_failure,
 )
-from ehr_ssl.config import MAX_TOKENS_PER_VISIT, MAX_WIDTH
+from ehr_ssl.config import MAX_TOKENS_PER_VISIT, MAX_WIDTH, READOUTS
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import MODEL_CONFIG_FILE, WEIGHTS_FILE
+from ehr_ssl.tokens.vocab import NOT_EVENT_IDS, SEGMENT_CURRENT, SEGMENT_HISTORY
 
 POOLINGS = ("cls", "mean")
 # Eval mode pads each visit to its length rounded up to this, never to its batch's longest
@@ -53,6 +56,8 @@ SIZE_RANGES = {
     "n_time_buckets": (1, 4096),
     "n_segments": (3, 64),  # the tokenizer's segment ids are 0, 1 and 2
 }
+# Settings of EHRConfig that fine-tuning sets, never a [model] table: where to set them instead.
+SET_BY_FINETUNING = {"readout": "finetune.readout"}
 # 40 GB of float32 weights, 160 GB with gradients and AdamW's moments: more than one GPU holds.
 MAX_PARAMETERS = 10**10
 
@@ -82,6 +87,7 @@ def _check_architecture(
     hidden_dropout_prob: float,
     attention_probs_dropout_prob: float,
     pooling: str,
+    readout: str,
 ) -> None:
     """ValueError naming the argument at fault, for any value no encoder can be built with."""
     _check_sizes(sizes)
@@ -93,6 +99,8 @@ def _check_architecture(
         )
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
     dropouts = {
         "hidden_dropout_prob": hidden_dropout_prob,
         "attention_probs_dropout_prob": attention_probs_dropout_prob,
@@ -100,6 +108,13 @@ def _check_architecture(
     for name, value in dropouts.items():
         if not (math.isfinite(value) and 0 <= value < 1):
             raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+def readout_dim(hidden_size: int, readout: str) -> int:
+    """Width of the visit vector under `readout` (one of READOUTS)."""
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    return hidden_size if readout == "pooled" else 3 * hidden_size + 2
 
 
 class EHRConfig(PreTrainedConfig):
@@ -127,6 +142,10 @@ class EHRConfig(PreTrainedConfig):
             state). The masked-event term trains the token states and never the [CLS] state;
             probes of pretrained encoders read the chronic conditions and the admission risk
             better from the mean (benchmarks/README.md, "pooling").
+        readout: The visit vector downstream models read (the classifier's head, the linear
+            probe, a bundle's `embed`): "pooled" (the pooled vector, D) or "segments" (see
+            `EHREncoder.readout`, 3 D + 2). Fine-tuning records it (`finetune.readout`), never a
+            [model] table; pretraining reads the pooled vector whatever it is.
         layer_norm_eps: LayerNorm epsilon.
         initializer_range: Standard deviation of the initial weights.
         pad_token_id: The [PAD] id (from the tokenizer's fixed vocabulary).
@@ -149,6 +168,7 @@ class EHRConfig(PreTrainedConfig):
         hidden_dropout_prob: float = 0.1,
         attention_probs_dropout_prob: float = 0.0,
         pooling: str = "mean",
+        readout: str = "pooled",
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         pad_token_id: int = 0,
@@ -169,6 +189,7 @@ class EHRConfig(PreTrainedConfig):
             hidden_dropout_prob=hidden_dropout_prob,
             attention_probs_dropout_prob=attention_probs_dropout_prob,
             pooling=pooling,
+            readout=readout,
         )
         self.vocab_size = vocab_size
         self.n_value_bins = n_value_bins  # bins 1..n plus 0 = no value
@@ -185,6 +206,7 @@ class EHRConfig(PreTrainedConfig):
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.pooling = pooling
+        self.readout = readout
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -199,7 +221,8 @@ RENAMED = {"dropout": "hidden_dropout_prob", "attention_dropout": "attention_pro
 def _settable() -> list[str]:
     parameters = inspect.signature(EHRConfig.__init__).parameters
     return [name for name, p in parameters.items()
-            if p.default is not p.empty and name not in TOKENIZER_DERIVED]  # fmt: skip
+            if p.default is not p.empty
+            and name not in (*TOKENIZER_DERIVED, *SET_BY_FINETUNING)]  # fmt: skip
 
 
 def resolve_model_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -217,8 +240,9 @@ def config_from_settings(settings: dict[str, Any], **derived: Any) -> EHRConfig:
     values = {}
     for key, value in settings.items():
         if key not in settable:
+            renamed = RENAMED | SET_BY_FINETUNING
             close = (
-                [RENAMED[key]] if key in RENAMED else difflib.get_close_matches(key, settable, n=1)
+                [renamed[key]] if key in renamed else difflib.get_close_matches(key, settable, n=1)
             )
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise InputError(f"unknown key '{key}'{hint}", column="model")
@@ -376,8 +400,17 @@ class EHRPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
 
+@dataclass
+class EHREncoderOutput(BaseModelOutputWithPooling):
+    """The encoder's outputs: BaseModelOutputWithPooling's, and `readout` (B, R), the visit
+    vector under the readout asked of `forward` (None when none was asked)."""
+
+    readout: torch.Tensor | None = None
+
+
 class EHREncoder(EHRPreTrainedModel):
-    """Token sequences of visits -> contextual token states and a pooled visit vector."""
+    """Token sequences of visits -> contextual token states, a pooled visit vector and, on
+    request, a readout of them."""
 
     def __init__(self, config: EHRConfig):
         super().__init__(config)
@@ -400,12 +433,14 @@ class EHREncoder(EHRPreTrainedModel):
         time_deltas: torch.Tensor,
         segment_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-    ) -> BaseModelOutputWithPooling:
-        """Encode a right-padded batch. In eval mode a visit's outputs do not depend on the
-        other visits of the batch, bitwise on CPU (see `_encode_by_width`).
+        readout: str | None = None,
+    ) -> EHREncoderOutput:
+        """Encode a right-padded batch, and read it out under `readout` (one of READOUTS) if
+        given. In eval mode a visit's outputs do not depend on the other visits of the batch,
+        bitwise on CPU (see `_encode_by_width`).
 
         Shape: every input (B, T) (attention_mask bool, True = token) ->
-        last_hidden_state (B, T, D), pooler_output (B, D).
+        last_hidden_state (B, T, D), pooler_output (B, D), readout (B, R) or None.
         """
         t = input_ids.shape[1]
         if t > self.config.max_position_embeddings:
@@ -415,10 +450,12 @@ class EHREncoder(EHRPreTrainedModel):
             )
         inputs = (input_ids, value_bins, time_deltas, segment_ids, attention_mask.bool())
         if not self.training:
-            return self._encode_by_width(*inputs)
+            return self._encode_by_width(*inputs, readout=readout)
         hidden = self._encode(*inputs)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden, pooler_output=self.pool(hidden, inputs[-1])
+        read = None if readout is None else self.readout(
+            hidden, input_ids, segment_ids, inputs[-1], readout)  # fmt: skip
+        return EHREncoderOutput(
+            last_hidden_state=hidden, pooler_output=self.pool(hidden, inputs[-1]), readout=read
         )
 
     def _encode(
@@ -451,16 +488,18 @@ class EHREncoder(EHRPreTrainedModel):
         time_deltas: torch.Tensor,
         segment_ids: torch.Tensor,
         mask: torch.Tensor,
-    ) -> BaseModelOutputWithPooling:
+        readout: str | None = None,
+    ) -> EHREncoderOutput:
         """Eval mode: each group of visits of one width (the visit's own length rounded up to
         EVAL_WIDTH_MULTIPLE) encoded on its own. The sums over keys (attention) and tokens (mean
         pooling) then run over the same width whatever the batch, so a visit's numbers never
         depend on its batch mates; the padded width of the batch changed them by up to 2.4e-7
         (float32 rounding). Elementwise kernels (GELU) round the last elements of a tensor that
         is not whole vectors differently: widths a multiple of 8 keep the presets' tensors whole.
-        Padding positions come back as zeros.
+        Padding positions come back as zeros. The readout, if asked, is read group by group too.
 
-        Shape: every input (B, T) -> last_hidden_state (B, T, D), pooler_output (B, D).
+        Shape: every input (B, T) -> last_hidden_state (B, T, D), pooler_output (B, D),
+        readout (B, R) or None.
         """
         b, t = input_ids.shape
         positions = torch.arange(1, t + 1, device=mask.device)
@@ -473,13 +512,18 @@ class EHREncoder(EHRPreTrainedModel):
             (segment_ids, 0), (mask, False))]  # fmt: skip
         hidden = padded[0].new_zeros((b, t, self.config.hidden_size), dtype=self.dtype)
         pooled = hidden.new_zeros((b, self.config.hidden_size))
+        read = None if readout is None else hidden.new_zeros(
+            (b, readout_dim(self.config.hidden_size, readout)))  # fmt: skip
         for width in widths.unique().tolist():
             rows = (widths == width).nonzero()[:, 0]
             group = [x[rows, :width] for x in padded]  # (G, width) each
             states = self._encode(*group)  # (G, width, D)
             hidden[rows, : min(width, t)] = states[:, :t].to(hidden.dtype)
             pooled[rows] = self.pool(states, group[-1]).to(hidden.dtype)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+            if read is not None:
+                read[rows] = self.readout(
+                    states, group[0], group[3], group[-1], readout).to(hidden.dtype)  # fmt: skip
+        return EHREncoderOutput(last_hidden_state=hidden, pooler_output=pooled, readout=read)
 
     def pool(
         self, hidden: torch.Tensor, mask: torch.Tensor, pooling: str | None = None
@@ -491,6 +535,42 @@ class EHREncoder(EHRPreTrainedModel):
             return hidden[:, 0]
         weights = mask.to(hidden.dtype)[..., None]  # (B, T, 1)
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def readout(
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        segment_ids: torch.Tensor,
+        mask: torch.Tensor,
+        readout: str | None = None,
+    ) -> torch.Tensor:
+        """The visit vector downstream models read, under `readout` (one of READOUTS; the
+        config's when None): the one place the probe, the classifier and `embed` get it from.
+
+        "pooled": the pooled vector (`pool`). "segments": the [CLS] state, the mean state of the
+        history's event tokens, the mean state of the current visit's event tokens (zeros for a
+        segment without events) and log1p of each segment's event count, concatenated: what a
+        mean over all tokens dilutes (the history) and drops (its volume). Structural tokens
+        ([CLS], [HIST], [VISIT], [PAD], [MASK]) are not events; [UNK] is.
+
+        Shape: hidden (B, T, D), input_ids, segment_ids and mask (B, T) (mask bool, True =
+        token) -> (B, D) or (B, 3 D + 2).
+        """
+        readout = readout or self.config.readout
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if readout == "pooled":
+            return self.pool(hidden, mask)
+        not_events = torch.tensor(NOT_EVENT_IDS, device=input_ids.device, dtype=input_ids.dtype)
+        events = mask & ~torch.isin(input_ids, not_events)  # (B, T)
+        means, counts = [], []
+        for segment in (SEGMENT_HISTORY, SEGMENT_CURRENT):
+            chosen = events & (segment_ids == segment)  # (B, T)
+            n = chosen.sum(1, keepdim=True)  # (B, 1) long: exact however many events
+            weights = chosen.to(hidden.dtype)[..., None]  # (B, T, 1)
+            means.append((hidden * weights).sum(1) / n.clamp_min(1).to(hidden.dtype))
+            counts.append(torch.log1p(n.float()).to(hidden.dtype))
+        return torch.cat([hidden[:, 0], *means, *counts], dim=1)  # (B, 3 D + 2)
 
     def num_flops_per_token(self, sequence_length: int) -> float:
         """Training FLOPs per token: 6 x non-embedding parameters plus attention (fwd + bwd)."""

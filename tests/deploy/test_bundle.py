@@ -177,6 +177,11 @@ DAMAGES = {
                      MISMATCH, "missing (first 'layers.2."),
     "another hidden size": (lambda b: _edit_json(b / "encoder/config.json", hidden_size=64),
                             MISMATCH, "of another shape"),
+    "readout edited": (lambda b: _edit_json(b / "encoder/config.json", readout="segments"),
+                       MISMATCH, "does not match the encoder's"),
+    "embedding edited": (lambda b: _edit_json(b / "bundle.json", embedding={"readout": "segments",
+                                                                            "dim": 98}),
+                         "'embedding' {'readout': 'segments', 'dim': 98} does not match", None),
     "head missing": (lambda b: (b / "head.safetensors").unlink(), "missing (bundle.json lists it)",
                      None),
     "unlisted weights": (lambda b: (b / "encoder/pytorch_model.bin").write_bytes(b"x"),
@@ -237,3 +242,50 @@ def test_every_file_of_a_bundle_and_a_run_has_the_same_mode(finished_run, tmp_pa
     assert modes == {0o640}
     modes = {p.stat().st_mode & 0o777 for p in run.rglob("*") if p.is_file()}
     assert modes == {0o666 & ~umask}
+
+
+@pytest.mark.parametrize("mode", ["linear-probe", "full"])
+def test_a_bundle_records_its_readout_and_embeds_that_wide(finished_run, tmp_path, mode):
+    """A model fine-tuned on the segment readout: bundle.json's "embedding" says so, `embed`
+    returns that many columns, and the bundle scores as the fine-tuning output does."""
+    from ehr_ssl.config import FinetuneConfig
+    from ehr_ssl.deploy.bundle import make_bundle
+    from ehr_ssl.training.finetune import finetune
+
+    data, run = finished_run
+    tokens, encoder = run / "tokens", run / "pretrain" / "encoder"
+    config = FinetuneConfig(mode=mode, readout="segments", max_epochs=1, device="cpu")
+    finetune(tokens, encoder, tmp_path / "ft", config)
+    made = make_bundle(tokens, encoder, tmp_path / "ft", info={"model": mode}, report=None)
+    bundle = load_bundle(made.save(tmp_path / "bundle"))
+    hidden = bundle.hidden_size
+    info = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert info["embedding"] == {"readout": "segments", "dim": 3 * hidden + 2}
+    assert bundle.readout == "segments" and bundle.embedding_dim == 3 * hidden + 2
+    visits = pl.read_parquet(data / "visits.parquet").head(9)
+    embedded = bundle.embed(visits, pl.read_parquet(data / "events.parquet"))
+    assert embedded["embedding"].dtype == pl.Array(pl.Float32, 3 * hidden + 2)
+    test = read_split(tokens, "test").filter(pl.col("labeled"))
+    expected = predict_finetuned(
+        tmp_path / "ft", encoder, labeled_split(tokens, "test"), torch.device("cpu")
+    )
+    np.testing.assert_allclose(bundle.score_tokens(test), expected, rtol=0, atol=1e-4)
+
+
+def test_a_bundle_without_an_embedding_record_reads_the_pooled_vector(finished_run, tmp_path):
+    """Bundles written before "embedding" (same format version) load and embed as before."""
+    data, run = finished_run
+    info = json.loads((run / "bundle" / "bundle.json").read_text())
+    assert info["embedding"] == {"readout": "pooled", "dim": info["encoder"]["hidden_size"]}
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run / "bundle", bundle)
+    del info["embedding"]
+    (bundle / "bundle.json").write_text(json.dumps(info))
+    config = json.loads((bundle / "encoder" / "config.json").read_text())
+    del config["readout"]
+    (bundle / "encoder" / "config.json").write_text(json.dumps(config))
+    _reseal(bundle)
+    old, new = load_bundle(bundle), load_bundle(run / "bundle")
+    assert old.readout == "pooled" and old.embedding_dim == old.hidden_size
+    visits, events = (pl.read_parquet(data / f"{t}.parquet") for t in ("visits", "events"))
+    assert old.embed(visits, events).equals(new.embed(visits, events))

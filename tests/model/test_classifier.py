@@ -50,7 +50,7 @@ def test_head_dropout_acts_on_standardized_features(monkeypatch):
     z = torch.randn(64, 16)
     pooled = mean + std * z  # (B, D): what the encoder hands the head
     monkeypatch.setattr(
-        model.encoder, "forward", lambda *a, **k: type("Out", (), {"pooler_output": pooled})
+        model.encoder, "forward", lambda *a, **k: type("Out", (), {"readout": pooled})
     )
     with torch.no_grad():
         model.feature_mean.copy_(mean)
@@ -65,3 +65,48 @@ def test_head_dropout_acts_on_standardized_features(monkeypatch):
     assert ((trained - evaluated).abs() <= z.abs().sum(1) + 1e-3).all()
     weight, bias = model.folded_head()
     torch.testing.assert_close(pooled @ weight + bias, evaluated, rtol=1e-4, atol=1e-3)
+
+
+def _inputs(b: int = 5, t: int = 8) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    segments = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2]).repeat(b, 1)
+    return {
+        "input_ids": torch.randint(6, 20, (b, t), generator=g),
+        "value_bins": torch.zeros(b, t, dtype=torch.long),
+        "time_deltas": -torch.rand(b, t, generator=g) * 100,
+        "segment_ids": segments,
+        "attention_mask": torch.arange(t)[None] < torch.tensor([8, 6, 5, 8, 7])[:, None],
+    }
+
+
+def test_a_segment_readout_classifier_round_trips(tmp_path):
+    """The head reads the readout its config records (3 D + 2 wide for "segments"); saved and
+    loaded, it scores bitwise alike; a config.json from before the field reads "pooled"."""
+    import json
+
+    torch.manual_seed(0)
+    sizes = {"vocab_size": 20, "hidden_size": 16, "num_attention_heads": 2,
+             "intermediate_size": 32, "max_position_embeddings": 8}  # fmt: skip
+    config = EHRConfig(**sizes, readout="segments")
+    model = AdmissionClassifier(config).eval()
+    assert model.head.in_features == 3 * 16 + 2 == model.feature_mean.numel()
+    with torch.no_grad():
+        model.head.weight.normal_()  # a head that reads every part of the readout
+        expected = model(**_inputs()).logits
+        vectors = model.encoder(**_inputs(), readout="segments").readout
+    weight, bias = model.folded_head()
+    torch.testing.assert_close(vectors @ weight + bias, expected, rtol=1e-5, atol=1e-5)
+    model.save_checked(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["readout"] == "segments"
+    loaded = AdmissionClassifier.load_checked(tmp_path / "model")
+    assert loaded.config.readout == loaded.encoder.config.readout == "segments"
+    with torch.no_grad():
+        assert torch.equal(loaded(**_inputs()).logits, expected)
+
+    AdmissionClassifier(EHRConfig(**sizes)).save_checked(tmp_path / "old")
+    path = tmp_path / "old" / "config.json"
+    document = json.loads(path.read_text())
+    del document["readout"]
+    path.write_text(json.dumps(document))
+    old = AdmissionClassifier.load_checked(tmp_path / "old")
+    assert old.config.readout == "pooled" and old.head.in_features == 16

@@ -17,6 +17,7 @@ from ehr_ssl.model.encoder import (
     EHRConfig,
     EHREncoder,
     config_from_settings,
+    readout_dim,
     resolve_model_settings,
     time_buckets,
 )
@@ -301,3 +302,102 @@ def test_only_safetensors_are_read(tmp_path):
     (tmp_path / "enc" / "config.json").write_text("[]")
     with pytest.raises(InputError, match="model configuration is a JSON list"):
         EHREncoder.load_checked(tmp_path / "enc")
+
+
+def _hand_made_batch() -> dict[str, torch.Tensor]:
+    """Two visits: [CLS] static [HIST] h h [UNK] [VISIT] c c, and [CLS] static [HIST] [VISIT] c
+    [PAD]... (no history events). Segments: 0 static, 1 history, 2 current."""
+    cls, hist, visit, unk = 2, 4, 5, 3
+    ids = torch.tensor([[cls, 10, hist, 20, 21, unk, visit, 30, 31],
+                        [cls, 10, hist, visit, 30, 0, 0, 0, 0]])  # fmt: skip
+    segments = torch.tensor([[0, 0, 1, 1, 1, 1, 2, 2, 2], [0, 0, 1, 2, 2, 0, 0, 0, 0]])
+    mask = torch.tensor([[True] * 9, [True] * 5 + [False] * 4])
+    return {
+        "input_ids": ids,
+        "value_bins": torch.zeros_like(ids),
+        "time_deltas": -torch.ones(ids.shape),
+        "segment_ids": segments,
+        "attention_mask": mask,
+    }
+
+
+def test_the_segment_readout_of_a_hand_made_batch():
+    """[CLS] state, mean of the history's event states, mean of the current visit's event
+    states, log1p of each segment's event count; structural tokens are not events, [UNK] is."""
+    model = tiny()
+    batch = _hand_made_batch()
+    hidden = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(0))
+    out = model.readout(hidden, batch["input_ids"], batch["segment_ids"],
+                        batch["attention_mask"], "segments")  # fmt: skip
+    d = 32
+    assert out.shape == (2, 3 * d + 2) == (2, readout_dim(d, "segments"))
+    torch.testing.assert_close(out[:, :d], hidden[:, 0])
+    torch.testing.assert_close(out[0, d : 2 * d], hidden[0, 3:6].mean(0))  # h h [UNK]
+    torch.testing.assert_close(out[0, 2 * d : 3 * d], hidden[0, 7:9].mean(0))  # c c
+    assert torch.equal(out[1, d : 2 * d], torch.zeros(d))  # no history events
+    torch.testing.assert_close(out[1, 2 * d : 3 * d], hidden[1, 4])
+    expected_counts = torch.log1p(torch.tensor([[3.0, 2.0], [0.0, 1.0]]))
+    torch.testing.assert_close(out[:, 3 * d :], expected_counts)
+    pooled = model.readout(hidden, batch["input_ids"], batch["segment_ids"],
+                           batch["attention_mask"], "pooled")  # fmt: skip
+    assert torch.equal(pooled, model.pool(hidden, batch["attention_mask"]))
+    assert readout_dim(d, "pooled") == d
+    with pytest.raises(ValueError, match="readout must be one of"):
+        model.readout(hidden, batch["input_ids"], batch["segment_ids"],
+                      batch["attention_mask"], "max")  # fmt: skip
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_forward_reads_out_what_it_is_asked(training):
+    """The readout of a forward pass is `readout` of its own hidden states, in eval mode (read
+    width group by width group) and in training mode; none unless asked."""
+    model = tiny().train(training)
+    batch = collate(random_visits(6))
+    inputs = {k: batch[k] for k in INPUTS}
+    with torch.no_grad():
+        plain = model(**inputs)
+        out = model(**inputs, readout="segments")
+    assert plain.readout is None and out.readout.shape == (6, 3 * 32 + 2)
+    expected = model.readout(out.last_hidden_state, batch["input_ids"], batch["segment_ids"],
+                             batch["attention_mask"], "segments")  # fmt: skip
+    torch.testing.assert_close(out.readout, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("readout", ["pooled", "segments"])
+def test_the_readout_does_not_see_its_batch_mates(readout):
+    """Bitwise in eval mode, as the pooled vector (test_a_visit_does_not_see_its_batch_mates)."""
+    model = tiny()
+    visits = random_visits(40, seed=4)
+
+    def read(batch):
+        with torch.no_grad():
+            return model(**{k: batch[k] for k in INPUTS}, readout=readout).readout
+
+    together = read(collate(visits))
+    alone = torch.cat([read(collate([v])) for v in visits])
+    assert torch.equal(together, alone)
+    reordered = read(collate(visits[::-1][:7], pad_to_multiple_of=64))
+    assert torch.equal(reordered, together.flip(0)[:7])
+    if readout == "pooled":
+        assert torch.equal(together, model(**{k: collate(visits)[k] for k in INPUTS}).pooler_output)
+
+
+def test_the_readout_is_set_by_fine_tuning_not_by_the_model_table(tmp_path):
+    assert EHRConfig().readout == "pooled"
+    with pytest.raises(ValueError, match="readout must be one of"):
+        EHRConfig(readout="cls")
+    with pytest.raises(
+        InputError, match=r"unknown key 'readout' \(did you mean 'finetune.readout'"
+    ):
+        config_from_settings({"readout": "segments"})
+    assert "readout" not in resolve_model_settings({})
+    # a config.json written before the field loads as "pooled"
+    tiny(readout="segments").save_checked(tmp_path / "enc")
+    assert EHREncoder.load_checked(tmp_path / "enc").config.readout == "segments"
+    import json
+
+    path = tmp_path / "enc" / "config.json"
+    document = json.loads(path.read_text())
+    del document["readout"]
+    path.write_text(json.dumps(document))
+    assert EHREncoder.load_checked(tmp_path / "enc").config.readout == "pooled"
