@@ -33,7 +33,7 @@ from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, SEGMENT_HISTORY, TOKEN_COLUMNS
-from ehr_ssl.training.finetune import budget_split
+from ehr_ssl.training.budgets import budget_split
 
 
 def without_segment(frame: pl.DataFrame, segment: int) -> pl.DataFrame:
@@ -126,7 +126,10 @@ def main() -> None:
         result["all_labels"][name] = fit_and_score(train, val, name)[0]
     for budget in args.budgets.split(","):
         n = None if budget == "all" else int(budget)
-        train_ids, val_ids = budget_split(train, val, n, seed=0)
+        # holdout: these probes are judged on the val split (the budget counts both parts)
+        train_ids, val_ids = budget_split(
+            train, val, n, seed=0, selection="holdout", cv_max_labels=0
+        )
         tr = train.filter(pl.col("visit_id").is_in(train_ids.implode()))
         va = val.filter(pl.col("visit_id").is_in(val_ids.implode()))
         cells, counts_scores = {}, None

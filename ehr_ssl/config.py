@@ -31,8 +31,10 @@ from ehr_ssl.settings import (
 )
 
 DEVICES = ("auto", "cpu", "cuda")
-CONTRASTIVE_VIEWS = ("augment", "disjoint")
+CONTRASTIVE_VIEWS = ("augment", "disjoint", "patient")
 MASK_UNITS = ("token", "encounter")
+# The visit vector downstream models read (`ehr_ssl.model.encoder.EHREncoder.readout`).
+READOUTS = ("pooled", "segments")
 
 # Upper bounds of the size-like settings: generous (far beyond any ED cohort or any model this
 # code is for) but finite, so that an absurd value stops at configuration time with one line
@@ -220,9 +222,13 @@ class ObjectiveConfig:
     """View augmentation: times multiplied by exp(N(0, time_jitter^2))."""
     contrastive_views: str = field(default="augment", metadata={"choices": CONTRASTIVE_VIEWS})
     """How the contrastive pair is drawn: "augment" (two augmented copies of the visit, sharing
-    its statics and current visit) or "disjoint" (history encounters split between the views;
+    its statics and current visit), "disjoint" (history encounters split between the views;
     view A also has the statics and current visit, view B only its encounters: issue 19; the
-    view augmentation settings above then go unused)."""
+    view augmentation settings above then go unused) or "patient" (view B is another visit of
+    the same patient, drawn at random among the patient's other train-split visits per batch;
+    both views get the augmentation above; in-batch negatives are other patients only; a visit
+    without such a partner, e.g. of a val or test patient, is left out of the contrastive term
+    only: issue 19, CLOCS/PCLR-style patient-level positives)."""
 
     def __post_init__(self) -> None:
         for name in ("masked_weight", "contrastive_weight", "value_bin_weight"):
@@ -345,6 +351,8 @@ class PretrainConfig:
 
 
 FINETUNE_MODES = ("full", "linear-probe", "scratch")
+# How a model's settings are chosen on a label budget (`ehr_ssl.training.selection`).
+SELECTIONS = ("auto", "cv", "holdout")
 
 
 @dataclass
@@ -368,11 +376,30 @@ class FinetuneConfig:
     max_epochs: int = 30
     """Epochs at most (early stopping on the validation AUROC usually ends sooner)."""
     patience: int = 4
-    """Stop after this many epochs without a better validation AUROC."""
+    """Stop after this many epochs without a better validation AUROC (under cv selection:
+    the mean fold AUROC)."""
+    selection: str = field(default="auto", metadata={"choices": SELECTIONS})
+    """How the regularization, the epoch and (full mode) probe-versus-fine-tuning are chosen,
+    for every model of a run alike: "cv" (repeated stratified K-fold over the budget's labels,
+    grouped by patient, then a refit on all of them), "holdout" (train on the budget's train
+    split labels, select on its val split labels) or "auto" (cv for a budget of at most
+    cv_max_labels, holdout above and for "all")."""
+    cv_folds: int = 5
+    """Folds of cv selection (fewer when a class has fewer patients)."""
+    cv_repeats: int = 1
+    """Repeats of the K folds, each shuffled anew: averaging repeats steadies the choice, and
+    each costs K more trainings of every transformer (1 keeps `ehr-ssl demo` short on CPU)."""
+    cv_max_labels: int = 1000
+    """selection "auto": the largest budget selected by cv (K + 1 trainings per model)."""
     weight_decay: float = 0.01
     """AdamW decay of the weight matrices."""
     head_dropout: float = 0.1
     """Dropout in front of the classification head."""
+    readout: str = field(default="pooled", metadata={"choices": READOUTS})
+    """The visit vector the head (or the probe) reads, in every mode: "pooled" (the encoder's
+    pooled vector, D) or "segments" ([CLS] state, mean state of the history events, mean state of
+    the current visit's events, log1p of each segment's event count: 3 D + 2; issue 19).
+    Recorded with the model, so predict, embed and bundles use it; pretraining never reads it."""
     seed: int = 0
     """Seed of the label subset and of training."""
     device: str = field(default="auto", metadata={"choices": DEVICES})
@@ -386,10 +413,23 @@ class FinetuneConfig:
             )
         check_count(self.batch_size, "finetune.batch_size", high=MAX_BATCH)
         check_positive(self, ("max_epochs", "patience"), "finetune", high=MAX_EPOCHS)
+        if self.selection not in SELECTIONS:
+            raise InputError(
+                f"must be one of {', '.join(SELECTIONS)}, got {self.selection!r}",
+                column="finetune.selection",
+            )
+        check_count(self.cv_folds, "finetune.cv_folds", low=2, high=20)
+        check_count(self.cv_repeats, "finetune.cv_repeats", high=20)
+        check_count(self.cv_max_labels, "finetune.cv_max_labels", high=MAX_BATCH)
         check_range(self.learning_rate, 1e-9, 10, "finetune.learning_rate")
         check_range(self.encoder_lr_ratio, 0, 10, "finetune.encoder_lr_ratio")
         check_range(self.weight_decay, 0, 10, "finetune.weight_decay")
         check_range(self.head_dropout, 0, 0.99, "finetune.head_dropout")
+        if self.readout not in READOUTS:
+            raise InputError(
+                f"must be one of {', '.join(READOUTS)}, got {self.readout!r}",
+                column="finetune.readout",
+            )
         if self.device not in DEVICES:
             raise InputError(
                 f"must be auto, cpu or cuda, got {self.device!r}", column="finetune.device"
@@ -399,11 +439,12 @@ class FinetuneConfig:
 
 
 # The models of a run: the SSL encoder fine-tuned in full (the reference), its linear probe, the
-# same transformer from scratch, and the counts baselines.
-MODELS = ("ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm")
+# same transformer from scratch, the counts baselines, and the hybrid of counts and SSL vectors.
+MODELS = ("ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm", "ssl_plus_counts")
 # The fine-tuned models and their fine-tuning mode; the counts baselines and their kind.
 FINETUNED = {"ssl": "full", "ssl_linear_probe": "linear-probe", "scratch": "scratch"}
 COUNTS = {"counts_logistic": "logistic", "counts_gbm": "gbm"}
+HYBRID = "ssl_plus_counts"  # one logistic regression on the counts and the frozen SSL vectors
 
 
 def parse_budget(text: str | int | float) -> int | float | None:

@@ -250,7 +250,7 @@ def _draw_label_budgets(run: _Run) -> dict[tuple[str, int], tuple[pl.Series, pl.
     budget the labels cannot meet (more visits than are labeled, one class only) stops the run
     before it trains anything, naming the setting and the counts."""
     from ehr_ssl.tokens.shards import read_split
-    from ehr_ssl.training.finetune import budget_split
+    from ehr_ssl.training.budgets import budget_split
 
     labeled = [
         read_split(run.layout.tokens, split)
@@ -264,6 +264,8 @@ def _draw_label_budgets(run: _Run) -> dict[tuple[str, int], tuple[pl.Series, pl.
             *labeled,
             parse_budget(budget),
             seed=seed,
+            selection=run.config.finetune.selection,
+            cv_max_labels=run.config.finetune.cv_max_labels,
             setting="evaluate.label_budget"
             if budget == evaluate.label_budget
             else "evaluate.label_budgets",
@@ -461,7 +463,7 @@ def _score_test_split(layout: RunLayout, config: PipelineConfig) -> tuple[pl.Dat
     frames, selection = [], {}
     for budget_name in config.evaluate.budgets:
         for seed in config.evaluate.seeds:
-            budget = draw_label_budget(train, val, budget_name, seed=seed)
+            budget = draw_label_budget(train, val, budget_name, seed=seed, config=config.finetune)
             finetuned = {model: layout.model(budget_name, seed, model)
                          for model in config.evaluate.models if model in FINETUNED}  # fmt: skip
             predictions, chosen = score_models(

@@ -108,6 +108,8 @@ def finished_run(tmp_path_factory) -> tuple[Path, Path]:
             "tokenizer.max_length": 64,
             "finetune.max_epochs": 2,
             "finetune.patience": 1,
+            "finetune.cv_folds": 3,  # cv selection at a test's cost
+            "finetune.cv_repeats": 1,
             "evaluate.n_boot": 50,
         },
     )

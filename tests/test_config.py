@@ -45,17 +45,32 @@ def test_defaults_round_trip_through_dict():
         (lambda: TokenizeConfig(shard_visits=0), "column 'shard_visits': must be >= 1, got 0"),
         (
             lambda: ObjectiveConfig(contrastive_views="both"),
-            "column 'objective.contrastive_views': must be one of augment, disjoint, got 'both'",
+            "column 'objective.contrastive_views': must be one of augment, disjoint, patient, "
+            "got 'both'",
         ),
         (
             lambda: ObjectiveConfig(mask_unit="day"),
             "column 'objective.mask_unit': must be one of token, encounter, got 'day'",
+        ),
+        (
+            lambda: FinetuneConfig(readout="cls"),
+            "column 'finetune.readout': must be one of pooled, segments, got 'cls'",
         ),
     ],
 )
 def test_invalid_values_raise_clear_errors(make, message):
     with pytest.raises(InputError, match=re.escape(message)):
         make()
+
+
+@pytest.mark.parametrize("views", ["augment", "disjoint", "patient"])
+def test_every_contrastive_view_is_accepted_from_a_file(tmp_path, views):
+    from ehr_ssl.config import load_pretrain_config
+
+    path = tmp_path / "c.toml"
+    path.write_text(f'[objective]\ncontrastive_views = "{views}"\n')
+    assert load_pretrain_config(path, {}).objective.contrastive_views == views
+    assert ObjectiveConfig(contrastive_views=views).contrastive_views == views
 
 
 def test_toml_types_are_checked(tmp_path):

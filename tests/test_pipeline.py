@@ -19,7 +19,7 @@ from ehr_ssl.errors import InputError
 from ehr_ssl.pipeline import load_checked_config, run_pipeline
 from ehr_ssl.tokens.shards import read_split
 
-MODELS = ["ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm"]
+MODELS = ["ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm", "ssl_plus_counts"]
 
 
 def _config(**overrides):
@@ -30,6 +30,8 @@ def _config(**overrides):
         "tokenizer.max_length": 64,
         "finetune.max_epochs": 2,
         "finetune.patience": 1,
+        "finetune.cv_folds": 3,  # cv selection at a test's cost
+        "finetune.cv_repeats": 1,
         "evaluate.label_budgets": ["60"],
         "evaluate.n_boot": 50,
     }

@@ -22,7 +22,7 @@ PRETRAIN_FLAGS = ("train.max_steps", "train.epochs", "train.device", "train.batc
                   "objective.masked_weight", "objective.contrastive_weight",
                   "train.include_test_unlabeled", "train.compile", "train.tensorboard")  # fmt: skip
 FINETUNE_FLAGS = ("mode", "label_budget", "learning_rate", "encoder_lr_ratio", "batch_size",
-                  "max_epochs", "patience", "seed", "device")  # fmt: skip
+                  "max_epochs", "patience", "selection", "seed", "device")  # fmt: skip
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

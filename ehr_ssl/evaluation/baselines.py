@@ -23,18 +23,24 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MaxAbsScaler
 
 from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, MASK_ID, PAD_ID, SEGMENT_CURRENT, VISIT_ID
+from ehr_ssl.training.selection import C_GRID, Folds, cross_validate
 
 # Structural tokens carry no clinical content; [UNK] does (a rare code was there) and is counted.
 EXCLUDED_IDS = (PAD_ID, MASK_ID, CLS_ID, HIST_ID, VISIT_ID)
-# Validation AUROC picks one candidate per grid; the grids are small on purpose (a few hundred
-# validation labels cannot tell finer settings apart).
-LOGISTIC_GRID: dict[str, list] = {"C": [0.01, 0.1, 1.0, 10.0]}
+# The selection AUROC (cv or holdout, `ehr_ssl.training.selection`) picks one candidate per
+# grid. The logistic grid is wide (1e-4 .. 1e2): at 100 labels strong regularization wins.
+LOGISTIC_GRID: dict[str, list] = {"C": list(C_GRID)}
 GBM_GRID: dict[str, list] = {"learning_rate": [0.05, 0.1], "max_leaf_nodes": [7, 31]}
+# The hybrid (counts and the SSL readout in one logistic regression): C, and the scale of the
+# standardized readout block against the max-abs scaled counts (a per-block L2 strength).
+HYBRID_GRID: dict[str, list] = {"C": list(C_GRID), "vector_weight": [0.1, 0.3, 1.0]}
 GBM_MAX_ITER = 200  # fixed number of boosting rounds: no internal early-stopping split
 GBM_MIN_NONZERO = 5  # a column reaches the GBM only if >= this many train visits have it
 LOGISTIC_MAX_ITER = 5000
 
-BaselineKind = Literal["logistic", "gbm"]
+BaselineKind = Literal["logistic", "gbm", "hybrid"]
+GRIDS: dict[str, dict[str, list]] = {"logistic": LOGISTIC_GRID, "gbm": GBM_GRID,
+                                     "hybrid": HYBRID_GRID}  # fmt: skip
 
 
 def n_count_features(vocab_size: int, n_bins: int) -> int:
@@ -156,10 +162,38 @@ class DenseColumns(TransformerMixin, BaseEstimator):
         return sp.csr_matrix(X)[:, self.columns_].astype(np.float32).toarray()
 
 
-def _make_pipeline(kind: BaselineKind, params: dict, *, seed: int) -> Pipeline:
-    if kind == "logistic":
+class HybridScaler(TransformerMixin, BaseEstimator):
+    """The hybrid's features: the first `n_counts` columns (counts) max-abs scaled, the rest
+    (the SSL readout) standardized and multiplied by `vector_weight`, both fitted on training
+    rows only. Shape: (B, F) sparse -> (B, F) sparse."""
+
+    def __init__(self, n_counts: int, vector_weight: float = 1.0):
+        self.n_counts = n_counts
+        self.vector_weight = vector_weight
+
+    def fit(self, X, y=None) -> HybridScaler:
+        X = sp.csr_matrix(X)
+        self.counts_ = MaxAbsScaler().fit(X[:, : self.n_counts])
+        vectors = X[:, self.n_counts :].toarray()
+        self.mean_, self.std_ = vectors.mean(0), vectors.std(0) + 1e-6
+        return self
+
+    def transform(self, X):
+        X = sp.csr_matrix(X)
+        counts = self.counts_.transform(X[:, : self.n_counts])
+        vectors = (X[:, self.n_counts :].toarray() - self.mean_) / self.std_
+        return sp.hstack([counts, sp.csr_matrix(vectors * self.vector_weight)], format="csr")
+
+
+def _make_pipeline(kind: BaselineKind, params: dict, *, seed: int, n_counts: int = 0) -> Pipeline:
+    """One candidate: `params` of the grid on top of the kind's fixed settings. The hybrid's
+    `n_counts` is the width of its counts block."""
+    if kind in ("logistic", "hybrid"):
         # L2 (l1_ratio=0); lbfgs works on CSR directly, is deterministic and, unlike liblinear,
         # leaves the intercept unpenalized. MaxAbs scaling keeps the matrix sparse.
+        params = dict(params)
+        scale = (HybridScaler(n_counts, params.pop("vector_weight", 1.0)) if kind == "hybrid"
+                 else MaxAbsScaler())  # fmt: skip
         settings = {
             "l1_ratio": 0.0,
             "solver": "lbfgs",
@@ -168,7 +202,7 @@ def _make_pipeline(kind: BaselineKind, params: dict, *, seed: int) -> Pipeline:
             "random_state": seed,
         }
         model = LogisticRegression(**(settings | params))
-        return Pipeline([("scale", MaxAbsScaler()), ("model", model)])
+        return Pipeline([("scale", scale), ("model", model)])
     if kind == "gbm":
         # early_stopping=False: no internal split, so selection happens on our validation split.
         settings = {
@@ -179,7 +213,7 @@ def _make_pipeline(kind: BaselineKind, params: dict, *, seed: int) -> Pipeline:
         }
         model = HistGradientBoostingClassifier(**(settings | params))
         return Pipeline([("dense", DenseColumns(GBM_MIN_NONZERO)), ("model", model)])
-    raise ValueError(f"kind must be 'logistic' or 'gbm', got {kind!r}")
+    raise ValueError(f"kind must be one of {', '.join(GRIDS)}, got {kind!r}")
 
 
 def fit_counts_baseline(
@@ -191,87 +225,110 @@ def fit_counts_baseline(
     *,
     seed: int,
     grid: dict[str, list] | None = None,
+    n_counts: int = 0,
 ) -> tuple[Pipeline, dict]:
-    """Fit one candidate per grid point on train and keep the one with the best validation AUROC.
+    """Fit one candidate per grid point on train and keep the one with the best validation AUROC
+    (holdout selection).
 
     `logistic`: MaxAbsScaler + L2 LogisticRegression (lbfgs, class_weight="balanced"), grid
     `LOGISTIC_GRID` over C. `gbm`: `DenseColumns` (columns nonzero in >= GBM_MIN_NONZERO train
     rows, dense float32) + HistGradientBoostingClassifier (GBM_MAX_ITER rounds, no early stopping,
-    class_weight="balanced"), grid `GBM_GRID` over learning_rate x max_leaf_nodes. The chosen
-    model is not refit (it has seen train only); ties go to the earlier grid point. Balanced class
-    weights raise P(admission) when positives are the minority: scores rank as they should but
-    are not calibrated to the prevalence. The test split plays no part here. Deterministic for a
-    seed.
+    class_weight="balanced"), grid `GBM_GRID` over learning_rate x max_leaf_nodes. `hybrid`:
+    `HybridScaler` (the first `n_counts` columns are counts) + the logistic model, grid
+    `HYBRID_GRID`. The chosen model is not refit (it has seen train only); ties go to the
+    earlier grid point. Balanced class weights raise P(admission) when positives are the
+    minority: scores rank as they should but are not calibrated to the prevalence. The test
+    split plays no part here. Deterministic for a seed.
 
     Shape: X_train (N, F), y_train (N,), X_val (M, F), y_val (M,); labels 0/1 or bool.
 
     Args:
-        kind: "logistic" or "gbm".
+        kind: "logistic", "gbm" or "hybrid".
         grid: Override of the default grid (estimator argument -> list of values; may also
             set fixed arguments such as max_iter).
         seed: Random state of the estimators.
+        n_counts: The hybrid's counts columns (the rest are the SSL readout).
 
     Returns:
         The chosen fitted Pipeline (use `predict_proba`) and a JSON-ready record: kind, seed,
-        chosen (the chosen hyper-parameters), val_auroc (the chosen one's), candidates (a list of
-        {params, val_auroc} in grid order) and, for gbm, n_features_kept.
+        protocol ("holdout"), chosen (the chosen hyper-parameters), val_auroc (the chosen
+        one's), candidates (a list of {params, val_auroc} in grid order) and, for gbm,
+        n_features_kept.
 
     Raises:
         ValueError: For an unknown kind, mismatched shapes, or a train or validation label
             vector without both classes (AUROC undefined).
     """
-    if kind not in ("logistic", "gbm"):
-        raise ValueError(f"kind must be 'logistic' or 'gbm', got {kind!r}")
+    _check_kind(kind)
     y_train, y_val = _binary_labels(y_train, "y_train"), _binary_labels(y_val, "y_val")
     for name, X, y in (("train", X_train, y_train), ("val", X_val, y_val)):
         if X.shape[0] != y.shape[0]:
             raise ValueError(f"X_{name} has {X.shape[0]} rows but y_{name} has {y.shape[0]}")
     if X_train.shape[1] != X_val.shape[1]:
         raise ValueError(f"X_train has {X_train.shape[1]} columns, X_val {X_val.shape[1]}")
-    grid = dict(LOGISTIC_GRID if kind == "logistic" else GBM_GRID) if grid is None else grid
 
     best, best_auroc, best_params, candidates = None, -math.inf, None, []
-    for params in ParameterGrid(grid):
-        pipeline = _make_pipeline(kind, params, seed=seed).fit(X_train, y_train)
+    for params in ParameterGrid(dict(GRIDS[kind]) if grid is None else grid):
+        pipeline = _make_pipeline(kind, params, seed=seed, n_counts=n_counts)
+        pipeline.fit(X_train, y_train)
         auroc = float(roc_auc_score(y_val, predict_proba(pipeline, X_val)))
         candidates.append({"params": params, "val_auroc": auroc})
         if auroc > best_auroc:
             best, best_auroc, best_params = pipeline, auroc, params
+    record = {"kind": kind, "seed": seed, "protocol": "holdout", "chosen": best_params,
+              "val_auroc": best_auroc, "candidates": candidates}  # fmt: skip
+    return best, _with_kept_features(record, best)
+
+
+def fit_counts_baseline_cv(
+    kind: BaselineKind,
+    X,
+    y,
+    folds: Folds,
+    *,
+    seed: int,
+    grid: dict[str, list] | None = None,
+    n_counts: int = 0,
+) -> tuple[Pipeline, dict]:
+    """`fit_counts_baseline` under cv selection: the grid point with the best mean fold AUROC
+    over `folds` (positions into the rows of X), then refit on every row. The record's
+    val_auroc is that mean, its candidates' too; protocol "cv" with the folds and repeats.
+
+    Shape: X (N, F), y (N,)."""
+    _check_kind(kind)
+    y = _binary_labels(y, "y")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+    X = sp.csr_matrix(X)
+
+    def fit_score(params: dict, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+        pipeline = _make_pipeline(kind, params, seed=seed, n_counts=n_counts)
+        return predict_proba(pipeline.fit(X[train], y[train]), X[val])
+
+    candidates = list(ParameterGrid(dict(GRIDS[kind]) if grid is None else grid))
+    params, table = cross_validate(fit_score, y, folds, candidates)
+    best = _make_pipeline(kind, params, seed=seed, n_counts=n_counts).fit(X, y)
     record = {
         "kind": kind,
         "seed": seed,
-        "chosen": best_params,
-        "val_auroc": best_auroc,
-        "candidates": candidates,
+        **folds.describe(),
+        "chosen": params,
+        "val_auroc": max(row["cv_auroc"] for row in table),
+        "candidates": [{"params": r["params"], "val_auroc": r["cv_auroc"]} for r in table],
     }
-    if kind == "gbm":
-        record["n_features_kept"] = int(best.named_steps["dense"].columns_.size)
-    return best, record
+    return best, _with_kept_features(record, best)
 
 
-def score_counts_baseline(
-    kind: BaselineKind,
-    train: pl.DataFrame,
-    val: pl.DataFrame,
-    x_test: sp.csr_matrix,
-    *,
-    vocab_size: int,
-    n_bins: int,
-    seed: int,
-) -> tuple[np.ndarray, dict]:
-    """Fit a counts baseline on labeled token rows (`train`, `val`: input_ids, value_bins,
-    segment_ids and label columns), chosen on val, and score `x_test` (`count_features` rows).
-    Returns the scores (N,) and the fit's record (see `fit_counts_baseline`)."""
-    sizes = {"vocab_size": vocab_size, "n_bins": n_bins}
-    fitted, record = fit_counts_baseline(
-        kind,
-        count_features(train, **sizes),
-        train["label"].to_numpy(),
-        count_features(val, **sizes),
-        val["label"].to_numpy(),
-        seed=seed,
-    )
-    return predict_proba(fitted, x_test), record
+def _check_kind(kind: str) -> None:
+    if kind not in GRIDS:
+        raise ValueError(f"kind must be one of {', '.join(GRIDS)}, got {kind!r}")
+
+
+def _with_kept_features(record: dict, fitted: Pipeline) -> dict:
+    """A gbm's record also says how many columns reached the trees."""
+    if record["kind"] == "gbm":
+        record["n_features_kept"] = int(fitted.named_steps["dense"].columns_.size)
+    return record
 
 
 def _binary_labels(y, name: str) -> np.ndarray:

@@ -35,6 +35,8 @@ def format_report_markdown(report: dict[str, Any]) -> str:
     lines += _markdown_table(*_main_rows(report, split_ci=False))
     if report.get("label_efficiency"):
         lines += _label_efficiency_lines(report)
+    if report.get("selection"):
+        lines += _selection_lines(report["selection"])
     lines += ["", _HOW_TO_READ.format(n_boot=report["n_boot"])]
     return "\n".join(lines) + "\n"
 
@@ -127,12 +129,12 @@ def _label_efficiency_lines(report: dict[str, Any]) -> list[str]:
     lines = ["", "## Label efficiency (test AUROC, mean over seeds (95% CI))", ""]
     rows = []
     for entry in efficiency:
-        cells = [entry["budget"], str(entry["train_labels"])]
+        cells = [entry["budget"], str(entry["train_labels"])]  # every label used
         for name in names:
             value = entry["models"].get(name)
             cells.append(DASH if value is None else _with_ci(value["mean"], value["ci95"]))
         rows.append(cells)
-    lines += _markdown_table(["budget", "train labels", *names], rows)
+    lines += _markdown_table(["budget", "labels", *names], rows)
     seeds = sorted({v["n_seeds"] for e in efficiency for v in e["models"].values()})
     lines += ["", f"Seeds per cell: {', '.join(map(str, seeds))}."]
     others = [n for n in names if n != report["reference"]]
@@ -143,12 +145,42 @@ def _label_efficiency_lines(report: dict[str, Any]) -> list[str]:
     ]
     rows = []
     for entry in efficiency:
-        cells = [entry["budget"], str(entry["train_labels"])]
+        cells = [entry["budget"], str(entry["train_labels"])]  # every label used
         for name in others:
             diff = (entry["models"].get(name) or {}).get("reference_minus_this")
             cells.append(DASH if diff is None else _difference_cell(diff))
         rows.append(cells)
-    return lines + _markdown_table(["budget", "train labels", *others], rows)
+    return lines + _markdown_table(["budget", "labels", *others], rows)
+
+
+def _selection_lines(selection: dict[str, Any]) -> list[str]:
+    """What was chosen for each model at each budget and seed, on the budget's labels only:
+    the protocol (cv folds x repeats, or holdout), the selection AUROC and the choice."""
+    lines = ["", "## Model selection (on each budget's labels; the test split plays no part)", ""]
+    rows = []
+    for key, choice in selection.items():
+        budget_seed, _, model = key.rpartition("/")
+        protocol = choice.get("selection") or {}
+        shown = protocol.get("protocol", DASH)
+        if shown == "cv":
+            shown = f"cv {protocol['folds']} folds x {protocol['repeats']}"
+        auroc = _number(choice.get("val_auroc"))
+        rows.append([budget_seed, model, shown, auroc, _choice(choice)])
+    return lines + _markdown_table(["budget-seed", "model", "protocol", "AUROC", "chosen"], rows)
+
+
+def _choice(choice: dict[str, Any]) -> str:
+    """The settings a model's selection chose, e.g. "fine-tuned, epoch 3, probe C=0.01"."""
+    parts = []
+    if choice.get("selected"):
+        parts.append(choice["selected"])
+    if choice.get("selected_epoch") is not None:
+        parts.append(f"epoch {choice['selected_epoch']}")
+    if choice.get("selected_C") is not None:
+        parts.append(f"C={choice['selected_C']:.3g}")
+    for name, value in (choice.get("chosen") or {}).items():
+        parts.append(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}")
+    return ", ".join(parts) or DASH
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,21 +14,30 @@ import scipy.sparse as sp
 import torch
 
 from ehr_ssl.artifacts import read_json
-from ehr_ssl.config import COUNTS, parse_budget
+from ehr_ssl.config import COUNTS, HYBRID, FinetuneConfig, parse_budget
 from ehr_ssl.errors import InputError
-from ehr_ssl.evaluation.baselines import count_features, score_counts_baseline
+from ehr_ssl.evaluation.baselines import (
+    count_features,
+    fit_counts_baseline,
+    fit_counts_baseline_cv,
+    predict_proba,
+)
 from ehr_ssl.evaluation.predictions import PARQUET_COLUMN_ORDER
 from ehr_ssl.layout import FINETUNE_SUMMARY_FILE
+from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.tokens.batching import TokenDataset
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
-from ehr_ssl.training.finetune import budget_split, labeled_split, predict_finetuned
+from ehr_ssl.training.budgets import budget_split
+from ehr_ssl.training.finetune import labeled_split, predict_finetuned
+from ehr_ssl.training.probe import pooled_vectors
+from ehr_ssl.training.selection import Folds, cv_folds
 
 # What the counts baselines read of a labeled train or val visit.
 LABELED_COLUMNS = ["visit_id", "patient_id", "labeled", "label", "input_ids", "value_bins",
                    "segment_ids"]  # fmt: skip
 # What the fine-tuning summary says about the choices made on val, copied into the report.
-FINETUNE_SELECTION_KEYS = ("val_auroc", "selected_epoch", "selected_C")
+FINETUNE_SELECTION_KEYS = ("val_auroc", "selected_epoch", "selected_C", "selected", "selection")
 
 # A model scored from the test visits' token rows (e.g. a deployed bundle's `score_tokens`).
 RowScorer = Callable[[pl.DataFrame], np.ndarray]
@@ -54,7 +63,8 @@ class LabelBudget:
     """The labeled train and val visits of one label budget and seed: all a model learns from.
 
     `name` is the budget as the settings spell it ("all", "1000", "0.25"); `train` and `val` are
-    the rows of `train_ids` and `val_ids`, in split order.
+    the rows of `train_ids` and `val_ids`, in split order. Empty `val_ids`: cv selection over
+    the train visits, in `config`'s folds (`ehr_ssl.training.selection`).
     """
 
     name: str
@@ -63,6 +73,20 @@ class LabelBudget:
     val_ids: pl.Series
     train: pl.DataFrame
     val: pl.DataFrame
+    config: FinetuneConfig
+
+    @property
+    def protocol(self) -> str:
+        return "cv" if len(self.val_ids) == 0 else "holdout"
+
+    def folds(self) -> Folds:
+        """The cv folds of the train visits: the folds every model of the budget selects in
+        (the fine-tuned ones draw them from the same visits, labels and seed)."""
+        return cv_folds(
+            self.train["label"].to_numpy(), self.train["patient_id"].to_numpy(),
+            self.train["visit_id"].to_numpy(), folds=self.config.cv_folds,
+            repeats=self.config.cv_repeats, seed=self.seed, setting="finetune.label_budget",
+        )  # fmt: skip
 
 
 def read_test_split(tokens_dir: Path, *, shortage: str, file: Path) -> LabeledTestSplit:
@@ -93,11 +117,21 @@ def read_labeled(tokens_dir: Path, split: str) -> pl.DataFrame:
 
 
 def draw_label_budget(
-    train: pl.DataFrame, val: pl.DataFrame, budget: str, *, seed: int, setting: str = "label_budget"
+    train: pl.DataFrame,
+    val: pl.DataFrame,
+    budget: str,
+    *,
+    seed: int,
+    config: FinetuneConfig,
+    setting: str = "label_budget",
 ) -> LabelBudget:
-    """The visits of a label budget (`ehr_ssl.training.finetune.budget_split`) among the labeled
-    `train` and `val` visits (`read_labeled`); an error names `setting`."""
-    train_ids, val_ids = budget_split(train, val, parse_budget(budget), seed=seed, setting=setting)
+    """The visits of a label budget (`ehr_ssl.training.budgets.budget_split`, under `config`'s
+    selection) among the labeled `train` and `val` visits (`read_labeled`); an error names
+    `setting`."""
+    train_ids, val_ids = budget_split(
+        train, val, parse_budget(budget), seed=seed, selection=config.selection,
+        cv_max_labels=config.cv_max_labels, setting=setting,
+    )  # fmt: skip
     return LabelBudget(
         name=budget,
         seed=seed,
@@ -105,23 +139,79 @@ def draw_label_budget(
         val_ids=val_ids,
         train=train.filter(pl.col("visit_id").is_in(train_ids.implode())),
         val=val.filter(pl.col("visit_id").is_in(val_ids.implode())),
+        config=config,
     )
 
 
 def score_counts(name: str, test: LabeledTestSplit, budget: LabelBudget) -> tuple[np.ndarray, dict]:
-    """A counts baseline (a `COUNTS` name) fit on the budget's train visits, chosen on its val
-    visits, and its test scores; the test labels play no part. Shape: (N,) test visits.
-    Returns the scores and the choice made on val (val_auroc, chosen)."""
-    scores, record = score_counts_baseline(
-        COUNTS[name],
-        budget.train,
-        budget.val,
-        test.counts,
-        vocab_size=test.vocab_size,
-        n_bins=test.n_bins,
-        seed=budget.seed,
-    )
-    return scores, {"val_auroc": record["val_auroc"], "chosen": record["chosen"]}
+    """A counts baseline (a `COUNTS` name) fit on the budget's labels and chosen under its
+    selection protocol, and its test scores; the test labels play no part. Shape: (N,) test
+    visits. Returns the scores and the choice made (val_auroc, chosen, selection)."""
+    sizes = {"vocab_size": test.vocab_size, "n_bins": test.n_bins}
+    features = [count_features(frame, **sizes) for frame in (budget.train, budget.val)]
+    return _fit_and_score(COUNTS[name], features, test.counts, budget)
+
+
+def score_hybrid(
+    test: LabeledTestSplit, budget: LabelBudget, encoder_dir: Path, device: torch.device
+) -> tuple[np.ndarray, dict]:
+    """`ssl_plus_counts`: one L2 logistic regression on the counts features and the frozen
+    pretrained encoder's visit vectors together (`HybridScaler`), chosen like the counts
+    baselines. Its difference with counts_logistic says what pretraining adds to a bag of
+    codes. Shape: (N,) test visits."""
+    encoder = EHREncoder.load_checked(encoder_dir).to(device)
+    readout = budget.config.readout  # the SSL models' readout
+    sizes = {"vocab_size": test.vocab_size, "n_bins": test.n_bins}
+    tokens_dir = test.dataset.tokens_dir
+    features = [
+        sp.hstack([count_features(frame, **sizes),
+                   _vectors(encoder, tokens_dir, split, frame, device, readout)], format="csr")
+        for split, frame in (("train", budget.train), ("val", budget.val))
+    ]  # fmt: skip
+    test_vectors = pooled_vectors(encoder, test.dataset, device, readout=readout)
+    x_test = sp.hstack([test.counts, test_vectors], format="csr")
+    return _fit_and_score("hybrid", features, x_test, budget, n_counts=test.counts.shape[1])
+
+
+def _vectors(
+    encoder: EHREncoder,
+    tokens_dir: Path,
+    split: str,
+    frame: pl.DataFrame,
+    device: torch.device,
+    readout: str,
+) -> np.ndarray:
+    """The encoder's visit vectors under `readout` of `frame`'s visits, in its row order.
+    Shape: (N, R)."""
+    dataset = labeled_split(tokens_dir, split, frame["visit_id"])
+    vectors = pooled_vectors(encoder, dataset, device, readout=readout)
+    position = {visit: i for i, visit in enumerate(dataset.meta["visit_id"].to_list())}
+    return vectors[[position[visit] for visit in frame["visit_id"].to_list()]]
+
+
+def _fit_and_score(
+    kind: str,
+    features: list[sp.csr_matrix],
+    x_test: sp.csr_matrix,
+    budget: LabelBudget,
+    n_counts: int = 0,
+) -> tuple[np.ndarray, dict]:
+    """Fit a baseline kind on the budget's (train, val) `features` under its protocol and
+    score `x_test`. Returns the scores and the choice made."""
+    y_train = budget.train["label"].to_numpy()
+    if budget.protocol == "cv":
+        fitted, record = fit_counts_baseline_cv(
+            kind, features[0], y_train, budget.folds(), seed=budget.seed, n_counts=n_counts
+        )
+        selection = {k: record[k] for k in ("protocol", "folds", "repeats")}
+    else:
+        fitted, record = fit_counts_baseline(
+            kind, features[0], y_train, features[1], budget.val["label"].to_numpy(),
+            seed=budget.seed, n_counts=n_counts,
+        )  # fmt: skip
+        selection = {"protocol": "holdout"}
+    choice = {"val_auroc": record["val_auroc"], "chosen": record["chosen"], "selection": selection}
+    return predict_proba(fitted, x_test), choice
 
 
 def score_finetuned(
@@ -146,7 +236,8 @@ def predictions_frame(
             score=pl.Series(score, dtype=pl.Float64),
             budget=pl.lit(budget.name),
             seed=pl.lit(budget.seed, dtype=pl.Int64),
-            train_labels=pl.lit(len(budget.train_ids), dtype=pl.Int64),
+            # every label the model learned and selected from (train and val together)
+            train_labels=pl.lit(len(budget.train_ids) + len(budget.val_ids), dtype=pl.Int64),
         )
         for model, score in scores.items()
     ]
@@ -190,6 +281,8 @@ def score_models(
             )
         elif model in COUNTS:
             scores[model], selection[model] = score_counts(model, test, budget)
+        elif model == HYBRID:
+            scores[model], selection[model] = score_hybrid(test, budget, encoder_dir, device)
         elif model in row_scorers:
             scores[model] = row_scorers[model](test.rows)
         else:

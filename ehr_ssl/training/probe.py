@@ -1,6 +1,6 @@
-"""The linear probe: a logistic regression on a frozen encoder's pooled visit vectors, its
-regularization chosen on validation. It is a fine-tuning mode of its own and the head that
-full fine-tuning starts from (LP-FT)."""
+"""The linear probe: a logistic regression on a frozen encoder's visit vectors (its readout,
+`finetune.readout`), its regularization chosen on validation. It is a fine-tuning mode of its
+own and the head that full fine-tuning starts from (LP-FT)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,38 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from ehr_ssl.artifacts import check_tensor_shapes, load_safetensors
+from ehr_ssl.artifacts import check_tensor_shapes, load_safetensors, read_json
+from ehr_ssl.config import READOUTS
+from ehr_ssl.errors import InputError
+from ehr_ssl.layout import FINETUNE_SUMMARY_FILE, PROBE_FILE
 from ehr_ssl.model.classifier import AdmissionClassifier
-from ehr_ssl.model.encoder import EHREncoder
+from ehr_ssl.model.encoder import EHREncoder, readout_dim
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.tokens.batching import TokenDataset, collate
+from ehr_ssl.training.selection import C_GRID, Folds, cross_validate
 
 
+@torch.no_grad()
 def pooled_vectors(
-    encoder: EHREncoder, dataset: TokenDataset, device: torch.device, batch_size: int = 256
+    encoder: EHREncoder,
+    dataset: TokenDataset,
+    device: torch.device,
+    batch_size: int = 256,
+    *,
+    readout: str = "pooled",
 ) -> np.ndarray:
-    """The encoder's pooled visit vectors, under its own pooling. Shape: (N, D)."""
-    pooling = encoder.config.pooling
-    return pooled_vectors_by_pooling(encoder, dataset, device, (pooling,), batch_size)[pooling]
+    """The encoder's visit vectors under `readout` ("pooled": its pooled vector, under its own
+    pooling), each independent of its batch mates (`EHREncoder.forward` in eval mode).
+    Shape: (N, R)."""
+    encoder.eval()
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        inputs = {k: batch[k].to(device) for k in ENCODER_INPUTS}
+        out.append(encoder(**inputs, readout=readout).readout.cpu())
+    if not out:
+        return np.zeros((0, readout_dim(encoder.config.hidden_size, readout)), dtype=np.float32)
+    return torch.cat(out).numpy()
 
 
 @torch.no_grad()
@@ -75,13 +94,23 @@ def fit_probe(
 
 
 def linear_probe(
-    encoder_dir: Path, train: TokenDataset, val: TokenDataset, device: torch.device
+    encoder_dir: Path,
+    train: TokenDataset,
+    val: TokenDataset,
+    device: torch.device,
+    readout: str = "pooled",
 ) -> dict:
-    """The linear-probe mode: the probe on `encoder_dir`'s frozen encoder. Returns the summary,
-    with the probe's tensors under "_probe" (coef, intercept, mean, std; float32)."""
+    """The linear-probe mode: the probe on `encoder_dir`'s frozen encoder, reading `readout`.
+    Returns the summary, with the probe's tensors under "_probe" (coef, intercept, mean, std;
+    float32, R wide)."""
     encoder = EHREncoder.load_checked(encoder_dir).to(device)
-    x_train, x_val = pooled_vectors(encoder, train, device), pooled_vectors(encoder, val, device)
-    probe = fit_probe(x_train, train.labels, x_val, val.labels)
+    x_train, x_val = (pooled_vectors(encoder, d, device, readout=readout) for d in (train, val))
+    return probe_summary(fit_probe(x_train, train.labels, x_val, val.labels))
+
+
+def probe_summary(probe: dict) -> dict:
+    """A fine-tuning summary of a fitted probe, its tensors under "_probe" (coef, intercept,
+    mean, std; float32, R wide)."""
     return {
         "selected_C": probe["C"],
         "val_auroc": probe["val_auroc"],
@@ -98,34 +127,75 @@ def init_head_from_probe(
 ) -> None:
     """LP-FT (Kumar et al., 2022): start the head at the linear probe of the frozen pretrained
     encoder, so that fine-tuning begins from a good classifier instead of letting a random head
-    push large gradients into the pretrained features. The probe's standardization becomes the
-    classifier's fixed `feature_mean` and `feature_std`, its coefficients the head's."""
-    x_train, x_val = (pooled_vectors(model.encoder, d, device) for d in (train, val))
-    probe = fit_probe(x_train, train.labels, x_val, val.labels)
+    push large gradients into the pretrained features. The probe reads the head's readout
+    (`model.config.readout`); its standardization becomes the classifier's fixed
+    `feature_mean` and `feature_std`, its coefficients the head's."""
+    readout = model.config.readout
+    x_train, x_val = (
+        pooled_vectors(model.encoder, d, device, readout=readout) for d in (train, val)
+    )
+    set_head(model, fit_probe(x_train, train.labels, x_val, val.labels))
+
+
+def probe_scores(probe: dict[str, np.ndarray], vectors: np.ndarray) -> np.ndarray:
+    """P(admission) from a saved probe (coef, intercept, mean, std) and the visit vectors of
+    its readout. Shape: (N, R) -> (N,)."""
+    x = (vectors - probe["mean"]) / probe["std"]
+    return 1 / (1 + np.exp(-(x @ probe["coef"] + probe["intercept"])))
+
+
+def load_probe(finetune_dir: Path, hidden_size: int) -> tuple[dict[str, torch.Tensor], str]:
+    """A linear-probe fine-tuning directory's probe (`linear_probe`'s tensors) over an encoder
+    of `hidden_size`, and the readout it reads (its summary's; "pooled" for a summary written
+    before the setting): coef (R,), intercept (1,), mean (R,), std (R,).
+
+    Raises:
+        InputError: naming the file when it is missing, damaged, of another readout's shapes,
+            or the summary names no known readout.
+    """
+    summary_path = Path(finetune_dir) / FINETUNE_SUMMARY_FILE
+    readout = read_json(summary_path, what="fine-tuning summary").get("readout", "pooled")
+    if readout not in READOUTS:
+        raise InputError(
+            f"readout {readout!r} is not one of {', '.join(READOUTS)}", file=str(summary_path)
+        )
+    path = Path(finetune_dir) / PROBE_FILE
+    probe = load_safetensors(path, what="linear probe")
+    width = readout_dim(hidden_size, readout)
+    shapes = {"coef": (width,), "intercept": (1,), "mean": (width,), "std": (width,)}
+    check_tensor_shapes(probe, shapes, path=path, what=f"linear probe of readout {readout!r}")
+    return probe, readout
+
+
+def fit_probe_cv(x: np.ndarray, y: np.ndarray, folds: Folds) -> dict:
+    """`fit_probe` under cv selection: C chosen from C_GRID by the mean fold AUROC (each fold
+    standardized on its own train part), then the probe refit on every row. Shape: x (N, D),
+    y (N,). Returns `fit_probe`'s keys; val_auroc is the mean fold AUROC of the chosen C."""
+
+    def fit_score(params: dict, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+        probe = _standardized_logistic(x[train], y[train], params["C"])
+        return probe_scores(probe, x[val])
+
+    params, table = cross_validate(fit_score, y, folds, [{"C": c} for c in C_GRID])
+    probe = _standardized_logistic(x, y, params["C"])
+    best = max(row["cv_auroc"] for row in table)
+    history = [{"C": row["params"]["C"], "val_auroc": row["cv_auroc"]} for row in table]
+    return probe | {"C": params["C"], "val_auroc": best, "history": history}
+
+
+def _standardized_logistic(x: np.ndarray, y: np.ndarray, c: float) -> dict[str, np.ndarray]:
+    """A balanced L2 logistic regression on `x` standardized by its own mean and std: coef
+    (D,), intercept (1,), mean (D,), std (D,) (`probe_scores` reads them)."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit((x - mean) / std, y)
+    return {"coef": model.coef_[0], "intercept": model.intercept_, "mean": mean, "std": std}
+
+
+def set_head(model: AdmissionClassifier, probe: dict[str, np.ndarray]) -> None:
+    """LP-FT's start: the classifier's standardization and head set to a fitted probe's."""
     with torch.no_grad():
         for target, value in ((model.feature_mean, probe["mean"]),
                               (model.feature_std, probe["std"]),
                               (model.head.weight, probe["coef"][None]),
                               (model.head.bias, probe["intercept"])):  # fmt: skip
             target.copy_(torch.as_tensor(value, dtype=torch.float32))
-
-
-def probe_scores(probe: dict[str, np.ndarray], vectors: np.ndarray) -> np.ndarray:
-    """P(admission) from a saved probe (coef, intercept, mean, std) and pooled vectors.
-    Shape: (N, D) -> (N,)."""
-    x = (vectors - probe["mean"]) / probe["std"]
-    return 1 / (1 + np.exp(-(x @ probe["coef"] + probe["intercept"])))
-
-
-def load_probe(path: Path, hidden_size: int) -> dict[str, torch.Tensor]:
-    """A saved probe (`linear_probe`'s tensors) for pooled vectors of `hidden_size`: coef (D,),
-    intercept (1,), mean (D,), std (D,).
-
-    Raises:
-        InputError: naming the file when it is missing, damaged or of other shapes.
-    """
-    probe = load_safetensors(path, what="linear probe")
-    shapes = {"coef": (hidden_size,), "intercept": (1,), "mean": (hidden_size,),
-              "std": (hidden_size,)}  # fmt: skip
-    check_tensor_shapes(probe, shapes, path=path, what="linear probe")
-    return probe

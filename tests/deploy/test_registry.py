@@ -29,6 +29,8 @@ SETTINGS = {
     "tokenizer.max_length": 64,
     "finetune.max_epochs": 2,
     "finetune.patience": 1,
+    "finetune.cv_folds": 3,  # cv selection at a test's cost
+    "finetune.cv_repeats": 1,
     "evaluate.n_boot": 50,
     "retrain.test_fraction": 0.2,
     # A 10-step tiny model is as overconfident as chance makes it (slopes near 0.5 both sides of

@@ -1,13 +1,16 @@
 """Tests of the counts baselines: feature layout against hand-made visits and a loop reference,
-row independence, validation-only model selection, a beats-chance check and label budgets."""
+row independence, validation-only model selection, cv selection against a loop over the folds,
+the hybrid's scaler and grid, a beats-chance check and label budgets."""
 
 from __future__ import annotations
 
+from itertools import product
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
@@ -15,15 +18,19 @@ from ehr_ssl.data.splits import label_budget_subset
 from ehr_ssl.evaluation.baselines import (
     EXCLUDED_IDS,
     GBM_GRID,
+    HYBRID_GRID,
     LOGISTIC_GRID,
+    HybridScaler,
     count_features,
     fit_counts_baseline,
+    fit_counts_baseline_cv,
     n_count_features,
     predict_proba,
 )
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, MASK_ID, PAD_ID, UNK_ID, VISIT_ID
+from ehr_ssl.training.selection import C_GRID, Folds, cv_folds
 
 V, N_BINS = 10, 3  # hand-made vocabulary: ids 0-5 special, 6-9 codes
 GRIDS = {"logistic": LOGISTIC_GRID, "gbm": GBM_GRID}
@@ -245,6 +252,194 @@ def test_fit_rejects_bad_input(cohort: dict):
         fit_counts_baseline("logistic", X_train, y_train, X_val, np.zeros_like(y_val), seed=0)
     with pytest.raises(ValueError, match="rows"):
         fit_counts_baseline("logistic", X_train, y_train[:-1], X_val, y_val, seed=0)
+
+
+def test_fit_cv_rejects_bad_input(cohort: dict, train_folds: Folds):
+    _, X, y = cohort["train"]
+    with pytest.raises(ValueError, match="kind must be one of logistic, gbm, hybrid, got 'forest'"):
+        fit_counts_baseline_cv("forest", X, y, train_folds, seed=0)
+    with pytest.raises(ValueError, match="both classes"):
+        fit_counts_baseline_cv("logistic", X, np.zeros_like(y), train_folds, seed=0)
+    with pytest.raises(ValueError, match="rows"):
+        fit_counts_baseline_cv("logistic", X, y[:-1], train_folds, seed=0)
+
+
+def test_the_logistic_grid_is_the_shared_c_grid():
+    assert {"C": list(C_GRID)} == LOGISTIC_GRID
+    assert min(LOGISTIC_GRID["C"]) == pytest.approx(1e-4)
+    assert max(LOGISTIC_GRID["C"]) == pytest.approx(1e2)
+
+
+@pytest.fixture(scope="module")
+def train_folds(cohort: dict) -> Folds:
+    """3 folds, 1 repeat over the fixture cohort's labeled train visits (grouped by patient)."""
+    frame, _, y = cohort["train"]
+    return cv_folds(
+        y, frame["patient_id"].to_numpy(), frame["visit_id"].to_numpy(),
+        folds=3, repeats=1, seed=0, setting="evaluate.label_budget",
+    )  # fmt: skip
+
+
+CV_GRIDS = {
+    "logistic": {"C": [1e-3, 0.1, 10.0]},
+    "gbm": {"learning_rate": [0.05, 0.3], "max_leaf_nodes": [7], "max_iter": [20]},
+}
+
+
+@pytest.mark.parametrize("kind", ["logistic", "gbm"])
+def test_fit_cv_chooses_by_mean_fold_auroc_and_refits_on_every_row(
+    cohort: dict, train_folds: Folds, kind: str
+):
+    _, X, y = cohort["train"]
+    grid = CV_GRIDS[kind]
+    estimator, record = fit_counts_baseline_cv(kind, X, y, train_folds, seed=0, grid=grid)
+    # Reference: each fold as a holdout fit of the whole grid, averaged over the folds.
+    per_fold = [
+        fit_counts_baseline(kind, X[train], y[train], X[val], y[val], seed=0, grid=grid)[1]
+        for train, val in train_folds.splits
+    ]
+    points = [c["params"] for c in per_fold[0]["candidates"]]
+    means = [
+        np.mean([f["candidates"][i]["val_auroc"] for f in per_fold]) for i in range(len(points))
+    ]
+    assert [c["params"] for c in record["candidates"]] == points  # grid order
+    np.testing.assert_allclose([c["val_auroc"] for c in record["candidates"]], means, atol=1e-12)
+    assert record["chosen"] == points[int(np.argmax(means))]  # first of the best
+    assert record["val_auroc"] == pytest.approx(max(means), abs=1e-12)
+    assert {k: record[k] for k in ("kind", "seed", "protocol", "folds", "repeats")} == {
+        "kind": kind, "seed": 0, "protocol": "cv", "folds": 3, "repeats": 1,
+    }  # fmt: skip
+    # The returned model is the chosen point fit on every row, not a fold's model.
+    chosen_grid = {name: [value] for name, value in record["chosen"].items()}
+    refit, _ = fit_counts_baseline(kind, X, y, X, y, seed=0, grid=chosen_grid)
+    _, X_test, _ = cohort["test"]
+    scores = predict_proba(estimator, X_test)
+    np.testing.assert_allclose(scores, predict_proba(refit, X_test), rtol=0, atol=1e-12)
+    train, _ = train_folds.splits[0]
+    fold_model, _ = fit_counts_baseline(kind, X[train], y[train], X, y, seed=0, grid=chosen_grid)
+    assert not np.allclose(scores, predict_proba(fold_model, X_test))
+    if kind == "logistic":
+        np.testing.assert_allclose(estimator[-1].coef_, refit[-1].coef_, rtol=0, atol=1e-12)
+        assert record["chosen"]["C"] == estimator[-1].C
+    else:
+        assert record["n_features_kept"] == estimator.named_steps["dense"].columns_.size > 0
+
+
+def test_fit_cv_reads_only_the_rows_of_the_folds(cohort: dict, train_folds: Folds):
+    """Labels outside every fold's rows change no candidate's AUROC (they change the refit)."""
+    _, X, y = cohort["train"]
+    grid = CV_GRIDS["logistic"]
+    used = np.unique(np.concatenate([np.concatenate(s) for s in train_folds.splits]))
+    extra = sp.vstack([X, X[:5]], format="csr")  # 5 more rows no fold refers to
+    y_extra = np.concatenate([y, 1 - y[:5]])
+    _, record = fit_counts_baseline_cv("logistic", X, y, train_folds, seed=0, grid=grid)
+    _, record_extra = fit_counts_baseline_cv(
+        "logistic", extra, y_extra, train_folds, seed=0, grid=grid
+    )
+    assert used.size == X.shape[0]
+    assert record_extra["candidates"] == record["candidates"]
+
+
+def dense_block(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    """Readout-like columns: far from zero mean and unit scale, each column its own."""
+    return rng.normal(5.0, 1.0, (n, d)) * rng.uniform(0.5, 4.0, d) + rng.normal(0, 10, d)
+
+
+def test_hybrid_scaler_fits_on_the_fitting_rows_only():
+    rng = np.random.default_rng(0)
+    n_counts = 6
+    counts = sp.random(40, n_counts, density=0.4, random_state=1).toarray() * 7
+    counts[:, 2] = 0  # a column that no row has: scale 1
+    X = sp.hstack([sp.csr_matrix(counts), dense_block(rng, 40, 3)], format="csr")
+    fit_rows, other_rows = X[:30], X[30:]
+    scaler = HybridScaler(n_counts, vector_weight=0.3).fit(fit_rows)
+    out = scaler.transform(other_rows)
+    assert sp.issparse(out) and out.shape == other_rows.shape
+    # Reference from the docstring, statistics of the fitting rows.
+    fit_dense, other_dense = fit_rows.toarray(), other_rows.toarray()
+    max_abs = np.abs(fit_dense[:, :n_counts]).max(0)
+    max_abs[max_abs == 0] = 1.0
+    vectors = fit_dense[:, n_counts:]
+    expected = np.hstack(
+        [
+            other_dense[:, :n_counts] / max_abs,
+            0.3 * (other_dense[:, n_counts:] - vectors.mean(0)) / (vectors.std(0) + 1e-6),
+        ]
+    )
+    np.testing.assert_allclose(out.toarray(), expected, rtol=1e-12, atol=1e-12)
+    # Each row's output depends on the fitting rows, not on the rows transformed with it.
+    np.testing.assert_array_equal(scaler.transform(other_rows[:3]).toarray(), out[:3].toarray())
+    # On the fitting rows the readout block is standardized (to the weight's scale).
+    fitted = scaler.transform(fit_rows).toarray()[:, n_counts:]
+    np.testing.assert_allclose(fitted.mean(0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(fitted.std(0), 0.3, rtol=1e-5)
+    assert np.abs(scaler.transform(fit_rows).toarray()[:, :n_counts]).max() == pytest.approx(1.0)
+
+
+def test_hybrid_scaler_weight_scales_only_the_vector_block():
+    rng = np.random.default_rng(2)
+    n_counts = 5
+    X = sp.hstack(
+        [sp.random(25, n_counts, density=0.5, random_state=3), dense_block(rng, 25, 4)],
+        format="csr",
+    )
+    unit = HybridScaler(n_counts, vector_weight=1.0).fit(X[:20]).transform(X[20:]).toarray()
+    for weight in (0.1, 3.0):
+        out = HybridScaler(n_counts, vector_weight=weight).fit(X[:20]).transform(X[20:]).toarray()
+        np.testing.assert_array_equal(out[:, :n_counts], unit[:, :n_counts])
+        np.testing.assert_allclose(out[:, n_counts:], weight * unit[:, n_counts:], rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def hybrid_data(cohort: dict) -> dict:
+    """The cohort's counts and a 4-column readout: column 0 carries the label, the rest noise."""
+    rng = np.random.default_rng(4)
+    out = {}
+    for split in ("train", "val", "test"):
+        _, X, y = cohort[split]
+        vectors = dense_block(rng, X.shape[0], 4)
+        vectors[:, 0] += 3.0 * y
+        out[split] = (sp.hstack([X, vectors], format="csr"), y)
+    out["n_counts"] = cohort["train"][1].shape[1]
+    return out
+
+
+def test_hybrid_runs_over_c_and_vector_weight(hybrid_data: dict):
+    (X_train, y_train), (X_val, y_val) = hybrid_data["train"], hybrid_data["val"]
+    n_counts = hybrid_data["n_counts"]
+    estimator, record = fit_counts_baseline(
+        "hybrid", X_train, y_train, X_val, y_val, seed=0, n_counts=n_counts
+    )
+    spanned = [(c["params"]["C"], c["params"]["vector_weight"]) for c in record["candidates"]]
+    assert sorted(spanned) == sorted(product(C_GRID, HYBRID_GRID["vector_weight"]))
+    assert record["protocol"] == "holdout" and record["kind"] == "hybrid"
+    scaler, model = estimator.named_steps["scale"], estimator.named_steps["model"]
+    assert isinstance(scaler, HybridScaler) and scaler.n_counts == n_counts
+    assert (model.C, scaler.vector_weight) == (
+        record["chosen"]["C"], record["chosen"]["vector_weight"]
+    )  # fmt: skip
+    assert "vector_weight" not in model.get_params()
+    X_test, y_test = hybrid_data["test"]
+    scores = predict_proba(estimator, X_test)
+    assert scores.shape == y_test.shape and np.all((scores >= 0) & (scores <= 1))
+    assert roc_auc_score(y_test, scores) > 0.75
+    # The readout's label column outweighs its noise columns: the vector block is used.
+    readout = model.coef_[0, n_counts:]
+    assert readout[0] > 0 and np.argmax(np.abs(readout)) == 0
+
+
+def test_hybrid_under_cv(hybrid_data: dict, train_folds: Folds):
+    X, y = hybrid_data["train"]
+    grid = {"C": [1e-3, 1.0], "vector_weight": [0.1, 1.0]}
+    estimator, record = fit_counts_baseline_cv(
+        "hybrid", X, y, train_folds, seed=0, grid=grid, n_counts=hybrid_data["n_counts"]
+    )
+    assert [c["params"] for c in record["candidates"]] == [
+        {"C": c, "vector_weight": w} for c in grid["C"] for w in grid["vector_weight"]
+    ]
+    assert record["protocol"] == "cv" and "n_features_kept" not in record
+    assert estimator.named_steps["scale"].n_counts == hybrid_data["n_counts"]
+    assert estimator.named_steps["scale"].vector_weight == record["chosen"]["vector_weight"]
 
 
 @pytest.fixture(scope="module")

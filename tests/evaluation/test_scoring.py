@@ -16,7 +16,7 @@ from ehr_ssl.config import COUNTS, load_pipeline_config
 from ehr_ssl.data import schema
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.errors import InputError
-from ehr_ssl.evaluation.baselines import count_features
+from ehr_ssl.evaluation.baselines import GRIDS, count_features
 from ehr_ssl.evaluation.predictions import PARQUET_COLUMN_ORDER
 from ehr_ssl.evaluation.scoring import (
     LabeledTestSplit,
@@ -39,9 +39,21 @@ CONFIG = load_pipeline_config(
         "tokenizer.max_length": 64,
         "finetune.max_epochs": 1,
         "finetune.patience": 1,
+        "finetune.cv_folds": 3,
+        "finetune.cv_repeats": 1,
     },
 )
 SHORTAGE = "the test split needs labeled visits of both classes, has {n}"
+
+
+@pytest.fixture(autouse=True)
+def _small_grids(monkeypatch):
+    """Two points per grid: these tests check which visits and labels each model reads, not
+    the grids (tests/evaluation/test_baselines.py does), and a GBM fit costs about a second."""
+    monkeypatch.setitem(GRIDS, "gbm", {"learning_rate": [0.1], "max_leaf_nodes": [7, 15]})
+    monkeypatch.setitem(GRIDS, "hybrid", {"C": [0.01, 1.0], "vector_weight": [1.0]})
+
+
 CPU = torch.device("cpu")
 
 
@@ -70,7 +82,7 @@ def test_split(tokens_dir) -> LabeledTestSplit:
 @pytest.fixture(scope="module")
 def budget(tokens_dir):
     train, val = read_labeled(tokens_dir, "train"), read_labeled(tokens_dir, "val")
-    return draw_label_budget(train, val, "60", seed=0)
+    return draw_label_budget(train, val, "60", seed=0, config=CONFIG.finetune)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +137,7 @@ def test_the_test_split_is_its_labeled_visits_in_one_order(tokens_dir, test_spli
 
 def test_every_model_gets_the_same_visits(test_split, budget, probe_dir):
     encoder_dir, finetune_dir = probe_dir
-    models = ["counts_gbm", "probe", "constant", "counts_logistic"]
+    models = ["counts_gbm", "probe", "constant", "counts_logistic", "ssl_plus_counts"]
     predictions, chosen = score_models(
         test_split,
         budget,
@@ -141,8 +153,35 @@ def test_every_model_gets_the_same_visits(test_split, budget, probe_dir):
     for model, group in predictions.group_by("model", maintain_order=True):
         assert group.select("visit_id", "patient_id", "label").equals(expected), model
         assert group["score"].is_between(0, 1).all() and group["score"].is_finite().all()
-    assert set(chosen) == {"counts_gbm", "probe", "counts_logistic"}  # choices made on val
-    assert chosen["probe"]["val_auroc"] is not None
+    assert set(chosen) == {"counts_gbm", "probe", "counts_logistic", "ssl_plus_counts"}
+    for choice in chosen.values():  # every model chose on the budget's labels, in cv folds
+        assert choice["val_auroc"] is not None
+        assert choice["selection"] == {"protocol": "cv", "folds": 3, "repeats": 1}
+    assert set(chosen["ssl_plus_counts"]["chosen"]) == {"C", "vector_weight"}
+
+
+def test_the_fine_tuned_models_and_the_baselines_select_in_the_same_folds(tokens_dir, budget):
+    from ehr_ssl.training.finetune import _folds, labeled_split
+
+    dataset = labeled_split(tokens_dir, "train", budget.train_ids)
+    theirs = _folds(dataset.labels, dataset.meta, budget.config, repeats=1)
+    ours = budget.folds()
+
+    def as_ids(folds, visit_ids):
+        return sorted(tuple(sorted(visit_ids[val].tolist())) for _, val in folds.splits)
+
+    assert as_ids(theirs, dataset.meta["visit_id"].to_numpy()) == as_ids(
+        ours, budget.train["visit_id"].to_numpy()
+    )
+
+
+def test_a_holdout_budget_selects_every_baseline_on_val(tokens_dir, test_split):
+    train, val = read_labeled(tokens_dir, "train"), read_labeled(tokens_dir, "val")
+    config = dataclasses.replace(CONFIG.finetune, selection="holdout")
+    budget = draw_label_budget(train, val, "60", seed=0, config=config)
+    assert len(budget.train_ids) + len(budget.val_ids) == 60 and len(budget.val_ids) >= 20
+    _, chosen = score_counts("counts_logistic", test_split, budget)
+    assert chosen["selection"] == {"protocol": "holdout"}
 
 
 def test_the_predictions_frame_has_the_run_dtypes(test_split, budget):

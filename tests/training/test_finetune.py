@@ -11,10 +11,12 @@ import polars as pl
 import pytest
 import torch
 
+import ehr_ssl.training.classifier_loop as classifier_loop
 import ehr_ssl.training.finetune as finetuning
 from ehr_ssl.config import FinetuneConfig, load_pretrain_config
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder
 from ehr_ssl.tokens.shards import read_manifest, read_split, write_split_shards
+from ehr_ssl.training.budgets import budget_ids
 from ehr_ssl.training.finetune import finetune
 from ehr_ssl.training.pretrain import pretrain
 
@@ -128,23 +130,24 @@ def test_predictions_from_the_output_directory(cohort_tokens, encoder_dir, tmp_p
     assert roc_auc_score(val.labels, scores) == pytest.approx(summary["val_auroc"], abs=1e-9)
 
 
-def test_label_budget_from_the_config_matches_explicit_ids(cohort_tokens, encoder_dir, tmp_path):
-    train_ids, val_ids = finetuning.budget_ids(cohort_tokens, 50, seed=3)
-    bigger, _ = finetuning.budget_ids(cohort_tokens, 80, seed=3)
-    assert len(train_ids) == 50 and set(train_ids) <= set(bigger)  # nested
-    assert len(val_ids) == 20  # the proportional share is smaller; at least 20 are kept
-    by_config = finetune(
-        cohort_tokens, encoder_dir, tmp_path / "a", _config(mode="scratch", label_budget=50, seed=3)
-    )
+@pytest.mark.parametrize("selection", ["holdout", "cv"])
+def test_label_budget_from_the_config_matches_explicit_ids(
+    cohort_tokens, encoder_dir, tmp_path, selection
+):
+    folds = {"cv_folds": 3, "cv_repeats": 1}
+    config = _config(mode="scratch", label_budget=50, seed=3, selection=selection, **folds)
+    train_ids, val_ids = budget_ids(cohort_tokens, config)
+    bigger, _ = budget_ids(cohort_tokens, _config(label_budget=80, seed=3, selection=selection))
+    assert len(train_ids) + len(val_ids) == 50  # the budget counts every label used
+    assert set(train_ids) <= set(bigger)  # nested
+    assert len(val_ids) == (20 if selection == "holdout" else 0)  # at least 20 to select on
+    by_config = finetune(cohort_tokens, encoder_dir, tmp_path / "a", config)
+    explicit = _config(mode="scratch", seed=3, selection=selection, **folds)
     by_ids = finetune(
-        cohort_tokens,
-        encoder_dir,
-        tmp_path / "b",
-        _config(mode="scratch", seed=3),
-        train_ids=train_ids,
-        val_ids=val_ids,
+        cohort_tokens, encoder_dir, tmp_path / "b", explicit, train_ids=train_ids, val_ids=val_ids
     )
-    assert (by_config["train_labeled"], by_config["val_labeled"]) == (50, 20)
+    assert (by_config["train_labeled"], by_config["val_labeled"]) == (len(train_ids), len(val_ids))
+    assert by_config["selection"]["protocol"] == selection
     assert by_config["history"] == by_ids["history"]
 
 
@@ -223,3 +226,100 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(
     assert caught.value.errno == errno.ENOSPC
     assert caught.value.filename.endswith("linear_probe.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def _cv_config(**kwargs) -> FinetuneConfig:
+    return _config(label_budget=60, selection="cv", cv_folds=3, cv_repeats=1, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["full", "scratch", "linear-probe"])
+def test_cv_selection_chooses_on_folds_and_refits_on_every_label(
+    cohort_tokens, encoder_dir, tmp_path, mode, monkeypatch
+):
+    trained_on = []  # the train visits of every epoch that was run
+    original = classifier_loop.Fold.train_epoch
+
+    def recording(self, config, epoch, device):
+        trained_on.append(len(self.train))
+        return original(self, config, epoch, device)
+
+    monkeypatch.setattr(classifier_loop.Fold, "train_epoch", recording)
+    summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _cv_config(mode=mode))
+    assert summary["selection"] == {"protocol": "cv", "folds": 3, "repeats": 1}
+    assert (summary["train_labeled"], summary["val_labeled"]) == (60, 0)
+    assert summary["val_auroc"] == max(h["val_auroc"] for h in summary["history"])
+    if mode == "linear-probe":
+        assert not trained_on and summary["selected_C"] in [h["C"] for h in summary["history"]]
+        return
+    # Folds train on about 2/3 of the visits; the refit, on all 60, for the chosen epochs.
+    assert trained_on.count(60) == summary["selected_epoch"]
+    assert all(n < 60 for n in trained_on if n != 60) and len(trained_on) > trained_on.count(60)
+    if mode == "full":
+        assert summary["selected"] == ("probe" if summary["selected_epoch"] == 0 else "fine-tuned")
+    val = finetuning.labeled_split(cohort_tokens, "val")
+    scores = finetuning.predict_finetuned(tmp_path / "ft", encoder_dir, val, torch.device("cpu"))
+    assert scores.shape == (len(val),) and np.isfinite(scores).all()
+
+
+def test_cv_selection_reads_neither_val_nor_test(cohort_tokens, encoder_dir, tmp_path, monkeypatch):
+    splits_read = []
+    original = finetuning.TokenDataset
+
+    def recording(tokens_dir, selection, *, splits):
+        splits_read.extend(splits)
+        return original(tokens_dir, selection, splits=splits)
+
+    monkeypatch.setattr(finetuning, "TokenDataset", recording)
+    finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _cv_config(mode="full"))
+    assert set(splits_read) == {"train"}
+
+
+@pytest.mark.parametrize("mode", ["linear-probe", "full", "scratch"])
+def test_a_segment_readout_runs_end_to_end(cohort_tokens, encoder_dir, tmp_path, mode):
+    """finetune.readout = "segments" in every mode: the head or probe is 3 D + 2 wide, the
+    summary and the classifier's config record it, and predictions from the output directory
+    reproduce the selected model's validation AUROC."""
+    from safetensors.torch import load_file
+    from sklearn.metrics import roc_auc_score
+
+    out = tmp_path / "ft"
+    summary = finetune(cohort_tokens, encoder_dir, out, _config(mode=mode, readout="segments"))
+    width = 3 * EHRConfig.from_pretrained(encoder_dir).hidden_size + 2
+    assert json.loads((out / "finetune_summary.json").read_text())["readout"] == "segments"
+    if mode == "linear-probe":
+        assert load_file(out / "linear_probe.safetensors")["coef"].shape == (width,)
+    else:
+        config = json.loads((out / "model" / "config.json").read_text())
+        assert config["readout"] == "segments"
+        assert load_file(out / "model" / "model.safetensors")["head.weight"].shape == (1, width)
+    val = finetuning.labeled_split(cohort_tokens, "val")
+    scores = finetuning.predict_finetuned(out, encoder_dir, val, torch.device("cpu"))
+    assert roc_auc_score(val.labels, scores) == pytest.approx(summary["val_auroc"], abs=1e-9)
+
+
+def test_full_mode_starts_as_the_linear_probe_of_its_readout(cohort_tokens, encoder_dir, tmp_path):
+    """LP-FT probes the readout the head reads: epoch 0 scores like the segment probe."""
+    config = {"max_epochs": 1, "readout": "segments"}
+    full = finetune(cohort_tokens, encoder_dir, tmp_path / "full", _config(mode="full", **config))
+    probe = finetune(cohort_tokens, encoder_dir, tmp_path / "probe",
+                     _config(mode="linear-probe", **config))  # fmt: skip
+    assert full["history"][0]["val_auroc"] == pytest.approx(probe["val_auroc"], abs=1e-6)
+
+
+def test_a_probe_is_read_with_the_readout_its_summary_records(cohort_tokens, encoder_dir, tmp_path):
+    from ehr_ssl.errors import InputError
+    from ehr_ssl.training.probe import load_probe
+
+    out = tmp_path / "ft"
+    finetune(cohort_tokens, encoder_dir, out, _config(mode="linear-probe", readout="segments"))
+    hidden = EHRConfig.from_pretrained(encoder_dir).hidden_size
+    probe, readout = load_probe(out, hidden)
+    assert readout == "segments" and probe["mean"].shape == (3 * hidden + 2,)
+    path = out / "finetune_summary.json"
+    summary = json.loads(path.read_text())
+    for recorded, message in ((None, "of another shape"), ("pooled", "of another shape"),
+                              ("cls", "readout 'cls' is not one of")):  # fmt: skip
+        edited = {k: v for k, v in summary.items() if k != "readout"}
+        path.write_text(json.dumps(edited | ({} if recorded is None else {"readout": recorded})))
+        with pytest.raises(InputError, match=message):
+            load_probe(out, hidden)

@@ -1,0 +1,177 @@
+"""The ablation of issue 19: which pretraining views, masking unit, objectives and readout make
+the SSL model win with few labels? Every cell is the whole pipeline (`run_pipeline`, the same
+few-label selection protocol for every model), on one synthetic cohort.
+
+Pretraining variants: both objectives x views x masking unit; the masked objective alone x
+masking unit; the contrastive objective alone x views. Each variant is pretrained once (in
+WORK/run-<variant>) and fine-tuned under each readout (the pipeline reuses the encoder: the
+readout is a fine-tuning setting). The baselines (scratch transformer, counts logistic
+regression and GBM) do not depend on pretraining: they are trained once per readout, in the
+first variant's run, and every variant's SSL predictions are compared with them on the same
+test visits, budgets and seeds (paired differences of seed means, patient bootstrap).
+
+usage: python benchmarks/bench_ablation.py --visits 20000 --labeled-frac 0.3 --budgets 100,300 \
+           --seeds 0,1,2 --epochs 3 [--views augment,disjoint,patient] \
+           [--mask-units token,encounter] [--objectives both,masked,contrastive] \
+           [--readouts pooled,segments] [--work DIR] [--preset small]
+Prints one Markdown table and writes WORK/ablation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+from cohort_workdir import cohort_stamp, write_or_reuse
+
+from ehr_ssl.config import load_pipeline_config
+from ehr_ssl.data.readers import read_oracle
+from ehr_ssl.data.synthetic import generate_cohort
+from ehr_ssl.evaluation.report import build_report
+from ehr_ssl.layout import PREDICTIONS_FILE
+from ehr_ssl.pipeline import run_pipeline
+
+SSL_MODELS = ["ssl", "ssl_linear_probe", "ssl_plus_counts"]
+BASELINES = ["scratch", "counts_logistic", "counts_gbm"]
+WEIGHTS = {"both": (1.0, 1.0), "masked": (1.0, 0.0), "contrastive": (0.0, 1.0)}
+
+
+def variants(objectives: list[str], views: list[str], mask_units: list[str]) -> list[dict]:
+    """The pretraining variants: a name and its objective settings."""
+    out = []
+    for objective in objectives:
+        for view in views if objective != "masked" else ["-"]:
+            for unit in mask_units if objective != "contrastive" else ["-"]:
+                masked, contrastive = WEIGHTS[objective]
+                settings = {"objective.masked_weight": masked,
+                            "objective.contrastive_weight": contrastive}  # fmt: skip
+                if view != "-":
+                    settings["objective.contrastive_views"] = view
+                if unit != "-":
+                    settings["objective.mask_unit"] = unit
+                name = f"{objective}-{view}-{unit}"
+                out.append({"name": name, "objective": objective, "views": view,
+                            "mask_unit": unit, "settings": settings})  # fmt: skip
+    return out
+
+
+def run_cell(args, data: Path, run_dir: Path, variant: dict, readout: str, models: list[str]):
+    """One pipeline run (pretraining reused when done); returns its test predictions."""
+    budgets = args.budgets.split(",")
+    config = load_pipeline_config(
+        args.config,
+        {
+            "preset": args.preset,
+            "train.epochs": args.epochs,
+            "finetune.readout": readout,
+            "finetune.cv_repeats": args.cv_repeats,
+            "evaluate.label_budget": budgets[0],
+            "evaluate.label_budgets": budgets[1:],
+            "evaluate.seeds": [int(s) for s in args.seeds.split(",")],
+            "evaluate.models": models,
+            "evaluate.n_boot": args.n_boot,
+            **variant["settings"],
+        },
+    )
+    started = time.perf_counter()
+    run_pipeline(data, run_dir, config, device="cpu")
+    print(f"  {variant['name']} / {readout}: {time.perf_counter() - started:.0f} s", flush=True)
+    kept = run_dir / f"predictions-{readout}.parquet"
+    shutil.copyfile(run_dir / PREDICTIONS_FILE, kept)
+    return pl.read_parquet(kept)
+
+
+def compare(ssl: pl.DataFrame, baselines: pl.DataFrame, oracle, n_boot: int, main: str) -> dict:
+    """Every budget's seed-mean AUROC of each model, and SSL minus each (paired)."""
+    predictions = pl.concat([ssl, baselines.filter(pl.col("model").is_in(BASELINES))])
+    report = build_report(predictions, main_budget=main, oracle=oracle, n_boot=n_boot)
+    return {
+        entry["budget"]: {
+            name: {
+                "mean": cell["mean"],
+                "ci95": cell["ci95"],
+                "ssl_minus_this": cell.get("reference_minus_this"),
+            }  # fmt: skip
+            for name, cell in entry["models"].items()
+        }
+        for entry in report["label_efficiency"]
+    }
+
+
+def table(results: list[dict], budgets: list[str]) -> str:
+    """One row per variant and readout: SSL, its probe and the hybrid per budget, and SSL
+    minus scratch and minus counts logistic (paired, 95% CI)."""
+    header = ["objectives", "views", "mask unit", "readout"]
+    for budget in budgets:
+        header += [f"ssl@{budget}", f"probe@{budget}", f"hybrid@{budget}",
+                   f"ssl-scratch@{budget}", f"ssl-countsLR@{budget}"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        cells = [r["objective"], r["views"], r["mask_unit"], r["readout"]]
+        for budget in budgets:
+            models = r["curve"][budget]
+            cells += [f"{models[m]['mean']:.3f}" for m in SSL_MODELS]
+            for other in ("scratch", "counts_logistic"):
+                diff = models[other]["ssl_minus_this"]
+                low, high = diff["ci95"]
+                cells.append(f"{diff['difference']:+.3f} ({low:+.3f}, {high:+.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    baseline = results[0]["curve"]
+    lines.append("")
+    for budget in budgets:
+        means = ", ".join(f"{m} {baseline[budget][m]['mean']:.3f}" for m in BASELINES)
+        lines.append(f"Baselines at {budget} labels ({results[0]['readout']} readout): {means}.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--visits", type=int, default=20_000)
+    parser.add_argument("--labeled-frac", type=float, default=0.3)
+    parser.add_argument("--budgets", default="100,300")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=3, help="pretraining epochs")
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--config", type=Path, help="pipeline TOML; the flags win over it")
+    parser.add_argument("--views", default="augment,disjoint,patient")
+    parser.add_argument("--mask-units", default="token,encounter")
+    parser.add_argument("--objectives", default="both,masked,contrastive")
+    parser.add_argument("--readouts", default="pooled,segments")
+    parser.add_argument("--cv-repeats", type=int, default=1, help="finetune.cv_repeats [1]")
+    parser.add_argument("--n-boot", type=int, default=500)
+    parser.add_argument("--work", type=Path, help="keep data and runs here")
+    args = parser.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-ablation-"))
+    cohort = generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=0)
+    write_or_reuse(cohort, work, cohort_stamp(cohort, visits=args.visits,
+                                              labeled_frac=args.labeled_frac, seed=0))  # fmt: skip
+    data, oracle = work / "data", read_oracle(work / "data")
+    budgets, readouts = args.budgets.split(","), args.readouts.split(",")
+    cells = variants(args.objectives.split(","), args.views.split(","), args.mask_units.split(","))
+    baselines: dict[str, pl.DataFrame] = {}
+    results = []
+    for index, variant in enumerate(cells):
+        for readout in readouts:
+            models = SSL_MODELS + (BASELINES if index == 0 else [])
+            run_dir = work / f"run-{variant['name']}"
+            predictions = run_cell(args, data, run_dir, variant, readout, models)
+            if index == 0:
+                baselines[readout] = predictions
+            ssl = predictions.filter(pl.col("model").is_in(SSL_MODELS))
+            curve = compare(ssl, baselines[readout], oracle, args.n_boot, budgets[0])
+            results.append({k: variant[k] for k in ("name", "objective", "views", "mask_unit")}
+                           | {"readout": readout, "curve": curve})  # fmt: skip
+            (work / "ablation.json").write_text(json.dumps(results, indent=2))
+    print(f"\n{args.visits} visits, labeled {args.labeled_frac}, seeds {args.seeds}, "
+          f"{args.epochs} pretraining epochs, preset {args.preset}\n")  # fmt: skip
+    print(table(results, budgets))
+
+
+if __name__ == "__main__":
+    main()

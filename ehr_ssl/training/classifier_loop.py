@@ -1,0 +1,201 @@
+"""The admission classifier's training loop, shared by holdout and cv selection: a classifier
+in training (`Fold`: model, optimizer, visits, class weight), one epoch over its visits, the
+validation AUROC and the epoch selection by it (nanoGPT's loop, in pieces small enough to train
+several folds in step). Under torchrun the model is wrapped in DistributedDataParallel and each
+process takes an equal share of every batch; rank 0's AUROC decides."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ehr_ssl.config import FinetuneConfig
+from ehr_ssl.model.classifier import AdmissionClassifier
+from ehr_ssl.model.encoder import EHRConfig, EHREncoder
+from ehr_ssl.model.pretraining import ENCODER_INPUTS
+from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
+from ehr_ssl.training import distributed
+from ehr_ssl.training.optim import param_groups
+
+
+@torch.no_grad()
+def predict_scores(
+    model: AdmissionClassifier, dataset: TokenDataset, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
+    """P(admission) for every visit of `dataset`, in dataset order. Shape: (N,)."""
+    model.eval()
+    scores = np.empty(len(dataset), dtype=np.float64)
+    for start in range(0, len(dataset), batch_size):
+        index = range(start, min(start + batch_size, len(dataset)))
+        batch = collate([dataset[i] for i in index])
+        inputs = {k: batch[k].to(device) for k in ENCODER_INPUTS}
+        scores[start : start + len(index)] = torch.sigmoid(model(**inputs).logits).cpu().numpy()
+    return scores
+
+
+def build_classifier(
+    encoder_dir: Path, encoder_config: EHRConfig, config: FinetuneConfig
+) -> AdmissionClassifier:
+    """full: the pretrained encoder under a new head; scratch: the same architecture, random.
+    The head reads `config.readout`, which the classifier's config records."""
+    classifier_config = copy.deepcopy(encoder_config)
+    classifier_config.readout = config.readout
+    model = AdmissionClassifier(classifier_config, head_dropout=config.head_dropout)
+    if config.mode == "full":
+        model.encoder = EHREncoder.load_checked(encoder_dir)  # every weight from the file
+        model.encoder.config = model.config  # one config, as a loaded classifier has
+    return model
+
+
+@dataclass
+class EpochSelection:
+    """Early stopping on validation AUROC: the best state so far, every epoch's figures, and
+    the epochs since the last improvement."""
+
+    patience: int
+    best_state: dict | None = None
+    best_auroc: float = -1.0
+    history: list[dict] = field(default_factory=list)
+    stale: int = 0
+
+    def start_from(self, model: nn.Module | None, val_auroc: float) -> None:
+        """Epoch 0, before any update: the state every later epoch must beat (no state is
+        kept for `model` None: cv selection keeps only the epoch)."""
+        self.best_auroc = val_auroc
+        if model is not None:
+            self.best_state = copy.deepcopy(model.state_dict())
+        self.history.append({"epoch": 0, "val_auroc": val_auroc, "last_loss": None})
+
+    def record(
+        self, epoch: int, val_auroc: float, last_loss: float, model: nn.Module | None
+    ) -> bool:
+        """Score an epoch (keeping the state if it is the best and `model` is given); True
+        once patience runs out."""
+        self.history.append({"epoch": epoch, "val_auroc": val_auroc, "last_loss": last_loss})
+        if val_auroc > self.best_auroc:
+            if model is not None:
+                self.best_state = copy.deepcopy(model.state_dict())
+            self.best_auroc, self.stale = val_auroc, 0
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def summary(self) -> dict:
+        """The selected epoch (the best on validation), its AUROC and the history."""
+        chosen = max(self.history, key=lambda h: h["val_auroc"])["epoch"]
+        return {"selected_epoch": chosen, "val_auroc": self.best_auroc, "history": self.history}
+
+
+def _optimizer_groups(model: AdmissionClassifier, config: FinetuneConfig) -> list[dict]:
+    """AdamW's parameter groups: in full mode the pretrained encoder at learning_rate x
+    encoder_lr_ratio and the head at learning_rate; in scratch mode all at learning_rate."""
+    if config.mode != "full":
+        return [dict(g, lr=config.learning_rate) for g in param_groups(model, config.weight_decay)]
+    # The pretrained encoder moves slower than the freshly initialized head.
+    groups = param_groups(model.encoder, config.weight_decay)
+    for group in groups:
+        group["lr"] = config.learning_rate * config.encoder_lr_ratio
+    head = param_groups(model.head, config.weight_decay)
+    return groups + [dict(g, lr=config.learning_rate) for g in head]
+
+
+def _data_parallel(model: AdmissionClassifier, device: torch.device) -> nn.Module:
+    """The model, under torchrun wrapped in DistributedDataParallel."""
+    if not distributed.current().distributed:
+        return model
+    # Data-parallel: DDP starts every process from rank 0's weights (the probe's head included)
+    # and averages gradients; each process's rows are an equal share of the global batch.
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def _epoch_loader(train: TokenDataset, config: FinetuneConfig, epoch: int) -> DataLoader:
+    """This process's share of the train visits, length-bucketed, in the epoch's order."""
+    rank = distributed.current()
+    sampler = LengthBucketSampler(
+        train.lengths,
+        config.batch_size,
+        seed=config.seed,
+        epoch=epoch,
+        drop_last=False,
+        rank=rank.rank,
+        world_size=rank.world_size,
+    )
+    return DataLoader(train, batch_sampler=sampler, collate_fn=collate)
+
+
+def _train_epoch(
+    trained: nn.Module,
+    model: AdmissionClassifier,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    pos_weight: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """One pass over `loader` with the weighted loss and gradients clipped at norm 1; returns
+    the last batch's loss. `trained` is `model` or its DDP wrapper."""
+    model.train()
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = trained(
+            **{k: batch[k] for k in ENCODER_INPUTS},
+            labels=batch["labels"],
+            pos_weight=pos_weight,
+        ).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return loss
+
+
+def val_auroc(model: AdmissionClassifier, val: TokenDataset, device: torch.device) -> float:
+    """Validation AUROC; under torchrun rank 0's, so that every process selects alike."""
+    auroc = float(roc_auc_score(val.labels, predict_scores(model, val, device)))
+    return distributed.broadcast_float(auroc)
+
+
+@dataclass
+class Fold:
+    """A classifier in training: the model (and its DDP wrapper), optimizer, visits, the
+    class weight of its train visits and, for a fold of cv selection, its val visits."""
+
+    model: AdmissionClassifier
+    trained: nn.Module
+    optimizer: torch.optim.Optimizer
+    train: TokenDataset
+    pos_weight: torch.Tensor
+    val: TokenDataset | None = None
+
+    def train_epoch(self, config: FinetuneConfig, epoch: int, device: torch.device) -> float:
+        """One pass over the train visits; the last batch's loss."""
+        loader = _epoch_loader(self.train, config, epoch)
+        loss = _train_epoch(
+            self.trained, self.model, self.optimizer, loader, self.pos_weight, device
+        )
+        return float(loss.detach())
+
+
+def start_training(
+    model: AdmissionClassifier,
+    train: TokenDataset,
+    config: FinetuneConfig,
+    device: torch.device,
+    val: TokenDataset | None = None,
+) -> Fold:
+    """A classifier ready to train (its head already set where it starts from a probe)."""
+    groups = _optimizer_groups(model, config)
+    model.to(device)
+    positives = float(np.nansum(train.labels))
+    pos_weight = torch.tensor((len(train) - positives) / positives, device=device)
+    optimizer = torch.optim.AdamW(groups)
+    return Fold(model, _data_parallel(model, device), optimizer, train, pos_weight, val)

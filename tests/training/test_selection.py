@@ -1,0 +1,199 @@
+"""Model selection with few labels: the cv folds (grouped by patient, stratified, independent of
+row order), the choice by mean fold AUROC and the cv-or-holdout rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ehr_ssl.errors import InputError
+from ehr_ssl.training.selection import (
+    C_GRID,
+    Folds,
+    cross_validate,
+    cv_folds,
+    resolve_selection,
+)
+
+SETTING = "finetune.label_budget"
+
+
+def layout(n_patients: int = 40, seed: int = 0) -> dict[str, np.ndarray]:
+    """Visits of patients with 1-4 visits each (some patients have both labels), with unique,
+    unsorted, non-consecutive visit ids. Shape: every array (N,)."""
+    rng = np.random.default_rng(seed)
+    visits = rng.integers(1, 5, n_patients)
+    groups = np.repeat(7 * np.arange(n_patients) + 3, visits)
+    risk = np.repeat(rng.uniform(0.05, 0.95, n_patients), visits)
+    labels = (rng.random(groups.size) < risk).astype(np.int64)
+    labels[:2] = (0, 1)  # both classes whatever the draw
+    ids = rng.permutation(100 * groups.size)[: groups.size] + 1000
+    return {"labels": labels, "groups": groups, "ids": ids}
+
+
+def folds_of(data: dict[str, np.ndarray], **kwargs) -> Folds:
+    settings = {"folds": 5, "repeats": 2, "seed": 0, "setting": SETTING} | kwargs
+    return cv_folds(data["labels"], data["groups"], data["ids"], **settings)
+
+
+def id_splits(folds: Folds, ids: np.ndarray) -> set[tuple[frozenset, frozenset]]:
+    """The folds as sets of visit ids (row positions forgotten)."""
+    return {(frozenset(ids[train]), frozenset(ids[val])) for train, val in folds.splits}
+
+
+def test_folds_are_grouped_stratified_and_cover_every_row_once_per_repeat():
+    data = layout()
+    n = data["labels"].size
+    folds = folds_of(data, folds=4, repeats=3)
+    assert (folds.n_folds, folds.n_repeats) == (4, 3)
+    assert folds.describe() == {"protocol": "cv", "folds": 4, "repeats": 3}
+    assert len(folds.splits) == 4 * 3
+    for train, val in folds.splits:
+        assert np.intersect1d(train, val).size == 0
+        assert np.union1d(train, val).size == n  # every row on one side
+        assert not set(data["groups"][train]) & set(data["groups"][val])  # patients apart
+        assert set(data["labels"][val]) == {0, 1} == set(data["labels"][train])
+    repeats = [folds.splits[r * 4 : (r + 1) * 4] for r in range(3)]
+    for repeat in repeats:
+        val_rows = np.concatenate([val for _, val in repeat])
+        np.testing.assert_array_equal(np.sort(val_rows), np.arange(n))  # once each
+    as_sets = [{frozenset(val) for _, val in repeat} for repeat in repeats]
+    assert as_sets[0] != as_sets[1] and as_sets[1] != as_sets[2]  # each repeat shuffled anew
+
+
+def test_folds_of_visits_do_not_depend_on_row_order():
+    data = layout(seed=1)
+    order = np.random.default_rng(5).permutation(data["ids"].size)
+    permuted = {k: v[order] for k, v in data.items()}
+    assert not np.array_equal(permuted["ids"], data["ids"])
+    original, shuffled = folds_of(data), folds_of(permuted)
+    assert id_splits(shuffled, permuted["ids"]) == id_splits(original, data["ids"])
+    # Same folds in the same order; positions refer to the rows as given.
+    for (_, val), (_, val_shuffled) in zip(original.splits, shuffled.splits, strict=True):
+        np.testing.assert_array_equal(
+            np.sort(data["ids"][val]), np.sort(permuted["ids"][val_shuffled])
+        )
+
+
+def test_folds_are_deterministic_for_a_seed():
+    data = layout(seed=2)
+    assert id_splits(folds_of(data, seed=3), data["ids"]) == id_splits(
+        folds_of(data, seed=3), data["ids"]
+    )
+    assert id_splits(folds_of(data, seed=3), data["ids"]) != id_splits(
+        folds_of(data, seed=4), data["ids"]
+    )
+
+
+def test_k_is_lowered_to_the_smaller_class_patient_count():
+    data = layout(n_patients=30, seed=3)
+    # Positives in exactly 3 patients (two visits each), every other visit negative.
+    positive_patients = np.unique(data["groups"])[[2, 9, 20]]
+    labels = np.zeros_like(data["labels"])
+    for patient in positive_patients:
+        labels[np.flatnonzero(data["groups"] == patient)[:2]] = 1
+    data["labels"] = labels
+    folds = folds_of(data, folds=5, repeats=2)
+    assert folds.n_folds == 3
+    assert 0 < len(folds.splits) <= 3 * 2
+    for train, val in folds.splits:
+        assert set(labels[val]) == {0, 1} == set(labels[train])
+        assert not set(data["groups"][train]) & set(data["groups"][val])
+    # Below the class counts, the folds asked for are kept.
+    assert folds_of(data, folds=2).n_folds == 2
+
+
+@pytest.mark.parametrize("rare_class", [0, 1])
+def test_a_class_in_one_patient_is_refused_naming_the_setting(rare_class: int):
+    data = layout(seed=4)
+    patient = data["groups"][0]
+    # Every visit of that patient (and only those) has the rare class; it has >= 1 visit.
+    data["labels"] = np.where(data["groups"] == patient, rare_class, 1 - rare_class)
+    with pytest.raises(InputError, match="cross-validation needs both classes") as error:
+        folds_of(data, setting="evaluate.label_budgets")
+    assert error.value.column == "evaluate.label_budgets"
+    assert "evaluate.label_budgets" in str(error.value)
+
+
+def scores_with_noise(labels: np.ndarray):
+    """A fit_score whose scores are the labels plus noise of sd params["noise"] (None: pure
+    noise), the same noise for the same (params, fold) whatever the call order."""
+    calls = []
+
+    def fit_score(params: dict, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+        calls.append((dict(params), train, val))
+        rng = np.random.default_rng([int(val[0]), int(val.size)])
+        noise = rng.normal(0.0, 1.0, val.size)
+        if params["noise"] is None:
+            return noise
+        return labels[val] + params["noise"] * noise
+
+    return fit_score, calls
+
+
+def test_cross_validate_picks_the_best_mean_fold_auroc():
+    data = layout(seed=5)
+    y = data["labels"]
+    folds = folds_of(data, folds=3, repeats=2)
+    fit_score, calls = scores_with_noise(y)
+    grid = [{"noise": None}, {"noise": 3.0}, {"noise": 0.3}, {"noise": 1.0}]
+    chosen, table = cross_validate(fit_score, y, folds, grid)
+    assert chosen == {"noise": 0.3}
+    # The table: every grid point, in grid order, its mean AUROC over every fold.
+    assert [row["params"] for row in table] == grid
+    for row in table:
+        aurocs = [
+            roc_auc_score(y[val], fit_score(row["params"], train, val))
+            for train, val in folds.splits
+        ]
+        assert row["cv_auroc"] == pytest.approx(np.mean(aurocs), abs=1e-12)
+    assert table[2]["cv_auroc"] > table[3]["cv_auroc"] > table[1]["cv_auroc"]
+    assert abs(table[0]["cv_auroc"] - 0.5) < 0.15  # pure noise
+    # Each point was fitted on each fold's train rows and scored on its val rows.
+    fits = calls[: len(grid) * len(folds.splits)]
+    assert [(c[0], c[1].tolist(), c[2].tolist()) for c in fits] == [
+        (p, train.tolist(), val.tolist()) for p in grid for train, val in folds.splits
+    ]
+
+
+def test_cross_validate_ties_go_to_the_earlier_grid_point():
+    data = layout(seed=6)
+    y = data["labels"]
+    folds = folds_of(data, folds=3, repeats=1)
+    fit_score, _ = scores_with_noise(y)
+    # "name" does not change the scores: the two points tie exactly.
+    grid = [{"noise": 2.0, "name": "a"}, {"noise": 0.5, "name": "b"}, {"noise": 0.5, "name": "c"}]
+    chosen, table = cross_validate(fit_score, y, folds, grid)
+    assert table[1]["cv_auroc"] == table[2]["cv_auroc"] > table[0]["cv_auroc"]
+    assert chosen["name"] == "b"
+    chosen, _ = cross_validate(fit_score, y, folds, [grid[0], grid[2], grid[1]])
+    assert chosen["name"] == "c"
+    # Perfect scores everywhere: the first point.
+    chosen, table = cross_validate(fit_score, y, folds, [{"noise": 0.0, "k": i} for i in range(3)])
+    assert chosen == {"noise": 0.0, "k": 0} and {row["cv_auroc"] for row in table} == {1.0}
+
+
+def test_c_grid_runs_from_strong_to_weak_regularization():
+    assert C_GRID[0] == pytest.approx(1e-4) and C_GRID[-1] == pytest.approx(1e2)
+    assert list(C_GRID) == sorted(C_GRID)  # most regularized first: ties go to it
+    np.testing.assert_allclose(np.diff(np.log10(C_GRID)), 0.5)
+
+
+@pytest.mark.parametrize(
+    ("selection", "budget", "n_labels", "expected"),
+    [
+        ("cv", None, 5000, "cv"),
+        ("cv", 5000, 5000, "cv"),
+        ("holdout", 100, 100, "holdout"),
+        ("holdout", None, 10, "holdout"),
+        ("auto", 100, 100, "cv"),
+        ("auto", 1000, 1000, "cv"),  # at the threshold: cv
+        ("auto", 1001, 1001, "holdout"),
+        ("auto", 0.25, 400, "cv"),  # a fraction: by its count of labels
+        ("auto", 0.75, 1200, "holdout"),
+        ("auto", None, 10, "holdout"),  # "all" is holdout, however few the labels
+    ],
+)
+def test_resolve_selection(selection: str, budget, n_labels: int, expected: str):
+    assert resolve_selection(selection, budget, n_labels, 1000) == expected
