@@ -140,7 +140,11 @@ def test_fractions_and_all(splits):
     ("budget", "selection", "problem"),
     [
         (N_TRAIN + 1, "cv", f"exceeds the {N_TRAIN} labeled visits available in the train split"),
-        (N_TRAIN + N_VAL + 1, "holdout", "exceeds the 300 labeled visits available in the train"),
+        (
+            N_TRAIN + N_VAL + 1,
+            "holdout",
+            f"exceeds the {N_TRAIN + N_VAL} labeled visits available in the train and val splits",
+        ),
         (1, "cv", "leaves 1 labeled train visits"),
         (MIN_VAL, "holdout", "leaves no train labels"),
         (15, "holdout", "leaves no train labels"),
