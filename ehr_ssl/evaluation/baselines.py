@@ -22,11 +22,12 @@ from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MaxAbsScaler
 
-from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, MASK_ID, PAD_ID, SEGMENT_CURRENT, VISIT_ID
+from ehr_ssl.tokens.vocab import (
+    NOT_EVENT_IDS,
+    SEGMENT_CURRENT,
+)
 from ehr_ssl.training.selection import C_GRID, Folds, cross_validate
 
-# Structural tokens carry no clinical content; [UNK] does (a rare code was there) and is counted.
-EXCLUDED_IDS = (PAD_ID, MASK_ID, CLS_ID, HIST_ID, VISIT_ID)
 # The selection AUROC (cv or holdout, `ehr_ssl.training.selection`) picks one candidate per
 # grid. The logistic grid is wide (1e-4 .. 1e2): at 100 labels strong regularization wins.
 LOGISTIC_GRID: dict[str, list] = {"C": list(C_GRID)}
@@ -92,8 +93,9 @@ def count_features(frame: pl.DataFrame, *, vocab_size: int, n_bins: int) -> sp.c
 
     # Shape: (N_tokens,) the row (visit) of every flat token.
     rows = np.repeat(np.arange(frame.height, dtype=np.int64), lengths)
+    # Structural tokens carry no clinical content; [UNK] does (a rare code was there), counted.
     is_excluded = np.zeros(vocab_size, dtype=bool)
-    is_excluded[[i for i in EXCLUDED_IDS if i < vocab_size]] = True
+    is_excluded[[i for i in NOT_EVENT_IDS if i < vocab_size]] = True
     counted = ~is_excluded[ids]
     valued = counted & (bins > 0)
     current = counted & (segments == SEGMENT_CURRENT)

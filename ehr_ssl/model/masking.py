@@ -10,15 +10,12 @@ from torch import Tensor
 from ehr_ssl.model.encounters import encounter_starts, start_positions
 from ehr_ssl.model.losses import IGNORE_INDEX
 from ehr_ssl.tokens.vocab import (
-    CLS_ID,
-    HIST_ID,
     MASK_ID,
     NO_VALUE_BIN,
-    PAD_ID,
+    NOT_EVENT_IDS,
     SEGMENT_CURRENT,
     SEGMENT_HISTORY,
     SPECIAL_TOKENS,
-    VISIT_ID,
 )
 
 _REQUIRED = ("input_ids", "value_bins", "segment_ids", "attention_mask")
@@ -26,8 +23,6 @@ MASK_UNITS = ("token", "encounter")
 # Optional (B, T) key: the times encounters are grouped by (an augmented view's un-jittered
 # times, as the time jitter would move same-time events to different days); else time_deltas.
 ENCOUNTER_TIMES = "encounter_times"
-# Structural tokens are never events; [UNK] is (a rare code) and may be masked.
-_NOT_EVENTS = (PAD_ID, MASK_ID, CLS_ID, HIST_ID, VISIT_ID)
 
 
 def event_tokens(batch: dict[str, Tensor]) -> Tensor:
@@ -37,7 +32,8 @@ def event_tokens(batch: dict[str, Tensor]) -> Tensor:
     """
     ids, segments = batch["input_ids"], batch["segment_ids"]
     in_events = (segments == SEGMENT_HISTORY) | (segments == SEGMENT_CURRENT)
-    structural = torch.isin(ids, torch.tensor(_NOT_EVENTS, device=ids.device, dtype=ids.dtype))
+    # Structural tokens are never events; [UNK] is (a rare code) and may be masked.
+    structural = torch.isin(ids, torch.tensor(NOT_EVENT_IDS, device=ids.device, dtype=ids.dtype))
     return batch["attention_mask"].bool() & in_events & ~structural
 
 

@@ -13,18 +13,13 @@ from torch import Tensor
 from ehr_ssl.model.encounters import encounter_starts, start_positions
 from ehr_ssl.tokens.vocab import (
     CLS_ID,
-    HIST_ID,
-    MASK_ID,
-    PAD_ID,
+    NOT_EVENT_IDS,
     SEGMENT_CURRENT,
     SEGMENT_HISTORY,
     SEGMENT_STATIC,
-    VISIT_ID,
 )
 
 _REQUIRED = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")
-# Structural tokens are never events; [UNK] is (a rare code) and may be dropped.
-_NOT_EVENTS = (PAD_ID, MASK_ID, CLS_ID, HIST_ID, VISIT_ID)
 
 
 def augment_view(
@@ -175,7 +170,8 @@ class _TokenKinds(NamedTuple):
 def _token_kinds(batch: dict[str, Tensor]) -> _TokenKinds:
     ids, segments = batch["input_ids"], batch["segment_ids"]
     real = batch["attention_mask"].bool()
-    structural = torch.isin(ids, torch.tensor(_NOT_EVENTS, device=ids.device, dtype=ids.dtype))
+    # Structural tokens are never events; [UNK] is (a rare code) and may be dropped.
+    structural = torch.isin(ids, torch.tensor(NOT_EVENT_IDS, device=ids.device, dtype=ids.dtype))
     events = real & ~structural & ((segments == SEGMENT_HISTORY) | (segments == SEGMENT_CURRENT))
     history = events & (segments == SEGMENT_HISTORY)
     current = events & (segments == SEGMENT_CURRENT)

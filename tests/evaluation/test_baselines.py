@@ -16,7 +16,6 @@ from threadpoolctl import threadpool_limits
 
 from ehr_ssl.data.splits import label_budget_subset
 from ehr_ssl.evaluation.baselines import (
-    EXCLUDED_IDS,
     GBM_GRID,
     HYBRID_GRID,
     LOGISTIC_GRID,
@@ -29,7 +28,7 @@ from ehr_ssl.evaluation.baselines import (
 )
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
-from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, MASK_ID, PAD_ID, UNK_ID, VISIT_ID
+from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, MASK_ID, NOT_EVENT_IDS, PAD_ID, UNK_ID, VISIT_ID
 from ehr_ssl.training.selection import C_GRID, Folds, cv_folds
 
 V, N_BINS = 10, 3  # hand-made vocabulary: ids 0-5 special, 6-9 codes
@@ -100,8 +99,8 @@ def test_count_features_hand_made_entries():
     expected[2, 9], expected[2, code_bin(9, 3)], expected[2, current(9)] = 2, 2, 1
     np.testing.assert_array_equal(X.toarray(), np.log1p(expected))
     assert X[0, 6] == np.log1p(2.0)
-    assert X[:, list(EXCLUDED_IDS)].nnz == 0
-    assert X[:, [current(i) for i in EXCLUDED_IDS]].nnz == 0
+    assert X[:, list(NOT_EVENT_IDS)].nnz == 0
+    assert X[:, [current(i) for i in NOT_EVENT_IDS]].nnz == 0
 
 
 def test_count_features_rejects_out_of_range_tokens():
@@ -121,7 +120,7 @@ def reference_count_features(frame: pl.DataFrame, vocab_size: int, n_bins: int) 
         zip(frame["input_ids"], frame["value_bins"], frame["segment_ids"], strict=True)
     ):
         for token, value_bin, segment in zip(ids, bins, segments, strict=True):
-            if token in EXCLUDED_IDS:
+            if token in NOT_EVENT_IDS:
                 continue
             counts[row, token] += 1
             if value_bin > 0:
