@@ -11,6 +11,7 @@ layers x hidden x T) x encoder tokens/s over the GPU's bf16 matmul rate measured
 with T the mean padded length of the encoder's input.
 
 usage: python benchmarks/bench_train.py --presets tiny,small [--device cpu] [--steps 60]
+           [--views augment|disjoint|patient] [--mask-unit token|encounter]
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
             "train.compile": args.compile or None,
             "objective.masked_weight": args.masked_weight,
             "objective.contrastive_weight": args.contrastive_weight,
+            "objective.contrastive_views": args.views,
+            "objective.mask_unit": args.mask_unit,
         },
     )
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -91,6 +94,8 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
             )
             if w > 0
         ],
+        "views": config.objective.contrastive_views,
+        "mask_unit": config.objective.mask_unit,
         "steps_measured": len(steady),
         "tokens_per_s": round(median["tokens_per_s"]),
         "encoder_tokens_per_s": round(median["encoder_tokens_per_s"]),
@@ -124,6 +129,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--masked-weight", type=float)
     parser.add_argument("--contrastive-weight", type=float)
+    parser.add_argument("--views", help="objective.contrastive_views [the preset's]")
+    parser.add_argument("--mask-unit", help="objective.mask_unit [the preset's]")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
@@ -161,6 +168,8 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
         ("--batch-size", args.batch_size),
         ("--masked-weight", args.masked_weight),
         ("--contrastive-weight", args.contrastive_weight),
+        ("--views", args.views),
+        ("--mask-unit", args.mask_unit),
     ):
         if value is not None:
             out += [flag, str(value)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ehr_ssl.config import ObjectiveConfig
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder
@@ -302,3 +303,33 @@ def test_patient_views_need_batches_with_partners(cohort_tokens):
     # Without the contrastive term there are no views to pair: a plain batch is fine.
     model = _model(cohort_tokens, contrastive_views="patient", contrastive_weight=0.0)
     assert torch.isfinite(model(_batch(cohort_tokens, n=4), torch.Generator())["loss"])
+
+
+@pytest.mark.parametrize("n_chunks", [2, 3, 7])
+def test_encoding_in_length_chunks_equals_one_pass(cohort_tokens, n_chunks):
+    """Rows sorted by length and encoded in passes padded to their own longest: the same
+    outputs in the views' row order as one padded pass, on fewer padded slots."""
+    from ehr_ssl.model.pretraining import encode_by_length
+
+    model = _model(cohort_tokens).eval()
+    long_rows, short_rows = _batch(cohort_tokens, n=12), _batch(cohort_tokens, n=12)
+    short_rows = {k: v[:, :5] if v.dim() == 2 else v for k, v in short_rows.items()}
+    views, limit = [long_rows, short_rows], model.encoder.config.max_position_embeddings
+    one, one_slots = encode_by_length(model.encoder, views, n_chunks=1, multiple=1, limit=limit)
+    chunked, slots = encode_by_length(
+        model.encoder, views, n_chunks=n_chunks, multiple=1, limit=limit
+    )
+    mask = torch.cat(
+        [
+            F.pad(
+                v["attention_mask"],
+                (0, one.last_hidden_state.shape[1] - v["attention_mask"].shape[1]),
+            )
+            for v in views
+        ]
+    )
+    torch.testing.assert_close(chunked.pooler_output, one.pooler_output, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        chunked.last_hidden_state[mask], one.last_hidden_state[mask], rtol=1e-5, atol=1e-5
+    )
+    assert slots < one_slots == mask.numel()
