@@ -350,7 +350,8 @@ def _validate_and_tokenize(
     if not rerun:
         log.info("validate + tokenize: unchanged since the last run, skipped")
         return
-    tokenize_dataset(data_dir, layout.tokens, tokenize_config, overwrite=True)
+    # the run trains next: a split whose labels miss a class stops it here
+    tokenize_dataset(data_dir, layout.tokens, tokenize_config, overwrite=True, require_classes=True)
     stages.mark("tokenize", fingerprint)
     log.info("tokenize: -> %s (%.0f s)", layout.tokens, time.perf_counter() - started)
 

@@ -198,6 +198,8 @@ def test_cli_run_prints_the_table_and_rejects_bad_input(cohort_dir, tmp_path, ca
         (["--label-budgets", "100,0"], "label_budget"),
         (["--label-budget", "1.5"], "label_budget"),
         (["--seeds", "x"], "seeds"),
+        (["--val-fraction", "0.6", "--test-fraction", "0.5"], "must leave patients for training"),
+        (["--split-seed", "-1"], "column 'split.seed': must be a non-negative integer"),
         (["--set", "model.dropout=0.1"], "column 'model': unknown key 'dropout'"),
         (["--set", "model.hidden_size=31"], "not a multiple of num_attention_heads"),
     ],

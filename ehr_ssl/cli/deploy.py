@@ -66,6 +66,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     )
     for reason in record["reasons"]:
         print(f"  {reason}")
+    if record["next_step"]:
+        print(f"next: {record['next_step']}")
     return 0
 
 
@@ -80,9 +82,19 @@ def cmd_registry(args: argparse.Namespace) -> int:
         print(
             f"version {record['version']}  {record.get('time', '?')}  "
             f"{'promoted' if record.get('promoted') else 'rejected'}  "
-            f"AUROC {metrics.get('auroc', float('nan')):.3f}"
+            f"AUROC {metrics.get('auroc', float('nan')):.3f}  "
+            f"test window {_window(record)}"
         )
+        if (record.get("data") or {}).get("dates_warning"):
+            print(f"  warning: {record['data']['dates_warning']}")
     return 0
+
+
+def _window(record: dict) -> str:
+    """The test window's visits and patients of a history record (older records: visits)."""
+    test = (record.get("data") or {}).get("splits", {}).get("test", {})
+    patients = f" / {test['patients']} patients" if "patients" in test else ""
+    return f"{test.get('visits', '?')} visits{patients}"
 
 
 def _add_score_commands(commands: argparse._SubParsersAction) -> None:

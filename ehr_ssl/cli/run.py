@@ -18,7 +18,7 @@ from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_
 
 # Settings with a flag of their own on `run`, the keywords of `ehr_ssl.run` (every other one:
 # --config or --set).
-RUN_FLAGS = tuple(RUN_OPTIONS.values())
+RUN_FLAGS = {"--" + name.replace("_", "-"): dotted for name, dotted in RUN_OPTIONS.items()}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -89,8 +89,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--data", type=Path, required=True, help="dataset directory")
     run.add_argument("--out", type=Path, required=True, help="run directory")
     add_config_options(run, "every stage's tables (pipelines/*.toml)")
-    for dotted in RUN_FLAGS:
-        add_setting(run, dotted)
+    for flag, dotted in RUN_FLAGS.items():
+        add_setting(run, dotted, flag=flag)
     run.add_argument(
         "--device",
         choices=DEVICES,

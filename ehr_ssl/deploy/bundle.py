@@ -55,7 +55,7 @@ from ehr_ssl.atomic import atomic_directory, atomic_write_text
 from ehr_ssl.deploy.drift import data_profile
 from ehr_ssl.deploy.model_card import model_card
 from ehr_ssl.errors import InputError
-from ehr_ssl.evaluation.report import model_metrics
+from ehr_ssl.evaluation.report import model_metrics, model_metrics_at
 from ehr_ssl.layout import (
     BUNDLE_FILE,
     CLASSIFIER_DIR,
@@ -64,6 +64,7 @@ from ehr_ssl.layout import (
     HEAD_FILE,
     MODEL_CARD_FILE,
     MODEL_CONFIG_FILE,
+    PREDICTIONS_FILE,
     PROFILE_FILE,
     REPORT_JSON,
     TOKENIZER_FILE,
@@ -112,6 +113,17 @@ class AdmissionModel:
 
     def __post_init__(self) -> None:
         self.encoder.eval()
+
+    def __repr__(self) -> str:
+        """One line: what the model is (the dataclass's own repr prints the whole vocabulary)."""
+        info, auroc = self.info, (self.info.get("test_metrics") or {}).get("auroc")
+        return (
+            f"AdmissionModel(model={info.get('model')!r}, mode={info.get('mode')!r}, "
+            f"label_budget={info.get('label_budget')!r}, seed={info.get('seed')}, "
+            f"test_auroc={'none' if auroc is None else f'{auroc:.3f}'}, "
+            f"vocab_size={self.tokenizer.vocab_size}, readout={self.readout!r}, "
+            f"embedding_dim={self.embedding_dim}, device={str(self.device)!r})"
+        )
 
     @property
     def hidden_size(self) -> int:
@@ -452,11 +464,29 @@ def export_bundle(
             "label_budget": budget,
             "seed": seed,
             "preset": config.preset,
-            "test_metrics": model_metrics(report, model),
+            "test_metrics": _bundled_model_metrics(layout, report, model, budget, seed),
         },
         report=report,
     )
     return bundle.save(out_dir, overwrite=overwrite)
+
+
+def _bundled_model_metrics(
+    layout: RunLayout, report: dict | None, model: str, budget: str, seed: int
+) -> dict[str, Any] | None:
+    """The bundled model's own test metrics: the report's main table at its main budget and
+    seed, else computed from the run's predictions at this budget and seed (same bootstrap)."""
+    if report is None:
+        return None
+    if (budget, seed) == (report["label_budget"], report["seed"]):
+        return model_metrics(report, model)
+    predictions = layout.root / PREDICTIONS_FILE
+    if not predictions.exists():
+        return None
+    return model_metrics_at(
+        pl.read_parquet(predictions), model, budget, seed,
+        n_boot=report["n_boot"], boot_seed=report["bootstrap_seed"],
+    )  # fmt: skip
 
 
 def make_bundle(

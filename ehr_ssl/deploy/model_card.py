@@ -38,7 +38,8 @@ def model_card(info: dict, report: dict | None) -> str:
     Returns:
         Markdown text.
     """
-    lines = _what_it_predicts(info) + _training_data(info) + _evaluation(report)
+    lines = _what_it_predicts(info) + _training_data(info) + _own_figures(info)
+    lines += _evaluation(report)
     return "\n".join(lines + _INTENDED_USE_AND_LIMITATIONS)
 
 
@@ -97,10 +98,37 @@ def _training_data(info: dict) -> list[str]:
     ]
 
 
+def _own_figures(info: dict) -> list[str]:
+    """This model's own test figures (its label budget and seed, which need not be the run's
+    main ones the evaluation report's table shows)."""
+    m = info.get("test_metrics")
+    lines = ["## This model's test figures", ""]
+    if not m:
+        return lines + ["None recorded: no test predictions came with this model.", ""]
+    low, high = m["auroc_ci95"]
+    slope, intercept = m.get("calibration_slope"), m.get("calibration_intercept")
+    calibration = (
+        "no finite calibration fit" if slope is None
+        else f"calibration slope {slope:.2f}, intercept {intercept:+.2f}"
+    )  # fmt: skip
+    return lines + [
+        f"Label budget {info.get('label_budget')}, seed {info.get('seed')}: test AUROC "
+        f"{m['auroc']:.3f} (95% CI {low:.3f}-{high:.3f}), AUPRC {m['auprc']:.3f}, Brier "
+        f"{m['brier']:.3f}, {calibration}; {m['n']:,} test visits, prevalence "
+        f"{m['prevalence']:.3f}.",
+        "",
+    ]
+
+
 def _evaluation(report: dict | None) -> list[str]:
     """The evaluation report's body, its sections one level down, or a line saying there is none."""
     lines = ["## Evaluation", ""]
     if report is None:
         return lines + ["No evaluation report came with this model.", ""]
+    lines += [
+        f"The run's report: its main table is label budget {report.get('label_budget')}, seed "
+        f"{report.get('seed')}, for every model it trained.",
+        "",
+    ]
     body = format_report_markdown(report).split("\n", 2)[2]  # without its own title
     return lines + [body.replace("\n## ", "\n### ")]

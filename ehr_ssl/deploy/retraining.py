@@ -106,7 +106,25 @@ def retrain(
         "; ".join(reasons),
         time.perf_counter() - started,
     )
-    return {"version": version, "promoted": promote, **record}
+    report = registry.version_path(version) / RETRAIN_REPORT_MD
+    return {"version": version, "promoted": promote, **record,
+            "next_step": next_step(promote, production.version, str(report))}  # fmt: skip
+
+
+def next_step(promote: bool, production: int | None, report: str) -> str | None:
+    """What the user should do after a retrain that was not promoted (None when it was);
+    `report` names the retrain report."""
+    if promote:
+        return None
+    if production is not None:
+        return f"production stays version {production}; the candidate's figures are in {report}"
+    return (
+        "no model is in production yet: this version is kept but not served. Read "
+        f"{report} for the failed checks; more labeled visits (retrain.label_budget), more "
+        "pretraining (train.epochs) or a longer test window (retrain.test_fraction) are the "
+        "usual cures; lower a [retrain] gate threshold only after reviewing that report, then "
+        "run `ehr-ssl retrain` again"
+    )
 
 
 def _load_production(registry: Registry) -> _Production:
@@ -142,11 +160,43 @@ def _tokenize(
         splits=lambda v: temporal_splits(v["patient_id"], v["prediction_time"], split_config),
         # a dataset that only grew since the last retrain: only what is new is tokenized
         cache_dir=registry.token_cache_dir if warm else None,
+        split_settings={"test": "retrain.test_fraction (the test window, --test-fraction)"},
+        require_classes=True,
     )
-    counts = {k: {c: v[c] for c in ("visits", "labeled", "positives")}
+    counts = {k: {c: v[c] for c in ("visits", "patients", "labeled", "positives")}
               for k, v in manifest["splits"].items()}  # fmt: skip
     log.info("retrain: tokenized %s", json.dumps(counts))
+    warning = shifted_dates_warning(*manifest["arrival_time_range"])
+    if warning:
+        log.warning("retrain: %s", warning)
     return manifest, counts
+
+
+# A date later than this many days after today, or a data span longer than this many years, is
+# not a hospital's real calendar: de-identified exports (MIMIC-IV: 2110-2214) shift each
+# patient's dates by their own offset.
+FUTURE_DAYS, MAX_SPAN_YEARS = 1, 40
+
+
+def shifted_dates_warning(first: str, last: str, today: datetime | None = None) -> str | None:
+    """A warning when the dataset's dates (first, last arrival) look shifted per patient (the
+    window "most recent by prediction_time" then mixes patients of every real era), else None."""
+    first_time, last_time = datetime.fromisoformat(first), datetime.fromisoformat(last)
+    today = (today or datetime.now(UTC)).replace(tzinfo=None)
+    future = (last_time - today).days > FUTURE_DAYS
+    span = (last_time - first_time).days / 365.25 > MAX_SPAN_YEARS
+    if not (future or span):
+        return None
+    why = (
+        f"visits dated up to {last_time.date()}, after today"
+        if future
+        else (f"visits spanning {first_time.date()} to {last_time.date()}")
+    )
+    return (
+        f"dates look shifted per patient ({why}): the test window, the most recent visits by "
+        "prediction_time, is then no later in real time than training; compare candidates "
+        "on a patient split (`ehr-ssl run`) or un-shift the dates first"
+    )
 
 
 def _pretrain(
@@ -274,6 +324,7 @@ def _history_record(
         "data": {
             "splits": counts,
             "test_window_from": manifest["splits"]["test"]["arrival_time_range"][0],
+            "dates_warning": shifted_dates_warning(*manifest["arrival_time_range"]),
         },
         "finetune": {"train_labels": summary["train_labeled"],
                      "val_labels": summary["val_labeled"], "val_auroc": summary["val_auroc"]},
@@ -322,6 +373,9 @@ def _retrain_report_documents(record: dict, promote: bool, drift: dict | None) -
     from ehr_ssl.deploy.drift import format_drift_markdown
 
     report_md = format_retrain_report(record, promote)
+    step = next_step(promote, record["production_version"], "this report")
+    if step:
+        report_md += f"\n**Next:** {step}.\n"
     if drift is not None:
         report_md += "\n" + format_drift_markdown(drift)
     report_json = json.dumps({**record, "drift": drift}, indent=2) + "\n"
@@ -363,6 +417,13 @@ def gate(candidate: dict, production: dict | None, config: PipelineConfig) -> tu
     return not failed, failed + passed
 
 
+def _window_counts(record: dict) -> str:
+    """The test window's size: visits, patients, labeled visits and positives."""
+    test = record["data"]["splits"]["test"]
+    return (f"{test['visits']} visits of {test.get('patients', '?')} patients, "
+            f"{test['labeled']} labeled ({test['positives']} admitted)")  # fmt: skip
+
+
 def _fmt(value: float | None) -> str:
     return "none" if value is None else f"{value:.3f}"
 
@@ -374,8 +435,13 @@ def format_retrain_report(record: dict, promote: bool) -> str:
         "",
         f"{record['time']}; warm start from "
         f"{record['warm_start_from'] if record['warm_start_from'] is not None else 'nothing'}; "
-        f"test window from {record['data']['test_window_from']}.",
+        f"test window from {record['data']['test_window_from']}: {_window_counts(record)}.",
         "",
+        *(
+            [f"**Warning:** {record['data']['dates_warning']}.", ""]
+            if record["data"].get("dates_warning")
+            else []
+        ),  # fmt: skip
         "## Gate",
         "",
         *[f"- {reason}" for reason in record["reasons"]],

@@ -268,13 +268,35 @@ def _oracle_scores(oracle: pl.DataFrame, visit_id: np.ndarray) -> np.ndarray | N
 # reading and writing a report
 
 
+MODEL_METRICS = ("auroc", "auroc_ci95", "auprc", "brier", "calibration_slope",
+                 "calibration_intercept", "n", "prevalence")  # fmt: skip
+
+
 def model_metrics(report: dict[str, Any] | None, model: str) -> dict[str, Any] | None:
-    """One model's test metrics from a report, without the comparison keys (None if absent)."""
+    """One model's test metrics from a report (its main budget and seed), without the
+    comparison keys (None if absent)."""
     if report is None or model not in report.get("models", {}):
         return None
-    keep = ("auroc", "auroc_ci95", "auprc", "brier", "calibration_slope", "calibration_intercept",
-            "n", "prevalence")  # fmt: skip
-    return {k: report["models"][model].get(k) for k in keep}
+    return {k: report["models"][model].get(k) for k in MODEL_METRICS}
+
+
+def model_metrics_at(
+    predictions: pl.DataFrame, model: str, budget: str, seed: int, *, n_boot: int, boot_seed: int
+) -> dict[str, Any] | None:
+    """One model's test metrics at one label budget and seed, from a run's predictions (the
+    report's main table holds only its main budget and seed); None when it has none there or
+    only one class."""
+    rows = predictions.filter(
+        (pl.col("split") == "test") & (pl.col("model") == model) & (pl.col("budget") == budget)
+        & (pl.col("seed") == seed) & pl.col("label").is_not_null()
+    )  # fmt: skip
+    if rows["label"].n_unique() < 2:
+        return None
+    metrics = evaluate_predictions(
+        rows["label"].to_numpy(), rows["score"].to_numpy(), rows["patient_id"].to_numpy(),
+        n_boot=n_boot, seed=boot_seed,
+    )  # fmt: skip
+    return {k: metrics[k] for k in MODEL_METRICS}
 
 
 def write_report(predictions: pl.DataFrame, report: dict[str, Any], out_dir: Path) -> None:

@@ -9,8 +9,9 @@ larger than `chunk_visits` (`ehr_ssl.tokens.stream`), and incremental against a 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,8 @@ from ehr_ssl.tokens.stream import encode_chunks, fit_chunks, partitioned_events
 from ehr_ssl.tokens.tokenizer import Tokenizer, check_fit_mask, event_budget, fit_tokenizer
 from ehr_ssl.tokens.vocab import TOKEN_COLUMNS
 
+log = logging.getLogger("ehr_ssl")
+
 
 def tokenize_dataset(
     data_dir: Path,
@@ -50,6 +53,8 @@ def tokenize_dataset(
     tokenizer: Tokenizer | None = None,
     splits: Callable[[pl.DataFrame], pl.Series] | None = None,
     cache_dir: Path | None = None,
+    split_settings: Mapping[str, str] | None = None,
+    require_classes: bool = False,
 ) -> dict:
     """The tokenize stage: read and check a dataset, split patients, fit the tokenizer on the
     training visits, encode every visit and write the tokens directory atomically.
@@ -63,12 +68,16 @@ def tokenize_dataset(
     `tokenizer`, `cache_dir` makes the tokenization incremental (`ehr_ssl.tokens.incremental`, in
     memory): a rerun on a dataset that grew tokenizes only new and changed visits. Returns the
     manifest (also written as manifest.json). Raises InputError on bad input, before anything
-    is written.
+    is written. When labels exist but a split's labels miss a class, names the setting that
+    sizes that split (`split_settings`, default split.val_fraction / split.test_fraction): an
+    InputError with `require_classes` (a run about to train), else a logged warning.
     """
     out_dir = Path(out_dir)
     _check_output(Path(data_dir), out_dir, overwrite=overwrite)
+    check = partial(check_split_classes, settings={**SPLIT_SETTINGS, **(split_settings or {})},
+                    required=require_classes)  # fmt: skip
     with output_lock(out_dir):
-        return _tokenize(data_dir, out_dir, config, overwrite, tokenizer, splits, cache_dir)
+        return _tokenize(data_dir, out_dir, config, overwrite, tokenizer, splits, cache_dir, check)
 
 
 def _tokenize(
@@ -79,12 +88,12 @@ def _tokenize(
     tokenizer: Tokenizer | None,
     splits: Callable[[pl.DataFrame], pl.Series] | None,
     cache_dir: Path | None,
+    check_classes: Callable[..., None],
 ) -> dict:
     """`tokenize_dataset` once the output is checked and locked."""
     split_of = splits or (lambda v: assign_splits(v["patient_id"], config.split))
-    write = partial(
-        _write_tokens, data_dir=Path(data_dir), out_dir=out_dir, config=config, overwrite=overwrite
-    )
+    write = partial(_write_tokens, data_dir=Path(data_dir), out_dir=out_dir, config=config,
+                    overwrite=overwrite, check_classes=check_classes)  # fmt: skip
     if tokenizer is not None and cache_dir is not None:
         return _tokenize_incremental(data_dir, cache_dir, tokenizer, split_of, write)
     dataset = _read_split_visits(data_dir, config, tokenizer, split_of)
@@ -94,6 +103,54 @@ def _tokenize(
         return _tokenize_in_memory(data_dir, dataset, config, tokenizer, written)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return _tokenize_streamed(data_dir, dataset, config, tokenizer, written, n_chunks, out_dir)
+
+
+# The setting that sizes each split, named when a split's labels miss a class.
+SPLIT_SETTINGS = {
+    "train": "split.val_fraction and split.test_fraction (train is what they leave)",
+    "val": "split.val_fraction (--val-fraction)",
+    "test": "split.test_fraction (--test-fraction)",
+}
+
+
+def check_split_classes(
+    visit_ids: pl.Series,
+    split: pl.Series,
+    labels: pl.DataFrame,
+    *,
+    settings: Mapping[str, str],
+    required: bool,
+) -> None:
+    """Each split's labeled visits hold both classes: fine-tuning, selection and the report
+    each need one split's positives and negatives. Shape: visit_ids, split (V,).
+
+    Raises:
+        InputError (`required`; else the same line is logged as a warning): naming
+        labels.parquet, the split, its counts and the setting to change.
+    """
+    counts = (
+        pl.DataFrame({"visit_id": visit_ids, "split": split})
+        .join(labels.select("visit_id", "label"), on="visit_id", how="inner")
+        .group_by("split")
+        .agg(n=pl.len(), positives=pl.col("label").sum())
+    )
+    found = {row["split"]: row for row in counts.iter_rows(named=True)}
+    for name in SPLITS:
+        row = found.get(name, {"n": 0, "positives": 0})
+        if 0 < row["positives"] < row["n"]:
+            continue
+        what = "no labeled visits" if row["n"] == 0 else (
+            f"{row['n']} labeled visits, all {'positive' if row['positives'] else 'negative'}"
+        )  # fmt: skip
+        error = InputError(
+            f"the {name} split has {what}: every split needs both classes among its labels "
+            f"before training; change {settings[name]}, or add labels",
+            file=LABELS.filename,
+            column="label",
+        )
+        if required:
+            raise error
+        log.warning("tokenize: %s", error)
 
 
 def _check_output(data_dir: Path, out_dir: Path, *, overwrite: bool) -> None:
@@ -259,10 +316,13 @@ def _write_tokens(
     out_dir: Path,
     config: TokenizeConfig,
     overwrite: bool,
+    check_classes: Callable[..., None],
 ) -> dict:
     """Write the tokens directory atomically from `chunks`, the encoded visits (`Tokenizer.
     encode` columns and `split`) in any grouping: `visits` and `split` (shape (V,)) are all
     of them, for the manifest. Returns the manifest."""
+    if labels is not None and labels.height:
+        check_classes(visits["visit_id"], split, labels)
     if labels is None:
         labels = pl.DataFrame(schema={"visit_id": visits.schema["visit_id"], "label": pl.Boolean})
     arrivals = visits["arrival_time"]

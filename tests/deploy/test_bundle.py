@@ -289,3 +289,44 @@ def test_a_bundle_without_an_embedding_record_reads_the_pooled_vector(finished_r
     assert old.readout == "pooled" and old.embedding_dim == old.hidden_size
     visits, events = (pl.read_parquet(data / f"{t}.parquet") for t in ("visits", "events"))
     assert old.embed(visits, events).equals(new.embed(visits, events))
+
+
+def test_a_bundle_of_another_budget_carries_its_own_test_figures(finished_run, tmp_path):
+    """`ehr-ssl bundle --label-budget 100` states the figures of the model it packs, not the
+    main table's: a run copy gets a budget-100 model whose test scores rank the other way."""
+    _, finished = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    layout = RunLayout(run)
+    shutil.copytree(layout.model("all", 0, "ssl"), layout.model("100", 0, "ssl"))
+    predictions = pl.read_parquet(run / "predictions.parquet")
+    main_rows = predictions.filter((pl.col("model") == "ssl") & (pl.col("budget") == "all"))
+    reversed_scores = main_rows.with_columns(budget=pl.lit("100"), score=1 - pl.col("score"))
+    pl.concat([predictions, reversed_scores]).write_parquet(run / "predictions.parquet")
+
+    main_auroc = json.loads((run / "report.json").read_text())["models"]["ssl"]["auroc"]
+    argv = ["bundle", str(run), "--out", str(tmp_path / "b100"), "--label-budget", "100"]
+    assert main(argv) == 0
+    info = json.loads((tmp_path / "b100" / "bundle.json").read_text())
+    assert (info["label_budget"], info["seed"]) == ("100", 0)
+    assert info["test_metrics"]["auroc"] == pytest.approx(1 - main_auroc, abs=1e-9)
+    card = (tmp_path / "b100" / "MODEL_CARD.md").read_text()
+    assert f"Label budget 100, seed 0: test AUROC {1 - main_auroc:.3f}" in card
+    # the main budget's bundle keeps the report's own figures
+    assert main(["bundle", str(run), "--out", str(tmp_path / "ball")]) == 0
+    info = json.loads((tmp_path / "ball" / "bundle.json").read_text())
+    assert info["test_metrics"]["auroc"] == main_auroc
+
+
+def test_a_loaded_model_is_quiet_and_short_in_a_notebook(finished_run, capfd):
+    """Loading and scoring print nothing (no progress bar off a terminal), and the model's repr
+    is one line, not its vocabulary."""
+    data, run = finished_run
+    capfd.readouterr()
+    model = load_bundle(run / "bundle")
+    visits = pl.read_parquet(data / "visits.parquet").head(20)
+    model.predict(visits, pl.read_parquet(data / "events.parquet"))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    text = repr(model)
+    assert len(text) < 300 and "\n" not in text and "model='ssl'" in text

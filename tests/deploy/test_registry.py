@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import tomllib
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -21,7 +23,8 @@ from ehr_ssl.cli import main
 from ehr_ssl.config import load_pipeline_config
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.deploy.registry import Registry
-from ehr_ssl.deploy.retraining import gate, retrain
+from ehr_ssl.deploy.retraining import gate, next_step, retrain, shifted_dates_warning
+from ehr_ssl.settings import to_dict
 
 SETTINGS = {
     "preset": "tiny",
@@ -39,6 +42,7 @@ SETTINGS = {
     "retrain.calibration_slope_min": 0.0,
     "retrain.calibration_slope_max": 100.0,
     "retrain.max_abs_calibration_intercept": 100.0,
+    "retrain.min_auroc": 0.5,  # a 10-step tiny model; the default floor is tested below
 }
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,6 +84,9 @@ def test_first_retrain_promotes_and_a_second_warm_starts(registry, data, tmp_pat
     assert [r["version"] for r in history] == [1, 2]
     report = (reg / "versions" / "2" / "retrain_report.md").read_text()
     assert "## Gate" in report and "## Drift" in report
+    test = record["data"]["splits"]["test"]
+    assert f"{test['visits']} visits of {test['patients']} patients" in report
+    assert 0 < test["patients"] <= test["visits"] and record["data"]["dates_warning"] is None
     # the version's bundle carries the comparison with the baselines on the same test window
     evaluation = json.loads((reg / "versions" / "2" / "report.json").read_text())
     assert list(evaluation["models"]) == ["candidate", "production", "counts_logistic",
@@ -113,23 +120,25 @@ def test_the_gate_refuses_a_worse_candidate(registry, data, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "not promoted" in out and "FAILED candidate AUROC" in out
+    assert "next: production stays version 1" in out
     history = Registry(reg).history()
     assert history[-1]["promoted"] is False and history[-1]["version"] == 2
     assert (reg / "production").read_text() == before[1]
 
 
 def test_the_gate_checks_calibration():
-    config = load_pipeline_config(None, {})  # default gate: slope in [0.5, 2], |intercept| <= 1.5
+    config = load_pipeline_config(None, {})  # default gate: AUROC >= 0.7, slope in [0.7, 1.4]
     good = {"auroc": 0.8, "calibration_slope": 1.0, "calibration_intercept": -0.5}
     assert gate(good, None, config) == (True, [
-        "passed candidate AUROC 0.800 vs minimum 0.500",
-        "passed calibration slope 1.000 in [0.5, 2]",
+        "passed candidate AUROC 0.800 vs minimum 0.700",
+        "passed calibration slope 1.000 in [0.7, 1.4]",
         "passed |calibration intercept| -0.500 <= 1.5",
     ])  # fmt: skip
     for change, failed in [
-        ({"calibration_slope": 0.49}, "FAILED calibration slope 0.490 in [0.5, 2]"),
-        ({"calibration_slope": 2.5}, "FAILED calibration slope 2.500 in [0.5, 2]"),
-        ({"calibration_slope": None}, "FAILED calibration slope none in [0.5, 2]"),
+        ({"auroc": 0.505}, "FAILED candidate AUROC 0.505 vs minimum 0.700"),
+        ({"calibration_slope": 0.69}, "FAILED calibration slope 0.690 in [0.7, 1.4]"),
+        ({"calibration_slope": 1.5}, "FAILED calibration slope 1.500 in [0.7, 1.4]"),
+        ({"calibration_slope": None}, "FAILED calibration slope none in [0.7, 1.4]"),
         ({"calibration_intercept": 1.6}, "FAILED |calibration intercept| 1.600 <= 1.5"),
         ({"calibration_intercept": None}, "FAILED |calibration intercept| none <= 1.5"),
     ]:
@@ -323,3 +332,32 @@ def test_a_damaged_registry_file_exits_2_with_one_line(tmp_path, capsys, file, c
 def test_a_version_bundle_holds_its_retrain_report_in_its_checksums(registry):
     files = json.loads((registry / "versions" / "1" / "bundle.json").read_text())["files"]
     assert {"retrain_report.md", "retrain_report.json"} <= set(files)
+
+
+def test_the_documented_gate_is_the_default():
+    """pipelines/hospital.toml spells out the [retrain] defaults: they must be the defaults."""
+    documented = tomllib.loads((ROOT.parent / "pipelines" / "hospital.toml").read_text())
+    defaults = to_dict(load_pipeline_config(None, {}).retrain)
+    assert documented["retrain"] == {k: defaults[k] for k in documented["retrain"]}
+
+
+@pytest.mark.parametrize(
+    "first,last,warned",
+    [
+        ("2021-01-01 00:00:00", "2023-12-31 23:00:00", None),
+        ("2110-03-01 00:00:00", "2214-07-01 00:00:00", "after today"),  # MIMIC-IV's shift
+        ("1940-01-01 00:00:00", "2024-01-01 00:00:00", "spanning 1940-01-01 to 2024-01-01"),
+    ],
+)
+def test_dates_shifted_per_patient_are_flagged(first, last, warned):
+    today = datetime(2026, 12, 4)
+    warning = shifted_dates_warning(first, last, today=today)
+    assert warning is None if warned is None else warned in warning
+
+
+def test_a_retrain_not_promoted_says_what_to_do_next():
+    assert next_step(True, None, "R.md") is None
+    first = next_step(False, None, "R.md")
+    assert "no model is in production yet" in first and "R.md" in first
+    assert "retrain.label_budget" in first and "ehr-ssl retrain" in first
+    assert next_step(False, 3, "R.md").startswith("production stays version 3")
