@@ -13,7 +13,7 @@ test visits, budgets and seeds (paired differences of seed means, patient bootst
 usage: python benchmarks/bench_ablation.py --visits 20000 --labeled-frac 0.3 --budgets 100,300 \
            --seeds 0,1,2 --epochs 3 [--views augment,disjoint,patient] \
            [--mask-units token,encounter] [--objectives both,masked,contrastive] \
-           [--readouts pooled,segments] [--work DIR] [--preset small]
+           [--readouts pooled,segments] [--work DIR] [--preset small] [--only NAME,...]
 Prints one Markdown table and writes WORK/ablation.json.
 """
 
@@ -142,6 +142,11 @@ def main() -> None:
     parser.add_argument("--mask-units", default="token,encounter")
     parser.add_argument("--objectives", default="both,masked,contrastive")
     parser.add_argument("--readouts", default="pooled,segments")
+    parser.add_argument(
+        "--only",
+        help="run these variants, in this order, after the first (which trains the baselines): "
+        "names as objective-views-unit, '-' where one does not apply (masked---token)",
+    )
     parser.add_argument("--cv-repeats", type=int, default=1, help="finetune.cv_repeats [1]")
     parser.add_argument("--n-boot", type=int, default=500)
     parser.add_argument("--work", type=Path, help="keep data and runs here")
@@ -154,6 +159,12 @@ def main() -> None:
     data, oracle = work / "data", read_oracle(work / "data")
     budgets, readouts = args.budgets.split(","), args.readouts.split(",")
     cells = variants(args.objectives.split(","), args.views.split(","), args.mask_units.split(","))
+    if args.only:
+        by_name = {cell["name"]: cell for cell in cells}
+        unknown = [n for n in args.only.split(",") if n not in by_name]
+        if unknown:
+            raise SystemExit(f"unknown variants {unknown}; known: {', '.join(by_name)}")
+        cells = [cells[0]] + [by_name[n] for n in args.only.split(",") if n != cells[0]["name"]]
     baselines: dict[str, pl.DataFrame] = {}
     results = []
     for index, variant in enumerate(cells):
