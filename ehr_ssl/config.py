@@ -118,6 +118,30 @@ class DataConfig:
 
 
 @dataclass
+class LeakageConfig:
+    """The leakage screen of `validate` and `run` (`ehr_ssl.data.leakage`): a code read before
+    the prediction time whose presence alone nearly separates the labeled visits stops them,
+    unless accepted here."""
+
+    min_auroc: float = 0.9
+    """Flag a code whose presence alone reaches this AUROC (or 1 - this). A whole triage model
+    reaches 0.80-0.87 on real ED data: one code at 0.9 is recorded because of the outcome."""
+    max_impurity: float = 0.02
+    """Flag a code read almost only by one class: the other class's share at most this ..."""
+    min_expected: float = 30.0
+    """... where chance (the label prevalence) would have put at least this many visits of the
+    other class among those that read it, counting one visit per patient."""
+    accept: list[str] = field(default_factory=list)
+    """Codes (or prefixes ending in "//") accepted after review: checked to be recorded before
+    the decision the model supports."""
+
+    def __post_init__(self) -> None:
+        check_range(self.min_auroc, 0.5, 1, "leakage.min_auroc")
+        check_range(self.max_impurity, 0, 0.5, "leakage.max_impurity")
+        check_range(self.min_expected, 0, 1e9, "leakage.min_expected")
+
+
+@dataclass
 class SplitConfig:
     """The patient-level train/val/test split (a hash of patient_id and the seed)."""
 
@@ -571,6 +595,7 @@ RUN_OPTIONS = {
     "val_fraction": "split.val_fraction",
     "test_fraction": "split.test_fraction",
     "split_seed": "split.seed",
+    "accept_leaks": "leakage.accept",
 }
 
 
@@ -584,6 +609,7 @@ class PipelineConfig(PretrainConfig, TokenizeConfig):
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    leakage: LeakageConfig = field(default_factory=LeakageConfig)
 
     def __post_init__(self) -> None:
         self.tokenize_config()

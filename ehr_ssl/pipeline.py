@@ -17,6 +17,7 @@ import polars as pl
 
 from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.config import FINETUNED, PipelineConfig, load_pipeline_config, parse_budget
+from ehr_ssl.data.leakage import screen_dataset
 from ehr_ssl.data.readers import is_present, read_dataset, read_oracle
 from ehr_ssl.data.schema import ORACLE_FILENAME
 from ehr_ssl.data.summary import format_summary, summarize_dataset
@@ -342,6 +343,7 @@ def _validate_and_tokenize(
     if rerun:
         dataset = read_dataset(data_dir, tokenize_config.data)
         summary = summarize_dataset(dataset, lookback_days=tokenize_config.tokenizer.lookback_days)
+        summary["suspected_leaks"] = screen_dataset(dataset, config)  # stops on one not accepted
         del dataset
         log.info("validate: %s\n%s", data_dir, format_summary(summary))
     layout = RunLayout(run_dir)

@@ -16,7 +16,8 @@ from ehr_ssl.cli.options import (
     positive_int,
     seed,
 )
-from ehr_ssl.config import TokenizeConfig, load_tokenize_config
+from ehr_ssl.config import TokenizeConfig, load_pipeline_config, load_tokenize_config
+from ehr_ssl.data.leakage import screen_dataset
 from ehr_ssl.data.readers import read_dataset
 from ehr_ssl.data.summary import format_summary, summarize_dataset
 from ehr_ssl.errors import InputError
@@ -68,9 +69,11 @@ def tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    config = tokenize_config(args)
+    pipeline = load_pipeline_config(args.config, overrides(args))
+    config = pipeline.tokenize_config()
     dataset = read_dataset(args.data, config.data)
     summary = summarize_dataset(dataset, lookback_days=config.tokenizer.lookback_days)
+    summary["suspected_leaks"] = screen_dataset(dataset, pipeline)  # exit 2 on one not accepted
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -126,7 +129,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     validate.add_argument("data", type=Path, help="dataset directory")
     validate.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _add_reading_options(validate)
+    group = _add_reading_options(validate)
+    add_setting(group, "leakage.accept", flag="--accept-leaks")
     validate.set_defaults(run=cmd_validate)
 
     tokenize = commands.add_parser(

@@ -54,10 +54,16 @@ def format_summary(summary: dict) -> str:
         if isinstance(value, dict) and value and key != "static_columns":
             lines.append(f"{key}:")
             lines += [f"  {k:<36} {v}" for k, v in value.items()]
+        elif isinstance(value, list) and value and isinstance(value[0], dict):  # one per line
+            lines.append(f"{key}:")
+            lines += ["  " + ", ".join(f"{k} {_shown(v)}" for k, v in row.items()) for row in value]
         else:
-            shown = f"{value:.4f}" if isinstance(value, float) else value
-            lines.append(f"{key:<38} {shown}")
+            lines.append(f"{key:<38} {_shown(value)}")
     return "\n".join(lines)
+
+
+def _shown(value: object) -> object:
+    return f"{value:.4f}" if isinstance(value, float) else value
 
 
 def _range(times: pl.Series) -> list[str]:

@@ -334,11 +334,12 @@ def test_a_version_bundle_holds_its_retrain_report_in_its_checksums(registry):
     assert {"retrain_report.md", "retrain_report.json"} <= set(files)
 
 
-def test_the_documented_gate_is_the_default():
-    """pipelines/hospital.toml spells out the [retrain] defaults: they must be the defaults."""
+@pytest.mark.parametrize("section", ["retrain", "leakage"])
+def test_the_documented_gate_is_the_default(section):
+    """pipelines/hospital.toml spells out the gates' defaults: they must be the defaults."""
     documented = tomllib.loads((ROOT.parent / "pipelines" / "hospital.toml").read_text())
-    defaults = to_dict(load_pipeline_config(None, {}).retrain)
-    assert documented["retrain"] == {k: defaults[k] for k in documented["retrain"]}
+    defaults = to_dict(getattr(load_pipeline_config(None, {}), section))
+    assert documented[section] == {k: defaults[k] for k in documented[section]}
 
 
 @pytest.mark.parametrize(
