@@ -8,7 +8,10 @@ of each encoder (the second also of bag-of-codes counts, for comparison):
    ridge regression from the visit vector of each readout (`--readout`: "pooled", the pooled
    vector under [CLS] and mean pooling; "segments", the segment readout of
    `EHREncoder.readout`), fitted on train visits and scored on test visits (the true state comes
-   from regenerating the cohort);
+   from regenerating the cohort); with two diagnostics of where the state is lost: "embedding
+   bag" (the visit's code counts times the encoder's input embedding table: its codes with no
+   attention) and the counts through a random projection to the encoder's width (how much any
+   D numbers of linear summary allow);
 3. admission: a logistic regression on the visit vectors of a label budget of train visits,
    C chosen on the budget's val visits, test AUROC.
 
@@ -18,7 +21,7 @@ directory the encoders were pretrained on.
 
 usage: python benchmarks/bench_representation.py --work WORK --tokens TOKENS \
            --encoders RUN/pretrain/encoder[,RUN2/pretrain/encoder] [--budget 1000] \
-           [--latent-train 4000] [--readout pooled,segments]
+           [--latent-train 4000] [--readout pooled,segments] [--projection-widths 64,256]
 """
 
 from __future__ import annotations
@@ -156,7 +159,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--tokens", type=Path, required=True)
-    parser.add_argument("--encoders", required=True, help="comma-separated encoder directories")
+    parser.add_argument("--encoders", default="", help="comma-separated encoder directories")
+    parser.add_argument(
+        "--projection-widths", help="widths of the random projections of the counts [encoders']"
+    )
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--latent-train", type=int, default=4000, help="train visits, probe 2")
     parser.add_argument(
@@ -215,22 +221,41 @@ def main() -> None:
     counts = {s: count_features(f, vocab_size=v, n_bins=b) for s, f in frames.items()}
     rows = {"counts": {"latent": decode_latent(counts["train"], counts["test"], latent["train"],
                                                latent["test"], MaxAbsScaler())}}  # fmt: skip
+    # How much do D numbers per visit allow? The code counts through a random Gaussian
+    # projection to D (the encoders' width, or --projection-widths): a linear summary that
+    # knows nothing of the families.
+    encoders = args.encoders.split(",") if args.encoders else []
+    widths = [int(w) for w in args.projection_widths.split(",")] if args.projection_widths else [
+        EHREncoder.from_pretrained(encoders[0]).config.hidden_size
+    ]  # fmt: skip
+    for width in widths:
+        projection = np.random.default_rng(0).normal(size=(v, width))
+        projected = {s: counts[s][:, :v] @ projection for s in counts}
+        rows[f"counts, random projection to {width}"] = {"latent": decode_latent(
+            projected["train"], projected["test"], latent["train"], latent["test"],
+            StandardScaler(),
+        )}  # fmt: skip
     features = []  # the feature sets of each encoder: poolings of "pooled", then "segments"
-    for directory in args.encoders.split(","):
+    for directory in encoders:
         encoder = EHREncoder.from_pretrained(directory).eval()
         rows[directory] = {"families": family_structure(encoder, tokenizer.vocab)}
         vectors = visit_vectors(encoder, datasets, readouts)
         budget_vectors = visit_vectors(encoder, budget, readouts)
+        # The same encoder's input code embeddings, summed over the visit's code counts, with
+        # no attention: does the embedding table separate the families that pooling loses?
+        table = encoder.code_embeddings.weight.detach().numpy()  # (V, D)
+        vectors["embedding bag"] = {s: counts[s][:, :v] @ table for s in datasets}
         features = list(vectors)
         for name in features:
-            x, xb = vectors[name], budget_vectors[name]
+            x, xb = vectors[name], budget_vectors.get(name)
             rows[directory][name] = {
                 "latent": decode_latent(x["train"], x["test"], latent["train"], latent["test"],
                                         StandardScaler()),
-                "admission": admission_probe(xb["train"], budget["train"].labels, xb["val"],
-                                             budget["val"].labels, xb["test"],
-                                             budget["test"].labels),
             }  # fmt: skip
+            if xb is not None:
+                rows[directory][name]["admission"] = admission_probe(
+                    xb["train"], budget["train"].labels, xb["val"], budget["val"].labels,
+                    xb["test"], budget["test"].labels)  # fmt: skip
         f = rows[directory]["families"]
         print(
             f"{directory}: family NN purity {f['nn_purity']:.3f}, within-family cosine "
@@ -239,11 +264,12 @@ def main() -> None:
     print("\n| features | named conditions AUROC | minor conditions AUROC | frailty R2 | "
           f"admission probe @{args.budget} (test AUROC) |\n|---|---|---|---|---|")  # fmt: skip
     for name, row in rows.items():
-        for pooling in ("latent",) if name == "counts" else features:
-            cell = row if name == "counts" else row[pooling]
+        baseline = name.startswith("counts")
+        for pooling in ("latent",) if baseline else features:
+            cell = row if baseline else row[pooling]
             lat = cell["latent"]
             probe = f"{cell['admission']['test_auroc']:.3f}" if "admission" in cell else "-"
-            label = name if name == "counts" else f"{name} ({pooling})"
+            label = name if baseline else f"{name} ({pooling})"
             print(f"| {label} | {lat['named_auroc']:.3f} | {lat['minor_auroc']:.3f} | "
                   f"{lat['frailty_r2']:.3f} | {probe} |")  # fmt: skip
     print(json.dumps(rows, indent=2))
