@@ -124,8 +124,9 @@ class LeakageConfig:
     unless accepted here."""
 
     min_auroc: float = 0.9
-    """Flag a code whose presence alone reaches this AUROC (or 1 - this). A whole triage model
-    reaches 0.80-0.87 on real ED data: one code at 0.9 is recorded because of the outcome."""
+    """Flag a code whose presence alone reaches this AUROC (or 1 - this), read by at least
+    min_expected patients. A whole triage model reaches 0.80-0.87 on real ED data: one code at
+    0.9 is recorded because of the outcome."""
     max_impurity: float = 0.02
     """Flag a code read almost only by one class: the other class's share at most this ..."""
     min_expected: float = 30.0

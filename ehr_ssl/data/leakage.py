@@ -9,7 +9,7 @@ family such as "ADT//" or "ORDER//ADMIT//"), over the labeled visits that read i
 window as the tokenizer: lookback before arrival up to prediction_time):
 
 - its single-feature AUROC (presence as the score): at least `min_auroc`, or at most
-  1 - `min_auroc` (its presence marks the negatives);
+  1 - `min_auroc` (its presence marks the negatives), among at least `min_expected` patients;
 - its purity: the share of the minority class among the visits that read it at most
   `max_impurity`, where chance would have put at least `min_expected` visits of that class there
   counting one visit per patient (so a handful of patients, however often they came back, or
@@ -143,7 +143,9 @@ def _prefixes(read: pl.DataFrame) -> pl.DataFrame:
 def _separates(config: LeakageConfig, prevalence: float) -> pl.Expr:
     """The flag: single-feature AUROC beyond the bound, or a purity chance would not give."""
     n, admitted, patients = pl.col("visits"), pl.col("admitted"), pl.col("patients")
-    far = (pl.col("auroc") >= config.min_auroc) | (pl.col("auroc") <= 1 - config.min_auroc)
+    far = ((pl.col("auroc") >= config.min_auroc) | (pl.col("auroc") <= 1 - config.min_auroc)) & (
+        patients >= config.min_expected
+    )
     pure_admitted = ((n - admitted) <= config.max_impurity * n) & (
         patients * (1 - prevalence) >= config.min_expected
     )

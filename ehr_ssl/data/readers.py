@@ -188,7 +188,9 @@ def checked_events(
     wanted = {c.name for c in EVENTS.columns} | {a for c in EVENTS.columns for a in c.aliases}
     any_rows = False
     for path in files:
-        columns = [c for c in parquet_columns(path) if c in wanted]
+        present = parquet_columns(path)
+        check_misnamed(present, EVENTS, str(path))
+        columns = [c for c in present if c in wanted]
         offset = 0
         for raw in _raw_batches(path, columns, batch_rows):
             if raw.height == 0:
@@ -284,8 +286,30 @@ def check_labels_match_visits(labels: pl.DataFrame, visits: pl.DataFrame, *, sou
     _first_bad(labels, ~known, source, "visit_id", "labels for visits not in the visits table")
 
 
+def check_misnamed(columns: list[str], table: Table, source: str) -> None:
+    """A column spelled like a contract column that is absent (`Column.misnamed`) stops the
+    read: read as an unused column, a "value" for numeric_value would silently be nothing.
+
+    Raises:
+        InputError: naming the file, the column and the contract's name for it.
+    """
+    lowered = {name.lower(): name for name in columns}
+    for column in table.columns:
+        if any(name in columns for name in (column.name, *column.aliases)):
+            continue
+        found = [lowered[m] for m in column.misnamed if m in lowered]
+        if found:
+            raise InputError(
+                f"looks like the contract's {column.name!r}, which is missing: rename it to "
+                f"{column.name!r} (or drop it if it is something else)",
+                file=source,
+                column=found[0],
+            )
+
+
 def _normalize(df: pl.DataFrame, table: Table, source: str) -> pl.DataFrame:
     """Rename aliases, check presence and types, cast the contract's columns to normal form."""
+    check_misnamed(df.columns, table, source)
     for column in table.columns:
         present = [n for n in (column.name, *column.aliases) if n in df.columns]
         if len(present) > 1:

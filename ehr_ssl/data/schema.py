@@ -27,6 +27,9 @@ LATEST_TIME = datetime(2300, 1, 1)
 # "float": any numeric type, read as float64; "bool": boolean, or integer 0/1; "string": text.
 Kind = Literal["id", "timestamp", "float", "bool", "string"]
 
+VISIT_ID_MISNAMED = ("visit", "encounter_id", "visit_occurrence_id", "stay_id", "hadm_id", "csn")
+PATIENT_ID_MISNAMED = ("patient", "person_id", "subject", "mrn", "pid")
+
 
 @dataclass(frozen=True)
 class Column:
@@ -36,6 +39,10 @@ class Column:
     nullable: bool
     description: str
     aliases: tuple[str, ...] = ()  # other accepted names (MEDS), renamed to `name` on read
+    # Names an export may give this column by mistake (compared case-insensitively): refused,
+    # naming the contract's name, when the column itself is absent; a "value" column read as
+    # nothing would change every prediction without a word.
+    misnamed: tuple[str, ...] = ()
     unique: bool = False
     round_up: bool = False  # nanosecond times: round up to microseconds (event times)
 
@@ -60,7 +67,15 @@ VISITS = Table(
     name="visits",
     description="One row per emergency-department visit: the unit of prediction.",
     columns=(
-        Column("visit_id", "id", True, False, "Visit identifier, unique.", unique=True),
+        Column(
+            "visit_id",
+            "id",
+            True,
+            False,
+            "Visit identifier, unique.",
+            unique=True,
+            misnamed=VISIT_ID_MISNAMED,
+        ),  # fmt: skip
         Column(
             "patient_id",
             "id",
@@ -68,8 +83,23 @@ VISITS = Table(
             False,
             "Patient identifier; joins to events.patient_id.",
             aliases=("subject_id",),
+            misnamed=PATIENT_ID_MISNAMED,
         ),
-        Column("arrival_time", "timestamp", True, False, "ED arrival; the current visit starts."),
+        Column(
+            "arrival_time",
+            "timestamp",
+            True,
+            False,
+            "ED arrival; the current visit starts.",
+            misnamed=(
+                "arrival",
+                "intime",
+                "arrival_datetime",
+                "admittime",
+                "ed_arrival_time",
+                "visit_start_datetime",
+            ),
+        ),  # fmt: skip
         Column(
             "prediction_time",
             "timestamp",
@@ -105,6 +135,7 @@ EVENTS = Table(
             False,
             "Patient identifier; same type as visits.patient_id.",
             aliases=("subject_id",),
+            misnamed=PATIENT_ID_MISNAMED,
         ),
         Column(
             "time",
@@ -114,8 +145,16 @@ EVENTS = Table(
             "When the event was recorded. Nanosecond times are rounded up to whole microseconds "
             "(visit times down), so no event after the prediction time can round into a window.",
             round_up=True,
+            misnamed=("timestamp", "datetime", "event_time", "charttime", "date", "start_time"),
         ),
-        Column("code", "string", True, False, "Event code, e.g. LAB//LACTATE or DX//I50.9."),
+        Column(
+            "code",
+            "string",
+            True,
+            False,
+            "Event code, e.g. LAB//LACTATE or DX//I50.9.",
+            misnamed=("concept_id", "event_code", "itemid", "code_id", "concept"),
+        ),  # fmt: skip
         Column(
             "numeric_value",
             "float",
@@ -123,8 +162,24 @@ EVENTS = Table(
             True,
             "Numeric result, if any (labs, vitals); binned per code into quantiles. NaN is read "
             "as null; infinite values are rejected.",
+            misnamed=(
+                "value",
+                "numeric",
+                "valuenum",
+                "value_num",
+                "num_value",
+                "value_as_number",
+                "result",
+            ),  # fmt: skip
         ),
-        Column("text_value", "string", False, True, "Free-text value, if any (not tokenized)."),
+        Column(
+            "text_value",
+            "string",
+            False,
+            True,
+            "Free-text value, if any (not tokenized).",
+            misnamed=("text", "value_text", "value_as_string", "valuestr"),
+        ),  # fmt: skip
     ),
     extra_columns="Ignored.",
     sharded=True,
@@ -141,6 +196,7 @@ LABELS = Table(
             False,
             "A visit of visits.parquet, at most once.",
             unique=True,
+            misnamed=VISIT_ID_MISNAMED,
         ),
         Column(
             "label",
@@ -148,6 +204,7 @@ LABELS = Table(
             True,
             False,
             "Admitted to hospital within 7 days of ED arrival.",
+            misnamed=("boolean_value", "target", "outcome", "y", "admitted", "admission"),
         ),
     ),
     extra_columns="Ignored.",

@@ -3,11 +3,19 @@ codes, and counts of oddities that are allowed but worth knowing. Counts only, n
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import polars as pl
 
+from ehr_ssl.data.parquet import parquet_columns
 from ehr_ssl.data.readers import Dataset
+from ehr_ssl.data.schema import EVENTS, LABELS, Table
 from ehr_ssl.data.windows import build_windows
+
+log = logging.getLogger("ehr_ssl")
+# Code prefixes of measurements that normally carry a number (MEDS, and the synthetic cohort).
+MEASURED = ("LAB", "VITAL", "LOINC", "MEASUREMENT")
 
 
 def summarize_dataset(dataset: Dataset, *, lookback_days: float) -> dict:
@@ -38,6 +46,9 @@ def summarize_dataset(dataset: Dataset, *, lookback_days: float) -> dict:
         "events_with_numeric_value": int(events["numeric_value"].is_not_null().sum()),
         "static_columns": dataset.static_columns,
         "unused_visit_columns": dataset.unused_columns,
+        "unused_event_columns": _unused(dataset.files["events"], EVENTS),
+        "unused_label_columns": _unused(dataset.files.get("labels", []), LABELS),
+        "warnings": _warnings(events),
         "oddities": {
             "events_of_patients_without_visits": int((~with_visit).sum()),
             "visits_without_events": int((per_visit == 0).sum()),
@@ -45,6 +56,27 @@ def summarize_dataset(dataset: Dataset, *, lookback_days: float) -> dict:
             "duplicate_event_rows": events.height - events.n_unique(),
         },
     }
+
+
+def _unused(files: list, table: Table) -> list[str]:
+    """The columns of a table's files that the pipeline does not read (sorted, every shard)."""
+    read = {name for c in table.columns for name in (c.name, *c.aliases)}
+    return sorted({c for path in files for c in parquet_columns(path)} - read)
+
+
+def _warnings(events: pl.DataFrame) -> list[str]:
+    """What is allowed but probably an export mistake (each also logged)."""
+    out = []
+    prefix = pl.col("code").str.split("//").list.first().str.to_uppercase()
+    measured = events.filter(prefix.is_in(MEASURED)).height
+    if measured and events["numeric_value"].is_not_null().sum() == 0:
+        out.append(
+            f"no event has a numeric_value, yet {measured} events have lab or vital codes "
+            f"({'/'.join(MEASURED)}//...): were the values exported under another column name?"
+        )
+    for warning in out:
+        log.warning("validate: %s", warning)
+    return out
 
 
 def format_summary(summary: dict) -> str:

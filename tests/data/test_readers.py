@@ -3,6 +3,7 @@ file, column and problem (and never an identifier), and MEDS names and type vari
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from ehr_ssl.data.parquet import read_parquet, write_parquet
 from ehr_ssl.data.readers import read_dataset, read_oracle
 from ehr_ssl.data.synthetic import generate_cohort
 from ehr_ssl.errors import InputError
-from tests.conftest import T0, write_tables
+from tests.conftest import T0, make_tables, write_tables
 
 
 def _visits(t):
@@ -607,3 +608,43 @@ def test_oracle_is_read_checked(tmp_path):
     _loop(root / "oracle.parquet")
     with pytest.raises(InputError, match="cannot be read"):
         read_oracle(root)
+
+
+@pytest.mark.parametrize(
+    "table,rename,column,expected",
+    [
+        ("events", {"numeric_value": "value"}, "value", "numeric_value"),
+        ("events", {"numeric_value": "VALUENUM"}, "VALUENUM", "numeric_value"),
+        ("events", {"time": "charttime"}, "charttime", "time"),
+        ("visits", {"arrival_time": "intime"}, "intime", "arrival_time"),
+        ("labels", {"label": "boolean_value"}, "boolean_value", "label"),
+    ],
+)
+def test_a_misnamed_contract_column_exits_2_naming_both_names(
+    tables, tmp_path, capsys, table, rename, column, expected
+):
+    """A "value" column was read as nothing and changed predictions without a word: a column
+    spelled like an absent contract column stops validate, naming both names."""
+    tables[table] = tables[table].rename(rename)
+    data = write_tables(tmp_path / "data", tables)
+    assert main(["validate", str(data)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{table}.parquet: column '{column}': looks like the contract's '{expected}'" in line
+
+
+def test_validate_lists_unread_columns_and_warns_of_labs_without_values(tables, tmp_path, capsys):
+    tables["events"] = tables["events"].with_columns(
+        numeric_value=pl.lit(None, dtype=pl.Float64), unit=pl.lit("mg/dL")
+    )
+    tables["labels"] = tables["labels"].with_columns(note=pl.lit("x"))
+    data = write_tables(tmp_path / "data", tables)
+    assert main(["validate", str(data), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["unused_event_columns"] == ["unit"]
+    assert summary["unused_label_columns"] == ["note"]
+    (warning,) = summary["warnings"]
+    assert warning.startswith("no event has a numeric_value, yet") and "lab or vital" in warning
+    # with values, no warning
+    data = write_tables(tmp_path / "data2", make_tables())
+    assert main(["validate", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == []
