@@ -27,6 +27,7 @@ import polars as pl
 
 from ehr_ssl.config import LeakageConfig, PipelineConfig
 from ehr_ssl.data.readers import Dataset
+from ehr_ssl.data.splits import assign_splits
 from ehr_ssl.data.windows import build_windows
 from ehr_ssl.errors import InputError
 
@@ -197,14 +198,21 @@ def leak_summary(leaks: list[SuspectedLeak], accept: list[str]) -> list[dict]:
 
 def screen_dataset(dataset: Dataset, config: PipelineConfig) -> list[dict]:
     """The screen of a checked dataset under a run's settings: its findings (`leak_summary`).
+    Only the labels of the train and val patients (`config.split`) are read: the test split's
+    are read once, for the final report.
 
     Raises:
         InputError: on a suspected leak that `config.leakage.accept` does not accept.
     """
+    labels = dataset.labels
+    if labels is not None:
+        split = assign_splits(dataset.visits["patient_id"], config.split)
+        not_test = dataset.visits.filter(split != "test")["visit_id"]
+        labels = labels.filter(pl.col("visit_id").is_in(not_test.implode()))
     leaks = screen_leaks(
         dataset.visits,
         dataset.events,
-        dataset.labels,
+        labels,
         lookback_days=config.tokenizer.lookback_days,
         config=config.leakage,
     )

@@ -105,3 +105,21 @@ def test_validate_exits_2_on_a_leak_and_lists_it_once_accepted(cohort, tmp_path,
     assert main(["-q", "run", "--data", str(data), "--out", str(out), "--preset", "tiny"]) == 2
     assert "suspected label leak" in capsys.readouterr().err
     assert not (out / "tokens").exists()
+
+
+def test_the_screen_of_a_run_never_reads_test_labels(cohort):
+    """A code planted only in test patients' admitted visits is invisible to the screen."""
+    from ehr_ssl.data.leakage import screen_dataset
+    from ehr_ssl.data.readers import Dataset
+    from ehr_ssl.data.splits import assign_splits
+
+    _, dataset = cohort
+    config = load_pipeline_config(None, {})
+    split = assign_splits(dataset.visits["patient_id"], config.split)
+    test_visits = dataset.visits.filter(split == "test")["visit_id"].implode()
+    only_test = Dataset(**{**vars(dataset), "labels": dataset.labels.filter(
+        pl.col("visit_id").is_in(test_visits))})  # fmt: skip
+    events = _plant(only_test, "ORDER//BED_REQUEST", share=1.0, minutes=30)
+    assert _screen(only_test, events)  # the bare screen sees it ...
+    planted = Dataset(**{**vars(dataset), "events": events})
+    assert screen_dataset(planted, config) == []  # ... the run's screen reads no test label
