@@ -11,7 +11,7 @@ layers x hidden x T) x encoder tokens/s over the GPU's bf16 matmul rate measured
 with T the mean padded length of the encoder's input.
 
 usage: python benchmarks/bench_train.py --presets tiny,small [--device cpu] [--steps 60]
-           [--views augment|disjoint|patient] [--mask-unit token|encounter]
+           [--views augment|disjoint|patient] [--mask-unit token|encounter] [--precision bf16]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 from ehr_ssl.tokens.tokenizer import Tokenizer
+from ehr_ssl.training.device import device_settings
 from ehr_ssl.training.pretrain import encoder_config, pretrain
 
 
@@ -63,6 +64,7 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
             "train.checkpoint_every": 10**9,
             "train.batch_size": args.batch_size,
             "train.compile": args.compile or None,
+            "train.precision": args.precision,
             "objective.masked_weight": args.masked_weight,
             "objective.contrastive_weight": args.contrastive_weight,
             "objective.contrastive_views": args.views,
@@ -70,6 +72,9 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
         },
     )
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    hardware = device_settings(device, config.train.precision, config.train.pad_to_multiple_of)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # the peak of this measurement, not of an earlier one
     run = Path(tempfile.mkdtemp(prefix=f"bench-{preset}-")) / "run"
     try:
         started = time.perf_counter()
@@ -96,6 +101,9 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
         ],
         "views": config.objective.contrastive_views,
         "mask_unit": config.objective.mask_unit,
+        "precision": hardware.precision,
+        "pad_to_multiple_of": hardware.pad_to_multiple_of,
+        "compile": config.train.compile,
         "steps_measured": len(steady),
         "tokens_per_s": round(median["tokens_per_s"]),
         "encoder_tokens_per_s": round(median["encoder_tokens_per_s"]),
@@ -127,6 +135,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--precision", help="train.precision [auto: bf16 on GPU, fp32 on CPU]")
     parser.add_argument("--masked-weight", type=float)
     parser.add_argument("--contrastive-weight", type=float)
     parser.add_argument("--views", help="objective.contrastive_views [the preset's]")
@@ -170,6 +179,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
         ("--contrastive-weight", args.contrastive_weight),
         ("--views", args.views),
         ("--mask-unit", args.mask_unit),
+        ("--precision", args.precision),
     ):
         if value is not None:
             out += [flag, str(value)]

@@ -21,6 +21,7 @@ from ehr_ssl.errors import InputError
 from ehr_ssl.layout import RUN_CONFIG_FILE
 from ehr_ssl.outputs import KINDS, output_kind
 from ehr_ssl.settings import (
+    check_choice,
     check_count,
     check_positive,
     check_range,
@@ -31,6 +32,9 @@ from ehr_ssl.settings import (
 )
 
 DEVICES = ("auto", "cpu", "cuda")
+# The forward's precision (`ehr_ssl.training.device.device_settings`): "auto" is bf16 on a GPU
+# with fast bf16 matmuls and fp32 elsewhere; "bf16" also runs on CPU, where the tests use it.
+PRECISIONS = ("auto", "fp32", "bf16")
 CONTRASTIVE_VIEWS = ("augment", "disjoint", "patient")
 MASK_UNITS = ("token", "encounter")
 # The visit vector downstream models read (`ehr_ssl.model.encoder.EHREncoder.readout`).
@@ -88,7 +92,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "batch_size": 256,
             "learning_rate": 3e-4,
             "warmup_steps": 1000,
-            "pad_to_multiple_of": 8,
             "checkpoint_every": 1000,
             "num_workers": 4,
         },
@@ -312,12 +315,15 @@ class TrainConfig:
     num_workers: int = 0
     """DataLoader worker processes reading the memory-mapped shards."""
     device: str = field(default="auto", metadata={"choices": DEVICES})
-    """Where to train: "auto" (cuda when available), "cpu" or "cuda"; bf16 autocast on cuda,
-    fp32 on cpu."""
+    """Where to train: "auto" (cuda when available), "cpu" or "cuda"."""
+    precision: str = field(default="auto", metadata={"choices": PRECISIONS})
+    """The forward's matmul precision: "auto" (bf16 autocast on a GPU with bf16, fp32 elsewhere),
+    "fp32" or "bf16" (also on CPU, slower there). Weights and checkpoints stay fp32."""
     compile: bool = False
     """torch.compile the encoder (worth it on GPU for long runs)."""
-    pad_to_multiple_of: int = 1
-    """Round the encoder's input length up to a multiple of this (8 suits GPU tensor cores)."""
+    pad_to_multiple_of: int | None = None
+    """Round the encoder's input length up to a multiple of this; none: 8 on GPU (tensor cores),
+    1 on CPU."""
     include_test_unlabeled: bool = False
     """Transductive setting: also pretrain on the test patients' unlabeled visits."""
     tensorboard: bool = False
@@ -348,7 +354,11 @@ class TrainConfig:
         check_range(self.min_lr_ratio, 0, 1, "train.min_lr_ratio")
         check_count(self.warmup_steps, "train.warmup_steps", low=0, high=MAX_STEPS)
         check_count(self.num_workers, "train.num_workers", low=0, high=MAX_WORKERS)
-        check_count(self.pad_to_multiple_of, "train.pad_to_multiple_of", high=MAX_TOKENS_PER_VISIT)
+        if self.pad_to_multiple_of is not None:
+            check_count(
+                self.pad_to_multiple_of, "train.pad_to_multiple_of", high=MAX_TOKENS_PER_VISIT
+            )
+        check_choice(self.precision, PRECISIONS, "train.precision")
 
 
 @dataclass
@@ -428,8 +438,11 @@ class FinetuneConfig:
     """Seed of the label subset and of training."""
     device: str = field(default="auto", metadata={"choices": DEVICES})
     """Where to train: "auto" (cuda when available), "cpu" or "cuda"."""
+    precision: str = field(default="auto", metadata={"choices": PRECISIONS})
+    """Training precision, as train.precision; scoring and embedding always run in fp32."""
 
     def __post_init__(self) -> None:
+        check_choice(self.precision, PRECISIONS, "finetune.precision")
         if self.mode not in FINETUNE_MODES:
             raise InputError(
                 f"must be one of {', '.join(FINETUNE_MODES)}, got {self.mode!r}",

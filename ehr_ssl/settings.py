@@ -42,6 +42,12 @@ def check_positive(config: Any, names: tuple[str, ...], section: str, *, high: i
         check_count(getattr(config, name), f"{section}.{name}", high=high)
 
 
+def check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    """One of `choices`."""
+    if value not in choices:
+        raise InputError(f"must be one of {', '.join(choices)}, got {value!r}", column=name)
+
+
 def check_range(value: float, low: float, high: float, name: str) -> None:
     """Finite and within [low, high] (NaN fails every comparison, so it is named first)."""
     if not math.isfinite(value) or not low <= value <= high:

@@ -23,6 +23,7 @@ from ehr_ssl.model.encoder import EHRConfig, EHREncoder
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.training import distributed
+from ehr_ssl.training.device import DeviceSettings, device_settings
 from ehr_ssl.training.optim import param_groups
 
 
@@ -107,15 +108,13 @@ def _optimizer_groups(model: AdmissionClassifier, config: FinetuneConfig) -> lis
     return groups + [dict(g, lr=config.learning_rate) for g in head]
 
 
-def _data_parallel(model: AdmissionClassifier, device: torch.device) -> nn.Module:
+def _data_parallel(model: AdmissionClassifier, hardware: DeviceSettings) -> nn.Module:
     """The model, under torchrun wrapped in DistributedDataParallel."""
     if not distributed.current().distributed:
         return model
     # Data-parallel: DDP starts every process from rank 0's weights (the probe's head included)
     # and averages gradients; each process's rows are an equal share of the global batch.
-    return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None
-    )
+    return DistributedDataParallel(model, device_ids=hardware.ddp_device_ids)
 
 
 def _epoch_loader(train: TokenDataset, config: FinetuneConfig, epoch: int) -> DataLoader:
@@ -139,18 +138,19 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     loader: DataLoader,
     pos_weight: torch.Tensor,
-    device: torch.device,
+    hardware: DeviceSettings,
 ) -> torch.Tensor:
-    """One pass over `loader` with the weighted loss and gradients clipped at norm 1; returns
-    the last batch's loss. `trained` is `model` or its DDP wrapper."""
+    """One pass over `loader` with the weighted loss and gradients clipped at norm 1, in the
+    run's precision; returns the last batch's loss. `trained` is `model` or its DDP wrapper."""
     model.train()
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss = trained(
-            **{k: batch[k] for k in ENCODER_INPUTS},
-            labels=batch["labels"],
-            pos_weight=pos_weight,
-        ).loss
+        batch = {k: v.to(hardware.device) for k, v in batch.items()}
+        with hardware.autocast():
+            loss = trained(
+                **{k: batch[k] for k in ENCODER_INPUTS},
+                labels=batch["labels"],
+                pos_weight=pos_weight,
+            ).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -167,20 +167,22 @@ def val_auroc(model: AdmissionClassifier, val: TokenDataset, device: torch.devic
 @dataclass
 class Fold:
     """A classifier in training: the model (and its DDP wrapper), optimizer, visits, the
-    class weight of its train visits and, for a fold of cv selection, its val visits."""
+    class weight of its train visits, the device settings and, for a fold of cv selection, its
+    val visits."""
 
     model: AdmissionClassifier
     trained: nn.Module
     optimizer: torch.optim.Optimizer
     train: TokenDataset
     pos_weight: torch.Tensor
+    hardware: DeviceSettings
     val: TokenDataset | None = None
 
-    def train_epoch(self, config: FinetuneConfig, epoch: int, device: torch.device) -> float:
+    def train_epoch(self, config: FinetuneConfig, epoch: int) -> float:
         """One pass over the train visits; the last batch's loss."""
         loader = _epoch_loader(self.train, config, epoch)
         loss = _train_epoch(
-            self.trained, self.model, self.optimizer, loader, self.pos_weight, device
+            self.trained, self.model, self.optimizer, loader, self.pos_weight, self.hardware
         )
         return float(loss.detach())
 
@@ -193,9 +195,11 @@ def start_training(
     val: TokenDataset | None = None,
 ) -> Fold:
     """A classifier ready to train (its head already set where it starts from a probe)."""
+    hardware = device_settings(device, config.precision)
     groups = _optimizer_groups(model, config)
     model.to(device)
     positives = float(np.nansum(train.labels))
     pos_weight = torch.tensor((len(train) - positives) / positives, device=device)
-    optimizer = torch.optim.AdamW(groups)
-    return Fold(model, _data_parallel(model, device), optimizer, train, pos_weight, val)
+    optimizer = torch.optim.AdamW(groups, fused=hardware.fused_optimizer)
+    trained = _data_parallel(model, hardware)
+    return Fold(model, trained, optimizer, train, pos_weight, hardware, val)

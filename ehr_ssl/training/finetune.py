@@ -261,7 +261,7 @@ def _train_classifier(
         selection.start_from(model, val_auroc(model, val, device))
     run = start_training(model, train, config, device)
     for epoch in range(1, config.max_epochs + 1):  # epoch k: after k passes over train
-        loss = run.train_epoch(config, epoch, device)
+        loss = run.train_epoch(config, epoch)
         if selection.record(epoch, val_auroc(model, val, device), loss, model):
             break
     model.load_state_dict(selection.best_state)
@@ -314,7 +314,7 @@ def _cv_finetune(
         summary["selected_C"] = probe["C"]
     refit = start_training(model, train, config, device)
     for epoch in range(1, summary["selected_epoch"] + 1):
-        refit.train_epoch(config, epoch, device)
+        refit.train_epoch(config, epoch)
     return model, summary | {"selection": folds.describe()}
 
 
@@ -359,7 +359,7 @@ def _select_epoch(
     if start_at_probe:
         selection.start_from(None, _mean_val_auroc(runs, device))
     for epoch in range(1, config.max_epochs + 1):
-        losses = [run.train_epoch(config, epoch, device) for run in runs]
+        losses = [run.train_epoch(config, epoch) for run in runs]
         if selection.record(epoch, _mean_val_auroc(runs, device), float(np.mean(losses)), None):
             break
     return selection.summary()

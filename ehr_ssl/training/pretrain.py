@@ -1,11 +1,12 @@
 """The pretraining loop, explicit and readable top to bottom (no Trainer framework).
 
 AdamW (no decay on biases, norms and embeddings), linear warmup then cosine decay (a pure function
-of the step), gradient clipping, bf16 autocast on CUDA and fp32 on CPU, optional torch.compile,
-length-bucketed batches streamed from memory-mapped shards, atomic checkpoints every N steps, and
-a resume that continues bit for bit. The loop owns device and precision; the model and the losses
-know nothing about either. With `objective.contrastive_views = "patient"` each batch also carries
-a partner visit of the same (train-split) patient per visit, drawn from (seed, epoch, batch).
+of the step), gradient clipping, train.precision (bf16 autocast on GPU, fp32 on CPU unless
+asked), optional torch.compile, length-bucketed batches streamed from memory-mapped shards,
+atomic checkpoints every N steps, and a resume that continues bit for bit. The loop owns device
+and precision (`ehr_ssl.training.device`); the model and the losses know nothing about either.
+With `objective.contrastive_views = "patient"` each batch also carries a partner visit of the same
+(train-split) patient per visit, drawn from (seed, epoch, batch).
 
 Under torchrun the same loop runs data-parallel (DistributedDataParallel): train.batch_size is
 the global batch, each process reads and encodes its share of it, contrastive negatives come
@@ -68,7 +69,7 @@ from ehr_ssl.tokens.pairs import (
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training import distributed
 from ehr_ssl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from ehr_ssl.training.device import resolve_device
+from ehr_ssl.training.device import DeviceSettings, device_settings, resolve_device
 from ehr_ssl.training.optim import learning_rate, param_groups, set_learning_rate
 from ehr_ssl.training.reporting import MetricsLog, StepReporter
 
@@ -90,7 +91,7 @@ class _Plan:
 
     tokenizer: Tokenizer
     dataset: TokenDataset
-    device: torch.device
+    hardware: DeviceSettings  # the device and what training does differently there
     rank: distributed.Rank
     steps_per_epoch: int
     total_steps: int
@@ -106,7 +107,7 @@ class _Learner:
     trained: nn.Module  # what the forward runs through: the model, compiled or DDP-wrapped
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # the objectives' random inputs (masks, views)
-    device: torch.device  # where the model, its batches and the generator live
+    hardware: DeviceSettings  # where the model, its batches and the generator live; precision
 
 
 def pretrain(
@@ -184,7 +185,9 @@ def _check_inputs(tokens_dir: Path, config: PretrainConfig, init_encoder: Path |
     tokenizer = Tokenizer.load(tokens_dir)
     train = config.train
     rank = distributed.current()
-    device = resolve_device(train.device)
+    hardware = device_settings(
+        resolve_device(train.device), train.precision, train.pad_to_multiple_of
+    )
     if train.batch_size % rank.world_size:
         raise InputError(
             f"{train.batch_size} is not divisible by the {rank.world_size} processes (it is the "
@@ -207,7 +210,7 @@ def _check_inputs(tokens_dir: Path, config: PretrainConfig, init_encoder: Path |
     return _Plan(
         tokenizer=tokenizer,
         dataset=dataset,
-        device=device,
+        hardware=hardware,
         rank=rank,
         steps_per_epoch=steps_per_epoch,
         total_steps=train.max_steps or train.epochs * steps_per_epoch,
@@ -268,18 +271,22 @@ def _build(plan: _Plan, config: PretrainConfig) -> _Learner:
         encoder = plan.warm_encoder
     else:
         encoder = EHREncoder(encoder_config(tokenizer, config))
+    hardware = plan.hardware
     model = PretrainingModel(
-        encoder, config.objective, pad_to_multiple_of=train.pad_to_multiple_of
-    ).to(plan.device)
+        encoder, config.objective, pad_to_multiple_of=hardware.pad_to_multiple_of
+    ).to(hardware.device)
     optimizer = torch.optim.AdamW(
         param_groups(model, train.weight_decay),
         lr=train.learning_rate,
         betas=(0.9, 0.98),
-        fused=plan.device.type == "cuda",
+        fused=hardware.fused_optimizer,
     )
-    generator = torch.Generator(device=plan.device).manual_seed(train.seed)
     return _Learner(
-        model, trained=model, optimizer=optimizer, generator=generator, device=plan.device
+        model,
+        trained=model,
+        optimizer=optimizer,
+        generator=hardware.generator(train.seed),
+        hardware=hardware,
     )
 
 
@@ -314,21 +321,22 @@ def _compile_and_distribute(
     one_term = min(config.objective.masked_weight, config.objective.contrastive_weight) == 0
     return DistributedDataParallel(
         model,
-        device_ids=[plan.device.index] if plan.device.type == "cuda" else None,
+        device_ids=plan.hardware.ddp_device_ids,
         find_unused_parameters=one_term,
     )
 
 
 def _log_start(plan: _Plan, config: PretrainConfig, encoder: EHREncoder) -> None:
-    """One line on what is about to run: data, steps, preset, devices and model size."""
+    """One line on what is about to run: data, steps, preset, devices, precision, model size."""
     log.info(
-        "pretrain: %d visits, %d steps (%d per epoch), %s, %s x %d, %.2fM parameters",
+        "pretrain: %d visits, %d steps (%d per epoch), %s, %s x %d, %s, %.2fM parameters",
         len(plan.dataset),
         plan.total_steps,
         plan.steps_per_epoch,
         config.preset,
-        plan.device,
+        plan.hardware.device,
         plan.rank.world_size,
+        plan.hardware.precision,
         sum(p.numel() for p in encoder.parameters()) / 1e6,
     )
 
@@ -405,7 +413,7 @@ def _epoch_batches(
         batch_sampler=batch_sampler,
         collate_fn=collate_fn,
         num_workers=train.num_workers,
-        pin_memory=plan.device.type == "cuda",
+        pin_memory=plan.hardware.pin_memory,
         generator=torch.Generator(),  # keeps the global RNG (dropout) untouched by loaders
     )
     return batches, loader
@@ -416,7 +424,7 @@ def _to_device(
 ) -> tuple[dict[str, torch.Tensor], slice | None]:
     """The batch on the device and, under torchrun, this process's rows of the global batch
     (`indices`: the global batch's visits, then their partners where the batch has them)."""
-    batch = {k: v.to(plan.device, non_blocking=True) for k, v in batch.items()}
+    batch = {k: v.to(plan.hardware.device, non_blocking=True) for k, v in batch.items()}
     if not plan.rank.distributed:
         return batch, None
     # Random inputs are drawn on the global batch, as one process would draw them; each view
@@ -438,12 +446,11 @@ def _train_step(
     step: int,
     train: TrainConfig,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """One update at learning rate `lr`: forward (bf16 autocast on CUDA), backward, clipping,
+    """One update at learning rate `lr`: forward (in the run's precision), backward, clipping,
     and a stop before the update on a non-finite loss or gradient. Returns the loss terms, the
     gradient norm and the encoder's real tokens and slots."""
     set_learning_rate(learner.optimizer, lr)
-    device = learner.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with learner.hardware.autocast():
         losses = learner.trained(batch, learner.generator, rows)
     encoder_counts = losses.pop("encoder_tokens"), losses.pop("encoder_slots")
     loss = losses["loss"]

@@ -239,9 +239,9 @@ def test_cv_selection_chooses_on_folds_and_refits_on_every_label(
     trained_on = []  # the train visits of every epoch that was run
     original = classifier_loop.Fold.train_epoch
 
-    def recording(self, config, epoch, device):
+    def recording(self, config, epoch):
         trained_on.append(len(self.train))
-        return original(self, config, epoch, device)
+        return original(self, config, epoch)
 
     monkeypatch.setattr(classifier_loop.Fold, "train_epoch", recording)
     summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _cv_config(mode=mode))
