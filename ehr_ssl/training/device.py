@@ -1,6 +1,6 @@
 """The device a run trains and scores on, and everything that training does differently there:
 one place to read what the GPU path changes (precision, fused AdamW, pinned memory, the
-generator's device, DDP's device ids, padding for tensor cores)."""
+generator's device, DDP's device ids and backend, padding for tensor cores)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,11 @@ class DeviceSettings:
     def generator(self, seed: int) -> torch.Generator:
         """A seeded generator on the device, where the objectives draw their random inputs."""
         return torch.Generator(device=self.device).manual_seed(seed)
+
+
+def collective_backend(device: torch.device) -> str:
+    """The torch.distributed backend under torchrun: NCCL between GPUs, gloo between CPUs."""
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def device_settings(

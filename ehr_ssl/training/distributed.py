@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ehr_ssl.errors import InputError
+from ehr_ssl.training.device import collective_backend, resolve_device
 
 # Stages that only rank 0 runs (tokenizing 8M visits) keep the others waiting at a barrier.
 _TIMEOUT = timedelta(hours=6)
@@ -80,10 +81,10 @@ def process_group(device: str) -> Iterator[Rank]:
     if launched_world_size() <= 1 or dist.is_initialized():
         yield current()
         return
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
+    backend = collective_backend(resolve_device(device))
+    if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=_TIMEOUT)
+    dist.init_process_group(backend, timeout=_TIMEOUT)
     try:
         yield current()
     finally:

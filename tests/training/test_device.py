@@ -17,7 +17,7 @@ from ehr_ssl.model.encoder import EHRConfig, EHREncoder
 from ehr_ssl.model.pretraining import ENCODER_INPUTS, PretrainingModel
 from ehr_ssl.tokens.batching import TokenDataset, collate
 from ehr_ssl.tokens.tokenizer import Tokenizer
-from ehr_ssl.training.device import device_settings
+from ehr_ssl.training.device import collective_backend, device_settings
 from ehr_ssl.training.finetune import finetune
 from ehr_ssl.training.pretrain import pretrain
 
@@ -35,6 +35,7 @@ def test_cpu_trains_in_fp32_without_the_gpu_only_features():
     assert not settings.fused_optimizer and not settings.pin_memory
     assert settings.ddp_device_ids is None and settings.pad_to_multiple_of == 1
     assert settings.generator(3).device == CPU
+    assert collective_backend(CPU) == "gloo" and collective_backend(CUDA) == "nccl"
 
 
 def test_cuda_trains_in_bf16_with_fused_adamw_pinned_memory_and_padding(monkeypatch):
