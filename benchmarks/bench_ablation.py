@@ -79,7 +79,7 @@ def run_cell(args, data: Path, run_dir: Path, variant: dict, readout: str, model
         },
     )
     started = time.perf_counter()
-    run_pipeline(data, run_dir, config, device="cpu")
+    run_pipeline(data, run_dir, config, device=args.device)
     print(f"  {variant['name']} / {readout}: {time.perf_counter() - started:.0f} s", flush=True)
     kept = run_dir / f"predictions-{readout}.parquet"
     shutil.copyfile(run_dir / PREDICTIONS_FILE, kept)
@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--cv-repeats", type=int, default=1, help="finetune.cv_repeats [1]")
     parser.add_argument("--n-boot", type=int, default=500)
     parser.add_argument("--work", type=Path, help="keep data and runs here")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-ablation-"))

@@ -46,6 +46,7 @@ from ehr_ssl.tokens.batching import TokenDataset
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training.budgets import budget_split
+from ehr_ssl.training.device import resolve_device
 from ehr_ssl.training.finetune import labeled_split
 from ehr_ssl.training.probe import pooled_vectors, pooled_vectors_by_pooling
 
@@ -66,7 +67,7 @@ def family_structure(encoder: EHREncoder, vocab: list[str]) -> dict:
                 owners.setdefault(index[code], set()).add(k)
     ids = np.array([i for i, ks in owners.items() if len(ks) == 1])
     family = np.array([next(iter(owners[i])) for i in ids])
-    e = encoder.code_embeddings.weight.detach().numpy()
+    e = encoder.code_embeddings.weight.detach().cpu().numpy()
     e = e - e.mean(0)  # cosine around the centroid: the shared frequency direction removed
     e = e / np.linalg.norm(e, axis=1, keepdims=True)
     sim = e[ids] @ e[ids].T  # (F, F) over the single-family codes in the vocabulary
@@ -139,18 +140,20 @@ def admission_probe(
 
 
 def visit_vectors(
-    encoder: EHREncoder, datasets: dict[str, TokenDataset], readouts: list[str]
+    encoder: EHREncoder,
+    datasets: dict[str, TokenDataset],
+    readouts: list[str],
+    device: torch.device,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Each feature set's vectors per split: "cls" and "mean" for the pooled readout (one forward
     pass per batch), "segments" for the segment readout. Shape: (N, D) or (N, 3 D + 2)."""
-    cpu = torch.device("cpu")
     features: dict[str, dict[str, np.ndarray]] = {}
     if "pooled" in readouts:
-        by_pooling = {s: pooled_vectors_by_pooling(encoder, d, cpu, POOLINGS)
+        by_pooling = {s: pooled_vectors_by_pooling(encoder, d, device, POOLINGS)
                       for s, d in datasets.items()}  # fmt: skip
         features |= {p: {s: v[p] for s, v in by_pooling.items()} for p in POOLINGS}
     if "segments" in readouts:
-        features["segments"] = {s: pooled_vectors(encoder, d, cpu, readout="segments")
+        features["segments"] = {s: pooled_vectors(encoder, d, device, readout="segments")
                                 for s, d in datasets.items()}  # fmt: skip
     return features
 
@@ -168,7 +171,9 @@ def main() -> None:
     parser.add_argument(
         "--readout", default="pooled", help=f"comma-separated, of {', '.join(READOUTS)}"
     )
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args()
+    device = resolve_device(args.device)
     readouts = args.readout.split(",")
     if not readouts or set(readouts) - set(READOUTS):
         parser.error(f"--readout: choose from {', '.join(READOUTS)}, got {args.readout!r}")
@@ -237,13 +242,13 @@ def main() -> None:
         )}  # fmt: skip
     features = []  # the feature sets of each encoder: poolings of "pooled", then "segments"
     for directory in encoders:
-        encoder = EHREncoder.from_pretrained(directory).eval()
+        encoder = EHREncoder.from_pretrained(directory).eval().to(device)
         rows[directory] = {"families": family_structure(encoder, tokenizer.vocab)}
-        vectors = visit_vectors(encoder, datasets, readouts)
-        budget_vectors = visit_vectors(encoder, budget, readouts)
+        vectors = visit_vectors(encoder, datasets, readouts, device)
+        budget_vectors = visit_vectors(encoder, budget, readouts, device)
         # The same encoder's input code embeddings, summed over the visit's code counts, with
         # no attention: does the embedding table separate the families that pooling loses?
-        table = encoder.code_embeddings.weight.detach().numpy()  # (V, D)
+        table = encoder.code_embeddings.weight.detach().cpu().numpy()  # (V, D)
         vectors["embedding bag"] = {s: counts[s][:, :v] @ table for s in datasets}
         features = list(vectors)
         for name in features:
