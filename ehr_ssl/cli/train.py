@@ -17,12 +17,12 @@ from ehr_ssl.settings import load_config, read_toml
 log = logging.getLogger("ehr_ssl")
 
 # Settings with a flag of their own (every other one: --config or --set).
-PRETRAIN_FLAGS = ("train.max_steps", "train.epochs", "train.device", "train.batch_size",
-                  "train.learning_rate", "train.num_workers", "train.seed",
+PRETRAIN_FLAGS = ("train.max_steps", "train.epochs", "train.device", "train.precision",
+                  "train.batch_size", "train.learning_rate", "train.num_workers", "train.seed",
                   "objective.masked_weight", "objective.contrastive_weight",
                   "train.include_test_unlabeled", "train.compile", "train.tensorboard")  # fmt: skip
 FINETUNE_FLAGS = ("mode", "label_budget", "learning_rate", "encoder_lr_ratio", "batch_size",
-                  "max_epochs", "patience", "selection", "seed", "device")  # fmt: skip
+                  "max_epochs", "patience", "selection", "seed", "device", "precision")  # fmt: skip
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
