@@ -3,11 +3,12 @@ the SSL model win with few labels? Every cell is the whole pipeline (`run_pipeli
 few-label selection protocol for every model), on one synthetic cohort.
 
 Pretraining variants: both objectives x views x masking unit; the masked objective alone x
-masking unit; the contrastive objective alone x views. Each variant is pretrained once (in
-WORK/run-<variant>) and fine-tuned under each readout (the pipeline reuses the encoder: the
-readout is a fine-tuning setting). The baselines (scratch transformer, counts logistic
-regression and GBM) do not depend on pretraining: they are trained once per readout, in the
-first variant's run, and every variant's SSL predictions are compared with them on the same
+masking unit; the contrastive objective alone x views; with "masked+bag" / "both+bag" the bag of
+masked codes predicted from the visit vector (`objective.bag_weight`) added. Each variant is
+pretrained once (in WORK/run-<variant>) and fine-tuned under each readout (the pipeline reuses
+the encoder: the readout is a fine-tuning setting). The baselines (scratch transformer, counts
+logistic regression and GBM) do not depend on pretraining: they are trained once per readout,
+in the first variant's run, and every variant's SSL predictions are compared with them on the same
 test visits, budgets and seeds (paired differences of seed means, patient bootstrap).
 
 usage: python benchmarks/bench_ablation.py --visits 20000 --labeled-frac 0.3 --budgets 100,300 \
@@ -38,18 +39,26 @@ from ehr_ssl.pipeline import run_pipeline
 
 SSL_MODELS = ["ssl", "ssl_linear_probe", "ssl_plus_counts"]
 BASELINES = ["scratch", "counts_logistic", "counts_gbm"]
-WEIGHTS = {"both": (1.0, 1.0), "masked": (1.0, 0.0), "contrastive": (0.0, 1.0)}
+# objective name -> (masked_weight, contrastive_weight, bag_weight)
+WEIGHTS = {
+    "both": (1.0, 1.0, 0.0),
+    "masked": (1.0, 0.0, 0.0),
+    "contrastive": (0.0, 1.0, 0.0),
+    "masked+bag": (1.0, 0.0, 1.0),
+    "both+bag": (1.0, 1.0, 1.0),
+}
 
 
 def variants(objectives: list[str], views: list[str], mask_units: list[str]) -> list[dict]:
     """The pretraining variants: a name and its objective settings."""
     out = []
     for objective in objectives:
-        for view in views if objective != "masked" else ["-"]:
-            for unit in mask_units if objective != "contrastive" else ["-"]:
-                masked, contrastive = WEIGHTS[objective]
+        masked, contrastive, bag = WEIGHTS[objective]
+        for view in views if contrastive else ["-"]:
+            for unit in mask_units if masked or bag else ["-"]:
                 settings = {"objective.masked_weight": masked,
-                            "objective.contrastive_weight": contrastive}  # fmt: skip
+                            "objective.contrastive_weight": contrastive,
+                            "objective.bag_weight": bag}  # fmt: skip
                 if view != "-":
                     settings["objective.contrastive_views"] = view
                 if unit != "-":

@@ -231,6 +231,11 @@ class ObjectiveConfig:
     """Weight of the value-bin prediction within the masked-event term."""
     contrastive_weight: float = 1.0
     """Contrastive visits (SimCLR-style NT-Xent between two augmented views)."""
+    bag_weight: float = 0.0
+    """Bag of masked codes: predict, from the masked view's pooled visit vector, the codes that
+    masking hid (a softmax over the vocabulary against their distribution). A token's state can
+    copy its code from its neighbours; the one visit vector must carry the patient's codes
+    (issue 19). Uses the masking of `mask_rate` and `mask_unit`, also when masked_weight is 0."""
     mask_rate: float = 0.15
     """Share of event tokens chosen for prediction (of those, 80% [MASK], 10% random, 10% kept)."""
     mask_unit: str = field(default="token", metadata={"choices": MASK_UNITS})
@@ -259,12 +264,12 @@ class ObjectiveConfig:
     only: issue 19, CLOCS/PCLR-style patient-level positives)."""
 
     def __post_init__(self) -> None:
-        for name in ("masked_weight", "contrastive_weight", "value_bin_weight"):
+        for name in ("masked_weight", "contrastive_weight", "bag_weight", "value_bin_weight"):
             check_range(getattr(self, name), 0, 1e6, f"objective.{name}")
         for name in ("event_dropout", "history_crop"):
             check_range(getattr(self, name), 0, 1, f"objective.{name}")
         check_range(self.time_jitter, 0, 10, "objective.time_jitter")
-        if self.masked_weight == 0 and self.contrastive_weight == 0:
+        if self.masked_weight == 0 and self.contrastive_weight == 0 and self.bag_weight == 0:
             raise InputError("at least one objective needs a weight > 0", column="objective")
         if not 0 < self.mask_rate < 1:
             raise InputError(

@@ -2,6 +2,8 @@
 
 - `MaskedEventHead`: per-token logits over the vocabulary and over value bins (pretraining); the
   code decoder is the encoder's code embedding matrix (tied, as in BERT), passed in.
+- `BagOfCodesHead`: logits over the vocabulary from the pooled visit vector (the bag of masked
+  codes), with the same tied code decoder.
 - `ProjectionHead`: the SimCLR projection of pooled visit vectors for the contrastive loss.
 """
 
@@ -36,6 +38,23 @@ class MaskedEventHead(nn.Module):
         bin logits (..., K)."""
         h = self.norm(F.gelu(self.transform(hidden)))
         return F.linear(h, code_embeddings, self.code_bias), self.bin_decoder(h)
+
+
+class BagOfCodesHead(nn.Module):
+    """Transform + LayerNorm, then the tied code decoder, on one pooled vector per visit: the
+    visit vector must say which codes were hidden, so it has to carry the patient's codes
+    rather than leave them to token states (issue 19)."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.transform = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.code_bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, pooled: torch.Tensor, code_embeddings: torch.Tensor) -> torch.Tensor:
+        """Shape: pooled (B, D), code_embeddings (V, D) -> code logits (B, V)."""
+        h = self.norm(F.gelu(self.transform(pooled)))
+        return F.linear(h, code_embeddings, self.code_bias)
 
 
 class ProjectionHead(nn.Module):

@@ -1,6 +1,7 @@
-"""Pure loss functions of tensors for the pretraining objectives: masked-event modeling and the
-symmetric InfoNCE (NT-Xent) of SimCLR, optionally with groups of rows that are never each other's
-negatives (patient-level positives, CLOCS). They know nothing about models or heads."""
+"""Pure loss functions of tensors for the pretraining objectives: masked-event modeling, the bag
+of masked codes predicted from the visit vector, and the symmetric InfoNCE (NT-Xent) of SimCLR,
+optionally with groups of rows that are never each other's negatives (patient-level positives,
+CLOCS). They know nothing about models or heads."""
 
 from __future__ import annotations
 
@@ -80,6 +81,48 @@ def masked_event_loss(
     code_loss = _masked_cross_entropy(code_logits, code_labels, "code")
     bin_loss = _masked_cross_entropy(bin_logits, bin_labels, "bin")
     return code_loss, bin_loss
+
+
+def bag_of_codes_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Predict the bag of a visit's hidden codes from one vector per visit (issue 19).
+
+    Row b's target is the distribution of its labelled codes (each label != -100 counts once,
+    repeats included); its loss is the cross-entropy of softmax(logits[b]) against it, which is
+    the mean over its labels of -log p(label). The loss is the mean over rows with at least one
+    label; exactly 0.0 (with a zero gradient) when no row has one. Computed in at least float32.
+
+    Args:
+        logits: Scores over the code vocabulary, one row per visit.
+        labels: Code ids of each visit's hidden events, -100 elsewhere.
+
+    Returns:
+        The scalar loss.
+
+    Shape:
+        logits (B, V), labels (B, T) -> ().
+
+    Raises:
+        ValueError: on mismatched batch sizes, non-integer labels, or a label outside [0, V)
+            that is not -100.
+    """
+    if logits.ndim != 2 or labels.ndim != 2 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"logits must be (B, V) and labels (B, T), got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
+    targets = labels != IGNORE_INDEX  # (B, T)
+    chosen = labels[targets]
+    if chosen.numel() and bool(((chosen < 0) | (chosen >= logits.shape[1])).any()):
+        bad = chosen[(chosen < 0) | (chosen >= logits.shape[1])][0].item()
+        raise ValueError(f"labels contains {bad}, outside [0, {logits.shape[1]}) and not -100")
+    log_p = F.log_softmax(logits.to(_compute_dtype(logits.dtype)), dim=-1)  # (B, V)
+    picked = log_p.gather(1, labels.clamp_min(0).long()) * targets  # (B, T)
+    per_row_count = targets.sum(dim=1)  # (B,)
+    labelled = per_row_count > 0
+    per_row = -picked.sum(dim=1) / per_row_count.clamp_min(1)  # (B,)
+    return per_row[labelled].sum() / max(int(labelled.sum()), 1)
 
 
 def info_nce_loss(

@@ -19,8 +19,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ehr_ssl.config import ObjectiveConfig
 from ehr_ssl.model.collectives import all_gather_with_grad, data_parallel_rank
 from ehr_ssl.model.encoder import EHREncoder
-from ehr_ssl.model.heads import MaskedEventHead, ProjectionHead
-from ehr_ssl.model.losses import IGNORE_INDEX, info_nce_loss, masked_event_loss
+from ehr_ssl.model.heads import BagOfCodesHead, MaskedEventHead, ProjectionHead
+from ehr_ssl.model.losses import (
+    IGNORE_INDEX,
+    bag_of_codes_loss,
+    info_nce_loss,
+    masked_event_loss,
+)
 from ehr_ssl.model.masking import ENCOUNTER_TIMES, mask_events
 from ehr_ssl.model.views import augment_view, disjoint_views
 from ehr_ssl.tokens.pairs import split_partner
@@ -48,14 +53,21 @@ class PretrainingModel(nn.Module):
             config.hidden_size, config.vocab_size, config.n_value_bins, config.layer_norm_eps
         )
         self.projection = ProjectionHead(config.hidden_size, objective.projection_dim)
-        for head in (self.masked_head, self.projection):  # one place for initialization
+        heads = [self.masked_head, self.projection]
+        # Only when on: runs (and checkpoints) without the term keep their state dict.
+        if objective.bag_weight > 0:
+            self.bag_head = BagOfCodesHead(
+                config.hidden_size, config.vocab_size, config.layer_norm_eps
+            )
+            heads.append(self.bag_head)
+        for head in heads:  # one place for initialization
             head.apply(encoder._init_weights)
 
     def forward(
         self, batch: dict[str, Tensor], generator: torch.Generator, rows: slice | None = None
     ) -> dict[str, Tensor]:
         """Shape: batch tensors (B, T) -> scalar losses {"loss", "masked_code", "masked_bin",
-        "contrastive"} (terms switched off are absent), plus the real and padded token counts
+        "bag", "contrastive"} (terms switched off are absent), plus the real and padded token counts
         of the encoder's input, {"encoder_tokens", "encoder_slots"} (no gradient).
 
         Data-parallel training passes the global batch and this process's `rows` of it: the
@@ -115,7 +127,7 @@ class PretrainingModel(nn.Module):
         else:
             view_a = self._view(batch, generator) if contrastive else batch
         labels = None
-        if o.masked_weight > 0:
+        if o.masked_weight > 0 or o.bag_weight > 0:
             view_a, code_labels, bin_labels = mask_events(
                 view_a,
                 vocab_size=self.encoder.config.vocab_size,
@@ -146,9 +158,13 @@ class PretrainingModel(nn.Module):
         `n_visits` rows first); `pairs` holds the global batch's patient groups and partner
         flags ("patient" views). Shape: last_hidden_state (k * B, T, D) -> {name: ()}."""
         terms = {}
-        if labels is not None:
+        if self.objective.masked_weight > 0:
             hidden_a = encoded.last_hidden_state[:n_visits]  # (B, T, D)
             terms["masked_code"], terms["masked_bin"] = self._masked_terms(hidden_a, labels, scale)
+        if self.objective.bag_weight > 0:
+            pooled_a = encoded.pooler_output[:n_visits]  # (B, D): view A's visit vectors
+            logits = self.bag_head(pooled_a, self.encoder.code_embeddings.weight)  # (B, V)
+            terms["bag"] = bag_of_codes_loss(logits, labels["masked_code"]) * scale.get("bag", 1)
         if self.objective.contrastive_weight > 0:
             z = self.projection(encoded.pooler_output)  # (2B, P): view A rows, then view B rows
             patient = self.objective.contrastive_views == "patient" and pairs is not None
@@ -189,6 +205,8 @@ class PretrainingModel(nn.Module):
         if "masked_code" in terms:
             masked = terms["masked_code"] + o.value_bin_weight * terms["masked_bin"]
             total = total + o.masked_weight * masked
+        if "bag" in terms:
+            total = total + o.bag_weight * terms["bag"]
         if "contrastive" in terms:
             total = total + o.contrastive_weight * terms["contrastive"]
         return total
@@ -228,6 +246,9 @@ def _local_rows(
         n_local = (local[name] != IGNORE_INDEX).sum()
         n_global = (global_labels != IGNORE_INDEX).sum().clamp_min(1)
         scale[name] = world * n_local / n_global
+    # The bag term is a mean over visits with a hidden code: the same scaling, counted in rows.
+    code_rows = (labels["masked_code"] != IGNORE_INDEX).any(dim=1)  # (B,)
+    scale["bag"] = world * code_rows[rows].sum() / code_rows.sum().clamp_min(1)
     return views, local, scale
 
 

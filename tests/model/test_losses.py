@@ -8,7 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ehr_ssl.model.losses import IGNORE_INDEX, info_nce_loss, masked_event_loss
+from ehr_ssl.model.losses import (
+    IGNORE_INDEX,
+    bag_of_codes_loss,
+    info_nce_loss,
+    masked_event_loss,
+)
 
 # ----------------------------------------------------------------------------------------------
 # masked_event_loss
@@ -556,3 +561,67 @@ def test_grouped_info_nce_rejects_bad_groups() -> None:
         info_nce_loss(z_a, z_b, temperature=0.1, groups=torch.zeros(4))
     with pytest.raises(ValueError, match=r"paired must be a bool tensor"):
         info_nce_loss(z_a, z_b, temperature=0.1, paired=torch.ones(4, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------------------------
+# bag_of_codes_loss
+
+
+def reference_bag_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Row by row: the mean over its labels of -log softmax(row)[label]; mean over rows that
+    have a label."""
+    rows = []
+    for row_logits, row_labels in zip(logits.tolist(), labels.tolist(), strict=True):
+        targets = [c for c in row_labels if c != IGNORE_INDEX]
+        if not targets:
+            continue
+        log_z = math.log(sum(math.exp(x) for x in row_logits))
+        rows.append(sum(log_z - row_logits[c] for c in targets) / len(targets))
+    return sum(rows) / len(rows) if rows else 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bag_of_codes_loss_matches_reference(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(6, 11, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 11, (6, 9), generator=g)
+    labels[torch.rand(6, 9, generator=g) < 0.6] = IGNORE_INDEX
+    labels[2] = IGNORE_INDEX  # a row with nothing hidden does not count
+    loss = bag_of_codes_loss(logits, labels)
+    assert loss.item() == pytest.approx(reference_bag_loss(logits, labels), rel=1e-12)
+
+
+def test_bag_of_codes_closed_forms() -> None:
+    labels = torch.tensor([[3, 3, IGNORE_INDEX, 5]])
+    uniform = bag_of_codes_loss(torch.zeros(1, 8), labels)
+    assert uniform.item() == pytest.approx(math.log(8))
+    # The best single distribution for the bag {3, 3, 5} puts 2/3 on code 3 and 1/3 on code 5.
+    best = torch.full((1, 8), -1e9)
+    best[0, 3], best[0, 5] = math.log(2 / 3), math.log(1 / 3)
+    entropy = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
+    assert bag_of_codes_loss(best, labels).item() == pytest.approx(entropy, rel=1e-5)
+
+
+def test_bag_of_codes_without_labels_is_zero_with_zero_gradient() -> None:
+    logits = torch.randn(3, 5, requires_grad=True)
+    loss = bag_of_codes_loss(logits, torch.full((3, 4), IGNORE_INDEX))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros(3, 5))
+
+
+def test_bag_of_codes_bf16_logits_give_float32_loss() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 16, generator=g)
+    labels = torch.randint(0, 16, (4, 6), generator=g)
+    low = bag_of_codes_loss(logits.bfloat16(), labels)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, bag_of_codes_loss(logits, labels), rtol=1e-2, atol=0)
+
+
+def test_bag_of_codes_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        bag_of_codes_loss(torch.zeros(2, 4), torch.tensor([[1, 4], [0, 0]]))
+    with pytest.raises(ValueError, match="integer"):
+        bag_of_codes_loss(torch.zeros(2, 4), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"\(B, V\)"):
+        bag_of_codes_loss(torch.zeros(2, 4), torch.zeros(3, 3, dtype=torch.long))

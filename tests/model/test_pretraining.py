@@ -42,6 +42,8 @@ def _batch(tokens, n=24):
         ({}, {"masked_code", "masked_bin", "contrastive"}),
         ({"contrastive_weight": 0.0}, {"masked_code", "masked_bin"}),
         ({"masked_weight": 0.0}, {"contrastive"}),
+        ({"bag_weight": 0.5}, {"masked_code", "masked_bin", "bag", "contrastive"}),
+        ({"masked_weight": 0.0, "contrastive_weight": 0.0, "bag_weight": 1.0}, {"bag"}),
     ],
 )
 def test_terms_follow_weights_and_sum(cohort_tokens, weights, terms):
@@ -49,9 +51,12 @@ def test_terms_follow_weights_and_sum(cohort_tokens, weights, terms):
     losses = model(_batch(cohort_tokens), torch.Generator().manual_seed(0))
     assert set(losses) == terms | {"loss", "encoder_tokens", "encoder_slots"}
     o = model.objective
-    expected = o.masked_weight * (
-        losses.get("masked_code", 0) + o.value_bin_weight * losses.get("masked_bin", 0)
-    ) + o.contrastive_weight * losses.get("contrastive", 0)
+    expected = (
+        o.masked_weight
+        * (losses.get("masked_code", 0) + o.value_bin_weight * losses.get("masked_bin", 0))
+        + o.contrastive_weight * losses.get("contrastive", 0)
+        + o.bag_weight * losses.get("bag", 0)
+    )
     torch.testing.assert_close(losses["loss"], torch.as_tensor(expected))
     assert all(torch.isfinite(losses[k]) for k in terms | {"loss"})
 
@@ -65,7 +70,15 @@ def test_randomness_comes_from_the_generator(cohort_tokens):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("weights", [{}, {"contrastive_weight": 0.0}, {"masked_weight": 0.0}])
+@pytest.mark.parametrize(
+    "weights",
+    [
+        {},
+        {"contrastive_weight": 0.0},
+        {"masked_weight": 0.0},
+        {"masked_weight": 0.0, "contrastive_weight": 0.0, "bag_weight": 1.0},
+    ],
+)
 def test_loss_falls_on_a_fixed_batch(cohort_tokens, weights):
     model = _model(cohort_tokens, **weights)
     batch = _batch(cohort_tokens)
@@ -333,3 +346,24 @@ def test_encoding_in_length_chunks_equals_one_pass(cohort_tokens, n_chunks):
         chunked.last_hidden_state[mask], one.last_hidden_state[mask], rtol=1e-5, atol=1e-5
     )
     assert slots < one_slots == mask.numel()
+
+
+def test_bag_term_of_each_process_averages_to_the_whole_batch(cohort_tokens):
+    """Under data parallelism each process scores its rows; the mean over processes of the
+    scaled masked and bag terms (what DDP's averaging takes) is the whole batch's term."""
+    model = _model(cohort_tokens, contrastive_weight=0.0, bag_weight=1.0)
+    batch = _batch(cohort_tokens)
+    whole = model(batch, torch.Generator().manual_seed(0))
+    halves = [
+        model(batch, torch.Generator().manual_seed(0), rows=rows)
+        for rows in (slice(0, 12), slice(12, 24))
+    ]
+    for term in ("bag", "masked_code"):
+        torch.testing.assert_close((halves[0][term] + halves[1][term]) / 2, whole[term])
+
+
+def test_bag_head_exists_only_when_its_term_is_on(cohort_tokens):
+    """A run without the bag term keeps the state dict (and checkpoints) it had before."""
+    assert not any(k.startswith("bag_head.") for k in _model(cohort_tokens).state_dict())
+    with_bag = _model(cohort_tokens, bag_weight=1.0).state_dict()
+    assert {"bag_head.transform.weight", "bag_head.code_bias"} <= set(with_bag)
