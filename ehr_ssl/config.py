@@ -32,6 +32,8 @@ from ehr_ssl.settings import (
 )
 
 DEVICES = ("auto", "cpu", "cuda")
+# How `ehr-ssl predict` writes its rows: ours (visit_id, score) or the MEDS prediction schema.
+PREDICTION_FORMATS = ("ehr-ssl", "meds")
 # The forward's precision (`ehr_ssl.training.device.device_settings`): "auto" is bf16 on a GPU
 # with fast bf16 matmuls and fp32 elsewhere; "bf16" also runs on CPU, where the tests use it.
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from ehr_ssl.cli.options import add_config_options, add_setting, overrides, positive_int, seed
-from ehr_ssl.config import DEVICES, FINETUNED
+from ehr_ssl.config import DEVICES, FINETUNED, PREDICTION_FORMATS
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, output_lock
 
 log = logging.getLogger("ehr_ssl")
@@ -28,7 +28,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()
     check_output_file(args.out, {"--data": args.data, "--model": args.model})  # before loading
     model = load(args.model, device=args.device)
-    score_dataset(model, args.data, args.out, output=args.command, chunk_visits=args.chunk_visits)
+    score_dataset(
+        model,
+        args.data,
+        args.out,
+        output=args.command,
+        output_format=getattr(args, "format", "ehr-ssl"),
+        threshold=getattr(args, "threshold", None),
+        chunk_visits=args.chunk_visits,
+    )
     return 0
 
 
@@ -120,6 +128,21 @@ def _add_score_commands(commands: argparse._SubParsersAction) -> None:
         score.add_argument(
             "--device", choices=DEVICES, default="auto", help="where to score [auto: cuda if any]"
         )
+        if name == "predict":
+            score.add_argument(
+                "--format",
+                choices=PREDICTION_FORMATS,
+                default="ehr-ssl",
+                help="ehr-ssl: visit_id, score; meds: the MEDS prediction schema (subject_id, "
+                "prediction_time, boolean_value when every visit has a label, "
+                "predicted_boolean_value, predicted_boolean_probability) for meds-evaluation "
+                "[ehr-ssl]",
+            )
+            score.add_argument(
+                "--threshold",
+                type=float,
+                help="meds: predicted_boolean_value is score >= this [none: left null]",
+            )
         score.set_defaults(run=cmd_score)
 
 

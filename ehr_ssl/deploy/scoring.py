@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ehr_ssl.artifacts import write_failure
 from ehr_ssl.atomic import atomic_file, make_temporary_dir, renamed_error
+from ehr_ssl.config import PREDICTION_FORMATS
 from ehr_ssl.data.parquet import parquet_writer
 from ehr_ssl.data.partitions import (
     CHUNK_COLUMN,
@@ -36,10 +37,11 @@ from ehr_ssl.data.partitions import (
     partition_events,
     read_chunk_events,
 )
-from ehr_ssl.data.readers import read_visits, table_files
+from ehr_ssl.data.readers import read_labels, read_visits, table_files
 from ehr_ssl.data.schema import EVENTS, VISITS
 from ehr_ssl.deploy.bundle import AdmissionModel
 from ehr_ssl.errors import InputError
+from ehr_ssl.evaluation.predictions import meds_keys, meds_predictions
 from ehr_ssl.outputs import check_outside_inputs, output_lock
 from ehr_ssl.tokens.vocab import UNK_ID
 
@@ -54,6 +56,8 @@ def score_dataset(
     out_path: Path,
     *,
     output: str = "predict",
+    output_format: str = "ehr-ssl",
+    threshold: float | None = None,
     chunk_visits: int = 100_000,
     batch_size: int = 256,
     progress: bool | None = None,
@@ -64,8 +68,12 @@ def score_dataset(
         model: A loaded bundle.
         data_dir: A dataset directory (visits, events; labels, if any, are not read).
         out_path: The output Parquet file: `visit_id`, then `score` (float64) or `embedding`
-            (fixed-size list of the bundle's `embedding_dim` float32).
+            (fixed-size list of the bundle's `embedding_dim` float32); or, for "meds", the MEDS
+            prediction schema (`ehr_ssl.evaluation.predictions.MEDS_PREDICTION_SCHEMA`).
         output: "predict" or "embed".
+        output_format: "ehr-ssl" or "meds" (predict only; the dataset's labels become
+            boolean_value when every visit has one).
+        threshold: "meds": predicted_boolean_value is score >= threshold (null without one).
         chunk_visits: About how many visits are tokenized and scored at once (memory bound).
         progress: A progress bar (default: when stderr is a terminal); else log lines.
 
@@ -73,15 +81,23 @@ def score_dataset(
         Counts: visits, chunks, event rows read, unknown-code share, seconds. No identifiers.
     """
     data_dir, out_path = _check_inputs(data_dir, out_path, output, chunk_visits)
+    _check_format(output, output_format, threshold)
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     with output_lock(out_path):  # and the temporaries of a killed run removed
-        dataset = _read_dataset(model, data_dir, chunk_visits)
+        dataset = _read_dataset(model, data_dir, chunk_visits, meds=output_format == "meds")
         work = make_temporary_dir(out_path, "chunks")
         try:
             n_events = _partition_events(model, dataset, work, output)
             unknown, tokens_read = _score_chunks(
-                model, dataset, work, out_path, output=output, batch_size=batch_size, show=show
+                model,
+                dataset,
+                work,
+                out_path,
+                output=output,
+                batch_size=batch_size,
+                show=show,
+                threshold=threshold,
             )
         except OSError as e:  # a work file that cannot be written: name the output it serves
             renamed = renamed_error(e, work, out_path, counterpart=False)
@@ -117,6 +133,7 @@ class _Dataset:
     event_files: list[Path]
     times: list[tuple[str, pl.DataFrame]]  # timestamp columns, for the time zone check
     n_chunks: int
+    meds_keys: pl.DataFrame | None = None  # MEDS output: visit_id -> subject, time (, label)
 
 
 def _check_inputs(
@@ -134,6 +151,17 @@ def _check_inputs(
     return data_dir, out_path
 
 
+def _check_format(output: str, output_format: str, threshold: float | None) -> None:
+    if output_format not in PREDICTION_FORMATS:
+        raise InputError(f"must be one of {', '.join(PREDICTION_FORMATS)}", column="format")
+    if output_format == "meds" and output != "predict":
+        raise InputError(
+            "the MEDS prediction schema holds predictions: predict only", column="format"
+        )
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise InputError(f"must be in [0, 1], got {threshold}", column="threshold")
+
+
 def check_output_file(out_path: Path, inputs: dict[str, Path | None]) -> None:
     """The output file of `predict`/`embed`: not a directory, and at, inside or above none of
     `inputs` ({flag: path}). Raises InputError naming it."""
@@ -142,17 +170,22 @@ def check_output_file(out_path: Path, inputs: dict[str, Path | None]) -> None:
     check_outside_inputs(out_path, inputs)
 
 
-def _read_dataset(model: AdmissionModel, data_dir: Path, chunk_visits: int) -> _Dataset:
+def _read_dataset(
+    model: AdmissionModel, data_dir: Path, chunk_visits: int, *, meds: bool = False
+) -> _Dataset:
     """Read and check the visits table, find the events files, and give each visit its chunk (a
-    hash of patient_id, so a patient's visits share one)."""
+    hash of patient_id, so a patient's visits share one); for MEDS output, each visit's keys."""
     tokenizer = model.tokenizer
     (visits_path,) = table_files(data_dir, VISITS)
     event_files = table_files(data_dir, EVENTS)
     visits, static_columns, _, times = read_visits(visits_path, tokenizer.input_config())
     tokenizer.check_static_columns(static_columns, str(visits_path))
     n_chunks = max(1, math.ceil(visits.height / chunk_visits))
+    keys = None
+    if meds:  # the labels, if any, are read only for MEDS output's boolean_value
+        keys = meds_keys(visits, read_labels(data_dir, visits), str(visits_path))
     visits = visits.with_columns(chunk_of(pl.col("patient_id"), n_chunks))
-    return _Dataset(visits, visits_path, event_files, times, n_chunks)
+    return _Dataset(visits, visits_path, event_files, times, n_chunks, keys)
 
 
 def _partition_events(model: AdmissionModel, dataset: _Dataset, work: Path, output: str) -> int:
@@ -185,6 +218,7 @@ def _score_chunks(
     output: str,
     batch_size: int,
     show: bool,
+    threshold: float | None = None,
 ) -> tuple[int, int]:
     """Pass 2: tokenize and score chunk by chunk, appending to `out_path` (written atomically).
     Returns the number of unknown-code tokens and of all tokens read."""
@@ -200,6 +234,8 @@ def _score_chunks(
             unknown += int((ids == UNK_ID).sum())
             tokens_read += ids.len()
             table = _output_table(model, tokens, output, batch_size)
+            if dataset.meds_keys is not None:
+                table = _meds_table(table, dataset.meds_keys, threshold)
             writer = _write_rows(writer, table, tmp, out_path)
             bar.update(tokens.height)
             if not show:
@@ -244,6 +280,12 @@ def _chunk_tokens(
         return None
     events = read_chunk_events(work, chunk, visits.schema["patient_id"])
     return model.tokenizer.encode_checked(visits_in_chunk, events)
+
+
+def _meds_table(table: pa.Table, keys: pl.DataFrame, threshold: float | None) -> pa.Table:
+    """One chunk's scores (visit_id, score) as MEDS prediction rows."""
+    rows = meds_predictions(pl.from_arrow(table), keys, threshold)
+    return rows.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
 def _output_table(model: AdmissionModel, tokens: pl.DataFrame, output: str, batch_size: int):

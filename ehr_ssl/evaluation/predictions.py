@@ -1,5 +1,6 @@
 """The predictions contract of a run: one row per (test visit, model, label budget, training seed),
-its checks, its alignment by visit, and predictions.parquet."""
+its checks, its alignment by visit, and predictions.parquet; and the MEDS prediction schema that
+`ehr-ssl predict --format meds` writes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import polars as pl
 
 from ehr_ssl.atomic import atomic_file, fsync_file
 from ehr_ssl.data.parquet import write_parquet
+from ehr_ssl.errors import InputError
 
 # The predictions contract: one row per (test visit, model, label budget, training seed).
 PREDICTION_COLUMNS = (
@@ -146,3 +148,56 @@ def write_predictions(predictions: pl.DataFrame, path: Path) -> None:
     with atomic_file(path) as tmp:
         write_parquet(ordered, tmp)  # with page checksums: damage is found when read
         fsync_file(tmp)
+
+
+# The MEDS prediction schema (meds-evaluation's PredictionSchema: the MEDS label schema plus the
+# predictions). It allows no other column, so a visit is its subject and prediction time, and a
+# label may not be null: boolean_value is written only when every visit has one.
+MEDS_PREDICTION_SCHEMA = {
+    "subject_id": pl.Int64,
+    "prediction_time": pl.Datetime("us"),
+    "boolean_value": pl.Boolean,
+    "predicted_boolean_value": pl.Boolean,
+    "predicted_boolean_probability": pl.Float32,
+}
+
+
+def meds_keys(visits: pl.DataFrame, labels: pl.DataFrame | None, source: str) -> pl.DataFrame:
+    """visit_id -> subject_id, prediction_time and, when every visit has a label, boolean_value.
+
+    Raises InputError (naming `source`) when patient ids are not integers (MEDS subject ids are).
+    """
+    if not visits.schema["patient_id"].is_integer():
+        raise InputError(
+            f"MEDS subject ids are 64-bit integers, got {visits.schema['patient_id']} ids: "
+            "use --format ehr-ssl",
+            file=source,
+            column="patient_id",
+        )
+    keys = visits.select(
+        "visit_id",
+        pl.col("patient_id").cast(pl.Int64).alias("subject_id"),
+        pl.col("prediction_time").cast(pl.Datetime("us")),
+    )
+    if labels is None:
+        return keys
+    known = labels.select("visit_id", pl.col("label").cast(pl.Boolean).alias("boolean_value"))
+    keys = keys.join(known, on="visit_id", how="left", maintain_order="left")
+    return keys if keys["boolean_value"].null_count() == 0 else keys.drop("boolean_value")
+
+
+def meds_predictions(
+    scored: pl.DataFrame, keys: pl.DataFrame, threshold: float | None
+) -> pl.DataFrame:
+    """Scored visits (`visit_id`, `score`) in the MEDS prediction schema, in their order:
+    predicted_boolean_value is score >= `threshold` (null without one), the probability is the
+    score as float32 (the schema's type)."""
+    rows = scored.join(keys, on="visit_id", how="left", maintain_order="left")
+    predicted = pl.lit(None, pl.Boolean) if threshold is None else pl.col("score") >= threshold
+    return rows.select(
+        "subject_id",
+        "prediction_time",
+        *(["boolean_value"] if "boolean_value" in keys.columns else []),
+        predicted.alias("predicted_boolean_value"),
+        pl.col("score").cast(pl.Float32).alias("predicted_boolean_probability"),
+    )

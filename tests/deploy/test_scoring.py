@@ -11,6 +11,7 @@ import pytest
 
 from ehr_ssl.cli import main
 from ehr_ssl.deploy.bundle import load_bundle
+from ehr_ssl.evaluation.predictions import MEDS_PREDICTION_SCHEMA
 from tests.conftest import PATIENT_PREFIX, VISIT_PREFIX
 
 
@@ -157,3 +158,71 @@ def test_events_after_each_visits_own_prediction_time_are_never_read(finished_ru
     perturbed = pl.concat([changed.drop("prediction_time"), added])
     assert model.predict(first, events).equals(model.predict(first, perturbed))
     assert model.embed(first, events).equals(model.embed(first, perturbed))
+
+
+def _integer_ids(data, out, *, labeled_only: bool):
+    """The finished run's dataset with integer patient ids (MEDS subject ids are int64); with
+    `labeled_only`, only the visits that have a label."""
+    out.mkdir()
+    number = pl.col("patient_id").str.strip_prefix(PATIENT_PREFIX).cast(pl.Int64)
+    visits = pl.read_parquet(data / "visits.parquet").with_columns(number)
+    labels = pl.read_parquet(data / "labels.parquet")
+    if labeled_only:
+        visits = visits.filter(pl.col("visit_id").is_in(labels["visit_id"].implode()))
+    visits.write_parquet(out / "visits.parquet")
+    pl.read_parquet(data / "events.parquet").with_columns(number).write_parquet(
+        out / "events.parquet"
+    )
+    labels.filter(pl.col("visit_id").is_in(visits["visit_id"].implode())).write_parquet(
+        out / "labels.parquet"
+    )
+    return out
+
+
+def test_meds_predictions_feed_meds_evaluation(finished_run, tmp_path):
+    """`--format meds` writes the MEDS prediction schema; meds-evaluation reads it as it is and
+    finds the AUROC of the same scores in ehr-ssl's own format."""
+    from meds_evaluation.evaluate import evaluate_binary_classification
+    from meds_evaluation.schema import PredictionSchema
+
+    from ehr_ssl.evaluation.metrics import auroc
+
+    data, run = finished_run
+    labeled = _integer_ids(data, tmp_path / "labeled", labeled_only=True)
+    bundle = str(run / "bundle")
+    meds, ours = tmp_path / "meds.parquet", tmp_path / "ours.parquet"
+    argv = ["predict", "--model", bundle, "--data", str(labeled), "--device", "cpu"]
+    assert main([*argv, "--out", str(meds), "--format", "meds", "--threshold", "0.5"]) == 0
+    assert main([*argv, "--out", str(ours)]) == 0
+    table = pl.read_parquet(meds)
+    PredictionSchema.align(table.to_arrow())  # raises on a column or type MEDS does not allow
+    assert dict(table.schema) == MEDS_PREDICTION_SCHEMA
+    assert (
+        table["predicted_boolean_value"] == (table["predicted_boolean_probability"] >= 0.5)
+    ).all()
+    metrics = evaluate_binary_classification(table)["samples_equally_weighted"]
+
+    labels = pl.read_parquet(labeled / "labels.parquet")
+    scored = pl.read_parquet(ours).join(labels, on="visit_id")
+    expected = auroc(scored["label"].cast(pl.Int8).to_numpy(), scored["score"].to_numpy())
+    assert metrics["roc_auc_score"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_meds_predictions_without_every_label_or_with_string_ids(finished_run, tmp_path, capsys):
+    data, run = finished_run
+    partly = _integer_ids(data, tmp_path / "partly", labeled_only=False)
+    out = tmp_path / "meds.parquet"
+    argv = ["predict", "--model", str(run / "bundle"), "--device", "cpu", "--format", "meds"]
+    assert main([*argv, "--data", str(partly), "--out", str(out)]) == 0
+    table = pl.read_parquet(out)  # a MEDS label may not be null: the column is left out
+    assert table.columns == ["subject_id", "prediction_time", "predicted_boolean_value",
+                             "predicted_boolean_probability"]  # fmt: skip
+    assert table["predicted_boolean_value"].null_count() == table.height  # no threshold given
+    capsys.readouterr()
+    assert main([*argv, "--data", str(data), "--out", str(tmp_path / "strings.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "patient_id" in err and "64-bit integers" in err
+    assert not (tmp_path / "strings.parquet").exists()
+    embed = ["embed", "--model", str(run / "bundle"), "--data", str(partly)]
+    with pytest.raises(SystemExit):  # --format is predict's alone
+        main([*embed, "--out", str(tmp_path / "e.parquet"), "--format", "meds"])
