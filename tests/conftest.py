@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -47,6 +48,17 @@ def make_tables(n_patients: int = 40) -> dict[str, pl.DataFrame]:
         "events": pl.DataFrame(events, schema=EVENTS_SCHEMA, orient="row"),
         "labels": pl.DataFrame(labels, schema=["visit_id", "label"], orient="row"),
     }
+
+
+def copy_as_killed(finished: Path, run: Path, last_step: int) -> Path:
+    """A copy of a finished pretraining directory as if killed after its checkpoint before
+    `last_step`: the last checkpoint and the final outputs removed, ready for --resume."""
+    shutil.copytree(finished, run)
+    shutil.rmtree(run / "checkpoints" / f"step-{last_step:08d}")
+    shutil.rmtree(run / "encoder")
+    for name in ("pretraining_heads.safetensors", "pretrain_summary.json"):
+        (run / name).unlink()
+    return run
 
 
 def write_tables(directory: Path, tables: dict[str, pl.DataFrame]) -> Path:

@@ -3,8 +3,6 @@ finite losses close to fp32 on a fixed batch, fp32 weights and checkpoints, bitw
 
 from __future__ import annotations
 
-import shutil
-
 import polars as pl
 import pytest
 import torch
@@ -20,6 +18,7 @@ from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training.device import collective_backend, device_settings
 from ehr_ssl.training.finetune import finetune
 from ehr_ssl.training.pretrain import pretrain
+from tests.conftest import copy_as_killed
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)
@@ -130,12 +129,7 @@ def test_bf16_pretraining_saves_fp32_weights_and_resumes_bitwise(cohort_tokens, 
     config = _bf16_run(8, checkpoint_every=4)
     reference = tmp_path / "reference"
     pretrain(cohort_tokens, reference, config)
-    run = tmp_path / "resumed"
-    shutil.copytree(reference, run)
-    shutil.rmtree(run / "checkpoints" / "step-00000008")
-    shutil.rmtree(run / "encoder")
-    for name in ("pretraining_heads.safetensors", "pretrain_summary.json"):
-        (run / name).unlink()
+    run = copy_as_killed(reference, tmp_path / "resumed", last_step=8)
     pretrain(cohort_tokens, run, config, resume=True)
 
     for name in ("encoder/model.safetensors", "pretraining_heads.safetensors"):

@@ -24,6 +24,7 @@ from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.model.pretraining import PretrainingModel
 from ehr_ssl.training.optim import learning_rate, param_groups
 from ehr_ssl.training.pretrain import pretrain
+from tests.conftest import copy_as_killed
 
 
 def test_learning_rate_schedule():
@@ -268,7 +269,6 @@ def test_epochs_advance_and_padding_multiples_are_capped(cohort_tokens, tmp_path
 def test_patient_views_train_and_resume_to_identical_weights(cohort_tokens, tmp_path):
     """Partner draws are fixed by (seed, epoch, batch): a run restarted from its step-4
     checkpoint mid-epoch (as after a kill) ends with the uninterrupted run's exact weights."""
-    import shutil
 
     config = _tiny(max_steps=8, checkpoint_every=4, log_every=2, batch_size=8)
     config.objective.contrastive_views = "patient"
@@ -277,12 +277,7 @@ def test_patient_views_train_and_resume_to_identical_weights(cohort_tokens, tmp_
     records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= r["contrastive"] < 10 for r in records)
 
-    run = tmp_path / "resumed"
-    shutil.copytree(reference, run)
-    shutil.rmtree(run / "checkpoints" / "step-00000008")
-    shutil.rmtree(run / "encoder")
-    for name in ("pretraining_heads.safetensors", "pretrain_summary.json"):
-        (run / name).unlink()
+    run = copy_as_killed(reference, tmp_path / "resumed", last_step=8)
     pretrain(cohort_tokens, run, config, resume=True)
     resumed, expected = _weights(run), _weights(reference)
     assert resumed.keys() == expected.keys()
