@@ -2,9 +2,9 @@
 and check. The command line derives its flags and help text from these fields (`ehr_ssl.cli`).
 
 A run's configuration resolves in layers: the dataclass defaults, then (pretraining) a preset,
-then a TOML file (`[data]`, `[split]`, `[tokenizer]` tables for tokenize; `preset`, `[model]`,
-`[objective]`, `[train]` for pretrain; `[finetune]`, `[evaluate]`, `[retrain]`), then explicit
-command-line options. The resolved configuration is saved beside every output
+then a TOML file (`[data]`, `[split]`, `[tokenizer]`, `[meds]` tables for tokenize; `preset`,
+`[model]`, `[objective]`, `[train]` for pretrain; `[finetune]`, `[evaluate]`, `[retrain]`), then
+explicit command-line options. The resolved configuration is saved beside every output
 (tokens/config.json, RUN/run_config.json). The machinery lives in `ehr_ssl.settings`.
 """
 
@@ -123,6 +123,25 @@ class DataConfig:
 
 
 @dataclass
+class MedsConfig:
+    """Reading a MEDS dataset root (`ehr_ssl.data.meds_input`): `data/**/*.parquet` with
+    `metadata/`. The ED visits are its prediction points, from MEDS label files as ACES writes
+    them (subject_id, prediction_time, boolean_value)."""
+
+    labels: str | None = None
+    """MEDS label file (or directory of them): one ED visit per row; a null boolean_value is an
+    unlabeled visit. Needed, with or without prediction_times, to read a MEDS root."""
+    prediction_times: str | None = None
+    """A second file (or directory) of prediction points, all unlabeled (boolean_value is not
+    read), e.g. every ED visit where `labels` holds the labeled ones; a point in both takes its
+    label from `labels`."""
+    arrival_code: str | None = None
+    """Code of the ED arrival event (e.g. ED_REGISTRATION): a visit's arrival_time is the latest
+    such event at or before its prediction time. Unset: prediction_time -
+    data.prediction_offset_minutes."""
+
+
+@dataclass
 class LeakageConfig:
     """The leakage screen of `validate` and `run` (`ehr_ssl.data.leakage`): a code read before
     the prediction time whose presence alone nearly separates the labeled visits stops them,
@@ -211,6 +230,7 @@ class TokenizeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    meds: MedsConfig = field(default_factory=MedsConfig)
     shard_visits: int = 200_000
     """Visits per output shard (each split is written as shards of at most this many visits)."""
     chunk_visits: int = 500_000
@@ -617,14 +637,18 @@ RUN_OPTIONS = {
     "test_fraction": "split.test_fraction",
     "split_seed": "split.seed",
     "accept_leaks": "leakage.accept",
+    "meds_labels": "meds.labels",
+    "meds_prediction_times": "meds.prediction_times",
+    "meds_arrival_code": "meds.arrival_code",
 }
 
 
 @dataclass
 class PipelineConfig(PretrainConfig, TokenizeConfig):
     """Everything `ehr-ssl run` needs, one TOML file for all stages: the tokenize tables
-    (`[data]`, `[split]`, `[tokenizer]`, `shard_visits`, `chunk_visits`), the pretraining ones
-    (`preset`, `[model]`, `[objective]`, `[train]`), `[finetune]`, `[evaluate]` and `[retrain]`.
+    (`[data]`, `[split]`, `[tokenizer]`, `[meds]`, `shard_visits`, `chunk_visits`), the
+    pretraining ones (`preset`, `[model]`, `[objective]`, `[train]`), `[finetune]`, `[evaluate]`
+    and `[retrain]`.
     The fields of the first two groups are inherited, so each is declared once."""
 
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -647,6 +671,7 @@ class PipelineConfig(PretrainConfig, TokenizeConfig):
             data=self.data,
             split=self.split,
             tokenizer=self.tokenizer,
+            meds=self.meds,
             shard_visits=self.shard_visits,
             chunk_visits=self.chunk_visits,
         )

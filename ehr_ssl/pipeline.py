@@ -18,6 +18,7 @@ import polars as pl
 from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.config import FINETUNED, PipelineConfig, load_pipeline_config, parse_budget
 from ehr_ssl.data.leakage import screen_dataset
+from ehr_ssl.data.meds_input import contract_data, sources
 from ehr_ssl.data.readers import is_present, read_dataset, read_oracle
 from ehr_ssl.data.schema import ORACLE_FILENAME
 from ehr_ssl.data.summary import format_summary, summarize_dataset
@@ -144,12 +145,32 @@ def run_pipeline(
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     _check_directories(data_dir, run_dir)
-    with output_lock(run_dir, enabled=distributed.current().is_main, clean_inside=True):
-        return _run_pipeline(data_dir, run_dir, config, device=device)
+    with (
+        output_lock(run_dir, enabled=distributed.current().is_main, clean_inside=True),
+        contract_data(data_dir, config.tokenize_config()) as (contract_dir, data_config),
+    ):
+        config.data = data_config  # a MEDS root's: its static columns, its static rows
+        return _run_pipeline(contract_dir, run_dir, config, _data_identity(data_dir, config),
+                             device=device)  # fmt: skip
+
+
+def _data_identity(data_dir: Path, config: PipelineConfig) -> str:
+    """The data's fingerprint. A MEDS root's is its own files and its label files, not the
+    temporary contract-form copy every stage reads (a new one each time: a rerun must not redo
+    the stages)."""
+    fingerprint = data_fingerprint(data_dir)
+    outside = [_file_identity(path) for path in sources(data_dir, config)]
+    return _hash([fingerprint, *outside]) if outside else fingerprint
+
+
+def _file_identity(path: Path) -> list:
+    if path.is_dir():
+        return [str(path), data_fingerprint(path)]
+    return [str(path), path.stat().st_size, path.stat().st_mtime_ns]
 
 
 def _run_pipeline(
-    data_dir: Path, run_dir: Path, config: PipelineConfig, *, device: str | None
+    data_dir: Path, run_dir: Path, config: PipelineConfig, fp_data: str, *, device: str | None
 ) -> dict:
     """`run_pipeline` once the run directory is checked and locked."""
     from transformers.utils import logging as hf_logging
@@ -166,7 +187,6 @@ def _run_pipeline(
     run = _Run(data_dir, RunLayout(run_dir), config, stages, rank.is_main)
     started = time.perf_counter()
 
-    fp_data = data_fingerprint(data_dir)
     fp_tokens, tokens_rerun = _tokenize_step(run, fp_data)
     label_budgets = _draw_label_budgets(run)  # a budget the labels cannot meet stops us here
     fp_encoder = _pretrain_step(run, fp_tokens, tokens_rerun=tokens_rerun)

@@ -277,3 +277,21 @@ def test_cli_evaluate_refuses_an_incomplete_run(first_run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "incomplete run" in err[0]
     assert not (run_dir / "report.json").exists()
+
+
+def test_a_run_on_a_meds_root_reads_it_as_it_is_and_reruns_nothing(tmp_path, caplog):
+    from ehr_ssl.data.synthetic import write_meds_cohort
+    from ehr_ssl.data.synthetic.writer import MEDS_LABELS_FILE, MEDS_VISITS_FILE
+
+    root = tmp_path / "meds"
+    write_meds_cohort(generate_cohort(500, labeled_frac=0.4, seed=5), root)
+    meds = {"meds.labels": str(root / MEDS_LABELS_FILE),
+            "meds.prediction_times": str(root / MEDS_VISITS_FILE),
+            "evaluate.models": ["ssl", "counts_logistic"]}  # fmt: skip
+    report = run_pipeline(root, tmp_path / "run", _config(**meds), device="cpu")
+    assert list(report["models"]) == ["ssl", "counts_logistic"]
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert saved["data"]["static_columns"] == ["age", "sex"]  # from MEDS_BIRTH and GENDER//
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):  # a new temporary copy, same data
+        run_pipeline(root, tmp_path / "run", _config(**meds), device="cpu")
+    assert "validate + tokenize: unchanged since the last run, skipped" in caplog.text

@@ -6,8 +6,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from ehr_ssl.cli.options import add_config_options, add_setting, overrides, positive_int, seed
-from ehr_ssl.config import DEVICES, FINETUNED, PREDICTION_FORMATS
+from ehr_ssl.cli.options import (
+    add_config_options,
+    add_meds_settings,
+    add_setting,
+    overrides,
+    positive_int,
+    seed,
+)
+from ehr_ssl.config import DEVICES, FINETUNED, PREDICTION_FORMATS, MedsConfig, TokenizeConfig
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, output_lock
 
 log = logging.getLogger("ehr_ssl")
@@ -23,20 +30,25 @@ def cmd_score(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from ehr_ssl.api import load
+    from ehr_ssl.data.meds_input import contract_data
     from ehr_ssl.deploy.scoring import check_output_file, score_dataset
 
     hf_logging.disable_progress_bar()
     check_output_file(args.out, {"--data": args.data, "--model": args.model})  # before loading
     model = load(args.model, device=args.device)
-    score_dataset(
-        model,
-        args.data,
-        args.out,
-        output=args.command,
-        output_format=getattr(args, "format", "ehr-ssl"),
-        threshold=getattr(args, "threshold", None),
-        chunk_visits=args.chunk_visits,
-    )
+    meds = {key.removeprefix("meds."): value for key, value in overrides(args).items()}
+    reading = TokenizeConfig(data=model.tokenizer.input_config(), meds=MedsConfig(**meds))
+    with contract_data(args.data, reading) as (data_dir, data_config):
+        score_dataset(
+            model,
+            data_dir,
+            args.out,
+            output=args.command,
+            output_format=getattr(args, "format", "ehr-ssl"),
+            threshold=getattr(args, "threshold", None),
+            chunk_visits=args.chunk_visits,
+            data_config=data_config,
+        )
     return 0
 
 
@@ -120,7 +132,10 @@ def _add_score_commands(commands: argparse._SubParsersAction) -> None:
         score.add_argument(
             "--model", type=Path, required=True, help="bundle directory, or a registry"
         )
-        score.add_argument("--data", type=Path, required=True, help="dataset directory")
+        score.add_argument(
+            "--data", type=Path, required=True, help="dataset directory, or a MEDS root"
+        )
+        add_meds_settings(score)
         score.add_argument("--out", type=Path, required=True, help="output Parquet file")
         score.add_argument(
             "--chunk-visits", type=positive_int, default=100_000, help="visits per chunk [100000]"

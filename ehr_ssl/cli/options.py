@@ -152,3 +152,13 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         if dest.startswith(SETTING) and value is not None:
             values[dest.removeprefix(SETTING)] = value
     return values
+
+
+# Where a MEDS root's ED visits are (`config.MedsConfig`): flags named --meds-*, on every command
+# that reads a dataset, so that they say which data they are for.
+MEDS_SETTINGS = ("meds.labels", "meds.prediction_times", "meds.arrival_code")
+
+
+def add_meds_settings(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    for dotted in MEDS_SETTINGS:
+        add_setting(parser, dotted, flag="--" + dotted.replace(".", "-").replace("_", "-"))

@@ -86,7 +86,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "and plots, and prints the report table. Unset options take the --config file's "
         "value, else the preset's or the default in brackets.",
     )
-    run.add_argument("--data", type=Path, required=True, help="dataset directory")
+    run.add_argument(
+        "--data", type=Path, required=True, help="dataset directory, or a MEDS root (--meds-labels)"
+    )
     run.add_argument("--out", type=Path, required=True, help="run directory")
     add_config_options(run, "every stage's tables (pipelines/*.toml)")
     for flag, dotted in RUN_FLAGS.items():

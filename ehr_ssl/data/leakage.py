@@ -27,7 +27,7 @@ import polars as pl
 
 from ehr_ssl.config import LeakageConfig, PipelineConfig
 from ehr_ssl.data.readers import Dataset
-from ehr_ssl.data.splits import assign_splits
+from ehr_ssl.data.splits import visit_splits
 from ehr_ssl.data.windows import build_windows
 from ehr_ssl.errors import InputError
 
@@ -206,7 +206,7 @@ def screen_dataset(dataset: Dataset, config: PipelineConfig) -> list[dict]:
     """
     labels = dataset.labels
     if labels is not None:
-        split = assign_splits(dataset.visits["patient_id"], config.split)
+        split = visit_splits(dataset.visits, config.split)
         not_test = dataset.visits.filter(split != "test")["visit_id"]
         labels = labels.filter(pl.col("visit_id").is_in(not_test.implode()))
     leaks = screen_leaks(

@@ -11,7 +11,7 @@ which polars, pandas and pyarrow do not write by default; ehr-ssl's own files ha
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,10 +26,19 @@ from ehr_ssl.errors import InputError
 CHECKSUM_OPTIONS = {"write_page_checksum": True}
 
 
-def write_parquet(frame: pl.DataFrame, path: Path, *, compression: str = "zstd") -> None:
+def write_parquet(
+    frame: pl.DataFrame,
+    path: Path,
+    *,
+    compression: str = "zstd",
+    schema: Callable[[pa.Table], pa.Table] | None = None,
+) -> None:
     """Write `frame` to `path` with page checksums, so that any later damage to its pages is
-    found when it is read (`read_parquet`)."""
+    found when it is read (`read_parquet`). `schema` casts the Arrow table first (a MEDS
+    schema's `align`: string, not polars's large_string)."""
     table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+    if schema is not None:
+        table = schema(table)
     pq.write_table(table, str(path), compression=compression, **CHECKSUM_OPTIONS)
 
 

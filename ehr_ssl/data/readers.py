@@ -30,6 +30,7 @@ from ehr_ssl.data.schema import (
     Column,
     Table,
 )
+from ehr_ssl.data.splits import SPLIT_NAMES
 from ehr_ssl.errors import InputError
 
 KEY_COLUMNS = ("visit_id", "patient_id", "arrival_time", "prediction_time")
@@ -241,8 +242,27 @@ def check_visits(
         "before arrival_time",
     )
     static_columns, unused = _static_columns(df, config.static_columns, source)
-    df = df.select(*KEY_COLUMNS, *static_columns)
+    split = []
+    if "split" in df.columns:
+        df, split = _check_split(df, source), ["split"]
+        unused.remove("split")
+    df = df.select(*KEY_COLUMNS, *static_columns, *split)
     return df, static_columns, unused
+
+
+def _check_split(df: pl.DataFrame, source: str) -> pl.DataFrame:
+    """The visits' own split column in normal form (train, val, test), one split per patient."""
+    known = pl.col("split").is_in(list(SPLIT_NAMES))
+    _first_bad(df, ~known, source, "split", f"values other than {', '.join(SPLIT_NAMES)}")
+    df = df.with_columns(pl.col("split").replace_strict(SPLIT_NAMES, return_dtype=pl.String))
+    per_patient = df.group_by("patient_id").agg(pl.col("split").n_unique().alias("n"))
+    if (n := per_patient.filter(pl.col("n") > 1).height) > 0:
+        raise InputError(
+            f"{n} patients have visits in more than one split (a patient's visits share one)",
+            file=source,
+            column="split",
+        )
+    return df
 
 
 def check_events(

@@ -109,6 +109,15 @@ VISITS = Table(
             "before arrival_time. When the column is absent: arrival_time + a configured offset "
             "(default 1 hour).",
         ),
+        Column(
+            "split",
+            "string",
+            False,
+            False,
+            "The visit's split: train, val or test (MEDS names train, tuning and held_out are "
+            "read as these), the same for every visit of a patient. When the column is absent: "
+            "a hash of patient_id ([split] fractions and seed).",
+        ),
         Column("age", "float", False, True, "Age in years at arrival (a static feature)."),
         Column("sex", "string", False, True, "Sex (a static feature)."),
     ),

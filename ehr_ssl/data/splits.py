@@ -20,6 +20,9 @@ import pyarrow as pa
 from ehr_ssl.config import SplitConfig
 
 SPLITS = ("train", "val", "test")
+# A visits table's split column may use the MEDS names (meds.train_split, tuning_split,
+# held_out_split) for these.
+SPLIT_NAMES = {"train": "train", "val": "val", "test": "test", "tuning": "val", "held_out": "test"}
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -74,6 +77,15 @@ def assign_splits(patient_ids: pl.Series, config: SplitConfig) -> pl.Series:
         u < config.test_fraction, 2, np.where(u < config.test_fraction + config.val_fraction, 1, 0)
     )
     return pl.Series("split", np.asarray(SPLITS)[codes], dtype=pl.Enum(SPLITS))
+
+
+def visit_splits(visits: pl.DataFrame, config: SplitConfig) -> pl.Series:
+    """The split of each checked visit: the visits table's own `split` column when it has one
+    (a MEDS dataset's subject_splits.parquet, `readers.check_visits` checked it), else
+    `assign_splits` by patient."""
+    if "split" in visits.columns:
+        return visits["split"].cast(pl.Enum(SPLITS))
+    return assign_splits(visits["patient_id"], config)
 
 
 def temporal_splits(

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ehr_ssl.artifacts import write_failure
 from ehr_ssl.atomic import atomic_file, make_temporary_dir, renamed_error
-from ehr_ssl.config import PREDICTION_FORMATS
+from ehr_ssl.config import PREDICTION_FORMATS, DataConfig
 from ehr_ssl.data.parquet import parquet_writer
 from ehr_ssl.data.partitions import (
     CHUNK_COLUMN,
@@ -61,6 +61,7 @@ def score_dataset(
     chunk_visits: int = 100_000,
     batch_size: int = 256,
     progress: bool | None = None,
+    data_config: DataConfig | None = None,
 ) -> dict:
     """Score (or embed) every visit of the dataset at `data_dir` into one Parquet file.
 
@@ -76,6 +77,8 @@ def score_dataset(
         threshold: "meds": predicted_boolean_value is score >= threshold (null without one).
         chunk_visits: About how many visits are tokenized and scored at once (memory bound).
         progress: A progress bar (default: when stderr is a terminal); else log lines.
+        data_config: How to read the data (default: the bundle's tokenizer's input settings;
+            a MEDS root's from `ehr_ssl.data.meds_input.contract_data`).
 
     Returns:
         Counts: visits, chunks, event rows read, unknown-code share, seconds. No identifiers.
@@ -85,7 +88,9 @@ def score_dataset(
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     with output_lock(out_path):  # and the temporaries of a killed run removed
-        dataset = _read_dataset(model, data_dir, chunk_visits, meds=output_format == "meds")
+        data_config = data_config or model.tokenizer.input_config()
+        dataset = _read_dataset(model, data_dir, chunk_visits, data_config,
+                                meds=output_format == "meds")  # fmt: skip
         work = make_temporary_dir(out_path, "chunks")
         try:
             n_events = _partition_events(model, dataset, work, output)
@@ -133,6 +138,7 @@ class _Dataset:
     event_files: list[Path]
     times: list[tuple[str, pl.DataFrame]]  # timestamp columns, for the time zone check
     n_chunks: int
+    data_config: DataConfig  # how its files are read
     meds_keys: pl.DataFrame | None = None  # MEDS output: visit_id -> subject, time (, label)
 
 
@@ -171,21 +177,26 @@ def check_output_file(out_path: Path, inputs: dict[str, Path | None]) -> None:
 
 
 def _read_dataset(
-    model: AdmissionModel, data_dir: Path, chunk_visits: int, *, meds: bool = False
+    model: AdmissionModel,
+    data_dir: Path,
+    chunk_visits: int,
+    data_config: DataConfig,
+    *,
+    meds: bool = False,
 ) -> _Dataset:
     """Read and check the visits table, find the events files, and give each visit its chunk (a
     hash of patient_id, so a patient's visits share one); for MEDS output, each visit's keys."""
     tokenizer = model.tokenizer
     (visits_path,) = table_files(data_dir, VISITS)
     event_files = table_files(data_dir, EVENTS)
-    visits, static_columns, _, times = read_visits(visits_path, tokenizer.input_config())
+    visits, static_columns, _, times = read_visits(visits_path, data_config)
     tokenizer.check_static_columns(static_columns, str(visits_path))
     n_chunks = max(1, math.ceil(visits.height / chunk_visits))
     keys = None
     if meds:  # the labels, if any, are read only for MEDS output's boolean_value
         keys = meds_keys(visits, read_labels(data_dir, visits), str(visits_path))
     visits = visits.with_columns(chunk_of(pl.col("patient_id"), n_chunks))
-    return _Dataset(visits, visits_path, event_files, times, n_chunks, keys)
+    return _Dataset(visits, visits_path, event_files, times, n_chunks, data_config, keys)
 
 
 def _partition_events(model: AdmissionModel, dataset: _Dataset, work: Path, output: str) -> int:
@@ -195,7 +206,7 @@ def _partition_events(model: AdmissionModel, dataset: _Dataset, work: Path, outp
         n_chunks=dataset.n_chunks,
         id_type=dataset.visits.schema["patient_id"],
         times=dataset.times,
-        config=model.tokenizer.input_config(),
+        config=dataset.data_config,
         source=dataset.visits_path.name,
         work=work,
     )

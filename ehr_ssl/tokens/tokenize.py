@@ -29,7 +29,7 @@ from ehr_ssl.data.readers import (
     read_visits,
 )
 from ehr_ssl.data.schema import LABELS, SCHEMA_VERSION
-from ehr_ssl.data.splits import SPLITS, assign_splits
+from ehr_ssl.data.splits import SPLITS, visit_splits
 from ehr_ssl.data.windows import build_windows
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import MANIFEST_FILE, TOKENS_CONFIG_FILE
@@ -64,7 +64,8 @@ def tokenize_dataset(
     (`ehr_ssl.tokens.stream`), with the same tokenizer and tokens as in memory (shard rows may
     come in another order). `tokenizer` replaces the fitted one (a production model's, for
     retraining: new codes read as [UNK]); `splits` maps the checked visits to their split
-    (default: `assign_splits` by patient; a null split leaves the visit out). With a
+    (default: `visit_splits`: the visits' split column, else by patient; a null split leaves
+    the visit out). With a
     `tokenizer`, `cache_dir` makes the tokenization incremental (`ehr_ssl.tokens.incremental`, in
     memory): a rerun on a dataset that grew tokenizes only new and changed visits. Returns the
     manifest (also written as manifest.json). Raises InputError on bad input, before anything
@@ -91,7 +92,7 @@ def _tokenize(
     check_classes: Callable[..., None],
 ) -> dict:
     """`tokenize_dataset` once the output is checked and locked."""
-    split_of = splits or (lambda v: assign_splits(v["patient_id"], config.split))
+    split_of = splits or (lambda v: visit_splits(v, config.split))
     write = partial(_write_tokens, data_dir=Path(data_dir), out_dir=out_dir, config=config,
                     overwrite=overwrite, check_classes=check_classes)  # fmt: skip
     if tokenizer is not None and cache_dir is not None:

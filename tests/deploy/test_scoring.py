@@ -226,3 +226,31 @@ def test_meds_predictions_without_every_label_or_with_string_ids(finished_run, t
     embed = ["embed", "--model", str(run / "bundle"), "--data", str(partly)]
     with pytest.raises(SystemExit):  # --format is predict's alone
         main([*embed, "--out", str(tmp_path / "e.parquet"), "--format", "meds"])
+
+
+def test_predict_reads_a_meds_root_as_it_is(finished_run, tmp_path):
+    """MEDS in, MEDS out: the finished run's cohort as a MEDS root (its ED visits in a label
+    file) scores as its contract form does, visit for visit."""
+    from ehr_ssl.data.synthetic import generate_cohort, write_cohort, write_meds_cohort
+    from ehr_ssl.data.synthetic.writer import MEDS_LABELS_FILE, MEDS_VISITS_FILE
+
+    _, run = finished_run
+    cohort = generate_cohort(300, labeled_frac=0.4, seed=11)
+    as_stored = pl.col("numeric_value").cast(pl.Float32).cast(pl.Float64)  # MEDS: float32
+    cohort.events = cohort.events.with_columns(as_stored)
+    write_cohort(cohort, tmp_path / "contract")
+    write_meds_cohort(cohort, tmp_path / "meds")
+    argv = ["predict", "--model", str(run / "bundle"), "--device", "cpu", "--format", "meds"]
+    assert (
+        main([*argv, "--data", str(tmp_path / "contract"), "--out", str(tmp_path / "a.parquet")])
+        == 0
+    )
+    meds = ["--meds-labels", str(tmp_path / "meds" / MEDS_LABELS_FILE), "--meds-prediction-times",
+            str(tmp_path / "meds" / MEDS_VISITS_FILE)]  # fmt: skip
+    assert (
+        main([*argv, "--data", str(tmp_path / "meds"), *meds, "--out", str(tmp_path / "b.parquet")])
+        == 0
+    )
+    on = ["subject_id", "prediction_time"]
+    ours, theirs = (pl.read_parquet(tmp_path / f).sort(on) for f in ("a.parquet", "b.parquet"))
+    assert ours.height == 300 and ours.equals(theirs)

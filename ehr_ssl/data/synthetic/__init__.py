@@ -14,7 +14,7 @@ from ehr_ssl.data.synthetic.catalog import (
     noise_codes,
 )
 from ehr_ssl.data.synthetic.simulation import Cohort, generate_cohort
-from ehr_ssl.data.synthetic.writer import write_cohort
+from ehr_ssl.data.synthetic.writer import write_cohort, write_meds_cohort
 
 __all__ = [
     "CONDITIONS",
@@ -27,4 +27,5 @@ __all__ = [
     "generate_cohort",
     "noise_codes",
     "write_cohort",
+    "write_meds_cohort",
 ]

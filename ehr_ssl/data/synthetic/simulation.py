@@ -537,7 +537,7 @@ def generate_cohort(n_visits: int, *, labeled_frac: float = 0.05, seed: int = 0)
     ).with_columns(
         prediction_time=pl.col("arrival_time") + pl.duration(microseconds=PREDICTION_OFFSET)
     )
-    visits_frame = visits_frame.select([c.name for c in schema.VISITS.columns])
+    visits_frame = visits_frame.select([c.name for c in schema.VISITS.columns if c.name != "split"])
     oracle = pl.DataFrame({"visit_id": visit_id, "admission_probability": visits.probability[kept]})
     n_labeled = int(round(labeled_frac * n_visits))
     labeled = np.sort(rng.choice(n_visits, n_labeled, replace=False))
