@@ -3,6 +3,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# ACES (es-aces), the MEDS task extractor users run before ehr-ssl, for the test of
+# pipelines/aces (tests/data/test_aces.py): its own environment, since it needs polars < 2.
+ACES_VENV := .venv-aces
+ACES_STAMP := $(ACES_VENV)/.installed
+ACES_VERSION := 0.7.3
 
 .PHONY: install demo test lint bench schemas clean
 
@@ -14,11 +19,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+$(ACES_STAMP):
+	test -x $(ACES_VENV)/bin/python || $(PYTHON) -m venv $(ACES_VENV)
+	$(ACES_VENV)/bin/python -m pip install --quiet "es-aces==$(ACES_VERSION)"
+	touch $(ACES_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/ehr-ssl demo --out runs/demo
 
 # The README's test command (and CI's): lint and format check, then the whole suite.
-test: lint
+test: lint $(ACES_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -34,4 +44,4 @@ schemas: $(STAMP)
 	$(BIN)/python -m ehr_ssl.data.schema data_schemas
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(ACES_VENV) runs .pytest_cache
