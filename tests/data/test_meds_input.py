@@ -57,7 +57,8 @@ def test_a_meds_root_makes_the_tokens_and_labels_of_its_contract_form(
     config = _meds_config(tmp_path / "meds", arrival_code)
     with contract_data(tmp_path / "meds", config) as (data_dir, config.data):
         tokenize_dataset(data_dir, tmp_path / "t_meds", config)
-    # tokens, splits and labels alike; visit ids differ (MEDS has none: the points' order); a visit is its patient and time
+    # tokens, splits and labels alike; visit ids differ (MEDS has none: the points' order),
+    # so a visit is its patient and time
     keys = cohort.visits.select("visit_id", "patient_id", "prediction_time")
     ours = _tokens(tmp_path / "t_contract").join(keys, on="visit_id").drop("visit_id")
     meds_keys = pl.read_parquet(tmp_path / "meds" / MEDS_VISITS_FILE).sort(
@@ -185,9 +186,9 @@ def test_bad_meds_input_is_one_line_naming_the_users_file(tmp_path):
         root / "labels.parquet"
     )
     _refused(root, r"labels.parquet: column 'prediction_time': missing: a MEDS LabelSchema")
-    with pytest.raises(InputError, match="name its ED visits with --meds-labels"):
-        with contract_data(root, TokenizeConfig()):
-            pass
+    no_points = pytest.raises(InputError, match="name its ED visits with --meds-labels")
+    with no_points, contract_data(root, TokenizeConfig()):
+        pass
 
 
 def test_the_cli_reads_a_meds_root(tmp_path, capsys):
