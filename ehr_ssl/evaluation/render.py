@@ -228,8 +228,8 @@ def _operating_point_lines(section: dict[str, Any] | None) -> list[str]:
     if source is None:
         return lines + [f"Not computed: {section.get('note') or DASH}."]
     lines += [
-        f"Thresholds fixed on {source['data']} ({source['n']} visits, {source['n_positives']} "
-        "positive), never on the test set; a visit is flagged when its score is >= the "
+        f"Thresholds fixed on {source['data']}: {source['n']} visits, {source['n_positives']} "
+        "positive; never on the test set; a visit is flagged when its score is >= the "
         "threshold. Test values with 95% CIs (patient bootstrap).",
         "",
     ]

@@ -143,8 +143,8 @@ def _omitted_gains(models: dict[str, Any], reference: str) -> list[str]:
     if not omitted:
         return []
     return [
-        f"relative gain left out for {', '.join(omitted)}: an AUROC within {NEAR_CHANCE} of 0.5 "
-        "makes (AUROC_ref - 0.5) / (AUROC - 0.5) explode or meaningless"
+        f"relative gain left out for {', '.join(omitted)}: with an AUROC below or within "
+        f"{NEAR_CHANCE} of 0.5, (AUROC_ref - 0.5) / (AUROC - 0.5) explodes or says nothing"
     ]
 
 

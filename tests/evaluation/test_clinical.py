@@ -110,6 +110,6 @@ def test_markdown_shows_the_sections_and_json_round_trips(clinical_report: dict)
     for heading in ("## Caveats", "## Operating points of ssl", "## Subgroups of ssl",
                     "## Decision curve", "Calibration of ssl: calibration slope"):  # fmt: skip
         assert heading in text
-    assert "Thresholds fixed on the val split (300 visits" in text
+    assert "Thresholds fixed on the val split: 300 visits" in text
     assert json.loads(json.dumps(clinical_report)) == clinical_report
     assert clinical_report["models"]["ssl"]["calibration_slope_ci95"] is not None
