@@ -166,7 +166,8 @@ def evaluate(
     run_dir: str | Path, *, data: str | Path | None = None, n_boot: int | None = None
 ) -> RunResult:
     """(Re)score a complete run directory on its test split (what `ehr-ssl evaluate` does).
-    `data`: the dataset directory, for its oracle.parquet if it ships one."""
+    `data`: the dataset directory, for its oracle.parquet if it ships one and its visits'
+    static columns (the report's subgroups)."""
     from ehr_ssl.config import read_run_config
     from ehr_ssl.data.readers import is_present
     from ehr_ssl.data.schema import ORACLE_FILENAME
@@ -180,4 +181,5 @@ def evaluate(
     if data is not None and not Path(data).is_dir():
         raise InputError("dataset directory not found", file=str(data))
     oracle = Path(data) if data and is_present(Path(data) / ORACLE_FILENAME) else None
-    return RunResult(run_dir, evaluate_run(oracle, run_dir, config))
+    data_dir = Path(data) if data is not None else None  # its visits' statics: subgroups
+    return RunResult(run_dir, evaluate_run(oracle, run_dir, config, data_dir=data_dir))

@@ -9,7 +9,8 @@ naming its kind (`ehr_ssl.outputs`). A run directory (`ehr-ssl run`) nests the o
     RUN/tokens/            a tokens directory (`ehr-ssl tokenize`)
     RUN/pretrain/          a pretraining directory (`ehr-ssl pretrain`); its encoder in encoder/
     RUN/models/<budget>-seed<seed>/<model>/   fine-tuning directories (`ehr-ssl finetune`)
-    RUN/report.json  report.md  predictions.parquet  roc.png  calibration.png  label_efficiency.png
+    RUN/report.json  report.md  predictions.parquet  validation_predictions.parquet
+    RUN/roc.png  calibration.png  decision_curve.png  label_efficiency.png
     RUN/bundle/            a bundle (`ehr-ssl bundle`): the SSL model at the main budget
 """
 
@@ -47,9 +48,13 @@ PROBE_FILE = "linear_probe.safetensors"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PREDICTIONS_FILE = "predictions.parquet"
+# The reference model's validation scores that fixed the report's operating thresholds (kept
+# apart: predictions.parquet holds the test split only).
+VALIDATION_PREDICTIONS_FILE = "validation_predictions.parquet"
 ROC_PLOT = "roc.png"
 CALIBRATION_PLOT = "calibration.png"
 LABEL_EFFICIENCY_PLOT = "label_efficiency.png"
+DECISION_CURVE_PLOT = "decision_curve.png"
 
 # A bundle: ENCODER_DIR, HEAD_FILE, TOKENIZER_FILE, REPORT_JSON, PROFILE_FILE, MODEL_CARD_FILE.
 BUNDLE_FILE = "bundle.json"

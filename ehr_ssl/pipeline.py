@@ -30,6 +30,7 @@ from ehr_ssl.layout import (
     MANIFEST_FILE,
     PRETRAIN_SUMMARY_FILE,
     RUN_CONFIG_FILE,
+    VALIDATION_PREDICTIONS_FILE,
     WEIGHTS_FILE,
     RunLayout,
 )
@@ -343,7 +344,7 @@ def _evaluate_step(
     )  # fmt: skip
     if run.is_main:
         oracle_dir = run.data_dir if has_oracle else None
-        _evaluate_and_bundle(run.layout.root, run.config, oracle_dir, run.stages, fp_eval)
+        _evaluate_and_bundle(run, oracle_dir, fp_eval)
     distributed.barrier()
 
 
@@ -378,22 +379,16 @@ def _validate_and_tokenize(
     log.info("tokenize: -> %s (%.0f s)", layout.tokens, time.perf_counter() - started)
 
 
-def _evaluate_and_bundle(
-    run_dir: Path,
-    config: PipelineConfig,
-    oracle_dir: Path | None,
-    stages: _Stages,
-    fingerprint: str,
-) -> None:
+def _evaluate_and_bundle(run: _Run, oracle_dir: Path | None, fingerprint: str) -> None:
     """The evaluate stage (the only one that reads the test split), then the bundle of the
     reference model at the main budget, ready for `ehr-ssl predict`."""
     from ehr_ssl.deploy.bundle import export_bundle
 
-    layout = RunLayout(run_dir)
+    layout, config, stages, run_dir = run.layout, run.config, run.stages, run.layout.root
     if stages.is_done("evaluate", fingerprint, layout.report):
         log.info("evaluate: unchanged since the last run, skipped")
     else:
-        evaluate_run(oracle_dir, run_dir, config)
+        evaluate_run(oracle_dir, run_dir, config, data_dir=run.data_dir)
         stages.mark("evaluate", fingerprint)
     if "ssl" in config.evaluate.models:
         fp_bundle = _hash(["bundle", fingerprint])
@@ -415,19 +410,30 @@ def _resumable(pretrain_dir: Path, config: Any) -> bool:
         return False
 
 
-def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig) -> dict:
+def evaluate_run(
+    oracle_dir: Path | None,
+    run_dir: Path,
+    config: PipelineConfig,
+    *,
+    data_dir: Path | None = None,
+) -> dict:
     """Fit the counts baselines (train, val), score every model on the test split once, and
     write the report, the plots and predictions.parquet to `run_dir`.
 
     `oracle_dir` is a dataset directory with an oracle.parquet (true probabilities; the
-    synthetic cohort ships one), or None.
+    synthetic cohort ships one), or None. `data_dir` is the dataset directory, whose visits'
+    static columns (sex, age, ...) give the report's subgroups; None: no subgroups.
     """
+    from ehr_ssl.evaluation.predictions import write_predictions
     from ehr_ssl.evaluation.report import build_report, write_report
+    from ehr_ssl.evaluation.subgroups import read_statics
 
     layout = RunLayout(run_dir)
     _check_finetuned_models(layout, config)
     predictions, selection = _score_test_split(layout, config)
+    validation, thresholds_from = _score_validation(layout, config)
     oracle = read_oracle(oracle_dir) if oracle_dir is not None else None
+    statics = None if data_dir is None else read_statics(data_dir, config.data)
     report = build_report(
         predictions,
         main_budget=config.evaluate.label_budget,
@@ -443,8 +449,13 @@ def evaluate_run(oracle_dir: Path | None, run_dir: Path, config: PipelineConfig)
             "tokenizer": to_dict(config.tokenizer),
         },
         selection=selection,
+        validation=validation,
+        thresholds_from=thresholds_from,
+        statics=statics,
     )
     write_report(predictions, report, run_dir)
+    if validation is not None:  # the scores the operating thresholds were fixed on
+        write_predictions(validation, layout.root / VALIDATION_PREDICTIONS_FILE)
     return report
 
 
@@ -463,6 +474,29 @@ def _check_finetuned_models(layout: RunLayout, config: PipelineConfig) -> None:
             "(`ehr-ssl run` completes it)",
             file=str(layout.root),
         )
+
+
+def _score_validation(
+    layout: RunLayout, config: PipelineConfig, model: str = "ssl"
+) -> tuple[pl.DataFrame | None, str | None]:
+    """The reference model's scores on validation visits at the main budget, every seed (the
+    report's operating thresholds are fixed on them); (None, None) when it is not fine-tuned."""
+    from ehr_ssl.evaluation.scoring import draw_label_budget, read_labeled, score_validation
+    from ehr_ssl.training.device import resolve_device
+
+    if model not in config.evaluate.models or model not in FINETUNED:
+        return None, None
+    train, val = read_labeled(layout.tokens, "train"), read_labeled(layout.tokens, "val")
+    device, name = resolve_device(config.finetune.device), config.evaluate.label_budget
+    frames, source = [], None
+    for seed in config.evaluate.seeds:
+        budget = draw_label_budget(train, val, name, seed=seed, config=config.finetune)
+        frame, source = score_validation(
+            budget, val, model, finetune_dir=layout.model(name, seed, model),
+            encoder_dir=layout.encoder, tokens_dir=layout.tokens, device=device,
+        )  # fmt: skip
+        frames.append(frame)
+    return pl.concat(frames), source
 
 
 def _score_test_split(layout: RunLayout, config: PipelineConfig) -> tuple[pl.DataFrame, dict]:

@@ -73,8 +73,21 @@ def test_outputs_of_a_run(first_run, cohort_dir):
     test = read_split(first_run / "tokens", "test").filter(pl.col("labeled"))
     assert set(predictions["visit_id"]) == set(test["visit_id"])
     assert set(predictions["split"]) == {"test"}
-    for name in ("report.md", "roc.png", "calibration.png", "label_efficiency.png"):
+    for name in ("report.md", "roc.png", "calibration.png", "label_efficiency.png",
+                 "decision_curve.png"):  # fmt: skip
         assert (first_run / name).stat().st_size > 0
+    # the operating thresholds come from validation scores of the reference, never the test
+    validation = pl.read_parquet(first_run / "validation_predictions.parquet")
+    assert set(validation["split"]) == {"val"} and set(validation["model"]) == {"ssl"}
+    assert not set(validation["visit_id"]) & set(test["visit_id"])
+    points = report["operating_points"]
+    assert points["thresholds_from"]["n"] == validation.filter(seed=report["seed"]).height
+    assert [p["target"] for p in points["points"]] == [0.8, 0.9, 0.05, 0.1, 0.2]
+    for column in ("age", "sex"):  # the synthetic cohort's statics
+        groups = report["subgroups"]["columns"][column]
+        assert sum(g["n"] for g in groups) == report["n_test"]
+    text = (first_run / "report.md").read_text()
+    assert "## Operating points of ssl" in text and "## Subgroups of ssl" in text
     saved = json.loads((first_run / "run_config.json").read_text())
     assert saved["evaluate"]["label_budgets"] == ["60"]
 

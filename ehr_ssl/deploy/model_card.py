@@ -3,27 +3,24 @@ it does and where it must not be used. Counts and dates only, no identifiers."""
 
 from __future__ import annotations
 
+from ehr_ssl.evaluation.caveats import calibration_statement, report_caveats
 from ehr_ssl.evaluation.render import format_report_markdown
 
-_INTENDED_USE_AND_LIMITATIONS = [
+_INTENDED_USE = [
     "## Intended use",
     "",
     "Decision support and operational planning for adult ED visits at the hospital whose "
     "records trained it: ranking visits by their risk of admission within 7 days, and "
     "visit embeddings for analytics. Not a diagnostic device; a clinician decides.",
     "",
-    "## Limitations",
-    "",
+]
+_FIXED_LIMITATIONS = [
     "- Trained on one hospital's records and date range: performance elsewhere, or after "
     "changes in coding, case mix or admission policy, is unknown until measured (see the "
     "drift section of a retrain report).",
     "- Codes unseen in training, or seen in fewer patients than the vocabulary's minimum "
     "count, are read as [UNK].",
-    "- The score is calibrated on the training population (see calibration slope and "
-    "intercept above); recalibrate before reading it as a probability elsewhere.",
-    "- Subgroup performance (age, sex, arrival mode) has not been evaluated here.",
     "- A synthetic cohort's figures (`ehr-ssl demo`) say nothing about real data.",
-    "",
 ]
 
 
@@ -40,7 +37,7 @@ def model_card(info: dict, report: dict | None) -> str:
     """
     lines = _what_it_predicts(info) + _training_data(info) + _own_figures(info)
     lines += _evaluation(report)
-    return "\n".join(lines + _INTENDED_USE_AND_LIMITATIONS)
+    return "\n".join(lines + _INTENDED_USE + _limitations(info, report))
 
 
 def _what_it_predicts(info: dict) -> list[str]:
@@ -106,11 +103,7 @@ def _own_figures(info: dict) -> list[str]:
     if not m:
         return lines + ["None recorded: no test predictions came with this model.", ""]
     low, high = m["auroc_ci95"]
-    slope, intercept = m.get("calibration_slope"), m.get("calibration_intercept")
-    calibration = (
-        "no finite calibration fit" if slope is None
-        else f"calibration slope {slope:.2f}, intercept {intercept:+.2f}"
-    )  # fmt: skip
+    calibration = _measured_calibration(m)
     return lines + [
         f"Label budget {info.get('label_budget')}, seed {info.get('seed')}: test AUROC "
         f"{m['auroc']:.3f} (95% CI {low:.3f}-{high:.3f}), AUPRC {m['auprc']:.3f}, Brier "
@@ -118,6 +111,34 @@ def _own_figures(info: dict) -> list[str]:
         f"{m['prevalence']:.3f}.",
         "",
     ]
+
+
+def _measured_calibration(metrics: dict) -> str:
+    """The calibration these test metrics measured, in words (no claim the figures lack)."""
+    return calibration_statement(
+        metrics.get("calibration_slope"), metrics.get("calibration_intercept"),
+        metrics.get("calibration_slope_ci95"), metrics.get("calibration_intercept_ci95"),
+    )  # fmt: skip
+
+
+def _limitations(info: dict, report: dict | None) -> list[str]:
+    """Where the model must not be trusted: the fixed limits, the measured calibration, what
+    the subgroup analysis covered and the test set's sample-size warnings."""
+    m = info.get("test_metrics")
+    calibration = (
+        f"- Calibration on the test set: {_measured_calibration(m)}. Recalibrate before reading "
+        "the score as a probability at another site or time."
+        if m else "- Calibration: not measured (no test figures came with this model)."
+    )  # fmt: skip
+    subgroups = (report or {}).get("subgroups")
+    covered = (
+        f"- Subgroup performance was measured by {', '.join(subgroups['columns'])} only (see "
+        "the evaluation section; † marks subgroups too small to judge); other subgroups "
+        "(e.g. arrival mode) have not been evaluated."
+        if subgroups else "- Subgroup performance (age, sex, arrival mode) has not been evaluated."
+    )  # fmt: skip
+    warnings = [f"- Warning: {w}." for w in report_caveats(report or {})]
+    return ["## Limitations", "", *_FIXED_LIMITATIONS, calibration, covered, *warnings, ""]
 
 
 def _evaluation(report: dict | None) -> list[str]:

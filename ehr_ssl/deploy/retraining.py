@@ -326,6 +326,9 @@ def _history_record(
             "test_window_from": manifest["splits"]["test"]["arrival_time_range"][0],
             "dates_warning": shifted_dates_warning(*manifest["arrival_time_range"]),
         },
+        # the test window's sample-size warnings and the candidate's measured calibration
+        "caveats": (report.get("caveats") or {}).get("warnings", []),
+        "calibration": (report.get("calibration") or {}).get("statement"),
         "finetune": {"train_labels": summary["train_labeled"],
                      "val_labels": summary["val_labeled"], "val_auroc": summary["val_auroc"]},
         "drift": None if drift is None else {
@@ -442,6 +445,8 @@ def format_retrain_report(record: dict, promote: bool) -> str:
             if record["data"].get("dates_warning")
             else []
         ),  # fmt: skip
+        *[f"**Warning:** {w}." for w in record.get("caveats") or []],
+        *([""] if record.get("caveats") else []),
         "## Gate",
         "",
         *[f"- {reason}" for reason in record["reasons"]],
@@ -461,6 +466,8 @@ def format_retrain_report(record: dict, promote: bool) -> str:
             f"{m['brier']:.3f} | {_fmt(m['calibration_slope'])} | "
             f"{_fmt(m['calibration_intercept'])} | {m['n']} |"
         )
+    if record.get("calibration"):
+        lines += ["", f"Candidate calibration on the test window: {record['calibration']}."]
     diff = record.get("candidate_minus_production")
     if diff:
         low, high = diff["ci95"]

@@ -635,3 +635,39 @@ def evaluate_predictions(
         "prevalence": float(y.mean()),
         "n_patients": n_patients,
     }
+
+
+def calibration_ci(
+    y: Any, p: Any, groups: Any, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, Any]:
+    """Calibration slope and intercept (`calibration`) with patient-level bootstrap intervals
+    (`bootstrap_ci`, replicates without a finite fit dropped).
+
+    Shape: y, p, groups (n,) -> dict.
+
+    Returns:
+        {"slope", "slope_ci95", "intercept", "intercept_ci95"}: the point values None when the
+        fit has no finite maximum (separated classes, constant p), an interval None when no
+        replicate has one.
+
+    Raises:
+        ValueError: On bad input.
+    """
+    y, p = _check_labels_scores(y, p)
+    _patient_index(groups, len(y))
+    try:
+        slope, intercept = calibration(y, p)
+    except ValueError:  # no finite fit on the full data: nothing to put an interval on
+        return {"slope": None, "slope_ci95": None, "intercept": None, "intercept_ci95": None}
+    intervals = []
+    for part in (0, 1):  # 0: slope, 1: intercept
+        try:
+            low, high = bootstrap_ci(
+                lambda yy, pp, w, part=part: calibration(yy, pp, w)[part], y, p, groups,
+                n_boot=n_boot, seed=seed, alpha=alpha,
+            )  # fmt: skip
+            intervals.append([low, high])
+        except ValueError:  # no replicate with a finite fit
+            intervals.append(None)
+    return {"slope": slope, "slope_ci95": intervals[0], "intercept": intercept,
+            "intercept_ci95": intervals[1]}  # fmt: skip

@@ -140,6 +140,21 @@ class AlignedPredictions:
         return int(self._parts[(model, budget, seed)]["train_labels"][0])
 
 
+def with_run_visit_ids(frame: pl.DataFrame, visits: pl.DataFrame, *, file: str) -> pl.DataFrame:
+    """`frame` with its visit_id cast to the type of `visits`' (the run's), for a join; an
+    InputError naming `file` when it cannot be (string ids against integer ones: another
+    dataset's)."""
+    try:
+        return frame.with_columns(pl.col("visit_id").cast(visits["visit_id"].dtype))
+    except pl.exceptions.PolarsError:
+        raise InputError(
+            f"type {frame.schema['visit_id']} cannot be the run's visit_id type "
+            f"{visits['visit_id'].dtype}",
+            file=file,
+            column="visit_id",
+        ) from None
+
+
 def write_predictions(predictions: pl.DataFrame, path: Path) -> None:
     """Write all splits as given to `path` atomically, the `PARQUET_COLUMN_ORDER` columns first,
     then any others."""

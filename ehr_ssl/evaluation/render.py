@@ -21,8 +21,10 @@ _HOW_TO_READ = (
 
 
 def format_report_markdown(report: dict[str, Any]) -> str:
-    """The report as a Markdown document: summary line, main table, label-efficiency table and
-    the table of the reference minus each model along the curve.
+    """The report as a Markdown document: summary line, caveats, main table, the reference's
+    calibration, operating points and subgroups, the decision curve, label-efficiency table and
+    the table of the reference minus each model along the curve (a section is left out of a
+    report without its keys, e.g. one written before they existed).
 
     Args:
         report: A `build_report` result (or its JSON round trip).
@@ -31,8 +33,13 @@ def format_report_markdown(report: dict[str, Any]) -> str:
         Markdown text ending in a newline; numbers with 3 decimals, missing values as "–".
     """
     lines = ["# Evaluation report", "", _summary_line(report), ""]
+    lines += _caveat_lines(report)
     lines += [f"## Models at label budget {report['label_budget']}", ""]
     lines += _markdown_table(*_main_rows(report, split_ci=False))
+    lines += _calibration_lines(report)
+    lines += _operating_point_lines(report.get("operating_points"))
+    lines += _subgroup_lines(report.get("subgroups"))
+    lines += _decision_curve_lines(report.get("decision_curve"))
     if report.get("label_efficiency"):
         lines += _label_efficiency_lines(report)
     if report.get("selection"):
@@ -181,6 +188,119 @@ def _choice(choice: dict[str, Any]) -> str:
     for name, value in (choice.get("chosen") or {}).items():
         parts.append(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}")
     return ", ".join(parts) or DASH
+
+
+# ----------------------------------------------------------------------------------------------
+# sections a clinician acts on
+
+
+def _caveat_lines(report: dict[str, Any]) -> list[str]:
+    """The sample-size and near-chance warnings, with the thresholds they are judged by."""
+    caveats = report.get("caveats")
+    if caveats is None:
+        return []
+    t = caveats["thresholds"]
+    rule = (
+        f"Warnings are given below {t['min_patients']} test patients, {t['min_positives']} "
+        f"positives or {t['min_negatives']} negatives; relative gains are left out when an "
+        f"AUROC is within {t['near_chance']} of 0.5."
+    )
+    warnings = [f"- **Warning:** {w}." for w in caveats["warnings"]] or ["- None."]
+    return ["## Caveats", "", *warnings, "", rule, ""]
+
+
+def _calibration_lines(report: dict[str, Any]) -> list[str]:
+    calibration = report.get("calibration")
+    if calibration is None:
+        return []
+    return ["", f"Calibration of {calibration['model']}: {calibration['statement']}."]
+
+
+_RULE_NAMES = {"sensitivity": "sensitivity {:.0%} on val", "top_fraction": "top {:.0%} of risk"}
+
+
+def _operating_point_lines(section: dict[str, Any] | None) -> list[str]:
+    """The table of operating points, each a threshold fixed on validation, read on test."""
+    if section is None:
+        return []
+    lines = ["", f"## Operating points of {section['model']} on the test set", ""]
+    source = section.get("thresholds_from")
+    if source is None:
+        return lines + [f"Not computed: {section.get('note') or DASH}."]
+    lines += [
+        f"Thresholds fixed on {source['data']}: {source['n']} visits, {source['n_positives']} "
+        "positive; never on the test set; a visit is flagged when its score is >= the "
+        "threshold. Test values with 95% CIs (patient bootstrap).",
+        "",
+    ]
+    header = ["rule", "threshold", "sensitivity", "specificity", "PPV", "NPV", "alert rate"]
+    rows = []
+    for point in section["points"]:
+        rule = _RULE_NAMES[point["rule"]].format(point["target"])
+        cells = [rule, f"{point['threshold']:.3f}"]
+        for name in ("sensitivity", "specificity", "ppv", "npv", "alert_rate"):
+            cells.append(_with_ci(point[name]["value"], point[name]["ci95"]))
+        rows.append(cells)
+    return lines + _markdown_table(header + ["TP / FP / FN / TN"], _with_counts(rows, section))
+
+
+def _with_counts(rows: list[list[str]], section: dict[str, Any]) -> list[list[str]]:
+    counts = [p["counts"] for p in section["points"]]
+    return [
+        row + [f"{c['tp']} / {c['fp']} / {c['fn']} / {c['tn']}"]
+        for row, c in zip(rows, counts, strict=True)
+    ]
+
+
+def _subgroup_lines(section: dict[str, Any] | None) -> list[str]:
+    """AUROC and calibration of the reference by each static column's subgroups."""
+    if section is None:
+        return []
+    lines = ["", f"## Subgroups of {section['model']} on the test set", ""]
+    header = ["column", "subgroup", "visits", "patients", "positives", "AUROC (95% CI)",
+              "cal. slope (95% CI)", "observed / mean score"]  # fmt: skip
+    rows = []
+    for column, groups in section["columns"].items():
+        for g in groups:
+            calibration = g.get("calibration") or {}
+            rows.append([
+                column, g["value"] + (" †" if g["small"] else ""), str(g["n"]),
+                str(g["n_patients"]), str(g["n_positives"]), _with_ci(g["auroc"], g["auroc_ci95"]),
+                _with_ci(calibration.get("slope"), calibration.get("slope_ci95")),
+                f"{_number(g['observed_rate'])} / {_number(g['mean_score'])}",
+            ])  # fmt: skip
+    return (
+        lines
+        + _markdown_table(header, rows)
+        + [
+            "",
+            f"Age bands: {section['age_bands']}. † a small subgroup (below the caveats' counts): "
+            "its figures are unreliable. – where a subgroup holds one class only.",
+        ]
+    )
+
+
+def _decision_curve_lines(curve: dict[str, Any] | None) -> list[str]:
+    """Net benefit at every other threshold probability (all of them in decision_curve.png)."""
+    if curve is None:
+        return []
+    names = list(curve["models"])
+    lines = ["", "## Decision curve (net benefit on the test set; see decision_curve.png)", ""]
+    rows = []
+    for i, pt in enumerate(curve["thresholds"]):
+        if round(pt * 100) % 10:  # every other threshold: 0.1, 0.2, ...
+            continue
+        cells = [f"{pt:.2f}", *(_number(curve["models"][n][i]) for n in names)]
+        rows.append(cells + [_number(curve["treat_all"][i]), _number(0.0)])
+    return (
+        lines
+        + _markdown_table(["threshold", *names, "treat all", "treat none"], rows)
+        + [
+            "",
+            "Net benefit = TP/n − FP/n · pt/(1 − pt): a model is worth using at a threshold pt "
+            "where its net benefit exceeds both treat-all and treat-none.",
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------------------------

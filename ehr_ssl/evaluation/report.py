@@ -16,9 +16,12 @@ import polars as pl
 from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.data.schema import ORACLE_FILENAME
 from ehr_ssl.errors import InputError
+from ehr_ssl.evaluation.caveats import NEAR_CHANCE, near_chance
+from ehr_ssl.evaluation.clinical import clinical_sections
 from ehr_ssl.evaluation.metrics import (
     auroc,
     bootstrap_ci,
+    calibration_ci,
     evaluate_predictions,
     paired_bootstrap_difference,
     seed_mean_bootstrap_ci,
@@ -27,6 +30,7 @@ from ehr_ssl.evaluation.plots import write_plots
 from ehr_ssl.evaluation.predictions import (
     AlignedPredictions,
     check_test_predictions,
+    with_run_visit_ids,
     write_predictions,
 )
 from ehr_ssl.evaluation.render import format_report_markdown
@@ -45,6 +49,9 @@ def build_report(
     seed: int = 0,
     settings: dict | None = None,
     selection: dict | None = None,
+    validation: pl.DataFrame | None = None,
+    thresholds_from: str | None = None,
+    statics: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
     """The evaluation report of a run's test predictions, as plain JSON-ready Python.
 
@@ -70,6 +77,10 @@ def build_report(
         seed: Seed of the bootstraps (not a model's training seed).
         settings: Settings of the run, echoed under "settings".
         selection: Model-selection facts (e.g. validation AUROCs), echoed under "selection".
+        validation: Predictions-contract rows with split "val": the reference model's scores
+            at the main budget and seed there fix the operating thresholds (never the test).
+        thresholds_from: Which data `validation` is, in words, echoed in the report.
+        statics: visit_id and static columns (sex, age, ...) of the test visits, for subgroups.
 
     Returns:
         {"reference", "label_budget", "seed" (the training seed of the main table), "n_test",
@@ -91,6 +102,15 @@ def build_report(
     boot = {"n_boot": n_boot, "seed": seed}
     oracle_auroc, oracle_ci = _oracle_auroc(oracle, aligned, boot)
     y, groups = aligned.y, aligned.groups
+    clinical = clinical_sections(
+        aligned, models=main_models, reference=reference, budget=main_budget, seed=main_seed,
+        validation=validation, thresholds_from=thresholds_from, statics=statics, boot=boot,
+    )  # fmt: skip
+    models = _main_table(
+        aligned, main_models, main_budget, main_seed, reference, oracle_auroc, boot
+    )
+    _add_reference_calibration(models[reference], clinical["calibration"])
+    clinical["caveats"]["warnings"] += _omitted_gains(models, reference)
     return {
         "reference": reference,
         "label_budget": main_budget,
@@ -102,13 +122,30 @@ def build_report(
         "bootstrap_seed": seed,
         "oracle_auroc": oracle_auroc,
         "oracle_auroc_ci95": oracle_ci,
-        "models": _main_table(
-            aligned, main_models, main_budget, main_seed, reference, oracle_auroc, boot
-        ),
+        "models": models,
         "label_efficiency": _label_efficiency(aligned, reference, boot),
         "settings": _plain(dict(settings or {}), "settings"),
         "selection": _plain(dict(selection or {}), "selection"),
+        **clinical,
     }
+
+
+def _add_reference_calibration(entry: dict[str, Any], calibration: dict[str, Any]) -> None:
+    """The reference's calibration intervals in its main-table entry (a bundle copies it)."""
+    entry["calibration_slope_ci95"] = calibration["slope_ci95"]
+    entry["calibration_intercept_ci95"] = calibration["intercept_ci95"]
+
+
+def _omitted_gains(models: dict[str, Any], reference: str) -> list[str]:
+    """A warning naming the models whose relative gain is left out (an AUROC near chance)."""
+    omitted = [name for name, m in models.items()
+               if name != reference and m["relative_gain"] is None]  # fmt: skip
+    if not omitted:
+        return []
+    return [
+        f"relative gain left out for {', '.join(omitted)}: with an AUROC below or within "
+        f"{NEAR_CHANCE} of 0.5, (AUROC_ref - 0.5) / (AUROC - 0.5) explodes or says nothing"
+    ]
 
 
 def _main_models_and_seed(
@@ -228,8 +265,9 @@ def _seed_mean_difference(
 
 def _relative_gain(reference_auroc: float, model_auroc: float) -> float | None:
     """(AUROC_ref - 0.5) / (AUROC_model - 0.5) - 1: how much more of the above-chance
-    discrimination the reference achieves; None when the model is at or below chance."""
-    if model_auroc <= 0.5:
+    discrimination the reference achieves; None when either AUROC is near chance (within
+    `NEAR_CHANCE` of 0.5: the ratio explodes or says nothing) or the model is below it."""
+    if model_auroc <= 0.5 or near_chance(model_auroc) or near_chance(reference_auroc):
         return None
     return (reference_auroc - 0.5) / (model_auroc - 0.5) - 1.0
 
@@ -243,15 +281,7 @@ def _oracle_scores(oracle: pl.DataFrame, visit_id: np.ndarray) -> np.ndarray | N
     if oracle["visit_id"].n_unique() != oracle.height:
         raise InputError("duplicate values", file=ORACLE_FILENAME, column="visit_id")
     visits = pl.DataFrame({"visit_id": visit_id})
-    try:
-        oracle = oracle.with_columns(pl.col("visit_id").cast(visits["visit_id"].dtype))
-    except pl.exceptions.PolarsError:  # string ids against integer ones: another dataset's
-        raise InputError(
-            f"type {oracle.schema['visit_id']} cannot be the run's visit_id type "
-            f"{visits['visit_id'].dtype}",
-            file=ORACLE_FILENAME,
-            column="visit_id",
-        ) from None
+    oracle = with_run_visit_ids(oracle, visits, file=ORACLE_FILENAME)
     joined = visits.join(
         oracle,
         on="visit_id",
@@ -269,7 +299,8 @@ def _oracle_scores(oracle: pl.DataFrame, visit_id: np.ndarray) -> np.ndarray | N
 
 
 MODEL_METRICS = ("auroc", "auroc_ci95", "auprc", "brier", "calibration_slope",
-                 "calibration_intercept", "n", "prevalence")  # fmt: skip
+                 "calibration_intercept", "n", "prevalence", "calibration_slope_ci95",
+                 "calibration_intercept_ci95")  # fmt: skip
 
 
 def model_metrics(report: dict[str, Any] | None, model: str) -> dict[str, Any] | None:
@@ -292,10 +323,11 @@ def model_metrics_at(
     )  # fmt: skip
     if rows["label"].n_unique() < 2:
         return None
-    metrics = evaluate_predictions(
-        rows["label"].to_numpy(), rows["score"].to_numpy(), rows["patient_id"].to_numpy(),
-        n_boot=n_boot, seed=boot_seed,
-    )  # fmt: skip
+    y, p, groups = (rows[c].to_numpy() for c in ("label", "score", "patient_id"))
+    metrics = evaluate_predictions(y, p, groups, n_boot=n_boot, seed=boot_seed)
+    fit = calibration_ci(y, p, groups, n_boot=n_boot, seed=boot_seed)
+    metrics["calibration_slope_ci95"] = fit["slope_ci95"]
+    metrics["calibration_intercept_ci95"] = fit["intercept_ci95"]
     return {k: metrics[k] for k in MODEL_METRICS}
 
 

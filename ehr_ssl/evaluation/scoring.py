@@ -229,19 +229,29 @@ def predictions_frame(
 ) -> pl.DataFrame:
     """One row per model (in `scores` order) and test visit: `PARQUET_COLUMN_ORDER`, with score
     Float64, seed and train_labels Int64 (the number of train labels of the budget)."""
-    base = test.rows.select("visit_id", "patient_id", pl.lit("test").alias("split"), "label")
+    base = test.rows.select("visit_id", "patient_id", "label")
     frames = [
-        base.with_columns(
-            model=pl.lit(model),
-            score=pl.Series(score, dtype=pl.Float64),
-            budget=pl.lit(budget.name),
-            seed=pl.lit(budget.seed, dtype=pl.Int64),
-            # every label the model learned and selected from (train and val together)
-            train_labels=pl.lit(len(budget.train_ids) + len(budget.val_ids), dtype=pl.Int64),
+        _as_predictions(
+            base.with_columns(score=pl.Series(score, dtype=pl.Float64)), "test", model, budget
         )
         for model, score in scores.items()
     ]
-    return pl.concat(frames).select(PARQUET_COLUMN_ORDER)
+    return pl.concat(frames)
+
+
+def _as_predictions(
+    rows: pl.DataFrame, split: str, model: str, budget: LabelBudget
+) -> pl.DataFrame:
+    """Scored visits (visit_id, patient_id, label, score) as predictions-contract rows of one
+    split, model and budget, in `PARQUET_COLUMN_ORDER`."""
+    return rows.with_columns(
+        split=pl.lit(split),
+        model=pl.lit(model),
+        budget=pl.lit(budget.name),
+        seed=pl.lit(budget.seed, dtype=pl.Int64),
+        # every label the model learned and selected from (train and val together)
+        train_labels=pl.lit(len(budget.train_ids) + len(budget.val_ids), dtype=pl.Int64),
+    ).select(PARQUET_COLUMN_ORDER)
 
 
 def score_models(
@@ -288,3 +298,38 @@ def score_models(
         else:
             raise ValueError(f"no way to score model {model!r}")
     return predictions_frame(test, scores, budget), selection
+
+
+def score_validation(
+    budget: LabelBudget,
+    val: pl.DataFrame,
+    model: str,
+    *,
+    finetune_dir: Path,
+    encoder_dir: Path,
+    tokens_dir: Path,
+    device: torch.device,
+) -> tuple[pl.DataFrame, str]:
+    """A fine-tuned model's scores on the visits its operating thresholds are fixed on, never the
+    test split: under holdout the budget's val visits (those it was selected on); under cv, whose
+    budget takes no val visit, every labeled visit of the val split (`val`, `read_labeled`).
+
+    Returns predictions-contract rows (split "val", `PARQUET_COLUMN_ORDER`) and which visits
+    they are, in words. Shape: one row per visit.
+    """
+    if budget.protocol == "holdout":
+        visits = budget.val
+        source = f"the val-split visits that selected the model (label budget {budget.name})"
+    else:
+        visits = val
+        source = (
+            f"the val split's labeled visits, outside label budget {budget.name} (cv selection "
+            "took the budget's labels from the train split only)"
+        )
+    dataset = labeled_split(tokens_dir, "val", visits["visit_id"])
+    scores = predict_finetuned(finetune_dir, encoder_dir, dataset, device)
+    scored = pl.DataFrame({"visit_id": dataset.meta["visit_id"], "score": scores})
+    rows = visits.select("visit_id", "patient_id", "label").join(
+        scored.with_columns(pl.col("score").cast(pl.Float64)), on="visit_id", maintain_order="left"
+    )
+    return _as_predictions(rows, "val", model, budget), source

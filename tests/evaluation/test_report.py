@@ -380,6 +380,7 @@ def test_write_report_writes_every_file_and_no_temporaries(
     write_report(predictions, report, out)
     assert sorted(p.name for p in out.iterdir()) == [
         "calibration.png",
+        "decision_curve.png",
         "label_efficiency.png",
         "predictions.parquet",
         "report.json",
@@ -402,7 +403,7 @@ def test_write_report_writes_every_file_and_no_temporaries(
     ]
     assert written.equals(predictions.select(written.columns))
     write_report(predictions, report, out)  # overwriting works and still leaves no temporaries
-    assert len(list(out.iterdir())) == 6
+    assert len(list(out.iterdir())) == 7
 
 
 def test_importing_report_does_not_import_matplotlib() -> None:

@@ -1,0 +1,148 @@
+"""Subgroup performance: AUROC and calibration of one model's test scores by sex, age band and
+every other static column of the visits, with counts and patient-bootstrap intervals.
+
+Age bands (years at arrival): <18, 18-44, 45-64, 65-79, 80+. Other numeric columns are cut at the
+quartiles of their test values; categorical ones are grouped by value; a null is "missing".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ehr_ssl.config import DataConfig
+from ehr_ssl.data.readers import dataset_files, read_visits
+from ehr_ssl.evaluation.caveats import is_small
+from ehr_ssl.evaluation.metrics import auroc, bootstrap_ci, calibration_ci
+from ehr_ssl.evaluation.predictions import with_run_visit_ids
+
+AGE_BANDS = ((0.0, "<18"), (18.0, "18-44"), (45.0, "45-64"), (65.0, "65-79"), (80.0, "80+"))
+AGE_COLUMN = "age"
+MISSING = "missing"
+
+
+def read_statics(data_dir: Path, config: DataConfig) -> pl.DataFrame:
+    """visit_id and the static columns of a dataset's visits file (as `read_visits` checks and
+    chooses them: age and sex where present unless `config` names others)."""
+    (visits_path,) = dataset_files(Path(data_dir))["visits"]
+    visits, static_columns, _, _ = read_visits(visits_path, config)
+    return visits.select("visit_id", *static_columns)
+
+
+def align_statics(statics: pl.DataFrame, visit_id: np.ndarray) -> pl.DataFrame:
+    """The static columns of each visit of `visit_id`, in its order (nulls where a visit has
+    none). Raises InputError when the visit ids are of another type than the run's."""
+    visits = pl.DataFrame({"visit_id": visit_id})
+    statics = with_run_visit_ids(statics, visits, file="visits")
+    statics = statics.unique("visit_id", keep="first")
+    return visits.join(statics, on="visit_id", how="left", maintain_order="left").drop("visit_id")
+
+
+def age_band(age: Any) -> np.ndarray:
+    """The `AGE_BANDS` label of each age (MISSING for a null or NaN). Shape: (n,) -> (n,)."""
+    values = np.asarray(age, dtype=np.float64)
+    lower = np.array([bound for bound, _ in AGE_BANDS])
+    names = np.array([name for _, name in AGE_BANDS] + [MISSING], dtype=object)
+    position = np.searchsorted(lower, values, side="right") - 1  # band whose lower bound <= age
+    position = np.where(np.isnan(values), len(AGE_BANDS), np.maximum(position, 0))
+    return names[position]
+
+
+def _quartile_band(values: Any) -> np.ndarray:
+    """Each value's quartile band of the non-null values, named by its range, e.g. "[2.0, 5.5)"
+    (MISSING for null). Shape: (n,) -> (n,)."""
+    x = np.asarray(values, dtype=np.float64)
+    known = x[~np.isnan(x)]
+    if known.size == 0:
+        return np.full(len(x), MISSING, dtype=object)
+    edges = np.unique(np.quantile(known, [0.0, 0.25, 0.5, 0.75, 1.0]))
+    inner = edges[1:-1]
+    position = np.searchsorted(inner, x, side="right")
+    bounds = np.concatenate([[edges[0]], inner, [edges[-1]]])
+    names = [f"[{bounds[i]:.4g}, {bounds[i + 1]:.4g}" + ("]" if i == len(inner) else ")")
+             for i in range(len(inner) + 1)]  # fmt: skip
+    labels = np.array(names + [MISSING], dtype=object)
+    return labels[np.where(np.isnan(x), len(names), position)]
+
+
+def subgroup_labels(aligned_statics: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Column -> the subgroup of each row: age bands for `age`, quartile bands for another
+    numeric column, the value (as text) for a categorical one. Shape: rows (n,) -> (n,) each."""
+    labels = {}
+    for name, dtype in aligned_statics.schema.items():
+        column = aligned_statics[name]
+        if name == AGE_COLUMN and dtype.is_numeric():
+            labels[name] = age_band(column.cast(pl.Float64).fill_null(np.nan).to_numpy())
+        elif dtype.is_numeric():
+            labels[name] = _quartile_band(column.cast(pl.Float64).fill_null(np.nan).to_numpy())
+        else:
+            labels[name] = column.cast(pl.String).fill_null(MISSING).to_numpy().astype(object)
+    return labels
+
+
+def _ordered_values(name: str, labels: np.ndarray) -> list[str]:
+    """A column's subgroups in reading order: age bands in age order, quartile bands by their
+    lower bound, other values alphabetically; MISSING last."""
+    present = set(labels.tolist())
+    if name == AGE_COLUMN:
+        order = [band for _, band in AGE_BANDS]
+    elif all(v.startswith("[") for v in present - {MISSING}):
+        order = sorted(present - {MISSING}, key=lambda v: float(v[1:].split(",")[0]))
+    else:
+        order = sorted(present - {MISSING})
+    return [v for v in [*order, MISSING] if v in present]
+
+
+def subgroup_metrics(
+    y: np.ndarray, p: np.ndarray, groups: np.ndarray, *, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """Counts, observed and mean predicted risk, AUROC and calibration of one subgroup, with
+    patient-bootstrap intervals (None where undefined, e.g. a subgroup with one class).
+
+    Shape: y, p, groups (m,) -> dict.
+    """
+    n_positives = int(y.sum())
+    n_patients = len(np.unique(groups))
+    entry: dict[str, Any] = {
+        "n": len(y), "n_patients": n_patients, "n_positives": n_positives,
+        "observed_rate": float(y.mean()), "mean_score": float(p.mean()),
+        "auroc": None, "auroc_ci95": None, "calibration": None,
+        "small": is_small(n_patients, n_positives, len(y) - n_positives),
+    }  # fmt: skip
+    if 0 < n_positives < len(y):
+        entry["auroc"] = auroc(y, p)
+        # one class in every replicate (a single patient): no interval
+        with contextlib.suppress(ValueError):
+            entry["auroc_ci95"] = list(bootstrap_ci(auroc, y, p, groups, n_boot=n_boot, seed=seed))
+        entry["calibration"] = calibration_ci(y, p, groups, n_boot=n_boot, seed=seed)
+    return entry
+
+
+def subgroup_table(
+    y: np.ndarray,
+    p: np.ndarray,
+    groups: np.ndarray,
+    aligned_statics: pl.DataFrame,
+    *,
+    n_boot: int,
+    seed: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Column -> one `subgroup_metrics` entry (plus "value") per subgroup, in reading order;
+    the counts of a column's subgroups sum to the test set's.
+
+    Shape: y, p, groups (n,); aligned_statics n rows -> dict.
+    """
+    table = {}
+    for name, labels in subgroup_labels(aligned_statics).items():
+        rows = []
+        for value in _ordered_values(name, labels):
+            inside = labels == value
+            metrics = subgroup_metrics(y[inside], p[inside], groups[inside], n_boot=n_boot,
+                                       seed=seed)  # fmt: skip
+            rows.append({"value": value, **metrics})
+        table[name] = rows
+    return table

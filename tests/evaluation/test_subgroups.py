@@ -1,0 +1,72 @@
+"""Subgroups: age bands, counts that sum to the test set, and the statics joined by visit."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ehr_ssl.errors import InputError
+from ehr_ssl.evaluation.subgroups import (
+    MISSING,
+    age_band,
+    align_statics,
+    subgroup_labels,
+    subgroup_table,
+)
+
+
+def test_age_bands_at_their_edges():
+    ages = [0, 17.9, 18, 44.9, 45, 64, 65, 79.5, 80, 103, float("nan")]
+    assert age_band(ages).tolist() == [
+        "<18", "<18", "18-44", "18-44", "45-64", "45-64", "65-79", "65-79", "80+", "80+", MISSING
+    ]  # fmt: skip
+
+
+def cohort(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, pl.DataFrame]:
+    rng = np.random.default_rng(seed)
+    p = rng.random(n)
+    y = (rng.random(n) < p).astype(float)
+    ages = [None if rng.random() < 0.05 else float(a) for a in rng.uniform(18, 95, n)]
+    statics = pl.DataFrame(
+        {
+            "age": pl.Series(ages, dtype=pl.Float64),
+            "sex": rng.choice(["F", "M"], n),
+            "triage": rng.integers(1, 6, n),
+        }
+    )
+    return y, p, np.arange(n) // 2, statics
+
+
+def test_subgroup_counts_sum_to_the_test_set():
+    y, p, groups, statics = cohort()
+    table = subgroup_table(y, p, groups, statics, n_boot=50, seed=0)
+    assert list(table) == ["age", "sex", "triage"]
+    for rows in table.values():
+        assert sum(r["n"] for r in rows) == len(y)
+        assert sum(r["n_positives"] for r in rows) == int(y.sum())
+    assert [r["value"] for r in table["sex"]] == ["F", "M"]
+    assert table["age"][-1]["value"] == MISSING  # nulls are a subgroup of their own, last
+    for row in table["sex"]:
+        low, high = row["auroc_ci95"]
+        assert low <= row["auroc"] <= high
+
+
+def test_a_one_class_subgroup_has_no_auroc_and_is_flagged_small():
+    y, p, groups, statics = cohort(60)
+    statics = statics.with_columns(sex=pl.Series(np.where(y == 1, "F", "M")))
+    rows = subgroup_table(y, p, groups, statics.select("sex"), n_boot=20, seed=0)["sex"]
+    assert all(r["auroc"] is None and r["calibration"] is None and r["small"] for r in rows)
+
+
+def test_quartile_bands_of_a_numeric_column_are_ordered():
+    labels = subgroup_labels(pl.DataFrame({"triage": [1.0, 2.0, 3.0, 4.0, 5.0, None]}))["triage"]
+    assert labels[-1] == MISSING and len(set(labels.tolist())) >= 3
+
+
+def test_statics_are_joined_by_visit_and_a_foreign_id_type_is_an_input_error():
+    statics = pl.DataFrame({"visit_id": [3, 1, 2], "sex": ["M", "F", "M"]})
+    aligned = align_statics(statics, np.array([1, 2, 3, 9]))
+    assert aligned["sex"].to_list() == ["F", "M", "M", None]
+    with pytest.raises(InputError, match="visit_id"):
+        align_statics(statics.with_columns(pl.lit("x").alias("visit_id")), np.array([1, 2]))
