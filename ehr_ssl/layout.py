@@ -11,6 +11,8 @@ naming its kind (`ehr_ssl.outputs`). A run directory (`ehr-ssl run`) nests the o
     RUN/models/<budget>-seed<seed>/<model>/   fine-tuning directories (`ehr-ssl finetune`)
     RUN/report.json  report.md  predictions.parquet  validation_predictions.parquet
     RUN/roc.png  calibration.png  decision_curve.png  label_efficiency.png
+    RUN/meds_predictions/<model>/<budget>-seed<seed>.parquet   the test predictions in the
+                           MEDS prediction schema (integer patient ids only)
     RUN/bundle/            a bundle (`ehr-ssl bundle`): the SSL model at the main budget
 """
 
@@ -51,6 +53,9 @@ PREDICTIONS_FILE = "predictions.parquet"
 # The reference model's validation scores that fixed the report's operating thresholds (kept
 # apart: predictions.parquet holds the test split only).
 VALIDATION_PREDICTIONS_FILE = "validation_predictions.parquet"
+# The test predictions again, in the MEDS prediction schema for meds-evaluation: it allows no
+# model, budget or seed column, so one file per (model, budget, seed).
+MEDS_PREDICTIONS_DIR = "meds_predictions"
 ROC_PLOT = "roc.png"
 CALIBRATION_PLOT = "calibration.png"
 LABEL_EFFICIENCY_PLOT = "label_efficiency.png"

@@ -28,6 +28,7 @@ from ehr_ssl.layout import (
     CHECKPOINTS_DIR,
     FINETUNE_SUMMARY_FILE,
     MANIFEST_FILE,
+    MEDS_PREDICTIONS_DIR,
     PRETRAIN_SUMMARY_FILE,
     RUN_CONFIG_FILE,
     VALIDATION_PREDICTIONS_FILE,
@@ -456,7 +457,27 @@ def evaluate_run(
     write_report(predictions, report, run_dir)
     if validation is not None:  # the scores the operating thresholds were fixed on
         write_predictions(validation, layout.root / VALIDATION_PREDICTIONS_FILE)
+    if data_dir is not None:
+        _write_meds_predictions(predictions, data_dir, layout, config)
     return report
+
+
+def _write_meds_predictions(
+    predictions: pl.DataFrame, data_dir: Path, layout: RunLayout, config: PipelineConfig
+) -> None:
+    """The test predictions in the MEDS prediction schema (RUN/meds_predictions/), when patient
+    ids are integers as MEDS subject ids are."""
+    from ehr_ssl.data.readers import dataset_files, read_visits
+    from ehr_ssl.evaluation.predictions import meds_keys, write_meds_test_predictions
+
+    (visits_path,) = dataset_files(Path(data_dir))["visits"]
+    visits = read_visits(visits_path, config.data)[0]
+    if not visits.schema["patient_id"].is_integer():
+        log.info("evaluate: no MEDS predictions (MEDS subject ids are integers, these are not)")
+        return
+    keys = meds_keys(visits, None, str(visits_path))
+    n = write_meds_test_predictions(predictions, keys, layout.root / MEDS_PREDICTIONS_DIR)
+    log.info("evaluate: %d MEDS prediction files -> %s", n, layout.root / MEDS_PREDICTIONS_DIR)
 
 
 def _check_finetuned_models(layout: RunLayout, config: PipelineConfig) -> None:

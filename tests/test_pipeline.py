@@ -305,6 +305,17 @@ def test_a_run_on_a_meds_root_reads_it_as_it_is_and_reruns_nothing(tmp_path, cap
     assert list(report["models"]) == ["ssl", "counts_logistic"]
     saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert saved["data"]["static_columns"] == ["age", "sex"]  # from MEDS_BIRTH and GENDER//
+    # MEDS out: the test predictions as meds-evaluation reads them, with the report's AUROC
+    from meds_evaluation.evaluate import evaluate_binary_classification
+
+    files = sorted(p.relative_to(tmp_path / "run" / "meds_predictions").as_posix()
+                   for p in (tmp_path / "run" / "meds_predictions").rglob("*.parquet"))  # fmt: skip
+    assert files == [
+        f"{m}/{b}-seed0.parquet" for m in ("counts_logistic", "ssl") for b in ("60", "all")
+    ]
+    table = pl.read_parquet(tmp_path / "run" / "meds_predictions" / "ssl" / "all-seed0.parquet")
+    metrics = evaluate_binary_classification(table)["samples_equally_weighted"]
+    assert metrics["roc_auc_score"] == pytest.approx(report["models"]["ssl"]["auroc"], abs=1e-6)
     with caplog.at_level(logging.INFO, logger="ehr_ssl"):  # a new temporary copy, same data
         run_pipeline(root, tmp_path / "run", _config(**meds), device="cpu")
     assert "validate + tokenize: unchanged since the last run, skipped" in caplog.text

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ehr_ssl.atomic import atomic_file, fsync_file
+from ehr_ssl.atomic import atomic_directory, atomic_file, fsync_file
 from ehr_ssl.data.parquet import write_parquet
 from ehr_ssl.errors import InputError
 
@@ -216,3 +216,25 @@ def meds_predictions(
         predicted.alias("predicted_boolean_value"),
         pl.col("score").cast(pl.Float32).alias("predicted_boolean_probability"),
     )
+
+
+def write_meds_test_predictions(
+    predictions: pl.DataFrame, keys: pl.DataFrame, out_dir: Path
+) -> int:
+    """Each (model, budget, seed) group of a run's test `predictions` in the MEDS prediction
+    schema (`meds_predictions`, boolean_value from the label), as
+    `out_dir/<model>/<budget>-seed<seed>.parquet`, replacing `out_dir` atomically. `keys` are
+    `meds_keys` of the run's visits (without labels). Returns the number of files."""
+    test = predictions.filter(pl.col("split") == "test")
+    labeled = keys.drop("boolean_value", strict=False)
+    groups = test.partition_by(list(_GROUP), as_dict=True)
+    with atomic_directory(out_dir, overwrite=True) as tmp:
+        for (model, budget, seed), rows in groups.items():
+            group_keys = labeled.join(
+                rows.select("visit_id", pl.col("label").cast(pl.Boolean).alias("boolean_value")),
+                on="visit_id",
+            )
+            meds = meds_predictions(rows.select("visit_id", "score"), group_keys, threshold=None)
+            (tmp / str(model)).mkdir(exist_ok=True)
+            write_parquet(meds, tmp / str(model) / f"{budget}-seed{seed}.parquet")
+    return len(groups)
