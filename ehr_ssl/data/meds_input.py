@@ -13,7 +13,9 @@ other dataset:
   sex and the other static rows as static columns (`static_<prefix>` by code prefix);
 - labels.parquet: the points whose boolean_value is not null;
 - events/: links to the data shards, read with data.drop_null_time_events (their static rows
-  are read through the visits' static columns instead).
+  are read through the visits' static columns instead);
+- codes.parquet: a link to metadata/codes.parquet, when the root has one (descriptions and
+  parent codes: the code hierarchy).
 
 Nothing is copied but the points and the patients' static rows. Each file is checked against
 the `meds` package's schema: a missing column stops the read (exit 2, one line), a type that
@@ -62,6 +64,7 @@ class MedsSummary:
     split_from: str = "hash of subject_id ([split] settings)"
     arrival: str = ""
     dataset: dict = field(default_factory=dict)
+    codes: dict = field(default_factory=dict)  # metadata/codes.parquet: rows, with parents
     warnings: dict[str, int] = field(default_factory=dict)  # schema differences: files
 
 
@@ -150,6 +153,11 @@ def format_meds_summary(summary: MedsSummary) -> str:
         f"{summary.static_rows} static rows; age from {meds.birth_code} for "
         f"{summary.age_from_birth} points)",
     ]
+    if summary.codes:
+        lines.append(
+            f"  code metadata: {summary.codes['codes']} codes, "
+            f"{summary.codes['with_parent_codes']} with parent codes"
+        )
     notes = [f"  warning: {w} ({n} files)" for w, n in summary.warnings.items()]
     return "\n".join(lines + notes)
 
@@ -181,10 +189,32 @@ def write_contract(root: Path, out: Path, config: TokenizeConfig) -> MedsSummary
     (out / "events").mkdir()
     for i, shard in enumerate(shards):  # in path order: the reader reads them sorted
         (out / "events" / f"{i:06d}.parquet").symlink_to(shard.resolve())
+    _link_code_metadata(root, out, summary)
     summary.points, summary.labeled = visits.height, labels.height
     summary.subjects = visits["patient_id"].n_unique()
     (out / MEDS_FILE).write_text(json.dumps(summary.__dict__, indent=2, default=str) + "\n")
     return summary
+
+
+CODES_FILE = "codes.parquet"  # in the contract directory: the root's code metadata, as it is
+
+
+def _link_code_metadata(root: Path, out: Path, summary: MedsSummary) -> None:
+    """metadata/codes.parquet, checked against the meds schema and linked into the contract
+    directory (`CODES_FILE`): its descriptions and parent codes (the code hierarchy) for
+    whatever reads codes; counted in the summary."""
+    path = root / meds.code_metadata_filepath
+    if not is_present(path):
+        return
+    check_file(path)
+    check_schema(path, meds.CodeMetadataSchema, summary)
+    names = pq.read_schema(path).names
+    codes = read_parquet(path, [c for c in ("code", "parent_codes") if c in names])
+    with_parents = 0
+    if "parent_codes" in codes.columns:
+        with_parents = int((codes["parent_codes"].list.len().fill_null(0) > 0).sum())
+    summary.codes = {"codes": codes.height, "with_parent_codes": with_parents}
+    (out / CODES_FILE).symlink_to(path.resolve())
 
 
 def _dataset_metadata(root: Path) -> dict:

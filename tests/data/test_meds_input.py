@@ -4,6 +4,7 @@ line naming the user's file (never the temporary contract copy)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -189,6 +190,20 @@ def test_bad_meds_input_is_one_line_naming_the_users_file(tmp_path):
     no_points = pytest.raises(InputError, match="name its ED visits with --meds-labels")
     with no_points, contract_data(root, TokenizeConfig()):
         pass
+
+
+def test_code_metadata_is_checked_and_kept(tmp_path):
+    root = _meds_root(tmp_path / "m", _rows(), _points())
+    (root / "metadata").mkdir()
+    codes = pl.DataFrame({"code": ["DX//I10", "DX//I1"], "parent_codes": [["DX//I1"], None]})
+    write_parquet(codes, root / "metadata" / "codes.parquet")
+    config = TokenizeConfig(meds=MedsConfig(labels=str(root / "labels.parquet")))
+    with contract_data(root, config) as (data_dir, _):
+        assert pl.read_parquet(data_dir / "codes.parquet").equals(codes)
+        summary = json.loads((data_dir / "meds.json").read_text())
+    assert summary["codes"] == {"codes": 2, "with_parent_codes": 1}
+    write_parquet(codes.rename({"code": "concept"}), root / "metadata" / "codes.parquet")
+    _refused(root, r"codes.parquet: column 'code': missing: a MEDS CodeMetadataSchema")
 
 
 def test_the_cli_reads_a_meds_root(tmp_path, capsys):
