@@ -41,6 +41,7 @@ from ehr_ssl.data.readers import check_file, is_present
 from ehr_ssl.data.schema import LABELS, VISITS
 from ehr_ssl.data.splits import SPLIT_NAMES
 from ehr_ssl.errors import InputError
+from ehr_ssl.layout import CODES_FILE
 
 log = logging.getLogger("ehr_ssl")
 
@@ -181,10 +182,20 @@ def write_contract(root: Path, out: Path, config: TokenizeConfig) -> MedsSummary
     (out / "events").mkdir()
     for i, shard in enumerate(shards):  # in path order: the reader reads them sorted
         (out / "events" / f"{i:06d}.parquet").symlink_to(shard.resolve())
+    copy_code_hierarchy(root / "metadata" / "codes.parquet", out / CODES_FILE)
     summary.points, summary.labeled = visits.height, labels.height
     summary.subjects = visits["patient_id"].n_unique()
     (out / MEDS_FILE).write_text(json.dumps(summary.__dict__, indent=2, default=str) + "\n")
     return summary
+
+
+def copy_code_hierarchy(source: Path, target: Path) -> None:
+    """Copy the code hierarchy (code, parent_codes) of a MEDS codes.parquet or a contract
+    directory's `CODES_FILE` to `target`, if `source` exists and has parent_codes (the tabular
+    baselines roll counts up it)."""
+    if not source.exists() or "parent_codes" not in pq.read_schema(source).names:
+        return
+    write_parquet(pl.read_parquet(source, columns=["code", "parent_codes"]), target)
 
 
 def _dataset_metadata(root: Path) -> dict:
