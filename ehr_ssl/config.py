@@ -503,11 +503,15 @@ class FinetuneConfig:
 
 
 # The models of a run: the SSL encoder fine-tuned in full (the reference), its linear probe, the
-# same transformer from scratch, the counts baselines, and the hybrid of counts and SSL vectors.
-MODELS = ("ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm", "ssl_plus_counts")
+# same transformer from scratch, the counts baselines, the hybrid of counts and SSL vectors, and
+# the tabular baselines (windowed counts, value stats and code roll-ups).
+MODELS = ("ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm", "ssl_plus_counts",
+          "tabular_logistic", "tabular_gbm")  # fmt: skip
 # The fine-tuned models and their fine-tuning mode; the counts baselines and their kind.
 FINETUNED = {"ssl": "full", "ssl_linear_probe": "linear-probe", "scratch": "scratch"}
 COUNTS = {"counts_logistic": "logistic", "counts_gbm": "gbm"}
+# The tabular baselines (`ehr_ssl.evaluation.tabular`) and their kind: L2 logistic, LightGBM.
+TABULAR = {"tabular_logistic": "logistic", "tabular_gbm": "lightgbm"}
 HYBRID = "ssl_plus_counts"  # one logistic regression on the counts and the frozen SSL vectors
 
 

@@ -28,6 +28,9 @@ OUTPUT_MARKER_FILE = "ehr_ssl_output.json"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 TOKENS_CONFIG_FILE = "config.json"
+# Optional, beside them: the code hierarchy (code, parent_codes), MEDS metadata/codes.parquet's
+# columns, from which the tabular baselines roll counts up (ehr_ssl.evaluation.tabular).
+CODES_FILE = "codes.parquet"
 
 # A pretraining directory. RUN_CONFIG_FILE is also the run directory's own configuration.
 RUN_CONFIG_FILE = "run_config.json"

@@ -19,7 +19,8 @@ from ehr_ssl.errors import InputError
 from ehr_ssl.pipeline import load_checked_config, run_pipeline
 from ehr_ssl.tokens.shards import read_split
 
-MODELS = ["ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm", "ssl_plus_counts"]
+MODELS = ["ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm", "ssl_plus_counts",
+          "tabular_logistic", "tabular_gbm"]  # fmt: skip
 
 
 def _config(**overrides):

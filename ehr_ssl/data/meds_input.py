@@ -43,6 +43,7 @@ from ehr_ssl.data.readers import check_file, is_present
 from ehr_ssl.data.schema import LABELS, VISITS
 from ehr_ssl.data.splits import SPLIT_NAMES
 from ehr_ssl.errors import InputError
+from ehr_ssl.layout import CODES_FILE
 
 log = logging.getLogger("ehr_ssl")
 
@@ -196,9 +197,6 @@ def write_contract(root: Path, out: Path, config: TokenizeConfig) -> MedsSummary
     return summary
 
 
-CODES_FILE = "codes.parquet"  # in the contract directory: the root's code metadata, as it is
-
-
 def _link_code_metadata(root: Path, out: Path, summary: MedsSummary) -> None:
     """metadata/codes.parquet, checked against the meds schema and linked into the contract
     directory (`CODES_FILE`): its descriptions and parent codes (the code hierarchy) for
@@ -215,6 +213,15 @@ def _link_code_metadata(root: Path, out: Path, summary: MedsSummary) -> None:
         with_parents = int((codes["parent_codes"].list.len().fill_null(0) > 0).sum())
     summary.codes = {"codes": codes.height, "with_parent_codes": with_parents}
     (out / CODES_FILE).symlink_to(path.resolve())
+
+
+def copy_code_hierarchy(source: Path, target: Path) -> None:
+    """Copy the code hierarchy (code, parent_codes) of a MEDS codes.parquet or a contract
+    directory's `CODES_FILE` to `target`, if `source` exists and has parent_codes (the tabular
+    baselines roll counts up it)."""
+    if not source.exists() or "parent_codes" not in pq.read_schema(source).names:
+        return
+    write_parquet(pl.read_parquet(source, columns=["code", "parent_codes"]), target)
 
 
 def _dataset_metadata(root: Path) -> dict:

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from ehr_ssl.artifacts import read_json
-from ehr_ssl.config import COUNTS, HYBRID, FinetuneConfig, parse_budget
+from ehr_ssl.config import COUNTS, HYBRID, TABULAR, FinetuneConfig, parse_budget
 from ehr_ssl.errors import InputError
 from ehr_ssl.evaluation.baselines import (
     count_features,
@@ -23,6 +23,7 @@ from ehr_ssl.evaluation.baselines import (
     predict_proba,
 )
 from ehr_ssl.evaluation.predictions import PARQUET_COLUMN_ORDER
+from ehr_ssl.evaluation.tabular import TabularSpec
 from ehr_ssl.layout import FINETUNE_SUMMARY_FILE
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.tokens.batching import TokenDataset
@@ -35,7 +36,7 @@ from ehr_ssl.training.selection import Folds, cv_folds
 
 # What the counts baselines read of a labeled train or val visit.
 LABELED_COLUMNS = ["visit_id", "patient_id", "labeled", "label", "input_ids", "value_bins",
-                   "segment_ids"]  # fmt: skip
+                   "time_deltas", "segment_ids"]  # fmt: skip
 # What the fine-tuning summary says about the choices made on val, copied into the report.
 FINETUNE_SELECTION_KEYS = ("val_auroc", "selected_epoch", "selected_C", "selected", "selection")
 
@@ -48,7 +49,8 @@ class LabeledTestSplit:
     """The labeled visits of a tokens directory's test split, read once for every model.
 
     `rows` (every token column, shard order), `dataset` (the same visits for the transformer
-    models) and `counts` (their `count_features`, row i = rows[i]) list the visits in one order.
+    models), `counts` (their `count_features`, row i = rows[i]) and `tabular` (their
+    `tabular_features` under `tabular_spec`) list the visits in one order.
     """
 
     rows: pl.DataFrame
@@ -56,6 +58,8 @@ class LabeledTestSplit:
     counts: sp.csr_matrix
     vocab_size: int
     n_bins: int
+    tabular_spec: TabularSpec | None = None
+    tabular: sp.csr_matrix | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,10 @@ def read_test_split(tokens_dir: Path, *, shortage: str, file: Path) -> LabeledTe
         raise InputError(shortage.format(n=rows.height), file=str(file))
     assert dataset.meta["visit_id"].equals(rows["visit_id"])
     sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
-    return LabeledTestSplit(rows, dataset, count_features(rows, **sizes), **sizes)
+    spec = TabularSpec.from_tokens(tokens_dir)
+    counts = count_features(rows, **sizes)
+    return LabeledTestSplit(rows, dataset, counts, **sizes, tabular_spec=spec,
+                            tabular=spec.features(rows))  # fmt: skip
 
 
 def read_labeled(tokens_dir: Path, split: str) -> pl.DataFrame:
@@ -150,6 +157,17 @@ def score_counts(name: str, test: LabeledTestSplit, budget: LabelBudget) -> tupl
     sizes = {"vocab_size": test.vocab_size, "n_bins": test.n_bins}
     features = [count_features(frame, **sizes) for frame in (budget.train, budget.val)]
     return _fit_and_score(COUNTS[name], features, test.counts, budget)
+
+
+def score_tabular(
+    name: str, test: LabeledTestSplit, budget: LabelBudget
+) -> tuple[np.ndarray, dict]:
+    """A tabular baseline (a `TABULAR` name) fit on the budget's labels and chosen under its
+    selection protocol like the counts baselines, and its test scores. Shape: (N,) test visits."""
+    spec = test.tabular_spec or TabularSpec.from_tokens(test.dataset.tokens_dir)
+    x_test = test.tabular if test.tabular is not None else spec.features(test.rows)
+    features = [spec.features(frame) for frame in (budget.train, budget.val)]
+    return _fit_and_score(TABULAR[name], features, x_test, budget)
 
 
 def score_hybrid(
@@ -266,8 +284,9 @@ def score_models(
 ) -> tuple[pl.DataFrame, dict[str, dict]]:
     """Score every model on the same test visits, for one label budget and seed.
 
-    A model is a fine-tuned one (a name in `finetuned`), a counts baseline (a `COUNTS` name,
-    fit here on the budget's train and val visits) or a `row_scorers` entry.
+    A model is a fine-tuned one (a name in `finetuned`), a counts or tabular baseline (a
+    `COUNTS` or `TABULAR` name, fit here on the budget's train and val visits) or a
+    `row_scorers` entry.
 
     Args:
         test: The labeled test split (`read_test_split`).
@@ -291,6 +310,8 @@ def score_models(
             )
         elif model in COUNTS:
             scores[model], selection[model] = score_counts(model, test, budget)
+        elif model in TABULAR:
+            scores[model], selection[model] = score_tabular(model, test, budget)
         elif model == HYBRID:
             scores[model], selection[model] = score_hybrid(test, budget, encoder_dir, device)
         elif model in row_scorers:

@@ -21,6 +21,7 @@ import polars as pl
 from ehr_ssl import __version__
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
 from ehr_ssl.config import DataConfig, TokenizeConfig
+from ehr_ssl.data.meds_input import copy_code_hierarchy
 from ehr_ssl.data.readers import (
     dataset_files,
     input_fingerprint,
@@ -32,7 +33,7 @@ from ehr_ssl.data.schema import LABELS, SCHEMA_VERSION
 from ehr_ssl.data.splits import SPLITS, visit_splits
 from ehr_ssl.data.windows import build_windows
 from ehr_ssl.errors import InputError
-from ehr_ssl.layout import MANIFEST_FILE, TOKENS_CONFIG_FILE
+from ehr_ssl.layout import CODES_FILE, MANIFEST_FILE, TOKENS_CONFIG_FILE
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, output_lock, write_marker
 from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.incremental import cached_tokens
@@ -340,6 +341,7 @@ def _write_tokens(
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         write_marker(tmp, "tokens")
         tokenizer.save(tmp)
+        copy_code_hierarchy(Path(data_dir) / CODES_FILE, tmp / CODES_FILE)
         writers = {name: ShardWriter(tmp, name, config.shard_visits) for name in SPLITS}
         for tokens in chunks:
             # The label by a join of the ids alone: joining `tokens` would copy its lists.

@@ -215,3 +215,18 @@ def test_the_cli_reads_a_meds_root(tmp_path, capsys):
     assert '"visits": 400' in capsys.readouterr().out
     assert main(["validate", str(root)]) == 2
     assert "--meds-labels" in capsys.readouterr().err
+
+
+def test_the_code_hierarchy_of_codes_parquet_reaches_the_tokens_and_the_rollups(tmp_path):
+    from ehr_ssl.evaluation.tabular import TabularSpec
+
+    root = _meds_root(tmp_path / "meds", _rows(12), _points(12))
+    (root / "metadata").mkdir()
+    codes = pl.DataFrame({"code": ["DX//I10", "LAB//LACTATE", "DX//HTN"],
+                          "parent_codes": [["DX//HTN"], ["DX//HTN"], None]})  # fmt: skip
+    write_parquet(codes, root / "metadata" / "codes.parquet")
+    config = TokenizeConfig(meds=MedsConfig(labels=str(root / "labels.parquet")))
+    with contract_data(root, config) as (data_dir, config.data):
+        tokenize_dataset(data_dir, tmp_path / "tokens", config)
+    spec = TabularSpec.from_tokens(tmp_path / "tokens")
+    assert spec.ancestors == ("DX//HTN",) and spec.rollup.sum() == 2

@@ -255,7 +255,9 @@ def test_fit_rejects_bad_input(cohort: dict):
 
 def test_fit_cv_rejects_bad_input(cohort: dict, train_folds: Folds):
     _, X, y = cohort["train"]
-    with pytest.raises(ValueError, match="kind must be one of logistic, gbm, hybrid, got 'forest'"):
+    with pytest.raises(
+        ValueError, match="kind must be one of logistic, gbm, hybrid, lightgbm, got 'forest'"
+    ):
         fit_counts_baseline_cv("forest", X, y, train_folds, seed=0)
     with pytest.raises(ValueError, match="both classes"):
         fit_counts_baseline_cv("logistic", X, np.zeros_like(y), train_folds, seed=0)

@@ -1,5 +1,6 @@
 """Scoring every model on the test split: the check of the labeled test split, the same visits
-for every model, the predictions frame's columns and dtypes, counts baselines blind to test labels.
+for every model, the predictions frame's columns and dtypes, counts and tabular baselines blind to
+test labels and to events after the prediction time.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import polars as pl
 import pytest
 import torch
 
-from ehr_ssl.config import COUNTS, load_pipeline_config
+from ehr_ssl.config import COUNTS, TABULAR, load_pipeline_config
 from ehr_ssl.data import schema
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.errors import InputError
@@ -25,6 +26,7 @@ from ehr_ssl.evaluation.scoring import (
     read_test_split,
     score_counts,
     score_models,
+    score_tabular,
 )
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenize import tokenize_dataset
@@ -52,6 +54,7 @@ def _small_grids(monkeypatch):
     the grids (tests/evaluation/test_baselines.py does), and a GBM fit costs about a second."""
     monkeypatch.setitem(GRIDS, "gbm", {"learning_rate": [0.1], "max_leaf_nodes": [7, 15]})
     monkeypatch.setitem(GRIDS, "hybrid", {"C": [0.01, 1.0], "vector_weight": [1.0]})
+    monkeypatch.setitem(GRIDS, "lightgbm", {"num_leaves": [7], "min_child_samples": [5, 20]})
 
 
 CPU = torch.device("cpu")
@@ -213,3 +216,35 @@ def test_the_counts_baselines_never_read_test_labels(test_split, budget, name):
     flipped_scores, flipped_chosen = score_counts(name, flipped, budget)
     np.testing.assert_array_equal(scores, flipped_scores)
     assert chosen == flipped_chosen
+
+
+@pytest.mark.parametrize("name", list(TABULAR))
+def test_the_tabular_baselines_select_in_the_budgets_folds_blind_to_test_labels(
+    test_split, budget, name
+):
+    flipped_rows = test_split.rows.with_columns(label=~pl.col("label"))
+    features = test_split.tabular_spec.features(flipped_rows)
+    flipped = dataclasses.replace(test_split, rows=flipped_rows, tabular=features)
+    scores, chosen = score_tabular(name, test_split, budget)
+    assert scores.shape == (test_split.rows.height,) and ((scores >= 0) & (scores <= 1)).all()
+    assert chosen["selection"] == {"protocol": "cv", "folds": 3, "repeats": 1}
+    assert set(chosen["chosen"]) == set(GRIDS[TABULAR[name]])
+    flipped_scores, flipped_chosen = score_tabular(name, flipped, budget)
+    np.testing.assert_array_equal(scores, flipped_scores)
+    assert chosen == flipped_chosen
+
+
+def test_events_after_the_prediction_time_change_no_tabular_prediction(
+    data_dir, tokens_dir, test_split, budget, tmp_path
+):
+    from tests.test_pipeline import _perturb_future_events
+
+    _perturb_future_events(data_dir, tmp_path / "data")
+    perturbed = _tokenize(tmp_path / "data", tmp_path / "tokens")
+    test = read_test_split(perturbed, shortage=SHORTAGE, file=perturbed)
+    train, val = read_labeled(perturbed, "train"), read_labeled(perturbed, "val")
+    moved = draw_label_budget(train, val, "60", seed=0, config=CONFIG.finetune)
+    assert moved.train_ids.equals(budget.train_ids)
+    for name in TABULAR:
+        np.testing.assert_array_equal(score_tabular(name, test, moved)[0],
+                                      score_tabular(name, test_split, budget)[0])  # fmt: skip
