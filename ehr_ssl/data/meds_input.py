@@ -35,10 +35,15 @@ from pathlib import Path
 
 import meds
 import polars as pl
-import pyarrow.parquet as pq
 
 from ehr_ssl.config import DataConfig, TokenizeConfig
-from ehr_ssl.data.parquet import read_parquet, read_row_groups, write_parquet
+from ehr_ssl.data.parquet import (
+    parquet_columns,
+    parquet_schema,
+    read_parquet,
+    read_row_groups,
+    write_parquet,
+)
 from ehr_ssl.data.readers import check_file, is_present
 from ehr_ssl.data.schema import LABELS, VISITS
 from ehr_ssl.data.splits import SPLIT_NAMES
@@ -89,7 +94,8 @@ def check_schema(path: Path, schema: type, summary: MedsSummary, *, required: tu
     """`path` against a `meds` schema: its required columns (and `required`) present, else an
     InputError; a type MEDS would refuse but the contract reads (float64 for float32) is a
     warning, since the contract's reader checks and casts every column it reads."""
-    names = pq.read_schema(path).names
+    found = parquet_schema(path)
+    names = found.names
     for column in (*schema.required_columns(), *required):
         if column not in names:
             raise InputError(
@@ -99,7 +105,7 @@ def check_schema(path: Path, schema: type, summary: MedsSummary, *, required: tu
                 column=column,
             )
     try:
-        schema.validate(pq.read_schema(path))
+        schema.validate(found)
     except Exception as e:  # flexible_schema's SchemaValidationError
         warning = f"{schema.__name__}: {str(e).splitlines()[0]}, read with a cast"
         summary.warnings[warning] = summary.warnings.get(warning, 0) + 1
@@ -206,7 +212,7 @@ def _link_code_metadata(root: Path, out: Path, summary: MedsSummary) -> None:
         return
     check_file(path)
     check_schema(path, meds.CodeMetadataSchema, summary)
-    names = pq.read_schema(path).names
+    names = parquet_columns(path)
     codes = read_parquet(path, [c for c in ("code", "parent_codes") if c in names])
     with_parents = 0
     if "parent_codes" in codes.columns:
@@ -219,9 +225,9 @@ def copy_code_hierarchy(source: Path, target: Path) -> None:
     """Copy the code hierarchy (code, parent_codes) of a MEDS codes.parquet or a contract
     directory's `CODES_FILE` to `target`, if `source` exists and has parent_codes (the tabular
     baselines roll counts up it)."""
-    if not source.exists() or "parent_codes" not in pq.read_schema(source).names:
+    if not source.exists() or "parent_codes" not in parquet_columns(source):
         return
-    write_parquet(pl.read_parquet(source, columns=["code", "parent_codes"]), target)
+    write_parquet(read_parquet(source, ["code", "parent_codes"]), target)
 
 
 def _dataset_metadata(root: Path) -> dict:

@@ -47,10 +47,16 @@ def parquet_writer(path: Path, schema: pa.Schema, *, compression: str = "zstd") 
     return pq.ParquetWriter(str(path), schema, compression=compression, **CHECKSUM_OPTIONS)
 
 
+def parquet_schema(path: Path) -> pa.Schema:
+    """The Arrow schema of a Parquet file (its footer only); an unreadable file is an
+    InputError naming it."""
+    with _unreadable_as_input_error(path):
+        return _open(path).schema_arrow
+
+
 def parquet_columns(path: Path) -> list[str]:
     """The column names of a Parquet file (its footer only)."""
-    with _unreadable_as_input_error(path):
-        return list(_open(path).schema_arrow.names)
+    return list(parquet_schema(path).names)
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pl.DataFrame:

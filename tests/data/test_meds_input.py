@@ -182,6 +182,9 @@ def test_bad_meds_input_is_one_line_naming_the_users_file(tmp_path):
     )
     error = _refused(root, r"column 'value': looks like the contract's 'numeric_value'")
     assert error.file == str((root / "data/train/0.parquet").resolve())
+    root = _meds_root(tmp_path / "g", _rows(), _points())
+    (root / "data" / "train" / "1.parquet").write_bytes(b"not parquet")
+    _refused(root, r"data/train/1.parquet: not a readable Parquet file")
     root = _meds_root(tmp_path / "f", _rows(), _points())
     pl.read_parquet(root / "labels.parquet").drop("prediction_time").write_parquet(
         root / "labels.parquet"
