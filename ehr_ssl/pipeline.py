@@ -19,7 +19,7 @@ from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.config import FINETUNED, PipelineConfig, load_pipeline_config, parse_budget
 from ehr_ssl.data.leakage import screen_dataset
 from ehr_ssl.data.meds_input import contract_data, sources
-from ehr_ssl.data.readers import is_present, read_dataset, read_oracle
+from ehr_ssl.data.readers import dataset_files, is_present, read_dataset, read_oracle, read_visits
 from ehr_ssl.data.schema import ORACLE_FILENAME
 from ehr_ssl.data.summary import format_summary, summarize_dataset
 from ehr_ssl.errors import InputError
@@ -427,14 +427,17 @@ def evaluate_run(
     """
     from ehr_ssl.evaluation.predictions import write_predictions
     from ehr_ssl.evaluation.report import build_report, write_report
-    from ehr_ssl.evaluation.subgroups import read_statics
 
     layout = RunLayout(run_dir)
     _check_finetuned_models(layout, config)
     predictions, selection = _score_test_split(layout, config)
     validation, thresholds_from = _score_validation(layout, config)
     oracle = read_oracle(oracle_dir) if oracle_dir is not None else None
-    statics = None if data_dir is None else read_statics(data_dir, config.data)
+    visits = statics = None
+    if data_dir is not None:  # read once: the subgroups' statics and the MEDS predictions' keys
+        (visits_path,) = dataset_files(Path(data_dir))["visits"]
+        visits, static_columns, _, _ = read_visits(visits_path, config.data)
+        statics = visits.select("visit_id", *static_columns)
     report = build_report(
         predictions,
         main_budget=config.evaluate.label_budget,
@@ -457,25 +460,22 @@ def evaluate_run(
     write_report(predictions, report, run_dir)
     if validation is not None:  # the scores the operating thresholds were fixed on
         write_predictions(validation, layout.root / VALIDATION_PREDICTIONS_FILE)
-    if data_dir is not None:
-        _write_meds_predictions(predictions, data_dir, layout, config)
+    if visits is not None:
+        _write_meds_predictions(predictions, visits, str(visits_path), layout)
     return report
 
 
 def _write_meds_predictions(
-    predictions: pl.DataFrame, data_dir: Path, layout: RunLayout, config: PipelineConfig
+    predictions: pl.DataFrame, visits: pl.DataFrame, source: str, layout: RunLayout
 ) -> None:
     """The test predictions in the MEDS prediction schema (RUN/meds_predictions/), when patient
-    ids are integers as MEDS subject ids are."""
-    from ehr_ssl.data.readers import dataset_files, read_visits
+    ids are integers as MEDS subject ids are. `visits`: the run's checked visits (from `source`)."""
     from ehr_ssl.evaluation.predictions import meds_keys, write_meds_test_predictions
 
-    (visits_path,) = dataset_files(Path(data_dir))["visits"]
-    visits = read_visits(visits_path, config.data)[0]
     if not visits.schema["patient_id"].is_integer():
         log.info("evaluate: no MEDS predictions (MEDS subject ids are integers, these are not)")
         return
-    keys = meds_keys(visits, None, str(visits_path))
+    keys = meds_keys(visits, None, source)
     n = write_meds_test_predictions(predictions, keys, layout.root / MEDS_PREDICTIONS_DIR)
     log.info("evaluate: %d MEDS prediction files -> %s", n, layout.root / MEDS_PREDICTIONS_DIR)
 

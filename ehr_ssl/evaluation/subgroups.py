@@ -8,14 +8,11 @@ quartiles of their test values; categorical ones are grouped by value; a null is
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from ehr_ssl.config import DataConfig
-from ehr_ssl.data.readers import dataset_files, read_visits
 from ehr_ssl.evaluation.caveats import is_small
 from ehr_ssl.evaluation.metrics import auroc, bootstrap_ci, calibration_ci
 from ehr_ssl.evaluation.predictions import with_run_visit_ids
@@ -23,14 +20,6 @@ from ehr_ssl.evaluation.predictions import with_run_visit_ids
 AGE_BANDS = ((0.0, "<18"), (18.0, "18-44"), (45.0, "45-64"), (65.0, "65-79"), (80.0, "80+"))
 AGE_COLUMN = "age"
 MISSING = "missing"
-
-
-def read_statics(data_dir: Path, config: DataConfig) -> pl.DataFrame:
-    """visit_id and the static columns of a dataset's visits file (as `read_visits` checks and
-    chooses them: age and sex where present unless `config` names others)."""
-    (visits_path,) = dataset_files(Path(data_dir))["visits"]
-    visits, static_columns, _, _ = read_visits(visits_path, config)
-    return visits.select("visit_id", *static_columns)
 
 
 def align_statics(statics: pl.DataFrame, visit_id: np.ndarray) -> pl.DataFrame:
