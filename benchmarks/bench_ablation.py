@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 import polars as pl
-from cohort_workdir import cohort_stamp, write_or_reuse
+from cohort_workdir import bench_stamp, write_or_reuse
 
 from ehr_ssl.config import load_pipeline_config
 from ehr_ssl.data.readers import read_oracle
-from ehr_ssl.data.synthetic import generate_cohort
+from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort
 from ehr_ssl.evaluation.report import build_report
 from ehr_ssl.layout import PREDICTIONS_FILE
 from ehr_ssl.pipeline import run_pipeline
@@ -141,6 +141,12 @@ def table(results: list[dict], budgets: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visits", type=int, default=20_000)
+    parser.add_argument(
+        "--cohort-version",
+        type=int,
+        default=DEFAULT_COHORT_VERSION,
+        help="synthetic cohort version (1: the figures recorded before 2026-12-04 (fifth session))",
+    )
     parser.add_argument("--labeled-frac", type=float, default=0.3)
     parser.add_argument("--budgets", default="100,300")
     parser.add_argument("--seeds", default="0,1,2")
@@ -163,9 +169,10 @@ def main() -> None:
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-ablation-"))
-    cohort = generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=0)
-    write_or_reuse(cohort, work, cohort_stamp(cohort, visits=args.visits,
-                                              labeled_frac=args.labeled_frac, seed=0))  # fmt: skip
+    cohort = generate_cohort(
+        args.visits, labeled_frac=args.labeled_frac, seed=0, version=args.cohort_version
+    )
+    write_or_reuse(cohort, work, bench_stamp(cohort, args))
     data, oracle = work / "data", read_oracle(work / "data")
     budgets, readouts = args.budgets.split(","), args.readouts.split(",")
     cells = variants(args.objectives.split(","), args.views.split(","), args.mask_units.split(","))

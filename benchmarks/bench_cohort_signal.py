@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from cohort_workdir import cohort_stamp, write_or_reuse
+from cohort_workdir import bench_stamp, write_or_reuse
 
 from ehr_ssl.config import TokenizeConfig
-from ehr_ssl.data.synthetic import generate_cohort
+from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort
 from ehr_ssl.evaluation.baselines import count_features, fit_counts_baseline, predict_proba
 from ehr_ssl.evaluation.metrics import auroc, bootstrap_ci, paired_bootstrap_difference
 from ehr_ssl.tokens.shards import read_split
@@ -48,6 +48,12 @@ def without_segment(frame: pl.DataFrame, segment: int) -> pl.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visits", type=int, default=60_000)
+    parser.add_argument(
+        "--cohort-version",
+        type=int,
+        default=DEFAULT_COHORT_VERSION,
+        help="synthetic cohort version (1: the figures recorded before 2026-12-04 (fifth session))",
+    )
     parser.add_argument("--labeled-frac", type=float, default=0.3)
     parser.add_argument("--budgets", default="100,300,1000,all")
     parser.add_argument("--n-boot", type=int, default=1000)
@@ -56,8 +62,10 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-signal-"))
     # The latent state is regenerated each time, so the files must hold the same cohort.
-    cohort = generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=0)
-    stamp = cohort_stamp(cohort, visits=args.visits, labeled_frac=args.labeled_frac, seed=0)
+    cohort = generate_cohort(
+        args.visits, labeled_frac=args.labeled_frac, seed=0, version=args.cohort_version
+    )
+    stamp = bench_stamp(cohort, args)
     write_or_reuse(cohort, work, stamp)
     if not (work / "tokens").exists():
         tokenize_dataset(work / "data", work / "tokens", TokenizeConfig())

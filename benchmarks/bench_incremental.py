@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from ehr_ssl.config import TokenizeConfig
-from ehr_ssl.data.synthetic import generate_cohort
+from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 from ehr_ssl.tokens.tokenizer import Tokenizer
@@ -50,11 +50,17 @@ def all_tokens(tokens_dir: Path) -> pl.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--visits", type=int, default=100_000)
+    parser.add_argument(
+        "--cohort-version",
+        type=int,
+        default=DEFAULT_COHORT_VERSION,
+        help="synthetic cohort version (1: the figures recorded before 2026-12-04 (fifth session))",
+    )
     parser.add_argument("--new-fraction", type=float, default=0.05)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_incremental-"))
     config = TokenizeConfig()
-    cohort = generate_cohort(args.visits, labeled_frac=0.05, seed=0)
+    cohort = generate_cohort(args.visits, labeled_frac=0.05, seed=0, version=args.cohort_version)
     cut = cohort.visits["arrival_time"].quantile(1 - args.new_fraction)
     before = cohort.visits.filter(pl.col("arrival_time") < cut)
     old_events = cohort.events.filter(pl.col("time") < cut)

@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from cohort_workdir import cohort_stamp, write_or_reuse
+from cohort_workdir import bench_stamp, write_or_reuse
 
 from ehr_ssl.config import load_pipeline_config
-from ehr_ssl.data.synthetic import generate_cohort
+from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort
 from ehr_ssl.evaluation.render import format_report_markdown
 from ehr_ssl.pipeline import run_pipeline
 
@@ -37,6 +37,12 @@ OBJECTIVES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visits", type=int, default=60_000)
+    parser.add_argument(
+        "--cohort-version",
+        type=int,
+        default=DEFAULT_COHORT_VERSION,
+        help="synthetic cohort version (1: the figures recorded before 2026-12-04 (fifth session))",
+    )
     parser.add_argument("--labeled-frac", type=float, default=0.1)
     parser.add_argument("--budgets", default="1000", help="the main budget first, then a curve")
     parser.add_argument("--seeds", default="0")
@@ -55,8 +61,10 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-labels-"))
     data = work / "data"
-    cohort = generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=0)
-    stamp = cohort_stamp(cohort, visits=args.visits, labeled_frac=args.labeled_frac, seed=0)
+    cohort = generate_cohort(
+        args.visits, labeled_frac=args.labeled_frac, seed=0, version=args.cohort_version
+    )
+    stamp = bench_stamp(cohort, args)
     write_or_reuse(cohort, work, stamp)
     budgets = args.budgets.split(",")
     summary = {"visits": args.visits, "labeled_frac": args.labeled_frac, "runs": {}}

@@ -111,6 +111,12 @@ def full_steps(tokens: Path, preset: str, batch_size: int, steps: int, workers: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visits", type=int, default=1_000_000)
+    parser.add_argument(
+        "--cohort-version",
+        type=int,
+        default=2,  # ehr_ssl.data.synthetic.DEFAULT_COHORT_VERSION (imported lazily here)
+        help="synthetic cohort version (1: the figures recorded before 2026-12-04 (fifth session))",
+    )
     parser.add_argument("--tokens", type=Path, help="reuse a tokens directory")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=400)
@@ -137,7 +143,11 @@ def main() -> None:
             from ehr_ssl.data.synthetic import generate_cohort, write_cohort
             from ehr_ssl.tokens.tokenize import tokenize_dataset
 
-            write_cohort(generate_cohort(args.visits, seed=0), work / "data", shards=8)
+            write_cohort(
+                generate_cohort(args.visits, seed=0, version=args.cohort_version),
+                work / "data",
+                shards=8,
+            )
             tokens = work / "tokens"
             tokenize_dataset(work / "data", tokens, TokenizeConfig())
         size = sum(p.stat().st_size for p in tokens.rglob("*.arrow"))

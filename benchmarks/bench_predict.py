@@ -26,7 +26,7 @@ import polars as pl
 import torch
 
 from ehr_ssl.config import PRESETS, TokenizeConfig, load_pretrain_config
-from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort, write_cohort
 from ehr_ssl.deploy.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, AdmissionModel
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.tokens.tokenize import tokenize_dataset
@@ -59,6 +59,12 @@ def run_child(args: list[str]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--visits", type=int, default=100_000)
+    parser.add_argument(
+        "--cohort-version",
+        type=int,
+        default=DEFAULT_COHORT_VERSION,
+        help="synthetic cohort version (1: the figures recorded before 2026-12-04 (fifth session))",
+    )
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
     parser.add_argument("--chunk-visits", default="100000,20000")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
@@ -66,7 +72,11 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_predict-"))
     data = work / "data"
-    write_cohort(generate_cohort(args.visits, labeled_frac=0.05, seed=0), data, overwrite=True)
+    write_cohort(
+        generate_cohort(args.visits, labeled_frac=0.05, seed=0, version=args.cohort_version),
+        data,
+        overwrite=True,
+    )
     events = pl.scan_parquet(data / "events.parquet").select(pl.len()).collect().item()
     bundle = build_bundle(data, work, args.preset)
     exe = str(Path(sys.executable).with_name("ehr-ssl"))

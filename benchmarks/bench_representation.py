@@ -180,7 +180,10 @@ def main() -> None:
     torch.set_num_threads(2)
 
     made = json.loads((args.work / "cohort.json").read_text())
-    cohort = generate_cohort(made["visits"], labeled_frac=made["labeled_frac"], seed=made["seed"])
+    version = made.get("cohort_version", 1)  # stamps before version 2 name none
+    cohort = generate_cohort(
+        made["visits"], labeled_frac=made["labeled_frac"], seed=made["seed"], version=version
+    )
     args_only = {k: v for k, v in made.items() if k != "cohort_sha256"}
     if cohort_stamp(cohort, **args_only) != made:
         raise SystemExit(f"{args.work}: the generator no longer makes the stamped cohort")

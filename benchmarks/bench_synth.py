@@ -19,12 +19,18 @@ from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
-from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort, write_cohort
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visits", type=int, default=1_000_000)
+    parser.add_argument(
+        "--cohort-version",
+        type=int,
+        default=DEFAULT_COHORT_VERSION,
+        help="synthetic cohort version (1: the figures recorded before 2026-12-04 (fifth session))",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--labeled-frac", type=float, default=0.05)
     args = parser.parse_args()
@@ -32,7 +38,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-synth-"))
     try:
         started = time.perf_counter()
-        cohort = generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=args.seed)
+        cohort = generate_cohort(
+            args.visits,
+            labeled_frac=args.labeled_frac,
+            seed=args.seed,
+            version=args.cohort_version,
+        )
         generated = time.perf_counter()
         write_cohort(cohort, work / "data")
         written = time.perf_counter()

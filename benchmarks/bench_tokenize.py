@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort, write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = ROOT.parent / "shared" / "bench" / "ref_tokenize.py"
@@ -75,6 +75,12 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visits", type=int, default=100_000)
+    parser.add_argument(
+        "--cohort-version",
+        type=int,
+        default=DEFAULT_COHORT_VERSION,
+        help="synthetic cohort version (1: the figures recorded before 2026-12-04 (fifth session))",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--repeat", type=int, default=5, help="runs of ours and of the polars reference (median)"
@@ -98,7 +104,7 @@ def main() -> None:
     try:
         data = work / "data"
         started = time.perf_counter()
-        cohort = generate_cohort(args.visits, seed=args.seed)
+        cohort = generate_cohort(args.visits, seed=args.seed, version=args.cohort_version)
         if args.shuffle_events:
             cohort.events = cohort.events.sample(fraction=1.0, shuffle=True, seed=args.seed)
         write_cohort(cohort, data)

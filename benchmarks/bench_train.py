@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ehr_ssl.config import TokenizeConfig, load_pretrain_config
-from ehr_ssl.data.synthetic import generate_cohort, write_cohort
+from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort, write_cohort
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 from ehr_ssl.tokens.tokenizer import Tokenizer
@@ -131,6 +131,12 @@ def main() -> None:
     parser.add_argument("--presets", default="tiny,small")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--visits", type=int, default=20_000)
+    parser.add_argument(
+        "--cohort-version",
+        type=int,
+        default=DEFAULT_COHORT_VERSION,
+        help="synthetic cohort version (1: the figures recorded before 2026-12-04 (fifth session))",
+    )
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
@@ -150,7 +156,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     results = []
     try:
-        write_cohort(generate_cohort(args.visits, seed=0), work / "data")
+        write_cohort(
+            generate_cohort(args.visits, seed=0, version=args.cohort_version), work / "data"
+        )
         tokenize_dataset(work / "data", work / "tokens", TokenizeConfig())
         for preset in args.presets.split(","):
             # Each preset in a fresh process, so its peak RSS is its own.

@@ -36,6 +36,7 @@ import scipy.sparse as sp
 import torch
 
 from ehr_ssl.config import ObjectiveConfig, TokenizeConfig
+from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION
 from ehr_ssl.model.views import augment_view, disjoint_views
 from ehr_ssl.tokens.batching import TokenDataset, collate
 from ehr_ssl.tokens.pairs import PatientVisits
@@ -169,11 +170,13 @@ def measure(tokens: Path, batch_size: int, batches: int, seed: int, views: str =
     return result
 
 
-def synthesize(visits: int, work: Path) -> Path:
+def synthesize(visits: int, work: Path, cohort_version: int) -> Path:
     from ehr_ssl.data.synthetic import generate_cohort, write_cohort
     from ehr_ssl.tokens.tokenize import tokenize_dataset
 
-    write_cohort(generate_cohort(visits, labeled_frac=0.3, seed=0), work / "data")
+    write_cohort(
+        generate_cohort(visits, labeled_frac=0.3, seed=0, version=cohort_version), work / "data"
+    )
     tokenize_dataset(work / "data", work / "tokens", TokenizeConfig())
     return work / "tokens"
 
@@ -182,13 +185,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=Path, help="a tokens directory (else --visits)")
     parser.add_argument("--visits", type=int, default=20_000, help="synthetic visits [20000]")
+    parser.add_argument(
+        "--cohort-version",
+        type=int,
+        default=DEFAULT_COHORT_VERSION,
+        help="synthetic cohort version (1: the figures recorded before 2026-12-04 (fifth session))",
+    )
     parser.add_argument("--batch-size", type=int, default=128, help="the small preset's [128]")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--views", choices=("augment", "disjoint", "patient"), default="augment")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-view-shortcut-") as work:
-        tokens = args.tokens or synthesize(args.visits, Path(work))
+        tokens = args.tokens or synthesize(args.visits, Path(work), args.cohort_version)
         result = measure(tokens, args.batch_size, args.batches, args.seed, args.views)
         print(json.dumps(result, indent=2))
 

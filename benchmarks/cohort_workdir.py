@@ -45,3 +45,15 @@ def write_or_reuse(cohort: Cohort, work: Path, stamp: dict) -> bool:
     write_cohort(cohort, work / "data")
     path.write_text(json.dumps(stamp))
     return True
+
+
+def bench_stamp(cohort: Cohort, args) -> dict:
+    """The stamp of a benchmark's cohort drawn from its --visits, --labeled-frac and
+    --cohort-version (seed 0)."""
+    return cohort_stamp(
+        cohort,
+        visits=args.visits,
+        labeled_frac=args.labeled_frac,
+        seed=0,
+        cohort_version=args.cohort_version,
+    )

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ehr_ssl.cli.options import (
+    add_cohort_version,
     add_config_options,
     add_meds_settings,
     add_setting,
@@ -54,7 +55,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise InputError("output directory already exists (use --overwrite)", file=str(args.out))
     started = time.perf_counter()
-    cohort = generate_cohort(args.visits, labeled_frac=args.labeled_frac, seed=args.seed)
+    cohort = generate_cohort(
+        args.visits,
+        labeled_frac=args.labeled_frac,
+        seed=args.seed,
+        version=args.cohort_version,
+    )
     write = write_meds_cohort if args.format == "meds" else write_cohort
     write(cohort, args.out, shards=args.shards, overwrite=args.overwrite)
     log.info(
@@ -112,6 +118,7 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         "--labeled-frac", type=fraction, default=0.05, help="fraction of visits with a label [0.05]"
     )
     synth.add_argument("--seed", type=seed, default=0, help="random seed [0]")
+    add_cohort_version(synth)
     synth.add_argument(
         "--shards", type=positive_int, default=1, help="write events as this many files [1]"
     )

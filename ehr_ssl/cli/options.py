@@ -162,3 +162,17 @@ MEDS_SETTINGS = ("meds.labels", "meds.prediction_times", "meds.arrival_code")
 def add_meds_settings(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     for dotted in MEDS_SETTINGS:
         add_setting(parser, dotted, flag="--" + dotted.replace(".", "-").replace("_", "-"))
+
+
+def add_cohort_version(parser: argparse.ArgumentParser) -> None:
+    """`--cohort-version`: which generative story the synthetic cohort is drawn from."""
+    from ehr_ssl.data.synthetic.versions import COHORT_VERSIONS, DEFAULT_COHORT_VERSION
+
+    parser.add_argument(
+        "--cohort-version",
+        type=int,
+        choices=COHORT_VERSIONS,
+        default=DEFAULT_COHORT_VERSION,
+        help=f"synthetic cohort version: 2 calibrated to real ED data (docs/cohort.md), 1 the "
+        f"cohort of the figures recorded before it [{DEFAULT_COHORT_VERSION}]",
+    )

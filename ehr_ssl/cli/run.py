@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ehr_ssl.cli.options import (
+    add_cohort_version,
     add_config_options,
     add_setting,
     is_main_process,
@@ -65,7 +66,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         logging.getLogger("ehr_ssl").info(
             "demo: synthesizing %d visits (seed %d) -> %s", args.visits, args.seed, data_dir
         )
-        cohort = generate_cohort(args.visits, labeled_frac=0.05, seed=args.seed)
+        cohort = generate_cohort(
+            args.visits, labeled_frac=0.05, seed=args.seed, version=args.cohort_version
+        )
         write_cohort(cohort, data_dir, overwrite=True)
         mark_output_dir(args.out, "demo")
         report = run_pipeline(data_dir, args.out / "run", config)
@@ -135,6 +138,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "--visits", type=positive_int, default=20_000, help="synthetic visits [20000]"
     )
     demo.add_argument("--seed", type=seed, default=0, help="random seed of the cohort [0]")
+    add_cohort_version(demo)
     demo.add_argument("--epochs", type=positive_int, default=3, help="pretraining epochs [3]")
     demo.add_argument(
         "--label-budgets",

@@ -22,9 +22,10 @@ LOOKBACK = 365.0
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    """A 3,000-visit synthetic cohort, 40% labeled, read as the pipeline reads it."""
+    """A 3,000-visit synthetic cohort, 60% labeled (so that its test patients alone hold more
+    admitted patients than the screen's minimum), read as the pipeline reads it."""
     root = tmp_path_factory.mktemp("leak")
-    write_cohort(generate_cohort(3000, labeled_frac=0.4, seed=7), root / "data")
+    write_cohort(generate_cohort(3000, labeled_frac=0.6, seed=7), root / "data")
     return root, read_dataset(root / "data", load_pipeline_config(None, {}).data)
 
 

@@ -105,7 +105,8 @@ def test_the_gate_refuses_a_worse_candidate(registry, data, tmp_path, capsys):
     shutil.copytree(registry, reg)
     before = _state(reg)
     # Replace the labels the candidate learns from (every visit before the test window) with
-    # labels unrelated to risk; keep the window's true labels: the candidate must lose there.
+    # their opposite; keep the window's true labels: the candidate must lose there. (Labels
+    # merely unrelated to risk were not enough: a warm start keeps most of its ranking.)
     worse = tmp_path / "worse"
     shutil.copytree(data, worse)
     visits = pl.read_parquet(worse / "visits.parquet")
@@ -113,7 +114,7 @@ def test_the_gate_refuses_a_worse_candidate(registry, data, tmp_path, capsys):
     early = visits.filter(pl.col("arrival_time") < cutoff)["visit_id"].implode()
     labels = pl.read_parquet(worse / "labels.parquet")
     is_early = labels["visit_id"].is_in(early)
-    noise = labels.filter(is_early).with_columns(label=pl.int_range(pl.len()) % 4 == 0)
+    noise = labels.filter(is_early).with_columns(label=~pl.col("label"))
     pl.concat([noise, labels.filter(~is_early)]).write_parquet(worse / "labels.parquet")
     argv = ["retrain", "--data", str(worse), "--registry", str(reg), "--preset", "tiny",
             "--max-steps", "10", "--test-fraction", "0.2", "--n-boot", "50"]  # fmt: skip

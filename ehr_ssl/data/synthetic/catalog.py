@@ -182,22 +182,30 @@ def _minor_conditions(n: int) -> tuple[Condition, ...]:
     conditions = []
     for k in range(n):
         chapter, number = "GKNRTJ"[k % 6], 60 + k // 6 * 6 + k % 6
-        conditions.append(
-            Condition(
-                name=f"minor_condition_{k:02d}",
-                prevalence_logit=float(rng.uniform(-4.2, -2.8)),
-                age_slope=float(rng.uniform(0.0, 0.5)),
-                frailty_slope=float(rng.uniform(0.1, 0.5)),
-                parents=(),
-                admit_weight=float(rng.normal(0.3, 0.8)),
-                dx_codes=tuple(f"DX//{chapter}{number}.{j}" for j in range(4)),
-                med_codes=tuple(  # 2 of the 72 stem-ending pairs, each used once
-                    f"MED_HOME//{stems[m % 12]}{endings[m // 12]}" for m in (2 * k, 2 * k + 1)
-                ),
-                labs=(),
-            )
+        dx_codes = tuple(f"DX//{chapter}{number}.{j}" for j in range(4))
+        med_codes = tuple(  # 2 of the 72 stem-ending pairs, each used once
+            f"MED_HOME//{stems[m % 12]}{endings[m // 12]}" for m in (2 * k, 2 * k + 1)
         )
+        conditions.append(minor_condition(k, dx_codes, med_codes, rng))
     return tuple(conditions)
+
+
+def minor_condition(
+    k: int, dx_codes: tuple[str, ...], med_codes: tuple[str, ...], rng: np.random.Generator
+) -> Condition:
+    """Minor condition `k`, coded as given: prevalence, slopes and admission weight drawn from
+    `rng` in a fixed order (no parents, no labs)."""
+    return Condition(
+        name=f"minor_condition_{k:02d}",
+        prevalence_logit=float(rng.uniform(-4.2, -2.8)),
+        age_slope=float(rng.uniform(0.0, 0.5)),
+        frailty_slope=float(rng.uniform(0.1, 0.5)),
+        parents=(),
+        admit_weight=float(rng.normal(0.3, 0.8)),
+        dx_codes=dx_codes,
+        med_codes=med_codes,
+        labs=(),
+    )
 
 
 CONDITIONS: tuple[Condition, ...] = _NAMED_CONDITIONS + _minor_conditions(_N_MINOR_CONDITIONS)

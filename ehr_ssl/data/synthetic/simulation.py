@@ -26,6 +26,7 @@ from ehr_ssl.data.synthetic.catalog import (
     PROBLEMS,
     ROUTINE_OUTPATIENT_LABS,
     SEVERITY_LAB_COEF,
+    Condition,
     Lab,
     family_weights,
     noise_codes,
@@ -202,20 +203,7 @@ def _draw_patients(n: int, rng: np.random.Generator) -> _Patients:
 
 def _draw_visits(patients: _Patients, rng: np.random.Generator) -> _Visits:
     """ED visits of all patients (grouped by patient, in time order), their problem and outcome."""
-    counts = patients.n_visits
-    patient = np.repeat(np.arange(len(counts)), counts)
-    first = np.cumsum(counts) - counts
-    rank = np.arange(len(patient)) - first[patient]
-    # Sorted uniform days in a shortened window, then spread by the minimum gap.
-    span = ARRIVAL_DAYS - (counts - 1) * VISIT_GAP_DAYS
-    u = rng.random(len(patient)) * span[patient]
-    u = u[np.lexsort((u, patient))]
-    day = np.floor(u).astype(np.int64) + rank * VISIT_GAP_DAYS
-    hour = rng.choice(24, size=len(patient), p=_HOUR_WEIGHTS / _HOUR_WEIGHTS.sum())
-    second = hour * 3600 + rng.integers(0, 3600, len(patient))
-    arrival = ARRIVAL_START + day * _DAY + second * _SECOND
-    age = patients.age[patient] + (arrival - arrival[first][patient]) / (_YEAR_DAYS * _DAY)
-
+    patient, arrival, age = _visit_times(patients, rng)
     has = patients.has[patient].astype(np.float64)  # (V, C)
     boosts = np.zeros((len(CONDITIONS), len(PROBLEMS)))
     for p, prob in enumerate(PROBLEMS):
@@ -244,6 +232,26 @@ def _draw_visits(patients: _Patients, rng: np.random.Generator) -> _Visits:
     return _Visits(patient, arrival, age, problem, severity, probability, admitted)
 
 
+def _visit_times(
+    patients: _Patients, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ED visits' patient index, arrival (us) and age, grouped by patient in time order."""
+    counts = patients.n_visits
+    patient = np.repeat(np.arange(len(counts)), counts)
+    first = np.cumsum(counts) - counts
+    rank = np.arange(len(patient)) - first[patient]
+    # Sorted uniform days in a shortened window, then spread by the minimum gap.
+    span = ARRIVAL_DAYS - (counts - 1) * VISIT_GAP_DAYS
+    u = rng.random(len(patient)) * span[patient]
+    u = u[np.lexsort((u, patient))]
+    day = np.floor(u).astype(np.int64) + rank * VISIT_GAP_DAYS
+    hour = rng.choice(24, size=len(patient), p=_HOUR_WEIGHTS / _HOUR_WEIGHTS.sum())
+    second = hour * 3600 + rng.integers(0, 3600, len(patient))
+    arrival = ARRIVAL_START + day * _DAY + second * _SECOND
+    age = patients.age[patient] + (arrival - arrival[first][patient]) / (_YEAR_DAYS * _DAY)
+    return patient, arrival, age
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -253,14 +261,13 @@ def _minutes(x: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(x) * 60.0).astype(np.int64) * _SECOND
 
 
-def _lab_values(
-    lab: Lab, patients: _Patients, patient: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """Chronic-state lab values for the given patient indices (before any acute effect)."""
-    log_value = np.full(len(patient), np.log(lab.median))
+def _lab_values(lab: Lab, state: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Chronic-state lab values (before any acute effect), one per row of `state` (n, C): how
+    far each condition moves the value, 1 = its full factor (version 1: has it or not)."""
+    log_value = np.full(len(state), np.log(lab.median))
     for cond, factor in lab.condition_factors:
-        log_value += np.log(factor) * patients.has[patient, CONDITION_INDEX[cond]]
-    return np.exp(log_value + lab.log_sd * rng.standard_normal(len(patient)))
+        log_value += np.log(factor) * state[:, CONDITION_INDEX[cond]]
+    return np.exp(log_value + lab.log_sd * rng.standard_normal(len(state)))
 
 
 def _add_history(
@@ -283,25 +290,11 @@ def _add_history(
     kinds = ("ENC//PRIMARY_CARE", "ENC//SPECIALTY", "ENC//TELEHEALTH")
     events.add(pat, time, events.code_ids(kinds)[rng.choice(3, len(pat), p=[0.55, 0.3, 0.15])])
 
+    lab_state = patients.has[pat]  # (encounters, C): version 1's conditions are static
     for c, cond in enumerate(CONDITIONS):
         coded = patients.documented[pat, c] & (rng.random(len(pat)) < _RECORDED_PER_ENCOUNTER)
         idx = np.flatnonzero(coded)
-        dx = np.repeat(idx, 1 + (rng.random(len(idx)) < 0.25))
-        dx_ids = events.code_ids(cond.dx_family)
-        dx_p = family_weights(len(cond.dx_codes), len(DX_EXTENSIONS))
-        events.add(pat[dx], time[dx], dx_ids[rng.choice(len(dx_ids), len(dx), p=dx_p)])
-        med = idx[rng.random(len(idx)) < 0.5]
-        med_ids = events.code_ids(cond.med_family)
-        med_p = family_weights(len(cond.med_codes), len(MED_FORMS))
-        events.add(
-            pat[med], time[med] + 5 * _MINUTE, med_ids[rng.choice(len(med_ids), len(med), p=med_p)]
-        )
-        for name in cond.labs:
-            lab = LABS[LAB_INDEX[name]]
-            ordered = idx[rng.random(len(idx)) < 0.4]
-            values = _lab_values(lab, patients, pat[ordered], rng).round(lab.decimals)
-            result = time[ordered] + _minutes(60 + 120 * rng.random(len(ordered)))
-            events.add(pat[ordered], result, f"LAB//{lab.name}", values)
+        dx_ids = _add_condition_codes(events, cond, pat, time, idx, lab_state, 0.4, rng)
         # Rule-out diagnoses: a condition code on a patient without the condition.
         rule_out = np.flatnonzero(~patients.has[pat, c] & (rng.random(len(pat)) < _RULE_OUT_DX))
         events.add(pat[rule_out], time[rule_out], dx_ids[rng.integers(0, 2, len(rule_out))])
@@ -310,7 +303,7 @@ def _add_history(
     result = time[routine] + _minutes(60 + 120 * rng.random(len(routine)))
     for name in ROUTINE_OUTPATIENT_LABS:
         lab = LABS[LAB_INDEX[name]]
-        values = _lab_values(lab, patients, pat[routine], rng).round(lab.decimals)
+        values = _lab_values(lab, patients.has[pat[routine]], rng).round(lab.decimals)
         events.add(pat[routine], result, f"LAB//{lab.name}", values)
 
     noise = np.repeat(np.arange(len(pat)), rng.poisson(_NOISE_PER_ENCOUNTER, len(pat)))
@@ -318,6 +311,37 @@ def _add_history(
     noise_ids = events.code_ids(vocabulary)
     drawn = rng.choice(len(vocabulary), len(noise), p=zipf_weights(len(vocabulary), 1.0))
     events.add(pat[noise], time[noise] + 10 * _MINUTE, noise_ids[drawn])
+
+
+def _add_condition_codes(
+    events: _EventBuffer,
+    cond: Condition,
+    pat: np.ndarray,
+    time: np.ndarray,
+    idx: np.ndarray,
+    lab_state: np.ndarray,
+    lab_share: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One condition coded at the encounters `idx` of (pat, time): its diagnoses (a second one
+    at a quarter of them), a home medication at half, each of its labs at `lab_share`, valued
+    from `lab_state` (rows of (pat, time), see `_lab_values`). Returns the diagnoses' code ids."""
+    dx = np.repeat(idx, 1 + (rng.random(len(idx)) < 0.25))
+    dx_ids = events.code_ids(cond.dx_family)
+    dx_p = family_weights(len(cond.dx_codes), len(DX_EXTENSIONS))
+    events.add(pat[dx], time[dx], dx_ids[rng.choice(len(dx_ids), len(dx), p=dx_p)])
+    med = idx[rng.random(len(idx)) < 0.5]
+    med_ids = events.code_ids(cond.med_family)
+    med_p = family_weights(len(cond.med_codes), len(MED_FORMS))
+    drawn = med_ids[rng.choice(len(med_ids), len(med), p=med_p)]
+    events.add(pat[med], time[med] + 5 * _MINUTE, drawn)
+    for name in cond.labs:
+        lab = LABS[LAB_INDEX[name]]
+        ordered = idx[rng.random(len(idx)) < lab_share]
+        values = _lab_values(lab, lab_state[ordered], rng).round(lab.decimals)
+        result = time[ordered] + _minutes(60 + 120 * rng.random(len(ordered)))
+        events.add(pat[ordered], result, f"LAB//{lab.name}", values)
+    return dx_ids
 
 
 def _add_ed_visits(
@@ -329,8 +353,8 @@ def _add_ed_visits(
     """
     _add_arrival_and_complaint(events, visits, rng)
     _add_triage(events, visits, rng)
-    _add_vitals(events, patients, visits, rng)
-    _add_ed_labs(events, patients, visits, rng)
+    _add_vitals(events, patients.has[visits.patient], visits, rng)
+    _add_ed_labs(events, patients.has[visits.patient], visits, rng)
     _add_ed_medications(events, visits, rng)
 
 
@@ -356,12 +380,17 @@ def _add_triage(events: _EventBuffer, visits: _Visits, rng: np.random.Generator)
 
 
 def _add_vitals(
-    events: _EventBuffer, patients: _Patients, visits: _Visits, rng: np.random.Generator
+    events: _EventBuffer,
+    has: np.ndarray,
+    visits: _Visits,
+    rng: np.random.Generator,
+    missing: dict[str, float] | None = None,
 ) -> None:
-    """One set of vital signs per visit, moved by severity, the problem and chronic conditions."""
+    """One set of vital signs per visit, moved by severity, the problem and the chronic
+    conditions the patient has at the visit (`has`, (V, C) bool); each vital not recorded at
+    a visit with probability `missing[name]` (none missing when None)."""
     v = len(visits.arrival)
     pat, arrival, s, problem = visits.patient, visits.arrival, visits.severity, visits.problem
-    has = patients.has[pat]
     cond = {c.name: has[:, i] for i, c in enumerate(CONDITIONS)}
     infectious = np.array([p.infectious for p in PROBLEMS])[problem]
     respiratory = np.array([p.respiratory for p in PROBLEMS])[problem]
@@ -382,14 +411,16 @@ def _add_vitals(
     }
     vitals_time = arrival + _minutes(2 + 13 * rng.random(v))
     for name, values in vitals.items():
-        events.add(pat, vitals_time, f"VITAL//{name}", values.astype(np.float64))
+        kept = np.ones(v, dtype=bool) if missing is None else rng.random(v) >= missing[name]
+        events.add(pat[kept], vitals_time[kept], f"VITAL//{name}", values[kept].astype(np.float64))
 
 
 def _add_ed_labs(
-    events: _EventBuffer, patients: _Patients, visits: _Visits, rng: np.random.Generator
+    events: _EventBuffer, state: np.ndarray, visits: _Visits, rng: np.random.Generator
 ) -> None:
     """ED labs: ordered by problem (and more when severe), resulted after a turnaround, so a share
-    of them lands after the 1-hour prediction time."""
+    of them lands after the 1-hour prediction time; chronic values from `state` (V, C), the
+    conditions' effects at each visit (see `_lab_values`)."""
     v = len(visits.arrival)
     pat, s, problem = visits.patient, visits.severity, visits.problem
     collected = visits.arrival + _minutes(5 + 30 * rng.random(v))
@@ -409,7 +440,7 @@ def _add_ed_labs(
         idx = np.flatnonzero(ordered)
         acute = np.array([dict(p.lab_factors).get(lab.name, 1.0) for p in PROBLEMS])[problem[idx]]
         acute = acute * np.exp(SEVERITY_LAB_COEF.get(lab.name, 0.0) * positive_s[idx])
-        values = (_lab_values(lab, patients, pat[idx], rng) * acute).round(lab.decimals)
+        values = (_lab_values(lab, state[idx], rng) * acute).round(lab.decimals)
         turnaround = lab.turnaround_min * np.exp(0.35 * rng.standard_normal(len(idx)))
         events.add(pat[idx], collected[idx] + _minutes(turnaround), f"LAB//{lab.name}", values)
 
@@ -475,8 +506,8 @@ def _add_outcomes(
         events.add(pat[idx[coded]], discharge[coded], codes[drawn])
 
 
-def generate_cohort(n_visits: int, *, labeled_frac: float = 0.05, seed: int = 0) -> Cohort:
-    """Generate a synthetic ED cohort with exactly `n_visits` visits.
+def generate_cohort_v1(n_visits: int, *, labeled_frac: float, seed: int) -> Cohort:
+    """Cohort version 1 with exactly `n_visits` visits (arguments checked by `generate_cohort`).
 
     Patients are drawn until they have `n_visits` ED visits in total; the last patient's later
     visits are dropped from `visits` (their events stay). Deterministic for a seed.
@@ -491,23 +522,8 @@ def generate_cohort(n_visits: int, *, labeled_frac: float = 0.05, seed: int = 0)
     given matching conditions) and a severity latent, which drive the complaint, triage, vitals,
     labs and ED medications. The admission logit adds frailty, age, condition weights, the
     problem's effect and severity; the label is Bernoulli(sigmoid(logit)), the oracle that p.
-
-    Args:
-        n_visits: Number of visits, >= 1.
-        labeled_frac: Fraction of visits, in [0, 1], that get a row in `labels` (rounded).
-        seed: Seed of the only random generator used.
-
-    Returns:
-        The cohort: about 48 events per visit, about a quarter of the visits admitted.
-
-    Raises:
-        ValueError: If `n_visits` < 1 or `labeled_frac` is outside [0, 1].
+    About 48 events per visit, about a quarter of the visits admitted.
     """
-    if isinstance(n_visits, bool) or not isinstance(n_visits, int | np.integer) or n_visits < 1:
-        raise ValueError(f"n_visits must be an integer >= 1, got {n_visits!r}")
-    if not 0.0 <= labeled_frac <= 1.0:
-        raise ValueError(f"labeled_frac must be in [0, 1], got {labeled_frac!r}")
-    n_visits = int(n_visits)
     rng = np.random.default_rng(seed)
 
     # Every patient has >= 1 visit, so n_visits candidates always suffice.
@@ -523,7 +539,20 @@ def generate_cohort(n_visits: int, *, labeled_frac: float = 0.05, seed: int = 0)
     patient_ids = np.arange(1, n_patients + 1, dtype=np.int64)
     events_frame = events.to_frame(patient_ids)
 
-    # Keep the first n_visits (grouped by patient, in time order); number them by arrival.
+    return _visit_frames(patients, visits, events_frame, n_visits, labeled_frac, rng)
+
+
+def _visit_frames(
+    patients: _Patients,
+    visits: _Visits,
+    events_frame: pl.DataFrame,
+    n_visits: int,
+    labeled_frac: float,
+    rng: np.random.Generator,
+) -> Cohort:
+    """The cohort's frames from the drawn visits: the first `n_visits` (grouped by patient, in
+    time order), numbered by arrival; a `labeled_frac` of them labeled at random."""
+    patient_ids = np.arange(1, len(patients.age) + 1, dtype=np.int64)
     kept = np.argsort(visits.arrival[:n_visits], kind="stable")  # visit_id i + 1 is visit kept[i]
     visit_id = np.arange(1, n_visits + 1, dtype=np.int64)
     visits_frame = pl.DataFrame(
