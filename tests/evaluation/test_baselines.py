@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from ehr_ssl.data.splits import label_budget_subset
@@ -20,6 +21,7 @@ from ehr_ssl.evaluation.baselines import (
     HYBRID_GRID,
     LOGISTIC_GRID,
     HybridScaler,
+    _make_pipeline,
     count_features,
     fit_counts_baseline,
     fit_counts_baseline_cv,
@@ -350,20 +352,22 @@ def test_hybrid_scaler_fits_on_the_fitting_rows_only():
     rng = np.random.default_rng(0)
     n_counts = 6
     counts = sp.random(40, n_counts, density=0.4, random_state=1).toarray() * 7
-    counts[:, 2] = 0  # a column that no row has: scale 1
+    counts[:, 2] = 0  # a column that no row has: dropped
+    counts[30:, 4] = 3.0  # one that only rows outside the fit have: dropped too
+    counts[:30, 4] = 0
     X = sp.hstack([sp.csr_matrix(counts), dense_block(rng, 40, 3)], format="csr")
     fit_rows, other_rows = X[:30], X[30:]
     scaler = HybridScaler(n_counts, vector_weight=0.3).fit(fit_rows)
     out = scaler.transform(other_rows)
-    assert sp.issparse(out) and out.shape == other_rows.shape
+    kept = [c for c in range(n_counts) if c not in (2, 4)]
+    assert sp.issparse(out) and out.shape == (other_rows.shape[0], len(kept) + 3)
     # Reference from the docstring, statistics of the fitting rows.
     fit_dense, other_dense = fit_rows.toarray(), other_rows.toarray()
-    max_abs = np.abs(fit_dense[:, :n_counts]).max(0)
-    max_abs[max_abs == 0] = 1.0
+    max_abs = np.abs(fit_dense[:, kept]).max(0)
     vectors = fit_dense[:, n_counts:]
     expected = np.hstack(
         [
-            other_dense[:, :n_counts] / max_abs,
+            other_dense[:, kept] / max_abs,
             0.3 * (other_dense[:, n_counts:] - vectors.mean(0)) / (vectors.std(0) + 1e-6),
         ]
     )
@@ -425,7 +429,7 @@ def test_hybrid_runs_over_c_and_vector_weight(hybrid_data: dict):
     assert scores.shape == y_test.shape and np.all((scores >= 0) & (scores <= 1))
     assert roc_auc_score(y_test, scores) > 0.75
     # The readout's label column outweighs its noise columns: the vector block is used.
-    readout = model.coef_[0, n_counts:]
+    readout = model.coef_[0, scaler.kept_counts_.columns_.size :]  # after the kept counts
     assert readout[0] > 0 and np.argmax(np.abs(readout)) == 0
 
 
@@ -484,3 +488,28 @@ def test_baseline_beats_chance_but_not_the_oracle(larger_cohort, kind: str, grid
     oracle_auroc = roc_auc_score(y_test, truth["admission_probability"].to_numpy())
     # Above chance; and not above what the true risk allows (a leak of the outcome would be).
     assert 0.6 < auroc < oracle_auroc + 0.05, (auroc, oracle_auroc)
+
+
+def test_dropping_columns_no_training_row_has_leaves_the_logistic_model_unchanged():
+    """`NonzeroColumns` is a shortcut, not a change of model: the same predictions as the L2
+    logistic regression on every column, on rows that do have the dropped columns."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import MaxAbsScaler
+
+    rng = np.random.default_rng(3)
+    X = sp.random(200, 400, density=0.02, random_state=2, format="csr") * 5
+    X = sp.csr_matrix(X)
+    fit = np.arange(120)
+    y = (X[fit].sum(1).A1 + rng.normal(0, 0.5, 120)) > np.median(X[fit].sum(1).A1)
+    held = np.diff(sp.csc_matrix(X[fit]).indptr) > 0
+    assert (~held).sum() > 20 and sp.csc_matrix(X[120:])[:, ~held].nnz > 0
+    pruned = _make_pipeline("logistic", {"C": 1.0}, seed=0).set_params(model__tol=1e-10)
+    pruned.fit(X[fit], y)
+    full = Pipeline(
+        [("scale", MaxAbsScaler()), ("model", LogisticRegression(C=1.0, l1_ratio=0.0,
+         class_weight="balanced", max_iter=5000, tol=1e-10))]
+    ).fit(X[fit], y)  # fmt: skip
+    assert pruned.named_steps["columns"].columns_.size == held.sum()
+    np.testing.assert_allclose(
+        pruned.predict_proba(X[120:])[:, 1], full.predict_proba(X[120:])[:, 1], atol=1e-6
+    )
