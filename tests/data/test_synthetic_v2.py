@@ -124,3 +124,19 @@ def test_last_before_finds_the_latest_strictly_earlier_time() -> None:
     found = _last_before(pat, time, patient, at)
     none = np.iinfo(np.int64).min // 4
     assert found.tolist() == [none, none, 30, 5, none, none]
+
+
+def test_an_admission_elsewhere_leaves_no_trace_here(cohort: Cohort) -> None:
+    """A return admitted at another hospital is neither a return nor an admission in this data:
+    every return to this ED within a visit's 7 days ends in its recorded admission."""
+    returns = (
+        cohort.events.filter(pl.col("code") == "ENC//ED_RETURN")
+        .join(cohort.visits, on="patient_id")
+        .filter(
+            pl.col("time").is_between(
+                pl.col("arrival_time"), pl.col("arrival_time") + timedelta(days=7)
+            )
+        )
+        .join(cohort.labels, on="visit_id")
+    )
+    assert returns.height > 0 and returns["label"].all()

@@ -336,7 +336,8 @@ def _add_outcomes_v2(
         outcomes.disposition,
         events.code_ids(["DISP//DISCHARGE", "DISP//ADMIT"])[outcomes.from_ed * 1],
     )
-    returned = np.flatnonzero(outcomes.admitted & ~outcomes.from_ed)
+    # A return admitted elsewhere went to that hospital's ED: neither is in this data.
+    returned = np.flatnonzero(outcomes.recorded & ~outcomes.from_ed)
     events.add(pat[returned], outcomes.back[returned], "ENC//ED_RETURN")
     idx = np.flatnonzero(outcomes.recorded)
     events.add(pat[idx], outcomes.admit[idx], "ADMIT//INPATIENT")
