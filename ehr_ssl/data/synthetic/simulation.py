@@ -205,18 +205,8 @@ def _draw_visits(patients: _Patients, rng: np.random.Generator) -> _Visits:
     """ED visits of all patients (grouped by patient, in time order), their problem and outcome."""
     patient, arrival, age = _visit_times(patients, rng)
     has = patients.has[patient].astype(np.float64)  # (V, C)
-    boosts = np.zeros((len(CONDITIONS), len(PROBLEMS)))
-    for p, prob in enumerate(PROBLEMS):
-        for cond, boost in prob.condition_boosts:
-            boosts[CONDITION_INDEX[cond], p] = boost
-    base = np.array([p.base_logit for p in PROBLEMS])
-    age_slope = np.array([p.age_slope for p in PROBLEMS])
-    logits = base + has @ boosts + np.outer((age - 55.0) / 10.0, age_slope)  # (V, P)
-    problem = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
-
     frailty = patients.frailty[patient]
-    severity_mean = np.array([p.severity_mean for p in PROBLEMS])
-    severity = severity_mean[problem] + 0.25 * frailty + rng.standard_normal(len(patient))
+    problem, severity = _draw_problem_and_severity(has, age, frailty, rng)
     admit_weight = np.array([c.admit_weight for c in CONDITIONS])
     admit_effect = np.array([p.admit_effect for p in PROBLEMS])
     logit = (
@@ -230,6 +220,24 @@ def _draw_visits(patients: _Patients, rng: np.random.Generator) -> _Visits:
     probability = _sigmoid(logit)
     admitted = rng.random(len(patient)) < probability
     return _Visits(patient, arrival, age, problem, severity, probability, admitted)
+
+
+def _draw_problem_and_severity(
+    has: np.ndarray, age: np.ndarray, frailty: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each visit's acute problem (index into PROBLEMS: more likely given the conditions in
+    `has`, (V, C), and with age) and its severity latent (the problem's mean, frailty, noise)."""
+    boosts = np.zeros((len(CONDITIONS), len(PROBLEMS)))
+    for p, prob in enumerate(PROBLEMS):
+        for cond, boost in prob.condition_boosts:
+            boosts[CONDITION_INDEX[cond], p] = boost
+    base = np.array([p.base_logit for p in PROBLEMS])
+    age_slope = np.array([p.age_slope for p in PROBLEMS])
+    logits = base + has @ boosts + np.outer((age - 55.0) / 10.0, age_slope)  # (V, P)
+    problem = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
+    severity_mean = np.array([p.severity_mean for p in PROBLEMS])
+    severity = severity_mean[problem] + 0.25 * frailty + rng.standard_normal(len(has))
+    return problem, severity
 
 
 def _visit_times(
@@ -372,11 +380,20 @@ def _add_arrival_and_complaint(
         events.add(pat[idx], arrival[idx] + _minutes(3 * rng.random(len(idx))), codes[drawn])
 
 
-def _add_triage(events: _EventBuffer, visits: _Visits, rng: np.random.Generator) -> None:
-    """The triage acuity (ESI 1 = most urgent .. 5), lower when the visit is more severe."""
+def _add_triage(
+    events: _EventBuffer,
+    visits: _Visits,
+    rng: np.random.Generator,
+    noise: float = 0.45,
+    missing: float = 0.0,
+) -> None:
+    """The triage acuity (ESI 1 = most urgent .. 5), lower when the visit is more severe, give
+    or take `noise`; not recorded at a `missing` share of visits (drawn only when > 0)."""
     v, s = len(visits.arrival), visits.severity
-    esi = np.clip(np.round(3.0 - 0.7 * s + 0.45 * rng.standard_normal(v)), 1, 5)
-    events.add(visits.patient, visits.arrival + _minutes(1 + 7 * rng.random(v)), "TRIAGE//ESI", esi)
+    esi = np.clip(np.round(3.0 - 0.7 * s + noise * rng.standard_normal(v)), 1, 5)
+    time = visits.arrival + _minutes(1 + 7 * rng.random(v))
+    kept = np.ones(v, dtype=bool) if missing == 0 else rng.random(v) >= missing
+    events.add(visits.patient[kept], time[kept], "TRIAGE//ESI", esi[kept])
 
 
 def _add_vitals(

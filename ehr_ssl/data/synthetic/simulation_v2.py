@@ -41,8 +41,10 @@ from ehr_ssl.data.synthetic.simulation import (
     _add_condition_codes,
     _add_ed_labs,
     _add_ed_medications,
+    _add_triage,
     _add_vitals,
     _draw_patients,
+    _draw_problem_and_severity,
     _EventBuffer,
     _lab_values,
     _minutes,
@@ -258,18 +260,8 @@ def _admission_logit(
     """Each visit's acute problem, severity and admission logit before the recency of stays."""
     patient, arrival, age = times
     active = course.active(patients.has, patient, arrival).astype(np.float64)
-    names = [c.name for c in CONDITIONS_V2]
-    boosts = np.zeros((len(CONDITIONS_V2), len(PROBLEMS_V2)))
-    for p, prob in enumerate(PROBLEMS_V2):
-        for cond, boost in prob.condition_boosts:
-            boosts[names.index(cond), p] = boost
-    base = np.array([p.base_logit for p in PROBLEMS_V2])
-    age_slope = np.array([p.age_slope for p in PROBLEMS_V2])
-    logits = base + active @ boosts + np.outer((age - 55.0) / 10.0, age_slope)
-    problem = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
     frailty = patients.frailty[patient]
-    severity_mean = np.array([p.severity_mean for p in PROBLEMS_V2])
-    severity = severity_mean[problem] + 0.25 * frailty + rng.standard_normal(len(patient))
+    problem, severity = _draw_problem_and_severity(active, age, frailty, rng)
     weights = np.array([c.admit_weight for c in CONDITIONS_V2])
     logit = (
         _ADMIT_INTERCEPT
@@ -309,15 +301,6 @@ def _draw_visits_v2(
         patient, arrival, age, problem, severity, recorded_probability, outcomes.recorded
     )
     return visits, outcomes
-
-
-def _add_triage_v2(events: _EventBuffer, visits: _Visits, rng: np.random.Generator) -> None:
-    """The triage acuity as version 1 draws it (less noise), not recorded at a share of visits."""
-    v, s = len(visits.arrival), visits.severity
-    esi = np.clip(np.round(3.0 - 0.7 * s + _ESI_NOISE * rng.standard_normal(v)), 1, 5)
-    time = visits.arrival + _minutes(1 + 7 * rng.random(v))
-    kept = rng.random(v) >= _ESI_MISSING
-    events.add(visits.patient[kept], time[kept], "TRIAGE//ESI", esi[kept])
 
 
 def _add_outcomes_v2(
@@ -402,7 +385,7 @@ def generate_cohort_v2(n_visits: int, *, labeled_frac: float, seed: int) -> Coho
 
     has_now = course.active(patients.has, visits.patient, visits.arrival)
     _add_arrival_and_complaint(events, visits, rng)
-    _add_triage_v2(events, visits, rng)
+    _add_triage(events, visits, rng, noise=_ESI_NOISE, missing=_ESI_MISSING)
     _add_vitals(events, has_now, visits, rng, missing=_VITALS_MISSING)
     _add_ed_labs(events, course.state(patients.has, visits.patient, visits.arrival), visits, rng)
     _add_ed_medications(events, visits, rng)
