@@ -126,7 +126,9 @@ def rollup_matrix(
 
 def read_parent_codes(tokens_dir: Path) -> dict[str, list[str]] | None:
     """The tokens directory's code hierarchy (`CODES_FILE`: code, parent_codes as MEDS
-    metadata/codes.parquet holds them), as code -> parent codes; None when it has none.
+    metadata/codes.parquet holds them), as code -> parent codes; None when it has none: no
+    file, or a file that names no parent at all (MEDS ETLs often write the column all null), so
+    the roll-ups fall back to `code_ancestors` rather than vanish.
 
     Raises:
         InputError: The file lacks a column or holds a code twice.
@@ -141,6 +143,8 @@ def read_parent_codes(tokens_dir: Path) -> dict[str, list[str]] | None:
     table = table.select("code", pl.col("parent_codes").fill_null([]))
     if table["code"].is_duplicated().any():
         raise InputError("a code is listed twice", file=str(path), column="code")
+    if table["parent_codes"].list.len().sum() == 0:
+        return None
     return dict(zip(table["code"].to_list(), table["parent_codes"].to_list(), strict=True))
 
 

@@ -18,6 +18,7 @@ from ehr_ssl.data.parquet import write_parquet
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort, write_meds_cohort
 from ehr_ssl.data.synthetic.writer import MEDS_LABELS_FILE, MEDS_VISITS_FILE
 from ehr_ssl.errors import InputError
+from ehr_ssl.evaluation.tabular import read_parent_codes
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 
@@ -75,6 +76,11 @@ def test_a_meds_root_makes_the_tokens_and_labels_of_its_contract_form(
     assert ours.sort(on).equals(theirs.sort(on))
     assert ours.height == cohort.visits.height
     assert ours["labeled"].sum() == cohort.labels.height
+    # the cohort's code hierarchy (a diagnosis's category) reaches the tokens directory
+    parents = read_parent_codes(tmp_path / "t_meds")
+    dotted = [code for code in parents if "." in code]
+    assert dotted and all(parents[code] == [code.split(".")[0]] for code in dotted)
+    assert all(parents[code] == [] for code in parents if "." not in code)
 
 
 def _meds_root(root: Path, rows: list[tuple], points: list[tuple], splits=None) -> Path:

@@ -143,6 +143,10 @@ def test_the_parent_table_of_a_tokens_directory(tmp_path):
         tmp_path / CODES_FILE
     )
     assert read_parent_codes(tmp_path) == {"A//x": ["A//g"], "A//y": []}
+    schema = {"code": pl.String, "parent_codes": pl.List(pl.String)}
+    no_parents = pl.DataFrame({"code": ["A//x"], "parent_codes": [None]}, schema=schema)
+    no_parents.write_parquet(tmp_path / CODES_FILE)
+    assert read_parent_codes(tmp_path) is None  # no hierarchy: the spelling rule's roll-ups
     pl.DataFrame({"code": ["A//x"]}).write_parquet(tmp_path / CODES_FILE)
     with pytest.raises(InputError, match="parent_codes"):
         read_parent_codes(tmp_path)

@@ -175,9 +175,11 @@ def _write_meds_metadata(rows: pl.DataFrame, splits: pl.DataFrame, directory: Pa
     from ehr_ssl import __version__
 
     codes = rows.select(pl.col("code").unique().sort())
-    codes = codes.with_columns(
-        description=pl.lit(None, pl.String), parent_codes=pl.lit(None, pl.List(pl.String))
-    )
+    # The cohort's hierarchy: a diagnosis's parent is its category, the part before the dot
+    # ("DX//K67.3B" -> "DX//K67"), as in ICD-10; the other codes have none.
+    stem = pl.col("code").str.split(".").list.first()
+    parents = pl.when(pl.col("code").str.contains(".", literal=True)).then(pl.concat_list(stem))
+    codes = codes.with_columns(description=pl.lit(None, pl.String), parent_codes=parents)
     write_parquet(codes, directory / "codes.parquet", schema=meds.CodeMetadataSchema.align)
     write_parquet(
         splits, directory / "subject_splits.parquet", schema=meds.SubjectSplitSchema.align
