@@ -4,7 +4,9 @@ few-label selection protocol for every model), on one synthetic cohort.
 
 Pretraining variants: both objectives x views x masking unit; the masked objective alone x
 masking unit; the contrastive objective alone x views; with "masked+bag" / "both+bag" the bag of
-masked codes predicted from the visit vector (`objective.bag_weight`) added. Each variant is
+masked codes predicted from the visit vector (`objective.bag_weight`) added; with
+"masked+forecast" / "both+forecast" the next codes forecast from a prefix of the visit
+(`objective.forecast_weight`) added. Each variant is
 pretrained once (in WORK/run-<variant>) and fine-tuned under each readout (the pipeline reuses
 the encoder: the readout is a fine-tuning setting). The baselines (scratch transformer, counts
 logistic regression and GBM) do not depend on pretraining: they are trained once per readout,
@@ -39,13 +41,15 @@ from ehr_ssl.pipeline import run_pipeline
 
 SSL_MODELS = ["ssl", "ssl_linear_probe", "ssl_plus_counts"]
 BASELINES = ["scratch", "counts_logistic", "counts_gbm"]
-# objective name -> (masked_weight, contrastive_weight, bag_weight)
+# objective name -> (masked_weight, contrastive_weight, bag_weight, forecast_weight)
 WEIGHTS = {
-    "both": (1.0, 1.0, 0.0),
-    "masked": (1.0, 0.0, 0.0),
-    "contrastive": (0.0, 1.0, 0.0),
-    "masked+bag": (1.0, 0.0, 1.0),
-    "both+bag": (1.0, 1.0, 1.0),
+    "both": (1.0, 1.0, 0.0, 0.0),
+    "masked": (1.0, 0.0, 0.0, 0.0),
+    "contrastive": (0.0, 1.0, 0.0, 0.0),
+    "masked+bag": (1.0, 0.0, 1.0, 0.0),
+    "both+bag": (1.0, 1.0, 1.0, 0.0),
+    "masked+forecast": (1.0, 0.0, 0.0, 1.0),
+    "both+forecast": (1.0, 1.0, 0.0, 1.0),
 }
 
 
@@ -53,12 +57,13 @@ def variants(objectives: list[str], views: list[str], mask_units: list[str]) -> 
     """The pretraining variants: a name and its objective settings."""
     out = []
     for objective in objectives:
-        masked, contrastive, bag = WEIGHTS[objective]
+        masked, contrastive, bag, forecast = WEIGHTS[objective]
         for view in views if contrastive else ["-"]:
             for unit in mask_units if masked or bag else ["-"]:
                 settings = {"objective.masked_weight": masked,
                             "objective.contrastive_weight": contrastive,
-                            "objective.bag_weight": bag}  # fmt: skip
+                            "objective.bag_weight": bag,
+                            "objective.forecast_weight": forecast}  # fmt: skip
                 if view != "-":
                     settings["objective.contrastive_views"] = view
                 if unit != "-":

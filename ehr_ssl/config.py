@@ -258,6 +258,12 @@ class ObjectiveConfig:
     masking hid (a softmax over the vocabulary against their distribution). A token's state can
     copy its code from its neighbours; the one visit vector must carry the patient's codes
     (issue 19). Uses the masking of `mask_rate` and `mask_unit`, also when masked_weight is 0."""
+    forecast_weight: float = 0.0
+    """Forecast the next codes (CLMBR/MOTOR-style, within the visit's own input): each visit is
+    cut before one of its history or current events, drawn uniformly, and the prefix's pooled
+    vector predicts the codes from the cut to the end of that encounter (softmax over the
+    vocabulary, as the bag term): a past ED visit's first events must say how it ended. One more
+    encoder pass of the prefixes (`ehr_ssl.model.forecast`)."""
     mask_rate: float = 0.15
     """Share of event tokens chosen for prediction (of those, 80% [MASK], 10% random, 10% kept)."""
     mask_unit: str = field(default="token", metadata={"choices": MASK_UNITS})
@@ -286,12 +292,13 @@ class ObjectiveConfig:
     only: issue 19, CLOCS/PCLR-style patient-level positives)."""
 
     def __post_init__(self) -> None:
-        for name in ("masked_weight", "contrastive_weight", "bag_weight", "value_bin_weight"):
+        weights = ("masked_weight", "contrastive_weight", "bag_weight", "forecast_weight")
+        for name in (*weights, "value_bin_weight"):
             check_range(getattr(self, name), 0, 1e6, f"objective.{name}")
         for name in ("event_dropout", "history_crop"):
             check_range(getattr(self, name), 0, 1, f"objective.{name}")
         check_range(self.time_jitter, 0, 10, "objective.time_jitter")
-        if self.masked_weight == 0 and self.contrastive_weight == 0 and self.bag_weight == 0:
+        if all(getattr(self, name) == 0 for name in weights):
             raise InputError("at least one objective needs a weight > 0", column="objective")
         if not 0 < self.mask_rate < 1:
             raise InputError(

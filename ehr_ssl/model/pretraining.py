@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ehr_ssl.config import ObjectiveConfig
 from ehr_ssl.model.collectives import all_gather_with_grad, data_parallel_rank
 from ehr_ssl.model.encoder import EHREncoder
+from ehr_ssl.model.forecast import forecast_view
 from ehr_ssl.model.heads import BagOfCodesHead, MaskedEventHead, ProjectionHead
 from ehr_ssl.model.losses import (
     IGNORE_INDEX,
@@ -60,6 +61,11 @@ class PretrainingModel(nn.Module):
                 config.hidden_size, config.vocab_size, config.layer_norm_eps
             )
             heads.append(self.bag_head)
+        if objective.forecast_weight > 0:
+            self.forecast_head = BagOfCodesHead(
+                config.hidden_size, config.vocab_size, config.layer_norm_eps
+            )
+            heads.append(self.forecast_head)
         for head in heads:  # one place for initialization
             head.apply(encoder._init_weights)
 
@@ -67,8 +73,9 @@ class PretrainingModel(nn.Module):
         self, batch: dict[str, Tensor], generator: torch.Generator, rows: slice | None = None
     ) -> dict[str, Tensor]:
         """Shape: batch tensors (B, T) -> scalar losses {"loss", "masked_code", "masked_bin",
-        "bag", "contrastive"} (terms switched off are absent), plus the real and padded token counts
-        of the encoder's input, {"encoder_tokens", "encoder_slots"} (no gradient).
+        "bag", "contrastive", "forecast"} (terms switched off are absent), plus the real and
+        padded token counts of the encoder's input, {"encoder_tokens", "encoder_slots"} (no
+        gradient).
 
         Data-parallel training passes the global batch and this process's `rows` of it: the
         random inputs are drawn for the whole batch (every process draws the same numbers, as
@@ -110,10 +117,12 @@ class PretrainingModel(nn.Module):
         partner: dict[str, Tensor] | None,
         generator: torch.Generator,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor] | None]:
-        """View A (masked for the masked-event term) and, for the contrastive term, view B;
-        with the masked term's labels {"masked_code", "masked_bin"} (None when it is off).
-        The draws come in this order: view A, its masking, view B ("augment" and "patient"
-        views); both views, then the masking (`contrastive_views = "disjoint"`)."""
+        """View A (masked for the masked-event term), for the contrastive term view B, for the
+        forecast term the prefix view (last); with the labels of the terms that are on:
+        {"masked_code", "masked_bin"} (view A's positions), {"forecast"} (the batch's
+        positions); None when no term has labels. The draws come in this order: view A, its
+        masking, view B ("augment" and "patient" views); both views, then the masking
+        (`contrastive_views = "disjoint"`); then the forecast cut."""
         o = self.objective
         contrastive = o.contrastive_weight > 0
         disjoint = contrastive and o.contrastive_views == "disjoint"
@@ -144,6 +153,10 @@ class PretrainingModel(nn.Module):
             source = partner if o.contrastive_views == "patient" else batch
             view_b = self._view(source, generator)
         views = [view_a, view_b] if contrastive else [view_a]
+        if o.forecast_weight > 0:
+            prefix, targets = forecast_view(batch, generator=generator)
+            views.append(prefix)
+            labels = {**(labels or {}), "forecast": targets}
         return views, labels
 
     def _terms(
@@ -165,8 +178,14 @@ class PretrainingModel(nn.Module):
             pooled_a = encoded.pooler_output[:n_visits]  # (B, D): view A's visit vectors
             logits = self.bag_head(pooled_a, self.encoder.code_embeddings.weight)  # (B, V)
             terms["bag"] = bag_of_codes_loss(logits, labels["masked_code"]) * scale.get("bag", 1)
+        if self.objective.forecast_weight > 0:
+            prefix = encoded.pooler_output[-n_visits:]  # (B, D): the prefix view, stacked last
+            logits = self.forecast_head(prefix, self.encoder.code_embeddings.weight)  # (B, V)
+            forecast = bag_of_codes_loss(logits, labels["forecast"])
+            terms["forecast"] = forecast * scale.get("forecast", 1)
         if self.objective.contrastive_weight > 0:
-            z = self.projection(encoded.pooler_output)  # (2B, P): view A rows, then view B rows
+            # (2B, P): view A rows, then view B rows (the prefix view's, if any, come after)
+            z = self.projection(encoded.pooler_output[: 2 * n_visits])
             patient = self.objective.contrastive_views == "patient" and pairs is not None
             terms["contrastive"] = contrastive_loss(
                 z[:n_visits],
@@ -209,6 +228,8 @@ class PretrainingModel(nn.Module):
             total = total + o.bag_weight * terms["bag"]
         if "contrastive" in terms:
             total = total + o.contrastive_weight * terms["contrastive"]
+        if "forecast" in terms:
+            total = total + o.forecast_weight * terms["forecast"]
         return total
 
     def _view(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
@@ -242,13 +263,16 @@ def _local_rows(
     t_a = views[0]["input_ids"].shape[1]
     local, scale = {}, {}
     for name, global_labels in labels.items():
-        local[name] = global_labels[rows, :t_a]
+        # view A's labels are cut to its local length; the forecast's index the batch
+        local[name] = global_labels[rows] if name == "forecast" else global_labels[rows, :t_a]
         n_local = (local[name] != IGNORE_INDEX).sum()
         n_global = (global_labels != IGNORE_INDEX).sum().clamp_min(1)
         scale[name] = world * n_local / n_global
-    # The bag term is a mean over visits with a hidden code: the same scaling, counted in rows.
-    code_rows = (labels["masked_code"] != IGNORE_INDEX).any(dim=1)  # (B,)
-    scale["bag"] = world * code_rows[rows].sum() / code_rows.sum().clamp_min(1)
+    # The bag and forecast terms are means over visits with a target: scaled in rows.
+    for term, name in (("bag", "masked_code"), ("forecast", "forecast")):
+        if name in labels:
+            target_rows = (labels[name] != IGNORE_INDEX).any(dim=1)  # (B,)
+            scale[term] = world * target_rows[rows].sum() / target_rows.sum().clamp_min(1)
     return views, local, scale
 
 

@@ -44,6 +44,8 @@ def _batch(tokens, n=24):
         ({"masked_weight": 0.0}, {"contrastive"}),
         ({"bag_weight": 0.5}, {"masked_code", "masked_bin", "bag", "contrastive"}),
         ({"masked_weight": 0.0, "contrastive_weight": 0.0, "bag_weight": 1.0}, {"bag"}),
+        ({"forecast_weight": 0.7}, {"masked_code", "masked_bin", "contrastive", "forecast"}),
+        ({"masked_weight": 0.0, "contrastive_weight": 0.0, "forecast_weight": 1.0}, {"forecast"}),
     ],
 )
 def test_terms_follow_weights_and_sum(cohort_tokens, weights, terms):
@@ -56,6 +58,7 @@ def test_terms_follow_weights_and_sum(cohort_tokens, weights, terms):
         * (losses.get("masked_code", 0) + o.value_bin_weight * losses.get("masked_bin", 0))
         + o.contrastive_weight * losses.get("contrastive", 0)
         + o.bag_weight * losses.get("bag", 0)
+        + o.forecast_weight * losses.get("forecast", 0)
     )
     torch.testing.assert_close(losses["loss"], torch.as_tensor(expected))
     assert all(torch.isfinite(losses[k]) for k in terms | {"loss"})
@@ -77,6 +80,7 @@ def test_randomness_comes_from_the_generator(cohort_tokens):
         {"contrastive_weight": 0.0},
         {"masked_weight": 0.0},
         {"masked_weight": 0.0, "contrastive_weight": 0.0, "bag_weight": 1.0},
+        {"masked_weight": 0.0, "contrastive_weight": 0.0, "forecast_weight": 1.0},
     ],
 )
 def test_loss_falls_on_a_fixed_batch(cohort_tokens, weights):
@@ -350,15 +354,15 @@ def test_encoding_in_length_chunks_equals_one_pass(cohort_tokens, n_chunks):
 
 def test_bag_term_of_each_process_averages_to_the_whole_batch(cohort_tokens):
     """Under data parallelism each process scores its rows; the mean over processes of the
-    scaled masked and bag terms (what DDP's averaging takes) is the whole batch's term."""
-    model = _model(cohort_tokens, contrastive_weight=0.0, bag_weight=1.0)
+    scaled masked, bag and forecast terms (what DDP's averaging takes) is the whole batch's."""
+    model = _model(cohort_tokens, contrastive_weight=0.0, bag_weight=1.0, forecast_weight=1.0)
     batch = _batch(cohort_tokens)
     whole = model(batch, torch.Generator().manual_seed(0))
     halves = [
         model(batch, torch.Generator().manual_seed(0), rows=rows)
         for rows in (slice(0, 12), slice(12, 24))
     ]
-    for term in ("bag", "masked_code"):
+    for term in ("bag", "masked_code", "forecast"):
         torch.testing.assert_close((halves[0][term] + halves[1][term]) / 2, whole[term])
 
 
@@ -367,3 +371,19 @@ def test_bag_head_exists_only_when_its_term_is_on(cohort_tokens):
     assert not any(k.startswith("bag_head.") for k in _model(cohort_tokens).state_dict())
     with_bag = _model(cohort_tokens, bag_weight=1.0).state_dict()
     assert {"bag_head.transform.weight", "bag_head.code_bias"} <= set(with_bag)
+
+
+def test_forecast_term_reads_the_prefix_view_and_leaves_the_contrastive_pair(cohort_tokens):
+    """The prefix view is encoded after the contrastive pair: switching the forecast on leaves
+    the other terms as they were (its cut is drawn after their draws), and the forecast head
+    exists only when the term is on."""
+    batch = _batch(cohort_tokens)
+    base = _model(cohort_tokens)
+    without = base(batch, torch.Generator().manual_seed(0))
+    model = _model(cohort_tokens, forecast_weight=1.0)
+    model.load_state_dict(base.state_dict(), strict=False)  # the same weights but its head
+    assert {"forecast_head.transform.weight", "forecast_head.code_bias"} <= set(model.state_dict())
+    assert not any(k.startswith("forecast_head.") for k in _model(cohort_tokens).state_dict())
+    with_forecast = model(batch, torch.Generator().manual_seed(0))
+    for term in ("masked_code", "masked_bin", "contrastive"):
+        torch.testing.assert_close(with_forecast[term], without[term])

@@ -1,0 +1,85 @@
+"""The forecast view: a prefix of each visit's own timeline and the codes that come next.
+
+CLMBR and MOTOR (EHRSHOT's pretrained models) learn by forecasting a patient's next codes from
+the timeline so far; what they learn is close to what the operational tasks ask (what happens
+next to this patient). Here the timeline is the visit's own input, so nothing after the visit's
+prediction time is read: each visit is cut at one of its history or current-visit events,
+drawn uniformly, the encoder reads the prefix before the cut, and the codes from the cut to the
+end of that event's encounter (a history day, or the current visit up to the prediction time)
+are the target. A cut at an encounter's first event asks for the whole next encounter from the
+ones before; a cut inside a past ED visit asks for the rest of it (its disposition, an
+admission) from its first events, which is what the visit's own prediction asks of its current
+events.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ehr_ssl.model.encounters import encounter_starts, start_positions
+from ehr_ssl.model.losses import IGNORE_INDEX
+from ehr_ssl.model.masking import event_tokens
+from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, SEGMENT_HISTORY, UNK_ID
+
+
+def encounter_ids(batch: dict[str, Tensor]) -> Tensor:
+    """Each event's encounter as a position: a history event's is its day-run's first position
+    (`encounter_starts`), a current-visit event's the first current position; -1 elsewhere.
+    Shape: (B, T) long."""
+    events = event_tokens(batch)
+    history = events & (batch["segment_ids"] == SEGMENT_HISTORY)
+    current = events & (batch["segment_ids"] == SEGMENT_CURRENT)
+    first_current = current & ~F.pad(current[:, :-1], (1, 0))
+    starts = encounter_starts(history, batch["time_deltas"]) | first_current
+    ids = start_positions(starts)
+    return torch.where(history | current, ids, -1)
+
+
+def forecast_view(
+    batch: dict[str, Tensor], *, generator: torch.Generator
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Each visit cut before one of its events, and the codes that follow in that encounter.
+
+    The cut position is drawn uniformly among a row's history and current-visit events (one
+    draw per row from `generator`). The prefix keeps every position before the cut ([CLS], the
+    statics, the separators that precede it); the target is every event at or after the cut in
+    the cut event's encounter (`encounter_ids`), [UNK] left out (a code too rare to name). A row
+    without events keeps its whole input and has no target.
+
+    Args:
+        batch: right-padded `input_ids`, `value_bins`, `time_deltas`, `segment_ids`,
+            `attention_mask`; other (B, T) tensors are cut the same way, other values pass.
+        generator: the only source of randomness; on the batch's device.
+
+    Returns:
+        (prefix, targets): `prefix` a new dict cut to its longest row (T' <= T), padding zeros;
+        `targets` the code ids of the target events at their positions in `batch`, else -100.
+
+    Shape: (B, T) in; prefix (B, T'), targets (B, T) long.
+    """
+    events = event_tokens(batch)
+    n_events = events.sum(dim=1)  # (B,)
+    draw = torch.rand(events.shape[0], generator=generator, device=events.device)
+    rank = torch.floor(draw * n_events).long()  # (B,): which event, in order, the cut precedes
+    order = torch.cumsum(events.long(), dim=1) - 1  # (B, T): each event's rank in its row
+    cut_here = events & (order == rank[:, None])
+    has_events = n_events > 0
+    length = batch["attention_mask"].sum(dim=1)
+    cut = torch.where(has_events, cut_here.long().argmax(dim=1), length)  # (B,)
+    positions = torch.arange(events.shape[1], device=events.device).expand(events.shape)
+    encounter = encounter_ids(batch)
+    cut_encounter = encounter.gather(1, cut.clamp_max(events.shape[1] - 1)[:, None])
+    target = events & (positions >= cut[:, None]) & (encounter == cut_encounter)
+    target &= has_events[:, None] & (batch["input_ids"] != UNK_ID)
+    targets = torch.where(target, batch["input_ids"].long(), IGNORE_INDEX)
+    keep = batch["attention_mask"].bool() & (positions < cut[:, None])
+    width = max(int(keep.sum(dim=1).max()), 1) if keep.numel() else 0
+    prefix = {  # padding is zeros: [PAD], no bin, time 0, segment 0, False
+        name: value.masked_fill(~keep, 0)[:, :width]
+        if isinstance(value, Tensor) and value.shape[:2] == events.shape
+        else value
+        for name, value in batch.items()
+    }
+    return prefix, targets

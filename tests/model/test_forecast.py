@@ -1,0 +1,86 @@
+"""The forecast view: the prefix is the visit's own tokens before an event, the target is what
+follows in that event's encounter and nothing else, the cut is uniform over events, seeded."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ehr_ssl.model.forecast import forecast_view
+from ehr_ssl.model.losses import IGNORE_INDEX
+from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, UNK_ID
+from tests.model.test_masking import events_of, make_batch
+
+
+def _forecast(batch, seed=0):
+    return forecast_view(batch, generator=torch.Generator().manual_seed(seed))
+
+
+def _groups(batch, row):
+    """Each event position's encounter, written out independently: a history event's is the
+    (day, run) it belongs to, a current event's the current visit."""
+    events = events_of(batch)[row].tolist()
+    groups, previous = {}, None
+    for t, is_event in enumerate(events):
+        if not is_event:
+            previous = None if batch["segment_ids"][row, t] != SEGMENT_CURRENT else previous
+            continue
+        if batch["segment_ids"][row, t] == SEGMENT_CURRENT:
+            groups[t] = "current"
+            continue
+        day = math.floor(float(batch["time_deltas"][row, t]) / 24.0)
+        if previous is None or previous[1] != day:
+            previous = (t, day)
+        groups[t] = previous
+    return groups
+
+
+def test_prefix_is_the_visit_before_an_event_and_targets_the_rest_of_its_encounter():
+    batch = make_batch(64, max_history=12)
+    for seed in range(5):
+        prefix, targets = _forecast(batch, seed)
+        for row in range(batch["input_ids"].shape[0]):
+            groups = _groups(batch, row)
+            kept = int(prefix["attention_mask"][row].sum())
+            if not groups:  # no event: the whole visit, no target
+                assert kept == int(batch["attention_mask"][row].sum())
+                assert (targets[row] == IGNORE_INDEX).all()
+                continue
+            assert kept in groups, "the cut is at an event"
+            for name in ("input_ids", "value_bins", "time_deltas", "segment_ids"):
+                assert torch.equal(prefix[name][row, :kept], batch[name][row, :kept])
+            assert not prefix["attention_mask"][row, kept:].any()
+            expected = {
+                t
+                for t, group in groups.items()
+                if t >= kept and group == groups[kept] and batch["input_ids"][row, t] != UNK_ID
+            }
+            got = set(torch.nonzero(targets[row] != IGNORE_INDEX).flatten().tolist())
+            assert got == expected
+            assert all(targets[row, t] == batch["input_ids"][row, t] for t in got)
+
+
+def test_cut_is_uniform_over_a_visits_events():
+    many = make_batch(16, max_history=12, max_current=6)
+    row = int(events_of(many).sum(dim=1).argmax())  # the visit with the most events
+    batch = {k: v[row : row + 1] for k, v in many.items()}
+    events = torch.nonzero(events_of(batch)[0]).flatten().tolist()
+    assert len(events) >= 8
+    counts = dict.fromkeys(events, 0)
+    draws = 2000
+    for seed in range(draws):
+        prefix, _ = _forecast(batch, seed)
+        counts[int(prefix["attention_mask"][0].sum())] += 1
+    expected = draws / len(events)
+    assert all(abs(n - expected) < 5 * math.sqrt(expected) for n in counts.values())
+
+
+def test_seeded_and_leaves_the_batch_alone():
+    batch = make_batch(16)
+    before = {k: v.clone() for k, v in batch.items()}
+    a, b = _forecast(batch, 7), _forecast(batch, 7)
+    assert all(torch.equal(a[0][k], b[0][k]) for k in a[0]) and torch.equal(a[1], b[1])
+    assert all(torch.equal(batch[k], before[k]) for k in batch)
+    prefix, _ = a
+    assert prefix["input_ids"].shape[1] == int(prefix["attention_mask"].sum(dim=1).max())
