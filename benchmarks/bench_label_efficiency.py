@@ -5,10 +5,13 @@ baselines, against the oracle, with patient-level bootstrap CIs and paired diffe
 fine-tuning minus each model), once per pretraining objective variant.
 
 Each variant is a pipeline run in WORK/run-<variant> (its report.md, report.json and plots stay
-there); the cohort is synthesized once. Selection uses val only; the test split is scored once.
+there); the cohort is synthesized once. Selection never reads the test split, which is scored
+once. A variant names the weights of the masked, contrastive and forecast terms ("default": the
+preset's own).
 
 usage: python benchmarks/bench_label_efficiency.py --visits 60000 --budgets 1000 --epochs 4 \
-           [--objectives both,masked,contrastive] [--seeds 0,1,2] [--skip-all] [--work DIR] \
+           [--objectives default,both,masked,masked+forecast,...] [--seeds 0,1,2] [--skip-all] \
+           [--work DIR] \
            [--config benchmarks/wide.toml]
 """
 
@@ -27,10 +30,17 @@ from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort
 from ehr_ssl.evaluation.render import format_report_markdown
 from ehr_ssl.pipeline import run_pipeline
 
-OBJECTIVES = {
-    "both": {"objective.masked_weight": 1.0, "objective.contrastive_weight": 1.0},
-    "masked": {"objective.masked_weight": 1.0, "objective.contrastive_weight": 0.0},
-    "contrastive": {"objective.masked_weight": 0.0, "objective.contrastive_weight": 1.0},
+# variant -> the weights of (masked, contrastive, forecast); "default": the preset's own
+_WEIGHTS = {
+    "both": (1.0, 1.0, 0.0),
+    "masked": (1.0, 0.0, 0.0),
+    "contrastive": (0.0, 1.0, 0.0),
+    "masked+forecast": (1.0, 0.0, 1.0),
+    "both+forecast": (1.0, 1.0, 1.0),
+}
+_TERMS = ("objective.masked_weight", "objective.contrastive_weight", "objective.forecast_weight")
+OBJECTIVES = {"default": {}} | {
+    name: dict(zip(_TERMS, weights, strict=True)) for name, weights in _WEIGHTS.items()
 }
 
 

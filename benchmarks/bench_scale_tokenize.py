@@ -9,8 +9,12 @@ included), its peak RSS, input event rows, output tokens, events/s and the numbe
 With `--phases` the child logs (no -q) and the script samples its RSS, printing the peak
 between consecutive log lines: where the memory goes.
 
+With `--generate-only` it writes the dataset (`--data`) and reports the generation alone: how
+the cohort generator streams at this scale.
+
 usage: python benchmarks/bench_scale_tokenize.py [--visits 8000000] [--block 500000]
-           [--chunk-visits N] [--data DIR] [--phases] [--json FILE]
+           [--chunk-visits N] [--data DIR] [--phases] [--json FILE] [--cohort-version 2]
+           [--generate-only]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -32,20 +37,23 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from ehr_ssl.cli.options import add_cohort_version
 from ehr_ssl.config import TokenizeConfig
 from ehr_ssl.data.synthetic import generate_cohort
 
 LABELED = 100_000 / 8_000_000  # about 100k labeled visits of 8M
 
 
-def generate(data: Path, n_visits: int, block: int) -> None:
-    """Write a dataset of `n_visits` visits, generated in blocks of at most `block` visits (block
-    k with seed k), into the new directory `data`."""
+def generate(data: Path, n_visits: int, block: int, version: int) -> None:
+    """Write a dataset of `n_visits` visits of cohort `version`, generated in blocks of at most
+    `block` visits (block k with seed k), into the new directory `data`."""
     (data / "events").mkdir(parents=True)
     visits, labels = [], []
     patient_offset = 0
     for k, start in enumerate(range(0, n_visits, block)):
-        cohort = generate_cohort(min(block, n_visits - start), labeled_frac=LABELED, seed=k)
+        cohort = generate_cohort(
+            min(block, n_visits - start), labeled_frac=LABELED, seed=k, version=version
+        )
         patients = int(cohort.events["patient_id"].max())
         pid = pl.col("patient_id") + patient_offset
         vid = pl.col("visit_id") + start
@@ -57,6 +65,21 @@ def generate(data: Path, n_visits: int, block: int) -> None:
         del cohort
     pl.concat(visits).write_parquet(data / "visits.parquet")
     pl.concat(labels).write_parquet(data / "labels.parquet")
+
+
+def generated_figures(data: Path, seconds: float) -> dict:
+    """What `--generate-only` reports: the dataset's size and how long generating it took."""
+    events = [pq.ParquetFile(path).metadata.num_rows for path in (data / "events").glob("*")]
+    size = sum(path.stat().st_size for path in data.rglob("*.parquet"))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "visits": pq.ParquetFile(data / "visits.parquet").metadata.num_rows,
+        "event_files": len(events),
+        "events": sum(events),
+        "generate_seconds": seconds,
+        "parquet_gib": round(size / 2**30, 2),
+        "peak_rss_mib": round(peak_mib),
+    }
 
 
 def run_child(args: list[str], phases: bool) -> tuple[float, float, list[tuple[str, float]]]:
@@ -108,7 +131,11 @@ def main() -> None:
     )
     parser.add_argument("--phases", action="store_true", help="peak RSS between log lines")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--generate-only", action="store_true", help="write --data, no tokenize")
+    add_cohort_version(parser)
     args = parser.parse_args()
+    if args.generate_only and (args.data is None or args.data.exists()):
+        parser.error("--generate-only needs a --data directory that does not exist yet")
 
     work = Path(tempfile.mkdtemp(prefix="bench-scale-tokenize-"))
     try:
@@ -116,8 +143,11 @@ def main() -> None:
         generate_seconds = None
         if not data.exists():
             started = time.perf_counter()
-            generate(data, args.visits, args.block)
+            generate(data, args.visits, args.block, args.cohort_version)
             generate_seconds = round(time.perf_counter() - started, 1)
+        if args.generate_only:
+            print(json.dumps(generated_figures(data, generate_seconds), indent=2))
+            return
         n_visits = pq.ParquetFile(data / "visits.parquet").metadata.num_rows
         events = sum(
             pq.ParquetFile(path).metadata.num_rows for path in (data / "events").glob("*.parquet")

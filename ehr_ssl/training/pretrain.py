@@ -570,9 +570,9 @@ def _finish(
         "steps": step,
         "pretraining_visits": n_visits,
         "transductive": config.train.include_test_unlabeled,
-        "objectives": {
-            "masked_weight": config.objective.masked_weight,
-            "contrastive_weight": config.objective.contrastive_weight,
+        "objectives": {  # the weights of every term, off ones included
+            name: getattr(config.objective, name)
+            for name in ("masked_weight", "contrastive_weight", "bag_weight", "forecast_weight")
         },
         "final_metrics": last,
         "tokens_dir": str(tokens_dir),
