@@ -39,6 +39,7 @@ PREDICTION_FORMATS = ("ehr-ssl", "meds")
 PRECISIONS = ("auto", "fp32", "bf16")
 CONTRASTIVE_VIEWS = ("augment", "disjoint", "patient")
 MASK_UNITS = ("token", "encounter")
+FORECAST_TARGETS = ("encounter", "next_day")
 # The visit vector downstream models read (`ehr_ssl.model.encoder.EHREncoder.readout`).
 READOUTS = ("pooled", "segments")
 
@@ -264,6 +265,10 @@ class ObjectiveConfig:
     vector predicts the codes from the cut to the end of that encounter (softmax over the
     vocabulary, as the bag term): a past ED visit's first events must say how it ended. One more
     encoder pass of the prefixes (`ehr_ssl.model.forecast`)."""
+    forecast_target: str = field(default="encounter", metadata={"choices": FORECAST_TARGETS})
+    """What the forecast term predicts after the cut: "encounter" (the rest of the cut event's
+    encounter, a history day or the current visit) or "next_day" (every event within 24 hours
+    of the cut event, CLMBR's next day, across day boundaries)."""
     mask_rate: float = 0.15
     """Share of event tokens chosen for prediction (of those, 80% [MASK], 10% random, 10% kept)."""
     mask_unit: str = field(default="token", metadata={"choices": MASK_UNITS})
@@ -303,6 +308,11 @@ class ObjectiveConfig:
         if not 0 < self.mask_rate < 1:
             raise InputError(
                 f"must be in (0, 1), got {self.mask_rate}", column="objective.mask_rate"
+            )
+        if self.forecast_target not in FORECAST_TARGETS:
+            raise InputError(
+                f"must be one of {', '.join(FORECAST_TARGETS)}, got {self.forecast_target!r}",
+                column="objective.forecast_target",
             )
         if self.mask_unit not in MASK_UNITS:
             raise InputError(

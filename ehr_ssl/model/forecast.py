@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ehr_ssl.model.encounters import encounter_starts, start_positions
+from ehr_ssl.config import FORECAST_TARGETS
+from ehr_ssl.model.encounters import HOURS_PER_DAY, encounter_starts, start_positions
 from ehr_ssl.model.losses import IGNORE_INDEX
 from ehr_ssl.model.masking import event_tokens
 from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, SEGMENT_HISTORY, UNK_ID
@@ -38,20 +39,23 @@ def encounter_ids(batch: dict[str, Tensor]) -> Tensor:
 
 
 def forecast_view(
-    batch: dict[str, Tensor], *, generator: torch.Generator
+    batch: dict[str, Tensor], *, generator: torch.Generator, target: str = "encounter"
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """Each visit cut before one of its events, and the codes that follow in that encounter.
+    """Each visit cut before one of its events, and the codes that follow.
 
     The cut position is drawn uniformly among a row's history and current-visit events (one
     draw per row from `generator`). The prefix keeps every position before the cut ([CLS], the
-    statics, the separators that precede it); the target is every event at or after the cut in
-    the cut event's encounter (`encounter_ids`), [UNK] left out (a code too rare to name). A row
-    without events keeps its whole input and has no target.
+    statics, the separators that precede it). The target is, of the events at or after the cut,
+    [UNK] left out (a code too rare to name): with `target="encounter"` those of the cut event's
+    encounter (`encounter_ids`); with "next_day" those within 24 hours of the cut event's time
+    (CLMBR's next day: an encounter's end is not cut off by a day boundary). A row without
+    events keeps its whole input and has no target.
 
     Args:
         batch: right-padded `input_ids`, `value_bins`, `time_deltas`, `segment_ids`,
             `attention_mask`; other (B, T) tensors are cut the same way, other values pass.
         generator: the only source of randomness; on the batch's device.
+        target: "encounter" or "next_day" (above).
 
     Returns:
         (prefix, targets): `prefix` a new dict cut to its longest row (T' <= T), padding zeros;
@@ -69,11 +73,18 @@ def forecast_view(
     length = batch["attention_mask"].sum(dim=1)
     cut = torch.where(has_events, cut_here.long().argmax(dim=1), length)  # (B,)
     positions = torch.arange(events.shape[1], device=events.device).expand(events.shape)
-    encounter = encounter_ids(batch)
-    cut_encounter = encounter.gather(1, cut.clamp_max(events.shape[1] - 1)[:, None])
-    target = events & (positions >= cut[:, None]) & (encounter == cut_encounter)
-    target &= has_events[:, None] & (batch["input_ids"] != UNK_ID)
-    targets = torch.where(target, batch["input_ids"].long(), IGNORE_INDEX)
+    at_cut = cut.clamp_max(events.shape[1] - 1)[:, None]  # (B, 1)
+    if target == "encounter":
+        encounter = encounter_ids(batch)
+        same = encounter == encounter.gather(1, at_cut)
+    elif target == "next_day":
+        times = batch["time_deltas"]  # hours, oldest first: later events have larger times
+        same = times - times.gather(1, at_cut) <= HOURS_PER_DAY
+    else:
+        raise ValueError(f"target must be one of {FORECAST_TARGETS}, got {target!r}")
+    chosen = events & (positions >= cut[:, None]) & same
+    chosen &= has_events[:, None] & (batch["input_ids"] != UNK_ID)
+    targets = torch.where(chosen, batch["input_ids"].long(), IGNORE_INDEX)
     keep = batch["attention_mask"].bool() & (positions < cut[:, None])
     width = max(int(keep.sum(dim=1).max()), 1) if keep.numel() else 0
     prefix = {  # padding is zeros: [PAD], no bin, time 0, segment 0, False

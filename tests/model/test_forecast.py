@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from ehr_ssl.model.forecast import forecast_view
@@ -13,8 +14,8 @@ from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, UNK_ID
 from tests.model.test_masking import events_of, make_batch
 
 
-def _forecast(batch, seed=0):
-    return forecast_view(batch, generator=torch.Generator().manual_seed(seed))
+def _forecast(batch, seed=0, target="encounter"):
+    return forecast_view(batch, generator=torch.Generator().manual_seed(seed), target=target)
 
 
 def _groups(batch, row):
@@ -84,3 +85,28 @@ def test_seeded_and_leaves_the_batch_alone():
     assert all(torch.equal(batch[k], before[k]) for k in batch)
     prefix, _ = a
     assert prefix["input_ids"].shape[1] == int(prefix["attention_mask"].sum(dim=1).max())
+
+
+def test_next_day_targets_every_event_within_a_day_of_the_cut():
+    batch = make_batch(64, max_history=12)
+    times, ids = batch["time_deltas"], batch["input_ids"]
+    for seed in range(3):
+        prefix, targets = _forecast(batch, seed, target="next_day")
+        encounter_prefix, _ = _forecast(batch, seed)
+        assert torch.equal(prefix["attention_mask"], encounter_prefix["attention_mask"])
+        for row in range(ids.shape[0]):
+            events = torch.nonzero(events_of(batch)[row]).flatten().tolist()
+            if not events:
+                continue
+            cut = int(prefix["attention_mask"][row].sum())
+            expected = {
+                t
+                for t in events
+                if t >= cut and times[row, t] - times[row, cut] <= 24.0 and ids[row, t] != UNK_ID
+            }
+            assert set(torch.nonzero(targets[row] != IGNORE_INDEX).flatten().tolist()) == expected
+
+
+def test_an_unknown_target_is_refused():
+    with pytest.raises(ValueError, match="next_day"):
+        _forecast(make_batch(2), target="tomorrow")
