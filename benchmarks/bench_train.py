@@ -67,6 +67,7 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
             "train.precision": args.precision,
             "objective.masked_weight": args.masked_weight,
             "objective.contrastive_weight": args.contrastive_weight,
+            "objective.forecast_weight": args.forecast_weight,
             "objective.contrastive_views": args.views,
             "objective.mask_unit": args.mask_unit,
         },
@@ -96,6 +97,7 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
             for name, w in (
                 ("masked", config.objective.masked_weight),
                 ("contrastive", config.objective.contrastive_weight),
+                ("forecast", config.objective.forecast_weight),
             )
             if w > 0
         ],
@@ -116,7 +118,10 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
         result["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         # FLOPs of the tokens the encoder really ran on (both views), at their mean padded
         # length; the heads are left out (a lower bound on the model's FLOPs).
-        encoder_rows = config.train.batch_size * (1 + (config.objective.contrastive_weight > 0))
+        passes = (
+            1 + (config.objective.contrastive_weight > 0) + (config.objective.forecast_weight > 0)
+        )
+        encoder_rows = config.train.batch_size * passes  # views, and the forecast's prefixes
         step_s = median["data_s"] + median["compute_s"]
         padded_t = median["encoder_tokens_per_s"] * step_s / (1 - median["padding_fraction"])
         flops = encoder.num_flops_per_token(int(padded_t / encoder_rows))
@@ -144,6 +149,7 @@ def main() -> None:
     parser.add_argument("--precision", help="train.precision [auto: bf16 on GPU, fp32 on CPU]")
     parser.add_argument("--masked-weight", type=float)
     parser.add_argument("--contrastive-weight", type=float)
+    parser.add_argument("--forecast-weight", type=float)
     parser.add_argument("--views", help="objective.contrastive_views [the preset's]")
     parser.add_argument("--mask-unit", help="objective.mask_unit [the preset's]")
     parser.add_argument("--json", type=Path)
@@ -185,6 +191,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
         ("--batch-size", args.batch_size),
         ("--masked-weight", args.masked_weight),
         ("--contrastive-weight", args.contrastive_weight),
+        ("--forecast-weight", args.forecast_weight),
         ("--views", args.views),
         ("--mask-unit", args.mask_unit),
         ("--precision", args.precision),

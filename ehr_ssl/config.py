@@ -59,7 +59,7 @@ MAX_WORKERS = 256  # loader processes
 MAX_BOOTSTRAP = 1_000_000  # replicates: CI limits stop moving long before
 
 # Starting points, overridden by a TOML file and flags. tiny: tests (seconds); small: the CPU demo,
-# sized to train both objectives at >= 50k visit tokens/s on 2 CPU cores (benchmarks/README.md);
+# sized to train its objectives fast on 2 CPU cores (benchmarks/README.md, "Pretraining");
 # base: GPU pretraining.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
@@ -252,14 +252,16 @@ class ObjectiveConfig:
     """Masked-event modeling (BERT-style): predict the code and, for numeric events, the bin."""
     value_bin_weight: float = 0.5
     """Weight of the value-bin prediction within the masked-event term."""
-    contrastive_weight: float = 1.0
-    """Contrastive visits (SimCLR-style NT-Xent between two augmented views)."""
+    contrastive_weight: float = 0.0
+    """Contrastive visits (SimCLR-style NT-Xent between two views). Off by default: on cohort
+    version 2 it pulled the few-label probe down with or without the forecast term
+    (benchmarks/README.md, "The forecast term")."""
     bag_weight: float = 0.0
     """Bag of masked codes: predict, from the masked view's pooled visit vector, the codes that
     masking hid (a softmax over the vocabulary against their distribution). A token's state can
     copy its code from its neighbours; the one visit vector must carry the patient's codes
     (issue 19). Uses the masking of `mask_rate` and `mask_unit`, also when masked_weight is 0."""
-    forecast_weight: float = 0.0
+    forecast_weight: float = 1.0
     """Forecast the next codes (CLMBR/MOTOR-style, within the visit's own input): each visit is
     cut before one of its history or current events, drawn uniformly, and the prefix's pooled
     vector predicts the codes from the cut to the end of that encounter (softmax over the

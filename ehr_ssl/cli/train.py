@@ -20,7 +20,8 @@ log = logging.getLogger("ehr_ssl")
 PRETRAIN_FLAGS = ("train.max_steps", "train.epochs", "train.device", "train.precision",
                   "train.batch_size", "train.learning_rate", "train.num_workers", "train.seed",
                   "objective.masked_weight", "objective.contrastive_weight",
-                  "train.include_test_unlabeled", "train.compile", "train.tensorboard")  # fmt: skip
+                  "objective.forecast_weight", "train.include_test_unlabeled", "train.compile",
+                  "train.tensorboard")  # fmt: skip
 FINETUNE_FLAGS = ("mode", "label_budget", "learning_rate", "encoder_lr_ratio", "batch_size",
                   "max_epochs", "patience", "selection", "seed", "device", "precision")  # fmt: skip
 
@@ -96,7 +97,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     pretrain = commands.add_parser(
         "pretrain",
         help="self-supervised pretraining of the encoder on token shards",
-        description="Pretrain the encoder with masked-event modeling and contrastive visits on "
+        description="Pretrain the encoder with masked-event modeling and the forecast term (and, "
+        "on request, contrastive visits) on "
         "every visit of the patients outside the test split (labeled or not). Writes the "
         "encoder (safetensors + config.json), the tokenizer, the resolved config, metrics.jsonl "
         "and checkpoints. Unset options take the --config file's value, else the preset's.",

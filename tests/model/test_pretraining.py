@@ -16,6 +16,9 @@ from ehr_ssl.tokens.tokenizer import Tokenizer
 
 
 def _model(tokens, **objective) -> PretrainingModel:
+    """A small model; its objective starts from masked + contrastive (the pair whose wiring most
+    of these tests check), then `objective`."""
+    objective = {"contrastive_weight": 1.0, "forecast_weight": 0.0, **objective}
     torch.manual_seed(0)
     tokenizer = Tokenizer.load(tokens)
     config = EHRConfig(

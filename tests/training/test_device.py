@@ -91,12 +91,13 @@ def _batch(tokens, n=48):
 
 
 def test_bf16_pretraining_losses_are_finite_and_close_to_fp32(cohort_tokens):
-    model = PretrainingModel(_encoder(cohort_tokens), ObjectiveConfig(projection_dim=16))
+    every_term = ObjectiveConfig(projection_dim=16, contrastive_weight=1.0)
+    model = PretrainingModel(_encoder(cohort_tokens), every_term)
     batch = _batch(cohort_tokens)
     fp32 = model(batch, torch.Generator().manual_seed(0))
     with device_settings(CPU, "bf16").autocast():
         bf16 = model(batch, torch.Generator().manual_seed(0))
-    for term in ("masked_code", "masked_bin", "contrastive", "loss"):
+    for term in ("masked_code", "masked_bin", "contrastive", "forecast", "loss"):
         assert bf16[term].dtype == torch.float32, term  # the losses upcast
         assert torch.isfinite(bf16[term]), term
         torch.testing.assert_close(bf16[term], fp32[term], rtol=BF16_LOSS_RTOL, atol=0)

@@ -42,11 +42,15 @@ def _losses(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-# "patient": each process also reads its rows' partner visits, padded to the partners' own
-# global longest, and the same-patient masks cover the gathered batch.
+# Every term on (the defaults, masked + forecast, and the contrastive term). "patient": each
+# process also reads its rows' partner visits, padded to the partners' own global longest, and
+# the same-patient masks cover the gathered batch.
 @pytest.mark.parametrize(
-    "objective", ["", '[objective]\ncontrastive_views = "patient"\n'], ids=["augment", "patient"]
-)
+    "objective",
+    ["[objective]\ncontrastive_weight = 1.0\n",
+     '[objective]\ncontrastive_weight = 1.0\ncontrastive_views = "patient"\n'],
+    ids=["augment", "patient"],
+)  # fmt: skip
 def test_two_processes_take_the_steps_of_one(cohort_tokens, tmp_path, objective):
     config = tmp_path / "run.toml"
     config.write_text(
@@ -65,7 +69,7 @@ def test_two_processes_take_the_steps_of_one(cohort_tokens, tmp_path, objective)
     # another order differ in the last bits).
     for a, b in zip(_losses(one), _losses(two), strict=True):
         assert a["step"] == b["step"]
-        for term in ("loss", "masked_code", "masked_bin", "contrastive", "grad_norm"):
+        for term in ("loss", "masked_code", "masked_bin", "contrastive", "forecast", "grad_norm"):
             assert b[term] == pytest.approx(a[term], rel=1e-5), (a["step"], term)
     expected, got = _weights(one), _weights(two)
     assert expected.keys() == got.keys()

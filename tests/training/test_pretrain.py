@@ -80,7 +80,7 @@ def test_a_run_writes_its_outputs(cohort_tokens, tmp_path):
     for key in (
         "masked_code",
         "masked_bin",
-        "contrastive",
+        "forecast",
         "loss",
         "lr",
         "tokens_per_s",
@@ -173,27 +173,23 @@ def test_resume_after_sigkill_ends_with_identical_weights(cohort_tokens, tmp_pat
         assert steps == list(range(2, 31, 2))  # no duplicate lines from the killed part
 
 
-def test_cli_pretrain_variants_are_one_flag_apart(cohort_tokens, tmp_path):
-    for flag, term in (("--masked-weight", "contrastive"), ("--contrastive-weight", "masked_code")):
-        out = tmp_path / flag
-        argv = [
-            "-q",
-            "pretrain",
-            "--tokens",
-            str(cohort_tokens),
-            "--out",
-            str(out),
-            "--preset",
-            "tiny",
-            "--max-steps",
-            "4",
-            flag,
-            "0",
-        ]
-        assert main(argv) == 0
-        last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-        assert term in last and "loss" in last
-        assert set(last) & {"masked_code", "contrastive"} == {term}
+@pytest.mark.parametrize(
+    "flag,value,terms",
+    [
+        (None, None, {"masked_code", "forecast"}),  # the defaults
+        ("--masked-weight", "0", {"forecast"}),
+        ("--forecast-weight", "0", {"masked_code"}),
+        ("--contrastive-weight", "1", {"masked_code", "forecast", "contrastive"}),
+    ],
+)
+def test_cli_pretrain_variants_are_one_flag_apart(cohort_tokens, tmp_path, flag, value, terms):
+    out = tmp_path / "run"
+    argv = ["-q", "pretrain", "--tokens", str(cohort_tokens), "--out", str(out), "--preset",
+            "tiny", "--max-steps", "4", *([flag, value] if flag else [])]  # fmt: skip
+    assert main(argv) == 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "loss" in last
+    assert set(last) & {"masked_code", "contrastive", "forecast"} == terms
 
 
 def test_a_refused_start_leaves_nothing(cohort_tokens, tmp_path):
@@ -205,7 +201,9 @@ def test_a_refused_start_leaves_nothing(cohort_tokens, tmp_path):
         pretrain(cohort_tokens, tmp_path / "run", bad_model)
     assert not (tmp_path / "run").exists()
     with pytest.raises(InputError, match="needs batch_size >= 2"):
-        _tiny(batch_size=1).__post_init__()
+        contrastive = _tiny(batch_size=1)
+        contrastive.objective.contrastive_weight = 1.0
+        contrastive.__post_init__()
 
 
 def test_a_pretraining_failed_before_any_checkpoint_never_blocks_a_plain_rerun(
@@ -271,7 +269,7 @@ def test_patient_views_train_and_resume_to_identical_weights(cohort_tokens, tmp_
     checkpoint mid-epoch (as after a kill) ends with the uninterrupted run's exact weights."""
 
     config = _tiny(max_steps=8, checkpoint_every=4, log_every=2, batch_size=8)
-    config.objective.contrastive_views = "patient"
+    config.objective.contrastive_weight, config.objective.contrastive_views = 1.0, "patient"
     reference = tmp_path / "reference"
     pretrain(cohort_tokens, reference, config)
     records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
