@@ -252,6 +252,7 @@ def _measure(tokens: Path, device: str, sizes: Sizes, batch: int, *, compile: bo
         precision=None,  # the default: bf16 on a GPU, fp32 on CPU
         masked_weight=None,
         contrastive_weight=None,
+        forecast_weight=None,
         views=None,
         mask_unit=None,
     )

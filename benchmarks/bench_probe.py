@@ -1,0 +1,101 @@
+"""The few-label linear probe of pretrained encoders, as the pipeline selects it, over many label
+subsets: for each encoder and readout, at each budget, a logistic regression on the frozen
+visit vectors of a random subset of the train split's labeled visits, C chosen by 5-fold cv
+over the subset grouped by patient (`fit_probe_cv`, the pipeline's few-label protocol), scored
+on every labeled test visit. Every encoder gets the same subsets and test visits, so their
+differences are paired; the spread is over label subsets (the test visits are fixed).
+
+Cheaper than a pipeline run per pretraining variant (no fine-tuning, no baselines): the
+screen that picks which variants are worth a full label-efficiency curve. At small budgets the
+pipeline's SSL model mostly selects this probe (report.md, "Model selection").
+
+usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
+           --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
+           [--readouts pooled,segments] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ehr_ssl.config import READOUTS
+from ehr_ssl.model.encoder import EHREncoder
+from ehr_ssl.tokens.batching import TokenDataset
+from ehr_ssl.tokens.shards import read_split
+from ehr_ssl.training.probe import fit_probe_cv, pooled_vectors, probe_scores
+from ehr_ssl.training.selection import cv_folds
+
+
+def probe_curve(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    groups: np.ndarray,
+    ids: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    budgets: dict[int, int],
+) -> dict[int, list[float]]:
+    """Test AUROCs of the cv-selected probe at each budget, one per label subset (subset k of
+    every budget drawn with seed 100 + k, its folds with seed k, so every encoder gets the same
+    ones). Shape: x (N, D)."""
+    out = {}
+    for budget, n_subsets in budgets.items():
+        aurocs = []
+        for k in range(n_subsets):
+            draw = np.random.default_rng(100 + k)
+            rows = np.sort(draw.choice(len(y_train), budget, replace=False))
+            folds = cv_folds(y_train[rows], groups[rows], ids[rows], folds=5, repeats=1,
+                             seed=k, setting="bench_probe")  # fmt: skip
+            probe = fit_probe_cv(x_train[rows], y_train[rows], folds)
+            aurocs.append(float(roc_auc_score(y_test, probe_scores(probe, x_test))))
+        out[budget] = aurocs
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=Path, required=True)
+    parser.add_argument("--encoders", required=True, help="comma-separated encoder directories")
+    parser.add_argument("--budgets", default="100,300,1000")
+    parser.add_argument("--subsets", default="12,6,3", help="label subsets per budget")
+    parser.add_argument("--readouts", default="pooled", help=f"of {', '.join(READOUTS)}")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    warnings.filterwarnings("ignore", "overflow encountered in exp")  # saturated scores
+    sizes, subsets = args.budgets.split(","), args.subsets.split(",")
+    if len(sizes) != len(subsets):
+        parser.error("--subsets needs one count per budget")
+    budgets = {int(b): int(n) for b, n in zip(sizes, subsets, strict=True)}
+    labeled = {s: read_split(args.tokens, s).filter(pl.col("labeled")) for s in ("train", "test")}
+    datasets = {s: TokenDataset(args.tokens, pl.col("labeled"), splits=[s]) for s in labeled}
+    y = {s: np.asarray(d.labels).astype(np.int64) for s, d in datasets.items()}
+    groups, ids = labeled["train"]["patient_id"].to_numpy(), labeled["train"]["visit_id"].to_numpy()
+    results = []
+    for encoder_dir in args.encoders.split(","):
+        encoder = EHREncoder.load_checked(Path(encoder_dir))
+        for readout in args.readouts.split(","):
+            x = {s: pooled_vectors(encoder, d, torch.device("cpu"), readout=readout)
+                 for s, d in datasets.items()}  # fmt: skip
+            curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets)
+            row = {"encoder": encoder_dir, "readout": readout,
+                   "auroc": {b: float(np.mean(a)) for b, a in curve.items()},
+                   "se": {b: float(np.std(a) / np.sqrt(len(a))) for b, a in curve.items()},
+                   "per_subset": curve}  # fmt: skip
+            results.append(row)
+            cells = " | ".join(f"{row['auroc'][b]:.3f} ± {row['se'][b]:.3f}" for b in budgets)
+            print(f"| {encoder_dir} | {readout} | {cells} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
