@@ -271,6 +271,10 @@ class ObjectiveConfig:
     """What the forecast term predicts after the cut: "encounter" (the rest of the cut event's
     encounter, a history day or the current visit) or "next_day" (every event within 24 hours
     of the cut event, CLMBR's next day, across day boundaries)."""
+    forecast_current_share: float = 0.0
+    """How often the forecast's cut is drawn within the current visit only (else among all the
+    visit's events, most of them history): the downstream visit vector is that of a sequence
+    ending in the current visit, which uniform cuts rarely train."""
     mask_rate: float = 0.15
     """Share of event tokens chosen for prediction (of those, 80% [MASK], 10% random, 10% kept)."""
     mask_unit: str = field(default="token", metadata={"choices": MASK_UNITS})
@@ -302,7 +306,7 @@ class ObjectiveConfig:
         weights = ("masked_weight", "contrastive_weight", "bag_weight", "forecast_weight")
         for name in (*weights, "value_bin_weight"):
             check_range(getattr(self, name), 0, 1e6, f"objective.{name}")
-        for name in ("event_dropout", "history_crop"):
+        for name in ("event_dropout", "history_crop", "forecast_current_share"):
             check_range(getattr(self, name), 0, 1, f"objective.{name}")
         check_range(self.time_jitter, 0, 10, "objective.time_jitter")
         if all(getattr(self, name) == 0 for name in weights):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from ehr_ssl.config import COUNTS, PipelineConfig
+from ehr_ssl.config import COUNTS, TABULAR, PipelineConfig
 from ehr_ssl.data.readers import read_oracle
 from ehr_ssl.data.splits import temporal_splits
 from ehr_ssl.deploy.registry import Registry
@@ -249,8 +249,9 @@ def _compare_on_test_window(
     config: PipelineConfig,
     ft_config: FinetuneConfig,
 ) -> dict:
-    """The test window, read once: candidate, production and the counts baselines (for the
-    model card's comparison, on the same labels) on the same visits. Returns the report."""
+    """The test window, read once: candidate, production and the counts and tabular baselines
+    (for the model card's comparison, on the same labels) on the same visits. Returns the
+    report."""
     from ehr_ssl.evaluation.report import build_report
     from ehr_ssl.evaluation.scoring import read_test_split, score_models
     from ehr_ssl.training.device import resolve_device
@@ -266,7 +267,7 @@ def _compare_on_test_window(
     predictions, _ = score_models(
         test,
         budget,
-        ["candidate", *row_scorers, *COUNTS],
+        ["candidate", *row_scorers, *COUNTS, *TABULAR],
         finetuned={"candidate": layout.root / CANDIDATE_DIR},
         encoder_dir=layout.encoder,
         device=device,

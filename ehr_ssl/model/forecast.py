@@ -39,12 +39,17 @@ def encounter_ids(batch: dict[str, Tensor]) -> Tensor:
 
 
 def forecast_view(
-    batch: dict[str, Tensor], *, generator: torch.Generator, target: str = "encounter"
+    batch: dict[str, Tensor],
+    *,
+    generator: torch.Generator,
+    target: str = "encounter",
+    current_share: float = 0.0,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Each visit cut before one of its events, and the codes that follow.
 
-    The cut position is drawn uniformly among a row's history and current-visit events (one
-    draw per row from `generator`). The prefix keeps every position before the cut ([CLS], the
+    The cut position is drawn uniformly among a row's history and current-visit events, or,
+    with probability `current_share` for a row that has current events, uniformly among those
+    (`cut_positions`). The prefix keeps every position before the cut ([CLS], the
     statics, the separators that precede it). The target is, of the events at or after the cut,
     [UNK] left out (a code too rare to name): with `target="encounter"` those of the cut event's
     encounter (`encounter_ids`); with "next_day" those within 24 hours of the cut event's time
@@ -56,6 +61,7 @@ def forecast_view(
             `attention_mask`; other (B, T) tensors are cut the same way, other values pass.
         generator: the only source of randomness; on the batch's device.
         target: "encounter" or "next_day" (above).
+        current_share: in [0, 1], how often the cut is drawn within the current visit only.
 
     Returns:
         (prefix, targets): `prefix` a new dict cut to its longest row (T' <= T), padding zeros;
@@ -64,14 +70,8 @@ def forecast_view(
     Shape: (B, T) in; prefix (B, T'), targets (B, T) long.
     """
     events = event_tokens(batch)
-    n_events = events.sum(dim=1)  # (B,)
-    draw = torch.rand(events.shape[0], generator=generator, device=events.device)
-    rank = torch.floor(draw * n_events).long()  # (B,): which event, in order, the cut precedes
-    order = torch.cumsum(events.long(), dim=1) - 1  # (B, T): each event's rank in its row
-    cut_here = events & (order == rank[:, None])
-    has_events = n_events > 0
-    length = batch["attention_mask"].sum(dim=1)
-    cut = torch.where(has_events, cut_here.long().argmax(dim=1), length)  # (B,)
+    has_events = events.any(dim=1)
+    cut = cut_positions(batch, events, generator, current_share)
     positions = torch.arange(events.shape[1], device=events.device).expand(events.shape)
     at_cut = cut.clamp_max(events.shape[1] - 1)[:, None]  # (B, 1)
     if target == "encounter":
@@ -94,3 +94,25 @@ def forecast_view(
         for name, value in batch.items()
     }
     return prefix, targets
+
+
+def cut_positions(
+    batch: dict[str, Tensor], events: Tensor, generator: torch.Generator, current_share: float
+) -> Tensor:
+    """Where each row is cut: before an event drawn uniformly among its events (`events`), or
+    among its current-visit events with probability `current_share` when it has any; a row
+    without events at its length (nothing cut). Draws: one uniform per row, then (only when
+    `current_share` > 0) one more per row. Shape: events (B, T) bool -> (B,) long."""
+    draw = torch.rand(events.shape[0], generator=generator, device=events.device)
+    candidates = events
+    if current_share > 0:
+        current = events & (batch["segment_ids"] == SEGMENT_CURRENT)
+        pick = torch.rand(events.shape[0], generator=generator, device=events.device)
+        use_current = (pick < current_share) & current.any(dim=1)
+        candidates = torch.where(use_current[:, None], current, events)
+    n_candidates = candidates.sum(dim=1)  # (B,)
+    rank = torch.floor(draw * n_candidates).long()  # which candidate, in order, the cut precedes
+    order = torch.cumsum(candidates.long(), dim=1) - 1  # (B, T): each candidate's rank
+    cut_here = candidates & (order == rank[:, None])
+    length = batch["attention_mask"].sum(dim=1)
+    return torch.where(n_candidates > 0, cut_here.long().argmax(dim=1), length)

@@ -154,7 +154,12 @@ class PretrainingModel(nn.Module):
             view_b = self._view(source, generator)
         views = [view_a, view_b] if contrastive else [view_a]
         if o.forecast_weight > 0:
-            prefix, targets = forecast_view(batch, generator=generator, target=o.forecast_target)
+            prefix, targets = forecast_view(
+                batch,
+                generator=generator,
+                target=o.forecast_target,
+                current_share=o.forecast_current_share,
+            )
             views.append(prefix)
             labels = {**(labels or {}), "forecast": targets}
         return views, labels

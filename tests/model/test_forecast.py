@@ -14,8 +14,9 @@ from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, UNK_ID
 from tests.model.test_masking import events_of, make_batch
 
 
-def _forecast(batch, seed=0, target="encounter"):
-    return forecast_view(batch, generator=torch.Generator().manual_seed(seed), target=target)
+def _forecast(batch, seed=0, target="encounter", current_share=0.0):
+    generator = torch.Generator().manual_seed(seed)
+    return forecast_view(batch, generator=generator, target=target, current_share=current_share)
 
 
 def _groups(batch, row):
@@ -110,3 +111,27 @@ def test_next_day_targets_every_event_within_a_day_of_the_cut():
 def test_an_unknown_target_is_refused():
     with pytest.raises(ValueError, match="next_day"):
         _forecast(make_batch(2), target="tomorrow")
+
+
+def test_a_current_share_cuts_that_often_within_the_current_visit():
+    """With share s a visit with current events is cut within them with probability
+    s + (1 - s) * (its share of current events); share 0 is the uniform cut."""
+    many = make_batch(16, max_history=12, max_current=6)
+    events = events_of(many)
+    current = events & (many["segment_ids"] == SEGMENT_CURRENT)
+    row = int(((events.sum(dim=1) >= 8) & (current.sum(dim=1) >= 2)).long().argmax())
+    assert events[row].sum() >= 8 and current[row].sum() >= 2
+    batch = {k: v[row : row + 1] for k, v in many.items()}
+    first_current = int(torch.nonzero(current[row]).min())
+    uniform_share = float(current[row].sum() / events[row].sum())
+    draws = 2000
+    for share in (0.0, 0.5, 1.0):
+        inside = sum(
+            int(_forecast(batch, seed, current_share=share)[0]["attention_mask"].sum())
+            >= first_current
+            for seed in range(draws)
+        )
+        expected = share + (1 - share) * uniform_share
+        assert (
+            abs(inside / draws - expected) < 5 * math.sqrt(expected * (1 - expected) / draws) + 1e-9
+        )
