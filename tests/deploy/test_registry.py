@@ -89,8 +89,8 @@ def test_first_retrain_promotes_and_a_second_warm_starts(registry, data, tmp_pat
     assert 0 < test["patients"] <= test["visits"] and record["data"]["dates_warning"] is None
     # the version's bundle carries the comparison with the baselines on the same test window
     evaluation = json.loads((reg / "versions" / "2" / "report.json").read_text())
-    assert list(evaluation["models"]) == ["candidate", "production", "counts_logistic",
-                                          "counts_gbm", "tabular_logistic", "tabular_gbm"]  # fmt: skip
+    baselines = ["counts_logistic", "counts_gbm", "tabular_logistic", "tabular_gbm"]
+    assert list(evaluation["models"]) == ["candidate", "production", *baselines]
     assert evaluation["models"]["candidate"]["auroc"] == record["candidate"]["auroc"]
     assert "counts_logistic" in (reg / "versions" / "2" / "MODEL_CARD.md").read_text()
     assert Registry(reg).production_version() == (2 if record["promoted"] else 1)
