@@ -557,9 +557,10 @@ def _finish(
     model = model.cpu()
     with atomic_directory(out_dir / ENCODER_DIR, overwrite=True) as tmp:
         model.encoder.save_checked(tmp)
-    heads = {
+    heads = {  # every head the run trained (the bag and forecast heads only when on)
         f"{name}.{k}": v.detach().contiguous()
-        for name in ("masked_head", "projection")
+        for name in ("masked_head", "projection", "bag_head", "forecast_head")
+        if hasattr(model, name)
         for k, v in getattr(model, name).state_dict().items()
     }
     with atomic_file(out_dir / HEADS_FILE) as tmp:

@@ -75,6 +75,9 @@ def test_a_run_writes_its_outputs(cohort_tokens, tmp_path):
         "pretrain_summary.json",
     ):
         assert (out / name).exists(), name
+    # every head the run trained is kept, the forecast head of the default objective included
+    heads = {k.split(".")[0] for k in load_file(out / "pretraining_heads.safetensors")}
+    assert heads == {"masked_head", "projection", "forecast_head"}
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [4, 8, 12]
     for key in (
