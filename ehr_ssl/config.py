@@ -40,6 +40,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 CONTRASTIVE_VIEWS = ("augment", "disjoint", "patient")
 MASK_UNITS = ("token", "encounter")
 FORECAST_TARGETS = ("encounter", "next_day")
+FORECAST_FRAMES = ("visit", "cut")
 # The visit vector downstream models read (`ehr_ssl.model.encoder.EHREncoder.readout`).
 READOUTS = ("pooled", "segments")
 
@@ -275,6 +276,11 @@ class ObjectiveConfig:
     """How often the forecast's cut is drawn within the current visit only (else among all the
     visit's events, most of them history): the downstream visit vector is that of a sequence
     ending in the current visit, which uniform cuts rarely train."""
+    forecast_frame: str = field(default="visit", metadata={"choices": FORECAST_FRAMES})
+    """How the forecast's prefix is framed: "visit" (its times and segments as in the visit)
+    or "cut" (re-framed as a visit predicted at the cut: times taken from the cut event's, the
+    cut event's encounter in the current-visit segment), so that a prefix cut inside a past ED
+    visit looks like a visit at its prediction time (`ehr_ssl.model.forecast.reframe_at_cut`)."""
     mask_rate: float = 0.15
     """Share of event tokens chosen for prediction (of those, 80% [MASK], 10% random, 10% kept)."""
     mask_unit: str = field(default="token", metadata={"choices": MASK_UNITS})
@@ -319,6 +325,11 @@ class ObjectiveConfig:
             raise InputError(
                 f"must be one of {', '.join(FORECAST_TARGETS)}, got {self.forecast_target!r}",
                 column="objective.forecast_target",
+            )
+        if self.forecast_frame not in FORECAST_FRAMES:
+            raise InputError(
+                f"must be one of {', '.join(FORECAST_FRAMES)}, got {self.forecast_frame!r}",
+                column="objective.forecast_frame",
             )
         if self.mask_unit not in MASK_UNITS:
             raise InputError(

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ehr_ssl.config import FORECAST_TARGETS
+from ehr_ssl.config import FORECAST_FRAMES, FORECAST_TARGETS
 from ehr_ssl.model.encounters import HOURS_PER_DAY, encounter_starts, start_positions
 from ehr_ssl.model.losses import IGNORE_INDEX
 from ehr_ssl.model.masking import event_tokens
@@ -44,6 +44,7 @@ def forecast_view(
     generator: torch.Generator,
     target: str = "encounter",
     current_share: float = 0.0,
+    frame: str = "visit",
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Each visit cut before one of its events, and the codes that follow.
 
@@ -62,6 +63,8 @@ def forecast_view(
         generator: the only source of randomness; on the batch's device.
         target: "encounter" or "next_day" (above).
         current_share: in [0, 1], how often the cut is drawn within the current visit only.
+        frame: "visit" (the prefix keeps the visit's times and segments) or "cut" (the prefix
+            is re-framed as a visit predicted at the cut: `reframe_at_cut`).
 
     Returns:
         (prefix, targets): `prefix` a new dict cut to its longest row (T' <= T), padding zeros;
@@ -85,6 +88,10 @@ def forecast_view(
     chosen = events & (positions >= cut[:, None]) & same
     chosen &= has_events[:, None] & (batch["input_ids"] != UNK_ID)
     targets = torch.where(chosen, batch["input_ids"].long(), IGNORE_INDEX)
+    if frame == "cut":
+        batch = reframe_at_cut(batch, at_cut, has_events)
+    elif frame != "visit":
+        raise ValueError(f"frame must be one of {FORECAST_FRAMES}, got {frame!r}")
     keep = batch["attention_mask"].bool() & (positions < cut[:, None])
     width = max(int(keep.sum(dim=1).max()), 1) if keep.numel() else 0
     prefix = {  # padding is zeros: [PAD], no bin, time 0, segment 0, False
@@ -94,6 +101,27 @@ def forecast_view(
         for name, value in batch.items()
     }
     return prefix, targets
+
+
+def reframe_at_cut(batch: dict[str, Tensor], at_cut: Tensor, has_events: Tensor) -> dict:
+    """The visit re-framed as if its prediction time were the cut event's time: every event's
+    time delta taken from the cut event's time (a history event 600 hours before the visit's
+    prediction time and 2 hours before the cut reads -2), and the events of the cut event's
+    encounter in the current-visit segment. A prefix cut inside a past ED visit then looks like
+    what the encoder reads at a prediction time (statics, history, a visit's first events), so
+    what the forecast learns from past ED visits' endings is learned on the inputs downstream
+    models read. Statics and separators keep their values; a row without events is unchanged.
+    Shape: batch (B, T), at_cut (B, 1) long, has_events (B,) bool -> the batch, changed."""
+    events = event_tokens(batch)
+    times = batch["time_deltas"]
+    shift = torch.where(has_events, times.gather(1, at_cut)[:, 0], 0.0)  # (B,)
+    encounter = encounter_ids(batch)
+    own = events & (encounter == encounter.gather(1, at_cut)) & has_events[:, None]
+    return {
+        **batch,
+        "time_deltas": torch.where(events, times - shift[:, None], times),
+        "segment_ids": torch.where(own, SEGMENT_CURRENT, batch["segment_ids"]),
+    }
 
 
 def cut_positions(

@@ -159,6 +159,7 @@ class PretrainingModel(nn.Module):
                 generator=generator,
                 target=o.forecast_target,
                 current_share=o.forecast_current_share,
+                frame=o.forecast_frame,
             )
             views.append(prefix)
             labels = {**(labels or {}), "forecast": targets}

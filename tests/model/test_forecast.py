@@ -14,9 +14,11 @@ from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, UNK_ID
 from tests.model.test_masking import events_of, make_batch
 
 
-def _forecast(batch, seed=0, target="encounter", current_share=0.0):
+def _forecast(batch, seed=0, target="encounter", current_share=0.0, frame="visit"):
     generator = torch.Generator().manual_seed(seed)
-    return forecast_view(batch, generator=generator, target=target, current_share=current_share)
+    return forecast_view(
+        batch, generator=generator, target=target, current_share=current_share, frame=frame
+    )
 
 
 def _groups(batch, row):
@@ -135,3 +137,33 @@ def test_a_current_share_cuts_that_often_within_the_current_visit():
         assert (
             abs(inside / draws - expected) < 5 * math.sqrt(expected * (1 - expected) / draws) + 1e-9
         )
+
+
+def test_cut_frame_reads_the_prefix_as_a_visit_predicted_at_the_cut():
+    batch = make_batch(64, max_history=12)
+    for seed in range(3):
+        plain, plain_targets = _forecast(batch, seed)
+        framed, targets = _forecast(batch, seed, frame="cut")
+        assert torch.equal(targets, plain_targets), "the same cut and targets"
+        for row in range(batch["input_ids"].shape[0]):
+            groups = _groups(batch, row)
+            kept = int(framed["attention_mask"][row].sum())
+            if not groups:
+                for name in ("time_deltas", "segment_ids"):
+                    assert torch.equal(framed[name][row, :kept], batch[name][row, :kept])
+                continue
+            cut_time = float(batch["time_deltas"][row, kept])
+            for t in range(kept):
+                time, segment = framed["time_deltas"][row, t], framed["segment_ids"][row, t]
+                original = batch["time_deltas"][row, t], batch["segment_ids"][row, t]
+                if t not in groups:  # [CLS], statics, separators: as they were
+                    assert (float(time), int(segment)) == (float(original[0]), int(original[1]))
+                    continue
+                assert float(time) == pytest.approx(
+                    float(original[0]) - cut_time, abs=1e-3
+                )  # float32
+                assert float(time) <= 1e-5, "nothing in the prefix is after the cut"
+                in_cut_encounter = groups[t] == groups[kept]
+                assert int(segment) == (SEGMENT_CURRENT if in_cut_encounter else int(original[1]))
+            for name in ("input_ids", "value_bins"):
+                assert torch.equal(framed[name][row], plain[name][row])
