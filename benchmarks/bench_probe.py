@@ -5,13 +5,14 @@ over the subset grouped by patient (`fit_probe_cv`, the pipeline's few-label pro
 on every labeled test visit. Every encoder gets the same subsets and test visits, so their
 differences are paired; the spread is over label subsets (the test visits are fixed).
 
-Cheaper than a pipeline run per pretraining variant (no fine-tuning, no baselines): the
+Cheaper than a pipeline run per pretraining variant (no fine-tuning; `--tabular` adds the tabular
+baselines on the same subsets and folds, the reference to beat): the
 screen that picks which variants are worth a full label-efficiency curve. At small budgets the
 pipeline's SSL model mostly selects this probe (report.md, "Model selection").
 
 usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
-           [--readouts pooled,segments] [--json FILE]
+           [--readouts pooled,segments] [--tabular logistic,lightgbm] [--json FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ehr_ssl.config import READOUTS
+from ehr_ssl.evaluation.baselines import fit_counts_baseline_cv, predict_proba
+from ehr_ssl.evaluation.tabular import TabularSpec
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.tokens.batching import TokenDataset
 from ehr_ssl.tokens.shards import read_split
@@ -42,10 +45,13 @@ def probe_curve(
     x_test: np.ndarray,
     y_test: np.ndarray,
     budgets: dict[int, int],
+    fit_cv=None,
 ) -> dict[int, list[float]]:
     """Test AUROCs of the cv-selected probe at each budget, one per label subset (subset k of
     every budget drawn with seed 100 + k, its folds with seed k, so every encoder gets the same
-    ones). Shape: x (N, D)."""
+    ones). `fit_cv(x, y, folds)` fits one model and returns `(x_test -> scores)`; the default
+    is the pipeline's probe. Shape: x (N, D)."""
+    fit_cv = fit_cv or probe_fit
     out = {}
     for budget, n_subsets in budgets.items():
         aurocs = []
@@ -54,19 +60,61 @@ def probe_curve(
             rows = np.sort(draw.choice(len(y_train), budget, replace=False))
             folds = cv_folds(y_train[rows], groups[rows], ids[rows], folds=5, repeats=1,
                              seed=k, setting="bench_probe")  # fmt: skip
-            probe = fit_probe_cv(x_train[rows], y_train[rows], folds)
-            aurocs.append(float(roc_auc_score(y_test, probe_scores(probe, x_test))))
+            score = fit_cv(x_train[rows], y_train[rows], folds)
+            aurocs.append(float(roc_auc_score(y_test, score(x_test))))
         out[budget] = aurocs
     return out
+
+
+def probe_fit(x: np.ndarray, y: np.ndarray, folds):
+    """The pipeline's probe (`fit_probe_cv`) as a scorer of test rows."""
+    probe = fit_probe_cv(x, y, folds)
+    return lambda x_test: probe_scores(probe, x_test)
+
+
+def baseline_fit(kind: str):
+    """A counts-style baseline of `kind` (the pipeline's grid, cv-selected on the same folds as
+    the probe) as a `probe_curve` fitter of sparse tabular features."""
+
+    def fit(x, y, folds):
+        model, _ = fit_counts_baseline_cv(kind, x, y, folds, seed=0)
+        return lambda x_test: predict_proba(model, x_test)
+
+    return fit
+
+
+def tabular_rows(tokens: Path, y: dict, groups, ids, budgets: dict, kinds: list[str]) -> list:
+    """The tabular baseline (`TabularSpec` features of the same visits) under each of `kinds`,
+    on the same label subsets and folds as the encoders: the reference the probes must beat."""
+    spec = TabularSpec.from_tokens(tokens)
+    x = {s: spec.features(read_split(tokens, s).filter(pl.col("labeled"))) for s in y}
+    rows = []
+    for kind in kinds:
+        curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets,
+                            fit_cv=baseline_fit(kind))  # fmt: skip
+        rows.append(_row(f"tabular {kind}", "tabular features", curve, budgets))
+    return rows
+
+
+def _row(name: str, readout: str, curve: dict, budgets: dict) -> dict:
+    """One printed and recorded result row."""
+    row = {"encoder": name, "readout": readout,
+           "auroc": {b: float(np.mean(a)) for b, a in curve.items()},
+           "se": {b: float(np.std(a) / np.sqrt(len(a))) for b, a in curve.items()},
+           "per_subset": curve}  # fmt: skip
+    cells = " | ".join(f"{row['auroc'][b]:.3f} ± {row['se'][b]:.3f}" for b in budgets)
+    print(f"| {name} | {readout} | {cells} |", flush=True)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=Path, required=True)
-    parser.add_argument("--encoders", required=True, help="comma-separated encoder directories")
+    parser.add_argument("--encoders", default="", help="comma-separated encoder directories")
     parser.add_argument("--budgets", default="100,300,1000")
     parser.add_argument("--subsets", default="12,6,3", help="label subsets per budget")
     parser.add_argument("--readouts", default="pooled", help=f"of {', '.join(READOUTS)}")
+    parser.add_argument("--tabular", default="", help="tabular baselines to add: logistic,lightgbm")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -80,19 +128,15 @@ def main() -> None:
     y = {s: np.asarray(d.labels).astype(np.int64) for s, d in datasets.items()}
     groups, ids = labeled["train"]["patient_id"].to_numpy(), labeled["train"]["visit_id"].to_numpy()
     results = []
-    for encoder_dir in args.encoders.split(","):
+    for encoder_dir in filter(None, args.encoders.split(",")):
         encoder = EHREncoder.load_checked(Path(encoder_dir))
         for readout in args.readouts.split(","):
             x = {s: pooled_vectors(encoder, d, torch.device("cpu"), readout=readout)
                  for s, d in datasets.items()}  # fmt: skip
             curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets)
-            row = {"encoder": encoder_dir, "readout": readout,
-                   "auroc": {b: float(np.mean(a)) for b, a in curve.items()},
-                   "se": {b: float(np.std(a) / np.sqrt(len(a))) for b, a in curve.items()},
-                   "per_subset": curve}  # fmt: skip
-            results.append(row)
-            cells = " | ".join(f"{row['auroc'][b]:.3f} ± {row['se'][b]:.3f}" for b in budgets)
-            print(f"| {encoder_dir} | {readout} | {cells} |", flush=True)
+            results.append(_row(encoder_dir, readout, curve, budgets))
+    if args.tabular:
+        results += tabular_rows(args.tokens, y, groups, ids, budgets, args.tabular.split(","))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
