@@ -278,9 +278,11 @@ class ObjectiveConfig:
     ending in the current visit, which uniform cuts rarely train."""
     forecast_frame: str = field(default="visit", metadata={"choices": FORECAST_FRAMES})
     """How the forecast's prefix is framed: "visit" (its times and segments as in the visit)
-    or "cut" (re-framed as a visit predicted at the cut: times taken from the cut event's, the
-    cut event's encounter in the current-visit segment), so that a prefix cut inside a past ED
-    visit looks like a visit at its prediction time (`ehr_ssl.model.forecast.reframe_at_cut`)."""
+    or "cut": cuts among history events only (the current visit's rest is censored at the
+    prediction time), each prefix re-framed as a visit predicted at the cut (times taken from
+    the cut event's, the cut event's encounter in the current-visit segment after a [VISIT]
+    separator), so that a prefix cut inside a past ED visit reads exactly like a visit at its
+    prediction time (`ehr_ssl.model.forecast.reframe_at_cut`)."""
     mask_rate: float = 0.15
     """Share of event tokens chosen for prediction (of those, 80% [MASK], 10% random, 10% kept)."""
     mask_unit: str = field(default="token", metadata={"choices": MASK_UNITS})
@@ -330,6 +332,12 @@ class ObjectiveConfig:
             raise InputError(
                 f"must be one of {', '.join(FORECAST_FRAMES)}, got {self.forecast_frame!r}",
                 column="objective.forecast_frame",
+            )
+        if self.forecast_frame == "cut" and self.forecast_current_share > 0:
+            raise InputError(
+                'forecast_frame = "cut" draws no cut inside the current visit (its rest is '
+                "censored at the prediction time): set forecast_current_share = 0",
+                column="objective.forecast_current_share",
             )
         if self.mask_unit not in MASK_UNITS:
             raise InputError(

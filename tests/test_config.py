@@ -53,6 +53,14 @@ def test_defaults_round_trip_through_dict():
             "column 'objective.mask_unit': must be one of token, encounter, got 'day'",
         ),
         (
+            lambda: ObjectiveConfig(forecast_frame="day"),
+            "column 'objective.forecast_frame': must be one of visit, cut, got 'day'",
+        ),
+        (
+            lambda: ObjectiveConfig(forecast_frame="cut", forecast_current_share=0.5),
+            "column 'objective.forecast_current_share': forecast_frame = \"cut\" draws no cut",
+        ),
+        (
             lambda: FinetuneConfig(readout="cls"),
             "column 'finetune.readout': must be one of pooled, segments, got 'cls'",
         ),

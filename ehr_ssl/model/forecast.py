@@ -22,7 +22,7 @@ from ehr_ssl.config import FORECAST_FRAMES, FORECAST_TARGETS
 from ehr_ssl.model.encounters import HOURS_PER_DAY, encounter_starts, start_positions
 from ehr_ssl.model.losses import IGNORE_INDEX
 from ehr_ssl.model.masking import event_tokens
-from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, SEGMENT_HISTORY, UNK_ID
+from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, SEGMENT_HISTORY, UNK_ID, VISIT_ID
 
 
 def encounter_ids(batch: dict[str, Tensor]) -> Tensor:
@@ -63,8 +63,11 @@ def forecast_view(
         generator: the only source of randomness; on the batch's device.
         target: "encounter" or "next_day" (above).
         current_share: in [0, 1], how often the cut is drawn within the current visit only.
-        frame: "visit" (the prefix keeps the visit's times and segments) or "cut" (the prefix
-            is re-framed as a visit predicted at the cut: `reframe_at_cut`).
+        frame: "visit" (the prefix keeps the visit's times and segments) or "cut": the cut
+            is drawn among history events only (the current visit's rest is censored at the
+            prediction time) and the prefix is re-framed as a visit predicted at the cut
+            (`reframe_at_cut`), its encounter opened by a [VISIT] separator as the tokenizer
+            opens a current visit; `current_share` then goes unused.
 
     Returns:
         (prefix, targets): `prefix` a new dict cut to its longest row (T' <= T), padding zeros;
@@ -73,8 +76,13 @@ def forecast_view(
     Shape: (B, T) in; prefix (B, T'), targets (B, T) long.
     """
     events = event_tokens(batch)
-    has_events = events.any(dim=1)
-    cut = cut_positions(batch, events, generator, current_share)
+    candidates = events
+    if frame == "cut":  # the current visit's rest is censored at the prediction time
+        candidates = events & (batch["segment_ids"] == SEGMENT_HISTORY)
+    elif frame != "visit":
+        raise ValueError(f"frame must be one of {FORECAST_FRAMES}, got {frame!r}")
+    has_events = candidates.any(dim=1)
+    cut = cut_positions(batch, candidates, generator, current_share)
     positions = torch.arange(events.shape[1], device=events.device).expand(events.shape)
     at_cut = cut.clamp_max(events.shape[1] - 1)[:, None]  # (B, 1)
     if target == "encounter":
@@ -89,9 +97,9 @@ def forecast_view(
     chosen &= has_events[:, None] & (batch["input_ids"] != UNK_ID)
     targets = torch.where(chosen, batch["input_ids"].long(), IGNORE_INDEX)
     if frame == "cut":
+        start = encounter_ids(batch).gather(1, at_cut)  # (B, 1): the cut encounter's start
         batch = reframe_at_cut(batch, at_cut, has_events)
-    elif frame != "visit":
-        raise ValueError(f"frame must be one of {FORECAST_FRAMES}, got {frame!r}")
+        batch, cut = _open_visit(batch, cut, start, has_events)
     keep = batch["attention_mask"].bool() & (positions < cut[:, None])
     width = max(int(keep.sum(dim=1).max()), 1) if keep.numel() else 0
     prefix = {  # padding is zeros: [PAD], no bin, time 0, segment 0, False
@@ -122,6 +130,29 @@ def reframe_at_cut(batch: dict[str, Tensor], at_cut: Tensor, has_events: Tensor)
         "time_deltas": torch.where(events, times - shift[:, None], times),
         "segment_ids": torch.where(own, SEGMENT_CURRENT, batch["segment_ids"]),
     }
+
+
+def _open_visit(
+    batch: dict[str, Tensor], cut: Tensor, start: Tensor, has_events: Tensor
+) -> tuple[dict[str, Tensor], Tensor]:
+    """A [VISIT] separator inserted before position `start` (the cut encounter's first event)
+    of each row with events, as the tokenizer opens the current visit: current segment, the
+    first event's time, no value; the positions after it move one along, and so does the cut.
+    A history cut leaves at least the cut event behind, so nothing moves past the width.
+    Shape: batch (B, T), cut (B,), start (B, 1), has_events (B,) -> (B, T), (B,)."""
+    positions = torch.arange(batch["input_ids"].shape[1], device=cut.device)[None]  # (1, T)
+    shift = has_events[:, None] & (positions > start)
+    source = (positions - shift.long()).expand_as(batch["input_ids"])
+    opened = has_events[:, None] & (positions == start)  # (B, T)
+    moved = {
+        name: value.gather(1, source) if isinstance(value, Tensor) and value.shape[:2] ==
+        source.shape else value
+        for name, value in batch.items()
+    }  # fmt: skip
+    moved["input_ids"] = moved["input_ids"].masked_fill(opened, VISIT_ID)
+    moved["value_bins"] = moved["value_bins"].masked_fill(opened, 0)
+    moved["segment_ids"] = moved["segment_ids"].masked_fill(opened, SEGMENT_CURRENT)
+    return moved, cut + has_events.long()
 
 
 def cut_positions(

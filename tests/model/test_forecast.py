@@ -10,7 +10,7 @@ import torch
 
 from ehr_ssl.model.forecast import forecast_view
 from ehr_ssl.model.losses import IGNORE_INDEX
-from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, UNK_ID
+from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, SEGMENT_HISTORY, UNK_ID, VISIT_ID
 from tests.model.test_masking import events_of, make_batch
 
 
@@ -142,28 +142,41 @@ def test_a_current_share_cuts_that_often_within_the_current_visit():
 def test_cut_frame_reads_the_prefix_as_a_visit_predicted_at_the_cut():
     batch = make_batch(64, max_history=12)
     for seed in range(3):
-        plain, plain_targets = _forecast(batch, seed)
         framed, targets = _forecast(batch, seed, frame="cut")
-        assert torch.equal(targets, plain_targets), "the same cut and targets"
         for row in range(batch["input_ids"].shape[0]):
             groups = _groups(batch, row)
+            history = [t for t, g in groups.items() if g != "current"]
             kept = int(framed["attention_mask"][row].sum())
-            if not groups:
-                for name in ("time_deltas", "segment_ids"):
+            if not history:  # nothing to cut: the whole visit, no target
+                for name in ("input_ids", "time_deltas", "segment_ids"):
                     assert torch.equal(framed[name][row, :kept], batch[name][row, :kept])
+                assert (targets[row] == IGNORE_INDEX).all()
                 continue
-            cut_time = float(batch["time_deltas"][row, kept])
-            for t in range(kept):
-                time, segment = framed["time_deltas"][row, t], framed["segment_ids"][row, t]
-                original = batch["time_deltas"][row, t], batch["segment_ids"][row, t]
-                if t not in groups:  # [CLS], statics, separators: as they were
-                    assert (float(time), int(segment)) == (float(original[0]), int(original[1]))
+            cut = kept - 1  # one [VISIT] more than the positions before the cut
+            assert cut in history, "the cut is at a history event"
+            start = min(t for t in history if groups[t] == groups[cut])
+            expected = [*range(start), None, *range(start, cut)]  # None: the [VISIT]
+            cut_time = float(batch["time_deltas"][row, cut])
+            for new, old in enumerate(expected):
+                got = [framed[n][row, new] for n in ("input_ids", "value_bins", "segment_ids")]
+                time = float(framed["time_deltas"][row, new])
+                if old is None:  # opened as the tokenizer opens a visit, at its first event
+                    assert [int(g) for g in got] == [VISIT_ID, 0, SEGMENT_CURRENT]
+                    assert time == pytest.approx(
+                        float(batch["time_deltas"][row, start]) - cut_time, abs=1e-3
+                    )
                     continue
-                assert float(time) == pytest.approx(
-                    float(original[0]) - cut_time, abs=1e-3
-                )  # float32
-                assert float(time) <= 1e-5, "nothing in the prefix is after the cut"
-                in_cut_encounter = groups[t] == groups[kept]
-                assert int(segment) == (SEGMENT_CURRENT if in_cut_encounter else int(original[1]))
-            for name in ("input_ids", "value_bins"):
-                assert torch.equal(framed[name][row], plain[name][row])
+                assert int(got[0]) == int(batch["input_ids"][row, old])
+                assert int(got[1]) == int(batch["value_bins"][row, old])
+                if old not in groups:  # [CLS], statics, separators: as they were
+                    assert int(got[2]) == int(batch["segment_ids"][row, old])
+                    assert time == float(batch["time_deltas"][row, old])
+                    continue
+                shifted = float(batch["time_deltas"][row, old]) - cut_time
+                assert time == pytest.approx(shifted, abs=1e-3)  # float32
+                assert time <= 1e-3, "nothing in the prefix is after the cut"
+                in_cut_encounter = old >= start
+                assert int(got[2]) == (SEGMENT_CURRENT if in_cut_encounter else SEGMENT_HISTORY)
+            rest = {t for t in history if t >= cut and groups[t] == groups[cut]
+                    and batch["input_ids"][row, t] != UNK_ID}  # fmt: skip
+            assert set(torch.nonzero(targets[row] != IGNORE_INDEX).flatten().tolist()) == rest
