@@ -12,7 +12,8 @@ pipeline's SSL model mostly selects this probe (report.md, "Model selection").
 
 usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
-           [--readouts pooled,segments] [--tabular logistic,lightgbm] [--json FILE]
+           [--readouts pooled,segments] [--tabular logistic,lightgbm] [--with-current-visit] \
+           [--json FILE]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -33,6 +35,8 @@ from ehr_ssl.evaluation.tabular import TabularSpec
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.tokens.batching import TokenDataset
 from ehr_ssl.tokens.shards import read_split
+from ehr_ssl.tokens.tokenizer import Tokenizer
+from ehr_ssl.tokens.vocab import NOT_EVENT_IDS, SEGMENT_CURRENT
 from ehr_ssl.training.probe import fit_probe_cv, pooled_vectors, probe_scores
 from ehr_ssl.training.selection import cv_folds
 
@@ -96,6 +100,24 @@ def tabular_rows(tokens: Path, y: dict, groups, ids, budgets: dict, kinds: list[
     return rows
 
 
+def current_visit_onehots(frames: dict[str, pl.DataFrame], tokenizer: Tokenizer) -> dict:
+    """Each visit's current-visit events as one-hot (code, value bin) columns, the columns any
+    train visit has: the triage and first results a tabular model reads exactly, to measure
+    how much of the probe's gap they are. Shape: (N, C) per split."""
+    n_values = tokenizer.config.n_bins + 1  # bins 1..n and 0 = no value
+    out = {}
+    for split, frame in frames.items():
+        ids, bins, segments = (np.concatenate(frame[c].to_list()) for c in
+                               ("input_ids", "value_bins", "segment_ids"))  # fmt: skip
+        rows = np.repeat(np.arange(frame.height), frame["length"].to_numpy())
+        chosen = (segments == SEGMENT_CURRENT) & ~np.isin(ids, NOT_EVENT_IDS)
+        columns = ids[chosen].astype(np.int64) * n_values + bins[chosen]
+        shape = (frame.height, tokenizer.vocab_size * n_values)
+        out[split] = sp.csr_matrix((np.ones(columns.size), (rows[chosen], columns)), shape=shape)
+    seen = np.unique(out["train"].nonzero()[1])
+    return {split: m[:, seen].toarray() for split, m in out.items()}
+
+
 def _row(name: str, readout: str, curve: dict, budgets: dict) -> dict:
     """One printed and recorded result row."""
     row = {"encoder": name, "readout": readout,
@@ -115,6 +137,9 @@ def main() -> None:
     parser.add_argument("--subsets", default="12,6,3", help="label subsets per budget")
     parser.add_argument("--readouts", default="pooled", help=f"of {', '.join(READOUTS)}")
     parser.add_argument("--tabular", default="", help="tabular baselines to add: logistic,lightgbm")
+    parser.add_argument("--with-current-visit", action="store_true",
+                        help="also probe each readout with the current visit's (code, bin) "
+                        "one-hots beside it, and those alone")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -127,7 +152,12 @@ def main() -> None:
     datasets = {s: TokenDataset(args.tokens, pl.col("labeled"), splits=[s]) for s in labeled}
     y = {s: np.asarray(d.labels).astype(np.int64) for s, d in datasets.items()}
     groups, ids = labeled["train"]["patient_id"].to_numpy(), labeled["train"]["visit_id"].to_numpy()
-    results = []
+    results, current = [], None
+    if args.with_current_visit:
+        current = current_visit_onehots(labeled, Tokenizer.load(args.tokens))
+        curve = probe_curve(current["train"], y["train"], groups, ids, current["test"],
+                            y["test"], budgets)  # fmt: skip
+        results.append(_row("(no encoder)", "current visit", curve, budgets))
     for encoder_dir in filter(None, args.encoders.split(",")):
         encoder = EHREncoder.load_checked(Path(encoder_dir))
         for readout in args.readouts.split(","):
@@ -135,6 +165,11 @@ def main() -> None:
                  for s, d in datasets.items()}  # fmt: skip
             curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets)
             results.append(_row(encoder_dir, readout, curve, budgets))
+            if current is not None:
+                x = {s: np.hstack([x[s], current[s]]) for s in x}
+                curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"],
+                                    budgets)  # fmt: skip
+                results.append(_row(encoder_dir, f"{readout} + current visit", curve, budgets))
     if args.tabular:
         results += tabular_rows(args.tokens, y, groups, ids, budgets, args.tabular.split(","))
     if args.json:
