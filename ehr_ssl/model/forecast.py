@@ -85,8 +85,8 @@ def forecast_view(
     cut = cut_positions(batch, candidates, generator, current_share)
     positions = torch.arange(events.shape[1], device=events.device).expand(events.shape)
     at_cut = cut.clamp_max(events.shape[1] - 1)[:, None]  # (B, 1)
+    encounter = encounter_ids(batch)
     if target == "encounter":
-        encounter = encounter_ids(batch)
         same = encounter == encounter.gather(1, at_cut)
     elif target == "next_day":
         times = batch["time_deltas"]  # hours, oldest first: later events have larger times
@@ -97,8 +97,8 @@ def forecast_view(
     chosen &= has_events[:, None] & (batch["input_ids"] != UNK_ID)
     targets = torch.where(chosen, batch["input_ids"].long(), IGNORE_INDEX)
     if frame == "cut":
-        start = encounter_ids(batch).gather(1, at_cut)  # (B, 1): the cut encounter's start
-        batch = reframe_at_cut(batch, at_cut, has_events)
+        start = encounter.gather(1, at_cut)  # (B, 1): the cut encounter's first position
+        batch = reframe_at_cut(batch, at_cut, has_events, encounter)
         batch, cut = _open_visit(batch, cut, start, has_events)
     keep = batch["attention_mask"].bool() & (positions < cut[:, None])
     width = max(int(keep.sum(dim=1).max()), 1) if keep.numel() else 0
@@ -111,7 +111,9 @@ def forecast_view(
     return prefix, targets
 
 
-def reframe_at_cut(batch: dict[str, Tensor], at_cut: Tensor, has_events: Tensor) -> dict:
+def reframe_at_cut(
+    batch: dict[str, Tensor], at_cut: Tensor, has_events: Tensor, encounter: Tensor
+) -> dict:
     """The visit re-framed as if its prediction time were the cut event's time: every event's
     time delta taken from the cut event's time (a history event 600 hours before the visit's
     prediction time and 2 hours before the cut reads -2), and the events of the cut event's
@@ -119,11 +121,12 @@ def reframe_at_cut(batch: dict[str, Tensor], at_cut: Tensor, has_events: Tensor)
     what the encoder reads at a prediction time (statics, history, a visit's first events), so
     what the forecast learns from past ED visits' endings is learned on the inputs downstream
     models read. Statics and separators keep their values; a row without events is unchanged.
-    Shape: batch (B, T), at_cut (B, 1) long, has_events (B,) bool -> the batch, changed."""
+    `encounter` is the batch's `encounter_ids`.
+    Shape: batch (B, T), at_cut (B, 1) long, has_events (B,) bool, encounter (B, T) -> the
+    batch, changed."""
     events = event_tokens(batch)
     times = batch["time_deltas"]
     shift = torch.where(has_events, times.gather(1, at_cut)[:, 0], 0.0)  # (B,)
-    encounter = encounter_ids(batch)
     own = events & (encounter == encounter.gather(1, at_cut)) & has_events[:, None]
     return {
         **batch,
