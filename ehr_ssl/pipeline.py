@@ -76,7 +76,8 @@ def _settings(config: Any) -> dict:
     values = to_dict(config)
     values.pop("device", None)
     values.get("train", {}).pop("device", None)
-    values.pop("chunk_visits", None)  # a memory bound: the tokens are the same whatever it is
+    for bound in ("chunk_visits", "chunk_events"):  # memory bounds: the tokens are the same
+        values.pop(bound, None)
     return values
 
 

@@ -42,6 +42,7 @@ def test_defaults_round_trip_through_dict():
         (lambda: TokenizerConfig(lookback_days=float("nan")), "got nan"),
         (lambda: DataConfig(prediction_offset_minutes=float("inf")), "got inf"),
         (lambda: TokenizeConfig(chunk_visits=0), "column 'chunk_visits': must be >= 1, got 0"),
+        (lambda: TokenizeConfig(chunk_events=0), "column 'chunk_events': must be >= 1, got 0"),
         (lambda: TokenizeConfig(shard_visits=0), "column 'shard_visits': must be >= 1, got 0"),
         (
             lambda: ObjectiveConfig(contrastive_views="both"),

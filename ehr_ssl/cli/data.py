@@ -45,6 +45,7 @@ TOKENIZING = (
     "split.test_fraction",
     "shard_visits",
     "chunk_visits",
+    "chunk_events",
 )
 
 

@@ -54,6 +54,12 @@ def parquet_schema(path: Path) -> pa.Schema:
         return _open(path).schema_arrow
 
 
+def parquet_rows(path: Path) -> int:
+    """The row count of a Parquet file (its footer only)."""
+    with _unreadable_as_input_error(path):
+        return _open(path).metadata.num_rows
+
+
 def parquet_columns(path: Path) -> list[str]:
     """The column names of a Parquet file (its footer only)."""
     return list(parquet_schema(path).names)

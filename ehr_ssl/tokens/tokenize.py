@@ -22,6 +22,7 @@ from ehr_ssl import __version__
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
 from ehr_ssl.config import DataConfig, TokenizeConfig
 from ehr_ssl.data.meds_input import copy_code_hierarchy
+from ehr_ssl.data.parquet import parquet_rows
 from ehr_ssl.data.readers import (
     dataset_files,
     input_fingerprint,
@@ -100,11 +101,21 @@ def _tokenize(
         return _tokenize_incremental(data_dir, cache_dir, tokenizer, split_of, write)
     dataset = _read_split_visits(data_dir, config, tokenizer, split_of)
     written = partial(write, visits=dataset.visits, split=dataset.split, files=dataset.files)
-    n_chunks = math.ceil(dataset.visits.height / config.chunk_visits)
+    n_chunks = chunk_count(dataset.visits.height, dataset.files["events"], config)
     if n_chunks <= 1:
         return _tokenize_in_memory(data_dir, dataset, config, tokenizer, written)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return _tokenize_streamed(data_dir, dataset, config, tokenizer, written, n_chunks, out_dir)
+
+
+def chunk_count(n_visits: int, event_files: list[Path], config: TokenizeConfig) -> int:
+    """How many chunks the stage reads the events in: enough that none holds more than about
+    `chunk_visits` visits or `chunk_events` event rows (counted from the files' footers);
+    1 = in memory. Memory follows the events per chunk, which real data has many more of per
+    visit than a visit count suggests."""
+    n_events = sum(parquet_rows(path) for path in event_files)
+    by_visits = math.ceil(n_visits / config.chunk_visits)
+    return max(by_visits, math.ceil(n_events / config.chunk_events), 1)
 
 
 # The setting that sizes each split, named when a split's labels miss a class.

@@ -232,11 +232,12 @@ def cohort():
     return generate_cohort(600, labeled_frac=0.3, seed=4)
 
 
-def _stream_config(chunk_visits: int) -> TokenizeConfig:
+def _stream_config(chunk_visits: int, chunk_events: int = 10**9) -> TokenizeConfig:
     return TokenizeConfig(
         tokenizer=TokenizerConfig(max_length=64, min_count=3),
         shard_visits=70,
         chunk_visits=chunk_visits,
+        chunk_events=chunk_events,
     )
 
 
@@ -270,6 +271,20 @@ def test_streamed_tokenization_equals_the_in_memory_one(tmp_path, cohort, caplog
         assert len(entry["shards"]) == len(reference["shards"])
     assert read_manifest(tmp_path / "streamed")["splits"] == manifest["splits"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "memory", "streamed"]
+
+
+def test_many_events_per_visit_chunk_the_stage_by_events(tmp_path, cohort, caplog):
+    """Few visits with many events each: `chunk_events` alone splits the stage (memory follows
+    events, not visits), to the in-memory tokens; under it, the stage stays in memory."""
+    data = tmp_path / "data"
+    write_cohort(cohort, data, shards=2)
+    n_events = cohort.events.height
+    memory = tokenize_dataset(data, tmp_path / "memory", _stream_config(10**6, n_events))
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        tokenize_dataset(data, tmp_path / "by-events", _stream_config(10**6, -(-n_events // 3)))
+    assert "partitioned into 3 chunks" in caplog.text
+    assert _read_tokens(tmp_path / "by-events").equals(_read_tokens(tmp_path / "memory"))
+    assert memory["splits"].keys() == read_manifest(tmp_path / "by-events")["splits"].keys()
 
 
 def test_streamed_tokenization_with_a_given_tokenizer_and_left_out_visits(tmp_path, cohort):
