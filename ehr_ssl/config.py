@@ -41,6 +41,14 @@ CONTRASTIVE_VIEWS = ("augment", "disjoint", "patient")
 MASK_UNITS = ("token", "encounter")
 FORECAST_TARGETS = ("encounter", "next_day")
 FORECAST_FRAMES = ("visit", "cut")
+# The weight of each self-supervised term (`ObjectiveConfig`); 0 switches a term off.
+OBJECTIVE_WEIGHTS = (
+    "masked_weight",
+    "contrastive_weight",
+    "bag_weight",
+    "forecast_weight",
+    "visit_values_weight",
+)
 # The visit vector downstream models read (`ehr_ssl.model.encoder.EHREncoder.readout`).
 READOUTS = ("pooled", "segments")
 
@@ -287,6 +295,12 @@ class ObjectiveConfig:
     the cut event's, the cut event's encounter in the current-visit segment after a [VISIT]
     separator), so that a prefix cut inside a past ED visit reads exactly like a visit at its
     prediction time (`ehr_ssl.model.forecast.reframe_at_cut`)."""
+    visit_values_weight: float = 0.0
+    """Visit values: from view A's pooled visit vector and the code of each of the visit's own
+    numeric events (statics and current visit: age, triage acuity, vital signs, ED labs), predict
+    that event's value bin. A mean over a long history gives the current visit's dozen tokens a
+    small weight, and no other term asks the vector for their values; on ED data the triage is
+    the strongest single predictor of the disposition (issue 19; `ValueQueryHead`)."""
     mask_rate: float = 0.15
     """Share of event tokens chosen for prediction (of those, 80% [MASK], 10% random, 10% kept)."""
     mask_unit: str = field(default="token", metadata={"choices": MASK_UNITS})
@@ -315,7 +329,7 @@ class ObjectiveConfig:
     only: issue 19, CLOCS/PCLR-style patient-level positives)."""
 
     def __post_init__(self) -> None:
-        weights = ("masked_weight", "contrastive_weight", "bag_weight", "forecast_weight")
+        weights = OBJECTIVE_WEIGHTS
         for name in (*weights, "value_bin_weight"):
             check_range(getattr(self, name), 0, 1e6, f"objective.{name}")
         for name in ("event_dropout", "history_crop", "forecast_current_share"):

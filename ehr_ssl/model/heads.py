@@ -4,6 +4,8 @@
   code decoder is the encoder's code embedding matrix (tied, as in BERT), passed in.
 - `BagOfCodesHead`: logits over the vocabulary from the pooled visit vector (the bag of masked
   codes), with the same tied code decoder.
+- `ValueQueryHead`: value-bin logits of one of the visit's events from the pooled visit vector
+  and that event's code embedding (the visit values term).
 - `ProjectionHead`: the SimCLR projection of pooled visit vectors for the contrastive loss.
 """
 
@@ -55,6 +57,25 @@ class BagOfCodesHead(nn.Module):
         """Shape: pooled (B, D), code_embeddings (V, D) -> code logits (B, V)."""
         h = self.norm(F.gelu(self.transform(pooled)))
         return F.linear(h, code_embeddings, self.code_bias)
+
+
+class ValueQueryHead(nn.Module):
+    """Value-bin logits of an event from its visit's pooled vector, queried by the event's code:
+    h = LayerNorm(gelu(W_v visit + W_c code)), then a bin decoder. The vector alone must carry
+    the value, since the query names only the code (issue 19: the triage values that a mean
+    over the whole sequence dilutes)."""
+
+    def __init__(self, hidden_size: int, n_value_bins: int, eps: float = 1e-5):
+        super().__init__()
+        self.visit = nn.Linear(hidden_size, hidden_size)
+        self.code = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.bin_decoder = nn.Linear(hidden_size, n_value_bins)
+
+    def forward(self, pooled: torch.Tensor, code_embedding: torch.Tensor) -> torch.Tensor:
+        """Shape: pooled (N, D) (each query's visit vector), code_embedding (N, D) -> (N, K)."""
+        h = self.norm(F.gelu(self.visit(pooled) + self.code(code_embedding)))
+        return self.bin_decoder(h)
 
 
 class ProjectionHead(nn.Module):

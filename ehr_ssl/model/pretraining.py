@@ -20,7 +20,7 @@ from ehr_ssl.config import ObjectiveConfig
 from ehr_ssl.model.collectives import all_gather_with_grad, data_parallel_rank
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.model.forecast import forecast_view
-from ehr_ssl.model.heads import BagOfCodesHead, MaskedEventHead, ProjectionHead
+from ehr_ssl.model.heads import BagOfCodesHead, MaskedEventHead, ProjectionHead, ValueQueryHead
 from ehr_ssl.model.losses import (
     IGNORE_INDEX,
     bag_of_codes_loss,
@@ -30,11 +30,31 @@ from ehr_ssl.model.losses import (
 from ehr_ssl.model.masking import ENCOUNTER_TIMES, mask_events
 from ehr_ssl.model.views import augment_view, disjoint_views
 from ehr_ssl.tokens.pairs import split_partner
+from ehr_ssl.tokens.vocab import SEGMENT_HISTORY
 
 ENCODER_INPUTS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")
 # Passes per step for "patient" views (rows sorted by length): 4 of 2B/4 rows cut the padding
 # from ~60% to that of the augmented views at a few more per-pass overheads.
 PATIENT_VIEW_CHUNKS = 4
+
+
+# Labels laid out on view A's positions (the masked-event term's); the others on the batch's.
+VIEW_A_LABELS = ("masked_code", "masked_bin")
+
+
+def visit_value_targets(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The visit values term's queries: the value bin and the code of every numeric event of
+    the statics and the current visit (IGNORE_INDEX elsewhere). History events are left out:
+    their values are the history's, which the masked-event term already asks for.
+    Shape: batch (B, T) -> {"visit_values", "visit_value_codes"} (B, T)."""
+    numeric = batch["attention_mask"].bool() & (batch["value_bins"] > 0)
+    own = batch["segment_ids"] != SEGMENT_HISTORY
+    queries = numeric & own
+    ignore = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+    return {
+        "visit_values": torch.where(queries, batch["value_bins"].long(), ignore),
+        "visit_value_codes": torch.where(queries, batch["input_ids"], ignore),
+    }
 
 
 class PretrainingModel(nn.Module):
@@ -66,6 +86,11 @@ class PretrainingModel(nn.Module):
                 config.hidden_size, config.vocab_size, config.layer_norm_eps
             )
             heads.append(self.forecast_head)
+        if objective.visit_values_weight > 0:
+            self.values_head = ValueQueryHead(
+                config.hidden_size, config.n_value_bins, config.layer_norm_eps
+            )
+            heads.append(self.values_head)
         for head in heads:  # one place for initialization
             head.apply(encoder._init_weights)
 
@@ -73,9 +98,9 @@ class PretrainingModel(nn.Module):
         self, batch: dict[str, Tensor], generator: torch.Generator, rows: slice | None = None
     ) -> dict[str, Tensor]:
         """Shape: batch tensors (B, T) -> scalar losses {"loss", "masked_code", "masked_bin",
-        "bag", "contrastive", "forecast"} (terms switched off are absent), plus the real and
-        padded token counts of the encoder's input, {"encoder_tokens", "encoder_slots"} (no
-        gradient).
+        "bag", "contrastive", "forecast", "visit_values"} (terms switched off are absent), plus
+        the real and padded token counts of the encoder's input, {"encoder_tokens",
+        "encoder_slots"} (no gradient).
 
         Data-parallel training passes the global batch and this process's `rows` of it: the
         random inputs are drawn for the whole batch (every process draws the same numbers, as
@@ -153,6 +178,8 @@ class PretrainingModel(nn.Module):
             source = partner if o.contrastive_views == "patient" else batch
             view_b = self._view(source, generator)
         views = [view_a, view_b] if contrastive else [view_a]
+        if o.visit_values_weight > 0:
+            labels = {**(labels or {}), **visit_value_targets(batch)}
         if o.forecast_weight > 0:
             prefix, targets = forecast_view(
                 batch,
@@ -184,6 +211,9 @@ class PretrainingModel(nn.Module):
             pooled_a = encoded.pooler_output[:n_visits]  # (B, D): view A's visit vectors
             logits = self.bag_head(pooled_a, self.encoder.code_embeddings.weight)  # (B, V)
             terms["bag"] = bag_of_codes_loss(logits, labels["masked_code"]) * scale.get("bag", 1)
+        if self.objective.visit_values_weight > 0:
+            pooled_a = encoded.pooler_output[:n_visits]  # (B, D): view A's visit vectors
+            terms["visit_values"] = self._visit_values_term(pooled_a, labels, scale)
         if self.objective.forecast_weight > 0:
             prefix = encoded.pooler_output[-n_visits:]  # (B, D): the prefix view, stacked last
             logits = self.forecast_head(prefix, self.encoder.code_embeddings.weight)  # (B, V)
@@ -223,6 +253,20 @@ class PretrainingModel(nn.Module):
             bin_loss = bin_loss * scale["masked_bin"]
         return code_loss, bin_loss
 
+    def _visit_values_term(
+        self, pooled_a: Tensor, labels: dict[str, Tensor], scale: dict[str, Tensor]
+    ) -> Tensor:
+        """Cross-entropy of each queried event's value bin given its visit's vector and its
+        code, a mean over the queries. Shape: pooled_a (B, D), labels (B, T) -> ()."""
+        bins, codes = labels["visit_values"], labels["visit_value_codes"]
+        queries = bins != IGNORE_INDEX  # (B, T)
+        rows = queries.nonzero()[:, 0]  # (N,): each query's visit
+        code_embedding = self.encoder.code_embeddings(codes[queries])  # (N, D)
+        logits = self.values_head(pooled_a[rows], code_embedding)  # (N, K)
+        if logits.shape[0] == 0:  # no numeric event in these rows: a zero that keeps the graph
+            return logits.sum()
+        return F.cross_entropy(logits.float(), bins[queries]) * scale.get("visit_values", 1)
+
     def _weighted_sum(self, terms: dict[str, Tensor], device: torch.device) -> Tensor:
         """The total loss: the terms that are on, weighted. Shape: ()."""
         o = self.objective
@@ -236,6 +280,8 @@ class PretrainingModel(nn.Module):
             total = total + o.contrastive_weight * terms["contrastive"]
         if "forecast" in terms:
             total = total + o.forecast_weight * terms["forecast"]
+        if "visit_values" in terms:
+            total = total + o.visit_values_weight * terms["visit_values"]
         return total
 
     def _view(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
@@ -269,8 +315,8 @@ def _local_rows(
     t_a = views[0]["input_ids"].shape[1]
     local, scale = {}, {}
     for name, global_labels in labels.items():
-        # view A's labels are cut to its local length; the forecast's index the batch
-        local[name] = global_labels[rows] if name == "forecast" else global_labels[rows, :t_a]
+        # view A's labels are cut to its local length; the others index the batch
+        local[name] = global_labels[rows, :t_a] if name in VIEW_A_LABELS else global_labels[rows]
         n_local = (local[name] != IGNORE_INDEX).sum()
         n_global = (global_labels != IGNORE_INDEX).sum().clamp_min(1)
         scale[name] = world * n_local / n_global

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from ehr_ssl.artifacts import save_safetensors
 from ehr_ssl.atomic import atomic_directory, atomic_file, atomic_write_text
-from ehr_ssl.config import PretrainConfig, TrainConfig
+from ehr_ssl.config import OBJECTIVE_WEIGHTS, PretrainConfig, TrainConfig
 from ehr_ssl.data.splits import SPLITS
 from ehr_ssl.errors import InputError, TrainingError
 from ehr_ssl.layout import (
@@ -557,9 +557,9 @@ def _finish(
     model = model.cpu()
     with atomic_directory(out_dir / ENCODER_DIR, overwrite=True) as tmp:
         model.encoder.save_checked(tmp)
-    heads = {  # every head the run trained (the bag and forecast heads only when on)
+    heads = {  # every head the run trained (the bag, forecast and values heads only when on)
         f"{name}.{k}": v.detach().contiguous()
-        for name in ("masked_head", "projection", "bag_head", "forecast_head")
+        for name in ("masked_head", "projection", "bag_head", "forecast_head", "values_head")
         if hasattr(model, name)
         for k, v in getattr(model, name).state_dict().items()
     }
@@ -572,8 +572,7 @@ def _finish(
         "pretraining_visits": n_visits,
         "transductive": config.train.include_test_unlabeled,
         "objectives": {  # the weights of every term, off ones included
-            name: getattr(config.objective, name)
-            for name in ("masked_weight", "contrastive_weight", "bag_weight", "forecast_weight")
+            name: getattr(config.objective, name) for name in OBJECTIVE_WEIGHTS
         },
         "final_metrics": last,
         "tokens_dir": str(tokens_dir),

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 from ehr_ssl.config import ObjectiveConfig
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder
-from ehr_ssl.model.pretraining import PretrainingModel
+from ehr_ssl.model.losses import IGNORE_INDEX
+from ehr_ssl.model.pretraining import ENCODER_INPUTS, PretrainingModel, visit_value_targets
 from ehr_ssl.tokens.batching import TokenDataset, collate
 from ehr_ssl.tokens.tokenizer import Tokenizer
+from ehr_ssl.tokens.vocab import SEGMENT_HISTORY
 
 
 def _model(tokens, **objective) -> PretrainingModel:
@@ -49,6 +51,14 @@ def _batch(tokens, n=24):
         ({"masked_weight": 0.0, "contrastive_weight": 0.0, "bag_weight": 1.0}, {"bag"}),
         ({"forecast_weight": 0.7}, {"masked_code", "masked_bin", "contrastive", "forecast"}),
         ({"masked_weight": 0.0, "contrastive_weight": 0.0, "forecast_weight": 1.0}, {"forecast"}),
+        (
+            {"visit_values_weight": 0.3},
+            {"masked_code", "masked_bin", "contrastive", "visit_values"},
+        ),
+        (
+            {"masked_weight": 0.0, "contrastive_weight": 0.0, "visit_values_weight": 1.0},
+            {"visit_values"},
+        ),
     ],
 )
 def test_terms_follow_weights_and_sum(cohort_tokens, weights, terms):
@@ -62,6 +72,7 @@ def test_terms_follow_weights_and_sum(cohort_tokens, weights, terms):
         + o.contrastive_weight * losses.get("contrastive", 0)
         + o.bag_weight * losses.get("bag", 0)
         + o.forecast_weight * losses.get("forecast", 0)
+        + o.visit_values_weight * losses.get("visit_values", 0)
     )
     torch.testing.assert_close(losses["loss"], torch.as_tensor(expected))
     assert all(torch.isfinite(losses[k]) for k in terms | {"loss"})
@@ -358,14 +369,20 @@ def test_encoding_in_length_chunks_equals_one_pass(cohort_tokens, n_chunks):
 def test_bag_term_of_each_process_averages_to_the_whole_batch(cohort_tokens):
     """Under data parallelism each process scores its rows; the mean over processes of the
     scaled masked, bag and forecast terms (what DDP's averaging takes) is the whole batch's."""
-    model = _model(cohort_tokens, contrastive_weight=0.0, bag_weight=1.0, forecast_weight=1.0)
+    model = _model(
+        cohort_tokens,
+        contrastive_weight=0.0,
+        bag_weight=1.0,
+        forecast_weight=1.0,
+        visit_values_weight=1.0,
+    )
     batch = _batch(cohort_tokens)
     whole = model(batch, torch.Generator().manual_seed(0))
     halves = [
         model(batch, torch.Generator().manual_seed(0), rows=rows)
         for rows in (slice(0, 12), slice(12, 24))
     ]
-    for term in ("bag", "masked_code", "forecast"):
+    for term in ("bag", "masked_code", "forecast", "visit_values"):
         torch.testing.assert_close((halves[0][term] + halves[1][term]) / 2, whole[term])
 
 
@@ -390,3 +407,40 @@ def test_forecast_term_reads_the_prefix_view_and_leaves_the_contrastive_pair(coh
     with_forecast = model(batch, torch.Generator().manual_seed(0))
     for term in ("masked_code", "masked_bin", "contrastive"):
         torch.testing.assert_close(with_forecast[term], without[term])
+
+
+def test_visit_values_query_the_statics_and_current_visit_numeric_events(cohort_tokens):
+    """The queries are exactly the numeric events outside the history, with their own code and
+    bin; the history, padding and events without a value are never queried."""
+    batch = _batch(cohort_tokens)
+    targets = visit_value_targets(batch)
+    queried = targets["visit_values"] != IGNORE_INDEX
+    expected = (
+        batch["attention_mask"].bool()
+        & (batch["value_bins"] > 0)
+        & (batch["segment_ids"] != SEGMENT_HISTORY)
+    )
+    assert queried.any() and torch.equal(queried, expected)
+    assert not (queried & (batch["segment_ids"] == SEGMENT_HISTORY)).any()
+    torch.testing.assert_close(
+        targets["visit_values"][queried], batch["value_bins"][queried].long()
+    )
+    torch.testing.assert_close(targets["visit_value_codes"][queried], batch["input_ids"][queried])
+
+
+def test_visit_values_term_needs_the_visit_vector(cohort_tokens):
+    """The term's gradient reaches the encoder only through the pooled vector and the code
+    embedding: its value depends on the visit (two visits' vectors swapped give another
+    loss), and its head exists only when the term is on."""
+    assert not any(k.startswith("values_head.") for k in _model(cohort_tokens).state_dict())
+    model = _model(
+        cohort_tokens, masked_weight=0.0, contrastive_weight=0.0, visit_values_weight=1.0
+    )
+    batch = _batch(cohort_tokens)
+    targets = visit_value_targets(batch)
+    pooled = model.encoder(**{k: batch[k] for k in ENCODER_INPUTS}).pooler_output
+    term = model._visit_values_term(pooled, targets, {})
+    shuffled = model._visit_values_term(pooled.roll(1, dims=0), targets, {})
+    assert torch.isfinite(term) and not torch.isclose(term, shuffled)
+    term.backward()
+    assert model.values_head.visit.weight.grad.abs().sum() > 0
