@@ -12,6 +12,7 @@ with T the mean padded length of the encoder's input.
 
 usage: python benchmarks/bench_train.py --presets tiny,small [--device cpu] [--steps 60]
            [--views augment|disjoint|patient] [--mask-unit token|encounter] [--precision bf16]
+           [--visit-values-weight W] [--value-embedding shared|per_code]
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
             "objective.forecast_weight": args.forecast_weight,
             "objective.contrastive_views": args.views,
             "objective.mask_unit": args.mask_unit,
+            "objective.visit_values_weight": args.visit_values_weight,
+            "model.value_embedding": args.value_embedding,
         },
     )
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -98,11 +101,13 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
                 ("masked", config.objective.masked_weight),
                 ("contrastive", config.objective.contrastive_weight),
                 ("forecast", config.objective.forecast_weight),
+                ("visit_values", config.objective.visit_values_weight),
             )
             if w > 0
         ],
         "views": config.objective.contrastive_views,
         "mask_unit": config.objective.mask_unit,
+        "value_embedding": config.model.get("value_embedding", "shared"),
         "precision": hardware.precision,
         "pad_to_multiple_of": hardware.pad_to_multiple_of,
         "compile": config.train.compile,
@@ -152,6 +157,8 @@ def main() -> None:
     parser.add_argument("--forecast-weight", type=float)
     parser.add_argument("--views", help="objective.contrastive_views [the preset's]")
     parser.add_argument("--mask-unit", help="objective.mask_unit [the preset's]")
+    parser.add_argument("--visit-values-weight", type=float)
+    parser.add_argument("--value-embedding", help="model.value_embedding [the preset's]")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
@@ -194,6 +201,8 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
         ("--forecast-weight", args.forecast_weight),
         ("--views", args.views),
         ("--mask-unit", args.mask_unit),
+        ("--visit-values-weight", args.visit_values_weight),
+        ("--value-embedding", args.value_embedding),
         ("--precision", args.precision),
     ):
         if value is not None:

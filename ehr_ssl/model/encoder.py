@@ -40,6 +40,8 @@ from ehr_ssl.layout import MODEL_CONFIG_FILE, WEIGHTS_FILE
 from ehr_ssl.tokens.vocab import NOT_EVENT_IDS, SEGMENT_CURRENT, SEGMENT_HISTORY
 
 POOLINGS = ("cls", "mean")
+# How a value bin enters a token's input (EHRConfig.value_embedding).
+VALUE_EMBEDDINGS = ("shared", "per_code")
 # Eval mode pads each visit to its length rounded up to this, never to its batch's longest
 # visit (`EHREncoder._encode_by_width`); 8 also suits GPU tensor cores.
 EVAL_WIDTH_MULTIPLE = 8
@@ -88,6 +90,7 @@ def _check_architecture(
     attention_probs_dropout_prob: float,
     pooling: str,
     readout: str,
+    value_embedding: str = "shared",
 ) -> None:
     """ValueError naming the argument at fault, for any value no encoder can be built with."""
     _check_sizes(sizes)
@@ -101,6 +104,10 @@ def _check_architecture(
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if readout not in READOUTS:
         raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    if value_embedding not in VALUE_EMBEDDINGS:
+        raise ValueError(
+            f"value_embedding must be one of {VALUE_EMBEDDINGS}, got {value_embedding!r}"
+        )
     dropouts = {
         "hidden_dropout_prob": hidden_dropout_prob,
         "attention_probs_dropout_prob": attention_probs_dropout_prob,
@@ -142,6 +149,13 @@ class EHRConfig(PreTrainedConfig):
             state). The masked-event term trains the token states and never the [CLS] state;
             probes of pretrained encoders read the chronic conditions and the admission risk
             better from the mean (benchmarks/README.md, "pooling").
+        value_embedding: How a numeric event's value bin enters its input: "shared" (one
+            embedding per bin, added to the code's: bin 9 is the same vector for potassium and
+            for the triage acuity, so a sum or mean over a visit's tokens mixes the values of
+            different codes) or "per_code" (that, plus the bin's level, a learned scalar
+            starting from -1 for the lowest decile to +1 for the highest, times a direction of
+            the code's own: each code's value has a direction of its own in every sum of
+            tokens, as code-specific value tokens give CLMBR/femr; issue 19).
         readout: The visit vector downstream models read (the classifier's head, the linear
             probe, a bundle's `embed`): "pooled" (the pooled vector, D) or "segments" (see
             `EHREncoder.readout`, 3 D + 2). Fine-tuning records it (`finetune.readout`), never a
@@ -169,6 +183,7 @@ class EHRConfig(PreTrainedConfig):
         attention_probs_dropout_prob: float = 0.0,
         pooling: str = "mean",
         readout: str = "pooled",
+        value_embedding: str = "shared",
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         pad_token_id: int = 0,
@@ -190,6 +205,7 @@ class EHRConfig(PreTrainedConfig):
             attention_probs_dropout_prob=attention_probs_dropout_prob,
             pooling=pooling,
             readout=readout,
+            value_embedding=value_embedding,
         )
         self.vocab_size = vocab_size
         self.n_value_bins = n_value_bins  # bins 1..n plus 0 = no value
@@ -207,6 +223,7 @@ class EHRConfig(PreTrainedConfig):
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.pooling = pooling
         self.readout = readout
+        self.value_embedding = value_embedding
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -417,6 +434,11 @@ class EHREncoder(EHRPreTrainedModel):
         d = config.hidden_size
         self.code_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
         self.value_embeddings = nn.Embedding(config.n_value_bins, d)
+        if config.value_embedding == "per_code":
+            self.code_value_directions = nn.Embedding(config.vocab_size, d)
+            # bin 0 (no value) has level 0; bins 1..K start evenly spaced in [-1, 1]
+            levels = torch.linspace(-1.0, 1.0, max(config.n_value_bins - 1, 1))
+            self.value_levels = nn.Parameter(F.pad(levels, (1, 0)))
         self.time_embeddings = nn.Embedding(config.n_time_buckets, d)
         self.segment_embeddings = nn.Embedding(config.n_segments, d)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
@@ -467,6 +489,23 @@ class EHREncoder(EHRPreTrainedModel):
         mask: torch.Tensor,
     ) -> torch.Tensor:
         """Embeddings, the blocks and the final norm. Shape: (B, T) each -> (B, T, D)."""
+        x = self.embed(input_ids, value_bins, time_deltas, segment_ids)
+        x = self.dropout(self.embedding_norm(x))
+        attention_bias = mask[:, None, None, :]  # (B, T) -> (B, 1, 1, T): keys to attend to
+        for layer in self.layers:
+            x = layer(x, attention_bias)
+        return self.final_norm(x)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        value_bins: torch.Tensor,
+        time_deltas: torch.Tensor,
+        segment_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Each token's input before the embedding norm: the sum of its code, value, time,
+        segment and position embeddings (and, with value_embedding "per_code", its value's
+        level along its code's own direction). Shape: (B, T) each -> (B, T, D)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = (
             self.code_embeddings(input_ids)
@@ -475,11 +514,10 @@ class EHREncoder(EHRPreTrainedModel):
             + self.segment_embeddings(segment_ids)
             + self.position_embeddings(positions)[None]
         )
-        x = self.dropout(self.embedding_norm(x))
-        attention_bias = mask[:, None, None, :]  # (B, T) -> (B, 1, 1, T): keys to attend to
-        for layer in self.layers:
-            x = layer(x, attention_bias)
-        return self.final_norm(x)
+        if self.config.value_embedding == "per_code":
+            level = self.value_levels[value_bins] * (value_bins > 0)  # (B, T); no value: 0
+            x = x + level[..., None] * self.code_value_directions(input_ids)
+        return x
 
     def _encode_by_width(
         self,

@@ -131,6 +131,8 @@ def test_config_round_trips_extra_keys_and_validates():
         EHRConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="pooling"):
         EHRConfig(pooling="max")
+    with pytest.raises(ValueError, match="value_embedding must be one of"):
+        EHRConfig(value_embedding="code_bin")
     with pytest.raises(ValueError, match="hidden_dropout_prob must be in"):
         EHRConfig(hidden_dropout_prob=1.0)
     with pytest.raises(ValueError, match="num_hidden_layers must be >= 1"):
@@ -401,3 +403,36 @@ def test_the_readout_is_set_by_fine_tuning_not_by_the_model_table(tmp_path):
     del document["readout"]
     path.write_text(json.dumps(document))
     assert EHREncoder.load_checked(tmp_path / "enc").config.readout == "pooled"
+
+
+@pytest.mark.parametrize("value_embedding", ["shared", "per_code"])
+def test_per_code_values_keep_which_code_had_which_value(value_embedding):
+    """Two numeric events swap their bins: with shared bin embeddings the sum of the visit's
+    inputs cannot tell (bin 9 is one vector for every code), with per-code directions it can;
+    an event without a value (bin 0) gets nothing from its code's direction."""
+    model = tiny(value_embedding=value_embedding)
+    ids = torch.tensor([[7, 8, 9]])
+    times, segments = torch.zeros(1, 3), torch.full((1, 3), 2)
+    bins = torch.tensor([[2, 9, 0]])
+    swapped = torch.tensor([[9, 2, 0]])
+    with torch.no_grad():
+        total = model.embed(ids, bins, times, segments).sum(dim=1)
+        total_swapped = model.embed(ids, swapped, times, segments).sum(dim=1)
+        no_value = model.embed(ids, torch.zeros_like(bins), times, segments)
+        model.config.value_embedding = "shared"  # the same weights, without the directions
+        no_value_shared = model.embed(ids, torch.zeros_like(bins), times, segments)
+    assert torch.allclose(total, total_swapped, atol=1e-6) == (value_embedding == "shared")
+    assert torch.equal(no_value, no_value_shared)
+
+
+def test_per_code_values_save_and_load(tmp_path):
+    model = tiny(value_embedding="per_code")
+    with torch.no_grad():
+        model.value_levels.mul_(3)  # away from the initial levels: loading must read them
+    batch = collate(random_visits(3))
+    model.save_checked(tmp_path / "enc")
+    loaded = EHREncoder.load_checked(tmp_path / "enc")
+    assert loaded.config.value_embedding == "per_code"
+    assert torch.equal(encode(model, batch).pooler_output, encode(loaded, batch).pooler_output)
+    auto = AutoModel.from_pretrained(tmp_path / "enc").eval()
+    assert torch.equal(encode(model, batch).pooler_output, encode(auto, batch).pooler_output)
