@@ -50,7 +50,10 @@ OBJECTIVE_WEIGHTS = (
     "visit_values_weight",
 )
 # The visit vector downstream models read (`ehr_ssl.model.encoder.EHREncoder.readout`).
-READOUTS = ("pooled", "segments")
+READOUTS = ("pooled", "segments", "windows")
+# History windows in days before the prediction time (MEDS-TAB's defaults, less "all", which is
+# its own scope): the tabular baselines' and the "windows" readout's.
+WINDOW_DAYS: tuple[float, ...] = (7.0, 30.0, 365.0)
 
 # Upper bounds of the size-like settings: generous (far beyond any ED cohort or any model this
 # code is for) but finite, so that an absurd value stops at configuration time with one line

@@ -63,7 +63,7 @@ def test_defaults_round_trip_through_dict():
         ),
         (
             lambda: FinetuneConfig(readout="cls"),
-            "column 'finetune.readout': must be one of pooled, segments, got 'cls'",
+            "column 'finetune.readout': must be one of pooled, segments, windows, got 'cls'",
         ),
     ],
 )

@@ -136,7 +136,7 @@ class AdmissionModel:
 
     @property
     def embedding_dim(self) -> int:
-        """Width of `embed`'s vectors (R): hidden_size, or 3 x hidden_size + 2 for "segments"."""
+        """Width of `embed`'s vectors (R): `readout_dim` of the bundle's readout."""
         return readout_dim(self.hidden_size, self.readout)
 
     def to(self, device: str | torch.device) -> AdmissionModel:

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from ehr_ssl.config import WINDOW_DAYS
 from ehr_ssl.errors import InputError
 from ehr_ssl.evaluation.baselines import _flat
 from ehr_ssl.layout import CODES_FILE
@@ -32,9 +33,8 @@ from ehr_ssl.tokens.vocab import (
     SPECIAL_TOKENS,
 )
 
-# History windows in days before the prediction time (MEDS-TAB's defaults, less "all", which is
-# its own scope). A window as long as the tokenizer's lookback adds nothing: `history_windows`.
-WINDOW_DAYS: tuple[float, ...] = (7.0, 30.0, 365.0)
+# WINDOW_DAYS (config): a window as long as the tokenizer's lookback adds nothing
+# (`history_windows`).
 VALUE_STATS = ("last", "min", "max", "mean")
 VOCAB_SEPARATOR = "//"  # MEDS codes are "VOCABULARY//CODE" (e.g. "DX//I50.9")
 # ATC (WHO drug classes), 7 characters: its levels 2-4 are its prefixes of 3, 4 and 5.

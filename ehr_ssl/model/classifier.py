@@ -13,7 +13,7 @@ from ehr_ssl.model.encoder import EHRConfig, EHREncoder, EHRPreTrainedModel, rea
 
 class AdmissionClassifier(EHRPreTrainedModel):
     """Encoder + standardization + dropout + linear head on the encoder's readout under
-    `config.readout` (R wide: D for "pooled", 3 D + 2 for "segments"): one logit per visit.
+    `config.readout` (R wide: `readout_dim`, D for "pooled"): one logit per visit.
     The readout is recorded in config.json; a classifier saved before it existed reads "pooled".
 
     The standardization (`feature_mean`, `feature_std`: fixed buffers, identity unless the head

@@ -34,7 +34,7 @@ from ehr_ssl.artifacts import (
     save_safetensors,
     write_failure,
 )
-from ehr_ssl.config import MAX_TOKENS_PER_VISIT, MAX_WIDTH, READOUTS
+from ehr_ssl.config import MAX_TOKENS_PER_VISIT, MAX_WIDTH, READOUTS, WINDOW_DAYS
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import MODEL_CONFIG_FILE, WEIGHTS_FILE
 from ehr_ssl.tokens.vocab import NOT_EVENT_IDS, SEGMENT_CURRENT, SEGMENT_HISTORY
@@ -121,7 +121,9 @@ def readout_dim(hidden_size: int, readout: str) -> int:
     """Width of the visit vector under `readout` (one of READOUTS)."""
     if readout not in READOUTS:
         raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-    return hidden_size if readout == "pooled" else 3 * hidden_size + 2
+    parts = {"pooled": 1, "segments": 3, "windows": 3 + len(WINDOW_DAYS)}[readout]
+    counts = 0 if readout == "pooled" else parts - 1
+    return parts * hidden_size + counts
 
 
 class EHRConfig(PreTrainedConfig):
@@ -157,9 +159,10 @@ class EHRConfig(PreTrainedConfig):
             the code's own: each code's value has a direction of its own in every sum of
             tokens, as code-specific value tokens give CLMBR/femr; issue 19).
         readout: The visit vector downstream models read (the classifier's head, the linear
-            probe, a bundle's `embed`): "pooled" (the pooled vector, D) or "segments" (see
-            `EHREncoder.readout`, 3 D + 2). Fine-tuning records it (`finetune.readout`), never a
-            [model] table; pretraining reads the pooled vector whatever it is.
+            probe, a bundle's `embed`): "pooled" (the pooled vector, D), "segments" (see
+            `EHREncoder.readout`, 3 D + 2) or "windows" (6 D + 5). Fine-tuning records it
+            (`finetune.readout`), never a [model] table; pretraining reads the pooled vector
+            whatever it is.
         layer_norm_eps: LayerNorm epsilon.
         initializer_range: Standard deviation of the initial weights.
         pad_token_id: The [PAD] id (from the tokenizer's fixed vocabulary).
@@ -475,7 +478,7 @@ class EHREncoder(EHRPreTrainedModel):
             return self._encode_by_width(*inputs, readout=readout)
         hidden = self._encode(*inputs)
         read = None if readout is None else self.readout(
-            hidden, input_ids, segment_ids, inputs[-1], readout)  # fmt: skip
+            hidden, input_ids, segment_ids, inputs[-1], readout, time_deltas)  # fmt: skip
         return EHREncoderOutput(
             last_hidden_state=hidden, pooler_output=self.pool(hidden, inputs[-1]), readout=read
         )
@@ -559,8 +562,8 @@ class EHREncoder(EHRPreTrainedModel):
             hidden[rows, : min(width, t)] = states[:, :t].to(hidden.dtype)
             pooled[rows] = self.pool(states, group[-1]).to(hidden.dtype)
             if read is not None:
-                read[rows] = self.readout(
-                    states, group[0], group[3], group[-1], readout).to(hidden.dtype)  # fmt: skip
+                read[rows] = self.readout(states, group[0], group[3], group[-1], readout,
+                                          group[2]).to(hidden.dtype)  # fmt: skip
         return EHREncoderOutput(last_hidden_state=hidden, pooler_output=pooled, readout=read)
 
     def pool(
@@ -581,18 +584,23 @@ class EHREncoder(EHRPreTrainedModel):
         segment_ids: torch.Tensor,
         mask: torch.Tensor,
         readout: str | None = None,
+        time_deltas: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The visit vector downstream models read, under `readout` (one of READOUTS; the
         config's when None): the one place the probe, the classifier and `embed` get it from.
 
         "pooled": the pooled vector (`pool`). "segments": the [CLS] state, the mean state of the
         history's event tokens, the mean state of the current visit's event tokens (zeros for a
-        segment without events) and log1p of each segment's event count, concatenated: what a
-        mean over all tokens dilutes (the history) and drops (its volume). Structural tokens
+        part without events) and log1p of each part's event count, concatenated: what a mean
+        over all tokens dilutes (the history) and drops (its volume). "windows": as
+        "segments", with the history's part also taken over the events of its last 7, 30 and
+        365 days (WINDOW_DAYS, the tabular baselines' windows; needs `time_deltas`): a
+        hospitalization two weeks ago does not weigh as one two years ago. Structural tokens
         ([CLS], [HIST], [VISIT], [PAD], [MASK]) are not events; [UNK] is.
 
-        Shape: hidden (B, T, D), input_ids, segment_ids and mask (B, T) (mask bool, True =
-        token) -> (B, D) or (B, 3 D + 2).
+        Shape: hidden (B, T, D), input_ids, segment_ids, mask and time_deltas (B, T) (mask
+        bool, True = token; time_deltas in hours, negative before the prediction time) ->
+        (B, R), R = `readout_dim(D, readout)`.
         """
         readout = readout or self.config.readout
         if readout not in READOUTS:
@@ -601,14 +609,19 @@ class EHREncoder(EHRPreTrainedModel):
             return self.pool(hidden, mask)
         not_events = torch.tensor(NOT_EVENT_IDS, device=input_ids.device, dtype=input_ids.dtype)
         events = mask & ~torch.isin(input_ids, not_events)  # (B, T)
+        history = events & (segment_ids == SEGMENT_HISTORY)
+        parts = [history, events & (segment_ids == SEGMENT_CURRENT)]
+        if readout == "windows":
+            if time_deltas is None:
+                raise ValueError('the "windows" readout needs time_deltas')
+            parts += [history & (time_deltas >= -24.0 * days) for days in WINDOW_DAYS]
         means, counts = [], []
-        for segment in (SEGMENT_HISTORY, SEGMENT_CURRENT):
-            chosen = events & (segment_ids == segment)  # (B, T)
+        for chosen in parts:  # (B, T) each
             n = chosen.sum(1, keepdim=True)  # (B, 1) long: exact however many events
             weights = chosen.to(hidden.dtype)[..., None]  # (B, T, 1)
             means.append((hidden * weights).sum(1) / n.clamp_min(1).to(hidden.dtype))
             counts.append(torch.log1p(n.float()).to(hidden.dtype))
-        return torch.cat([hidden[:, 0], *means, *counts], dim=1)  # (B, 3 D + 2)
+        return torch.cat([hidden[:, 0], *means, *counts], dim=1)  # (B, R)
 
     def num_flops_per_token(self, sequence_length: int) -> float:
         """Training FLOPs per token: 6 x non-embedding parameters plus attention (fwd + bwd)."""

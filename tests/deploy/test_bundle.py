@@ -244,9 +244,11 @@ def test_every_file_of_a_bundle_and_a_run_has_the_same_mode(finished_run, tmp_pa
     assert modes == {0o666 & ~umask}
 
 
-@pytest.mark.parametrize("mode", ["linear-probe", "full"])
-def test_a_bundle_records_its_readout_and_embeds_that_wide(finished_run, tmp_path, mode):
-    """A model fine-tuned on the segment readout: bundle.json's "embedding" says so, `embed`
+@pytest.mark.parametrize(
+    ("mode", "readout"), [("linear-probe", "segments"), ("full", "segments"), ("full", "windows")]
+)
+def test_a_bundle_records_its_readout_and_embeds_that_wide(finished_run, tmp_path, mode, readout):
+    """A model fine-tuned on a wider readout: bundle.json's "embedding" says so, `embed`
     returns that many columns, and the bundle scores as the fine-tuning output does."""
     from ehr_ssl.config import FinetuneConfig
     from ehr_ssl.deploy.bundle import make_bundle
@@ -254,17 +256,18 @@ def test_a_bundle_records_its_readout_and_embeds_that_wide(finished_run, tmp_pat
 
     data, run = finished_run
     tokens, encoder = run / "tokens", run / "pretrain" / "encoder"
-    config = FinetuneConfig(mode=mode, readout="segments", max_epochs=1, device="cpu")
+    config = FinetuneConfig(mode=mode, readout=readout, max_epochs=1, device="cpu")
     finetune(tokens, encoder, tmp_path / "ft", config)
     made = make_bundle(tokens, encoder, tmp_path / "ft", info={"model": mode}, report=None)
     bundle = load_bundle(made.save(tmp_path / "bundle"))
     hidden = bundle.hidden_size
+    width = {"segments": 3 * hidden + 2, "windows": 6 * hidden + 5}[readout]
     info = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
-    assert info["embedding"] == {"readout": "segments", "dim": 3 * hidden + 2}
-    assert bundle.readout == "segments" and bundle.embedding_dim == 3 * hidden + 2
+    assert info["embedding"] == {"readout": readout, "dim": width}
+    assert bundle.readout == readout and bundle.embedding_dim == width
     visits = pl.read_parquet(data / "visits.parquet").head(9)
     embedded = bundle.embed(visits, pl.read_parquet(data / "events.parquet"))
-    assert embedded["embedding"].dtype == pl.Array(pl.Float32, 3 * hidden + 2)
+    assert embedded["embedding"].dtype == pl.Array(pl.Float32, width)
     test = read_split(tokens, "test").filter(pl.col("labeled"))
     expected = predict_finetuned(
         tmp_path / "ft", encoder, labeled_split(tokens, "test"), torch.device("cpu")

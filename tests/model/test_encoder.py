@@ -349,8 +349,35 @@ def test_the_segment_readout_of_a_hand_made_batch():
                       batch["attention_mask"], "max")  # fmt: skip
 
 
+def test_the_windows_readout_of_a_hand_made_batch():
+    """As "segments", then the mean state and log1p count of the history's events within each
+    of the last 7, 30 and 365 days (bounds included); an event 2 days back is in every window,
+    one 100 days back only in the 365-day one, one 3 years back in none."""
+    model = tiny()
+    batch = _hand_made_batch()
+    hours = torch.zeros(2, 9)
+    hours[0, 3:6] = torch.tensor([-48.0, -2400.0, -26280.0])  # h (2 d), h (100 d), [UNK] (3 y)
+    hidden = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(0))
+    args = (hidden, batch["input_ids"], batch["segment_ids"], batch["attention_mask"])
+    out = model.readout(*args, "windows", hours)
+    d = 32
+    assert out.shape == (2, 6 * d + 5) == (2, readout_dim(d, "windows"))
+    segments = model.readout(*args, "segments")
+    torch.testing.assert_close(out[:, : 3 * d], segments[:, : 3 * d])
+    windows = out[0, 3 * d : 6 * d].reshape(3, d)  # 7, 30, 365 days
+    torch.testing.assert_close(windows[0], hidden[0, 3])
+    torch.testing.assert_close(windows[1], hidden[0, 3])
+    torch.testing.assert_close(windows[2], hidden[0, 3:5].mean(0))
+    expected_counts = torch.log1p(torch.tensor([[3.0, 2.0, 1.0, 1.0, 2.0], [0, 1.0, 0, 0, 0]]))
+    torch.testing.assert_close(out[:, 6 * d :], expected_counts)
+    assert torch.equal(out[1, 3 * d : 6 * d], torch.zeros(3 * d))  # no history at all
+    with pytest.raises(ValueError, match="needs time_deltas"):
+        model.readout(*args, "windows")
+
+
+@pytest.mark.parametrize("readout", ["segments", "windows"])
 @pytest.mark.parametrize("training", [False, True])
-def test_the_forward_reads_out_what_it_is_asked(training):
+def test_the_forward_reads_out_what_it_is_asked(training, readout):
     """The readout of a forward pass is `readout` of its own hidden states, in eval mode (read
     width group by width group) and in training mode; none unless asked."""
     model = tiny().train(training)
@@ -358,14 +385,14 @@ def test_the_forward_reads_out_what_it_is_asked(training):
     inputs = {k: batch[k] for k in INPUTS}
     with torch.no_grad():
         plain = model(**inputs)
-        out = model(**inputs, readout="segments")
-    assert plain.readout is None and out.readout.shape == (6, 3 * 32 + 2)
+        out = model(**inputs, readout=readout)
+    assert plain.readout is None and out.readout.shape == (6, readout_dim(32, readout))
     expected = model.readout(out.last_hidden_state, batch["input_ids"], batch["segment_ids"],
-                             batch["attention_mask"], "segments")  # fmt: skip
+                             batch["attention_mask"], readout, batch["time_deltas"])  # fmt: skip
     torch.testing.assert_close(out.readout, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("readout", ["pooled", "segments"])
+@pytest.mark.parametrize("readout", ["pooled", "segments", "windows"])
 def test_the_readout_does_not_see_its_batch_mates(readout):
     """Bitwise in eval mode, as the pooled vector (test_a_visit_does_not_see_its_batch_mates)."""
     model = tiny()
