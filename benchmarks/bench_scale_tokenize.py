@@ -13,15 +13,14 @@ With `--generate-only` it writes the dataset (`--data`) and reports the generati
 the cohort generator streams at this scale.
 
 usage: python benchmarks/bench_scale_tokenize.py [--visits 8000000] [--block 500000]
-           [--chunk-visits N] [--data DIR] [--phases] [--json FILE] [--cohort-version 2]
-           [--generate-only]
+           [--chunk-visits N] [--chunk-events N] [--data DIR] [--phases] [--json FILE]
+           [--cohort-version 2] [--generate-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -39,7 +38,9 @@ import pyarrow.parquet as pq
 
 from ehr_ssl.cli.options import add_cohort_version
 from ehr_ssl.config import TokenizeConfig
+from ehr_ssl.data.readers import dataset_files
 from ehr_ssl.data.synthetic import generate_cohort
+from ehr_ssl.tokens.tokenize import chunk_count
 
 LABELED = 100_000 / 8_000_000  # about 100k labeled visits of 8M
 
@@ -127,6 +128,9 @@ def main() -> None:
         "--chunk-visits", type=int, help="passed to ehr-ssl tokenize (default: its own)"
     )
     parser.add_argument(
+        "--chunk-events", type=int, help="passed to ehr-ssl tokenize (default: its own)"
+    )
+    parser.add_argument(
         "--data", type=Path, help="dataset directory: reused if it exists, else generated and kept"
     )
     parser.add_argument("--phases", action="store_true", help="peak RSS between log lines")
@@ -149,25 +153,30 @@ def main() -> None:
             print(json.dumps(generated_figures(data, generate_seconds), indent=2))
             return
         n_visits = pq.ParquetFile(data / "visits.parquet").metadata.num_rows
-        events = sum(
-            pq.ParquetFile(path).metadata.num_rows for path in (data / "events").glob("*.parquet")
-        )
+        event_files = dataset_files(data)["events"]
+        events = sum(pq.ParquetFile(path).metadata.num_rows for path in event_files)
         out = work / "tokens"
         argv = [str(Path(sys.executable).with_name("ehr-ssl"))]
         argv += [] if args.phases else ["-q"]
         argv += ["tokenize", str(data), "--out", str(out)]
         if args.chunk_visits:
             argv += ["--chunk-visits", str(args.chunk_visits)]
+        if args.chunk_events:
+            argv += ["--chunk-events", str(args.chunk_events)]
         wall, rss, lines = run_child(argv, args.phases)
         manifest = json.loads((out / "manifest.json").read_text())
-        chunk_visits = args.chunk_visits or TokenizeConfig().chunk_visits
+        config = TokenizeConfig(
+            chunk_visits=args.chunk_visits or TokenizeConfig().chunk_visits,
+            chunk_events=args.chunk_events or TokenizeConfig().chunk_events,
+        )
         result = {
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "visits": n_visits,
             "input_events": events,
             "generate_seconds": generate_seconds,
-            "chunk_visits": chunk_visits,
-            "chunks": math.ceil(n_visits / chunk_visits),
+            "chunk_visits": config.chunk_visits,
+            "chunk_events": config.chunk_events,
+            "chunks": chunk_count(n_visits, event_files, config),
             "wall_seconds_with_startup": round(wall, 1),
             "peak_rss_mib": round(rss),
             "output_tokens": sum(s["tokens"] for s in manifest["splits"].values()),
