@@ -255,6 +255,8 @@ def _measure(tokens: Path, device: str, sizes: Sizes, batch: int, *, compile: bo
         forecast_weight=None,
         views=None,
         mask_unit=None,
+        visit_values_weight=None,
+        value_embedding=None,
     )
     started = time.perf_counter()
     row = _guarded(bench_train.measure, tokens, sizes.preset, options)
