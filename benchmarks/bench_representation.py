@@ -146,15 +146,15 @@ def visit_vectors(
     device: torch.device,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Each feature set's vectors per split: "cls" and "mean" for the pooled readout (one forward
-    pass per batch), "segments" for the segment readout. Shape: (N, D) or (N, 3 D + 2)."""
+    pass per batch), and each other readout under its name. Shape: (N, R)."""
     features: dict[str, dict[str, np.ndarray]] = {}
     if "pooled" in readouts:
         by_pooling = {s: pooled_vectors_by_pooling(encoder, d, device, POOLINGS)
                       for s, d in datasets.items()}  # fmt: skip
         features |= {p: {s: v[p] for s, v in by_pooling.items()} for p in POOLINGS}
-    if "segments" in readouts:
-        features["segments"] = {s: pooled_vectors(encoder, d, device, readout="segments")
-                                for s, d in datasets.items()}  # fmt: skip
+    for readout in (r for r in readouts if r != "pooled"):  # "segments", "windows"
+        features[readout] = {s: pooled_vectors(encoder, d, device, readout=readout)
+                             for s, d in datasets.items()}  # fmt: skip
     return features
 
 

@@ -52,7 +52,9 @@ OBJECTIVE_WEIGHTS = (
 # The visit vector downstream models read (`ehr_ssl.model.encoder.EHREncoder.readout`).
 READOUTS = ("pooled", "segments", "windows")
 # History windows in days before the prediction time (MEDS-TAB's defaults, less "all", which is
-# its own scope): the tabular baselines' and the "windows" readout's.
+# its own scope): the tabular baselines' and the "windows" readout's. Saved "windows" models
+# depend on their number (the readout's width), which their config does not record: changing it
+# needs a version in EHRConfig.
 WINDOW_DAYS: tuple[float, ...] = (7.0, 30.0, 365.0)
 
 # Upper bounds of the size-like settings: generous (far beyond any ED cohort or any model this
@@ -521,8 +523,9 @@ class FinetuneConfig:
     """Dropout in front of the classification head."""
     readout: str = field(default="pooled", metadata={"choices": READOUTS})
     """The visit vector the head (or the probe) reads, in every mode: "pooled" (the encoder's
-    pooled vector, D) or "segments" ([CLS] state, mean state of the history events, mean state of
-    the current visit's events, log1p of each segment's event count: 3 D + 2; issue 19).
+    pooled vector, D), "segments" ([CLS] state, mean state of the history events, mean state of
+    the current visit's events, log1p of each segment's event count: 3 D + 2; issue 19) or
+    "windows" (those and the same of the history's last WINDOW_DAYS: 6 D + 5).
     Recorded with the model, so predict, embed and bundles use it; pretraining never reads it."""
     seed: int = 0
     """Seed of the label subset and of training."""

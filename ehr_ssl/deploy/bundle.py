@@ -16,7 +16,8 @@ Layout of a bundle:
     MODEL_CARD.md       the model card
 
 Every model kind (full fine-tuning, linear probe, scratch) becomes an encoder plus a linear head on
-its readout (`EHREncoder.readout`: the pooled vector, D wide, or the segment readout, 3 D + 2),
+its readout (`EHREncoder.readout`: the pooled vector, D wide, the segment readout, 3 D + 2, or
+the windows readout, 6 D + 5),
 so a bundle scores and embeds the same way whatever made it. A bundle written before the readout
 was recorded has none in its encoder config or bundle.json: it reads the pooled vector. Nothing is
 pickled; loading reads JSON and safetensors only. Bundles hold no patient or visit identifier.
@@ -531,7 +532,13 @@ def make_bundle(
         "prediction_time": _prediction_time_rule(tokenizer),
         "encoder": {
             k: getattr(encoder.config, k)
-            for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "pooling")
+            for k in (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "pooling",
+                "value_embedding",
+            )  # fmt: skip
         },
         "embedding": embedding_info(encoder),
         "training_data": {

@@ -45,7 +45,9 @@ VIEW_A_LABELS = ("masked_code", "masked_bin")
 def visit_value_targets(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """The visit values term's queries: the value bin and the code of every numeric event of
     the statics and the current visit (IGNORE_INDEX elsewhere). History events are left out:
-    their values are the history's, which the masked-event term already asks for.
+    their values are the history's, which the masked-event term already asks for. Events that
+    view A's masking (or view augmentation) hid are queried too: their values must then be
+    inferred from the rest of the visit.
     Shape: batch (B, T) -> {"visit_values", "visit_value_codes"} (B, T)."""
     numeric = batch["attention_mask"].bool() & (batch["value_bins"] > 0)
     own = batch["segment_ids"] != SEGMENT_HISTORY

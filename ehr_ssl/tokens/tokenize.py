@@ -2,8 +2,9 @@
 training visits, encode every visit and write the tokens directory atomically.
 
 Three strategies give the same tokens: in memory (`Tokenizer`), streamed chunk by chunk for data
-larger than `chunk_visits` (`ehr_ssl.tokens.stream`), and incremental against a registry's cache
-(`ehr_ssl.tokens.incremental`). The directory's files are named in `ehr_ssl.layout`.
+larger than `chunk_visits` visits or `chunk_events` event rows (`ehr_ssl.tokens.stream`), and
+incremental against a registry's cache (`ehr_ssl.tokens.incremental`). The directory's files
+are named in `ehr_ssl.layout`.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def tokenize_dataset(
     """The tokenize stage: read and check a dataset, split patients, fit the tokenizer on the
     training visits, encode every visit and write the tokens directory atomically.
 
-    A dataset of more than `config.chunk_visits` visits streams: its events are partitioned by
+    A dataset of more than `config.chunk_visits` visits or `config.chunk_events` event rows
+    streams (`chunk_count`): its events are partitioned by
     patient into a temporary work directory beside `out_dir` and read chunk by chunk
     (`ehr_ssl.tokens.stream`), with the same tokenizer and tokens as in memory (shard rows may
     come in another order). `tokenizer` replaces the fitted one (a production model's, for
