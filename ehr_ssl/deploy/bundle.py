@@ -490,6 +490,16 @@ def _bundled_model_metrics(
     )  # fmt: skip
 
 
+# The encoder settings bundle.json summarizes (encoder/config.json holds them all).
+BUNDLE_ENCODER_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "pooling",
+    "value_embedding",
+)
+
+
 def make_bundle(
     tokens_dir: Path,
     encoder_dir: Path,
@@ -530,16 +540,7 @@ def make_bundle(
         "val_auroc": summary["val_auroc"],
         "label": LABEL_DEFINITION,
         "prediction_time": _prediction_time_rule(tokenizer),
-        "encoder": {
-            k: getattr(encoder.config, k)
-            for k in (
-                "hidden_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-                "pooling",
-                "value_embedding",
-            )  # fmt: skip
-        },
+        "encoder": {k: getattr(encoder.config, k) for k in BUNDLE_ENCODER_KEYS},
         "embedding": embedding_info(encoder),
         "training_data": {
             "arrival_time_range": manifest.get("arrival_time_range"),
