@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from ehr_ssl.cli.options import add_cohort_version
 from ehr_ssl.config import TokenizeConfig
+from ehr_ssl.data.parquet import parquet_rows
 from ehr_ssl.data.readers import dataset_files
 from ehr_ssl.data.synthetic import generate_cohort
 from ehr_ssl.tokens.tokenize import chunk_count
@@ -154,7 +155,7 @@ def main() -> None:
             return
         n_visits = pq.ParquetFile(data / "visits.parquet").metadata.num_rows
         event_files = dataset_files(data)["events"]
-        events = sum(pq.ParquetFile(path).metadata.num_rows for path in event_files)
+        events = sum(parquet_rows(path) for path in event_files)
         out = work / "tokens"
         argv = [str(Path(sys.executable).with_name("ehr-ssl"))]
         argv += [] if args.phases else ["-q"]
@@ -165,10 +166,8 @@ def main() -> None:
             argv += ["--chunk-events", str(args.chunk_events)]
         wall, rss, lines = run_child(argv, args.phases)
         manifest = json.loads((out / "manifest.json").read_text())
-        config = TokenizeConfig(
-            chunk_visits=args.chunk_visits or TokenizeConfig().chunk_visits,
-            chunk_events=args.chunk_events or TokenizeConfig().chunk_events,
-        )
+        bounds = {"chunk_visits": args.chunk_visits, "chunk_events": args.chunk_events}
+        config = TokenizeConfig(**{k: v for k, v in bounds.items() if v})  # else the default
         result = {
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "visits": n_visits,

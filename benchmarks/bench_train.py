@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ehr_ssl.config import TokenizeConfig, load_pretrain_config
+from ehr_ssl.config import OBJECTIVE_WEIGHTS, TokenizeConfig, load_pretrain_config
 from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort, write_cohort
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.tokens.tokenize import tokenize_dataset
@@ -96,18 +96,13 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
         "parameters_M": round(sum(p.numel() for p in encoder.parameters()) / 1e6, 3),
         "batch_size": config.train.batch_size,
         "objectives": [
-            name
-            for name, w in (
-                ("masked", config.objective.masked_weight),
-                ("contrastive", config.objective.contrastive_weight),
-                ("forecast", config.objective.forecast_weight),
-                ("visit_values", config.objective.visit_values_weight),
-            )
-            if w > 0
+            name.removesuffix("_weight")
+            for name in OBJECTIVE_WEIGHTS
+            if getattr(config.objective, name) > 0
         ],
         "views": config.objective.contrastive_views,
         "mask_unit": config.objective.mask_unit,
-        "value_embedding": config.model.get("value_embedding", "shared"),
+        "value_embedding": encoder.config.value_embedding,
         "precision": hardware.precision,
         "pad_to_multiple_of": hardware.pad_to_multiple_of,
         "compile": config.train.compile,

@@ -334,13 +334,12 @@ class ObjectiveConfig:
     only: issue 19, CLOCS/PCLR-style patient-level positives)."""
 
     def __post_init__(self) -> None:
-        weights = OBJECTIVE_WEIGHTS
-        for name in (*weights, "value_bin_weight"):
+        for name in (*OBJECTIVE_WEIGHTS, "value_bin_weight"):
             check_range(getattr(self, name), 0, 1e6, f"objective.{name}")
         for name in ("event_dropout", "history_crop", "forecast_current_share"):
             check_range(getattr(self, name), 0, 1, f"objective.{name}")
         check_range(self.time_jitter, 0, 10, "objective.time_jitter")
-        if all(getattr(self, name) == 0 for name in weights):
+        if all(getattr(self, name) == 0 for name in OBJECTIVE_WEIGHTS):
             raise InputError("at least one objective needs a weight > 0", column="objective")
         if not 0 < self.mask_rate < 1:
             raise InputError(

@@ -90,7 +90,7 @@ def _check_architecture(
     attention_probs_dropout_prob: float,
     pooling: str,
     readout: str,
-    value_embedding: str = "shared",
+    value_embedding: str,
 ) -> None:
     """ValueError naming the argument at fault, for any value no encoder can be built with."""
     _check_sizes(sizes)

@@ -557,11 +557,10 @@ def _finish(
     model = model.cpu()
     with atomic_directory(out_dir / ENCODER_DIR, overwrite=True) as tmp:
         model.encoder.save_checked(tmp)
-    heads = {  # every head the run trained (the bag, forecast and values heads only when on)
-        f"{name}.{k}": v.detach().contiguous()
-        for name in ("masked_head", "projection", "bag_head", "forecast_head", "values_head")
-        if hasattr(model, name)
-        for k, v in getattr(model, name).state_dict().items()
+    heads = {  # every head the run trained: all but the encoder (a term's head only when on)
+        k: v.detach().contiguous()
+        for k, v in model.state_dict().items()
+        if not k.startswith("encoder.")
     }
     with atomic_file(out_dir / HEADS_FILE) as tmp:
         save_safetensors(heads, tmp)
