@@ -13,13 +13,20 @@ pipeline's SSL model mostly selects this probe (report.md, "Model selection").
 usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
            [--readouts pooled,segments] [--tabular logistic,lightgbm] [--with-current-visit] \
-           [--json FILE]
+           [--pca 8,16,32] [--forecast-codes 64,256] [--json FILE]
+
+`--pca` and `--forecast-codes` try two unsupervised priors on the direction a few labels must
+find: the vectors on their top-k principal axes (fitted on the labeled train visits' vectors,
+no label read), and, in place of the vector, the pretraining forecast head's log-probabilities
+of the k codes most frequent in those visits (one column per code the patient may meet next,
+as a tabular model has one per code seen; the encoder's run directory must hold its heads).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -33,12 +40,16 @@ from ehr_ssl.config import READOUTS
 from ehr_ssl.evaluation.baselines import fit_counts_baseline_cv, predict_proba
 from ehr_ssl.evaluation.tabular import TabularSpec
 from ehr_ssl.model.encoder import EHREncoder
-from ehr_ssl.tokens.batching import TokenDataset
+from ehr_ssl.model.pretraining import ENCODER_INPUTS
+from ehr_ssl.tokens.batching import TokenDataset, collate
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import NOT_EVENT_IDS, SEGMENT_CURRENT
 from ehr_ssl.training.probe import fit_probe_cv, pooled_vectors, probe_scores
 from ehr_ssl.training.selection import cv_folds
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_forecast_zero_shot import forecast_head  # noqa: E402
 
 
 def probe_curve(
@@ -118,6 +129,39 @@ def current_visit_onehots(frames: dict[str, pl.DataFrame], tokenizer: Tokenizer)
     return {split: m[:, seen].toarray() for split, m in out.items()}
 
 
+def pca_features(x: dict[str, np.ndarray], widths: list[int]) -> dict[str, dict]:
+    """Each split's vectors on the top-k principal axes of the train split's vectors, for each k
+    of `widths`; no label is read. Shape: (N, D) per split -> (N, k)."""
+    mean = x["train"].mean(axis=0)
+    _, _, axes = np.linalg.svd(x["train"] - mean, full_matrices=False)
+    return {f"pca {k}": {s: (v - mean) @ axes[:k].T for s, v in x.items()} for k in widths}
+
+
+@torch.no_grad()
+def forecast_features(encoder_dir: Path, encoder, datasets: dict, frames: dict, widths) -> dict:
+    """The forecast head's log-probabilities (over the vocabulary, from the pooled vector, as it
+    was trained) of the k codes most frequent in the train split's visits, for each k of
+    `widths`. Shape: (N, k) per split."""
+    head = forecast_head(encoder_dir.parent, encoder.eval())
+    logprobs = {}
+    for split, dataset in datasets.items():
+        out = []
+        for start in range(0, len(dataset), 256):
+            batch = collate([dataset[i] for i in range(start, min(start + 256, len(dataset)))])
+            pooled = encoder(**{k: batch[k] for k in ENCODER_INPUTS}).pooler_output
+            out.append(torch.log_softmax(head(pooled, encoder.code_embeddings.weight), -1))
+        logprobs[split] = torch.cat(out).numpy()
+    seen = np.concatenate(frames["train"]["input_ids"].to_list())
+    ranked = np.argsort(-np.bincount(seen, minlength=logprobs["train"].shape[1]), kind="stable")
+    return {f"forecast codes {k}": {s: v[:, ranked[:k]] for s, v in logprobs.items()}
+            for k in widths}  # fmt: skip
+
+
+def _ints(text: str) -> list[int]:
+    """A comma-separated list of integers, empty for ""."""
+    return [int(k) for k in filter(None, text.split(","))]
+
+
 def _row(name: str, readout: str, curve: dict, budgets: dict) -> dict:
     """One printed and recorded result row."""
     row = {"encoder": name, "readout": readout,
@@ -140,6 +184,10 @@ def main() -> None:
     parser.add_argument("--with-current-visit", action="store_true",
                         help="also probe each readout with the current visit's (code, bin) "
                         "one-hots beside it, and those alone")  # fmt: skip
+    parser.add_argument("--pca", default="", help="also probe each readout on its top-k "
+                        "principal axes, for each k (comma-separated)")  # fmt: skip
+    parser.add_argument("--forecast-codes", default="", help="also probe the forecast head's "
+                        "log-probabilities of the k most frequent codes, for each k")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -153,23 +201,30 @@ def main() -> None:
     y = {s: np.asarray(d.labels).astype(np.int64) for s, d in datasets.items()}
     groups, ids = labeled["train"]["patient_id"].to_numpy(), labeled["train"]["visit_id"].to_numpy()
     results, current = [], None
+
+    def row(name: str, readout: str, z: dict) -> None:  # z: features of "train" and "test"
+        curve = probe_curve(z["train"], y["train"], groups, ids, z["test"], y["test"], budgets)
+        results.append(_row(name, readout, curve, budgets))
+
     if args.with_current_visit:
         current = current_visit_onehots(labeled, Tokenizer.load(args.tokens))
-        curve = probe_curve(current["train"], y["train"], groups, ids, current["test"],
-                            y["test"], budgets)  # fmt: skip
-        results.append(_row("(no encoder)", "current visit", curve, budgets))
+        row("(no encoder)", "current visit", current)
+    pca, codes = (_ints(a) for a in (args.pca, args.forecast_codes))
     for encoder_dir in filter(None, args.encoders.split(",")):
         encoder = EHREncoder.load_checked(Path(encoder_dir))
         for readout in args.readouts.split(","):
             x = {s: pooled_vectors(encoder, d, torch.device("cpu"), readout=readout)
                  for s, d in datasets.items()}  # fmt: skip
-            curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets)
-            results.append(_row(encoder_dir, readout, curve, budgets))
+            row(encoder_dir, readout, x)
+            for name, z in pca_features(x, pca).items() if pca else ():
+                row(encoder_dir, f"{readout}, {name}", z)
             if current is not None:
-                x = {s: np.hstack([x[s], current[s]]) for s in x}
-                curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"],
-                                    budgets)  # fmt: skip
-                results.append(_row(encoder_dir, f"{readout} + current visit", curve, budgets))
+                row(encoder_dir, f"{readout} + current visit",
+                    {s: np.hstack([x[s], current[s]]) for s in x})  # fmt: skip
+        if codes:
+            for name, z in forecast_features(Path(encoder_dir), encoder, datasets, labeled,
+                                             codes).items():  # fmt: skip
+                row(encoder_dir, name, z)
     if args.tabular:
         results += tabular_rows(args.tokens, y, groups, ids, budgets, args.tabular.split(","))
     if args.json:
