@@ -74,7 +74,9 @@ MAX_BOOTSTRAP = 1_000_000  # replicates: CI limits stop moving long before
 
 # Starting points, overridden by a TOML file and flags. tiny: tests (seconds); small: the CPU demo,
 # sized to train its objectives fast on 2 CPU cores (benchmarks/README.md, "Pretraining");
-# base: GPU pretraining.
+# base: GPU pretraining. Every preset gives each code's value a direction of its own
+# (value_embedding "per_code": benchmarks/README.md, "The visit's own values"); EHRConfig keeps
+# "shared" as its default so that encoders saved before that load as they were trained.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "model": {
@@ -83,6 +85,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_attention_heads": 2,
             "intermediate_size": 64,
             "hidden_dropout_prob": 0.0,
+            "value_embedding": "per_code",
         },
         "objective": {"projection_dim": 16},
         "train": {"batch_size": 16, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
@@ -94,6 +97,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_attention_heads": 2,
             "intermediate_size": 128,
             "hidden_dropout_prob": 0.0,
+            "value_embedding": "per_code",
         },
         "train": {"batch_size": 128, "learning_rate": 1e-3, "warmup_steps": 50},
     },
@@ -103,6 +107,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_hidden_layers": 8,
             "num_attention_heads": 8,
             "intermediate_size": 2048,
+            "value_embedding": "per_code",
         },
         "objective": {"projection_dim": 128},
         "train": {
@@ -520,12 +525,14 @@ class FinetuneConfig:
     """AdamW decay of the weight matrices."""
     head_dropout: float = 0.1
     """Dropout in front of the classification head."""
-    readout: str = field(default="pooled", metadata={"choices": READOUTS})
-    """The visit vector the head (or the probe) reads, in every mode: "pooled" (the encoder's
-    pooled vector, D), "segments" ([CLS] state, mean state of the history events, mean state of
-    the current visit's events, log1p of each segment's event count: 3 D + 2; issue 19) or
-    "windows" (those and the same of the history's last WINDOW_DAYS: 6 D + 5).
-    Recorded with the model, so predict, embed and bundles use it; pretraining never reads it."""
+    readout: str = field(default="segments", metadata={"choices": READOUTS})
+    """The visit vector the head (or the probe) reads, in every mode: "segments" ([CLS] state,
+    mean state of the history events, mean state of the current visit's events, log1p of each
+    segment's event count: 3 D + 2; issue 19), "pooled" (the encoder's pooled vector, D) or
+    "windows" (those and the same of the history's last WINDOW_DAYS: 6 D + 5). The default
+    keeps the current visit's triage apart from the history's mean (benchmarks/README.md,
+    "The visit's own values"). Recorded with the model, so predict, embed and bundles use
+    it; pretraining never reads it."""
     seed: int = 0
     """Seed of the label subset and of training."""
     device: str = field(default="auto", metadata={"choices": DEVICES})

@@ -93,7 +93,7 @@ def test_pandas_and_polars_inputs_give_the_same_scores(finished_run):
     assert from_pandas["visit_id"].tolist() == from_polars["visit_id"].to_list()
     np.testing.assert_array_equal(from_pandas["score"].to_numpy(), from_polars["score"].to_numpy())
     embedded = model.embed(visits.head(7).to_pandas(), events.to_pandas())
-    assert len(embedded) == 7 and len(embedded["embedding"].iloc[0]) == model.hidden_size
+    assert len(embedded) == 7 and len(embedded["embedding"].iloc[0]) == model.embedding_dim
 
 
 def test_loading_refuses_what_is_not_a_bundle(finished_run, tmp_path):
@@ -177,11 +177,11 @@ DAMAGES = {
                      MISMATCH, "missing (first 'layers.2."),
     "another hidden size": (lambda b: _edit_json(b / "encoder/config.json", hidden_size=64),
                             MISMATCH, "of another shape"),
-    "readout edited": (lambda b: _edit_json(b / "encoder/config.json", readout="segments"),
+    "readout edited": (lambda b: _edit_json(b / "encoder/config.json", readout="pooled"),
                        MISMATCH, "does not match the encoder's"),
-    "embedding edited": (lambda b: _edit_json(b / "bundle.json", embedding={"readout": "segments",
-                                                                            "dim": 98}),
-                         "'embedding' {'readout': 'segments', 'dim': 98} does not match", None),
+    "embedding edited": (lambda b: _edit_json(b / "bundle.json", embedding={"readout": "pooled",
+                                                                            "dim": 32}),
+                         "'embedding' {'readout': 'pooled', 'dim': 32} does not match", None),
     "head missing": (lambda b: (b / "head.safetensors").unlink(), "missing (bundle.json lists it)",
                      None),
     "unlisted weights": (lambda b: (b / "encoder/pytorch_model.bin").write_bytes(b"x"),
@@ -245,7 +245,7 @@ def test_every_file_of_a_bundle_and_a_run_has_the_same_mode(finished_run, tmp_pa
 
 
 @pytest.mark.parametrize(
-    ("mode", "readout"), [("linear-probe", "segments"), ("full", "segments"), ("full", "windows")]
+    ("mode", "readout"), [("linear-probe", "segments"), ("full", "pooled"), ("full", "windows")]
 )
 def test_a_bundle_records_its_readout_and_embeds_that_wide(finished_run, tmp_path, mode, readout):
     """A model fine-tuned on a wider readout: bundle.json's "embedding" says so, `embed`
@@ -261,7 +261,7 @@ def test_a_bundle_records_its_readout_and_embeds_that_wide(finished_run, tmp_pat
     made = make_bundle(tokens, encoder, tmp_path / "ft", info={"model": mode}, report=None)
     bundle = load_bundle(made.save(tmp_path / "bundle"))
     hidden = bundle.hidden_size
-    width = {"segments": 3 * hidden + 2, "windows": 6 * hidden + 5}[readout]
+    width = {"pooled": hidden, "segments": 3 * hidden + 2, "windows": 6 * hidden + 5}[readout]
     info = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert info["embedding"] == {"readout": readout, "dim": width}
     assert bundle.readout == readout and bundle.embedding_dim == width
@@ -276,19 +276,29 @@ def test_a_bundle_records_its_readout_and_embeds_that_wide(finished_run, tmp_pat
 
 
 def test_a_bundle_without_an_embedding_record_reads_the_pooled_vector(finished_run, tmp_path):
-    """Bundles written before "embedding" (same format version) load and embed as before."""
+    """Bundles written before "embedding" (same format version) load and embed as before: a
+    pooled-readout model's bundle with its record and its encoder's readout key taken out."""
+    from ehr_ssl.config import FinetuneConfig
+    from ehr_ssl.deploy.bundle import make_bundle
+    from ehr_ssl.training.finetune import finetune
+
     data, run = finished_run
-    info = json.loads((run / "bundle" / "bundle.json").read_text())
+    tokens, encoder = run / "tokens", run / "pretrain" / "encoder"
+    finetune(tokens, encoder, tmp_path / "ft",
+             FinetuneConfig(mode="full", readout="pooled", max_epochs=1, device="cpu"))  # fmt: skip
+    made = make_bundle(tokens, encoder, tmp_path / "ft", info={"model": "full"}, report=None)
+    made.save(tmp_path / "pooled")
+    info = json.loads((tmp_path / "pooled" / "bundle.json").read_text())
     assert info["embedding"] == {"readout": "pooled", "dim": info["encoder"]["hidden_size"]}
     bundle = tmp_path / "bundle"
-    shutil.copytree(run / "bundle", bundle)
+    shutil.copytree(tmp_path / "pooled", bundle)
     del info["embedding"]
     (bundle / "bundle.json").write_text(json.dumps(info))
     config = json.loads((bundle / "encoder" / "config.json").read_text())
     del config["readout"]
     (bundle / "encoder" / "config.json").write_text(json.dumps(config))
     _reseal(bundle)
-    old, new = load_bundle(bundle), load_bundle(run / "bundle")
+    old, new = load_bundle(bundle), load_bundle(tmp_path / "pooled")
     assert old.readout == "pooled" and old.embedding_dim == old.hidden_size
     visits, events = (pl.read_parquet(data / f"{t}.parquet") for t in ("visits", "events"))
     assert old.embed(visits, events).equals(new.embed(visits, events))

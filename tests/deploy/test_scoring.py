@@ -44,7 +44,9 @@ def test_embed_writes_a_fixed_size_list(finished_run, tmp_path):
     assert main(argv) == 0
     got = pl.read_parquet(out)
     assert got.columns == ["visit_id", "embedding"]
-    assert got.schema["embedding"] == pl.Array(pl.Float32, load_bundle(run / "bundle").hidden_size)
+    assert got.schema["embedding"] == pl.Array(
+        pl.Float32, load_bundle(run / "bundle").embedding_dim
+    )
 
 
 def test_a_visit_vector_does_not_depend_on_its_batch_mates(finished_run):
