@@ -40,8 +40,7 @@ from ehr_ssl.config import READOUTS
 from ehr_ssl.evaluation.baselines import fit_counts_baseline_cv, predict_proba
 from ehr_ssl.evaluation.tabular import TabularSpec
 from ehr_ssl.model.encoder import EHREncoder
-from ehr_ssl.model.pretraining import ENCODER_INPUTS
-from ehr_ssl.tokens.batching import TokenDataset, collate
+from ehr_ssl.tokens.batching import TokenDataset
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import NOT_EVENT_IDS, SEGMENT_CURRENT
@@ -145,12 +144,10 @@ def forecast_features(encoder_dir: Path, encoder, datasets: dict, frames: dict, 
     head = forecast_head(encoder_dir.parent, encoder.eval())
     logprobs = {}
     for split, dataset in datasets.items():
-        out = []
-        for start in range(0, len(dataset), 256):
-            batch = collate([dataset[i] for i in range(start, min(start + 256, len(dataset)))])
-            pooled = encoder(**{k: batch[k] for k in ENCODER_INPUTS}).pooler_output
-            out.append(torch.log_softmax(head(pooled, encoder.code_embeddings.weight), -1))
-        logprobs[split] = torch.cat(out).numpy()
+        pooled = torch.from_numpy(pooled_vectors(encoder, dataset, torch.device("cpu")))
+        logprobs[split] = torch.log_softmax(
+            head(pooled, encoder.code_embeddings.weight), -1
+        ).numpy()
     seen = np.concatenate(frames["train"]["input_ids"].to_list())
     ranked = np.argsort(-np.bincount(seen, minlength=logprobs["train"].shape[1]), kind="stable")
     return {f"forecast codes {k}": {s: v[:, ranked[:k]] for s, v in logprobs.items()}

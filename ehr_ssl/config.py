@@ -74,9 +74,11 @@ MAX_BOOTSTRAP = 1_000_000  # replicates: CI limits stop moving long before
 
 # Starting points, overridden by a TOML file and flags. tiny: tests (seconds); small: the CPU demo,
 # sized to train its objectives fast on 2 CPU cores (benchmarks/README.md, "Pretraining");
-# base: GPU pretraining. Every preset gives each code's value a direction of its own
-# (value_embedding "per_code": benchmarks/README.md, "The visit's own values"); EHRConfig keeps
-# "shared" as its default so that encoders saved before that load as they were trained.
+# base: GPU pretraining.
+# What every preset's [model] sets: each code's value gets a direction of its own
+# (benchmarks/README.md, "The visit's own values"); EHRConfig keeps "shared" as its default so
+# that encoders saved before that load as they were trained.
+PRESET_MODEL_COMMON: dict[str, Any] = {"value_embedding": "per_code"}
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "model": {
@@ -85,7 +87,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_attention_heads": 2,
             "intermediate_size": 64,
             "hidden_dropout_prob": 0.0,
-            "value_embedding": "per_code",
+            **PRESET_MODEL_COMMON,
         },
         "objective": {"projection_dim": 16},
         "train": {"batch_size": 16, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
@@ -97,7 +99,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_attention_heads": 2,
             "intermediate_size": 128,
             "hidden_dropout_prob": 0.0,
-            "value_embedding": "per_code",
+            **PRESET_MODEL_COMMON,
         },
         "train": {"batch_size": 128, "learning_rate": 1e-3, "warmup_steps": 50},
     },
@@ -107,7 +109,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_hidden_layers": 8,
             "num_attention_heads": 8,
             "intermediate_size": 2048,
-            "value_embedding": "per_code",
+            **PRESET_MODEL_COMMON,
         },
         "objective": {"projection_dim": 128},
         "train": {
