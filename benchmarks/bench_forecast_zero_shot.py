@@ -68,7 +68,7 @@ def zero_shot(encoder, head, dataset, codes: tuple[int, int], history: bool) -> 
         items = [dataset[i] for i in range(start, min(start + 256, len(dataset)))]
         batch = collate([as_history(it) for it in items] if history else items)
         pooled = encoder(**{k: batch[k] for k in ENCODER_INPUTS}).pooler_output
-        logits = head(pooled, encoder.code_embeddings.weight)
+        logits = head(pooled, encoder.code_table())
         scores.append((logits[:, codes[0]] - logits[:, codes[1]]).numpy())
     return np.concatenate(scores)
 

@@ -67,7 +67,7 @@ def family_structure(encoder: EHREncoder, vocab: list[str]) -> dict:
                 owners.setdefault(index[code], set()).add(k)
     ids = np.array([i for i, ks in owners.items() if len(ks) == 1])
     family = np.array([next(iter(owners[i])) for i in ids])
-    e = encoder.code_embeddings.weight.detach().cpu().numpy()
+    e = encoder.code_table().detach().cpu().numpy()
     e = e - e.mean(0)  # cosine around the centroid: the shared frequency direction removed
     e = e / np.linalg.norm(e, axis=1, keepdims=True)
     sim = e[ids] @ e[ids].T  # (F, F) over the single-family codes in the vocabulary
@@ -251,7 +251,7 @@ def main() -> None:
         budget_vectors = visit_vectors(encoder, budget, readouts, device)
         # The same encoder's input code embeddings, summed over the visit's code counts, with
         # no attention: does the embedding table separate the families that pooling loses?
-        table = encoder.code_embeddings.weight.detach().cpu().numpy()  # (V, D)
+        table = encoder.code_table().detach().cpu().numpy()  # (V, D)
         vectors["embedding bag"] = {s: counts[s][:, :v] @ table for s in datasets}
         features = list(vectors)
         for name in features:

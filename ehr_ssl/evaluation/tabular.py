@@ -11,7 +11,6 @@ index is the value aggregation the tokens hold.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,26 +20,19 @@ import polars as pl
 import scipy.sparse as sp
 
 from ehr_ssl.config import WINDOW_DAYS
-from ehr_ssl.errors import InputError
 from ehr_ssl.evaluation.baselines import _flat
-from ehr_ssl.layout import CODES_FILE
+from ehr_ssl.tokens.hierarchy import ancestor_index, read_parent_codes
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import (
     NOT_EVENT_IDS,
     SEGMENT_CURRENT,
     SEGMENT_HISTORY,
     SEGMENT_STATIC,
-    SPECIAL_TOKENS,
 )
 
 # WINDOW_DAYS (config): a window as long as the tokenizer's lookback adds nothing
 # (`history_windows`).
 VALUE_STATS = ("last", "min", "max", "mean")
-VOCAB_SEPARATOR = "//"  # MEDS codes are "VOCABULARY//CODE" (e.g. "DX//I50.9")
-# ATC (WHO drug classes), 7 characters: its levels 2-4 are its prefixes of 3, 4 and 5.
-_ATC = re.compile(r"^[A-Z]\d\d[A-Z][A-Z]\d\d$")
-_ATC_LEVELS = (3, 4, 5)
-_ICD_CATEGORY = 3  # ICD-9 and ICD-10 categories are the first 3 characters ("I50", "428")
 
 
 def history_windows(lookback_days: float, windows: Sequence[float] = WINDOW_DAYS) -> tuple:
@@ -54,51 +46,6 @@ def scopes(windows: Sequence[float]) -> list[str]:
     return ["static", "current", *(f"history_{w:g}d" for w in windows), "history"]
 
 
-def code_ancestors(code: str) -> list[str]:
-    """Ancestors of a code by a generic rule on its spelling, nearest first; [] if none.
-
-    The code part is the text after the last "//" (MEDS "VOCABULARY//CODE"), kept with its prefix:
-      - a dotted code rolls up to the part before the dot: "DX//I50.9" -> "DX//I50" (the ICD-9 and
-        ICD-10 category, "428.0" -> "428");
-      - a code of a vocabulary whose name says ICD, without a dot and longer than 3 characters,
-        rolls up to its 3-character category ("DIAGNOSIS//ICD//10//I5030" -> ".../I50"; ICD-10-PCS
-        "0DTJ4ZZ" -> "0DT": section, body system, operation);
-      - an ATC-shaped code (N02BE01) rolls up to its levels 4, 3 and 2 (N02BE, N02B, N02).
-    Any other code (labs, CPT, LOINC, free names) has no ancestor by rule: a character prefix of
-    such codes is not a class. Hierarchies beyond these come from a parent table (`ancestor_map`).
-    """
-    prefix, separator, part = code.rpartition(VOCAB_SEPARATOR)
-    head = prefix + separator
-    if _ATC.match(part):
-        return [head + part[:n] for n in reversed(_ATC_LEVELS)]
-    if "." in part:
-        stem = part.split(".", 1)[0]
-        return [head + stem] if stem else []
-    if "ICD" in prefix.upper() and len(part) > _ICD_CATEGORY:
-        return [head + part[:_ICD_CATEGORY]]
-    return []
-
-
-def ancestor_map(
-    codes: Sequence[str], parents: Mapping[str, Sequence[str]] | None = None
-) -> dict[str, list[str]]:
-    """Each code's ancestors: from `parents` (code -> parent codes, e.g. MEDS
-    metadata/codes.parquet's parent_codes), followed transitively, when given; else by
-    `code_ancestors`. A code absent from `parents` has no ancestor."""
-    if parents is None:
-        return {code: code_ancestors(code) for code in codes}
-    out = {}
-    for code in codes:
-        seen, frontier = [], list(parents.get(code, ()))
-        while frontier:  # breadth-first, cycle-safe: each ancestor once
-            parent = frontier.pop(0)
-            if parent != code and parent not in seen:
-                seen.append(parent)
-                frontier.extend(parents.get(parent, ()))
-        out[code] = seen
-    return out
-
-
 def rollup_matrix(
     vocab: Sequence[str], parents: Mapping[str, Sequence[str]] | None = None
 ) -> tuple[sp.csr_matrix, list[str]]:
@@ -109,43 +56,14 @@ def rollup_matrix(
 
     Shape: (V, A) float64 CSR, entry 1 where ancestor a is above code v; A names, sorted.
     """
-    first = len(SPECIAL_TOKENS)
-    lineage = ancestor_map(list(vocab[first:]), parents)
-    below: dict[str, list[int]] = {}
-    for offset, code in enumerate(vocab[first:]):
-        for ancestor in lineage[code]:
-            below.setdefault(ancestor, []).append(first + offset)
-    names = sorted(a for a, ids in below.items() if len(ids) >= 2)
-    rows = [i for a in names for i in below[a]]
-    cols = [j for j, a in enumerate(names) for _ in below[a]]
+    names, ids = ancestor_index(vocab, parents)
+    rows, slots = ids.nonzero()
     matrix = sp.csr_matrix(
-        (np.ones(len(rows)), (rows, cols)), shape=(len(vocab), len(names)), dtype=np.float64
+        (np.ones(len(rows)), (rows, ids[rows, slots] - 1)),
+        shape=(len(vocab), len(names)),
+        dtype=np.float64,
     )
     return matrix, names
-
-
-def read_parent_codes(tokens_dir: Path) -> dict[str, list[str]] | None:
-    """The tokens directory's code hierarchy (`CODES_FILE`: code, parent_codes as MEDS
-    metadata/codes.parquet holds them), as code -> parent codes; None when it has none: no
-    file, or a file that names no parent at all (MEDS ETLs often write the column all null), so
-    the roll-ups fall back to `code_ancestors` rather than vanish.
-
-    Raises:
-        InputError: The file lacks a column or holds a code twice.
-    """
-    path = Path(tokens_dir) / CODES_FILE
-    if not path.exists():
-        return None
-    table = pl.read_parquet(path)
-    missing = {"code", "parent_codes"} - set(table.columns)
-    if missing:
-        raise InputError(f"missing column(s) {sorted(missing)}", file=str(path))
-    table = table.select("code", pl.col("parent_codes").fill_null([]))
-    if table["code"].is_duplicated().any():
-        raise InputError("a code is listed twice", file=str(path), column="code")
-    if table["parent_codes"].list.len().sum() == 0:
-        return None
-    return dict(zip(table["code"].to_list(), table["parent_codes"].to_list(), strict=True))
 
 
 @dataclass(frozen=True)

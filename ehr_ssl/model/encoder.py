@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +43,11 @@ from ehr_ssl.tokens.vocab import NOT_EVENT_IDS, SEGMENT_CURRENT, SEGMENT_HISTORY
 POOLINGS = ("cls", "mean")
 # How a value bin enters a token's input (EHRConfig.value_embedding).
 VALUE_EMBEDDINGS = ("shared", "per_code")
+# Whether a code's vector adds its ancestors' (EHRConfig.code_hierarchy).
+CODE_HIERARCHIES = ("none", "ancestors")
+# The nearest ancestors a code keeps: a deep parent table (SNOMED) can hold dozens, and each
+# token gathers one vector per kept ancestor.
+MAX_ANCESTORS_PER_CODE = 8
 # Eval mode pads each visit to its length rounded up to this, never to its batch's longest
 # visit (`EHREncoder._encode_by_width`); 8 also suits GPU tensor cores.
 EVAL_WIDTH_MULTIPLE = 8
@@ -57,6 +63,8 @@ SIZE_RANGES = {
     "n_value_bins": (1, 1024),
     "n_time_buckets": (1, 4096),
     "n_segments": (3, 64),  # the tokenizer's segment ids are 0, 1 and 2
+    "n_code_ancestors": (0, 10**8),
+    "ancestors_per_code": (1, MAX_ANCESTORS_PER_CODE),
 }
 # Settings of EHRConfig that fine-tuning sets, never a [model] table: where to set them instead.
 SET_BY_FINETUNING = {"readout": "finetune.readout"}
@@ -73,7 +81,8 @@ def _check_sizes(sizes: dict[str, int]) -> None:
         if value > high:
             raise ValueError(f"{name} must be <= {high}, got {value}")
     d, embedded = sizes["hidden_size"], ("vocab_size", "n_value_bins", "n_time_buckets",
-                                         "n_segments", "max_position_embeddings")  # fmt: skip
+                                         "n_segments", "max_position_embeddings",
+                                         "n_code_ancestors")  # fmt: skip
     per_layer = 4 * d * d + 2 * d * sizes["intermediate_size"]  # attention, then the MLP
     parameters = sizes["num_hidden_layers"] * per_layer + d * sum(sizes[n] for n in embedded)
     if parameters > MAX_PARAMETERS:
@@ -83,16 +92,10 @@ def _check_sizes(sizes: dict[str, int]) -> None:
         )
 
 
-def _check_architecture(
-    *,
-    sizes: dict[str, int],
-    hidden_dropout_prob: float,
-    attention_probs_dropout_prob: float,
-    pooling: str,
-    readout: str,
-    value_embedding: str,
-) -> None:
-    """ValueError naming the argument at fault, for any value no encoder can be built with."""
+def _check_architecture(settings: dict[str, Any]) -> None:
+    """ValueError naming the argument at fault, for any value no encoder can be built with.
+    `settings`: EHRConfig's arguments by name."""
+    sizes = {name: settings[name] for name in SIZE_RANGES}
     _check_sizes(sizes)
     hidden_size, num_attention_heads = sizes["hidden_size"], sizes["num_attention_heads"]
     if hidden_size % num_attention_heads:
@@ -100,6 +103,8 @@ def _check_architecture(
             f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
             f"{num_attention_heads}"
         )
+    pooling, readout = settings["pooling"], settings["readout"]
+    value_embedding, code_hierarchy = settings["value_embedding"], settings["code_hierarchy"]
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if readout not in READOUTS:
@@ -108,11 +113,12 @@ def _check_architecture(
         raise ValueError(
             f"value_embedding must be one of {VALUE_EMBEDDINGS}, got {value_embedding!r}"
         )
-    dropouts = {
-        "hidden_dropout_prob": hidden_dropout_prob,
-        "attention_probs_dropout_prob": attention_probs_dropout_prob,
-    }
-    for name, value in dropouts.items():
+    if code_hierarchy not in CODE_HIERARCHIES:
+        raise ValueError(
+            f"code_hierarchy must be one of {CODE_HIERARCHIES}, got {code_hierarchy!r}"
+        )
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        value = settings[name]
         if not (math.isfinite(value) and 0 <= value < 1):
             raise ValueError(f"{name} must be in [0, 1), got {value}")
 
@@ -134,14 +140,15 @@ class EHRConfig(PreTrainedConfig):
 
     Args:
         vocab_size: Codes, statics and special tokens (from the tokenizer).
-        n_value_bins: Value bins plus 0 = no value (from the tokenizer).
+        n_value_bins: Value bins 1..n plus 0 = no value (from the tokenizer).
         hidden_size: Width of the token states (D).
         num_hidden_layers: Transformer blocks.
         num_attention_heads: Heads per block; must divide hidden_size.
         intermediate_size: Width of each block's MLP.
         max_position_embeddings: Tokens per visit (the tokenizer's max_length).
         n_time_buckets: Log-spaced buckets of the time before the prediction time.
-        time_bucket_scale: Buckets per e-fold of hours (see `time_buckets`).
+        time_bucket_scale: Buckets per e-fold of hours (see `time_buckets`): 5 resolves minutes
+            near the prediction time and months in the history; 64 buckets reach ~30 years.
         n_segments: Static, history and current visit.
         hidden_dropout_prob: Dropout on hidden states. On CPU it costs ~15% of a step (random
             numbers for every hidden state); the augmented views already regularize pretraining.
@@ -158,6 +165,14 @@ class EHRConfig(PreTrainedConfig):
             starting from -1 for the lowest decile to +1 for the highest, times a direction of
             the code's own: each code's value has a direction of its own in every sum of
             tokens, as code-specific value tokens give CLMBR/femr; issue 19).
+        code_hierarchy: "none" (a code's vector is its own) or "ancestors": its own plus one
+            per ancestor above at least 2 vocabulary codes (ICD category, ATC levels, or the
+            tokens' MEDS parent table; `ehr_ssl.tokens.hierarchy`), in the input and in the
+            tied decoders (as GRAM, Choi et al. 2017): a code seen a handful of times shares
+            what its category learned from all its codes, as a tabular model's roll-up
+            columns do (issue 19).
+        n_code_ancestors: Ancestor vectors (from the vocabulary and its hierarchy); 0 without.
+        ancestors_per_code: Nearest ancestors each code keeps (at most MAX_ANCESTORS_PER_CODE).
         readout: The visit vector downstream models read (the classifier's head, the linear
             probe, a bundle's `embed`): "pooled" (the pooled vector, D), "segments" (see
             `EHREncoder.readout`, 3 D + 2) or "windows" (6 D + 5). Fine-tuning records it
@@ -187,53 +202,25 @@ class EHRConfig(PreTrainedConfig):
         pooling: str = "mean",
         readout: str = "pooled",
         value_embedding: str = "shared",
+        code_hierarchy: str = "none",
+        n_code_ancestors: int = 0,
+        ancestors_per_code: int = 1,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         pad_token_id: int = 0,
         **kwargs,
     ):
-        _check_architecture(
-            sizes={
-                "hidden_size": hidden_size,
-                "num_hidden_layers": num_hidden_layers,
-                "num_attention_heads": num_attention_heads,
-                "intermediate_size": intermediate_size,
-                "max_position_embeddings": max_position_embeddings,
-                "vocab_size": vocab_size,
-                "n_value_bins": n_value_bins,
-                "n_time_buckets": n_time_buckets,
-                "n_segments": n_segments,
-            },
-            hidden_dropout_prob=hidden_dropout_prob,
-            attention_probs_dropout_prob=attention_probs_dropout_prob,
-            pooling=pooling,
-            readout=readout,
-            value_embedding=value_embedding,
-        )
-        self.vocab_size = vocab_size
-        self.n_value_bins = n_value_bins  # bins 1..n plus 0 = no value
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.max_position_embeddings = max_position_embeddings
-        self.n_time_buckets = n_time_buckets
-        # bucket = round(scale * log1p(|hours|)): 5 per e-fold resolves minutes near the
-        # prediction time and months in the history; 64 buckets reach ~30 years.
-        self.time_bucket_scale = time_bucket_scale
-        self.n_segments = n_segments
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.pooling = pooling
-        self.readout = readout
-        self.value_embedding = value_embedding
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
+        settings = {name: value for name, value in locals().items()
+                    if name not in ("self", "kwargs", "pad_token_id", "__class__")}  # fmt: skip
+        _check_architecture(settings)
+        for name, value in settings.items():
+            setattr(self, name, value)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
 
 # Sizes that come from the tokenizer, never from a [model] table.
-TOKENIZER_DERIVED = ("vocab_size", "n_value_bins", "max_position_embeddings", "pad_token_id")
+TOKENIZER_DERIVED = ("vocab_size", "n_value_bins", "max_position_embeddings", "pad_token_id",
+                     "n_code_ancestors", "ancestors_per_code")  # fmt: skip
 # [model] keys of releases before the table took EHRConfig's names.
 RENAMED = {"dropout": "hidden_dropout_prob", "attention_dropout": "attention_probs_dropout_prob"}
 
@@ -442,6 +429,11 @@ class EHREncoder(EHRPreTrainedModel):
             # bin 0 (no value) has level 0; bins 1..K start evenly spaced in [-1, 1]
             levels = torch.linspace(-1.0, 1.0, max(config.n_value_bins - 1, 1))
             self.value_levels = nn.Parameter(F.pad(levels, (1, 0)))
+        if config.code_hierarchy == "ancestors":
+            self.ancestor_embeddings = nn.Embedding(config.n_code_ancestors + 1, d)  # 0: none
+            # Data, not learned: saved with the weights so a loaded model embeds as trained.
+            shape = (config.vocab_size, config.ancestors_per_code)
+            self.register_buffer("code_ancestor_ids", torch.zeros(shape, dtype=torch.long))
         self.time_embeddings = nn.Embedding(config.n_time_buckets, d)
         self.segment_embeddings = nn.Embedding(config.n_segments, d)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
@@ -511,7 +503,7 @@ class EHREncoder(EHRPreTrainedModel):
         level along its code's own direction). Shape: (B, T) each -> (B, T, D)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = (
-            self.code_embeddings(input_ids)
+            self.code_vectors(input_ids)
             + self.value_embeddings(value_bins)
             + self.time_embeddings(time_buckets(time_deltas, self.config))
             + self.segment_embeddings(segment_ids)
@@ -521,6 +513,36 @@ class EHREncoder(EHRPreTrainedModel):
             level = self.value_levels[value_bins] * (value_bins > 0)  # (B, T); no value: 0
             x = x + level[..., None] * self.code_value_directions(input_ids)
         return x
+
+    def code_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """The codes' vectors: their own embeddings, plus their ancestors' under
+        code_hierarchy "ancestors". Shape: (...) -> (..., D)."""
+        vectors = self.code_embeddings(ids)
+        if self.config.code_hierarchy == "ancestors":
+            ancestors = self.code_ancestor_ids[ids]  # (..., K), 0 = none
+            kept = (ancestors > 0).unsqueeze(-1).to(vectors.dtype)
+            vectors = vectors + (self.ancestor_embeddings(ancestors) * kept).sum(-2)
+        return vectors
+
+    def code_table(self) -> torch.Tensor:
+        """Every code's vector, what the tied decoders score against. Shape: (V, D)."""
+        if self.config.code_hierarchy == "none":
+            return self.code_embeddings.weight
+        return self.code_vectors(torch.arange(self.config.vocab_size, device=self.device))
+
+    def set_code_ancestors(self, ids: np.ndarray | torch.Tensor) -> None:
+        """Load each code's ancestor ids (`ehr_ssl.tokens.hierarchy.ancestor_index`).
+        Shape: (V, K) as the config says; ids in [0, n_code_ancestors]."""
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        expected = tuple(self.code_ancestor_ids.shape)
+        if tuple(ids.shape) != expected:
+            raise ValueError(f"code ancestor ids of shape {tuple(ids.shape)}, expected {expected}")
+        if (
+            ids.numel()
+            and not 0 <= int(ids.min()) <= int(ids.max()) <= self.config.n_code_ancestors
+        ):
+            raise ValueError(f"code ancestor ids outside [0, {self.config.n_code_ancestors}]")
+        self.code_ancestor_ids.copy_(ids)
 
     def _encode_by_width(
         self,

@@ -211,14 +211,14 @@ class PretrainingModel(nn.Module):
             terms["masked_code"], terms["masked_bin"] = self._masked_terms(hidden_a, labels, scale)
         if self.objective.bag_weight > 0:
             pooled_a = encoded.pooler_output[:n_visits]  # (B, D): view A's visit vectors
-            logits = self.bag_head(pooled_a, self.encoder.code_embeddings.weight)  # (B, V)
+            logits = self.bag_head(pooled_a, self.encoder.code_table())  # (B, V)
             terms["bag"] = bag_of_codes_loss(logits, labels["masked_code"]) * scale.get("bag", 1)
         if self.objective.visit_values_weight > 0:
             pooled_a = encoded.pooler_output[:n_visits]  # (B, D): view A's visit vectors
             terms["visit_values"] = self._visit_values_term(pooled_a, labels, scale)
         if self.objective.forecast_weight > 0:
             prefix = encoded.pooler_output[-n_visits:]  # (B, D): the prefix view, stacked last
-            logits = self.forecast_head(prefix, self.encoder.code_embeddings.weight)  # (B, V)
+            logits = self.forecast_head(prefix, self.encoder.code_table())  # (B, V)
             forecast = bag_of_codes_loss(logits, labels["forecast"])
             terms["forecast"] = forecast * scale.get("forecast", 1)
         if self.objective.contrastive_weight > 0:
@@ -241,7 +241,7 @@ class PretrainingModel(nn.Module):
         code_labels, bin_labels = labels["masked_code"], labels["masked_bin"]
         targets = code_labels != IGNORE_INDEX  # (B, T_a): only these rows reach the heads
         code_logits, bin_logits = self.masked_head(
-            hidden_a[:, : targets.shape[1]][targets], self.encoder.code_embeddings.weight
+            hidden_a[:, : targets.shape[1]][targets], self.encoder.code_table()
         )
         # (N, C) -> (1, N, C): the loss takes (B, T, C) batches of labelled positions.
         code_loss, bin_loss = masked_event_loss(
@@ -263,7 +263,7 @@ class PretrainingModel(nn.Module):
         bins, codes = labels["visit_values"], labels["visit_value_codes"]
         queries = bins != IGNORE_INDEX  # (B, T)
         rows = queries.nonzero()[:, 0]  # (N,): each query's visit
-        code_embedding = self.encoder.code_embeddings(codes[queries])  # (N, D)
+        code_embedding = self.encoder.code_vectors(codes[queries])  # (N, D)
         logits = self.values_head(pooled_a[rows], code_embedding)  # (N, K)
         if logits.shape[0] == 0:  # no numeric event in these rows: a zero that keeps the graph
             return logits.sum()

@@ -45,7 +45,8 @@ def predict_scores(
 def build_classifier(
     encoder_dir: Path, encoder_config: EHRConfig, config: FinetuneConfig
 ) -> AdmissionClassifier:
-    """full: the pretrained encoder under a new head; scratch: the same architecture, random.
+    """full: the pretrained encoder under a new head; scratch: the same architecture, random
+    (its code ancestors, data rather than weights, read from the encoder).
     The head reads `config.readout`, which the classifier's config records."""
     classifier_config = copy.deepcopy(encoder_config)
     classifier_config.readout = config.readout
@@ -53,6 +54,8 @@ def build_classifier(
     if config.mode == "full":
         model.encoder = EHREncoder.load_checked(encoder_dir)  # every weight from the file
         model.encoder.config = model.config  # one config, as a loaded classifier has
+    elif encoder_config.code_hierarchy == "ancestors":  # the hierarchy is data, not weights
+        model.encoder.set_code_ancestors(EHREncoder.load_checked(encoder_dir).code_ancestor_ids)
     return model
 
 

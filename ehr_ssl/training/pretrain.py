@@ -50,6 +50,7 @@ from ehr_ssl.layout import (
     TOKENIZER_FILE,
 )
 from ehr_ssl.model.encoder import (
+    MAX_ANCESTORS_PER_CODE,
     EHRConfig,
     EHREncoder,
     config_from_settings,
@@ -59,6 +60,7 @@ from ehr_ssl.model.pretraining import PretrainingModel
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_dir, output_lock
 from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
+from ehr_ssl.tokens.hierarchy import ancestor_index, read_parent_codes
 from ehr_ssl.tokens.pairs import (
     PARTNER,
     PairedDataset,
@@ -96,6 +98,7 @@ class _Plan:
     steps_per_epoch: int
     total_steps: int
     warm_encoder: EHREncoder | None  # init_encoder's weights, or None for a random encoder
+    hierarchy: CodeHierarchy | None = None  # under model.code_hierarchy "ancestors", else None
     patients: PatientVisits | None = None  # the partner lookup of "patient" views, else None
 
 
@@ -215,6 +218,7 @@ def _check_inputs(tokens_dir: Path, config: PretrainConfig, init_encoder: Path |
         steps_per_epoch=steps_per_epoch,
         total_steps=train.max_steps or train.epochs * steps_per_epoch,
         warm_encoder=_warm_encoder(init_encoder, tokenizer),
+        hierarchy=code_hierarchy(tokens_dir, tokenizer, config),
         patients=_patient_visits(dataset, config),
     )
 
@@ -270,7 +274,7 @@ def _build(plan: _Plan, config: PretrainConfig) -> _Learner:
     if plan.warm_encoder is not None:
         encoder = plan.warm_encoder
     else:
-        encoder = EHREncoder(encoder_config(tokenizer, config))
+        encoder = new_encoder(tokenizer, config, plan.hierarchy)
     hardware = plan.hardware
     model = PretrainingModel(
         encoder, config.objective, pad_to_multiple_of=hardware.pad_to_multiple_of
@@ -468,14 +472,59 @@ def _train_step(
     return losses, grad_norm, encoder_counts
 
 
-def encoder_config(tokenizer: Tokenizer, config: PretrainConfig) -> EHRConfig:
-    """The encoder's architecture: the `[model]` settings and the tokenizer's sizes."""
+def encoder_config(
+    tokenizer: Tokenizer, config: PretrainConfig, hierarchy: CodeHierarchy | None = None
+) -> EHRConfig:
+    """The encoder's architecture: the `[model]` settings and the tokenizer's sizes (and the
+    code hierarchy's, when there is one)."""
+    derived = {}
+    if hierarchy is not None:
+        derived = {"n_code_ancestors": hierarchy.n_ancestors,
+                   "ancestors_per_code": hierarchy.ids.shape[1]}  # fmt: skip
     return config_from_settings(
         config.model,
         vocab_size=tokenizer.vocab_size,
         n_value_bins=tokenizer.config.n_bins + 1,
         max_position_embeddings=tokenizer.config.max_length,
+        **derived,
     )
+
+
+@dataclass(frozen=True)
+class CodeHierarchy:
+    """The ancestors an encoder embeds: how many, and each code's. Shape: ids (V, K)."""
+
+    n_ancestors: int
+    ids: np.ndarray
+
+
+def code_hierarchy(
+    tokens_dir: Path, tokenizer: Tokenizer, config: PretrainConfig
+) -> CodeHierarchy | None:
+    """The vocabulary's ancestors (the tokens' MEDS parent table, else the ICD/ATC spelling
+    rule) under `model.code_hierarchy = "ancestors"`; None otherwise."""
+    if resolve_model_settings(config.model)["code_hierarchy"] != "ancestors":
+        return None
+    parents = read_parent_codes(tokens_dir)
+    names, ids = ancestor_index(tokenizer.vocab, parents, MAX_ANCESTORS_PER_CODE)
+    log.info(
+        "code hierarchy (%s): %d ancestors above %d of %d codes",
+        "parent table" if parents is not None else "ICD/ATC spelling",
+        len(names),
+        int((ids > 0).any(1).sum()),
+        tokenizer.vocab_size,
+    )
+    return CodeHierarchy(len(names), ids)
+
+
+def new_encoder(
+    tokenizer: Tokenizer, config: PretrainConfig, hierarchy: CodeHierarchy | None = None
+) -> EHREncoder:
+    """A randomly initialized encoder for these tokens, its code ancestors loaded."""
+    encoder = EHREncoder(encoder_config(tokenizer, config, hierarchy))
+    if hierarchy is not None:
+        encoder.set_code_ancestors(hierarchy.ids)
+    return encoder
 
 
 def _prepare_run_dir(out_dir: Path, run: dict, *, resume: bool) -> None:

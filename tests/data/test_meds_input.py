@@ -18,7 +18,7 @@ from ehr_ssl.data.parquet import write_parquet
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort, write_meds_cohort
 from ehr_ssl.data.synthetic.writer import MEDS_LABELS_FILE, MEDS_VISITS_FILE
 from ehr_ssl.errors import InputError
-from ehr_ssl.evaluation.tabular import read_parent_codes
+from ehr_ssl.tokens.hierarchy import read_parent_codes
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 

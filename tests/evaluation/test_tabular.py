@@ -9,19 +9,14 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from ehr_ssl.errors import InputError
 from ehr_ssl.evaluation.baselines import fit_counts_baseline_cv, predict_proba
 from ehr_ssl.evaluation.tabular import (
-    ancestor_map,
-    code_ancestors,
     history_windows,
     n_tabular_features,
-    read_parent_codes,
     rollup_matrix,
     tabular_column_names,
     tabular_features,
 )
-from ehr_ssl.layout import CODES_FILE
 from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, SPECIAL_TOKENS, UNK_ID, VISIT_ID
 from ehr_ssl.training.selection import cv_folds
 
@@ -101,31 +96,6 @@ def test_out_of_range_tokens_are_refused(bad, match):
         tabular_features(token_frame([bad]), vocab_size=V, n_bins=N_BINS)
 
 
-@pytest.mark.parametrize(
-    "code, ancestors",
-    [
-        ("DX//I50.9", ["DX//I50"]),
-        ("ICD9//428.0", ["ICD9//428"]),
-        ("DIAGNOSIS//ICD//10//I5030", ["DIAGNOSIS//ICD//10//I50"]),
-        ("PROCEDURE//ICD//10//0DTJ4ZZ", ["PROCEDURE//ICD//10//0DT"]),
-        ("MEDICATION//N02BE01", ["MEDICATION//N02BE", "MEDICATION//N02B", "MEDICATION//N02"]),
-        ("LAB//CREATININE", []),  # not a class by prefix
-        ("PROC//59861", []),  # CPT: no prefix hierarchy
-        ("STATIC//sex//F", []),
-        ("DX//.5", []),
-        ("I50.9", ["I50"]),  # no vocabulary prefix
-    ],
-)
-def test_the_rollup_rule_follows_icd_and_atc(code, ancestors):
-    assert code_ancestors(code) == ancestors
-
-
-def test_a_parent_table_is_followed_transitively_and_replaces_the_rule():
-    parents = {"A//x": ["A//grp"], "A//grp": ["A//top", "A//x"], "A//top": []}  # a cycle too
-    lineage = ancestor_map(["A//x", "DX//I50.9"], parents)
-    assert lineage == {"A//x": ["A//grp", "A//top"], "DX//I50.9": []}
-
-
 def test_rollups_come_from_the_vocabulary_only():
     """An ancestor needs two vocabulary codes: codes outside the (train-fitted) vocabulary,
     which the tokens hold as [UNK], add no column."""
@@ -135,21 +105,6 @@ def test_rollups_come_from_the_vocabulary_only():
     rollup, ancestors = rollup_matrix([*vocab, "DX//J18.9"])
     assert ancestors == ["DX//J18"]
     np.testing.assert_array_equal(rollup.toarray()[:, 0], [0] * 7 + [1, 1])
-
-
-def test_the_parent_table_of_a_tokens_directory(tmp_path):
-    assert read_parent_codes(tmp_path) is None
-    pl.DataFrame({"code": ["A//x", "A//y"], "parent_codes": [["A//g"], None]}).write_parquet(
-        tmp_path / CODES_FILE
-    )
-    assert read_parent_codes(tmp_path) == {"A//x": ["A//g"], "A//y": []}
-    schema = {"code": pl.String, "parent_codes": pl.List(pl.String)}
-    no_parents = pl.DataFrame({"code": ["A//x"], "parent_codes": [None]}, schema=schema)
-    no_parents.write_parquet(tmp_path / CODES_FILE)
-    assert read_parent_codes(tmp_path) is None  # no hierarchy: the spelling rule's roll-ups
-    pl.DataFrame({"code": ["A//x"]}).write_parquet(tmp_path / CODES_FILE)
-    with pytest.raises(InputError, match="parent_codes"):
-        read_parent_codes(tmp_path)
 
 
 def test_windows_as_long_as_the_lookback_are_dropped():

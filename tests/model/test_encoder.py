@@ -463,3 +463,72 @@ def test_per_code_values_save_and_load(tmp_path):
     assert torch.equal(encode(model, batch).pooler_output, encode(loaded, batch).pooler_output)
     auto = AutoModel.from_pretrained(tmp_path / "enc").eval()
     assert torch.equal(encode(model, batch).pooler_output, encode(auto, batch).pooler_output)
+
+
+def hierarchical(**kwargs) -> EHREncoder:
+    """`tiny` with 3 ancestors: codes 7 and 8 under ancestor 1, code 7 also under 3; code 9
+    under 2; the other codes have none."""
+    model = tiny(code_hierarchy="ancestors", n_code_ancestors=3, ancestors_per_code=2, **kwargs)
+    ids = torch.zeros(50, 2, dtype=torch.long)
+    ids[7], ids[8, 0], ids[9, 0] = torch.tensor([1, 3]), 1, 2
+    model.set_code_ancestors(ids)
+    return model
+
+
+def test_a_code_vector_adds_its_ancestors_and_the_decoders_score_the_same_vectors():
+    model = hierarchical()
+    own, ancestors = model.code_embeddings.weight, model.ancestor_embeddings.weight
+    with torch.no_grad():
+        vectors = model.code_vectors(torch.tensor([7, 8, 9, 10]))
+        table = model.code_table()
+    torch.testing.assert_close(vectors[0], own[7] + ancestors[1] + ancestors[3])
+    torch.testing.assert_close(vectors[1], own[8] + ancestors[1])  # slot 0 (none) adds nothing
+    torch.testing.assert_close(vectors[3], own[10])
+    torch.testing.assert_close(table[[7, 8, 9, 10]], vectors)
+    assert torch.equal(tiny().code_table(), tiny().code_embeddings.weight)  # "none": its own
+
+
+def test_codes_under_one_ancestor_share_what_it_learns():
+    """A loss on code 8's input alone moves the ancestor it shares with code 7, so code 7's
+    vector moves too; code 9 (another ancestor) and code 10 (none) do not move."""
+    model = hierarchical().train()
+    batch = collate(random_visits(2))
+    batch["input_ids"][batch["attention_mask"]] = 10
+    batch["input_ids"][0, 0] = 8
+    before = model.code_table().detach().clone()
+    model(**{k: batch[k] for k in INPUTS}).pooler_output.sum().backward()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.grad is not None:
+                param -= 0.1 * param.grad
+        moved = (model.code_table() - before).abs().sum(-1)
+    assert moved[7] > 0 and moved[8] > 0 and moved[9] == 0 and moved[10] > 0
+    assert torch.equal(model.ancestor_embeddings.weight.grad[2], torch.zeros(32))
+
+
+def test_the_code_ancestors_save_and_load_with_the_weights(tmp_path):
+    model = hierarchical()
+    batch = collate(random_visits(3))
+    model.save_checked(tmp_path / "enc")
+    loaded = EHREncoder.load_checked(tmp_path / "enc")
+    assert torch.equal(loaded.code_ancestor_ids, model.code_ancestor_ids)
+    assert torch.equal(encode(model, batch).pooler_output, encode(loaded, batch).pooler_output)
+    auto = AutoModel.from_pretrained(tmp_path / "enc").eval()
+    assert torch.equal(encode(model, batch).pooler_output, encode(auto, batch).pooler_output)
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [(torch.zeros(50, 3, dtype=torch.long), "shape"), (torch.full((50, 2), 4), "outside")],
+)
+def test_code_ancestors_that_do_not_fit_the_config_are_refused(ids, message):
+    with pytest.raises(ValueError, match=message):
+        hierarchical().set_code_ancestors(ids)
+
+
+def test_the_code_hierarchy_setting_is_checked_and_its_sizes_come_from_the_tokens():
+    with pytest.raises(InputError, match="code_hierarchy must be one of"):
+        config_from_settings({"code_hierarchy": "tree"})
+    with pytest.raises(InputError, match="unknown key 'n_code_ancestors'"):
+        config_from_settings({"n_code_ancestors": 5})
+    assert resolve_model_settings({})["code_hierarchy"] == "none"

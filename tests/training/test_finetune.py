@@ -14,8 +14,10 @@ import torch
 import ehr_ssl.training.classifier_loop as classifier_loop
 import ehr_ssl.training.finetune as finetuning
 from ehr_ssl.config import FinetuneConfig, load_pretrain_config
-from ehr_ssl.model.encoder import EHRConfig, EHREncoder
+from ehr_ssl.model.encoder import MAX_ANCESTORS_PER_CODE, EHRConfig, EHREncoder
+from ehr_ssl.tokens.hierarchy import ancestor_index
 from ehr_ssl.tokens.shards import read_manifest, read_split, write_split_shards
+from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training.budgets import budget_ids
 from ehr_ssl.training.finetune import finetune
 from ehr_ssl.training.pretrain import pretrain
@@ -323,3 +325,24 @@ def test_a_probe_is_read_with_the_readout_its_summary_records(cohort_tokens, enc
         path.write_text(json.dumps(edited | ({} if recorded is None else {"readout": recorded})))
         with pytest.raises(InputError, match=message):
             load_probe(out, hidden)
+
+
+def test_the_code_hierarchy_reaches_every_mode(cohort_tokens, tmp_path):
+    """Pretrained with `model.code_hierarchy = "ancestors"`, the encoder holds the vocabulary's
+    ancestor index (ICD categories by spelling on this cohort) and both the fine-tuned and the
+    scratch classifier read the same index: the hierarchy is data, never drawn at random."""
+    config = load_pretrain_config(
+        None, {"preset": "tiny", "model.code_hierarchy": "ancestors", "train.max_steps": 3}
+    )
+    pretrain(cohort_tokens, tmp_path / "run", config)
+    encoder = EHREncoder.load_checked(tmp_path / "run" / "encoder")
+    _, expected = ancestor_index(Tokenizer.load(cohort_tokens).vocab, None, MAX_ANCESTORS_PER_CODE)
+    assert expected.any() and torch.equal(encoder.code_ancestor_ids, torch.from_numpy(expected))
+    assert encoder.config.n_code_ancestors == int(expected.max())
+    for mode in ("full", "scratch"):
+        model = finetuning.build_classifier(tmp_path / "run" / "encoder", encoder.config,
+                                            _config(mode=mode))  # fmt: skip
+        assert torch.equal(model.encoder.code_ancestor_ids, encoder.code_ancestor_ids), mode
+    summary = finetune(cohort_tokens, tmp_path / "run" / "encoder", tmp_path / "ft",
+                       _config(mode="scratch"))  # fmt: skip
+    assert summary["mode"] == "scratch"
