@@ -145,9 +145,7 @@ def forecast_features(encoder_dir: Path, encoder, datasets: dict, frames: dict, 
     logprobs = {}
     for split, dataset in datasets.items():
         pooled = torch.from_numpy(pooled_vectors(encoder, dataset, torch.device("cpu")))
-        logprobs[split] = torch.log_softmax(
-            head(pooled, encoder.code_table()), -1
-        ).numpy()
+        logprobs[split] = torch.log_softmax(head(pooled, encoder.code_table()), -1).numpy()
     seen = np.concatenate(frames["train"]["input_ids"].to_list())
     ranked = np.argsort(-np.bincount(seen, minlength=logprobs["train"].shape[1]), kind="stable")
     return {f"forecast codes {k}": {s: v[:, ranked[:k]] for s, v in logprobs.items()}

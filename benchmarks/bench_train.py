@@ -13,6 +13,7 @@ with T the mean padded length of the encoder's input.
 usage: python benchmarks/bench_train.py --presets tiny,small [--device cpu] [--steps 60]
            [--views augment|disjoint|patient] [--mask-unit token|encounter] [--precision bf16]
            [--visit-values-weight W] [--value-embedding shared|per_code]
+           [--code-hierarchy none|ancestors]
 """
 
 from __future__ import annotations
@@ -32,11 +33,10 @@ import torch
 
 from ehr_ssl.config import OBJECTIVE_WEIGHTS, TokenizeConfig, load_pretrain_config
 from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort, write_cohort
-from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training.device import device_settings
-from ehr_ssl.training.pretrain import encoder_config, pretrain
+from ehr_ssl.training.pretrain import code_hierarchy, new_encoder, pretrain
 
 
 def matmul_tflops(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
@@ -73,6 +73,7 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
             "objective.mask_unit": args.mask_unit,
             "objective.visit_values_weight": args.visit_values_weight,
             "model.value_embedding": args.value_embedding,
+            "model.code_hierarchy": args.code_hierarchy,
         },
     )
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -89,7 +90,8 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
         shutil.rmtree(run.parent, ignore_errors=True)
     steady = [r for r in records if r["step"] > args.warmup]
     median = {k: statistics.median(r[k] for r in steady) for k in steady[0] if k != "epoch"}
-    encoder = EHREncoder(encoder_config(Tokenizer.load(tokens_dir), config))
+    tokenizer = Tokenizer.load(tokens_dir)
+    encoder = new_encoder(tokenizer, config, code_hierarchy(tokens_dir, tokenizer, config))
     result = {
         "preset": preset,
         "device": str(device),
@@ -103,6 +105,7 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
         "views": config.objective.contrastive_views,
         "mask_unit": config.objective.mask_unit,
         "value_embedding": encoder.config.value_embedding,
+        "code_hierarchy": encoder.config.code_hierarchy,
         "precision": hardware.precision,
         "pad_to_multiple_of": hardware.pad_to_multiple_of,
         "compile": config.train.compile,
@@ -154,6 +157,7 @@ def main() -> None:
     parser.add_argument("--mask-unit", help="objective.mask_unit [the preset's]")
     parser.add_argument("--visit-values-weight", type=float)
     parser.add_argument("--value-embedding", help="model.value_embedding [the preset's]")
+    parser.add_argument("--code-hierarchy", help="model.code_hierarchy [the preset's]")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
@@ -198,6 +202,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
         ("--mask-unit", args.mask_unit),
         ("--visit-values-weight", args.visit_values_weight),
         ("--value-embedding", args.value_embedding),
+        ("--code-hierarchy", args.code_hierarchy),
         ("--precision", args.precision),
     ):
         if value is not None:

@@ -182,7 +182,9 @@ def check_cuda_path(tokens: Path, work: Path, device: str, steps: int) -> dict:
         "precision": config.train.precision,
         "losses": [round(x, 4) for x in losses],
         "losses_finite": all(math.isfinite(x) for x in losses),
-        "weights_fp32": {t.dtype for t in expected.values()} == {torch.float32},
+        # every learned weight; the code hierarchy's ancestor ids are an integer buffer
+        "weights_fp32": {t.dtype for t in expected.values() if t.is_floating_point()}
+        == {torch.float32},
         "resume_max_abs_diff": _max_diff(_weights(resumed), expected),
         "rerun_max_abs_diff": _max_diff(_weights(control), expected),
         "seconds": round(time.perf_counter() - started, 1),
@@ -257,6 +259,7 @@ def _measure(tokens: Path, device: str, sizes: Sizes, batch: int, *, compile: bo
         mask_unit=None,
         visit_values_weight=None,
         value_embedding=None,
+        code_hierarchy=None,
     )
     started = time.perf_counter()
     row = _guarded(bench_train.measure, tokens, sizes.preset, options)
