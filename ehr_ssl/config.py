@@ -76,9 +76,10 @@ MAX_BOOTSTRAP = 1_000_000  # replicates: CI limits stop moving long before
 # sized to train its objectives fast on 2 CPU cores (benchmarks/README.md, "Pretraining");
 # base: GPU pretraining.
 # What every preset's [model] sets: each code's value gets a direction of its own
-# (benchmarks/README.md, "The visit's own values"); EHRConfig keeps "shared" as its default so
-# that encoders saved before that load as they were trained.
-PRESET_MODEL_COMMON: dict[str, Any] = {"value_embedding": "per_code"}
+# (benchmarks/README.md, "The visit's own values") and each code's vector adds its ancestors'
+# ("The code hierarchy"); EHRConfig keeps "shared" and "none" as its defaults so that encoders
+# saved before load as they were trained.
+PRESET_MODEL_COMMON: dict[str, Any] = {"value_embedding": "per_code", "code_hierarchy": "ancestors"}
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "model": {
