@@ -36,7 +36,7 @@ from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort, writ
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training.device import device_settings
-from ehr_ssl.training.pretrain import code_hierarchy, new_encoder, pretrain
+from ehr_ssl.training.pretrain import build_encoder, pretrain, read_code_hierarchy
 
 
 def matmul_tflops(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
@@ -91,7 +91,7 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
     steady = [r for r in records if r["step"] > args.warmup]
     median = {k: statistics.median(r[k] for r in steady) for k in steady[0] if k != "epoch"}
     tokenizer = Tokenizer.load(tokens_dir)
-    encoder = new_encoder(tokenizer, config, code_hierarchy(tokens_dir, tokenizer, config))
+    encoder = build_encoder(tokenizer, config, read_code_hierarchy(tokens_dir, tokenizer, config))
     result = {
         "preset": preset,
         "device": str(device),

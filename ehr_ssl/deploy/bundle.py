@@ -497,6 +497,7 @@ BUNDLE_ENCODER_KEYS = (
     "num_attention_heads",
     "pooling",
     "value_embedding",
+    "code_hierarchy",
 )
 
 

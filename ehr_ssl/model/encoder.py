@@ -92,10 +92,9 @@ def _check_sizes(sizes: dict[str, int]) -> None:
         )
 
 
-def _check_architecture(settings: dict[str, Any]) -> None:
-    """ValueError naming the argument at fault, for any value no encoder can be built with.
-    `settings`: EHRConfig's arguments by name."""
-    sizes = {name: settings[name] for name in SIZE_RANGES}
+def _check_architecture(config: EHRConfig) -> None:
+    """ValueError naming the argument at fault, for any value no encoder can be built with."""
+    sizes = {name: getattr(config, name) for name in SIZE_RANGES}
     _check_sizes(sizes)
     hidden_size, num_attention_heads = sizes["hidden_size"], sizes["num_attention_heads"]
     if hidden_size % num_attention_heads:
@@ -103,8 +102,8 @@ def _check_architecture(settings: dict[str, Any]) -> None:
             f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
             f"{num_attention_heads}"
         )
-    pooling, readout = settings["pooling"], settings["readout"]
-    value_embedding, code_hierarchy = settings["value_embedding"], settings["code_hierarchy"]
+    pooling, readout = config.pooling, config.readout
+    value_embedding, code_hierarchy = config.value_embedding, config.code_hierarchy
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if readout not in READOUTS:
@@ -118,7 +117,7 @@ def _check_architecture(settings: dict[str, Any]) -> None:
             f"code_hierarchy must be one of {CODE_HIERARCHIES}, got {code_hierarchy!r}"
         )
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        value = settings[name]
+        value = getattr(config, name)
         if not (math.isfinite(value) and 0 <= value < 1):
             raise ValueError(f"{name} must be in [0, 1), got {value}")
 
@@ -210,15 +209,31 @@ class EHRConfig(PreTrainedConfig):
         pad_token_id: int = 0,
         **kwargs,
     ):
-        settings = {name: value for name, value in locals().items()
-                    if name not in ("self", "kwargs", "pad_token_id", "__class__")}  # fmt: skip
-        _check_architecture(settings)
-        for name, value in settings.items():
-            setattr(self, name, value)
+        self.vocab_size = vocab_size
+        self.n_value_bins = n_value_bins
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.n_time_buckets = n_time_buckets
+        self.time_bucket_scale = time_bucket_scale
+        self.n_segments = n_segments
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.pooling = pooling
+        self.readout = readout
+        self.value_embedding = value_embedding
+        self.code_hierarchy = code_hierarchy
+        self.n_code_ancestors = n_code_ancestors
+        self.ancestors_per_code = ancestors_per_code
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        _check_architecture(self)  # before PreTrainedConfig records anything
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
 
-# Sizes that come from the tokenizer, never from a [model] table.
+# Sizes that come from the tokenizer (and its code hierarchy), never from a [model] table.
 TOKENIZER_DERIVED = ("vocab_size", "n_value_bins", "max_position_embeddings", "pad_token_id",
                      "n_code_ancestors", "ancestors_per_code")  # fmt: skip
 # [model] keys of releases before the table took EHRConfig's names.
@@ -374,6 +389,12 @@ class EHRPreTrainedModel(PreTrainedModel):
         )
         weights = {name: t.to(expected[name].dtype) for name, t in weights.items()}
         model.load_state_dict(weights, strict=True, assign=True)
+        encoders = [m for m in model.modules() if isinstance(m, EHREncoder)]
+        if config.code_hierarchy == "ancestors":
+            try:  # a damaged index would fail at the first forward, far from its file
+                encoders[0].check_code_ancestors(encoders[0].code_ancestor_ids)
+            except ValueError as e:
+                raise InputError(str(e), file=str(weights_path)) from None
         return model.eval()
 
     def save_checked(self, directory: Path) -> None:
@@ -519,22 +540,27 @@ class EHREncoder(EHRPreTrainedModel):
         code_hierarchy "ancestors". Shape: (...) -> (..., D)."""
         vectors = self.code_embeddings(ids)
         if self.config.code_hierarchy == "ancestors":
-            ancestors = self.code_ancestor_ids[ids]  # (..., K), 0 = none
-            kept = (ancestors > 0).unsqueeze(-1).to(vectors.dtype)
-            vectors = vectors + (self.ancestor_embeddings(ancestors) * kept).sum(-2)
+            vectors = vectors + self._ancestor_sums(self.code_ancestor_ids[ids])
         return vectors
 
     def code_table(self) -> torch.Tensor:
         """Every code's vector, what the tied decoders score against. Shape: (V, D)."""
         if self.config.code_hierarchy == "none":
             return self.code_embeddings.weight
-        return self.code_vectors(torch.arange(self.config.vocab_size, device=self.device))
+        return self.code_embeddings.weight + self._ancestor_sums(self.code_ancestor_ids)
 
-    def set_code_ancestors(self, ids: np.ndarray | torch.Tensor) -> None:
-        """Load each code's ancestor ids (`ehr_ssl.tokens.hierarchy.ancestor_index`).
-        Shape: (V, K) as the config says; ids in [0, n_code_ancestors]."""
-        ids = torch.as_tensor(ids, dtype=torch.long)
-        expected = tuple(self.code_ancestor_ids.shape)
+    def _ancestor_sums(self, ancestors: torch.Tensor) -> torch.Tensor:
+        """The sum of each row's ancestor vectors, id 0 (none) adding nothing; a bag sum needs
+        no (..., K, D) intermediate. Shape: (..., K) -> (..., D)."""
+        k, d = ancestors.shape[-1], self.config.hidden_size
+        sums = F.embedding_bag(
+            ancestors.reshape(-1, k), self.ancestor_embeddings.weight, mode="sum", padding_idx=0
+        )
+        return sums.view(*ancestors.shape[:-1], d)
+
+    def check_code_ancestors(self, ids: torch.Tensor) -> None:
+        """ValueError unless `ids` (V, K) fit the config: its shape, ids in [0, A]."""
+        expected = (self.config.vocab_size, self.config.ancestors_per_code)
         if tuple(ids.shape) != expected:
             raise ValueError(f"code ancestor ids of shape {tuple(ids.shape)}, expected {expected}")
         if (
@@ -542,6 +568,12 @@ class EHREncoder(EHRPreTrainedModel):
             and not 0 <= int(ids.min()) <= int(ids.max()) <= self.config.n_code_ancestors
         ):
             raise ValueError(f"code ancestor ids outside [0, {self.config.n_code_ancestors}]")
+
+    def set_code_ancestors(self, ids: np.ndarray | torch.Tensor) -> None:
+        """Load each code's ancestor ids (`ehr_ssl.tokens.hierarchy.ancestor_index`), checked.
+        Shape: (V, K) as the config says; ids in [0, n_code_ancestors]."""
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        self.check_code_ancestors(ids)
         self.code_ancestor_ids.copy_(ids)
 
     def _encode_by_width(

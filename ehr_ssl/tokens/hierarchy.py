@@ -23,14 +23,18 @@ VOCAB_SEPARATOR = "//"  # MEDS codes are "VOCABULARY//CODE" (e.g. "DX//I50.9")
 _ATC = re.compile(r"^[A-Z]\d\d[A-Z][A-Z]\d\d$")
 _ATC_LEVELS = (3, 4, 5)
 _ICD_CATEGORY = 3  # ICD-9 and ICD-10 categories are the first 3 characters ("I50", "428")
+# A dotted ICD code: its category, a dot, the rest ("I50.9", "428.0", "E880.9", "S72.001A",
+# ICD-9 procedures "88.72"); not free text with a decimal ("Sodium Chloride 0.9% Flush").
+_DOTTED_ICD = re.compile(r"^([A-Za-z0-9]{2,4})\.[A-Za-z0-9]{1,4}$")
 
 
 def code_ancestors(code: str) -> list[str]:
     """Ancestors of a code by a generic rule on its spelling, nearest first; [] if none.
 
     The code part is the text after the last "//" (MEDS "VOCABULARY//CODE"), kept with its prefix:
-      - a dotted code rolls up to the part before the dot: "DX//I50.9" -> "DX//I50" (the ICD-9 and
-        ICD-10 category, "428.0" -> "428");
+      - a dotted code shaped like ICD (2-4 characters, a dot, 1-4 characters) rolls up to the
+        part before the dot: "DX//I50.9" -> "DX//I50" (the ICD-9 and ICD-10 category, "428.0"
+        -> "428"); a name with a decimal in it ("Sodium Chloride 0.9% Flush") is no class;
       - a code of a vocabulary whose name says ICD, without a dot and longer than 3 characters,
         rolls up to its 3-character category ("DIAGNOSIS//ICD//10//I5030" -> ".../I50"; ICD-10-PCS
         "0DTJ4ZZ" -> "0DT": section, body system, operation);
@@ -42,9 +46,9 @@ def code_ancestors(code: str) -> list[str]:
     head = prefix + separator
     if _ATC.match(part):
         return [head + part[:n] for n in reversed(_ATC_LEVELS)]
-    if "." in part:
-        stem = part.split(".", 1)[0]
-        return [head + stem] if stem else []
+    dotted = _DOTTED_ICD.match(part)
+    if dotted:
+        return [head + dotted.group(1)]
     if "ICD" in prefix.upper() and len(part) > _ICD_CATEGORY:
         return [head + part[:_ICD_CATEGORY]]
     return []
@@ -78,21 +82,22 @@ def ancestor_index(
     """The ancestors above at least 2 codes of a (train-fitted) vocabulary, and each code's.
 
     Special tokens have none ([UNK] has lost its code). A code keeps its `max_per_code` nearest
-    ancestors (all when None): a deep parent table (SNOMED) can hold dozens.
+    ancestors (all when None; a deep parent table such as SNOMED's can hold dozens), and only
+    kept ancestors count towards the 2 codes.
 
     Returns: the ancestors' names, sorted, and ids, shape (V, K) int64: ids[v] holds code v's
     ancestors as 1 + their index in the names, nearest first, then 0 (none); K >= 1.
     """
     first = len(SPECIAL_TOKENS)
-    lineage = ancestor_map(list(vocab[first:]), parents)
+    full = ancestor_map(list(vocab[first:]), parents)
+    lineage = {code: ancestors[:max_per_code] for code, ancestors in full.items()}  # cap first
     below: dict[str, int] = {}
     for code in vocab[first:]:
         for ancestor in lineage[code]:
             below[ancestor] = below.get(ancestor, 0) + 1
     names = sorted(a for a, n in below.items() if n >= 2)
     number = {name: i + 1 for i, name in enumerate(names)}
-    kept = [[number[a] for a in lineage[code] if a in number][:max_per_code]
-            for code in vocab[first:]]  # fmt: skip
+    kept = [[number[a] for a in lineage[code] if a in number] for code in vocab[first:]]
     ids = np.zeros((len(vocab), max([1, *map(len, kept)])), dtype=np.int64)
     for offset, row in enumerate(kept):
         ids[first + offset, : len(row)] = row

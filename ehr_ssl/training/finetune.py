@@ -146,7 +146,8 @@ def _check_encoder_fits_tokens(
 ) -> None:
     """The encoder reads these tokens as it was pretrained to: the same tokenizer (by its hash,
     where the pretraining directory kept a copy beside the encoder, as `--resume` checks) and
-    in every mode the same vocabulary and bins (scratch mode takes only the architecture)."""
+    in every mode the same vocabulary and bins (scratch mode takes only the architecture, and
+    with code_hierarchy "ancestors" the per-code ancestor index, so the same tokenizer too)."""
     tokenizer = Tokenizer.load(tokens_dir)
     sizes = {
         "vocabulary": (encoder_config.vocab_size, tokenizer.vocab_size),
@@ -155,7 +156,8 @@ def _check_encoder_fits_tokens(
     mismatched = [f"{name} {ours} vs {theirs}" for name, (ours, theirs) in sizes.items()
                   if ours != theirs]  # fmt: skip
     pretrained_with = encoder_dir.parent / TOKENIZER_FILE
-    if mode != "scratch" and not mismatched and pretrained_with.is_file():
+    reads_codes = mode != "scratch" or encoder_config.code_hierarchy == "ancestors"
+    if reads_codes and not mismatched and pretrained_with.is_file():
         digests = [hashlib.sha256(p.read_bytes()).hexdigest()
                    for p in (pretrained_with, tokens_dir / TOKENIZER_FILE)]  # fmt: skip
         if digests[0] != digests[1]:

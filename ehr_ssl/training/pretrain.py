@@ -218,7 +218,8 @@ def _check_inputs(tokens_dir: Path, config: PretrainConfig, init_encoder: Path |
         steps_per_epoch=steps_per_epoch,
         total_steps=train.max_steps or train.epochs * steps_per_epoch,
         warm_encoder=_warm_encoder(init_encoder, tokenizer),
-        hierarchy=code_hierarchy(tokens_dir, tokenizer, config),
+        # a warm encoder keeps its own (the one its weights were trained with)
+        hierarchy=None if init_encoder else read_code_hierarchy(tokens_dir, tokenizer, config),
         patients=_patient_visits(dataset, config),
     )
 
@@ -274,7 +275,7 @@ def _build(plan: _Plan, config: PretrainConfig) -> _Learner:
     if plan.warm_encoder is not None:
         encoder = plan.warm_encoder
     else:
-        encoder = new_encoder(tokenizer, config, plan.hierarchy)
+        encoder = build_encoder(tokenizer, config, plan.hierarchy)
     hardware = plan.hardware
     model = PretrainingModel(
         encoder, config.objective, pad_to_multiple_of=hardware.pad_to_multiple_of
@@ -498,7 +499,7 @@ class CodeHierarchy:
     ids: np.ndarray
 
 
-def code_hierarchy(
+def read_code_hierarchy(
     tokens_dir: Path, tokenizer: Tokenizer, config: PretrainConfig
 ) -> CodeHierarchy | None:
     """The vocabulary's ancestors (the tokens' MEDS parent table, else the ICD/ATC spelling
@@ -517,7 +518,7 @@ def code_hierarchy(
     return CodeHierarchy(len(names), ids)
 
 
-def new_encoder(
+def build_encoder(
     tokenizer: Tokenizer, config: PretrainConfig, hierarchy: CodeHierarchy | None = None
 ) -> EHREncoder:
     """A randomly initialized encoder for these tokens, its code ancestors loaded."""

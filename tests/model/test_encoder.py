@@ -532,3 +532,16 @@ def test_the_code_hierarchy_setting_is_checked_and_its_sizes_come_from_the_token
     with pytest.raises(InputError, match="unknown key 'n_code_ancestors'"):
         config_from_settings({"n_code_ancestors": 5})
     assert resolve_model_settings({})["code_hierarchy"] == "none"
+
+
+def test_a_damaged_ancestor_index_is_refused_at_loading(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hierarchical().save_checked(tmp_path / "enc")
+    path = tmp_path / "enc" / "model.safetensors"
+    weights = load_file(path)
+    weights["code_ancestor_ids"][7, 0] = 99  # beyond the config's 3 ancestors
+    save_file(weights, path)
+    with pytest.raises(InputError, match="code ancestor ids outside") as error:
+        EHREncoder.load_checked(tmp_path / "enc")
+    assert "model.safetensors" in str(error.value)

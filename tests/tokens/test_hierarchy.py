@@ -30,6 +30,10 @@ from ehr_ssl.tokens.vocab import SPECIAL_TOKENS
         ("PROC//59861", []),  # CPT: no prefix hierarchy
         ("STATIC//sex//F", []),
         ("DX//.5", []),
+        ("ICD9//E880.9", ["ICD9//E880"]),
+        ("DX//S72.001A", ["DX//S72"]),
+        ("MEDICATION//Sodium Chloride 0.9% Flush", []),  # a decimal in a name is no class
+        ("LAB//HbA1c 5.7", []),
         ("I50.9", ["I50"]),  # no vocabulary prefix
     ],
 )
@@ -69,9 +73,11 @@ def test_the_ancestor_index_numbers_shared_ancestors_nearest_first():
     assert not ids[:first].any()  # special tokens ([UNK] included) have none
     np.testing.assert_array_equal(ids[first : first + 3], [[3, 2, 1], [3, 2, 1], [2, 1, 0]])
     assert not ids[first + 3 :].any()
+    # capped to the nearest ancestor: N02BA01 keeps N02BA, above no other kept code, so it
+    # gets none, and N02B, N02 are no code's kept ancestor
     names_capped, capped = ancestor_index(vocab, max_per_code=1)
-    assert names_capped == names
-    np.testing.assert_array_equal(capped[first : first + 3, 0], [3, 3, 2])
+    assert names_capped == ["MED//N02BE"] and capped.shape == (len(vocab), 1)
+    np.testing.assert_array_equal(capped[first : first + 3, 0], [1, 1, 0])
 
 
 def test_without_shared_ancestors_the_index_is_one_empty_column():

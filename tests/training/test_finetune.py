@@ -186,6 +186,10 @@ def test_an_encoder_of_other_tokens_is_refused(cohort_tokens, encoder_dir, tmp_p
     (swapped / "tokenizer.json").write_text(json.dumps(tokenizer))
     with pytest.raises(InputError, match="another tokenizer.json"):
         finetune(swapped, encoder_dir, tmp_path / "out", _config())
+    # scratch mode reads the encoder's ancestor index, one row per code of its vocabulary
+    assert EHRConfig.from_pretrained(encoder_dir).code_hierarchy == "ancestors"
+    with pytest.raises(InputError, match="another tokenizer.json"):
+        finetune(swapped, encoder_dir, tmp_path / "out", _config(mode="scratch"))
     assert not (tmp_path / "out").exists()
 
 
