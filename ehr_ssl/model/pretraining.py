@@ -206,19 +206,22 @@ class PretrainingModel(nn.Module):
         `n_visits` rows first); `pairs` holds the global batch's patient groups and partner
         flags ("patient" views). Shape: last_hidden_state (k * B, T, D) -> {name: ()}."""
         terms = {}
+        table = self.encoder.code_table()  # (V, D): once a step, for every tied decoder
         if self.objective.masked_weight > 0:
             hidden_a = encoded.last_hidden_state[:n_visits]  # (B, T, D)
-            terms["masked_code"], terms["masked_bin"] = self._masked_terms(hidden_a, labels, scale)
+            terms["masked_code"], terms["masked_bin"] = self._masked_terms(
+                hidden_a, table, labels, scale
+            )
         if self.objective.bag_weight > 0:
             pooled_a = encoded.pooler_output[:n_visits]  # (B, D): view A's visit vectors
-            logits = self.bag_head(pooled_a, self.encoder.code_table())  # (B, V)
+            logits = self.bag_head(pooled_a, table)  # (B, V)
             terms["bag"] = bag_of_codes_loss(logits, labels["masked_code"]) * scale.get("bag", 1)
         if self.objective.visit_values_weight > 0:
             pooled_a = encoded.pooler_output[:n_visits]  # (B, D): view A's visit vectors
             terms["visit_values"] = self._visit_values_term(pooled_a, labels, scale)
         if self.objective.forecast_weight > 0:
             prefix = encoded.pooler_output[-n_visits:]  # (B, D): the prefix view, stacked last
-            logits = self.forecast_head(prefix, self.encoder.code_table())  # (B, V)
+            logits = self.forecast_head(prefix, table)  # (B, V)
             forecast = bag_of_codes_loss(logits, labels["forecast"])
             terms["forecast"] = forecast * scale.get("forecast", 1)
         if self.objective.contrastive_weight > 0:
@@ -234,15 +237,14 @@ class PretrainingModel(nn.Module):
         return terms
 
     def _masked_terms(
-        self, hidden_a: Tensor, labels: dict[str, Tensor], scale: dict[str, Tensor]
+        self, hidden_a: Tensor, table: Tensor, labels: dict[str, Tensor], scale: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
-        """The masked-event terms (code, value bin) on view A's token states, scaled under
-        data parallelism. Shape: hidden_a (B, T, D), labels (B, T_a) -> (), ()."""
+        """The masked-event terms (code, value bin) on view A's token states against the code
+        `table`, scaled under data parallelism. Shape: hidden_a (B, T, D), table (V, D),
+        labels (B, T_a) -> (), ()."""
         code_labels, bin_labels = labels["masked_code"], labels["masked_bin"]
         targets = code_labels != IGNORE_INDEX  # (B, T_a): only these rows reach the heads
-        code_logits, bin_logits = self.masked_head(
-            hidden_a[:, : targets.shape[1]][targets], self.encoder.code_table()
-        )
+        code_logits, bin_logits = self.masked_head(hidden_a[:, : targets.shape[1]][targets], table)
         # (N, C) -> (1, N, C): the loss takes (B, T, C) batches of labelled positions.
         code_loss, bin_loss = masked_event_loss(
             code_logits[None],
