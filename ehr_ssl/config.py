@@ -39,6 +39,7 @@ PREDICTION_FORMATS = ("ehr-ssl", "meds")
 PRECISIONS = ("auto", "fp32", "bf16")
 CONTRASTIVE_VIEWS = ("augment", "disjoint", "patient")
 MASK_UNITS = ("token", "encounter")
+RARE_CODES = ("unk", "ancestor")
 FORECAST_TARGETS = ("encounter", "next_day")
 FORECAST_FRAMES = ("visit", "cut")
 # The weight of each self-supervised term (`ObjectiveConfig`); 0 switches a term off.
@@ -231,8 +232,15 @@ class TokenizerConfig:
     training patients have it; counting patients, not events, is the privacy guard."""
     n_bins: int = 10
     """Per-code quantile bins for numeric values (edges fitted on the training split)."""
+    rare_codes: str = field(default="ancestor", metadata={"choices": RARE_CODES})
+    """A code below min_count: "ancestor" reads it as its nearest class by the code's spelling
+    (ICD category, ATC level: `ehr_ssl.tokens.backoff`) that min_count training patients hold
+    through such codes, else as [UNK]; "unk" always as [UNK]. Real ICD and drug codes are
+    specific and mostly rare at one hospital while their classes are common. A tokenizer saved
+    before this setting existed reads "unk"."""
 
     def __post_init__(self) -> None:
+        check_choice(self.rare_codes, RARE_CODES, "tokenizer.rare_codes")
         check_range(self.lookback_days, 0, 100 * 365, "tokenizer.lookback_days")
         check_count(
             self.max_length,

@@ -41,6 +41,7 @@ TOKENIZING = (
     "tokenizer.max_length",
     "tokenizer.min_count",
     "tokenizer.n_bins",
+    "tokenizer.rare_codes",
     "split.val_fraction",
     "split.test_fraction",
     "shard_visits",

@@ -19,7 +19,8 @@ _FIXED_LIMITATIONS = [
     "changes in coding, case mix or admission policy, is unknown until measured (see the "
     "drift section of a retrain report).",
     "- Codes unseen in training, or seen in fewer patients than the vocabulary's minimum "
-    "count, are read as [UNK].",
+    "count, are read as their ICD/ATC class when the vocabulary holds it (tokenizer.rare_codes), "
+    "else as [UNK].",
     "- A synthetic cohort's figures (`ehr-ssl demo`) say nothing about real data.",
 ]
 
@@ -75,7 +76,8 @@ def _training_data(info: dict) -> list[str]:
         "## Training data",
         "",
         f"Visits arriving from {dates[0]} to {dates[1]}; vocabulary of {data.get('vocab_size')} "
-        "tokens fitted on the training split (codes held by too few patients map to [UNK]).",
+        "tokens fitted on the training split (codes held by too few patients map to their class "
+        "or to [UNK]).",
         "",
         "| split | visits | patients | labeled | positive | tokens |",
         "|---|---|---|---|---|---|",

@@ -53,7 +53,8 @@ def retrain(
     The split is temporal (`ehr_ssl.data.splits.temporal_splits`): the most recent visits are
     the test window, read once for the comparison; the other patients are split into train and
     val. With a production model, its tokenizer is kept (the encoder's embeddings are tied to
-    its vocabulary: new codes read as [UNK], and the drift section says how many); a first
+    its vocabulary: new codes read as their class or [UNK], and the drift section says how
+    many [UNK]); a first
     retrain fits a tokenizer on train and pretrains from scratch. Tokens are cached in the
     registry under the production tokenizer, so a retrain on a dataset that grew tokenizes only
     the new and changed visits (`ehr_ssl.tokens.incremental`). Everything else is built in the

@@ -81,15 +81,20 @@ def ancestor_index(
 ) -> tuple[list[str], np.ndarray]:
     """The ancestors above at least 2 codes of a (train-fitted) vocabulary, and each code's.
 
-    Special tokens have none ([UNK] has lost its code). A code keeps its `max_per_code` nearest
-    ancestors (all when None; a deep parent table such as SNOMED's can hold dozens), and only
-    kept ancestors count towards the 2 codes.
+    Special tokens have none ([UNK] has lost its code); a code that is an ancestor of others
+    counts as its own nearest. A code keeps its `max_per_code` nearest ancestors (all when None;
+    a deep parent table such as SNOMED's can hold dozens), and only kept ancestors count
+    towards the 2 codes.
 
     Returns: the ancestors' names, sorted, and ids, shape (V, K) int64: ids[v] holds code v's
     ancestors as 1 + their index in the names, nearest first, then 0 (none); K >= 1.
     """
     first = len(SPECIAL_TOKENS)
     full = ancestor_map(list(vocab[first:]), parents)
+    # A code that is itself a class of other codes ("I50" beside "I50.9"; the class a rare code
+    # backs off to, `ehr_ssl.tokens.backoff`) shares that class's vector with them.
+    classes = {a for ancestors in full.values() for a in ancestors}
+    full = {code: [code] * (code in classes) + ancestors for code, ancestors in full.items()}
     lineage = {code: ancestors[:max_per_code] for code, ancestors in full.items()}  # cap first
     below: dict[str, int] = {}
     for code in vocab[first:]:

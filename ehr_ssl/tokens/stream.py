@@ -31,6 +31,7 @@ from ehr_ssl.config import DataConfig, TokenizerConfig
 from ehr_ssl.data.parquet import parquet_writer, read_parquet
 from ehr_ssl.data.partitions import chunk_of, partition_events, read_chunk_events
 from ehr_ssl.data.windows import EventWindows, build_windows
+from ehr_ssl.tokens.backoff import rare_code_pairs, with_backoff_classes
 from ehr_ssl.tokens.tokenizer import (
     Tokenizer,
     event_budget,
@@ -126,7 +127,8 @@ def fit_chunks(
     Shape: visits (V rows), fit_mask (V,) bool (the training visits), aligned with
     `chunks.chunk`.
     """
-    statistics = FitStatistics(chunks.work / "values")
+    rare_below = config.min_count if config.rare_codes == "ancestor" else None
+    statistics = FitStatistics(chunks.work / "values", rare_below=rare_below)
     for chunk in range(chunks.n_chunks):
         started = time.perf_counter()
         in_chunk = chunks.visits_in(chunk)
@@ -193,17 +195,24 @@ def _windows(
 class FitStatistics:
     """What fitting needs, accumulated chunk by chunk from `fit_rows` of disjoint patients:
     per-code patient counts in memory (a row per code and chunk), the numeric values on disk,
-    in VALUE_BUCKETS files by a hash of the code so that a code's values are all in one."""
+    in VALUE_BUCKETS files by a hash of the code so that a code's values are all in one, and,
+    when rare codes back off (`rare_below` = min_count), the patient-code pairs of the codes
+    rare within a chunk: a code rare over all chunks is rare in each, so they hold its pairs."""
 
-    def __init__(self, work: Path, n_buckets: int = VALUE_BUCKETS) -> None:
-        self.work, self.n_buckets = Path(work), n_buckets
+    def __init__(
+        self, work: Path, n_buckets: int = VALUE_BUCKETS, rare_below: int | None = None
+    ) -> None:
+        self.work, self.n_buckets, self.rare_below = Path(work), n_buckets, rare_below
         self.work.mkdir(parents=True, exist_ok=True)
         self._counts: list[pl.DataFrame] = []
+        self._rare_pairs: list[pl.DataFrame] = []
         self._writers: dict[int, pq.ParquetWriter] = {}
 
     def add(self, rows: pl.DataFrame) -> None:
         """Take one chunk's `fit_rows` (patient_id, code, numeric_value)."""
         self._counts.append(patient_counts(rows))
+        if self.rare_below is not None:
+            self._rare_pairs.append(rare_code_pairs(rows, self.rare_below))
         values = rows.filter(pl.col("numeric_value").is_not_null()).select(
             "code",
             "numeric_value",
@@ -232,6 +241,8 @@ class FitStatistics:
             except (OSError, pa.ArrowException) as e:
                 raise write_failure(self._path(bucket), e) from e
         counts = pl.concat(self._counts).group_by("code").agg(pl.col("patients").sum())
+        if self.rare_below is not None:
+            counts = with_backoff_classes(counts, pl.concat(self._rare_pairs), self.rare_below)
         vocab = fit_vocabulary(counts, config)
         codes = vocab[len(SPECIAL_TOKENS) :]
         bin_edges: dict[str, list[float]] = {}

@@ -15,7 +15,8 @@ quantile bin), `time_deltas` (hours relative to the prediction time, <= 0) and `
 Static features are tokens too: `STATIC//<column>` with a value bin for numeric columns,
 `STATIC//<column>//<value>` for categorical ones (`STATIC//<column>` alone when the value is null).
 The vocabulary and the bin edges are fitted on the training visits only; codes held by fewer than
-`min_count` distinct training patients map to [UNK].
+`min_count` distinct training patients map to their class (`ehr_ssl.tokens.backoff`, with
+`rare_codes = "ancestor"`) or to [UNK].
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ehr_ssl.data.windows import EventWindows, build_windows
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import TOKENIZER_FILE
 from ehr_ssl.settings import from_dict, to_dict
+from ehr_ssl.tokens.backoff import backoff_target, rare_code_pairs, with_backoff_classes
 from ehr_ssl.tokens.vocab import (
     CLS_ID,
     HIST_ID,
@@ -128,7 +130,7 @@ class Tokenizer:
         # 1 + the number of edges <= value. Edge-major so each edge is one small 1-D lookup.
         edges = np.full((max(self.config.n_bins - 1, 0), len(self.vocab)), np.inf)
         has_bins = np.zeros(len(self.vocab), dtype=bool)
-        index = {code: first + i for i, code in enumerate(codes)}
+        self._index = index = {code: first + i for i, code in enumerate(codes)}
         if not set(self.bin_edges) <= set(index):
             raise InputError("bin edges for a code not in the vocabulary", column="bin_edges")
         for code, code_edges in self.bin_edges.items():
@@ -269,12 +271,12 @@ class Tokenizer:
 
     def _token_ids(self, events: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Shape (E,), (E,): the vocabulary id and value bin of each event row."""
-        ids = (
-            events.select("code")
-            .join(self._ids, on="code", how="left", maintain_order="left")["id"]
-            .fill_null(UNK_ID)
-            .to_numpy()
-        )
+        found = events.select("code").join(self._ids, on="code", how="left", maintain_order="left")
+        ids = found["id"]
+        backed_off = None
+        if self.config.rare_codes == "ancestor" and ids.null_count():
+            ids, backed_off = self._backed_off(events["code"], ids)
+        ids = ids.fill_null(UNK_ID).to_numpy()
         values = events["numeric_value"].to_numpy()
         has_value = ~np.isnan(values)
         valued_ids, valued = ids[has_value], values[has_value]
@@ -283,7 +285,22 @@ class Tokenizer:
             count += valued >= edge[valued_ids]
         bins = np.zeros(len(ids), dtype=np.int8)
         bins[has_value] = np.where(self._has_bins[valued_ids], count, NO_VALUE_BIN)
+        if backed_off is not None:  # a value of another code, on another scale: no bin
+            bins[backed_off] = NO_VALUE_BIN
         return ids, bins
+
+    def _backed_off(self, codes: pl.Series, ids: pl.Series) -> tuple[pl.Series, np.ndarray]:
+        """`ids` (null for codes outside the vocabulary) with each such code's class id
+        (`backoff_target`) where it has one, and the (E,) bool mask of the rows backed off."""
+        unknown = codes.filter(ids.is_null()).unique().to_list()
+        targets = {c: self._index[t] for c in unknown if (t := backoff_target(c, self._index))}
+        mapping = pl.DataFrame(
+            {"code": list(targets), "target": list(targets.values())},
+            schema={"code": pl.String, "target": pl.Int32},
+        )
+        target = codes.to_frame("code").join(mapping, on="code", how="left", maintain_order="left")
+        backed_off = (ids.is_null() & target["target"].is_not_null()).to_numpy()
+        return ids.fill_null(target["target"]), backed_off
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -318,6 +335,8 @@ class Tokenizer:
         path = path / TOKENIZER_FILE if path.is_dir() else path
         document = _read_document(path)
         try:
+            # Fitted before tokenizer.rare_codes existed: rare codes were [UNK].
+            document["config"].setdefault("rare_codes", "unk")
             return cls(
                 vocab=document["vocab"],
                 bin_edges=document["bin_edges"],
@@ -374,7 +393,11 @@ def fit_tokenizer(
     """
     check_fit_mask(fit_mask)
     rows = fit_rows(visits, windows, fit_mask=fit_mask, static_columns=static_columns)
-    vocab = fit_vocabulary(patient_counts(rows), config)
+    counts = patient_counts(rows)
+    if config.rare_codes == "ancestor":
+        pairs = rare_code_pairs(rows, config.min_count)
+        counts = with_backoff_classes(counts, pairs, config.min_count)
+    vocab = fit_vocabulary(counts, config)
     bin_edges = fit_bin_edges(rows, vocab[len(SPECIAL_TOKENS) :], config.n_bins)
     return Tokenizer(vocab, bin_edges, dict(static_columns), config, data_config)
 

@@ -83,3 +83,13 @@ def test_the_ancestor_index_numbers_shared_ancestors_nearest_first():
 def test_without_shared_ancestors_the_index_is_one_empty_column():
     names, ids = ancestor_index([*SPECIAL_TOKENS, "DX//I50.1", "LAB//HGB"])
     assert names == [] and ids.shape == (len(SPECIAL_TOKENS) + 2, 1) and not ids.any()
+
+
+def test_a_code_that_is_a_class_of_others_shares_that_class_vector():
+    # DX//I50 is a code (a rare I50.x backed off to it, or an unspecified I50) and the class of
+    # I50.1: the two share the class; N02BE is ATC level 4 of N02BE01 and itself under N02B.
+    vocab = [*SPECIAL_TOKENS, "DX//I50", "DX//I50.1", "DX//J18.9", "MED//N02BE", "MED//N02BE01"]
+    names, ids = ancestor_index(vocab)
+    assert names == ["DX//I50", "MED//N02BE"]
+    first = len(SPECIAL_TOKENS)
+    np.testing.assert_array_equal(ids[first:, 0], [1, 1, 0, 2, 2])
