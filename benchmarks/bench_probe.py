@@ -13,7 +13,7 @@ pipeline's SSL model mostly selects this probe (report.md, "Model selection").
 usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
            [--readouts pooled,segments] [--tabular logistic,lightgbm] [--with-current-visit] \
-           [--pca 8,16,32] [--forecast-codes 64,256] [--json FILE]
+           [--pca 8,16,32] [--forecast-codes 64,256] [--latent-work WORK] [--json FILE]
 
 `--pca` and `--forecast-codes` try two unsupervised priors on the direction a few labels must
 find: the vectors on their top-k principal axes (fitted on the labeled train visits' vectors,
@@ -49,6 +49,7 @@ from ehr_ssl.training.selection import cv_folds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forecast_zero_shot import forecast_head  # noqa: E402
+from cohort_workdir import stamped_cohort  # noqa: E402
 
 
 def probe_curve(
@@ -107,6 +108,32 @@ def tabular_rows(tokens: Path, y: dict, groups, ids, budgets: dict, kinds: list[
         curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets,
                             fit_cv=baseline_fit(kind))  # fmt: skip
         rows.append(_row(f"tabular {kind}", "tabular features", curve, budgets))
+    return rows
+
+
+def latent_rows(work: Path, tokens: Path, labeled: dict, y: dict, groups, ids, budgets: dict,
+                current: dict) -> list:  # fmt: skip
+    """A perfect representation of the history, on the same label subsets and folds: the
+    cohort's true latent state (frailty, chronic conditions; regenerated from `work`'s stamp)
+    beside the current visit's one-hots (the probe), and beside the tabular features (the
+    tabular logistic regression). What bounds any encoder's probe at each budget."""
+    cohort = stamped_cohort(work)
+    state = {s: frame.select("patient_id").join(cohort.latent, on="patient_id", how="left",
+                                                 maintain_order="left").drop("patient_id")
+             for s, frame in labeled.items()}  # fmt: skip
+    state = {s: v.to_numpy().astype(np.float64) for s, v in state.items()}
+    spec = TabularSpec.from_tokens(tokens)
+    tabular = {s: sp.hstack([spec.features(frame), state[s]]).tocsr()
+               for s, frame in labeled.items()}  # fmt: skip
+    rows = []
+    for name, z, fit in (
+        ("true latent state + current visit", {s: np.hstack([state[s], current[s]]) for s in y},
+         None),
+        ("true latent state + tabular", tabular, baseline_fit("logistic")),
+    ):  # fmt: skip
+        curve = probe_curve(z["train"], y["train"], groups, ids, z["test"], y["test"], budgets,
+                            fit_cv=fit)  # fmt: skip
+        rows.append(_row("(no encoder)", name, curve, budgets))
     return rows
 
 
@@ -183,6 +210,9 @@ def main() -> None:
                         "principal axes, for each k (comma-separated)")  # fmt: skip
     parser.add_argument("--forecast-codes", default="", help="also probe the forecast head's "
                         "log-probabilities of the k most frequent codes, for each k")  # fmt: skip
+    parser.add_argument("--latent-work", type=Path, help="a synthetic cohort's work directory "
+                        "(cohort.json): also probe its true latent state, what bounds the "
+                        "encoders")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -201,7 +231,7 @@ def main() -> None:
         curve = probe_curve(z["train"], y["train"], groups, ids, z["test"], y["test"], budgets)
         results.append(_row(name, readout, curve, budgets))
 
-    if args.with_current_visit:
+    if args.with_current_visit or args.latent_work:
         current = current_visit_onehots(labeled, Tokenizer.load(args.tokens))
         row("(no encoder)", "current visit", current)
     pca, codes = (_ints(a) for a in (args.pca, args.forecast_codes))
@@ -222,6 +252,9 @@ def main() -> None:
                 row(encoder_dir, name, z)
     if args.tabular:
         results += tabular_rows(args.tokens, y, groups, ids, budgets, args.tabular.split(","))
+    if args.latent_work:
+        results += latent_rows(args.latent_work, args.tokens, labeled, y, groups, ids, budgets,
+                               current)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from cohort_workdir import cohort_stamp
+from cohort_workdir import stamped_cohort
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
 from ehr_ssl.config import READOUTS
-from ehr_ssl.data.synthetic import CONDITIONS, generate_cohort
+from ehr_ssl.data.synthetic import CONDITIONS
 from ehr_ssl.evaluation.baselines import count_features
 from ehr_ssl.model.encoder import POOLINGS, EHREncoder
 from ehr_ssl.tokens.batching import TokenDataset
@@ -179,14 +179,7 @@ def main() -> None:
         parser.error(f"--readout: choose from {', '.join(READOUTS)}, got {args.readout!r}")
     torch.set_num_threads(2)
 
-    made = json.loads((args.work / "cohort.json").read_text())
-    version = made.get("cohort_version", 1)  # stamps before version 2 name none
-    cohort = generate_cohort(
-        made["visits"], labeled_frac=made["labeled_frac"], seed=made["seed"], version=version
-    )
-    args_only = {k: v for k, v in made.items() if k != "cohort_sha256"}
-    if cohort_stamp(cohort, **args_only) != made:
-        raise SystemExit(f"{args.work}: the generator no longer makes the stamped cohort")
+    cohort = stamped_cohort(args.work)
     tokenizer = Tokenizer.load(args.tokens)
 
     splits = {s: read_split(args.tokens, s) for s in ("train", "val", "test")}  # read once

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ehr_ssl.config import RARE_CODES
 from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort, write_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,10 +37,11 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 started = time.perf_counter()
-from ehr_ssl.config import TokenizeConfig
+from ehr_ssl.config import TokenizeConfig, TokenizerConfig
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 imported = time.perf_counter()
-manifest = tokenize_dataset(Path(sys.argv[1]), Path(sys.argv[2]), TokenizeConfig())
+config = TokenizeConfig(tokenizer=TokenizerConfig(rare_codes=sys.argv[3]))
+manifest = tokenize_dataset(Path(sys.argv[1]), Path(sys.argv[2]), config)
 done = time.perf_counter()
 tokens = sum(s["tokens"] for s in manifest["splits"].values())
 print(json.dumps({"seconds": done - imported, "import_seconds": imported - started,
@@ -97,6 +99,9 @@ def main() -> None:
         help="store events in random row order (the synthetic writer stores them sorted by "
         "patient_id, time, code, as MEDS-style tables usually are)",
     )
+    parser.add_argument(
+        "--rare-codes", default="ancestor", choices=RARE_CODES, help="tokenizer.rare_codes"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -115,7 +120,7 @@ def main() -> None:
         runs = []
         for i in range(args.repeat):
             stdout, wall, rss = run_child(
-                [sys.executable, "-c", CHILD, str(data), str(work / f"tokens-{i}")]
+                [sys.executable, "-c", CHILD, str(data), str(work / f"tokens-{i}"), args.rare_codes]
             )
             runs.append({**json.loads(stdout), "wall_seconds": wall, "peak_rss_mib": rss})
             shutil.rmtree(work / f"tokens-{i}")
@@ -133,6 +138,8 @@ def main() -> None:
                     str(data),
                     "--out",
                     str(out),
+                    "--rare-codes",
+                    args.rare_codes,
                 ]
             )
             cli_walls.append(wall)

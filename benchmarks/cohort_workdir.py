@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ehr_ssl.data.synthetic import Cohort, write_cohort
+from ehr_ssl.data.synthetic import Cohort, generate_cohort, write_cohort
 
 
 def cohort_stamp(cohort: Cohort, **made: object) -> dict:
@@ -57,3 +57,20 @@ def bench_stamp(cohort: Cohort, args) -> dict:
         seed=0,
         cohort_version=args.cohort_version,
     )
+
+
+def stamped_cohort(work: Path) -> Cohort:
+    """The cohort a work directory's stamp (cohort.json) was made from, regenerated (its latent
+    state is never written), checked against the stamp.
+
+    Raises:
+        SystemExit: If the generator no longer makes the stamped cohort.
+    """
+    made = json.loads((work / "cohort.json").read_text())
+    version = made.get("cohort_version", 1)  # stamps before version 2 name none
+    cohort = generate_cohort(
+        made["visits"], labeled_frac=made["labeled_frac"], seed=made["seed"], version=version
+    )
+    if cohort_stamp(cohort, **{k: v for k, v in made.items() if k != "cohort_sha256"}) != made:
+        raise SystemExit(f"{work}: the generator no longer makes the stamped cohort")
+    return cohort
