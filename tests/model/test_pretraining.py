@@ -441,6 +441,8 @@ def test_visit_values_term_needs_the_visit_vector(cohort_tokens):
     pooled = model.encoder(**{k: batch[k] for k in ENCODER_INPUTS}).pooler_output
     term = model._visit_values_term(pooled, targets, {})
     shuffled = model._visit_values_term(pooled.roll(1, dims=0), targets, {})
-    assert torch.isfinite(term) and not torch.isclose(term, shuffled)
+    # A head blind to the vector would give the very same float; at initialization the head's
+    # weights are small, so the two differ by about 1e-5 of the loss: no relative tolerance.
+    assert torch.isfinite(term) and term.item() != shuffled.item()
     term.backward()
     assert model.values_head.visit.weight.grad.abs().sum() > 0
