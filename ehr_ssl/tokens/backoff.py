@@ -24,7 +24,11 @@ from ehr_ssl.tokens.hierarchy import code_ancestors
 
 def backoff_target(code: str, known: Mapping[str, object] | set[str]) -> str | None:
     """The nearest ancestor of `code` by spelling that is in `known`; None if none is."""
-    return next((a for a in code_ancestors(code) if a in known), None)
+    return _nearest(code_ancestors(code), known)
+
+
+def _nearest(ancestors: list[str], known: Mapping[str, object] | set[str]) -> str | None:
+    return next((a for a in ancestors if a in known), None)
 
 
 def rare_code_pairs(rows: pl.DataFrame, min_count: int) -> pl.DataFrame:
@@ -53,8 +57,8 @@ def fit_backoff_classes(
     candidates = {a for ancestors in lineage.values() for a in ancestors} - vocabulary
     while True:
         known = vocabulary | candidates
-        target = {  # as backoff_target reads it, with each code's lineage parsed once
-            code: code if code in candidates else next((a for a in up if a in known), None)
+        target = {  # backoff_target's rule, each code's lineage parsed once
+            code: code if code in candidates else _nearest(up, known)
             for code, up in lineage.items()
         }
         reached = _patients_per_class(pairs, target, candidates)
