@@ -40,7 +40,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 CONTRASTIVE_VIEWS = ("augment", "disjoint", "patient")
 MASK_UNITS = ("token", "encounter")
 RARE_CODES = ("unk", "ancestor")
-FORECAST_TARGETS = ("encounter", "next_day")
+FORECAST_TARGETS = ("encounter", "next_day", "horizon")
 FORECAST_FRAMES = ("visit", "cut")
 # The weight of each self-supervised term (`ObjectiveConfig`); 0 switches a term off.
 OBJECTIVE_WEIGHTS = (
@@ -303,8 +303,14 @@ class ObjectiveConfig:
     encoder pass of the prefixes (`ehr_ssl.model.forecast`)."""
     forecast_target: str = field(default="encounter", metadata={"choices": FORECAST_TARGETS})
     """What the forecast term predicts after the cut: "encounter" (the rest of the cut event's
-    encounter, a history day or the current visit) or "next_day" (every event within 24 hours
-    of the cut event, CLMBR's next day, across day boundaries)."""
+    encounter, a history day or the current visit), "next_day" (every event within 24 hours
+    of the cut event, CLMBR's next day, across day boundaries) or "horizon": each distinct code
+    that occurs within `forecast_horizon_days` of the cut event, once (MOTOR-style: what the
+    patient will have, not what this encounter holds; a chronic condition's codes recur over
+    months, so the prefix must carry the condition to predict them)."""
+    forecast_horizon_days: float = 365.0
+    """The window of the "horizon" target, in days from the cut event (censored at the visit's
+    prediction time, as every target is)."""
     forecast_current_share: float = 0.0
     """How often the forecast's cut is drawn within the current visit only (else among all the
     visit's events, most of them history): the downstream visit vector is that of a sequence
@@ -355,6 +361,7 @@ class ObjectiveConfig:
         for name in ("event_dropout", "history_crop", "forecast_current_share"):
             check_range(getattr(self, name), 0, 1, f"objective.{name}")
         check_range(self.time_jitter, 0, 10, "objective.time_jitter")
+        check_range(self.forecast_horizon_days, 1, 36_500, "objective.forecast_horizon_days")
         if all(getattr(self, name) == 0 for name in OBJECTIVE_WEIGHTS):
             raise InputError("at least one objective needs a weight > 0", column="objective")
         if not 0 < self.mask_rate < 1:

@@ -58,6 +58,14 @@ def test_defaults_round_trip_through_dict():
             "column 'objective.forecast_frame': must be one of visit, cut, got 'day'",
         ),
         (
+            lambda: ObjectiveConfig(forecast_horizon_days=0),
+            "column 'objective.forecast_horizon_days': must be a number in [1, 36500], got 0",
+        ),
+        (
+            lambda: ObjectiveConfig(forecast_target="week"),
+            "column 'objective.forecast_target': must be one of encounter, next_day, horizon",
+        ),
+        (
             lambda: ObjectiveConfig(forecast_frame="cut", forecast_current_share=0.5),
             "column 'objective.forecast_current_share': forecast_frame = \"cut\" draws no cut",
         ),

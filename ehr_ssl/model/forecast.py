@@ -45,6 +45,7 @@ def forecast_view(
     target: str = "encounter",
     current_share: float = 0.0,
     frame: str = "visit",
+    horizon_days: float = 365.0,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Each visit cut before one of its events, and the codes that follow.
 
@@ -54,20 +55,23 @@ def forecast_view(
     statics, the separators that precede it). The target is, of the events at or after the cut,
     [UNK] left out (a code too rare to name): with `target="encounter"` those of the cut event's
     encounter (`encounter_ids`); with "next_day" those within 24 hours of the cut event's time
-    (CLMBR's next day: an encounter's end is not cut off by a day boundary). A row without
-    events keeps its whole input and has no target.
+    (CLMBR's next day: an encounter's end is not cut off by a day boundary); with "horizon"
+    the first event of each distinct code within `horizon_days` of it (whether a code occurs,
+    not how often: vital signs recorded at every encounter would otherwise outweigh the rest).
+    A row without events keeps its whole input and has no target.
 
     Args:
         batch: right-padded `input_ids`, `value_bins`, `time_deltas`, `segment_ids`,
             `attention_mask`; other (B, T) tensors are cut the same way, other values pass.
         generator: the only source of randomness; on the batch's device.
-        target: "encounter" or "next_day" (above).
+        target: "encounter", "next_day" or "horizon" (above).
         current_share: in [0, 1], how often the cut is drawn within the current visit only.
         frame: "visit" (the prefix keeps the visit's times and segments) or "cut": the cut
             is drawn among history events only (the current visit's rest is censored at the
             prediction time) and the prefix is re-framed as a visit predicted at the cut
             (`reframe_at_cut`), its encounter opened by a [VISIT] separator as the tokenizer
             opens a current visit; `current_share` then goes unused.
+        horizon_days: the "horizon" target's window, in days.
 
     Returns:
         (prefix, targets): `prefix` a new dict cut to its longest row (T' <= T), padding zeros;
@@ -88,13 +92,16 @@ def forecast_view(
     encounter = encounter_ids(batch)
     if target == "encounter":
         same = encounter == encounter.gather(1, at_cut)
-    elif target == "next_day":
+    elif target in ("next_day", "horizon"):
+        window = HOURS_PER_DAY * (horizon_days if target == "horizon" else 1)
         times = batch["time_deltas"]  # hours, oldest first: later events have larger times
-        same = times - times.gather(1, at_cut) <= HOURS_PER_DAY
+        same = times - times.gather(1, at_cut) <= window
     else:
         raise ValueError(f"target must be one of {FORECAST_TARGETS}, got {target!r}")
     chosen = events & (positions >= cut[:, None]) & same
     chosen &= has_events[:, None] & (batch["input_ids"] != UNK_ID)
+    if target == "horizon":
+        chosen = first_of_each_code(chosen, batch["input_ids"])
     targets = torch.where(chosen, batch["input_ids"].long(), IGNORE_INDEX)
     if frame == "cut":
         start = encounter.gather(1, at_cut)  # (B, 1): the cut encounter's first position
@@ -178,3 +185,17 @@ def cut_positions(
     cut_here = candidates & (order == rank[:, None])
     length = batch["attention_mask"].sum(dim=1)
     return torch.where(n_candidates > 0, cut_here.long().argmax(dim=1), length)
+
+
+def first_of_each_code(chosen: Tensor, codes: Tensor) -> Tensor:
+    """Of each row's chosen positions, the first of each distinct code.
+    Shape: chosen (B, T) bool, codes (B, T) int -> (B, T) bool."""
+    rows, positions = chosen.nonzero(as_tuple=True)  # row-major: positions ascend within a row
+    if rows.numel() == 0:
+        return chosen
+    keys = rows * (int(codes.max()) + 1) + codes[rows, positions].long()
+    _, group = torch.unique(keys, return_inverse=True)
+    first = torch.full_like(keys, codes.shape[1]).scatter_reduce(0, group, positions, "amin")
+    kept = torch.zeros_like(chosen)
+    kept[rows, positions] = positions == first[group]
+    return kept

@@ -189,6 +189,7 @@ class PretrainingModel(nn.Module):
                 target=o.forecast_target,
                 current_share=o.forecast_current_share,
                 frame=o.forecast_frame,
+                horizon_days=o.forecast_horizon_days,
             )
             views.append(prefix)
             labels = {**(labels or {}), "forecast": targets}

@@ -14,10 +14,15 @@ from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, SEGMENT_HISTORY, UNK_ID, VISIT
 from tests.model.test_masking import events_of, make_batch
 
 
-def _forecast(batch, seed=0, target="encounter", current_share=0.0, frame="visit"):
+def _forecast(batch, seed=0, target="encounter", current_share=0.0, frame="visit", days=365.0):
     generator = torch.Generator().manual_seed(seed)
     return forecast_view(
-        batch, generator=generator, target=target, current_share=current_share, frame=frame
+        batch,
+        generator=generator,
+        target=target,
+        current_share=current_share,
+        frame=frame,
+        horizon_days=days,
     )
 
 
@@ -108,6 +113,36 @@ def test_next_day_targets_every_event_within_a_day_of_the_cut():
                 if t >= cut and times[row, t] - times[row, cut] <= 24.0 and ids[row, t] != UNK_ID
             }
             assert set(torch.nonzero(targets[row] != IGNORE_INDEX).flatten().tolist()) == expected
+
+
+@pytest.mark.parametrize("days", [1.0, 30.0, 365.0])
+def test_horizon_targets_each_code_once_within_the_window(days):
+    batch = make_batch(64, max_history=12, max_current=6)
+    times, ids = batch["time_deltas"], batch["input_ids"]
+    repeats = 0
+    for seed in range(3):
+        prefix, targets = _forecast(batch, seed, target="horizon", days=days)
+        for row in range(ids.shape[0]):
+            events = torch.nonzero(events_of(batch)[row]).flatten().tolist()
+            if not events:
+                continue
+            cut = int(prefix["attention_mask"][row].sum())
+            window = [
+                t
+                for t in events
+                if t >= cut
+                and times[row, t] - times[row, cut] <= 24.0 * days
+                and ids[row, t] != UNK_ID
+            ]
+            first = {}
+            for t in window:
+                first.setdefault(int(ids[row, t]), t)
+            repeats += len(window) - len(first)
+            assert set(torch.nonzero(targets[row] != IGNORE_INDEX).flatten().tolist()) == set(
+                first.values()
+            )
+    # a day's window holds no repeat in this batch; the longer ones must, to tell once from each
+    assert repeats > 0 or days == 1.0
 
 
 def test_an_unknown_target_is_refused():

@@ -52,6 +52,10 @@ def _batch(tokens, n=24):
         ({"forecast_weight": 0.7}, {"masked_code", "masked_bin", "contrastive", "forecast"}),
         ({"masked_weight": 0.0, "contrastive_weight": 0.0, "forecast_weight": 1.0}, {"forecast"}),
         (
+            {"contrastive_weight": 0.0, "forecast_weight": 1.0, "forecast_target": "horizon"},
+            {"masked_code", "masked_bin", "forecast"},
+        ),
+        (
             {"visit_values_weight": 0.3},
             {"masked_code", "masked_bin", "contrastive", "visit_values"},
         ),
