@@ -13,13 +13,17 @@ pipeline's SSL model mostly selects this probe (report.md, "Model selection").
 usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
            [--readouts pooled,segments] [--tabular logistic,lightgbm] [--with-current-visit] \
-           [--pca 8,16,32] [--forecast-codes 64,256] [--latent-work WORK] [--json FILE]
+           [--pca 8,16,32] [--forecast-codes 64,256] [--random-features 256,1024] \
+           [--latent-work WORK] [--json FILE]
 
 `--pca` and `--forecast-codes` try two unsupervised priors on the direction a few labels must
 find: the vectors on their top-k principal axes (fitted on the labeled train visits' vectors,
 no label read), and, in place of the vector, the pretraining forecast head's log-probabilities
 of the k codes most frequent in those visits (one column per code the patient may meet next,
 as a tabular model has one per code seen; the encoder's run directory must hold its heads).
+`--random-features` probes, beside each encoder's readouts, the mean over each visit's event
+tokens of ReLU(W h + b) with W fixed random (D x k): a wide readout of the same token states,
+pooled after a nonlinearity (`bench_representation.random_feature_vectors`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from ehr_ssl.training.selection import cv_folds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forecast_zero_shot import forecast_head  # noqa: E402
+from bench_representation import random_feature_vectors  # noqa: E402
 from cohort_workdir import stamped_cohort  # noqa: E402
 
 
@@ -208,6 +213,8 @@ def main() -> None:
                         "one-hots beside it, and those alone")  # fmt: skip
     parser.add_argument("--pca", default="", help="also probe each readout on its top-k "
                         "principal axes, for each k (comma-separated)")  # fmt: skip
+    parser.add_argument("--random-features", default="", help="also probe each encoder's "
+                        "random ReLU readout of its token states, for each width k")  # fmt: skip
     parser.add_argument("--forecast-codes", default="", help="also probe the forecast head's "
                         "log-probabilities of the k most frequent codes, for each k")  # fmt: skip
     parser.add_argument("--latent-work", type=Path, help="a synthetic cohort's work directory "
@@ -234,7 +241,7 @@ def main() -> None:
     if args.with_current_visit or args.latent_work:
         current = current_visit_onehots(labeled, Tokenizer.load(args.tokens))
         row("(no encoder)", "current visit", current)
-    pca, codes = (_ints(a) for a in (args.pca, args.forecast_codes))
+    pca, codes, widths = (_ints(a) for a in (args.pca, args.forecast_codes, args.random_features))
     for encoder_dir in filter(None, args.encoders.split(",")):
         encoder = EHREncoder.load_checked(Path(encoder_dir))
         for readout in args.readouts.split(","):
@@ -246,6 +253,10 @@ def main() -> None:
             if current is not None:
                 row(encoder_dir, f"{readout} + current visit",
                     {s: np.hstack([x[s], current[s]]) for s in x})  # fmt: skip
+        by_split = {s: random_feature_vectors(encoder, d, torch.device("cpu"), widths)
+                    for s, d in datasets.items()} if widths else {}  # fmt: skip
+        for name in by_split.get("train", ()):
+            row(encoder_dir, name, {s: v[name] for s, v in by_split.items()})
         if codes:
             for name, z in forecast_features(Path(encoder_dir), encoder, datasets, labeled,
                                              codes).items():  # fmt: skip

@@ -11,7 +11,8 @@ of each encoder (the second also of bag-of-codes counts, for comparison):
    from regenerating the cohort); with two diagnostics of where the state is lost: "embedding
    bag" (the visit's code counts times the encoder's input embedding table: its codes with no
    attention) and the counts through a random projection to the encoder's width (how much any
-   D numbers of linear summary allow);
+   D numbers of linear summary allow); `--random-features K` adds a wide readout no training
+   chose: the mean of ReLU(W h + b) over the visit's token states, W fixed random (D x K);
 3. admission: a logistic regression on the visit vectors of a label budget of train visits,
    C chosen on the budget's val visits, test AUROC.
 
@@ -21,7 +22,8 @@ directory the encoders were pretrained on.
 
 usage: python benchmarks/bench_representation.py --work WORK --tokens TOKENS \
            --encoders RUN/pretrain/encoder[,RUN2/pretrain/encoder] [--budget 1000] \
-           [--latent-train 4000] [--readout pooled,segments] [--projection-widths 64,256]
+           [--latent-train 4000] [--readout pooled,segments] [--projection-widths 64,256] \
+           [--random-features 256,1024]
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ from ehr_ssl.config import READOUTS
 from ehr_ssl.data.synthetic import CONDITIONS
 from ehr_ssl.evaluation.baselines import count_features
 from ehr_ssl.model.encoder import POOLINGS, EHREncoder
-from ehr_ssl.tokens.batching import TokenDataset
+from ehr_ssl.model.pretraining import ENCODER_INPUTS
+from ehr_ssl.tokens.batching import TokenDataset, collate
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
+from ehr_ssl.tokens.vocab import NOT_EVENT_IDS
 from ehr_ssl.training.budgets import budget_split
 from ehr_ssl.training.device import resolve_device
 from ehr_ssl.training.finetune import labeled_split
@@ -139,6 +143,35 @@ def admission_probe(
     return {"C": c, "val_auroc": float(val), "test_auroc": float(test)}
 
 
+@torch.no_grad()
+def random_feature_vectors(
+    encoder: EHREncoder, dataset: TokenDataset, device: torch.device, widths: list[int]
+) -> dict[str, np.ndarray]:
+    """The mean over each visit's event tokens of ReLU(W h + b), h the final token state
+    standardized across its D numbers, W (D x K) and b fixed Gaussian draws (seed 0): a wide
+    readout that no training chose. Does the same token states' content, pooled after a
+    nonlinearity rather than before it, hold more than their D-wide mean?
+    Shape: {"random features K": (N, K)}."""
+    generator = torch.Generator().manual_seed(0)
+    d = encoder.config.hidden_size
+    draws = {k: (torch.randn(d, k, generator=generator) / d**0.5,
+                 torch.randn(k, generator=generator) * 0.5 - 0.5) for k in widths}  # fmt: skip
+    out: dict[int, list[torch.Tensor]] = {k: [] for k in widths}
+    not_events = torch.tensor(NOT_EVENT_IDS)
+    for start in range(0, len(dataset), 256):
+        batch = collate([dataset[i] for i in range(start, min(start + 256, len(dataset)))])
+        inputs = {k: batch[k].to(device) for k in ENCODER_INPUTS}
+        hidden = encoder(**inputs).last_hidden_state.cpu()  # (B, T, D)
+        events = inputs["attention_mask"].bool().cpu() & ~torch.isin(
+            inputs["input_ids"].cpu(), not_events.to(inputs["input_ids"].dtype)
+        )
+        weights = events.float()[..., None] / events.sum(1).clamp_min(1)[:, None, None]
+        h = (hidden - hidden.mean(-1, keepdim=True)) / (hidden.std(-1, keepdim=True) + 1e-5)
+        for k, (w, b) in draws.items():
+            out[k].append((torch.relu(h @ w + b) * weights).sum(1))
+    return {f"random features {k}": torch.cat(v).numpy() for k, v in out.items()}
+
+
 def visit_vectors(
     encoder: EHREncoder,
     datasets: dict[str, TokenDataset],
@@ -165,6 +198,9 @@ def main() -> None:
     parser.add_argument("--encoders", default="", help="comma-separated encoder directories")
     parser.add_argument(
         "--projection-widths", help="widths of the random projections of the counts [encoders']"
+    )
+    parser.add_argument(
+        "--random-features", help="widths K of the random ReLU readouts of the token states"
     )
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--latent-train", type=int, default=4000, help="train visits, probe 2")
@@ -226,6 +262,7 @@ def main() -> None:
     # projection to D (the encoders' width, or --projection-widths): a linear summary that
     # knows nothing of the families.
     encoders = args.encoders.split(",") if args.encoders else []
+    features_widths = [int(k) for k in (args.random_features or "").split(",") if k]
     widths = [int(w) for w in args.projection_widths.split(",")] if args.projection_widths else [
         EHREncoder.from_pretrained(encoders[0]).config.hidden_size
     ]  # fmt: skip
@@ -242,6 +279,12 @@ def main() -> None:
         rows[directory] = {"families": family_structure(encoder, tokenizer.vocab)}
         vectors = visit_vectors(encoder, datasets, readouts, device)
         budget_vectors = visit_vectors(encoder, budget, readouts, device)
+        pairs = ((vectors, datasets), (budget_vectors, budget)) if features_widths else ()
+        for where, sets in pairs:
+            by_split = {s: random_feature_vectors(encoder, d, device, features_widths)
+                        for s, d in sets.items()}  # fmt: skip
+            for name in by_split["train"]:
+                where[name] = {s: v[name] for s, v in by_split.items()}
         # The same encoder's input code embeddings, summed over the visit's code counts, with
         # no attention: does the embedding table separate the families that pooling loses?
         table = encoder.code_table().detach().cpu().numpy()  # (V, D)
