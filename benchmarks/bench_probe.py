@@ -21,9 +21,9 @@ find: the vectors on their top-k principal axes (fitted on the labeled train vis
 no label read), and, in place of the vector, the pretraining forecast head's log-probabilities
 of the k codes most frequent in those visits (one column per code the patient may meet next,
 as a tabular model has one per code seen; the encoder's run directory must hold its heads).
-`--random-features` probes, beside each encoder's readouts, the mean over each visit's event
-tokens of ReLU(W h + b) with W fixed random (D x k): a wide readout of the same token states,
-pooled after a nonlinearity (`bench_representation.random_feature_vectors`).
+`--random-features` probes, beside each encoder's readouts, the mean over each visit's statics
+and event tokens of ReLU(W h + b) with W fixed random (D x k): a wide readout of the same token
+states, pooled after a nonlinearity (`bench_representation.random_feature_vectors`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ of each encoder (the second also of bag-of-codes counts, for comparison):
    bag" (the visit's code counts times the encoder's input embedding table: its codes with no
    attention) and the counts through a random projection to the encoder's width (how much any
    D numbers of linear summary allow); `--random-features K` adds a wide readout no training
-   chose: the mean of ReLU(W h + b) over the visit's token states, W fixed random (D x K);
+   chose: the mean of ReLU(W h + b) over the visit's statics and event token states, W fixed
+   random (D x K);
 3. admission: a logistic regression on the visit vectors of a label budget of train visits,
    C chosen on the budget's val visits, test AUROC.
 
@@ -147,7 +148,8 @@ def admission_probe(
 def random_feature_vectors(
     encoder: EHREncoder, dataset: TokenDataset, device: torch.device, widths: list[int]
 ) -> dict[str, np.ndarray]:
-    """The mean over each visit's event tokens of ReLU(W h + b), h the final token state
+    """The mean over each visit's tokens other than [CLS], separators and padding (its statics
+    and events, as the pooled mean reads them less [CLS]) of ReLU(W h + b), h the final token state
     standardized across its D numbers, W (D x K) and b fixed Gaussian draws (seed 0): a wide
     readout that no training chose. Does the same token states' content, pooled after a
     nonlinearity rather than before it, hold more than their D-wide mean?
@@ -162,10 +164,10 @@ def random_feature_vectors(
         batch = collate([dataset[i] for i in range(start, min(start + 256, len(dataset)))])
         inputs = {k: batch[k].to(device) for k in ENCODER_INPUTS}
         hidden = encoder(**inputs).last_hidden_state.cpu()  # (B, T, D)
-        events = inputs["attention_mask"].bool().cpu() & ~torch.isin(
+        read = inputs["attention_mask"].bool().cpu() & ~torch.isin(
             inputs["input_ids"].cpu(), not_events.to(inputs["input_ids"].dtype)
-        )
-        weights = events.float()[..., None] / events.sum(1).clamp_min(1)[:, None, None]
+        )  # (B, T): statics and events
+        weights = read.float()[..., None] / read.sum(1).clamp_min(1)[:, None, None]
         h = (hidden - hidden.mean(-1, keepdim=True)) / (hidden.std(-1, keepdim=True) + 1e-5)
         for k, (w, b) in draws.items():
             out[k].append((torch.relu(h @ w + b) * weights).sum(1))

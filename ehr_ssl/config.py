@@ -309,8 +309,9 @@ class ObjectiveConfig:
     patient will have, not what this encounter holds; a chronic condition's codes recur over
     months, so the prefix must carry the condition to predict them)."""
     forecast_horizon_days: float = 365.0
-    """The window of the "horizon" target, in days from the cut event (censored at the visit's
-    prediction time, as every target is)."""
+    """The window of the "horizon" target, in days from the cut event, censored at the visit's
+    prediction time as every target is: at the tokenizer's default lookback of 365 days the
+    default window reaches the prediction time from every history cut."""
     forecast_current_share: float = 0.0
     """How often the forecast's cut is drawn within the current visit only (else among all the
     visit's events, most of them history): the downstream visit vector is that of a sequence

@@ -115,16 +115,17 @@ def test_next_day_targets_every_event_within_a_day_of_the_cut():
             assert set(torch.nonzero(targets[row] != IGNORE_INDEX).flatten().tolist()) == expected
 
 
-@pytest.mark.parametrize("days", [1.0, 30.0, 365.0])
+@pytest.mark.parametrize("days", [1.0, 7.0, 30.0, 365.0])
 def test_horizon_targets_each_code_once_within_the_window(days):
     batch = make_batch(64, max_history=12, max_current=6)
     times, ids = batch["time_deltas"], batch["input_ids"]
-    repeats = 0
+    repeats = truncated = 0
     for seed in range(3):
         prefix, targets = _forecast(batch, seed, target="horizon", days=days)
         for row in range(ids.shape[0]):
             events = torch.nonzero(events_of(batch)[row]).flatten().tolist()
             if not events:
+                assert (targets[row] == IGNORE_INDEX).all()
                 continue
             cut = int(prefix["attention_mask"][row].sum())
             window = [
@@ -134,6 +135,9 @@ def test_horizon_targets_each_code_once_within_the_window(days):
                 and times[row, t] - times[row, cut] <= 24.0 * days
                 and ids[row, t] != UNK_ID
             ]
+            truncated += len([t for t in events if t >= cut and ids[row, t] != UNK_ID]) > len(
+                window
+            )
             first = {}
             for t in window:
                 first.setdefault(int(ids[row, t]), t)
@@ -143,6 +147,7 @@ def test_horizon_targets_each_code_once_within_the_window(days):
             )
     # a day's window holds no repeat in this batch; the longer ones must, to tell once from each
     assert repeats > 0 or days == 1.0
+    assert truncated > 0 or days >= 30.0, "a short window must cut some rows' events off"
 
 
 def test_an_unknown_target_is_refused():
