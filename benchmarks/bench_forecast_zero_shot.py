@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from ehr_ssl.layout import CHECKPOINTS_DIR, ENCODER_DIR, HEADS_FILE
-from ehr_ssl.model.encoder import EHREncoder
+from ehr_ssl.model.encoder import EHREncoder, pooled_dim
 from ehr_ssl.model.heads import BagOfCodesHead
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.tokens.batching import TokenDataset, collate
@@ -46,7 +46,9 @@ def forecast_head(run: Path, encoder: EHREncoder) -> BagOfCodesHead:
         latest = sorted((run / CHECKPOINTS_DIR).iterdir())[-1]
         state = load_file(latest / "model.safetensors")
     config = encoder.config
-    head = BagOfCodesHead(config.hidden_size, config.vocab_size, config.layer_norm_eps)
+    head = BagOfCodesHead(
+        pooled_dim(config), config.hidden_size, config.vocab_size, config.layer_norm_eps
+    )
     head.load_state_dict({k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)})
     return head.eval()
 

@@ -28,6 +28,7 @@ import torch
 from ehr_ssl.config import PRESETS, TokenizeConfig, load_pretrain_config
 from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort, write_cohort
 from ehr_ssl.deploy.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, AdmissionModel
+from ehr_ssl.model.encoder import readout_dim
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training.pretrain import build_encoder, read_code_hierarchy
@@ -41,7 +42,8 @@ def build_bundle(data: Path, work: Path, preset: str) -> Path:
     config = load_pretrain_config(None, {"preset": preset})
     hierarchy = read_code_hierarchy(work / "tokens", tokenizer, config)
     encoder = build_encoder(tokenizer, config, hierarchy)
-    head = torch.randn(encoder.config.hidden_size) / encoder.config.hidden_size**0.5
+    width = readout_dim(encoder.config)  # what the head reads
+    head = torch.randn(width) / width**0.5
     info = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "model": f"random-{preset}"}
     model = AdmissionModel(tokenizer, encoder, head, torch.tensor(0.0), info)
     return model.save(work / "bundle", overwrite=True)

@@ -13,7 +13,7 @@ with T the mean padded length of the encoder's input.
 usage: python benchmarks/bench_train.py --presets tiny,small [--device cpu] [--steps 60]
            [--views augment|disjoint|patient] [--mask-unit token|encounter] [--precision bf16]
            [--visit-values-weight W] [--value-embedding shared|per_code]
-           [--code-hierarchy none|ancestors]
+           [--code-hierarchy none|ancestors] [--pool-width K]
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
             "objective.visit_values_weight": args.visit_values_weight,
             "model.value_embedding": args.value_embedding,
             "model.code_hierarchy": args.code_hierarchy,
+            "model.pool_width": args.pool_width,
         },
     )
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -106,6 +107,7 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
         "mask_unit": config.objective.mask_unit,
         "value_embedding": encoder.config.value_embedding,
         "code_hierarchy": encoder.config.code_hierarchy,
+        "pool_width": encoder.config.pool_width,
         "precision": hardware.precision,
         "pad_to_multiple_of": hardware.pad_to_multiple_of,
         "compile": config.train.compile,
@@ -158,6 +160,7 @@ def main() -> None:
     parser.add_argument("--visit-values-weight", type=float)
     parser.add_argument("--value-embedding", help="model.value_embedding [the preset's]")
     parser.add_argument("--code-hierarchy", help="model.code_hierarchy [the preset's]")
+    parser.add_argument("--pool-width", type=int, help="model.pool_width [the preset's]")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
@@ -203,6 +206,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
         ("--visit-values-weight", args.visit_values_weight),
         ("--value-embedding", args.value_embedding),
         ("--code-hierarchy", args.code_hierarchy),
+        ("--pool-width", args.pool_width),
         ("--precision", args.precision),
     ):
         if value is not None:

@@ -260,6 +260,7 @@ def _measure(tokens: Path, device: str, sizes: Sizes, batch: int, *, compile: bo
         visit_values_weight=None,
         value_embedding=None,
         code_hierarchy=None,
+        pool_width=None,
     )
     started = time.perf_counter()
     row = _guarded(bench_train.measure, tokens, sizes.preset, options)

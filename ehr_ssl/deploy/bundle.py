@@ -138,7 +138,7 @@ class AdmissionModel:
     @property
     def embedding_dim(self) -> int:
         """Width of `embed`'s vectors (R): `readout_dim` of the bundle's readout."""
-        return readout_dim(self.hidden_size, self.readout)
+        return readout_dim(self.encoder.config, self.readout)
 
     def to(self, device: str | torch.device) -> AdmissionModel:
         """Move the model to a device ("cpu", "cuda", "auto"); returns self."""
@@ -269,7 +269,7 @@ def load_bundle(directory: Path, device: str = "cpu") -> AdmissionModel:
     head_path = directory / HEAD_FILE
     _check_embedding(info, encoder, info_path)
     head = load_safetensors(head_path, what="classification head")
-    shapes = {"weight": (readout_dim(encoder.config.hidden_size, encoder.config.readout),),
+    shapes = {"weight": (readout_dim(encoder.config),),
               "bias": ()}  # fmt: skip
     check_tensor_shapes(head, shapes, path=head_path, what="classification head")
     if encoder.config.vocab_size != tokenizer.vocab_size:
@@ -312,7 +312,7 @@ def _check_format(info: dict, info_path: Path) -> None:
 def embedding_info(encoder: EHREncoder) -> dict[str, Any]:
     """bundle.json's "embedding": the readout `embed` returns (and the head reads), its width."""
     readout = encoder.config.readout
-    return {"readout": readout, "dim": readout_dim(encoder.config.hidden_size, readout)}
+    return {"readout": readout, "dim": readout_dim(encoder.config, readout)}
 
 
 def _check_embedding(info: dict, encoder: EHREncoder, info_path: Path) -> None:
@@ -496,6 +496,7 @@ BUNDLE_ENCODER_KEYS = (
     "num_hidden_layers",
     "num_attention_heads",
     "pooling",
+    "pool_width",
     "value_embedding",
     "code_hierarchy",
 )
@@ -524,7 +525,7 @@ def make_bundle(
         weight, bias = (t.detach() for t in classifier.folded_head())
     else:  # the linear probe, folded into one linear layer
         encoder = EHREncoder.load_checked(encoder_dir)
-        probe, readout = load_probe(finetune_dir, encoder.config.hidden_size)
+        probe, readout = load_probe(finetune_dir, encoder.config)
         encoder.config.readout = readout  # the bundle's encoder/config.json records it
         weight, bias = fold_standardization(
             probe["coef"], probe["intercept"][0], probe["mean"], probe["std"]

@@ -25,7 +25,7 @@ class AdmissionClassifier(EHRPreTrainedModel):
     def __init__(self, config: EHRConfig, head_dropout: float = 0.1):
         super().__init__(config)
         self.encoder = EHREncoder(config)
-        width = readout_dim(config.hidden_size, config.readout)  # R
+        width = readout_dim(config)  # R
         self.register_buffer("feature_mean", torch.zeros(width))
         self.register_buffer("feature_std", torch.ones(width))
         self.dropout = nn.Dropout(head_dropout)

@@ -65,6 +65,7 @@ SIZE_RANGES = {
     "n_segments": (3, 64),  # the tokenizer's segment ids are 0, 1 and 2
     "n_code_ancestors": (0, 10**8),
     "ancestors_per_code": (1, MAX_ANCESTORS_PER_CODE),
+    "pool_width": (0, 4 * MAX_WIDTH),
 }
 # Settings of EHRConfig that fine-tuning sets, never a [model] table: where to set them instead.
 SET_BY_FINETUNING = {"readout": "finetune.readout"}
@@ -122,13 +123,20 @@ def _check_architecture(config: EHRConfig) -> None:
             raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
-def readout_dim(hidden_size: int, readout: str) -> int:
-    """Width of the visit vector under `readout` (one of READOUTS)."""
+def pooled_dim(config: EHRConfig) -> int:
+    """Width of a pooled token summary (P): pool_width when the token states are pooled through
+    the learned feature map, else hidden_size."""
+    return config.pool_width or config.hidden_size
+
+
+def readout_dim(config: EHRConfig, readout: str | None = None) -> int:
+    """Width of the visit vector under `readout` (one of READOUTS; the config's when None)."""
+    readout = readout or config.readout
     if readout not in READOUTS:
         raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
     parts = {"pooled": 1, "segments": 3, "windows": 3 + len(WINDOW_DAYS)}[readout]
     counts = 0 if readout == "pooled" else parts - 1
-    return parts * hidden_size + counts
+    return parts * pooled_dim(config) + counts
 
 
 class EHRConfig(PreTrainedConfig):
@@ -173,10 +181,18 @@ class EHRConfig(PreTrainedConfig):
         n_code_ancestors: Ancestor vectors (from the vocabulary and its hierarchy); 0 without.
         ancestors_per_code: Nearest ancestors each code keeps (at most MAX_ANCESTORS_PER_CODE).
         readout: The visit vector downstream models read (the classifier's head, the linear
-            probe, a bundle's `embed`): "pooled" (the pooled vector, D), "segments" (see
-            `EHREncoder.readout`, 3 D + 2) or "windows" (6 D + 5). Fine-tuning records it
-            (`finetune.readout`), never a [model] table; pretraining reads the pooled vector
-            whatever it is.
+            probe, a bundle's `embed`): "pooled" (the pooled vector, P), "segments" (see
+            `EHREncoder.readout`, 3 P + 2) or "windows" (6 P + 5), P = `pooled_dim`.
+            Fine-tuning records it (`finetune.readout`), never a [model] table; pretraining
+            reads the pooled vector whatever it is.
+        pool_width: 0 (every pooled summary averages the token states, P = D) or K: each
+            token state first goes through a learned feature map, GELU(W h + b) with W of
+            K x D, and every pooled summary (the pooled vector, each part of a readout)
+            averages those K features (P = K), as Deep Sets sums a wide feature map. A mean
+            of D-wide states keeps D linear summaries of the visit; pooling K > D features
+            after a nonlinearity keeps more (random features of the same states read the
+            chronic conditions better than their mean: benchmarks/README.md, "A year ahead"),
+            at K x D more weights on every token.
         layer_norm_eps: LayerNorm epsilon.
         initializer_range: Standard deviation of the initial weights.
         pad_token_id: The [PAD] id (from the tokenizer's fixed vocabulary).
@@ -200,6 +216,7 @@ class EHRConfig(PreTrainedConfig):
         attention_probs_dropout_prob: float = 0.0,
         pooling: str = "mean",
         readout: str = "pooled",
+        pool_width: int = 0,
         value_embedding: str = "shared",
         code_hierarchy: str = "none",
         n_code_ancestors: int = 0,
@@ -223,6 +240,7 @@ class EHRConfig(PreTrainedConfig):
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.pooling = pooling
         self.readout = readout
+        self.pool_width = pool_width
         self.value_embedding = value_embedding
         self.code_hierarchy = code_hierarchy
         self.n_code_ancestors = n_code_ancestors
@@ -417,7 +435,10 @@ class EHRPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
+        if isinstance(module, PoolFeatureMap):  # before nn.Linear: a feature map of its own
+            nn.init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -426,6 +447,13 @@ class EHRPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+class PoolFeatureMap(nn.Linear):
+    """The W, b of pool_width's GELU(W h + b). Initialized with a standard deviation of
+    1 / sqrt(D) rather than initializer_range: on the final norm's unit-scale states that puts
+    its inputs to GELU at unit scale, where GELU bends (features a mean keeps that no linear map
+    of the mean states has); at 0.02 they start at 0.16 and the GELU is nearly linear there."""
 
 
 @dataclass
@@ -462,6 +490,8 @@ class EHREncoder(EHRPreTrainedModel):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        if config.pool_width:
+            self.pool_features = PoolFeatureMap(d, config.pool_width)
         self.post_init()
 
     def forward(
@@ -478,7 +508,7 @@ class EHREncoder(EHRPreTrainedModel):
         bitwise on CPU (see `_encode_by_width`).
 
         Shape: every input (B, T) (attention_mask bool, True = token) ->
-        last_hidden_state (B, T, D), pooler_output (B, D), readout (B, R) or None.
+        last_hidden_state (B, T, D), pooler_output (B, P), readout (B, R) or None.
         """
         t = input_ids.shape[1]
         if t > self.config.max_position_embeddings:
@@ -593,7 +623,7 @@ class EHREncoder(EHRPreTrainedModel):
         is not whole vectors differently: widths a multiple of 8 keep the presets' tensors whole.
         Padding positions come back as zeros. The readout, if asked, is read group by group too.
 
-        Shape: every input (B, T) -> last_hidden_state (B, T, D), pooler_output (B, D),
+        Shape: every input (B, T) -> last_hidden_state (B, T, D), pooler_output (B, P),
         readout (B, R) or None.
         """
         b, t = input_ids.shape
@@ -606,9 +636,9 @@ class EHREncoder(EHRPreTrainedModel):
             (input_ids, self.config.pad_token_id), (value_bins, 0), (time_deltas, 0),
             (segment_ids, 0), (mask, False))]  # fmt: skip
         hidden = padded[0].new_zeros((b, t, self.config.hidden_size), dtype=self.dtype)
-        pooled = hidden.new_zeros((b, self.config.hidden_size))
+        pooled = hidden.new_zeros((b, pooled_dim(self.config)))
         read = None if readout is None else hidden.new_zeros(
-            (b, readout_dim(self.config.hidden_size, readout)))  # fmt: skip
+            (b, readout_dim(self.config, readout)))  # fmt: skip
         for width in widths.unique().tolist():
             rows = (widths == width).nonzero()[:, 0]
             group = [x[rows, :width] for x in padded]  # (G, width) each
@@ -624,12 +654,20 @@ class EHREncoder(EHRPreTrainedModel):
         self, hidden: torch.Tensor, mask: torch.Tensor, pooling: str | None = None
     ) -> torch.Tensor:
         """The visit vector under `pooling` (one of POOLINGS; the config's when None), so a
-        probe can read any pooling of one forward pass. Shape: hidden (B, T, D), mask (B, T)
-        bool -> (B, D)."""
+        probe can read any pooling of one forward pass: the [CLS] token's features or the mean
+        of every token's (`token_features`). Shape: hidden (B, T, D), mask (B, T) bool ->
+        (B, P), P = `pooled_dim`."""
         if (pooling or self.config.pooling) == "cls":
-            return hidden[:, 0]
+            return self.token_features(hidden[:, 0])
         weights = mask.to(hidden.dtype)[..., None]  # (B, T, 1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return (self.token_features(hidden) * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def token_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What every pooled summary averages: the token states themselves, or under
+        pool_width K their learned feature map GELU(W h + b). Shape: (..., D) -> (..., P)."""
+        if not self.config.pool_width:
+            return hidden
+        return F.gelu(self.pool_features(hidden))
 
     def readout(
         self,
@@ -643,10 +681,11 @@ class EHREncoder(EHRPreTrainedModel):
         """The visit vector downstream models read, under `readout` (one of READOUTS; the
         config's when None): the one place the probe, the classifier and `embed` get it from.
 
-        "pooled": the pooled vector (`pool`). "segments": the [CLS] state, the mean state of the
-        history's event tokens, the mean state of the current visit's event tokens (zeros for a
-        part without events) and log1p of each part's event count, concatenated: what a mean
-        over all tokens dilutes (the history) and drops (its volume). "windows": as
+        "pooled": the pooled vector (`pool`). "segments": the [CLS] token's features, the mean
+        features of the history's event tokens, the mean features of the current visit's event
+        tokens (zeros for a part without events; features: `token_features`, the states
+        themselves unless pool_width) and log1p of each part's event count, concatenated:
+        what a mean over all tokens dilutes (the history) and drops (its volume). "windows": as
         "segments", with the history's part also taken over the events of its last 7, 30 and
         365 days (WINDOW_DAYS, the tabular baselines' windows; needs `time_deltas`): a
         hospitalization two weeks ago does not weigh as one two years ago. Structural tokens
@@ -654,7 +693,7 @@ class EHREncoder(EHRPreTrainedModel):
 
         Shape: hidden (B, T, D), input_ids, segment_ids, mask and time_deltas (B, T) (mask
         bool, True = token; time_deltas in hours, negative before the prediction time) ->
-        (B, R), R = `readout_dim(D, readout)`.
+        (B, R), R = `readout_dim(config, readout)`.
         """
         readout = readout or self.config.readout
         if readout not in READOUTS:
@@ -669,18 +708,20 @@ class EHREncoder(EHRPreTrainedModel):
             if time_deltas is None:
                 raise ValueError('the "windows" readout needs time_deltas')
             parts += [history & (time_deltas >= -24.0 * days) for days in WINDOW_DAYS]
+        features = self.token_features(hidden)  # (B, T, P)
         means, counts = [], []
         for chosen in parts:  # (B, T) each
             n = chosen.sum(1, keepdim=True)  # (B, 1) long: exact however many events
-            weights = chosen.to(hidden.dtype)[..., None]  # (B, T, 1)
-            means.append((hidden * weights).sum(1) / n.clamp_min(1).to(hidden.dtype))
-            counts.append(torch.log1p(n.float()).to(hidden.dtype))
-        return torch.cat([hidden[:, 0], *means, *counts], dim=1)  # (B, R)
+            weights = chosen.to(features.dtype)[..., None]  # (B, T, 1)
+            means.append((features * weights).sum(1) / n.clamp_min(1).to(features.dtype))
+            counts.append(torch.log1p(n.float()).to(features.dtype))
+        return torch.cat([features[:, 0], *means, *counts], dim=1)  # (B, R)
 
     def num_flops_per_token(self, sequence_length: int) -> float:
         """Training FLOPs per token: 6 x non-embedding parameters plus attention (fwd + bwd)."""
         c = self.config
-        dense = 6 * sum(p.numel() for n, p in self.named_parameters() if "layers." in n)
+        per_token = ("layers.", "pool_features.")  # weights applied to every token
+        dense = 6 * sum(p.numel() for n, p in self.named_parameters() if n.startswith(per_token))
         attention = 12 * c.num_hidden_layers * c.hidden_size * sequence_length
         return float(dense + attention)
 

@@ -47,14 +47,14 @@ class BagOfCodesHead(nn.Module):
     visit vector must say which codes were hidden, so it has to carry the patient's codes
     rather than leave them to token states (issue 19)."""
 
-    def __init__(self, hidden_size: int, vocab_size: int, eps: float = 1e-5):
+    def __init__(self, pooled_size: int, hidden_size: int, vocab_size: int, eps: float = 1e-5):
         super().__init__()
-        self.transform = nn.Linear(hidden_size, hidden_size)
+        self.transform = nn.Linear(pooled_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
         self.code_bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, pooled: torch.Tensor, code_embeddings: torch.Tensor) -> torch.Tensor:
-        """Shape: pooled (B, D), code_embeddings (V, D) -> code logits (B, V)."""
+        """Shape: pooled (B, P), code_embeddings (V, D) -> code logits (B, V)."""
         h = self.norm(F.gelu(self.transform(pooled)))
         return F.linear(h, code_embeddings, self.code_bias)
 
@@ -65,15 +65,15 @@ class ValueQueryHead(nn.Module):
     the value, since the query names only the code (issue 19: the triage values that a mean
     over the whole sequence dilutes)."""
 
-    def __init__(self, hidden_size: int, n_value_bins: int, eps: float = 1e-5):
+    def __init__(self, pooled_size: int, hidden_size: int, n_value_bins: int, eps: float = 1e-5):
         super().__init__()
-        self.visit = nn.Linear(hidden_size, hidden_size)
+        self.visit = nn.Linear(pooled_size, hidden_size)
         self.code = nn.Linear(hidden_size, hidden_size, bias=False)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
         self.bin_decoder = nn.Linear(hidden_size, n_value_bins)
 
     def forward(self, pooled: torch.Tensor, code_embedding: torch.Tensor) -> torch.Tensor:
-        """Shape: pooled (N, D) (each query's visit vector), code_embedding (N, D) -> (N, K)."""
+        """Shape: pooled (N, P) (each query's visit vector), code_embedding (N, D) -> (N, K)."""
         h = self.norm(F.gelu(self.visit(pooled) + self.code(code_embedding)))
         return self.bin_decoder(h)
 
@@ -81,12 +81,12 @@ class ValueQueryHead(nn.Module):
 class ProjectionHead(nn.Module):
     """SimCLR's projection g(h) = W2 relu(W1 h); the loss normalizes its output."""
 
-    def __init__(self, hidden_size: int, projection_dim: int):
+    def __init__(self, pooled_size: int, hidden_size: int, projection_dim: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, projection_dim)
+            nn.Linear(pooled_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, projection_dim)
         )
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Shape: (B, D) -> (B, P)."""
+        """Shape: (B, P) -> (B, projection_dim); P the pooled width, D without pool_width."""
         return self.net(pooled)

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ehr_ssl.config import ObjectiveConfig
 from ehr_ssl.model.collectives import all_gather_with_grad, data_parallel_rank
-from ehr_ssl.model.encoder import EHREncoder
+from ehr_ssl.model.encoder import EHREncoder, pooled_dim
 from ehr_ssl.model.forecast import forecast_view
 from ehr_ssl.model.heads import BagOfCodesHead, MaskedEventHead, ProjectionHead, ValueQueryHead
 from ehr_ssl.model.losses import (
@@ -75,23 +75,19 @@ class PretrainingModel(nn.Module):
         self.masked_head = MaskedEventHead(
             config.hidden_size, config.vocab_size, config.n_value_bins, config.layer_norm_eps
         )
-        self.projection = ProjectionHead(config.hidden_size, objective.projection_dim)
+        # Heads on a visit's pooled vector read its P = pooled_dim features (pool_width).
+        d, p, eps = config.hidden_size, pooled_dim(config), config.layer_norm_eps
+        self.projection = ProjectionHead(p, d, objective.projection_dim)
         heads = [self.masked_head, self.projection]
         # Only when on: runs (and checkpoints) without the term keep their state dict.
         if objective.bag_weight > 0:
-            self.bag_head = BagOfCodesHead(
-                config.hidden_size, config.vocab_size, config.layer_norm_eps
-            )
+            self.bag_head = BagOfCodesHead(p, d, config.vocab_size, eps)
             heads.append(self.bag_head)
         if objective.forecast_weight > 0:
-            self.forecast_head = BagOfCodesHead(
-                config.hidden_size, config.vocab_size, config.layer_norm_eps
-            )
+            self.forecast_head = BagOfCodesHead(p, d, config.vocab_size, eps)
             heads.append(self.forecast_head)
         if objective.visit_values_weight > 0:
-            self.values_head = ValueQueryHead(
-                config.hidden_size, config.n_value_bins, config.layer_norm_eps
-            )
+            self.values_head = ValueQueryHead(p, d, config.n_value_bins, eps)
             heads.append(self.values_head)
         for head in heads:  # one place for initialization
             head.apply(encoder._init_weights)
@@ -214,14 +210,14 @@ class PretrainingModel(nn.Module):
                 hidden_a, table, labels, scale
             )
         if self.objective.bag_weight > 0:
-            pooled_a = encoded.pooler_output[:n_visits]  # (B, D): view A's visit vectors
+            pooled_a = encoded.pooler_output[:n_visits]  # (B, P): view A's visit vectors
             logits = self.bag_head(pooled_a, table)  # (B, V)
             terms["bag"] = bag_of_codes_loss(logits, labels["masked_code"]) * scale.get("bag", 1)
         if self.objective.visit_values_weight > 0:
-            pooled_a = encoded.pooler_output[:n_visits]  # (B, D): view A's visit vectors
+            pooled_a = encoded.pooler_output[:n_visits]  # (B, P): view A's visit vectors
             terms["visit_values"] = self._visit_values_term(pooled_a, labels, scale)
         if self.objective.forecast_weight > 0:
-            prefix = encoded.pooler_output[-n_visits:]  # (B, D): the prefix view, stacked last
+            prefix = encoded.pooler_output[-n_visits:]  # (B, P): the prefix view, stacked last
             logits = self.forecast_head(prefix, table)  # (B, V)
             forecast = bag_of_codes_loss(logits, labels["forecast"])
             terms["forecast"] = forecast * scale.get("forecast", 1)
@@ -262,7 +258,7 @@ class PretrainingModel(nn.Module):
         self, pooled_a: Tensor, labels: dict[str, Tensor], scale: dict[str, Tensor]
     ) -> Tensor:
         """Cross-entropy of each queried event's value bin given its visit's vector and its
-        code, a mean over the queries. Shape: pooled_a (B, D), labels (B, T) -> ()."""
+        code, a mean over the queries. Shape: pooled_a (B, P), labels (B, T) -> ()."""
         bins, codes = labels["visit_values"], labels["visit_value_codes"]
         queries = bins != IGNORE_INDEX  # (B, T)
         rows = queries.nonzero()[:, 0]  # (N,): each query's visit
@@ -368,7 +364,7 @@ def encode_by_length(
     length, each pass padded only to its own longest row; 1 is a single pass over the stack.
 
     Padding is masked, so the outputs are those of one pass (up to float rounding).
-    Shape: k views of (B, T_i) -> last_hidden_state (k * B, T, D), pooler_output (k * B, D),
+    Shape: k views of (B, T_i) -> last_hidden_state (k * B, T, D), pooler_output (k * B, P),
     with T as `_stack_padded`'s; and the number of padded input slots the passes ran on.
     """
     stacked = _stack_padded(views, multiple, limit)

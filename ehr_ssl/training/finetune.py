@@ -280,7 +280,7 @@ def predict_finetuned(
         model = AdmissionClassifier.load_checked(finetune_dir / CLASSIFIER_DIR).to(device)
         return predict_scores(model, dataset, device)
     encoder = EHREncoder.load_checked(encoder_dir).to(device)
-    probe, readout = load_probe(finetune_dir, encoder.config.hidden_size)
+    probe, readout = load_probe(finetune_dir, encoder.config)
     probe = {k: v.numpy() for k, v in probe.items()}
     return probe_scores(probe, pooled_vectors(encoder, dataset, device, readout=readout))
 

@@ -17,7 +17,7 @@ from ehr_ssl.config import READOUTS
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import FINETUNE_SUMMARY_FILE, PROBE_FILE
 from ehr_ssl.model.classifier import AdmissionClassifier
-from ehr_ssl.model.encoder import EHREncoder, readout_dim
+from ehr_ssl.model.encoder import EHRConfig, EHREncoder, readout_dim
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.tokens.batching import TokenDataset, collate
 from ehr_ssl.training.selection import C_GRID, Folds, cross_validate
@@ -42,7 +42,7 @@ def pooled_vectors(
         inputs = {k: batch[k].to(device) for k in ENCODER_INPUTS}
         out.append(encoder(**inputs, readout=readout).readout.cpu())
     if not out:
-        return np.zeros((0, readout_dim(encoder.config.hidden_size, readout)), dtype=np.float32)
+        return np.zeros((0, readout_dim(encoder.config, readout)), dtype=np.float32)
     return torch.cat(out).numpy()
 
 
@@ -144,9 +144,9 @@ def probe_scores(probe: dict[str, np.ndarray], vectors: np.ndarray) -> np.ndarra
     return 1 / (1 + np.exp(-(x @ probe["coef"] + probe["intercept"])))
 
 
-def load_probe(finetune_dir: Path, hidden_size: int) -> tuple[dict[str, torch.Tensor], str]:
+def load_probe(finetune_dir: Path, config: EHRConfig) -> tuple[dict[str, torch.Tensor], str]:
     """A linear-probe fine-tuning directory's probe (`linear_probe`'s tensors) over an encoder
-    of `hidden_size`, and the readout it reads (its summary's; "pooled" for a summary written
+    of `config`, and the readout it reads (its summary's; "pooled" for a summary written
     before the setting): coef (R,), intercept (1,), mean (R,), std (R,).
 
     Raises:
@@ -161,7 +161,7 @@ def load_probe(finetune_dir: Path, hidden_size: int) -> tuple[dict[str, torch.Te
         )
     path = Path(finetune_dir) / PROBE_FILE
     probe = load_safetensors(path, what="linear probe")
-    width = readout_dim(hidden_size, readout)
+    width = readout_dim(config, readout)
     shapes = {"coef": (width,), "intercept": (1,), "mean": (width,), "std": (width,)}
     check_tensor_shapes(probe, shapes, path=path, what=f"linear probe of readout {readout!r}")
     return probe, readout

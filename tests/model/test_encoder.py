@@ -11,12 +11,13 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 import ehr_ssl  # noqa: F401  (registers the Auto classes)
-from ehr_ssl.config import PRESETS, SplitConfig, TokenizeConfig, TokenizerConfig
+from ehr_ssl.config import MAX_WIDTH, PRESETS, SplitConfig, TokenizeConfig, TokenizerConfig
 from ehr_ssl.errors import InputError
 from ehr_ssl.model.encoder import (
     EHRConfig,
     EHREncoder,
     config_from_settings,
+    pooled_dim,
     readout_dim,
     resolve_model_settings,
     time_buckets,
@@ -332,7 +333,7 @@ def test_the_segment_readout_of_a_hand_made_batch():
     out = model.readout(hidden, batch["input_ids"], batch["segment_ids"],
                         batch["attention_mask"], "segments")  # fmt: skip
     d = 32
-    assert out.shape == (2, 3 * d + 2) == (2, readout_dim(d, "segments"))
+    assert out.shape == (2, 3 * d + 2) == (2, readout_dim(model.config, "segments"))
     torch.testing.assert_close(out[:, :d], hidden[:, 0])
     torch.testing.assert_close(out[0, d : 2 * d], hidden[0, 3:6].mean(0))  # h h [UNK]
     torch.testing.assert_close(out[0, 2 * d : 3 * d], hidden[0, 7:9].mean(0))  # c c
@@ -343,10 +344,53 @@ def test_the_segment_readout_of_a_hand_made_batch():
     pooled = model.readout(hidden, batch["input_ids"], batch["segment_ids"],
                            batch["attention_mask"], "pooled")  # fmt: skip
     assert torch.equal(pooled, model.pool(hidden, batch["attention_mask"]))
-    assert readout_dim(d, "pooled") == d
+    assert readout_dim(model.config, "pooled") == d
     with pytest.raises(ValueError, match="readout must be one of"):
         model.readout(hidden, batch["input_ids"], batch["segment_ids"],
                       batch["attention_mask"], "max")  # fmt: skip
+
+
+def test_the_wide_pooling_averages_a_learned_feature_map_in_every_summary():
+    """Under pool_width K every pooled summary averages GELU(W h + b) (K wide) where it
+    averaged the states: the pooled vector, the [CLS] part and each segment's mean; the counts
+    are unchanged. Without it the features are the states themselves."""
+    model, k, d = tiny(pool_width=48), 48, 32
+    batch = _hand_made_batch()
+    hidden = torch.randn(2, 9, d, generator=torch.Generator().manual_seed(0))
+    args = (hidden, batch["input_ids"], batch["segment_ids"], batch["attention_mask"])
+    layer = model.pool_features
+    features = torch.nn.functional.gelu(hidden @ layer.weight.T + layer.bias)  # (2, 9, K)
+    assert pooled_dim(model.config) == k and pooled_dim(tiny().config) == d
+    means = torch.stack([features[0].mean(0), features[1, :5].mean(0)])  # all real tokens
+    torch.testing.assert_close(model.pool(hidden, args[-1]), means)
+    torch.testing.assert_close(model.pool(hidden, args[-1], "cls"), features[:, 0])
+    out = model.readout(*args, "segments")
+    assert out.shape == (2, 3 * k + 2) == (2, readout_dim(model.config, "segments"))
+    torch.testing.assert_close(out[:, :k], features[:, 0])
+    torch.testing.assert_close(out[0, k : 2 * k], features[0, 3:6].mean(0))  # h h [UNK]
+    torch.testing.assert_close(out[1, 2 * k : 3 * k], features[1, 4])
+    assert torch.equal(out[1, k : 2 * k], torch.zeros(k))  # no history events
+    plain = tiny().readout(*args, "segments")
+    torch.testing.assert_close(out[:, 3 * k :], plain[:, 3 * d :])  # the same log counts
+    assert torch.equal(tiny().token_features(hidden), hidden)
+
+
+def test_the_wide_pooling_starts_where_its_gelu_bends():
+    """The feature map's weights start at a standard deviation of 1 / sqrt(D), its bias at 0,
+    so that on unit-scale states its GELU inputs are unit-scale; every other linear layer keeps
+    initializer_range."""
+    model = tiny(pool_width=512)
+    weight = model.pool_features.weight
+    assert weight.std().item() == pytest.approx(32**-0.5, rel=0.05)
+    assert torch.equal(model.pool_features.bias, torch.zeros(512))
+    other = model.layers[0].fc_in.weight
+    assert other.std().item() == pytest.approx(model.config.initializer_range, rel=0.1)
+
+
+@pytest.mark.parametrize("width", [-1, 4 * MAX_WIDTH + 1])
+def test_a_pool_width_out_of_range_is_refused(width):
+    with pytest.raises(InputError, match="pool_width must be"):
+        config_from_settings({"pool_width": width})
 
 
 def test_the_windows_readout_of_a_hand_made_batch():
@@ -361,7 +405,7 @@ def test_the_windows_readout_of_a_hand_made_batch():
     args = (hidden, batch["input_ids"], batch["segment_ids"], batch["attention_mask"])
     out = model.readout(*args, "windows", hours)
     d = 32
-    assert out.shape == (2, 6 * d + 5) == (2, readout_dim(d, "windows"))
+    assert out.shape == (2, 6 * d + 5) == (2, readout_dim(model.config, "windows"))
     segments = model.readout(*args, "segments")
     torch.testing.assert_close(out[:, : 3 * d], segments[:, : 3 * d])
     windows = out[0, 3 * d : 6 * d].reshape(3, d)  # 7, 30, 365 days
@@ -375,18 +419,20 @@ def test_the_windows_readout_of_a_hand_made_batch():
         model.readout(*args, "windows")
 
 
+@pytest.mark.parametrize("pool_width", [0, 48])
 @pytest.mark.parametrize("readout", ["segments", "windows"])
 @pytest.mark.parametrize("training", [False, True])
-def test_the_forward_reads_out_what_it_is_asked(training, readout):
+def test_the_forward_reads_out_what_it_is_asked(training, readout, pool_width):
     """The readout of a forward pass is `readout` of its own hidden states, in eval mode (read
-    width group by width group) and in training mode; none unless asked."""
-    model = tiny().train(training)
+    width group by width group) and in training mode, with or without the wide pooling; none
+    unless asked."""
+    model = tiny(pool_width=pool_width).train(training)
     batch = collate(random_visits(6))
     inputs = {k: batch[k] for k in INPUTS}
     with torch.no_grad():
         plain = model(**inputs)
         out = model(**inputs, readout=readout)
-    assert plain.readout is None and out.readout.shape == (6, readout_dim(32, readout))
+    assert plain.readout is None and out.readout.shape == (6, readout_dim(model.config, readout))
     expected = model.readout(out.last_hidden_state, batch["input_ids"], batch["segment_ids"],
                              batch["attention_mask"], readout, batch["time_deltas"])  # fmt: skip
     torch.testing.assert_close(out.readout, expected, rtol=1e-5, atol=1e-6)

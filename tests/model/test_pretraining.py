@@ -17,7 +17,7 @@ from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import SEGMENT_HISTORY
 
 
-def _model(tokens, **objective) -> PretrainingModel:
+def _model(tokens, pool_width: int = 0, **objective) -> PretrainingModel:
     """A small model; its objective starts from masked + contrastive (the pair whose wiring most
     of these tests check), then `objective`."""
     objective = {"contrastive_weight": 1.0, "forecast_weight": 0.0, **objective}
@@ -32,6 +32,7 @@ def _model(tokens, **objective) -> PretrainingModel:
         max_position_embeddings=64,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
+        pool_width=pool_width,
     )
     return PretrainingModel(EHREncoder(config), ObjectiveConfig(projection_dim=16, **objective))
 
@@ -80,6 +81,30 @@ def test_terms_follow_weights_and_sum(cohort_tokens, weights, terms):
     )
     torch.testing.assert_close(losses["loss"], torch.as_tensor(expected))
     assert all(torch.isfinite(losses[k]) for k in terms | {"loss"})
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        {"contrastive_weight": 1.0},
+        {"bag_weight": 1.0},
+        {"forecast_weight": 1.0},
+        {"visit_values_weight": 1.0},
+        {"masked_weight": 1.0},
+    ],
+)
+def test_every_term_on_the_visit_vector_trains_the_wide_pooling(cohort_tokens, weights):
+    """Under model.pool_width each term that reads the pooled vector (K wide) sends a gradient
+    to the feature map; the masked-event term, on token states, does not."""
+    off = {"masked_weight": 0.0, "contrastive_weight": 0.0}
+    model = _model(cohort_tokens, pool_width=40, **(off | weights))
+    losses = model(_batch(cohort_tokens), torch.Generator().manual_seed(0))
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    grad = model.encoder.pool_features.weight.grad
+    assert model.encoder.pool_features.weight.shape == (40, 32)
+    reads_the_vector = "masked_weight" not in weights
+    assert (grad is not None and bool(grad.abs().sum() > 0)) == reads_the_vector
 
 
 def test_randomness_comes_from_the_generator(cohort_tokens):

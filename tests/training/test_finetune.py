@@ -318,8 +318,9 @@ def test_a_probe_is_read_with_the_readout_its_summary_records(cohort_tokens, enc
 
     out = tmp_path / "ft"
     finetune(cohort_tokens, encoder_dir, out, _config(mode="linear-probe", readout="segments"))
-    hidden = EHRConfig.from_pretrained(encoder_dir).hidden_size
-    probe, readout = load_probe(out, hidden)
+    config = EHRConfig.from_pretrained(encoder_dir)
+    hidden = config.hidden_size
+    probe, readout = load_probe(out, config)
     assert readout == "segments" and probe["mean"].shape == (3 * hidden + 2,)
     path = out / "finetune_summary.json"
     summary = json.loads(path.read_text())
@@ -328,7 +329,7 @@ def test_a_probe_is_read_with_the_readout_its_summary_records(cohort_tokens, enc
         edited = {k: v for k, v in summary.items() if k != "readout"}
         path.write_text(json.dumps(edited | ({} if recorded is None else {"readout": recorded})))
         with pytest.raises(InputError, match=message):
-            load_probe(out, hidden)
+            load_probe(out, config)
 
 
 def test_the_code_hierarchy_reaches_every_mode(cohort_tokens, tmp_path):
@@ -350,3 +351,27 @@ def test_the_code_hierarchy_reaches_every_mode(cohort_tokens, tmp_path):
     summary = finetune(cohort_tokens, tmp_path / "run" / "encoder", tmp_path / "ft",
                        _config(mode="scratch"))  # fmt: skip
     assert summary["mode"] == "scratch"
+
+
+def test_the_wide_pooling_reaches_the_probe_and_the_classifier(cohort_tokens, tmp_path):
+    """Pretrained with `model.pool_width`, the probe and the fine-tuned classifier read the
+    K-wide summaries of the segment readout (3 K + 2), and the probe loads back at that width."""
+    from ehr_ssl.training.probe import load_probe
+
+    config = load_pretrain_config(
+        None, {"preset": "tiny", "model.pool_width": 24, "train.max_steps": 3}
+    )
+    pretrain(cohort_tokens, tmp_path / "run", config)
+    encoder_dir = tmp_path / "run" / "encoder"
+    encoder_config = EHRConfig.from_pretrained(encoder_dir)
+    assert encoder_config.pool_width == 24
+    finetune(cohort_tokens, encoder_dir, tmp_path / "probe",
+             _config(mode="linear-probe", readout="segments"))  # fmt: skip
+    probe, readout = load_probe(tmp_path / "probe", encoder_config)
+    assert readout == "segments" and probe["coef"].shape == (3 * 24 + 2,)
+    summary = finetune(cohort_tokens, encoder_dir, tmp_path / "full",
+                       _config(mode="full", readout="segments"))  # fmt: skip
+    assert 0.0 <= summary["val_auroc"] <= 1.0
+    model = finetuning.build_classifier(encoder_dir, encoder_config,
+                                        _config(mode="full", readout="segments"))  # fmt: skip
+    assert model.head.weight.shape == (1, 3 * 24 + 2)
