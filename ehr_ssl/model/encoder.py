@@ -520,10 +520,11 @@ class EHREncoder(EHRPreTrainedModel):
         if not self.training:
             return self._encode_by_width(*inputs, readout=readout)
         hidden = self._encode(*inputs)
-        read = None if readout is None else self.readout(
-            hidden, input_ids, segment_ids, inputs[-1], readout, time_deltas)  # fmt: skip
+        features = self.token_features(hidden)  # computed once for the pool and the readout
+        read = None if readout is None else self._read(
+            features, input_ids, segment_ids, inputs[-1], readout, time_deltas)  # fmt: skip
         return EHREncoderOutput(
-            last_hidden_state=hidden, pooler_output=self.pool(hidden, inputs[-1]), readout=read
+            last_hidden_state=hidden, pooler_output=self._pool(features, inputs[-1]), readout=read
         )
 
     def _encode(
@@ -644,10 +645,11 @@ class EHREncoder(EHRPreTrainedModel):
             group = [x[rows, :width] for x in padded]  # (G, width) each
             states = self._encode(*group)  # (G, width, D)
             hidden[rows, : min(width, t)] = states[:, :t].to(hidden.dtype)
-            pooled[rows] = self.pool(states, group[-1]).to(hidden.dtype)
+            features = self.token_features(states)  # (G, width, P), once for both
+            pooled[rows] = self._pool(features, group[-1]).to(hidden.dtype)
             if read is not None:
-                read[rows] = self.readout(states, group[0], group[3], group[-1], readout,
-                                          group[2]).to(hidden.dtype)  # fmt: skip
+                read[rows] = self._read(features, group[0], group[3], group[-1], readout,
+                                        group[2]).to(hidden.dtype)  # fmt: skip
         return EHREncoderOutput(last_hidden_state=hidden, pooler_output=pooled, readout=read)
 
     def pool(
@@ -657,10 +659,16 @@ class EHREncoder(EHRPreTrainedModel):
         probe can read any pooling of one forward pass: the [CLS] token's features or the mean
         of every token's (`token_features`). Shape: hidden (B, T, D), mask (B, T) bool ->
         (B, P), P = `pooled_dim`."""
+        return self._pool(self.token_features(hidden), mask, pooling)
+
+    def _pool(
+        self, features: torch.Tensor, mask: torch.Tensor, pooling: str | None = None
+    ) -> torch.Tensor:
+        """`pool` of the tokens' features. Shape: (B, T, P), (B, T) bool -> (B, P)."""
         if (pooling or self.config.pooling) == "cls":
-            return self.token_features(hidden[:, 0])
-        weights = mask.to(hidden.dtype)[..., None]  # (B, T, 1)
-        return (self.token_features(hidden) * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            return features[:, 0]
+        weights = mask.to(features.dtype)[..., None]  # (B, T, 1)
+        return (features * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
     def token_features(self, hidden: torch.Tensor) -> torch.Tensor:
         """What every pooled summary averages: the token states themselves, or under
@@ -695,11 +703,25 @@ class EHREncoder(EHRPreTrainedModel):
         bool, True = token; time_deltas in hours, negative before the prediction time) ->
         (B, R), R = `readout_dim(config, readout)`.
         """
+        features = self.token_features(hidden)  # (B, T, P)
+        return self._read(features, input_ids, segment_ids, mask, readout, time_deltas)
+
+    def _read(
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        segment_ids: torch.Tensor,
+        mask: torch.Tensor,
+        readout: str | None = None,
+        time_deltas: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`readout` of the tokens' features. Shape: features (B, T, P), the rest (B, T) ->
+        (B, R)."""
         readout = readout or self.config.readout
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         if readout == "pooled":
-            return self.pool(hidden, mask)
+            return self._pool(features, mask)
         not_events = torch.tensor(NOT_EVENT_IDS, device=input_ids.device, dtype=input_ids.dtype)
         events = mask & ~torch.isin(input_ids, not_events)  # (B, T)
         history = events & (segment_ids == SEGMENT_HISTORY)
@@ -708,7 +730,6 @@ class EHREncoder(EHRPreTrainedModel):
             if time_deltas is None:
                 raise ValueError('the "windows" readout needs time_deltas')
             parts += [history & (time_deltas >= -24.0 * days) for days in WINDOW_DAYS]
-        features = self.token_features(hidden)  # (B, T, P)
         means, counts = [], []
         for chosen in parts:  # (B, T) each
             n = chosen.sum(1, keepdim=True)  # (B, 1) long: exact however many events
