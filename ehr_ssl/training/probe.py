@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -141,7 +142,7 @@ def probe_scores(probe: dict[str, np.ndarray], vectors: np.ndarray) -> np.ndarra
     """P(admission) from a saved probe (coef, intercept, mean, std) and the visit vectors of
     its readout. Shape: (N, R) -> (N,)."""
     x = (vectors - probe["mean"]) / probe["std"]
-    return 1 / (1 + np.exp(-(x @ probe["coef"] + probe["intercept"])))
+    return expit(x @ probe["coef"] + probe["intercept"])  # no overflow at large |logit|
 
 
 def load_probe(finetune_dir: Path, config: EHRConfig) -> tuple[dict[str, torch.Tensor], str]:
