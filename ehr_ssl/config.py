@@ -598,9 +598,11 @@ class FinetuneConfig:
 # the tabular baselines (windowed counts, value stats and code roll-ups).
 MODELS = ("ssl", "ssl_linear_probe", "scratch", "counts_logistic", "counts_gbm", "ssl_plus_counts",
           "tabular_logistic", "tabular_gbm")  # fmt: skip
-# The fine-tuned models and their fine-tuning mode; the counts baselines and their kind.
+# The fine-tuned models and their fine-tuning mode; the counts baselines and their kind
+# (counts_gbm: LightGBM on the sparse counts, as strong as HistGradientBoosting on the densified
+# ones at 1,000 labels, stronger below and about 100x faster; benchmarks/README.md).
 FINETUNED = {"ssl": "full", "ssl_linear_probe": "linear-probe", "scratch": "scratch"}
-COUNTS = {"counts_logistic": "logistic", "counts_gbm": "gbm"}
+COUNTS = {"counts_logistic": "logistic", "counts_gbm": "lightgbm"}
 # The tabular baselines (`ehr_ssl.evaluation.tabular`) and their kind: L2 logistic, LightGBM.
 TABULAR = {"tabular_logistic": "logistic", "tabular_gbm": "lightgbm"}
 HYBRID = "ssl_plus_counts"  # one logistic regression on the counts and the frozen SSL vectors

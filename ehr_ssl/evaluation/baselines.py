@@ -1,5 +1,6 @@
 """Counts baselines: a bag of codes and value bins built from the token shards, fed to logistic
-regression and HistGradientBoosting, with model selection on the validation split only.
+regression or gradient-boosted trees (LightGBM on sparse input, or HistGradientBoosting on the
+densified frequent columns), with model selection that never reads the test split.
 
 Features come from exactly the tokens the transformer sees, so every baseline reads the same
 visits, the same lookback window and the same cutoff (no event after the prediction time).
