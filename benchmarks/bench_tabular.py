@@ -3,8 +3,7 @@
 protocol (`ehr_ssl.evaluation.scoring`), the test split scored once per model.
 
 usage: python benchmarks/bench_tabular.py TOKENS_DIR [--budgets 100,300,1000] [--seeds 0,1,2]
-           [--models counts_logistic,counts_gbm,tabular_logistic,tabular_gbm,counts_lightgbm]
-           [--out FILE.jsonl]
+           [--models counts_logistic,counts_gbm,tabular_logistic,tabular_gbm] [--out FILE.jsonl]
 """
 
 from __future__ import annotations
@@ -22,14 +21,11 @@ from ehr_ssl.evaluation.scoring import (
     draw_label_budget,
     read_labeled,
     read_test_split,
-    score_count_features,
     score_counts,
     score_tabular,
 )
 
 MODELS = [*COUNTS, *TABULAR]
-# Not (yet) pipeline models: the counts features through another baseline kind.
-CANDIDATES = {"counts_lightgbm": "lightgbm"}
 
 
 def main() -> None:
@@ -52,8 +48,9 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             budget = draw_label_budget(train, val, budget_name, seed=seed, config=FinetuneConfig())
             for model in args.models.split(","):
+                score = score_counts if model in COUNTS else score_tabular
                 start = time.perf_counter()
-                scores, choice = _score(model, test, budget)
+                scores, choice = score(model, test, budget)
                 row = {"budget": budget_name, "seed": seed, "model": model,
                        "auroc": float(roc_auc_score(y_test, scores)),
                        "fit_seconds": time.perf_counter() - start, "chosen": choice["chosen"],
@@ -64,13 +61,6 @@ def main() -> None:
                     with args.out.open("a") as file:
                         file.write(json.dumps(row) + "\n")
     summarize(results)
-
-
-def _score(model: str, test, budget) -> tuple[np.ndarray, dict]:
-    """A pipeline baseline (`COUNTS`, `TABULAR`) or a `CANDIDATES` one, scored as the run does."""
-    if model in CANDIDATES:
-        return score_count_features(CANDIDATES[model], test, budget)
-    return (score_counts if model in COUNTS else score_tabular)(model, test, budget)
 
 
 def summarize(results: list[dict]) -> None:

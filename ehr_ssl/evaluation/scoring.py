@@ -17,7 +17,6 @@ from ehr_ssl.artifacts import read_json
 from ehr_ssl.config import COUNTS, HYBRID, TABULAR, FinetuneConfig, parse_budget
 from ehr_ssl.errors import InputError
 from ehr_ssl.evaluation.baselines import (
-    BaselineKind,
     count_features,
     fit_counts_baseline,
     fit_counts_baseline_cv,
@@ -155,17 +154,9 @@ def score_counts(name: str, test: LabeledTestSplit, budget: LabelBudget) -> tupl
     """A counts baseline (a `COUNTS` name) fit on the budget's labels and chosen under its
     selection protocol, and its test scores; the test labels play no part. Shape: (N,) test
     visits. Returns the scores and the choice made (val_auroc, chosen, selection)."""
-    return score_count_features(COUNTS[name], test, budget)
-
-
-def score_count_features(
-    kind: BaselineKind, test: LabeledTestSplit, budget: LabelBudget
-) -> tuple[np.ndarray, dict]:
-    """`score_counts` with the counts features fed to a baseline `kind` of
-    `ehr_ssl.evaluation.baselines` (a benchmark can try a kind no pipeline model uses yet)."""
     sizes = {"vocab_size": test.vocab_size, "n_bins": test.n_bins}
     features = [count_features(frame, **sizes) for frame in (budget.train, budget.val)]
-    return _fit_and_score(kind, features, test.counts, budget)
+    return _fit_and_score(COUNTS[name], features, test.counts, budget)
 
 
 def score_tabular(
