@@ -1,6 +1,6 @@
 """Counts baselines: a bag of codes and value bins built from the token shards, fed to logistic
-regression or gradient-boosted trees (LightGBM on sparse input, or HistGradientBoosting on the
-densified frequent columns), with model selection that never reads the test split.
+regression or gradient-boosted trees (LightGBM on the sparse frequent columns), with model
+selection that never reads the test split.
 
 Features come from exactly the tokens the transformer sees, so every baseline reads the same
 visits, the same lookback window and the same cutoff (no event after the prediction time).
@@ -17,7 +17,6 @@ import pyarrow as pa
 import scipy.sparse as sp
 from lightgbm import LGBMClassifier
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import ParameterGrid
@@ -33,7 +32,6 @@ from ehr_ssl.training.selection import C_GRID, Folds, cross_validate
 # The selection AUROC (cv or holdout, `ehr_ssl.training.selection`) picks one candidate per
 # grid. The logistic grid is wide (1e-4 .. 1e2): at 100 labels strong regularization wins.
 LOGISTIC_GRID: dict[str, list] = {"C": list(C_GRID)}
-GBM_GRID: dict[str, list] = {"learning_rate": [0.05, 0.1], "max_leaf_nodes": [7, 31]}
 # The hybrid (counts and the SSL readout in one logistic regression): C, and the scale of the
 # standardized readout block against the max-abs scaled counts (a per-block L2 strength).
 HYBRID_GRID: dict[str, list] = {"C": list(C_GRID), "vector_weight": [0.1, 0.3, 1.0]}
@@ -43,13 +41,12 @@ LIGHTGBM_GRID: dict[str, list] = {"num_leaves": [7, 31], "min_child_samples": [5
 LIGHTGBM_SETTINGS = {"n_estimators": 200, "learning_rate": 0.05, "subsample": 0.8,
                      "subsample_freq": 1, "colsample_bytree": 0.5, "reg_lambda": 1.0, "n_jobs": 2,
                      "verbose": -1, "deterministic": True, "force_row_wise": True}  # fmt: skip
-GBM_MAX_ITER = 200  # fixed number of boosting rounds: no internal early-stopping split
-GBM_MIN_NONZERO = 5  # a column reaches the GBM only if >= this many train visits have it
+GBM_MIN_NONZERO = 5  # a column reaches the trees only if >= this many train visits have it
 LOGISTIC_MAX_ITER = 5000
 
-BaselineKind = Literal["logistic", "gbm", "hybrid", "lightgbm"]
-GRIDS: dict[str, dict[str, list]] = {"logistic": LOGISTIC_GRID, "gbm": GBM_GRID,
-                                     "hybrid": HYBRID_GRID, "lightgbm": LIGHTGBM_GRID}  # fmt: skip
+BaselineKind = Literal["logistic", "hybrid", "lightgbm"]
+GRIDS: dict[str, dict[str, list]] = {"logistic": LOGISTIC_GRID, "hybrid": HYBRID_GRID,
+                                     "lightgbm": LIGHTGBM_GRID}  # fmt: skip
 
 
 def n_count_features(vocab_size: int, n_bins: int) -> int:
@@ -141,20 +138,22 @@ def _flat(frame: pl.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
     return values, lengths.astype(np.int64)
 
 
-class DenseColumns(TransformerMixin, BaseEstimator):
-    """Keep the columns that at least `min_nonzero` training rows have, as a dense float32 array.
+class SparseColumns(TransformerMixin, BaseEstimator):
+    """Keep the columns that at least `min_nonzero` training rows have, as float32 CSR (LightGBM
+    reads it as it is).
 
-    HistGradientBoosting needs dense input; the full count matrix (V * (n_bins + 2) columns) is
-    mostly columns that almost nobody has. Fitting learns the kept columns from the training
-    rows only, so transform is the same for any later rows. Only the kept columns are densified.
+    The full count matrix (V * (n_bins + 2) columns) is mostly columns that almost nobody has,
+    and a split on a handful of rows is noise. Fitting learns the kept columns from the training
+    rows only, so transform is the same for any later rows and a column the training rows never
+    hold is dropped at predict.
 
-    Shape: (B, F) sparse -> (B, F_kept) float32.
+    Shape: (B, F) sparse -> (B, F_kept) float32 CSR.
     """
 
     def __init__(self, min_nonzero: int = GBM_MIN_NONZERO):
         self.min_nonzero = min_nonzero
 
-    def fit(self, X, y=None) -> DenseColumns:
+    def fit(self, X, y=None) -> SparseColumns:
         X = sp.csc_matrix(X)
         self.n_features_in_ = X.shape[1]
         self.columns_ = np.flatnonzero(np.diff(X.indptr) >= self.min_nonzero)
@@ -164,20 +163,6 @@ class DenseColumns(TransformerMixin, BaseEstimator):
                 f"({X.shape[0]} rows)"
             )
         return self
-
-    def transform(self, X) -> np.ndarray:
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected {self.n_features_in_} columns, got {X.shape[1]}")
-        # Cast before densifying: the dense array is float32 from the start, never float64.
-        return sp.csr_matrix(X)[:, self.columns_].astype(np.float32).toarray()
-
-
-class SparseColumns(DenseColumns):
-    """`DenseColumns` that stays sparse (LightGBM reads CSR): the columns at least `min_nonzero`
-    training rows have, so a column the training rows never hold is dropped at predict.
-
-    Shape: (B, F) sparse -> (B, F_kept) float32 CSR.
-    """
 
     def transform(self, X) -> sp.csr_matrix:
         if X.shape[1] != self.n_features_in_:
@@ -252,16 +237,6 @@ def _make_pipeline(kind: BaselineKind, params: dict, *, seed: int, n_counts: int
         }
         model = LogisticRegression(**(settings | params))
         return Pipeline([*steps, ("model", model)])
-    if kind == "gbm":
-        # early_stopping=False: no internal split, so selection happens on our validation split.
-        settings = {
-            "max_iter": GBM_MAX_ITER,
-            "early_stopping": False,
-            "class_weight": "balanced",
-            "random_state": seed,
-        }
-        model = HistGradientBoostingClassifier(**(settings | params))
-        return Pipeline([("dense", DenseColumns(GBM_MIN_NONZERO)), ("model", model)])
     if kind == "lightgbm":
         return _lightgbm_pipeline(params, seed=seed)
     raise ValueError(f"kind must be one of {', '.join(GRIDS)}, got {kind!r}")
@@ -290,9 +265,9 @@ def fit_counts_baseline(
     (holdout selection).
 
     `logistic`: MaxAbsScaler + L2 LogisticRegression (lbfgs, class_weight="balanced"), grid
-    `LOGISTIC_GRID` over C. `gbm`: `DenseColumns` (columns nonzero in >= GBM_MIN_NONZERO train
-    rows, dense float32) + HistGradientBoostingClassifier (GBM_MAX_ITER rounds, no early stopping,
-    class_weight="balanced"), grid `GBM_GRID` over learning_rate x max_leaf_nodes. `hybrid`:
+    `LOGISTIC_GRID` over C. `lightgbm`: `SparseColumns` (columns nonzero in >= GBM_MIN_NONZERO
+    train rows) + LGBMClassifier (`LIGHTGBM_SETTINGS`: fixed rounds, no early stopping,
+    class_weight="balanced"), grid `LIGHTGBM_GRID` over the tree shape. `hybrid`:
     `HybridScaler` (the first `n_counts` columns are counts) + the logistic model, grid
     `HYBRID_GRID`. The chosen model is not refit (it has seen train only); ties go to the
     earlier grid point. Balanced class weights raise P(admission) when positives are the
@@ -302,7 +277,7 @@ def fit_counts_baseline(
     Shape: X_train (N, F), y_train (N,), X_val (M, F), y_val (M,); labels 0/1 or bool.
 
     Args:
-        kind: "logistic", "gbm" or "hybrid".
+        kind: "logistic", "lightgbm" or "hybrid".
         grid: Override of the default grid (estimator argument -> list of values; may also
             set fixed arguments such as max_iter).
         seed: Random state of the estimators.
@@ -311,7 +286,7 @@ def fit_counts_baseline(
     Returns:
         The chosen fitted Pipeline (use `predict_proba`) and a JSON-ready record: kind, seed,
         protocol ("holdout"), chosen (the chosen hyper-parameters), val_auroc (the chosen
-        one's), candidates (a list of {params, val_auroc} in grid order) and, for gbm,
+        one's), candidates (a list of {params, val_auroc} in grid order) and, for lightgbm,
         n_features_kept.
 
     Raises:
@@ -384,10 +359,9 @@ def _check_kind(kind: str) -> None:
 
 
 def _with_kept_features(record: dict, fitted: Pipeline) -> dict:
-    """A gbm's record also says how many columns reached the trees."""
-    for kind, step in (("gbm", "dense"), ("lightgbm", "columns")):
-        if record["kind"] == kind:
-            record["n_features_kept"] = int(fitted.named_steps[step].columns_.size)
+    """A lightgbm's record also says how many columns reached the trees."""
+    if record["kind"] == "lightgbm":
+        record["n_features_kept"] = int(fitted.named_steps["columns"].columns_.size)
     return record
 
 

@@ -51,8 +51,7 @@ SHORTAGE = "the test split needs labeled visits of both classes, has {n}"
 @pytest.fixture(autouse=True)
 def _small_grids(monkeypatch):
     """Two points per grid: these tests check which visits and labels each model reads, not
-    the grids (tests/evaluation/test_baselines.py does), and a GBM fit costs about a second."""
-    monkeypatch.setitem(GRIDS, "gbm", {"learning_rate": [0.1], "max_leaf_nodes": [7, 15]})
+    the grids (tests/evaluation/test_baselines.py does)."""
     monkeypatch.setitem(GRIDS, "hybrid", {"C": [0.01, 1.0], "vector_weight": [1.0]})
     monkeypatch.setitem(GRIDS, "lightgbm", {"num_leaves": [7], "min_child_samples": [5, 20]})
 
