@@ -38,3 +38,39 @@ def test_terminal_table(report: dict) -> None:
     for line, (name, metrics) in zip(lines[2:], report["models"].items(), strict=True):
         assert line.startswith(name)
         assert f"{metrics['auroc']:.3f}" in line
+
+
+def test_markdown_says_what_each_model_selected(report: dict) -> None:
+    """The "Model selection" section: one row per budget-seed and model, with its protocol,
+    selection AUROC and choices (the shapes the pipeline's fine-tuning and baselines record)."""
+    cv = {"protocol": "cv", "folds": 5, "repeats": 2}
+    selection = {
+        "100-seed1/ssl": {
+            "val_auroc": 0.8123,
+            "selected_epoch": 0,
+            "selected_C": 0.01,
+            "selected": "probe",
+            "selection": cv,
+        },  # fmt: skip
+        "100-seed1/counts_logistic": {
+            "val_auroc": 0.79,
+            "chosen": {"C": 0.0316227766},
+            "selection": cv,
+        },  # fmt: skip
+        "300-seed0/counts_gbm": {
+            "val_auroc": 0.7,
+            "chosen": {"num_leaves": 7},
+            "selection": {"protocol": "holdout"},
+        },  # fmt: skip
+        "300-seed0/scratch": {"val_auroc": None},
+    }
+    text = format_report_markdown({**report, "selection": selection})
+    section = text.split("## Model selection", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == [
+        "| 100-seed1 | ssl | cv 5 folds x 2 | 0.812 | probe, epoch 0, C=0.01 |",
+        "| 100-seed1 | counts_logistic | cv 5 folds x 2 | 0.790 | C=0.0316 |",
+        "| 300-seed0 | counts_gbm | holdout | 0.700 | num_leaves=7 |",
+        "| 300-seed0 | scratch | – | – | – |",
+    ]
+    assert "## Model selection" not in format_report_markdown({**report, "selection": {}})
