@@ -5,8 +5,9 @@ few-label selection protocol for every model), on one synthetic cohort.
 Pretraining variants: both objectives x views x masking unit; the masked objective alone x
 masking unit; the contrastive objective alone x views; with "masked+bag" / "both+bag" the bag of
 masked codes predicted from the visit vector (`objective.bag_weight`) added; with
-"masked+forecast" / "both+forecast" the next codes forecast from a prefix of the visit
-(`objective.forecast_weight`) added. Each variant is
+"masked+forecast" (the default since cohort version 2) / "both+forecast" the next codes
+forecast from a prefix of the visit (`objective.forecast_weight`) added, and "forecast" that
+term alone. Each variant is
 pretrained once (in WORK/run-<variant>) and fine-tuned under each readout (the pipeline reuses
 the encoder: the readout is a fine-tuning setting). The baselines (scratch transformer, counts
 logistic regression and GBM) do not depend on pretraining: they are trained once per readout,
@@ -50,6 +51,7 @@ WEIGHTS = {
     "both+bag": (1.0, 1.0, 1.0, 0.0),
     "masked+forecast": (1.0, 0.0, 0.0, 1.0),
     "both+forecast": (1.0, 1.0, 0.0, 1.0),
+    "forecast": (0.0, 0.0, 0.0, 1.0),
 }
 
 
