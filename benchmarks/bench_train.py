@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ehr_ssl.config import OBJECTIVE_WEIGHTS, TokenizeConfig, load_pretrain_config
+from ehr_ssl.config import OBJECTIVE_WEIGHTS, TokenizeConfig, TokenizerConfig, load_pretrain_config
 from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort, write_cohort
 from ehr_ssl.tokens.tokenize import tokenize_dataset
 from ehr_ssl.tokens.tokenizer import Tokenizer
@@ -147,6 +147,7 @@ def main() -> None:
         default=DEFAULT_COHORT_VERSION,
         help="synthetic cohort version (1: the figures recorded before 2026-12-04 (fifth session))",
     )
+    parser.add_argument("--rare-codes", help="tokenizer.rare_codes [the default's]")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
@@ -174,7 +175,10 @@ def main() -> None:
         write_cohort(
             generate_cohort(args.visits, seed=0, version=args.cohort_version), work / "data"
         )
-        tokenize_dataset(work / "data", work / "tokens", TokenizeConfig())
+        rare = {} if args.rare_codes is None else {"rare_codes": args.rare_codes}
+        tokenize_dataset(
+            work / "data", work / "tokens", TokenizeConfig(tokenizer=TokenizerConfig(**rare))
+        )
         for preset in args.presets.split(","):
             # Each preset in a fresh process, so its peak RSS is its own.
             argv = [sys.executable, __file__, "--presets", preset, "--tokens", str(work / "tokens")]
@@ -186,6 +190,7 @@ def main() -> None:
                 raise SystemExit(f"preset {preset} failed")
             result = json.loads(stdout.strip().splitlines()[-1])
             result["peak_rss_mib"] = round(usage.ru_maxrss / 1024)
+            result["rare_codes"] = TokenizerConfig(**rare).rare_codes
             results.append(result)
             print(json.dumps(result))
     finally:
