@@ -76,8 +76,12 @@ def test_masked_event_loss_matches_reference(seed: int, fractions: tuple[float, 
     assert bin_loss.item() == pytest.approx(expected_bin, rel=1e-5, abs=1e-6)
 
 
-def test_masked_event_loss_gradient_is_softmax_minus_one_hot_over_targets() -> None:
-    code_logits, code_labels, bin_logits, bin_labels = random_batch(7, code_fraction=0.4)
+# 1.0: every position a target, the pretraining model's case (no gather of the target rows).
+@pytest.mark.parametrize("code_fraction", [0.4, 1.0])
+def test_masked_event_loss_gradient_is_softmax_minus_one_hot_over_targets(
+    code_fraction: float,
+) -> None:
+    code_logits, code_labels, bin_logits, bin_labels = random_batch(7, code_fraction=code_fraction)
     code_logits.requires_grad_(True)
     code_loss, _ = masked_event_loss(code_logits, code_labels, bin_logits, bin_labels)
     code_loss.backward()
