@@ -32,15 +32,15 @@ def _masked_cross_entropy(logits: Tensor, labels: Tensor, name: str) -> Tensor:
         raise ValueError(f"{name}_labels must be an integer tensor, got {labels.dtype}")
     n_classes = logits.shape[-1]
     flat_labels = labels.reshape(-1)
-    # Gather the target rows first: masking usually selects ~15% of the tokens, so the softmax over
-    # the vocabulary runs on those rows only, and non-target logits (even NaN) never enter the loss.
+    # Gather the target rows first when some rows are not targets: masking usually selects ~15%
+    # of the tokens, so the softmax over the vocabulary runs on those rows only, and non-target
+    # logits (even NaN) never enter the loss. When every row is a target (the pretraining model
+    # passes target rows only) the gather is skipped: it copies the (n, C) logits and its backward
+    # scatters into a zeroed gradient, a fifth of a default pretraining step on CPU.
     target_rows = (flat_labels != IGNORE_INDEX).nonzero(as_tuple=True)[0]  # (n,)
     n_targets = target_rows.numel()
     target_logits = logits.reshape(-1, n_classes)
     if n_targets < flat_labels.numel():
-        # Only when some rows are not targets: a gather copies the (n, C) logits and its
-        # backward scatters into a zeroed (B * T, C) gradient, a third of a pretraining step
-        # on CPU at a 10k-code vocabulary (the pretraining model passes target rows only).
         target_logits = target_logits[target_rows]  # (n, C)
     target_labels = flat_labels[target_rows].long()  # (n,)
     if n_targets and bool(((target_labels < 0) | (target_labels >= n_classes)).any()):

@@ -39,7 +39,8 @@ GRIDS = {"logistic": LOGISTIC_GRID, "lightgbm": LIGHTGBM_GRID}
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    # The boosted trees' OpenMP threads crawl on a busy 2-core machine; data here is tiny.
+    # BLAS threads crawl on a busy 2-core machine and the data here is tiny (LightGBM sets its
+    # own n_jobs, LIGHTGBM_SETTINGS).
     with threadpool_limits(limits=1):
         yield
 

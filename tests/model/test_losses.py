@@ -92,6 +92,24 @@ def test_masked_event_loss_gradient_is_softmax_minus_one_hot_over_targets(
     torch.testing.assert_close(code_logits.grad, expected)
 
 
+def test_all_target_rows_give_the_gathered_loss_and_gradient_bitwise() -> None:
+    """Every row a target (no gather) against the same rows beside a non-target row (gathered)."""
+    code_logits, code_labels, bin_logits, bin_labels = random_batch(3, code_fraction=1.0)
+    code_labels = code_labels.clamp(min=0)  # every position a target
+    extra = torch.full((3, 1), IGNORE_INDEX)
+    plain = code_logits.clone().requires_grad_(True)
+    padded = torch.cat([code_logits, 5 * torch.randn(3, 1, code_logits.shape[-1])], 1)
+    padded.requires_grad_(True)
+    loss, _ = masked_event_loss(plain, code_labels, bin_logits, bin_labels)
+    gathered, _ = masked_event_loss(
+        padded, torch.cat([code_labels, extra], 1), bin_logits, bin_labels
+    )
+    assert torch.equal(loss, gathered)
+    (loss + gathered).backward()
+    assert torch.equal(plain.grad, padded.grad[:, :-1])
+    assert torch.equal(padded.grad[:, -1], torch.zeros_like(padded.grad[:, -1]))
+
+
 def test_no_targets_gives_exact_zero_with_zero_gradient() -> None:
     code_logits, _, bin_logits, _ = random_batch(0)
     code_logits.requires_grad_(True)
