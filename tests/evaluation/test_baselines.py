@@ -21,6 +21,7 @@ from ehr_ssl.evaluation.baselines import (
     LIGHTGBM_GRID,
     LOGISTIC_GRID,
     HybridScaler,
+    SparseColumns,
     _make_pipeline,
     count_features,
     fit_counts_baseline,
@@ -514,3 +515,19 @@ def test_dropping_columns_no_training_row_has_leaves_the_logistic_model_unchange
     np.testing.assert_allclose(
         pruned.predict_proba(X[120:])[:, 1], full.predict_proba(X[120:])[:, 1], atol=1e-6
     )
+
+
+def test_sparse_columns_keep_what_enough_training_rows_hold():
+    """The trees' column filter: kept iff >= min_nonzero training rows are nonzero there, learnt
+    from the training rows only; nothing kept is an error naming the threshold."""
+    train = sp.csr_matrix(np.array([[1, 0, 2, 0], [1, 0, 0, 0], [3, 5, 1, 0], [0, 0, 4, 0.0]]))
+    columns = SparseColumns(min_nonzero=3).fit(train)
+    np.testing.assert_array_equal(columns.columns_, [0, 2])  # 3 rows each; column 1 has 1 row
+    later = sp.csr_matrix(np.array([[7, 7, 7, 7.0]]))  # a later row holding every column
+    out = columns.transform(later)
+    assert sp.issparse(out) and out.dtype == np.float32
+    np.testing.assert_array_equal(out.toarray(), [[7, 7]])
+    with pytest.raises(ValueError, match="expected 4 columns"):
+        columns.transform(later[:, :3])
+    with pytest.raises(ValueError, match=">= 5 training rows"):
+        SparseColumns(min_nonzero=5).fit(train)
