@@ -10,9 +10,10 @@ forecast from a prefix of the visit (`objective.forecast_weight`) added, and "fo
 term alone. Each variant is
 pretrained once (in WORK/run-<variant>) and fine-tuned under each readout (the pipeline reuses
 the encoder: the readout is a fine-tuning setting). The baselines (scratch transformer, counts
-logistic regression and GBM) do not depend on pretraining: they are trained once per readout,
-in the first variant's run, and every variant's SSL predictions are compared with them on the same
-test visits, budgets and seeds (paired differences of seed means, patient bootstrap).
+logistic regression and GBM, tabular logistic regression) do not depend on pretraining: they
+are trained once per readout, in the first variant's run, and every variant's SSL predictions
+are compared with them on the same test visits, budgets and seeds (paired differences of seed
+means, patient bootstrap).
 
 usage: python benchmarks/bench_ablation.py --visits 20000 --labeled-frac 0.3 --budgets 100,300 \
            --seeds 0,1,2 --epochs 3 [--views augment,disjoint,patient] \
@@ -41,7 +42,7 @@ from ehr_ssl.layout import PREDICTIONS_FILE
 from ehr_ssl.pipeline import run_pipeline
 
 SSL_MODELS = ["ssl", "ssl_linear_probe", "ssl_plus_counts"]
-BASELINES = ["scratch", "counts_logistic", "counts_gbm"]
+BASELINES = ["scratch", "counts_logistic", "counts_gbm", "tabular_logistic"]
 # objective name -> (masked_weight, contrastive_weight, bag_weight, forecast_weight)
 WEIGHTS = {
     "both": (1.0, 1.0, 0.0, 0.0),
@@ -121,28 +122,39 @@ def compare(ssl: pl.DataFrame, baselines: pl.DataFrame, oracle, n_boot: int, mai
 
 def table(results: list[dict], budgets: list[str]) -> str:
     """One row per variant and readout: SSL, its probe and the hybrid per budget, and SSL
-    minus scratch and minus counts logistic (paired, 95% CI)."""
+    minus scratch, counts logistic and tabular logistic (paired, 95% CI)."""
     header = ["objectives", "views", "mask unit", "readout"]
     for budget in budgets:
         header += [f"ssl@{budget}", f"probe@{budget}", f"hybrid@{budget}",
-                   f"ssl-scratch@{budget}", f"ssl-countsLR@{budget}"]  # fmt: skip
+                   f"ssl-scratch@{budget}", f"ssl-countsLR@{budget}",
+                   f"ssl-tabularLR@{budget}"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         cells = [r["objective"], r["views"], r["mask_unit"], r["readout"]]
         for budget in budgets:
             models = r["curve"][budget]
             cells += [f"{models[m]['mean']:.3f}" for m in SSL_MODELS]
-            for other in ("scratch", "counts_logistic"):
-                diff = models[other]["ssl_minus_this"]
-                low, high = diff["ci95"]
-                cells.append(f"{diff['difference']:+.3f} ({low:+.3f}, {high:+.3f})")
+            for other in ("scratch", "counts_logistic", "tabular_logistic"):
+                cells.append(_difference(models.get(other)))
         lines.append("| " + " | ".join(cells) + " |")
     baseline = results[0]["curve"]
     lines.append("")
     for budget in budgets:
-        means = ", ".join(f"{m} {baseline[budget][m]['mean']:.3f}" for m in BASELINES)
+        means = ", ".join(
+            f"{m} {baseline[budget][m]['mean']:.3f}" for m in BASELINES if m in baseline[budget]
+        )
         lines.append(f"Baselines at {budget} labels ({results[0]['readout']} readout): {means}.")
     return "\n".join(lines)
+
+
+def _difference(model: dict | None) -> str:
+    """SSL minus a baseline with its interval; "-" for a baseline the first run did not train
+    (a work directory from before tabular logistic joined the baselines)."""
+    if model is None:
+        return "-"
+    diff = model["ssl_minus_this"]
+    low, high = diff["ci95"]
+    return f"{diff['difference']:+.3f} ({low:+.3f}, {high:+.3f})"
 
 
 def main() -> None:
