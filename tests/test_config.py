@@ -217,3 +217,12 @@ def test_evaluate_says_what_it_was_given_instead_of_a_run(tmp_path, capsys, wher
         assert main(command) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and ("a run directory" in err[0] or "not found" in err[0])
+
+
+def test_the_small_preset_pretrains_three_epochs_unless_told_otherwise():
+    """Every recorded figure pretrains `small` for 3 epochs; one epoch of a small cohort is
+    mostly warmup. The other presets keep the TrainConfig default; flags win over presets."""
+    assert load_pipeline_config(None, {"preset": "small"}).train.epochs == 3
+    assert load_pipeline_config(None, {}).train.epochs == 3  # small is the default preset
+    assert load_pipeline_config(None, {"preset": "base"}).train.epochs == TrainConfig().epochs
+    assert load_pipeline_config(None, {"preset": "small", "train.epochs": 1}).train.epochs == 1
