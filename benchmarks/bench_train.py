@@ -176,9 +176,8 @@ def main() -> None:
             generate_cohort(args.visits, seed=0, version=args.cohort_version), work / "data"
         )
         rare = {} if args.rare_codes is None else {"rare_codes": args.rare_codes}
-        tokenize_dataset(
-            work / "data", work / "tokens", TokenizeConfig(tokenizer=TokenizerConfig(**rare))
-        )
+        tokenizer = TokenizerConfig(**rare)
+        tokenize_dataset(work / "data", work / "tokens", TokenizeConfig(tokenizer=tokenizer))
         for preset in args.presets.split(","):
             # Each preset in a fresh process, so its peak RSS is its own.
             argv = [sys.executable, __file__, "--presets", preset, "--tokens", str(work / "tokens")]
@@ -190,7 +189,7 @@ def main() -> None:
                 raise SystemExit(f"preset {preset} failed")
             result = json.loads(stdout.strip().splitlines()[-1])
             result["peak_rss_mib"] = round(usage.ru_maxrss / 1024)
-            result["rare_codes"] = TokenizerConfig(**rare).rare_codes
+            result["rare_codes"] = tokenizer.rare_codes
             results.append(result)
             print(json.dumps(result))
     finally:
