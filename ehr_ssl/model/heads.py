@@ -38,8 +38,13 @@ class MaskedEventHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape: hidden (N, D) or (B, T, D), code_embeddings (V, D) -> code logits (..., V),
         bin logits (..., K)."""
-        h = self.norm(F.gelu(self.transform(hidden)))
+        h = self.features(hidden)
         return F.linear(h, code_embeddings, self.code_bias), self.bin_decoder(h)
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The transformed states that both decoders read (the code decoder's input, for a fused
+        linear cross-entropy). Shape: (..., D) -> (..., D)."""
+        return self.norm(F.gelu(self.transform(hidden)))
 
 
 class BagOfCodesHead(nn.Module):

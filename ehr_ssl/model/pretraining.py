@@ -25,7 +25,8 @@ from ehr_ssl.model.losses import (
     IGNORE_INDEX,
     bag_of_codes_loss,
     info_nce_loss,
-    masked_event_loss,
+    linear_cross_entropy,
+    masked_cross_entropy,
 )
 from ehr_ssl.model.masking import ENCOUNTER_TIMES, mask_events
 from ehr_ssl.model.views import augment_view, disjoint_views
@@ -241,14 +242,14 @@ class PretrainingModel(nn.Module):
         labels (B, T_a) -> (), ()."""
         code_labels, bin_labels = labels["masked_code"], labels["masked_bin"]
         targets = code_labels != IGNORE_INDEX  # (B, T_a): only these rows reach the heads
-        code_logits, bin_logits = self.masked_head(hidden_a[:, : targets.shape[1]][targets], table)
-        # (N, C) -> (1, N, C): the loss takes (B, T, C) batches of labelled positions.
-        code_loss, bin_loss = masked_event_loss(
-            code_logits[None],
-            code_labels[targets][None],
-            bin_logits[None],
-            bin_labels[targets][None],
+        features = self.masked_head.features(hidden_a[:, : targets.shape[1]][targets])  # (N, D)
+        # Fused: the (N, V) code logits are never held whole (`linear_cross_entropy`).
+        code_loss = linear_cross_entropy(
+            features, table, self.masked_head.code_bias, code_labels[targets]
         )
+        # (N, K) -> (1, N, K): the loss takes (B, T, K) batches of labelled positions.
+        bin_logits = self.masked_head.bin_decoder(features)
+        bin_loss = masked_cross_entropy(bin_logits[None], bin_labels[targets][None], "bin")
         if scale:
             code_loss = code_loss * scale["masked_code"]
             bin_loss = bin_loss * scale["masked_bin"]

@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ehr_ssl.model import losses
 from ehr_ssl.model.losses import (
     IGNORE_INDEX,
     bag_of_codes_loss,
     info_nce_loss,
+    linear_cross_entropy,
     masked_event_loss,
 )
 
@@ -210,6 +212,99 @@ def test_masked_event_loss_rejects_bad_input() -> None:
         masked_event_loss(code_logits, code_labels[:, :-1], bin_logits, bin_labels)
     with pytest.raises(ValueError, match="integer"):
         masked_event_loss(code_logits, code_labels.float(), bin_logits, bin_labels)
+
+
+# ----------------------------------------------------------------------------------------------
+# linear_cross_entropy (fused, chunked) against the unfused loss
+
+
+def linear_case(seed: int, n: int, dim: int = 8, vocab: int = 37, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, dim, generator=g, dtype=dtype).requires_grad_(True)
+    weight = (2 * torch.randn(vocab, dim, generator=g, dtype=dtype)).requires_grad_(True)
+    bias = torch.randn(vocab, generator=g, dtype=dtype).requires_grad_(True)
+    labels = torch.randint(0, vocab, (n,), generator=g)
+    return hidden, weight, bias, labels
+
+
+def unfused_gradients(hidden, weight, bias, labels, scale: float = 1.0):
+    loss = scale * F.cross_entropy(F.linear(hidden, weight, bias), labels)
+    return loss, torch.autograd.grad(loss, (hidden, weight, bias))
+
+
+# Chunks of 1 row, of a few rows with a remainder, and of every row at once.
+@pytest.mark.parametrize("chunk_elements", [1, 5 * 37, 1 << 22])
+@pytest.mark.parametrize("seed", range(3))
+def test_linear_cross_entropy_equals_the_unfused_loss_and_gradients(
+    seed: int, chunk_elements: int, monkeypatch
+) -> None:
+    monkeypatch.setattr(losses, "LINEAR_CE_CHUNK_ELEMENTS", chunk_elements)
+    hidden, weight, bias, labels = linear_case(seed, n=23)
+    expected, expected_grads = unfused_gradients(hidden, weight, bias, labels, scale=0.7)
+    loss = 0.7 * linear_cross_entropy(hidden, weight, bias, labels)  # a scaled upstream gradient
+    grads = torch.autograd.grad(loss, (hidden, weight, bias))
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_linear_cross_entropy_gradcheck_float64() -> None:
+    hidden, weight, bias, labels = linear_case(4, n=6, dim=3, vocab=5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: linear_cross_entropy(h, w, b, labels), (hidden, weight, bias)
+    )
+
+
+def test_linear_cross_entropy_is_stable_for_huge_logits() -> None:
+    """Logits of 1e4 overflow exp in float32; the loss subtracts each row's peak first."""
+    hidden, weight, bias, labels = linear_case(5, n=9)
+    loss = linear_cross_entropy(hidden * 1e3, weight, bias, labels)
+    expected = F.cross_entropy(F.linear(hidden * 1e3, weight, bias), labels)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_linear_cross_entropy_of_no_rows_is_zero_with_zero_gradients() -> None:
+    hidden, weight, bias, labels = linear_case(6, n=0)
+    loss = linear_cross_entropy(hidden, weight, bias, labels)
+    assert loss.item() == 0.0
+    loss.backward()
+    for tensor in (weight, bias):
+        assert torch.equal(tensor.grad, torch.zeros_like(tensor))
+
+
+def test_linear_cross_entropy_low_precision_inputs_give_a_float32_loss() -> None:
+    hidden, weight, bias, labels = linear_case(7, n=12)
+    loss = linear_cross_entropy(
+        hidden.bfloat16(), weight.detach().bfloat16(), bias.detach().bfloat16(), labels
+    )
+    assert loss.dtype == torch.float32
+    expected = F.cross_entropy(F.linear(hidden, weight, bias), labels)
+    torch.testing.assert_close(loss, expected, rtol=0.05, atol=0.05)
+    loss.backward()
+    assert hidden.grad.dtype == torch.float32 and torch.isfinite(hidden.grad).all()
+
+
+def test_linear_cross_entropy_without_grad_gives_the_same_loss() -> None:
+    hidden, weight, bias, labels = linear_case(8, n=15)
+    with torch.no_grad():
+        loss = linear_cross_entropy(hidden, weight, bias, labels)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, F.cross_entropy(F.linear(hidden, weight, bias), labels))
+
+
+def test_linear_cross_entropy_rejects_bad_input() -> None:
+    hidden, weight, bias, labels = linear_case(9, n=4)
+    with pytest.raises(ValueError, match="outside"):
+        linear_cross_entropy(hidden, weight, bias, torch.tensor([0, 1, 37, 2]))
+    with pytest.raises(ValueError, match="outside"):
+        linear_cross_entropy(hidden, weight, bias, torch.tensor([0, -100, 1, 2]))
+    with pytest.raises(ValueError, match="integer"):
+        linear_cross_entropy(hidden, weight, bias, labels.float())
+    with pytest.raises(ValueError, match="weight"):
+        linear_cross_entropy(hidden, weight[:, :3], bias, labels)
+    with pytest.raises(ValueError, match="labels"):
+        linear_cross_entropy(hidden, weight, bias, labels[:3])
 
 
 # ----------------------------------------------------------------------------------------------
