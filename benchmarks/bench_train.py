@@ -69,6 +69,7 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
             "objective.masked_weight": args.masked_weight,
             "objective.contrastive_weight": args.contrastive_weight,
             "objective.forecast_weight": args.forecast_weight,
+            "objective.forecast_share": args.forecast_share,
             "objective.contrastive_views": args.views,
             "objective.mask_unit": args.mask_unit,
             "objective.visit_values_weight": args.visit_values_weight,
@@ -105,6 +106,7 @@ def measure(tokens_dir: Path, preset: str, args: argparse.Namespace) -> dict:
         ],
         "views": config.objective.contrastive_views,
         "mask_unit": config.objective.mask_unit,
+        "forecast_share": config.objective.forecast_share,
         "value_embedding": encoder.config.value_embedding,
         "code_hierarchy": encoder.config.code_hierarchy,
         "pool_width": encoder.config.pool_width,
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--masked-weight", type=float)
     parser.add_argument("--contrastive-weight", type=float)
     parser.add_argument("--forecast-weight", type=float)
+    parser.add_argument("--forecast-share", type=float, help="objective.forecast_share [1]")
     parser.add_argument("--views", help="objective.contrastive_views [the preset's]")
     parser.add_argument("--mask-unit", help="objective.mask_unit [the preset's]")
     parser.add_argument("--visit-values-weight", type=float)
@@ -205,6 +208,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
         ("--masked-weight", args.masked_weight),
         ("--contrastive-weight", args.contrastive_weight),
         ("--forecast-weight", args.forecast_weight),
+        ("--forecast-share", args.forecast_share),
         ("--views", args.views),
         ("--mask-unit", args.mask_unit),
         ("--visit-values-weight", args.visit_values_weight),

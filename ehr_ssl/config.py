@@ -320,6 +320,13 @@ class ObjectiveConfig:
     """How often the forecast's cut is drawn within the current visit only (else among all the
     visit's events, most of them history): the downstream visit vector is that of a sequence
     ending in the current visit, which uniform cuts rarely train."""
+    forecast_share: float = 0.5
+    """Share of each batch's visits that get a forecast prefix, drawn at random every step; the
+    prefix pass encodes only those (and never a visit without events), so its cost falls in
+    proportion. Half: on cohort version 2 it probes level with every visit (four pretraining
+    seeds: -0.000 / -0.002 / +0.000 at 100 / 300 / 1,000 labels; a quarter -0.001 / -0.003 /
+    -0.001) and pretrains 29% faster on CPU, 58k against 45k tokens/s (benchmarks/README.md,
+    "A share of the visits forecast")."""
     forecast_frame: str = field(default="visit", metadata={"choices": FORECAST_FRAMES})
     """How the forecast's prefix is framed: "visit" (its times and segments as in the visit)
     or "cut": cuts among history events only (the current visit's rest is censored at the
@@ -388,6 +395,12 @@ class ObjectiveConfig:
                 'forecast_frame = "cut" draws no cut inside the current visit (its rest is '
                 "censored at the prediction time): set forecast_current_share = 0",
                 column="objective.forecast_current_share",
+            )
+        if not 0 < self.forecast_share <= 1:
+            raise InputError(
+                f"must be in (0, 1] (forecast_weight = 0 switches the term off), got "
+                f"{self.forecast_share}",
+                column="objective.forecast_share",
             )
         if self.mask_unit not in MASK_UNITS:
             raise InputError(

@@ -70,6 +70,14 @@ def test_defaults_round_trip_through_dict():
             "column 'objective.forecast_current_share': forecast_frame = \"cut\" draws no cut",
         ),
         (
+            lambda: ObjectiveConfig(forecast_share=0.0),
+            "'objective.forecast_share': must be in (0, 1]",
+        ),
+        (
+            lambda: ObjectiveConfig(forecast_share=1.5),
+            "'objective.forecast_share': must be in (0, 1]",
+        ),
+        (
             lambda: FinetuneConfig(readout="cls"),
             "column 'finetune.readout': must be one of pooled, segments, windows, got 'cls'",
         ),

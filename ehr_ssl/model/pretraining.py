@@ -11,6 +11,8 @@ Randomness comes only from the generator passed in; device and precision belong 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -114,6 +116,8 @@ class PretrainingModel(nn.Module):
         scale: dict[str, Tensor] = {}
         if rows is not None:
             views, labels, scale = _local_rows(batch, views, labels, rows)
+        if self.objective.forecast_weight > 0:
+            views, labels = _forecast_rows_only(views, labels)
         # Encode: both views in one pass, (2B, T) rather than two passes of (B, T): at these
         # sizes the per-operation overhead, not arithmetic, dominates on CPU. A patient's
         # other visit has any length, so "patient" view B rows would pad the whole stack to
@@ -188,6 +192,8 @@ class PretrainingModel(nn.Module):
                 frame=o.forecast_frame,
                 horizon_days=o.forecast_horizon_days,
             )
+            if o.forecast_share < 1:  # drawn last: a share of 1 leaves every draw as it was
+                targets = _forecast_subset(targets, o.forecast_share, generator)
             views.append(prefix)
             labels = {**(labels or {}), "forecast": targets}
         return views, labels
@@ -218,8 +224,9 @@ class PretrainingModel(nn.Module):
             pooled_a = encoded.pooler_output[:n_visits]  # (B, P): view A's visit vectors
             terms["visit_values"] = self._visit_values_term(pooled_a, labels, scale)
         if self.objective.forecast_weight > 0:
-            prefix = encoded.pooler_output[-n_visits:]  # (B, P): the prefix view, stacked last
-            logits = self.forecast_head(prefix, table)  # (B, V)
+            n_prefixes = labels["forecast"].shape[0]  # the prefix view, stacked last
+            prefix = encoded.pooler_output[encoded.pooler_output.shape[0] - n_prefixes :]
+            logits = self.forecast_head(prefix, table)  # (F, V)
             forecast = bag_of_codes_loss(logits, labels["forecast"])
             terms["forecast"] = forecast * scale.get("forecast", 1)
         if self.objective.contrastive_weight > 0:
@@ -328,6 +335,38 @@ def _local_rows(
             target_rows = (labels[name] != IGNORE_INDEX).any(dim=1)  # (B,)
             scale[term] = world * target_rows[rows].sum() / target_rows.sum().clamp_min(1)
     return views, local, scale
+
+
+def _forecast_subset(targets: Tensor, share: float, generator: torch.Generator) -> Tensor:
+    """The forecast targets of ceil(share * B) rows drawn at random (one permutation of the
+    rows); the other rows' targets ignored. Shape: (B, T) -> (B, T)."""
+    n_rows = targets.shape[0]
+    order = torch.randperm(n_rows, generator=generator, device=generator.device)
+    chosen = torch.zeros(n_rows, dtype=torch.bool, device=targets.device)
+    chosen[order[: math.ceil(share * n_rows)].to(targets.device)] = True
+    return targets.masked_fill(~chosen[:, None], IGNORE_INDEX)
+
+
+def _forecast_rows_only(
+    views: list[dict[str, Tensor]], labels: dict[str, Tensor]
+) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+    """The prefix view (last) and the forecast labels cut to the rows with a target, so that
+    the encoder never runs on a prefix whose forecast is not scored (`forecast_share`, a visit
+    without events); the view is left out when no row has one.
+    Shape: prefix (B, T) -> (F, T_f), labels["forecast"] (B, T) -> (F, T)."""
+    targets = labels["forecast"]
+    scored = (targets != IGNORE_INDEX).any(dim=1)  # (B,)
+    if bool(scored.all()):
+        return views, labels
+    labels = {**labels, "forecast": targets[scored]}
+    if not bool(scored.any()):
+        return views[:-1], labels
+    prefix = {k: v[scored] if isinstance(v, Tensor) and v.dim() >= 1 else v
+              for k, v in views[-1].items()}  # fmt: skip
+    width = int(prefix["attention_mask"].sum(dim=1).max())
+    prefix = {k: v[:, :width] if isinstance(v, Tensor) and v.dim() == 2 else v
+              for k, v in prefix.items()}  # fmt: skip
+    return [*views[:-1], prefix], labels
 
 
 def _take_rows(view: dict[str, Tensor], rows: slice) -> dict[str, Tensor]:

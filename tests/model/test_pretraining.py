@@ -395,14 +395,17 @@ def test_encoding_in_length_chunks_equals_one_pass(cohort_tokens, n_chunks):
     assert slots < one_slots == mask.numel()
 
 
-def test_bag_term_of_each_process_averages_to_the_whole_batch(cohort_tokens):
+@pytest.mark.parametrize("forecast_share", [1.0, 0.3])
+def test_bag_term_of_each_process_averages_to_the_whole_batch(cohort_tokens, forecast_share):
     """Under data parallelism each process scores its rows; the mean over processes of the
-    scaled masked, bag and forecast terms (what DDP's averaging takes) is the whole batch's."""
+    scaled masked, bag and forecast terms (what DDP's averaging takes) is the whole batch's,
+    also when only a share of the visits are forecast (unevenly between the processes)."""
     model = _model(
         cohort_tokens,
         contrastive_weight=0.0,
         bag_weight=1.0,
         forecast_weight=1.0,
+        forecast_share=forecast_share,
         visit_values_weight=1.0,
     )
     batch = _batch(cohort_tokens)
@@ -436,6 +439,62 @@ def test_forecast_term_reads_the_prefix_view_and_leaves_the_contrastive_pair(coh
     with_forecast = model(batch, torch.Generator().manual_seed(0))
     for term in ("masked_code", "masked_bin", "contrastive"):
         torch.testing.assert_close(with_forecast[term], without[term])
+
+
+def test_forecast_share_encodes_and_scores_only_the_drawn_prefixes(cohort_tokens):
+    """With forecast_share, ceil(share * B) visits drawn at random get a prefix: the encoder
+    runs on those prefixes only (after view A), and the term is the one computed from them
+    alone; the other terms and their draws are those of a share of 1."""
+    from ehr_ssl.model.forecast import forecast_view
+    from ehr_ssl.model.losses import bag_of_codes_loss
+    from ehr_ssl.model.masking import mask_events
+
+    batch = _batch(cohort_tokens)
+    full = _model(cohort_tokens, contrastive_weight=0.0, forecast_weight=1.0, forecast_share=1.0)
+    model = _model(cohort_tokens, contrastive_weight=0.0, forecast_weight=1.0, forecast_share=0.3)
+    model.load_state_dict(full.state_dict())
+    model.eval(), full.eval()
+    rows_seen = []
+    hook = model.encoder.register_forward_hook(
+        lambda module, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True,
+    )
+    losses = model(batch, torch.Generator().manual_seed(5))
+    hook.remove()
+    reference = full(batch, torch.Generator().manual_seed(5))
+    for term in ("masked_code", "masked_bin"):
+        torch.testing.assert_close(losses[term], reference[term])
+
+    g = torch.Generator().manual_seed(5)  # the draws in the model's order: masking, cut, rows
+    mask_events(batch, vocab_size=model.encoder.config.vocab_size, generator=g, rate=0.15)
+    prefix, targets = forecast_view(batch, generator=g)
+    order = torch.randperm(24, generator=g)
+    drawn = torch.zeros(24, dtype=torch.bool)
+    drawn[order[:8]] = True  # ceil(0.3 * 24)
+    scored = drawn & (targets != IGNORE_INDEX).any(dim=1)
+    assert 0 < int(scored.sum()) <= 8
+    assert rows_seen == [24 + int(scored.sum())]  # view A, then the drawn prefixes only
+    pooled = model.encoder(**{k: prefix[k][scored] for k in ENCODER_INPUTS}).pooler_output
+    logits = model.forecast_head(pooled, model.encoder.code_table())
+    expected = bag_of_codes_loss(logits, targets[scored])
+    torch.testing.assert_close(losses["forecast"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_without_a_scored_prefix_gives_a_zero_forecast_term(cohort_tokens, monkeypatch):
+    """When no drawn visit has a forecast target (a process's rows under data parallelism can
+    be all such), the prefix view is not encoded and the term is exactly 0 with a gradient
+    that reaches the forecast head (zeros), as DDP needs every parameter in the graph."""
+    import ehr_ssl.model.pretraining as pretraining
+
+    monkeypatch.setattr(
+        pretraining, "_forecast_subset", lambda t, share, g: torch.full_like(t, IGNORE_INDEX)
+    )
+    model = _model(cohort_tokens, contrastive_weight=0.0, forecast_weight=1.0, forecast_share=0.5)
+    losses = model(_batch(cohort_tokens), torch.Generator().manual_seed(0))
+    assert losses["forecast"].item() == 0.0 and torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    grad = model.forecast_head.transform.weight.grad
+    assert grad is not None and torch.equal(grad, torch.zeros_like(grad))
 
 
 def test_visit_values_query_the_statics_and_current_visit_numeric_events(cohort_tokens):
