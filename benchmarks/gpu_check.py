@@ -255,6 +255,7 @@ def _measure(tokens: Path, device: str, sizes: Sizes, batch: int, *, compile: bo
         masked_weight=None,
         contrastive_weight=None,
         forecast_weight=None,
+        forecast_share=None,
         views=None,
         mask_unit=None,
         visit_values_weight=None,

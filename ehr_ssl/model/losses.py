@@ -93,8 +93,13 @@ def masked_event_loss(
 # Logits per chunk in `linear_cross_entropy`: 2M floats (8 MB, 182 rows of 11,516 codes); 1M to
 # 4M ran within the runs' noise of each other on the 2-core machine (bench_masked_loss.py).
 LINEAR_CE_CHUNK_ELEMENTS = 1 << 21
+# On a GPU each chunk costs a dozen kernel launches, so chunks are larger: 32M logits (128 MB in
+# fp32) keep a 10,000-position batch over a 100,000-code vocabulary to ~30 chunks. Not measured
+# (no GPU lent since); benchmarks/gpu_check.sh times the whole step.
+LINEAR_CE_CHUNK_ELEMENTS_GPU = 1 << 25
 
 
+@torch.compiler.disable  # its chunk loop depends on N: compiled, every new N would recompile
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy of softmax(hidden @ weight.T + bias) against `labels`, without the
     (N, V) logits in memory: rows go through in chunks, and each chunk's gradient (softmax minus
@@ -146,7 +151,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dtype = _compute_dtype(hidden.dtype)
         grads = [torch.zeros_like(t, dtype=dtype) for t in (hidden, weight, bias)]
         total = torch.zeros((), dtype=dtype, device=hidden.device)
-        chunk = max(1, LINEAR_CE_CHUNK_ELEMENTS // max(weight.shape[0], 1))
+        elements = LINEAR_CE_CHUNK_ELEMENTS_GPU if hidden.is_cuda else LINEAR_CE_CHUNK_ELEMENTS
+        chunk = max(1, elements // max(weight.shape[0], 1))
         for start in range(0, n, chunk):
             rows = slice(start, start + chunk)
             h, y = hidden[rows], labels[rows]
