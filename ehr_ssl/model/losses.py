@@ -149,7 +149,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     ) -> Tensor:
         n = hidden.shape[0]
         dtype = _compute_dtype(hidden.dtype)
-        grads = [torch.zeros_like(t, dtype=dtype) for t in (hidden, weight, bias)]
+        grads = [torch.zeros_like(t, dtype=dtype) for t in (hidden, weight, bias)] if wanted else []
+        # Under autocast (bf16 on a GPU) an in-place addmm_ would run in full precision: the
+        # weight's gradient is then a product autocast lowers, added in the compute dtype.
+        autocast = torch.is_autocast_enabled(hidden.device.type)
         total = torch.zeros((), dtype=dtype, device=hidden.device)
         elements = LINEAR_CE_CHUNK_ELEMENTS_GPU if hidden.is_cuda else LINEAR_CE_CHUNK_ELEMENTS
         chunk = max(1, elements // max(weight.shape[0], 1))
@@ -168,7 +171,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probs.div_(norm)
             probs.scatter_add_(1, y[:, None], torch.full_like(picked, -1.0))  # softmax - one-hot
             grads[0][rows] = probs @ weight.to(dtype)
-            grads[1].addmm_(probs.t(), h.to(dtype))
+            if autocast:
+                grads[1] += probs.t() @ h
+            else:
+                grads[1].addmm_(probs.t(), h.to(dtype))
             grads[2] += probs.sum(dim=0)
         ctx.save_for_backward(*grads)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)

@@ -339,11 +339,13 @@ def _local_rows(
 
 def _forecast_subset(targets: Tensor, share: float, generator: torch.Generator) -> Tensor:
     """The forecast targets of ceil(share * B) rows drawn at random (one permutation of the
-    rows); the other rows' targets ignored. Shape: (B, T) -> (B, T)."""
+    rows; a drawn visit without events has no target, so a little less than the share is
+    scored); the other rows' targets ignored. Shape: (B, T) -> (B, T)."""
     n_rows = targets.shape[0]
     order = torch.randperm(n_rows, generator=generator, device=generator.device)
     chosen = torch.zeros(n_rows, dtype=torch.bool, device=targets.device)
-    chosen[order[: math.ceil(share * n_rows)].to(targets.device)] = True
+    n_chosen = math.ceil(share * n_rows - 1e-9)  # 0.55 * 100 is 55.000000000000007 in floats
+    chosen[order[:n_chosen].to(targets.device)] = True
     return targets.masked_fill(~chosen[:, None], IGNORE_INDEX)
 
 

@@ -285,6 +285,25 @@ def test_linear_cross_entropy_low_precision_inputs_give_a_float32_loss() -> None
     assert hidden.grad.dtype == torch.float32 and torch.isfinite(hidden.grad).all()
 
 
+def test_linear_cross_entropy_under_autocast_with_a_tied_weight() -> None:
+    """Under bf16 autocast (the GPU default; here on CPU), with the weight also used elsewhere
+    in the graph (the tied code table is the input embedding too): the gradients are the
+    unfused loss's within bf16 rounding, accumulated onto the weight's other gradient."""
+    hidden, weight, bias, labels = linear_case(10, n=40, dim=16, vocab=50)
+
+    def total(loss_fn):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            states = torch.tanh(hidden @ weight[:16].t())  # the weight read as an input too
+            loss = loss_fn(states, weight, bias, labels)
+        return torch.autograd.grad(loss, (hidden, weight, bias))
+
+    fused = total(linear_cross_entropy)
+    unfused = total(lambda h, w, b, y: F.cross_entropy(F.linear(h, w, b).float(), y))
+    for got, want in zip(fused, unfused, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.02)
+
+
 def test_linear_cross_entropy_without_grad_gives_the_same_loss() -> None:
     hidden, weight, bias, labels = linear_case(8, n=15)
     with torch.no_grad():

@@ -480,6 +480,30 @@ def test_forecast_share_encodes_and_scores_only_the_drawn_prefixes(cohort_tokens
     torch.testing.assert_close(losses["forecast"], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_forecast_share_of_one_draws_nothing_more(cohort_tokens, monkeypatch):
+    """A share of 1 leaves every draw as before the setting existed: no row subset is drawn
+    (it would shift every later step's draws)."""
+    import ehr_ssl.model.pretraining as pretraining
+
+    def refuse(*args):
+        raise AssertionError("drew a row subset at a share of 1")
+
+    monkeypatch.setattr(pretraining, "_forecast_subset", refuse)
+    model = _model(cohort_tokens, contrastive_weight=0.0, forecast_weight=1.0, forecast_share=1.0)
+    assert torch.isfinite(model(_batch(cohort_tokens), torch.Generator().manual_seed(0))["loss"])
+
+
+@pytest.mark.parametrize(
+    ("share", "rows", "chosen"), [(0.55, 100, 55), (0.3, 24, 8), (1e-6, 10, 1)]
+)
+def test_forecast_subset_draws_ceil_of_the_share(share, rows, chosen):
+    from ehr_ssl.model.pretraining import _forecast_subset
+
+    targets = torch.ones(rows, 3, dtype=torch.long)
+    kept = _forecast_subset(targets, share, torch.Generator().manual_seed(0))
+    assert int((kept != IGNORE_INDEX).any(dim=1).sum()) == chosen
+
+
 def test_a_batch_without_a_scored_prefix_gives_a_zero_forecast_term(cohort_tokens, monkeypatch):
     """When no drawn visit has a forecast target (a process's rows under data parallelism can
     be all such), the prefix view is not encoded and the term is exactly 0 with a gradient
