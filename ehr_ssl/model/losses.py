@@ -19,6 +19,16 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _check_label_range(labels: Tensor, n_classes: int, what: str, ignorable: bool) -> None:
+    """ValueError naming the first of `labels` (the targets, -100 already left out) outside
+    [0, n_classes); `ignorable` says -100 would have been accepted."""
+    outside = (labels < 0) | (labels >= n_classes)
+    if labels.numel() and bool(outside.any()):
+        bad = labels[outside][0].item()
+        also = f" and not {IGNORE_INDEX}" if ignorable else ""
+        raise ValueError(f"{what} contains {bad}, outside [0, {n_classes}){also}")
+
+
 def masked_cross_entropy(logits: Tensor, labels: Tensor, name: str) -> Tensor:
     """Mean cross-entropy over the positions whose label is not IGNORE_INDEX; 0.0 when none are.
     `name` ("code", "bin") names the arguments in error messages.
@@ -45,11 +55,7 @@ def masked_cross_entropy(logits: Tensor, labels: Tensor, name: str) -> Tensor:
     if n_targets < flat_labels.numel():
         target_logits = target_logits[target_rows]  # (n, C)
     target_labels = flat_labels[target_rows].long()  # (n,)
-    if n_targets and bool(((target_labels < 0) | (target_labels >= n_classes)).any()):
-        bad = target_labels[(target_labels < 0) | (target_labels >= n_classes)][0].item()
-        raise ValueError(
-            f"{name}_labels contains {bad}, outside [0, {n_classes}) and not {IGNORE_INDEX}"
-        )
+    _check_label_range(target_labels, n_classes, f"{name}_labels", ignorable=True)
     target_logits = target_logits.to(_compute_dtype(logits.dtype))
     # Sum over an empty selection is exactly 0.0 and still backpropagates a zero gradient.
     total = F.cross_entropy(target_logits, target_labels, reduction="sum")
@@ -132,9 +138,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor, labels: T
         )
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
-    if n and bool(((labels < 0) | (labels >= v)).any()):
-        bad = labels[(labels < 0) | (labels >= v)][0].item()
-        raise ValueError(f"labels contains {bad}, outside [0, {v})")
+    _check_label_range(labels, v, "labels", ignorable=False)
     # Under no_grad (validation) the gradients are not computed: half the arithmetic.
     wanted = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, weight, bias))
     return _LinearCrossEntropy.apply(hidden, weight, bias, labels.long(), wanted)
@@ -220,10 +224,7 @@ def bag_of_codes_loss(logits: Tensor, labels: Tensor) -> Tensor:
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
     targets = labels != IGNORE_INDEX  # (B, T)
-    chosen = labels[targets]
-    if chosen.numel() and bool(((chosen < 0) | (chosen >= logits.shape[1])).any()):
-        bad = chosen[(chosen < 0) | (chosen >= logits.shape[1])][0].item()
-        raise ValueError(f"labels contains {bad}, outside [0, {logits.shape[1]}) and not -100")
+    _check_label_range(labels[targets], logits.shape[1], "labels", ignorable=True)
     log_p = F.log_softmax(logits.to(_compute_dtype(logits.dtype)), dim=-1)  # (B, V)
     picked = log_p.gather(1, labels.clamp_min(0).long()) * targets  # (B, T)
     per_row_count = targets.sum(dim=1)  # (B,)

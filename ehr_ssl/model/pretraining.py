@@ -363,16 +363,12 @@ def _forecast_rows_only(
     labels = {**labels, "forecast": targets[scored]}
     if not bool(scored.any()):
         return views[:-1], labels
-    prefix = {k: v[scored] if isinstance(v, Tensor) and v.dim() >= 1 else v
-              for k, v in views[-1].items()}  # fmt: skip
-    width = int(prefix["attention_mask"].sum(dim=1).max())
-    prefix = {k: v[:, :width] if isinstance(v, Tensor) and v.dim() == 2 else v
-              for k, v in prefix.items()}  # fmt: skip
-    return [*views[:-1], prefix], labels
+    return [*views[:-1], _take_rows(views[-1], scored)], labels
 
 
-def _take_rows(view: dict[str, Tensor], rows: slice) -> dict[str, Tensor]:
-    """Some rows of a right-padded view, cut to their own longest row.
+def _take_rows(view: dict[str, Tensor], rows: slice | Tensor) -> dict[str, Tensor]:
+    """Some rows (a slice, or a (B,) bool mask) of a right-padded view, cut to their own
+    longest row.
 
     Shape: (B, T) -> (R, T_r) with T_r <= T the longest of the R rows.
     """
