@@ -29,13 +29,14 @@ from ehr_ssl.layout import (
     FINETUNE_SUMMARY_FILE,
     MANIFEST_FILE,
     MEDS_PREDICTIONS_DIR,
+    MODEL_CONFIG_FILE,
     PRETRAIN_SUMMARY_FILE,
     RUN_CONFIG_FILE,
     VALIDATION_PREDICTIONS_FILE,
     WEIGHTS_FILE,
     RunLayout,
 )
-from ehr_ssl.model.encoder import resolve_model_settings
+from ehr_ssl.model.encoder import CODE_ANCESTORS_BUFFER, resolve_model_settings
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_dir, output_lock
 from ehr_ssl.settings import NO_FILE, naming_source, to_dict
 from ehr_ssl.training import distributed
@@ -314,6 +315,8 @@ def _finetune_model(
 
     out = run.layout.model(budget, seed, model)
     ft_config = run.config.finetune_config(FINETUNED[model], seed)
+    if ft_config.mode == "scratch":  # a new pretraining of the same shape leaves it as it is
+        fp_encoder = _architecture_hash(run.layout.encoder)
     fp = _hash(["finetune", fp_tokens, fp_encoder, budget, seed, model, _settings(ft_config)])
     name = f"finetune {model} {budget}-seed{seed}"
     if run.stages.is_done(name, fp, out / FINETUNE_SUMMARY_FILE):
@@ -333,6 +336,19 @@ def _finetune_model(
         time.perf_counter() - started,
     )
     return name, _file_hash(out / FINETUNE_SUMMARY_FILE)
+
+
+def _architecture_hash(encoder_dir: Path) -> str:
+    """What a scratch model takes from the pretrained encoder: its architecture (config.json)
+    and its code hierarchy (`code_ancestor_ids`, data made from the vocabulary), not its
+    weights (`build_classifier`)."""
+    from safetensors import safe_open
+
+    digest = hashlib.sha256((encoder_dir / MODEL_CONFIG_FILE).read_bytes())
+    with safe_open(encoder_dir / WEIGHTS_FILE, "pt") as weights:
+        if CODE_ANCESTORS_BUFFER in weights.keys():  # noqa: SIM118 (safe_open has no "in")
+            digest.update(weights.get_tensor(CODE_ANCESTORS_BUFFER).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _evaluate_step(

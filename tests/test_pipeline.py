@@ -125,6 +125,26 @@ def test_a_changed_setting_reruns_only_what_depends_on_it(cohort_dir, first_run,
     assert not any(m.startswith("evaluate: unchanged") for m in messages)
 
 
+def test_a_new_pretraining_keeps_the_scratch_models_and_a_new_shape_does_not(
+    cohort_dir, first_run, tmp_path, caplog
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(first_run, run_dir)
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        run_pipeline(cohort_dir, run_dir, _config(**{"train.seed": 1}), device="cpu")
+    skipped = {r.getMessage().split(":")[0] for r in caplog.records if "skipped" in r.getMessage()}
+    finetunes = {m for m in skipped if m.startswith("finetune")}
+    assert finetunes == {f"finetune scratch {b}-seed0" for b in ("all", "60")}
+    before, after = _scores(first_run), _scores(run_dir)
+    assert after.filter(model="scratch")["score"].equals(before.filter(model="scratch")["score"])
+    assert not after.filter(model="ssl")["score"].equals(before.filter(model="ssl")["score"])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):  # the architecture scratch copies
+        run_pipeline(cohort_dir, run_dir, _config(**{"model.intermediate_size": 48}))
+    assert not any(r.getMessage().startswith("finetune scratch") and "skipped" in r.getMessage()
+                   for r in caplog.records)  # fmt: skip
+
+
 def test_an_interrupted_pretraining_resumes(cohort_dir, first_run, tmp_path, caplog):
     run_dir = tmp_path / "run"
     shutil.copytree(first_run, run_dir)

@@ -48,6 +48,8 @@ CODE_HIERARCHIES = ("none", "ancestors")
 # The nearest ancestors a code keeps: a deep parent table (SNOMED) can hold dozens, and each
 # token gathers one vector per kept ancestor.
 MAX_ANCESTORS_PER_CODE = 8
+# The buffer (and safetensors key) of each code's ancestor ids: data made from the vocabulary.
+CODE_ANCESTORS_BUFFER = "code_ancestor_ids"
 # Eval mode pads each visit to its length rounded up to this, never to its batch's longest
 # visit (`EHREncoder._encode_by_width`); 8 also suits GPU tensor cores.
 EVAL_WIDTH_MULTIPLE = 8
@@ -482,7 +484,7 @@ class EHREncoder(EHRPreTrainedModel):
             self.ancestor_embeddings = nn.Embedding(config.n_code_ancestors + 1, d)  # 0: none
             # Data, not learned: saved with the weights so a loaded model embeds as trained.
             shape = (config.vocab_size, config.ancestors_per_code)
-            self.register_buffer("code_ancestor_ids", torch.zeros(shape, dtype=torch.long))
+            self.register_buffer(CODE_ANCESTORS_BUFFER, torch.zeros(shape, dtype=torch.long))
         self.time_embeddings = nn.Embedding(config.n_time_buckets, d)
         self.segment_embeddings = nn.Embedding(config.n_segments, d)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
