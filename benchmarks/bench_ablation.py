@@ -13,12 +13,18 @@ the encoder: the readout is a fine-tuning setting). The baselines (scratch trans
 logistic regression and GBM, tabular logistic regression) do not depend on pretraining: they
 are trained once per readout, in the first variant's run, and every variant's SSL predictions
 are compared with them on the same test visits, budgets and seeds (paired differences of seed
-means, patient bootstrap).
+means, patient bootstrap). With `--pretrain-seeds 0,1,2` each variant is pretrained once per
+seed (`train.seed`; WORK/run-<variant> for seed 0, WORK/run-<variant>-seed<P> for the others)
+and its SSL rows are the mean over pretraining seeds and label subsets: one pretraining moves
+the few-label figures by about as much as the variants differ (benchmarks/README.md,
+"Pretraining seeds"). The baselines' label subsets are repeated once per pretraining seed, so
+each difference is that of the two means on the same resampled patients.
 
 usage: python benchmarks/bench_ablation.py --visits 20000 --labeled-frac 0.3 --budgets 100,300 \
            --seeds 0,1,2 --epochs 3 [--views augment,disjoint,patient] \
            [--mask-units token,encounter] [--objectives both,masked,contrastive] \
-           [--readouts pooled,segments] [--work DIR] [--preset small] [--only NAME,...]
+           [--readouts pooled,segments] [--work DIR] [--preset small] [--only NAME,...] \
+           [--pretrain-seeds 0,1,2]
 Prints one Markdown table and writes WORK/ablation.json.
 """
 
@@ -31,18 +37,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from cohort_workdir import bench_stamp, write_or_reuse
 
 from ehr_ssl.config import load_pipeline_config
 from ehr_ssl.data.readers import read_oracle
 from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort
+from ehr_ssl.evaluation.metrics import auroc
 from ehr_ssl.evaluation.report import build_report
 from ehr_ssl.layout import PREDICTIONS_FILE
 from ehr_ssl.pipeline import run_pipeline
 
 SSL_MODELS = ["ssl", "ssl_linear_probe", "ssl_plus_counts"]
 BASELINES = ["scratch", "counts_logistic", "counts_gbm", "tabular_logistic"]
+# Label subset s of pretraining seed p is keyed p * SEED_STRIDE + s when the seeds are pooled.
+SEED_STRIDE = 1_000_000
 # objective name -> (masked_weight, contrastive_weight, bag_weight, forecast_weight)
 WEIGHTS = {
     "both": (1.0, 1.0, 0.0, 0.0),
@@ -77,7 +87,8 @@ def variants(objectives: list[str], views: list[str], mask_units: list[str]) -> 
     return out
 
 
-def run_cell(args, data: Path, run_dir: Path, variant: dict, readout: str, models: list[str]):
+def run_cell(args, data: Path, run_dir: Path, variant: dict, readout: str, models: list[str],
+             pretrain_seed: int = 0):  # fmt: skip
     """One pipeline run (pretraining reused when done); returns its test predictions."""
     budgets = args.budgets.split(",")
     config = load_pipeline_config(
@@ -92,22 +103,34 @@ def run_cell(args, data: Path, run_dir: Path, variant: dict, readout: str, model
             "evaluate.seeds": [int(s) for s in args.seeds.split(",")],
             "evaluate.models": models,
             "evaluate.n_boot": args.n_boot,
+            "train.seed": pretrain_seed,
             **variant["settings"],
         },
     )
     started = time.perf_counter()
     run_pipeline(data, run_dir, config, device=args.device)
-    print(f"  {variant['name']} / {readout}: {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"  {variant['name']} / {readout} / pretraining seed {pretrain_seed}: "
+          f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
     kept = run_dir / f"predictions-{readout}.parquet"
     shutil.copyfile(run_dir / PREDICTIONS_FILE, kept)
     return pl.read_parquet(kept)
 
 
-def compare(ssl: pl.DataFrame, baselines: pl.DataFrame, oracle, n_boot: int, main: str) -> dict:
-    """Every budget's seed-mean AUROC of each model, and SSL minus each (paired)."""
-    predictions = pl.concat([ssl, baselines.filter(pl.col("model").is_in(BASELINES))])
-    report = build_report(predictions, main_budget=main, oracle=oracle, n_boot=n_boot)
-    return {
+def compare(ssl_parts: list[pl.DataFrame], baselines: pl.DataFrame, oracle, n_boot: int,
+            main: str) -> dict:  # fmt: skip
+    """Every budget's seed-mean AUROC of each model, and SSL minus each (paired). `ssl_parts`:
+    the SSL predictions of each pretraining seed; label subset s of pretraining seed p is
+    scored as seed p * SEED_STRIDE + s, and every baseline subset once under each such key."""
+    if max(part["seed"].max() for part in ssl_parts) >= SEED_STRIDE:
+        raise SystemExit(f"label subset seeds must be below {SEED_STRIDE}")
+    baselines = baselines.filter(pl.col("model").is_in(BASELINES))
+    shifted = [
+        frame.with_columns(pl.col("seed") + p * SEED_STRIDE)
+        for p, part in enumerate(ssl_parts)
+        for frame in (part, baselines)
+    ]
+    report = build_report(pl.concat(shifted), main_budget=main, oracle=oracle, n_boot=n_boot)
+    curve = {
         entry["budget"]: {
             name: {
                 "mean": cell["mean"],
@@ -118,11 +141,22 @@ def compare(ssl: pl.DataFrame, baselines: pl.DataFrame, oracle, n_boot: int, mai
         }
         for entry in report["label_efficiency"]
     }
+    for budget, models in curve.items():  # the spread a single pretraining would show
+        models["ssl"]["per_pretraining_seed"] = [_seed_mean(part, budget) for part in ssl_parts]
+    return curve
+
+
+def _seed_mean(ssl: pl.DataFrame, budget: str) -> float:
+    """The SSL model's test AUROC at `budget`, averaged over label subsets."""
+    frame = ssl.filter(model="ssl", budget=budget)
+    return float(np.mean([auroc(part["label"].to_numpy(), part["score"].to_numpy())
+                          for part in frame.partition_by("seed")]))  # fmt: skip
 
 
 def table(results: list[dict], budgets: list[str]) -> str:
-    """One row per variant and readout: SSL, its probe and the hybrid per budget, and SSL
-    minus scratch, counts logistic and tabular logistic (paired, 95% CI)."""
+    """One row per variant and readout: SSL (and, pretrained with several seeds, each seed's
+    mean), its probe and the hybrid per budget, and SSL minus scratch, counts logistic and
+    tabular logistic (paired, 95% CI)."""
     header = ["objectives", "views", "mask unit", "readout"]
     for budget in budgets:
         header += [f"ssl@{budget}", f"probe@{budget}", f"hybrid@{budget}",
@@ -134,6 +168,9 @@ def table(results: list[dict], budgets: list[str]) -> str:
         for budget in budgets:
             models = r["curve"][budget]
             cells += [f"{models[m]['mean']:.3f}" for m in SSL_MODELS]
+            per_seed = models["ssl"].get("per_pretraining_seed", [])
+            if len(per_seed) > 1:  # the SSL cell also shows each pretraining's own mean
+                cells[-3] += " (" + " / ".join(f"{m:.3f}" for m in per_seed) + ")"
             for other in ("scratch", "counts_logistic", "tabular_logistic"):
                 cells.append(_difference(models.get(other)))
         lines.append("| " + " | ".join(cells) + " |")
@@ -181,6 +218,9 @@ def main() -> None:
         help="run these variants, in this order, after the first (which trains the baselines): "
         "names as objective-views-unit, '-' where one does not apply (masked---token)",
     )
+    parser.add_argument(
+        "--pretrain-seeds", default="0", help="pretrain each variant once per seed [0]"
+    )
     parser.add_argument("--cv-repeats", type=int, default=1, help="finetune.cv_repeats [1]")
     parser.add_argument("--n-boot", type=int, default=500)
     parser.add_argument("--work", type=Path, help="keep data and runs here")
@@ -201,22 +241,30 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown variants {unknown}; known: {', '.join(by_name)}")
         cells = [cells[0]] + [by_name[n] for n in args.only.split(",") if n != cells[0]["name"]]
+    pretrain_seeds = [int(seed) for seed in args.pretrain_seeds.split(",")]
     baselines: dict[str, pl.DataFrame] = {}
     results = []
     for index, variant in enumerate(cells):
         for readout in readouts:
-            models = SSL_MODELS + (BASELINES if index == 0 else [])
-            run_dir = work / f"run-{variant['name']}"
-            predictions = run_cell(args, data, run_dir, variant, readout, models)
-            if index == 0:
-                baselines[readout] = predictions
-            ssl = predictions.filter(pl.col("model").is_in(SSL_MODELS))
-            curve = compare(ssl, baselines[readout], oracle, args.n_boot, budgets[0])
+            ssl_parts = []
+            for pretrain_seed in pretrain_seeds:
+                first = index == 0 and pretrain_seed == pretrain_seeds[0]
+                models = SSL_MODELS + (BASELINES if first else [])
+                run_dir = work / (f"run-{variant['name']}"
+                                  + (f"-seed{pretrain_seed}" if pretrain_seed else ""))  # fmt: skip
+                predictions = run_cell(args, data, run_dir, variant, readout, models,
+                                       pretrain_seed)  # fmt: skip
+                if first:
+                    baselines[readout] = predictions
+                ssl_parts.append(predictions.filter(pl.col("model").is_in(SSL_MODELS)))
+            curve = compare(ssl_parts, baselines[readout], oracle, args.n_boot, budgets[0])
             results.append({k: variant[k] for k in ("name", "objective", "views", "mask_unit")}
-                           | {"readout": readout, "curve": curve})  # fmt: skip
+                           | {"readout": readout, "pretrain_seeds": pretrain_seeds,
+                              "curve": curve})  # fmt: skip
             (work / "ablation.json").write_text(json.dumps(results, indent=2))
     print(f"\n{args.visits} visits, labeled {args.labeled_frac}, seeds {args.seeds}, "
-          f"{args.epochs} pretraining epochs, preset {args.preset}\n")  # fmt: skip
+          f"{args.epochs} pretraining epochs (seeds {args.pretrain_seeds}), "
+          f"preset {args.preset}\n")  # fmt: skip
     print(table(results, budgets))
 
 
