@@ -18,7 +18,8 @@ seed (`train.seed`; WORK/run-<variant> for seed 0, WORK/run-<variant>-seed<P> fo
 and its SSL rows are the mean over pretraining seeds and label subsets: one pretraining moves
 the few-label figures by about as much as the variants differ (benchmarks/README.md,
 "Pretraining seeds"). The baselines' label subsets are repeated once per pretraining seed, so
-each difference is that of the two means on the same resampled patients.
+each difference is that of the two means; its interval is the Multi-Bootstrap's (MultiBERTs:
+test patients and pretraining seeds both resampled).
 
 usage: python benchmarks/bench_ablation.py --visits 20000 --labeled-frac 0.3 --budgets 100,300 \
            --seeds 0,1,2 --epochs 3 [--views augment,disjoint,patient] \
@@ -39,12 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from bench_compare_runs import seed_scores
 from cohort_workdir import bench_stamp, write_or_reuse
 
 from ehr_ssl.config import load_pipeline_config
 from ehr_ssl.data.readers import read_oracle
 from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort
-from ehr_ssl.evaluation.metrics import auroc
+from ehr_ssl.evaluation.metrics import auroc, multi_bootstrap_difference
 from ehr_ssl.evaluation.report import build_report
 from ehr_ssl.layout import PREDICTIONS_FILE
 from ehr_ssl.pipeline import run_pipeline
@@ -143,7 +145,26 @@ def compare(ssl_parts: list[pl.DataFrame], baselines: pl.DataFrame, oracle, n_bo
     }
     for budget, models in curve.items():  # the spread a single pretraining would show
         models["ssl"]["per_pretraining_seed"] = [_seed_mean(part, budget) for part in ssl_parts]
+        if len(ssl_parts) < 2:
+            continue
+        for name in BASELINES:  # intervals that also resample the pretrainings
+            if name in models:
+                models[name]["ssl_minus_this_patients_only"] = models[name]["ssl_minus_this"]
+                models[name]["ssl_minus_this"] = _multi_difference(
+                    ssl_parts, baselines, budget, name, n_boot
+                )
     return curve
+
+
+def _multi_difference(ssl_parts, baselines: pl.DataFrame, budget: str, name: str, n_boot: int):
+    """SSL (one set of label subsets per pretraining seed) minus baseline `name` at `budget`,
+    by the Multi-Bootstrap (`multi_bootstrap_difference`)."""
+    runs = [seed_scores(part.filter(model="ssl", budget=budget)) for part in ssl_parts]
+    y, groups, base = seed_scores(baselines.filter(model=name, budget=budget))
+    if any(not np.array_equal(run_y, y) for run_y, *_ in runs):
+        raise SystemExit(f"{budget}: the pretraining seeds scored other test visits")
+    stacked = np.stack([scores for *_, scores in runs])  # (P, S, n)
+    return multi_bootstrap_difference(auroc, y, stacked, base, groups, n_boot=n_boot)
 
 
 def _seed_mean(ssl: pl.DataFrame, budget: str) -> float:

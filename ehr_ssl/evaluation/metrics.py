@@ -520,6 +520,66 @@ def paired_bootstrap_difference(
     }
 
 
+def multi_bootstrap_difference(
+    metric: Metric,
+    y: Any,
+    runs_a: Any,
+    p_b: Any,
+    groups: Any,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """`paired_bootstrap_difference` where model a comes as P pretraining runs (each a set of
+    training seeds), by the Multi-Bootstrap of the MultiBERTs (Sellam et al., ICLR 2022): each
+    replicate resamples the test patients (the same for both models, as there) and, apart, a's
+    runs with replacement, so the interval also holds the spread between pretrainings that one
+    run cannot show. a's metric is the mean over its (drawn) runs of each run's seed mean; b,
+    which no pretraining touches, is the mean over its seeds. With one run, or P copies of one
+    run, it equals `paired_bootstrap_difference` (same patient draws for a seed).
+
+    Shape: y, groups (n,); runs_a (P, S_a, n); p_b (n,) or (S_b, n) -> dict.
+
+    Returns:
+        {"difference": float on the full data, "ci95": [low, high], "p_value": float,
+        "per_run": each run's difference on the full data}.
+
+    Raises:
+        ValueError: On bad input, when the metric is undefined on the full data, or when it is
+            undefined in every replicate.
+    """
+    _check_bootstrap_args(n_boot, alpha)
+    runs = np.asarray(runs_a)
+    if runs.ndim != 3 or runs.shape[0] == 0:
+        raise ValueError(f"runs_a must have shape (P, S, n) with P >= 1, got {runs.shape}")
+    y, seeds_b = _seed_rows(y, p_b, "p_b")
+    per_run = [_seed_rows(y, run, f"runs_a[{i}]")[1] for i, run in enumerate(runs)]
+    _patient_index(groups, len(y))
+    b_full = float(np.mean([float(metric(y, p)) for p in seeds_b]))
+    differences = [float(np.mean([float(metric(y, p)) for p in rows])) - b_full for rows in per_run]
+    # The runs drawn for each replicate: a generator apart from the patients' (seed, 1).
+    drawn = np.random.default_rng([seed, 1]).integers(0, len(runs), size=(n_boot, len(runs)))
+    shares = np.stack([np.bincount(row, minlength=len(runs)) for row in drawn]) / len(runs)
+    done = 0
+
+    def statistic(w: np.ndarray) -> np.ndarray:
+        nonlocal done
+        a = np.stack([_seed_mean(metric, y, rows, w) for rows in per_run], axis=1)  # (R, P)
+        share = shares[done : done + len(w)]
+        done += len(w)
+        a = np.where(share > 0, a, 0.0)  # a run not drawn cannot void the replicate
+        return (a * share).sum(axis=1) - _seed_mean(metric, y, seeds_b, w)
+
+    replicates = _finite_replicates(statistic, groups, len(y), n_boot, seed)
+    return {
+        "difference": float(np.mean(differences)),
+        "ci95": _percentile_interval(replicates, alpha),
+        "p_value": float(min(1.0, 2.0 * min(np.mean(replicates <= 0), np.mean(replicates >= 0)))),
+        "per_run": differences,
+    }
+
+
 def _seed_rows(y: Any, scores: Any, name: str) -> tuple[np.ndarray, list[np.ndarray]]:
     """Checked labels and score rows of one model: (n,) is one seed, (S, n) S seeds."""
     matrix = np.asarray(scores)

@@ -18,6 +18,7 @@ from ehr_ssl.evaluation.metrics import (
     brier,
     calibration,
     evaluate_predictions,
+    multi_bootstrap_difference,
     paired_bootstrap_difference,
 )
 
@@ -327,6 +328,56 @@ def test_paired_difference_detects_better_model_and_is_antisymmetric() -> None:
     assert ba["difference"] == -ab["difference"]
     assert ba["ci95"] == pytest.approx([-ab["ci95"][1], -ab["ci95"][0]], abs=1e-12)
     assert ba["p_value"] == ab["p_value"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the multi-bootstrap over pretraining runs
+
+
+def _runs_case(spread: float, n_runs: int = 3):
+    """Labels, patients, P runs x 2 seeds of scores whose runs differ by `spread` in quality,
+    and a baseline's 2 seeds."""
+    rng = np.random.default_rng(7)
+    n_patients, visits = 200, 2
+    groups = np.repeat(np.arange(n_patients), visits)
+    p_true = sigmoid(np.repeat(rng.normal(-1, 1.5, n_patients), visits) + rng.normal(0, 0.3, 400))
+    y = rng.random(len(p_true)) < p_true
+
+    def noisy(sd: float) -> np.ndarray:
+        return sigmoid(logit(p_true) + rng.normal(0, sd, len(p_true)))
+
+    runs = np.stack([[noisy(1.0 + spread * r), noisy(1.0 + spread * r)] for r in range(n_runs)])
+    return y, groups, runs, np.stack([noisy(1.5), noisy(1.5)])
+
+
+def test_multi_bootstrap_of_one_run_or_copies_of_it_is_the_paired_bootstrap() -> None:
+    y, groups, runs, base = _runs_case(0.0)
+    paired = paired_bootstrap_difference(auroc, y, runs[0], base, groups, n_boot=200, seed=2)
+    for copies in (runs[:1], np.stack([runs[0]] * 3)):
+        multi = multi_bootstrap_difference(auroc, y, copies, base, groups, n_boot=200, seed=2)
+        assert multi["difference"] == pytest.approx(paired["difference"], abs=1e-12)
+        assert multi["ci95"] == pytest.approx(paired["ci95"], abs=1e-12)
+        assert multi["p_value"] == pytest.approx(paired["p_value"], abs=1e-12)
+
+
+def test_multi_bootstrap_holds_the_spread_between_runs() -> None:
+    y, groups, runs, base = _runs_case(1.0)
+    multi = multi_bootstrap_difference(auroc, y, runs, base, groups, n_boot=400, seed=0)
+    pooled = paired_bootstrap_difference(
+        auroc, y, runs.reshape(-1, runs.shape[-1]), base, groups, n_boot=400, seed=0
+    )
+    assert multi["difference"] == pytest.approx(pooled["difference"], abs=1e-12)
+    assert np.diff(multi["ci95"])[0] > 1.2 * np.diff(pooled["ci95"])[0]
+    per_run = [np.mean([auroc(y, p) for p in run]) - np.mean([auroc(y, p) for p in base])
+               for run in runs]  # fmt: skip
+    assert multi["per_run"] == pytest.approx(per_run, abs=1e-12)
+    assert multi["per_run"][0] > multi["per_run"][-1]  # the first run is the least noisy
+
+
+def test_multi_bootstrap_rejects_runs_without_a_run_axis() -> None:
+    y, groups, runs, base = _runs_case(0.0)
+    with pytest.raises(ValueError, match=r"runs_a must have shape \(P, S, n\)"):
+        multi_bootstrap_difference(auroc, y, runs[0], base, groups, n_boot=10)
 
 
 # ----------------------------------------------------------------------------------------------
