@@ -3,10 +3,14 @@
 Two runs of `bench_label_efficiency.py` (or `ehr-ssl run`) on the same cohort and split differ
 in one setting (a [model] switch, say); each wrote predictions.parquet with every model's test
 scores per budget and label subset. This prints, per budget, the seed-mean test AUROC of the
-model in each run and their difference with the paired patient-bootstrap interval
-(`paired_bootstrap_difference`: the same resampled test patients for both runs).
+model in each run and their difference with the paired patient-bootstrap interval (the same
+resampled test patients for both runs). A side may be several runs that differ only in the
+pretraining seed (RUN,RUN,...): its figure is then the mean over them, and the interval the
+Multi-Bootstrap's (`multi_bootstrap_difference`: each side's runs resampled too), since one
+pretraining moves the few-label figures by as much as most settings do.
 
-usage: python benchmarks/bench_compare_runs.py RUN_A RUN_B [--models ssl,scratch] [--n-boot 500]
+usage: python benchmarks/bench_compare_runs.py RUN_A[,RUN_A2,...] RUN_B[,RUN_B2,...] \
+           [--models ssl,scratch] [--n-boot 500]
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ehr_ssl.evaluation.metrics import auroc, paired_bootstrap_difference
+from ehr_ssl.evaluation.metrics import auroc, multi_bootstrap_difference
 
 PREDICTIONS = "predictions.parquet"
 
@@ -35,30 +39,39 @@ def seed_scores(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray
     )
 
 
-def compare(a: pl.DataFrame, b: pl.DataFrame, model: str, budget: str, n_boot: int) -> dict:
-    """Run A's and run B's seed-mean AUROC of `model` at `budget`, and A minus B, paired."""
-    y_a, groups, p_a = seed_scores(a.filter(model=model, budget=budget))
-    y_b, groups_b, p_b = seed_scores(b.filter(model=model, budget=budget))
-    if not (np.array_equal(y_a, y_b) and np.array_equal(groups, groups_b)):
-        raise SystemExit(f"{model} at {budget}: the runs scored other test visits or labels")
-    paired = paired_bootstrap_difference(auroc, y_a, p_a, p_b, groups, n_boot=n_boot)
+def compare(a: list[pl.DataFrame], b: list[pl.DataFrame], model: str, budget: str,
+            n_boot: int) -> dict:  # fmt: skip
+    """Side A's and side B's mean AUROC of `model` at `budget` (over runs and seeds), and A
+    minus B, paired; each side a list of runs."""
+    sides = [[seed_scores(run.filter(model=model, budget=budget)) for run in side]
+             for side in (a, b)]  # fmt: skip
+    y, groups, _ = sides[0][0]
+    for side in sides:
+        for y_run, groups_run, _ in side:
+            if not (np.array_equal(y, y_run) and np.array_equal(groups, groups_run)):
+                raise SystemExit(
+                    f"{model} at {budget}: the runs scored other test visits or labels"
+                )
+    runs_a, runs_b = (np.stack([scores for *_, scores in side]) for side in sides)
+    paired = multi_bootstrap_difference(auroc, y, runs_a, runs_b, groups, n_boot=n_boot)
     return {
-        "a": float(np.mean([auroc(y_a, p) for p in p_a])),
-        "b": float(np.mean([auroc(y_b, p) for p in p_b])),
+        "a": float(np.mean([auroc(y, p) for run in runs_a for p in run])),
+        "b": float(np.mean([auroc(y, p) for run in runs_b for p in run])),
         **paired,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_a", type=Path)
-    parser.add_argument("run_b", type=Path)
+    parser.add_argument("run_a", help="a run directory, or several (comma-separated)")
+    parser.add_argument("run_b", help="a run directory, or several (comma-separated)")
     parser.add_argument("--models", default="ssl,scratch")
     parser.add_argument("--n-boot", type=int, default=500)
     args = parser.parse_args()
-    a, b = (pl.read_parquet(run / PREDICTIONS).filter(split="test")
-            for run in (args.run_a, args.run_b))  # fmt: skip
-    budgets = sorted(set(a["budget"]) & set(b["budget"]), key=lambda s: (s == "all", s.zfill(9)))
+    a, b = ([pl.read_parquet(Path(run) / PREDICTIONS).filter(split="test")
+             for run in side.split(",")] for side in (args.run_a, args.run_b))  # fmt: skip
+    budgets = set.intersection(*(set(run["budget"]) for run in a + b))
+    budgets = sorted(budgets, key=lambda s: (s == "all", s.zfill(9)))
     print("| model | budget | A | B | A - B (95% CI) | p |")
     print("|---|---|---|---|---|---|")
     for model in args.models.split(","):

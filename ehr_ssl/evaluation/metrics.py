@@ -524,60 +524,74 @@ def multi_bootstrap_difference(
     metric: Metric,
     y: Any,
     runs_a: Any,
-    p_b: Any,
+    runs_b: Any,
     groups: Any,
     *,
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, Any]:
-    """`paired_bootstrap_difference` where model a comes as P pretraining runs (each a set of
-    training seeds), by the Multi-Bootstrap of the MultiBERTs (Sellam et al., ICLR 2022): each
-    replicate resamples the test patients (the same for both models, as there) and, apart, a's
-    runs with replacement, so the interval also holds the spread between pretrainings that one
-    run cannot show. a's metric is the mean over its (drawn) runs of each run's seed mean; b,
-    which no pretraining touches, is the mean over its seeds. With one run, or P copies of one
-    run, it equals `paired_bootstrap_difference` (same patient draws for a seed).
+    """`paired_bootstrap_difference` where a model comes as several pretraining runs (each a
+    set of training seeds), by the Multi-Bootstrap of the MultiBERTs (Sellam et al., ICLR
+    2022): each replicate resamples the test patients (the same for both models) and, apart,
+    each model's runs with replacement, so the interval also holds the spread between
+    pretrainings that one run cannot show. A model's metric is the mean over its (drawn) runs
+    of each run's seed mean. A model no pretraining touches (a baseline) is one run: (S, n) or
+    (n,). With one run each, or copies of one run, it equals `paired_bootstrap_difference`
+    (same patient draws for a seed).
 
-    Shape: y, groups (n,); runs_a (P, S_a, n); p_b (n,) or (S_b, n) -> dict.
+    Shape: y, groups (n,); runs_a, runs_b (P, S, n), (S, n) or (n,) -> dict.
 
     Returns:
         {"difference": float on the full data, "ci95": [low, high], "p_value": float,
-        "per_run": each run's difference on the full data}.
+        "per_run": a's runs' each minus b on the full data}.
 
     Raises:
         ValueError: On bad input, when the metric is undefined on the full data, or when it is
             undefined in every replicate.
     """
     _check_bootstrap_args(n_boot, alpha)
-    runs = np.asarray(runs_a)
-    if runs.ndim != 3 or runs.shape[0] == 0:
-        raise ValueError(f"runs_a must have shape (P, S, n) with P >= 1, got {runs.shape}")
-    y, seeds_b = _seed_rows(y, p_b, "p_b")
-    per_run = [_seed_rows(y, run, f"runs_a[{i}]")[1] for i, run in enumerate(runs)]
+    a, b = _runs(y, runs_a, "runs_a"), _runs(y, runs_b, "runs_b")
+    y = _check_labels_scores(y, a[0][0], name="runs_a[0][0]")[0]
     _patient_index(groups, len(y))
-    b_full = float(np.mean([float(metric(y, p)) for p in seeds_b]))
-    differences = [float(np.mean([float(metric(y, p)) for p in rows])) - b_full for rows in per_run]
-    # The runs drawn for each replicate: a generator apart from the patients' (seed, 1).
-    drawn = np.random.default_rng([seed, 1]).integers(0, len(runs), size=(n_boot, len(runs)))
-    shares = np.stack([np.bincount(row, minlength=len(runs)) for row in drawn]) / len(runs)
+    full_a = [float(np.mean([float(metric(y, p)) for p in rows])) for rows in a]
+    full_b = float(np.mean([np.mean([float(metric(y, p)) for p in rows]) for rows in b]))
+    # The runs each replicate draws: generators apart from the patients' (seed, 1 and 2).
+    shares = [_run_shares(len(runs), n_boot, [seed, side]) for side, runs in ((1, a), (2, b))]
     done = 0
 
     def statistic(w: np.ndarray) -> np.ndarray:
         nonlocal done
-        a = np.stack([_seed_mean(metric, y, rows, w) for rows in per_run], axis=1)  # (R, P)
-        share = shares[done : done + len(w)]
+        means = []
+        for runs, share in zip((a, b), shares, strict=True):
+            values = np.stack([_seed_mean(metric, y, rows, w) for rows in runs], axis=1)  # (R, P)
+            drawn = share[done : done + len(w)]
+            means.append((np.where(drawn > 0, values, 0.0) * drawn).sum(axis=1))  # undrawn: 0
         done += len(w)
-        a = np.where(share > 0, a, 0.0)  # a run not drawn cannot void the replicate
-        return (a * share).sum(axis=1) - _seed_mean(metric, y, seeds_b, w)
+        return means[0] - means[1]
 
     replicates = _finite_replicates(statistic, groups, len(y), n_boot, seed)
     return {
-        "difference": float(np.mean(differences)),
+        "difference": float(np.mean(full_a) - full_b),
         "ci95": _percentile_interval(replicates, alpha),
         "p_value": float(min(1.0, 2.0 * min(np.mean(replicates <= 0), np.mean(replicates >= 0)))),
-        "per_run": differences,
+        "per_run": [value - full_b for value in full_a],
     }
+
+
+def _runs(y: Any, scores: Any, name: str) -> list[list[np.ndarray]]:
+    """Checked score rows of each run of one model: (P, S, n); (S, n) or (n,) is one run."""
+    matrix = np.asarray(scores)
+    matrix = matrix.reshape((1,) * (3 - matrix.ndim) + matrix.shape) if matrix.ndim < 3 else matrix
+    if matrix.ndim != 3 or matrix.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (P, S, n) with P >= 1, got {matrix.shape}")
+    return [_seed_rows(y, run, f"{name}[{i}]")[1] for i, run in enumerate(matrix)]
+
+
+def _run_shares(n_runs: int, n_boot: int, seed: list[int]) -> np.ndarray:
+    """Each replicate's share of each run: P draws with replacement. Shape: -> (n_boot, P)."""
+    drawn = np.random.default_rng(seed).integers(0, n_runs, size=(n_boot, n_runs))
+    return np.stack([np.bincount(row, minlength=n_runs) for row in drawn]) / n_runs
 
 
 def _seed_rows(y: Any, scores: Any, name: str) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -374,10 +374,24 @@ def test_multi_bootstrap_holds_the_spread_between_runs() -> None:
     assert multi["per_run"][0] > multi["per_run"][-1]  # the first run is the least noisy
 
 
-def test_multi_bootstrap_rejects_runs_without_a_run_axis() -> None:
+def test_multi_bootstrap_resamples_both_sides_runs_and_is_antisymmetric() -> None:
+    y, groups, runs, base = _runs_case(1.0)
+    one = multi_bootstrap_difference(auroc, y, runs, base, groups, n_boot=300, seed=1)
+    copies = multi_bootstrap_difference(auroc, y, runs, np.stack([base] * 3), groups,
+                                        n_boot=300, seed=1)  # fmt: skip
+    assert copies["difference"] == pytest.approx(one["difference"], abs=1e-12)
+    assert copies["ci95"] == pytest.approx(one["ci95"], abs=1e-12)
+    ab = multi_bootstrap_difference(auroc, y, runs, runs[::-1], groups, n_boot=300, seed=1)
+    assert ab["difference"] == pytest.approx(0.0, abs=1e-12)  # the same runs, in any order
+    assert ab["ci95"][0] < 0 < ab["ci95"][1]  # yet each side draws its runs apart
+
+
+def test_multi_bootstrap_rejects_runs_of_other_shapes() -> None:
     y, groups, runs, base = _runs_case(0.0)
     with pytest.raises(ValueError, match=r"runs_a must have shape \(P, S, n\)"):
-        multi_bootstrap_difference(auroc, y, runs[0], base, groups, n_boot=10)
+        multi_bootstrap_difference(auroc, y, runs[None], base, groups, n_boot=10)
+    with pytest.raises(ValueError, match=r"runs_b must have shape \(P, S, n\)"):
+        multi_bootstrap_difference(auroc, y, runs, base[None][:0], groups, n_boot=10)
 
 
 # ----------------------------------------------------------------------------------------------
