@@ -16,7 +16,11 @@ _HOW_TO_READ = (
     "Relative gain = (AUROC_ref − 0.5) / (AUROC_model − 0.5) − 1: how much more "
     "above-chance discrimination the reference achieves. Label-efficiency intervals are those "
     "of the mean over seeds, and its differences are paired differences of seed means (one "
-    "resample of patients scores every seed of both models)."
+    "resample of patients scores every seed of both models). No interval holds the spread "
+    "between label subsets or between pretrainings: the SSL rows come from one pretraining "
+    "(train.seed), and on the synthetic cohort another pretraining moved SSL at 100 labels by "
+    "up to 0.02; compare pretraining settings over several pretraining seeds "
+    "(benchmarks/bench_ablation.py --pretrain-seeds)."
 )
 
 
