@@ -90,7 +90,7 @@ def variants(objectives: list[str], views: list[str], mask_units: list[str]) -> 
 
 
 def run_cell(args, data: Path, run_dir: Path, variant: dict, readout: str, models: list[str],
-             pretrain_seed: int = 0):  # fmt: skip
+             pretrain_seed: int | None = None):  # fmt: skip
     """One pipeline run (pretraining reused when done); returns its test predictions."""
     budgets = args.budgets.split(",")
     config = load_pipeline_config(
@@ -105,9 +105,9 @@ def run_cell(args, data: Path, run_dir: Path, variant: dict, readout: str, model
             "evaluate.seeds": [int(s) for s in args.seeds.split(",")],
             "evaluate.models": models,
             "evaluate.n_boot": args.n_boot,
-            "train.seed": pretrain_seed,
             **variant["settings"],
-        },
+        }
+        | ({} if pretrain_seed is None else {"train.seed": pretrain_seed}),
     )
     started = time.perf_counter()
     run_pipeline(data, run_dir, config, device=args.device)
@@ -161,7 +161,8 @@ def _multi_difference(ssl_parts, baselines: pl.DataFrame, budget: str, name: str
     by the Multi-Bootstrap (`multi_bootstrap_difference`)."""
     runs = [seed_scores(part.filter(model="ssl", budget=budget)) for part in ssl_parts]
     y, groups, base = seed_scores(baselines.filter(model=name, budget=budget))
-    if any(not np.array_equal(run_y, y) for run_y, *_ in runs):
+    if any(not (np.array_equal(run_y, y) and np.array_equal(run_groups, groups))
+           for run_y, run_groups, _ in runs):  # fmt: skip
         raise SystemExit(f"{budget}: the pretraining seeds scored other test visits")
     stacked = np.stack([scores for *_, scores in runs])  # (P, S, n)
     return multi_bootstrap_difference(auroc, y, stacked, base, groups, n_boot=n_boot)
@@ -202,6 +203,10 @@ def table(results: list[dict], budgets: list[str]) -> str:
             f"{m} {baseline[budget][m]['mean']:.3f}" for m in BASELINES if m in baseline[budget]
         )
         lines.append(f"Baselines at {budget} labels ({results[0]['readout']} readout): {means}.")
+    if len(results[0].get("pretrain_seeds", [])) > 1:
+        lines.append("SSL: the mean over pretraining seeds (each seed's own in brackets); the "
+                     "differences' intervals by the Multi-Bootstrap (test patients and "
+                     "pretraining seeds resampled).")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -240,7 +245,7 @@ def main() -> None:
         "names as objective-views-unit, '-' where one does not apply (masked---token)",
     )
     parser.add_argument(
-        "--pretrain-seeds", default="0", help="pretrain each variant once per seed [0]"
+        "--pretrain-seeds", help="pretrain each variant once per train.seed [the config's]"
     )
     parser.add_argument("--cv-repeats", type=int, default=1, help="finetune.cv_repeats [1]")
     parser.add_argument("--n-boot", type=int, default=500)
@@ -262,7 +267,9 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown variants {unknown}; known: {', '.join(by_name)}")
         cells = [cells[0]] + [by_name[n] for n in args.only.split(",") if n != cells[0]["name"]]
-    pretrain_seeds = [int(seed) for seed in args.pretrain_seeds.split(",")]
+    pretrain_seeds = (
+        [int(s) for s in args.pretrain_seeds.split(",")] if args.pretrain_seeds else [None]
+    )
     baselines: dict[str, pl.DataFrame] = {}
     results = []
     for index, variant in enumerate(cells):
@@ -284,7 +291,7 @@ def main() -> None:
                               "curve": curve})  # fmt: skip
             (work / "ablation.json").write_text(json.dumps(results, indent=2))
     print(f"\n{args.visits} visits, labeled {args.labeled_frac}, seeds {args.seeds}, "
-          f"{args.epochs} pretraining epochs (seeds {args.pretrain_seeds}), "
+          f"{args.epochs} pretraining epochs (seeds {args.pretrain_seeds or 'of the config'}), "
           f"preset {args.preset}\n")  # fmt: skip
     print(table(results, budgets))
 

@@ -140,7 +140,7 @@ def test_a_new_pretraining_keeps_the_scratch_models_and_a_new_shape_does_not(
     assert not after.filter(model="ssl")["score"].equals(before.filter(model="ssl")["score"])
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ehr_ssl"):  # the architecture scratch copies
-        run_pipeline(cohort_dir, run_dir, _config(**{"model.intermediate_size": 48}))
+        run_pipeline(cohort_dir, run_dir, _config(**{"model.intermediate_size": 48}), device="cpu")
     assert not any(r.getMessage().startswith("finetune scratch") and "skipped" in r.getMessage()
                    for r in caplog.records)  # fmt: skip
 

@@ -538,7 +538,9 @@ def multi_bootstrap_difference(
     pretrainings that one run cannot show. A model's metric is the mean over its (drawn) runs
     of each run's seed mean. A model no pretraining touches (a baseline) is one run: (S, n) or
     (n,). With one run each, or copies of one run, it equals `paired_bootstrap_difference`
-    (same patient draws for a seed).
+    (same patient draws for a seed; copies to rounding). Each side draws its runs from its own
+    stream, so swapping the sides negates the difference but not exactly the interval; when
+    both sides share their pretraining seeds, drawing them apart is the conservative choice.
 
     Shape: y, groups (n,); runs_a, runs_b (P, S, n), (S, n) or (n,) -> dict.
 
@@ -571,6 +573,7 @@ def multi_bootstrap_difference(
         return means[0] - means[1]
 
     replicates = _finite_replicates(statistic, groups, len(y), n_boot, seed)
+    replicates[np.abs(replicates) < 1e-12] = 0.0  # sums over copies of a run: exact zeros stay
     return {
         "difference": float(np.mean(full_a) - full_b),
         "ci95": _percentile_interval(replicates, alpha),

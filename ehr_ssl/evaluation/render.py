@@ -17,10 +17,8 @@ _HOW_TO_READ = (
     "above-chance discrimination the reference achieves. Label-efficiency intervals are those "
     "of the mean over seeds, and its differences are paired differences of seed means (one "
     "resample of patients scores every seed of both models). No interval holds the spread "
-    "between label subsets or between pretrainings: the SSL rows come from one pretraining "
-    "(train.seed), and on the synthetic cohort another pretraining moved SSL at 100 labels by "
-    "up to 0.02; compare pretraining settings over several pretraining seeds "
-    "(benchmarks/bench_ablation.py --pretrain-seeds)."
+    "between label subsets or between pretrainings: a pretrained model's rows come from one "
+    "pretraining (train.seed), and another can move them by as much as the differences."
 )
 
 
