@@ -261,11 +261,14 @@ def _finetune_step(
     visit ids of `_draw_label_budgets`). Returns each fine-tuning's name -> the hash of its
     summary."""
     fingerprints = {}
+    models = [m for m in run.config.evaluate.models if m in FINETUNED]
+    # A scratch model takes the encoder's shape, not its weights: a new pretraining of the same
+    # shape leaves it as it is.
+    fp_shape = _architecture_hash(run.layout.encoder) if "scratch" in models else None
     for (budget, seed), ids in label_budgets.items():
-        for model in [m for m in run.config.evaluate.models if m in FINETUNED]:
-            name, summary_hash = _finetune_model(
-                run, budget, seed, model, ids, fp_tokens, fp_encoder
-            )
+        for model in models:
+            fp_from = fp_shape if FINETUNED[model] == "scratch" else fp_encoder
+            name, summary_hash = _finetune_model(run, budget, seed, model, ids, fp_tokens, fp_from)
             fingerprints[name] = summary_hash
     return fingerprints
 
@@ -307,17 +310,15 @@ def _finetune_model(
     model: str,
     ids: tuple[pl.Series, pl.Series],
     fp_tokens: str,
-    fp_encoder: str,
+    fp_from: str,
 ) -> tuple[str, str]:
-    """One fine-tuning, unless complete with the same fingerprint. Returns its name and the
-    hash of its summary."""
+    """One fine-tuning, unless complete with the same fingerprint (`fp_from`: what it reads
+    of the pretraining). Returns its name and the hash of its summary."""
     from ehr_ssl.training.finetune import finetune
 
     out = run.layout.model(budget, seed, model)
     ft_config = run.config.finetune_config(FINETUNED[model], seed)
-    if ft_config.mode == "scratch":  # a new pretraining of the same shape leaves it as it is
-        fp_encoder = _architecture_hash(run.layout.encoder)
-    fp = _hash(["finetune", fp_tokens, fp_encoder, budget, seed, model, _settings(ft_config)])
+    fp = _hash(["finetune", fp_tokens, fp_from, budget, seed, model, _settings(ft_config)])
     name = f"finetune {model} {budget}-seed{seed}"
     if run.stages.is_done(name, fp, out / FINETUNE_SUMMARY_FILE):
         log.info("%s: unchanged since the last run, skipped", name)

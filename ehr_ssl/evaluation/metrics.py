@@ -511,10 +511,14 @@ def paired_bootstrap_difference(
         n_boot,
         seed,
     )
+    return {"difference": difference, **_interval_and_p(differences, alpha)}
+
+
+def _interval_and_p(differences: np.ndarray, alpha: float) -> dict[str, Any]:
+    """The percentile interval of replicate differences and the two-sided bootstrap p-value."""
     share_below = float(np.mean(differences <= 0))
     share_above = float(np.mean(differences >= 0))
     return {
-        "difference": difference,
         "ci95": _percentile_interval(differences, alpha),
         "p_value": min(1.0, 2.0 * min(share_below, share_above)),
     }
@@ -576,8 +580,7 @@ def multi_bootstrap_difference(
     replicates[np.abs(replicates) < 1e-12] = 0.0  # sums over copies of a run: exact zeros stay
     return {
         "difference": float(np.mean(full_a) - full_b),
-        "ci95": _percentile_interval(replicates, alpha),
-        "p_value": float(min(1.0, 2.0 * min(np.mean(replicates <= 0), np.mean(replicates >= 0)))),
+        **_interval_and_p(replicates, alpha),
         "per_run": [value - full_b for value in full_a],
     }
 
