@@ -520,6 +520,8 @@ class PretrainConfig:
 FINETUNE_MODES = ("full", "linear-probe", "scratch")
 # How a model's settings are chosen on a label budget (`ehr_ssl.training.selection`).
 SELECTIONS = ("auto", "cv", "holdout")
+# How cv selection picks among its candidates (`ehr_ssl.training.selection.choose`).
+CV_RULES = ("one_se", "best")
 
 
 @dataclass
@@ -557,6 +559,12 @@ class FinetuneConfig:
     each costs K more trainings of every transformer (1 keeps `ehr-ssl demo` short on CPU)."""
     cv_max_labels: int = 1000
     """selection "auto": the largest budget selected by cv (K + 1 trainings per model)."""
+    cv_rule: str = field(default="one_se", metadata={"choices": CV_RULES})
+    """Which candidate cv selection keeps, for every model alike: "one_se" (the most
+    regularized C, the fewest epochs, whose mean fold AUROC is within one standard error of
+    the best; Breiman's rule, glmnet's lambda.1se) or "best" (the best mean). At 100 labels
+    a fold scores 20 visits and the best mean is often noise (benchmarks/README.md, "The
+    one-standard-error rule")."""
     weight_decay: float = 0.01
     """AdamW decay of the weight matrices."""
     head_dropout: float = 0.1
@@ -593,6 +601,7 @@ class FinetuneConfig:
         check_count(self.cv_folds, "finetune.cv_folds", low=2, high=20)
         check_count(self.cv_repeats, "finetune.cv_repeats", high=20)
         check_count(self.cv_max_labels, "finetune.cv_max_labels", high=MAX_BATCH)
+        check_choice(self.cv_rule, CV_RULES, "finetune.cv_rule")
         check_range(self.learning_rate, 1e-9, 10, "finetune.learning_rate")
         check_range(self.encoder_lr_ratio, 0, 10, "finetune.encoder_lr_ratio")
         check_range(self.weight_decay, 0, 10, "finetune.weight_decay")

@@ -81,6 +81,10 @@ def test_defaults_round_trip_through_dict():
             lambda: FinetuneConfig(readout="cls"),
             "column 'finetune.readout': must be one of pooled, segments, windows, got 'cls'",
         ),
+        (
+            lambda: FinetuneConfig(cv_rule="1se"),
+            "column 'finetune.cv_rule': must be one of one_se, best, got '1se'",
+        ),
     ],
 )
 def test_invalid_values_raise_clear_errors(make, message):

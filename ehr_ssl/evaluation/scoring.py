@@ -90,6 +90,7 @@ class LabelBudget:
             self.train["label"].to_numpy(), self.train["patient_id"].to_numpy(),
             self.train["visit_id"].to_numpy(), folds=self.config.cv_folds,
             repeats=self.config.cv_repeats, seed=self.seed, setting="finetune.label_budget",
+            rule=self.config.cv_rule,
         )  # fmt: skip
 
 

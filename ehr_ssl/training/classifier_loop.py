@@ -25,6 +25,7 @@ from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.training import distributed
 from ehr_ssl.training.device import DeviceSettings, device_settings
 from ehr_ssl.training.optim import param_groups
+from ehr_ssl.training.selection import choose
 
 
 @torch.no_grad()
@@ -62,28 +63,39 @@ def build_classifier(
 @dataclass
 class EpochSelection:
     """Early stopping on validation AUROC: the best state so far, every epoch's figures, and
-    the epochs since the last improvement."""
+    the epochs since the last improvement. Under cv selection each epoch's AUROC is the mean
+    over folds with its standard error, and `rule` picks the epoch (`selection.choose`: "one_se"
+    keeps the earliest within one standard error of the best); patience always counts from
+    the best mean."""
 
     patience: int
+    rule: str = "best"
     best_state: dict | None = None
     best_auroc: float = -1.0
     history: list[dict] = field(default_factory=list)
     stale: int = 0
 
-    def start_from(self, model: nn.Module | None, val_auroc: float) -> None:
+    def start_from(self, model: nn.Module | None, val_auroc: float, val_se: float = 0.0) -> None:
         """Epoch 0, before any update: the state every later epoch must beat (no state is
         kept for `model` None: cv selection keeps only the epoch)."""
         self.best_auroc = val_auroc
         if model is not None:
             self.best_state = copy.deepcopy(model.state_dict())
-        self.history.append({"epoch": 0, "val_auroc": val_auroc, "last_loss": None})
+        self.history.append({"epoch": 0, "val_auroc": val_auroc, "val_se": val_se,
+                             "last_loss": None})  # fmt: skip
 
     def record(
-        self, epoch: int, val_auroc: float, last_loss: float, model: nn.Module | None
+        self,
+        epoch: int,
+        val_auroc: float,
+        last_loss: float,
+        model: nn.Module | None,
+        val_se: float = 0.0,
     ) -> bool:
         """Score an epoch (keeping the state if it is the best and `model` is given); True
         once patience runs out."""
-        self.history.append({"epoch": epoch, "val_auroc": val_auroc, "last_loss": last_loss})
+        self.history.append({"epoch": epoch, "val_auroc": val_auroc, "val_se": val_se,
+                             "last_loss": last_loss})  # fmt: skip
         if val_auroc > self.best_auroc:
             if model is not None:
                 self.best_state = copy.deepcopy(model.state_dict())
@@ -93,9 +105,11 @@ class EpochSelection:
         return self.stale >= self.patience
 
     def summary(self) -> dict:
-        """The selected epoch (the best on validation), its AUROC and the history."""
-        chosen = max(self.history, key=lambda h: h["val_auroc"])["epoch"]
-        return {"selected_epoch": chosen, "val_auroc": self.best_auroc, "history": self.history}
+        """The selected epoch (under `rule`), its AUROC and the history."""
+        means = [h["val_auroc"] for h in self.history]
+        chosen = self.history[choose(means, [h["val_se"] for h in self.history], self.rule)]
+        return {"selected_epoch": chosen["epoch"], "val_auroc": chosen["val_auroc"],
+                "history": self.history}  # fmt: skip
 
 
 def _optimizer_groups(model: AdmissionClassifier, config: FinetuneConfig) -> list[dict]:

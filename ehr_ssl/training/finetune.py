@@ -60,7 +60,7 @@ from ehr_ssl.training.probe import (
     probe_summary,
     set_head,
 )
-from ehr_ssl.training.selection import Folds, cv_folds
+from ehr_ssl.training.selection import Folds, cv_folds, fold_mean_and_se
 
 log = logging.getLogger("ehr_ssl")
 
@@ -348,7 +348,7 @@ def _folds(
     return cv_folds(
         labels, meta["patient_id"].to_numpy(), meta["visit_id"].to_numpy(),
         folds=config.cv_folds, repeats=repeats, seed=config.seed,
-        setting="finetune.label_budget",
+        setting="finetune.label_budget", rule=config.cv_rule,
     )  # fmt: skip
 
 
@@ -357,15 +357,17 @@ def _select_epoch(
 ) -> dict:
     """Every fold trained in step, epoch by epoch, until the mean fold AUROC stops improving
     (`patience`); the summary of the epoch with the best mean (epoch 0: the probe)."""
-    selection = EpochSelection(patience=config.patience)
+    selection = EpochSelection(patience=config.patience, rule=config.cv_rule)
     if start_at_probe:
-        selection.start_from(None, _mean_val_auroc(runs, device))
+        selection.start_from(None, *_fold_aurocs(runs, device))
     for epoch in range(1, config.max_epochs + 1):
         losses = [run.train_epoch(config, epoch) for run in runs]
-        if selection.record(epoch, _mean_val_auroc(runs, device), float(np.mean(losses)), None):
+        mean, se = _fold_aurocs(runs, device)
+        if selection.record(epoch, mean, float(np.mean(losses)), None, val_se=se):
             break
     return selection.summary()
 
 
-def _mean_val_auroc(runs: list[Fold], device: torch.device) -> float:
-    return float(np.mean([val_auroc(run.model, run.val, device) for run in runs]))
+def _fold_aurocs(runs: list[Fold], device: torch.device) -> tuple[float, float]:
+    """The mean validation AUROC over the folds and its standard error."""
+    return fold_mean_and_se([val_auroc(run.model, run.val, device) for run in runs])

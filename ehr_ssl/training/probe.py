@@ -169,9 +169,10 @@ def load_probe(finetune_dir: Path, config: EHRConfig) -> tuple[dict[str, torch.T
 
 
 def fit_probe_cv(x: np.ndarray, y: np.ndarray, folds: Folds) -> dict:
-    """`fit_probe` under cv selection: C chosen from C_GRID by the mean fold AUROC (each fold
-    standardized on its own train part), then the probe refit on every row. Shape: x (N, D),
-    y (N,). Returns `fit_probe`'s keys; val_auroc is the mean fold AUROC of the chosen C."""
+    """`fit_probe` under cv selection: C chosen from C_GRID by `folds.rule` over the mean fold
+    AUROCs (each fold standardized on its own train part; `cross_validate`), then the probe
+    refit on every row. Shape: x (N, D), y (N,). Returns `fit_probe`'s keys; val_auroc is the
+    mean fold AUROC of the chosen C."""
 
     def fit_score(params: dict, train: np.ndarray, val: np.ndarray) -> np.ndarray:
         probe = _standardized_logistic(x[train], y[train], params["C"])
@@ -179,9 +180,10 @@ def fit_probe_cv(x: np.ndarray, y: np.ndarray, folds: Folds) -> dict:
 
     params, table = cross_validate(fit_score, y, folds, [{"C": c} for c in C_GRID])
     probe = _standardized_logistic(x, y, params["C"])
-    best = max(row["cv_auroc"] for row in table)
-    history = [{"C": row["params"]["C"], "val_auroc": row["cv_auroc"]} for row in table]
-    return probe | {"C": params["C"], "val_auroc": best, "history": history}
+    chosen = next(row["cv_auroc"] for row in table if row["params"] == params)
+    history = [{"C": row["params"]["C"], "val_auroc": row["cv_auroc"], "val_se": row["cv_se"]}
+               for row in table]  # fmt: skip
+    return probe | {"C": params["C"], "val_auroc": chosen, "history": history}
 
 
 def _standardized_logistic(x: np.ndarray, y: np.ndarray, c: float) -> dict[str, np.ndarray]:

@@ -1,5 +1,6 @@
 """Model selection with few labels: the cv folds (grouped by patient, stratified, independent of
-row order), the choice by mean fold AUROC and the cv-or-holdout rule."""
+row order), the choice by mean fold AUROC (the best, or the one-standard-error rule) and the
+cv-or-holdout rule."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from ehr_ssl.errors import InputError
+from ehr_ssl.training.classifier_loop import EpochSelection
 from ehr_ssl.training.selection import (
     C_GRID,
     Folds,
+    choose,
     cross_validate,
     cv_folds,
+    fold_mean_and_se,
     resolve_selection,
 )
 
@@ -47,7 +51,7 @@ def test_folds_are_grouped_stratified_and_cover_every_row_once_per_repeat():
     n = data["labels"].size
     folds = folds_of(data, folds=4, repeats=3)
     assert (folds.n_folds, folds.n_repeats) == (4, 3)
-    assert folds.describe() == {"protocol": "cv", "folds": 4, "repeats": 3}
+    assert folds.describe() == {"protocol": "cv", "folds": 4, "repeats": 3, "rule": "one_se"}
     assert len(folds.splits) == 4 * 3
     for train, val in folds.splits:
         assert np.intersect1d(train, val).size == 0
@@ -135,7 +139,7 @@ def scores_with_noise(labels: np.ndarray):
 def test_cross_validate_picks_the_best_mean_fold_auroc():
     data = layout(seed=5)
     y = data["labels"]
-    folds = folds_of(data, folds=3, repeats=2)
+    folds = folds_of(data, folds=3, repeats=2, rule="best")
     fit_score, calls = scores_with_noise(y)
     grid = [{"noise": None}, {"noise": 3.0}, {"noise": 0.3}, {"noise": 1.0}]
     chosen, table = cross_validate(fit_score, y, folds, grid)
@@ -160,7 +164,7 @@ def test_cross_validate_picks_the_best_mean_fold_auroc():
 def test_cross_validate_ties_go_to_the_earlier_grid_point():
     data = layout(seed=6)
     y = data["labels"]
-    folds = folds_of(data, folds=3, repeats=1)
+    folds = folds_of(data, folds=3, repeats=1, rule="best")
     fit_score, _ = scores_with_noise(y)
     # "name" does not change the scores: the two points tie exactly.
     grid = [{"noise": 2.0, "name": "a"}, {"noise": 0.5, "name": "b"}, {"noise": 0.5, "name": "c"}]
@@ -172,6 +176,66 @@ def test_cross_validate_ties_go_to_the_earlier_grid_point():
     # Perfect scores everywhere: the first point.
     chosen, table = cross_validate(fit_score, y, folds, [{"noise": 0.0, "k": i} for i in range(3)])
     assert chosen == {"noise": 0.0, "k": 0} and {row["cv_auroc"] for row in table} == {1.0}
+
+
+def test_one_se_keeps_the_earliest_point_within_one_standard_error_of_the_best():
+    means, ses = [0.70, 0.80, 0.82, 0.81], [0.05, 0.04, 0.03, 0.01]
+    assert choose(means, ses, "best") == 2
+    assert choose(means, ses, "one_se") == 1  # 0.80 >= 0.82 - 0.03
+    assert choose(means, [0.05, 0.04, 0.01, 0.01], "one_se") == 2  # a tight best stays
+    assert choose([0.79, 0.82], [0.0, 0.03], "one_se") == 0  # exactly at the floor: kept
+    assert choose([0.8, 0.8], [0.0, 0.0], "one_se") == choose([0.8, 0.8], [0.0, 0.0], "best") == 0
+    with pytest.raises(ValueError, match="rule"):
+        choose(means, ses, "lambda.1se")
+
+
+def test_fold_standard_error_is_the_sample_std_over_root_n():
+    mean, se = fold_mean_and_se([0.6, 0.8, 0.7, 0.9])
+    assert mean == pytest.approx(0.75)
+    assert se == pytest.approx(np.std([0.6, 0.8, 0.7, 0.9], ddof=1) / 2)
+    assert fold_mean_and_se([0.7]) == (0.7, 0.0)
+
+
+@pytest.mark.parametrize("rule", ["one_se", "best"])
+def test_cross_validate_applies_the_folds_rule_to_its_own_table(rule: str):
+    data = layout(seed=5)
+    y = data["labels"]
+    folds = folds_of(data, folds=3, repeats=2, rule=rule)
+    assert folds.describe()["rule"] == rule
+    fit_score, _ = scores_with_noise(y)
+    # Most regularized first: noisier scores early, cleaner later.
+    grid = [{"noise": n} for n in (3.0, 1.5, 1.0, 0.7, 0.5, 0.3)]
+    chosen, table = cross_validate(fit_score, y, folds, grid)
+    for row in table:
+        aurocs = [roc_auc_score(y[val], fit_score(row["params"], train, val))
+                  for train, val in folds.splits]  # fmt: skip
+        assert row["cv_se"] == pytest.approx(np.std(aurocs, ddof=1) / np.sqrt(len(aurocs)))
+    means, ses = [r["cv_auroc"] for r in table], [r["cv_se"] for r in table]
+    assert chosen == grid[choose(means, ses, rule)]
+    best = int(np.argmax(means))
+    if rule == "one_se":  # never after the best, never below its floor
+        i = grid.index(chosen)
+        assert i <= best and means[i] >= means[best] - ses[best]
+        assert all(m < means[best] - ses[best] for m in means[:i])
+    else:
+        assert chosen == grid[best]
+
+
+def test_cv_folds_refuse_an_unknown_rule():
+    with pytest.raises(ValueError, match="rule"):
+        folds_of(layout(seed=1), rule="median")
+
+
+@pytest.mark.parametrize(("rule", "epoch"), [("one_se", 1), ("best", 2)])
+def test_epoch_selection_keeps_the_earliest_epoch_near_the_best_mean(rule: str, epoch: int):
+    selection = EpochSelection(patience=2, rule=rule)
+    selection.start_from(None, 0.78, 0.02)
+    stops = [selection.record(e, auroc, 0.5, None, val_se=0.02)
+             for e, auroc in ((1, 0.83), (2, 0.845), (3, 0.84), (4, 0.835))]  # fmt: skip
+    assert stops == [False, False, False, True]  # patience counts from the best mean
+    summary = selection.summary()
+    assert summary["selected_epoch"] == epoch
+    assert summary["val_auroc"] == {1: 0.83, 2: 0.845}[epoch]
 
 
 def test_c_grid_runs_from_strong_to_weak_regularization():
