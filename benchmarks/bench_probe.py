@@ -14,7 +14,7 @@ usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
            [--readouts pooled,segments] [--tabular logistic,lightgbm] [--with-current-visit] \
            [--pca 8,16,32] [--forecast-codes 64,256] [--random-features 256,1024] \
-           [--latent-work WORK] [--json FILE]
+           [--latent-work WORK] [--cv-rule best|one_se] [--json FILE]
 
 `--pca` and `--forecast-codes` try two unsupervised priors on the direction a few labels must
 find: the vectors on their top-k principal axes (fitted on the labeled train visits' vectors,
@@ -39,7 +39,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ehr_ssl.config import READOUTS
+from ehr_ssl.config import CV_RULES, READOUTS
 from ehr_ssl.evaluation.baselines import fit_counts_baseline_cv, predict_proba
 from ehr_ssl.evaluation.tabular import TabularSpec
 from ehr_ssl.model.encoder import EHREncoder
@@ -65,11 +65,13 @@ def probe_curve(
     y_test: np.ndarray,
     budgets: dict[int, int],
     fit_cv=None,
+    cv_rule: str = "best",
 ) -> dict[int, list[float]]:
     """Test AUROCs of the cv-selected probe at each budget, one per label subset (subset k of
     every budget drawn with seed 100 + k, its folds with seed k, so every encoder gets the same
     ones). `fit_cv(x, y, folds)` fits one model and returns `(x_test -> scores)`; the default
-    is the pipeline's probe. Shape: x (N, D)."""
+    is the pipeline's probe. `cv_rule` is `finetune.cv_rule` (the pipeline's default).
+    Shape: x (N, D)."""
     fit_cv = fit_cv or probe_fit
     out = {}
     for budget, n_subsets in budgets.items():
@@ -78,7 +80,7 @@ def probe_curve(
             draw = np.random.default_rng(100 + k)
             rows = np.sort(draw.choice(len(y_train), budget, replace=False))
             folds = cv_folds(y_train[rows], groups[rows], ids[rows], folds=5, repeats=1,
-                             seed=k, setting="bench_probe")  # fmt: skip
+                             seed=k, setting="bench_probe", rule=cv_rule)  # fmt: skip
             score = fit_cv(x_train[rows], y_train[rows], folds)
             aurocs.append(float(roc_auc_score(y_test, score(x_test))))
         out[budget] = aurocs
@@ -102,7 +104,8 @@ def baseline_fit(kind: str):
     return fit
 
 
-def tabular_rows(tokens: Path, y: dict, groups, ids, budgets: dict, kinds: list[str]) -> list:
+def tabular_rows(tokens: Path, y: dict, groups, ids, budgets: dict, kinds: list[str],
+                 cv_rule: str = "best") -> list:  # fmt: skip
     """The tabular baseline (`TabularSpec` features of the same visits) under each of `kinds`,
     on the same label subsets and folds as the encoders: the reference the probes must beat."""
     spec = TabularSpec.from_tokens(tokens)
@@ -110,13 +113,13 @@ def tabular_rows(tokens: Path, y: dict, groups, ids, budgets: dict, kinds: list[
     rows = []
     for kind in kinds:
         curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets,
-                            fit_cv=baseline_fit(kind))  # fmt: skip
+                            fit_cv=baseline_fit(kind), cv_rule=cv_rule)  # fmt: skip
         rows.append(_row(f"tabular {kind}", "tabular features", curve, budgets))
     return rows
 
 
 def latent_rows(work: Path, tokens: Path, labeled: dict, y: dict, groups, ids, budgets: dict,
-                current: dict) -> list:  # fmt: skip
+                current: dict, cv_rule: str = "best") -> list:  # fmt: skip
     """A perfect representation of the history, on the same label subsets and folds: the
     cohort's true latent state (frailty, chronic conditions; regenerated from `work`'s stamp)
     beside the current visit's one-hots (the probe), and beside the tabular features (the
@@ -136,7 +139,7 @@ def latent_rows(work: Path, tokens: Path, labeled: dict, y: dict, groups, ids, b
         ("true latent state + tabular", tabular, baseline_fit("logistic")),
     ):  # fmt: skip
         curve = probe_curve(z["train"], y["train"], groups, ids, z["test"], y["test"], budgets,
-                            fit_cv=fit)  # fmt: skip
+                            fit_cv=fit, cv_rule=cv_rule)  # fmt: skip
         rows.append(_row("(no encoder)", name, curve, budgets))
     return rows
 
@@ -219,6 +222,8 @@ def main() -> None:
     parser.add_argument("--latent-work", type=Path, help="a synthetic cohort's work directory "
                         "(cohort.json): also probe its true latent state, what bounds the "
                         "encoders")  # fmt: skip
+    parser.add_argument("--cv-rule", default="best", choices=CV_RULES,
+                        help="finetune.cv_rule of every probe and baseline [best]")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -233,7 +238,8 @@ def main() -> None:
     results, current = [], None
 
     def row(name: str, readout: str, z: dict) -> None:  # z: features of "train" and "test"
-        curve = probe_curve(z["train"], y["train"], groups, ids, z["test"], y["test"], budgets)
+        curve = probe_curve(z["train"], y["train"], groups, ids, z["test"], y["test"], budgets,
+                            cv_rule=args.cv_rule)  # fmt: skip
         results.append(_row(name, readout, curve, budgets))
 
     if args.with_current_visit or args.latent_work:
@@ -260,10 +266,11 @@ def main() -> None:
                                              codes).items():  # fmt: skip
                 row(encoder_dir, name, z)
     if args.tabular:
-        results += tabular_rows(args.tokens, y, groups, ids, budgets, args.tabular.split(","))
+        results += tabular_rows(args.tokens, y, groups, ids, budgets, args.tabular.split(","),
+                                args.cv_rule)  # fmt: skip
     if args.latent_work:
         results += latent_rows(args.latent_work, args.tokens, labeled, y, groups, ids, budgets,
-                               current)  # fmt: skip
+                               current, args.cv_rule)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

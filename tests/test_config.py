@@ -83,7 +83,7 @@ def test_defaults_round_trip_through_dict():
         ),
         (
             lambda: FinetuneConfig(cv_rule="1se"),
-            "column 'finetune.cv_rule': must be one of one_se, best, got '1se'",
+            "column 'finetune.cv_rule': must be one of best, one_se, got '1se'",
         ),
     ],
 )

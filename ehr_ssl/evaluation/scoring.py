@@ -222,7 +222,7 @@ def _fit_and_score(
         fitted, record = fit_counts_baseline_cv(
             kind, features[0], y_train, budget.folds(), seed=budget.seed, n_counts=n_counts
         )
-        selection = {k: record[k] for k in ("protocol", "folds", "repeats")}
+        selection = {k: record[k] for k in ("protocol", "folds", "repeats", "rule")}
     else:
         fitted, record = fit_counts_baseline(
             kind, features[0], y_train, features[1], budget.val["label"].to_numpy(),

@@ -32,7 +32,7 @@ from ehr_ssl.evaluation.baselines import (
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, MASK_ID, NOT_EVENT_IDS, PAD_ID, UNK_ID, VISIT_ID
-from ehr_ssl.training.selection import C_GRID, Folds, cv_folds
+from ehr_ssl.training.selection import C_GRID, Folds, choose, cv_folds
 
 V, N_BINS = 10, 3  # hand-made vocabulary: ids 0-5 special, 6-9 codes
 GRIDS = {"logistic": LOGISTIC_GRID, "lightgbm": LIGHTGBM_GRID}
@@ -304,15 +304,17 @@ def test_fit_cv_chooses_by_mean_fold_auroc_and_refits_on_every_row(
         for train, val in train_folds.splits
     ]
     points = [c["params"] for c in per_fold[0]["candidates"]]
-    means = [
-        np.mean([f["candidates"][i]["val_auroc"] for f in per_fold]) for i in range(len(points))
-    ]
+    folds = [[f["candidates"][i]["val_auroc"] for f in per_fold] for i in range(len(points))]
+    means = [np.mean(aurocs) for aurocs in folds]
+    ses = [np.std(aurocs, ddof=1) / np.sqrt(len(aurocs)) for aurocs in folds]
     assert [c["params"] for c in record["candidates"]] == points  # grid order
     np.testing.assert_allclose([c["val_auroc"] for c in record["candidates"]], means, atol=1e-12)
-    assert record["chosen"] == points[int(np.argmax(means))]  # first of the best
-    assert record["val_auroc"] == pytest.approx(max(means), abs=1e-12)
-    assert {k: record[k] for k in ("kind", "seed", "protocol", "folds", "repeats")} == {
-        "kind": kind, "seed": 0, "protocol": "cv", "folds": 3, "repeats": 1,
+    np.testing.assert_allclose([c["val_se"] for c in record["candidates"]], ses, atol=1e-12)
+    index = choose(means, ses, train_folds.rule)  # the folds' rule
+    assert record["chosen"] == points[index]
+    assert record["val_auroc"] == pytest.approx(means[index], abs=1e-12)
+    assert {k: record[k] for k in ("kind", "seed", "protocol", "folds", "repeats", "rule")} == {
+        "kind": kind, "seed": 0, "protocol": "cv", "folds": 3, "repeats": 1, "rule": "best",
     }  # fmt: skip
     # The returned model is the chosen point fit on every row, not a fold's model.
     chosen_grid = {name: [value] for name, value in record["chosen"].items()}

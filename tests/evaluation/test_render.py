@@ -43,7 +43,8 @@ def test_terminal_table(report: dict) -> None:
 def test_markdown_says_what_each_model_selected(report: dict) -> None:
     """The "Model selection" section: one row per budget-seed and model, with its protocol,
     selection AUROC and choices (the shapes the pipeline's fine-tuning and baselines record)."""
-    cv = {"protocol": "cv", "folds": 5, "repeats": 2}
+    cv = {"protocol": "cv", "folds": 5, "repeats": 2}  # a run from before finetune.cv_rule
+    one_se = {"protocol": "cv", "folds": 5, "repeats": 1, "rule": "one_se"}
     selection = {
         "100-seed1/ssl": {
             "val_auroc": 0.8123,
@@ -56,6 +57,16 @@ def test_markdown_says_what_each_model_selected(report: dict) -> None:
             "val_auroc": 0.79,
             "chosen": {"C": 0.0316227766},
             "selection": cv,
+        },  # fmt: skip
+        "100-seed2/counts_logistic": {
+            "val_auroc": 0.78,
+            "chosen": {"C": 0.001},
+            "selection": one_se,
+        },  # fmt: skip
+        "100-seed2/tabular_logistic": {
+            "val_auroc": 0.77,
+            "chosen": {"C": 0.001},
+            "selection": one_se | {"rule": "best"},
         },  # fmt: skip
         "300-seed0/counts_gbm": {
             "val_auroc": 0.7,
@@ -70,6 +81,8 @@ def test_markdown_says_what_each_model_selected(report: dict) -> None:
     assert rows[1:] == [
         "| 100-seed1 | ssl | cv 5 folds x 2 | 0.812 | probe, epoch 0, C=0.01 |",
         "| 100-seed1 | counts_logistic | cv 5 folds x 2 | 0.790 | C=0.0316 |",
+        "| 100-seed2 | counts_logistic | cv 5 folds x 1, one-SE rule | 0.780 | C=0.001 |",
+        "| 100-seed2 | tabular_logistic | cv 5 folds x 1 | 0.770 | C=0.001 |",
         "| 300-seed0 | counts_gbm | holdout | 0.700 | num_leaves=7 |",
         "| 300-seed0 | scratch | – | – | – |",
     ]

@@ -21,6 +21,7 @@ from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.training.budgets import budget_ids
 from ehr_ssl.training.finetune import finetune
 from ehr_ssl.training.pretrain import pretrain
+from ehr_ssl.training.selection import choose
 
 
 @pytest.fixture(scope="module")
@@ -251,12 +252,16 @@ def test_cv_selection_chooses_on_folds_and_refits_on_every_label(
 
     monkeypatch.setattr(classifier_loop.Fold, "train_epoch", recording)
     summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _cv_config(mode=mode))
-    assert summary["selection"] == {"protocol": "cv", "folds": 3, "repeats": 1}
+    assert summary["selection"] == {"protocol": "cv", "folds": 3, "repeats": 1, "rule": "best"}
     assert (summary["train_labeled"], summary["val_labeled"]) == (60, 0)
-    assert summary["val_auroc"] == max(h["val_auroc"] for h in summary["history"])
+    history = summary["history"]  # every candidate's mean fold AUROC and its standard error
+    chosen = history[choose([h["val_auroc"] for h in history], [h["val_se"] for h in history],
+                            "best")]  # fmt: skip
+    assert summary["val_auroc"] == chosen["val_auroc"]
     if mode == "linear-probe":
-        assert not trained_on and summary["selected_C"] in [h["C"] for h in summary["history"]]
+        assert not trained_on and summary["selected_C"] == chosen["C"]
         return
+    assert summary["selected_epoch"] == chosen["epoch"]
     # Folds train on about 2/3 of the visits; the refit, on all 60, for the chosen epochs.
     assert trained_on.count(60) == summary["selected_epoch"]
     assert all(n < 60 for n in trained_on if n != 60) and len(trained_on) > trained_on.count(60)

@@ -51,7 +51,7 @@ def test_folds_are_grouped_stratified_and_cover_every_row_once_per_repeat():
     n = data["labels"].size
     folds = folds_of(data, folds=4, repeats=3)
     assert (folds.n_folds, folds.n_repeats) == (4, 3)
-    assert folds.describe() == {"protocol": "cv", "folds": 4, "repeats": 3, "rule": "one_se"}
+    assert folds.describe() == {"protocol": "cv", "folds": 4, "repeats": 3, "rule": "best"}
     assert len(folds.splits) == 4 * 3
     for train, val in folds.splits:
         assert np.intersect1d(train, val).size == 0
