@@ -14,16 +14,19 @@ usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
            [--readouts pooled,segments] [--tabular logistic,lightgbm] [--with-current-visit] \
            [--pca 8,16,32] [--forecast-codes 64,256] [--random-features 256,1024] \
-           [--latent-work WORK] [--cv-rule best|one_se] [--json FILE]
+           [--latent-work WORK] [--global-scale] [--cv-rule best|one_se] [--json FILE]
 
 `--pca` and `--forecast-codes` try two unsupervised priors on the direction a few labels must
 find: the vectors on their top-k principal axes (fitted on the labeled train visits' vectors,
 no label read), and, in place of the vector, the pretraining forecast head's log-probabilities
 of the k codes most frequent in those visits (one column per code the patient may meet next,
 as a tabular model has one per code seen; the encoder's run directory must hold its heads).
-`--random-features` probes, beside each encoder's readouts, the mean over each visit's statics
-and event tokens of ReLU(W h + b) with W fixed random (D x k): a wide readout of the same token
-states, pooled after a nonlinearity (`bench_representation.random_feature_vectors`).
+`--global-scale` asks whether the probe's scale per column is the right prior: each readout is
+also probed with one scale for all its columns, without its log event-count columns, and on
+those columns alone. `--random-features` probes, beside each encoder's readouts, the mean over
+each visit's statics and event tokens of ReLU(W h + b) with W fixed random (D x k): a wide
+readout of the same token states, pooled after a nonlinearity
+(`bench_representation.random_feature_vectors`).
 """
 
 from __future__ import annotations
@@ -37,18 +40,19 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from ehr_ssl.config import CV_RULES, READOUTS
 from ehr_ssl.evaluation.baselines import fit_counts_baseline_cv, predict_proba
 from ehr_ssl.evaluation.tabular import TabularSpec
-from ehr_ssl.model.encoder import EHREncoder
+from ehr_ssl.model.encoder import EHREncoder, pooled_dim, readout_dim
 from ehr_ssl.tokens.batching import TokenDataset
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import NOT_EVENT_IDS, SEGMENT_CURRENT
 from ehr_ssl.training.probe import fit_probe_cv, pooled_vectors, probe_scores
-from ehr_ssl.training.selection import cv_folds
+from ehr_ssl.training.selection import C_GRID, cross_validate, cv_folds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forecast_zero_shot import forecast_head  # noqa: E402
@@ -85,6 +89,26 @@ def probe_curve(
             aurocs.append(float(roc_auc_score(y_test, score(x_test))))
         out[budget] = aurocs
     return out
+
+
+def global_scale_fit(x: np.ndarray, y: np.ndarray, folds):
+    """The probe with one scale for every column (the root mean column variance) in place of
+    the pipeline's scale per column, so the L2 penalty keeps the vector's own geometry; C by
+    cv over C_GRID as the pipeline's probe. A `probe_curve` fitter of dense vectors."""
+
+    def fit(x_fit: np.ndarray, y_fit: np.ndarray, c: float) -> dict:
+        mean = x_fit.mean(0)
+        std = np.full_like(mean, np.sqrt(x_fit.var(0).mean()) + 1e-6)
+        model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+        model.fit((x_fit - mean) / std, y_fit)
+        return {"coef": model.coef_[0], "intercept": model.intercept_, "mean": mean, "std": std}
+
+    def fit_score(params: dict, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+        return probe_scores(fit(x[train], y[train], params["C"]), x[val])
+
+    params, _ = cross_validate(fit_score, y, folds, [{"C": c} for c in C_GRID])
+    probe = fit(x, y, params["C"])
+    return lambda x_test: probe_scores(probe, x_test)
 
 
 def probe_fit(x: np.ndarray, y: np.ndarray, folds):
@@ -222,6 +246,10 @@ def main() -> None:
     parser.add_argument("--latent-work", type=Path, help="a synthetic cohort's work directory "
                         "(cohort.json): also probe its true latent state, what bounds the "
                         "encoders")  # fmt: skip
+    parser.add_argument("--global-scale", action="store_true", help="also probe each readout "
+                        "with one scale for every column (the vector's own geometry) instead "
+                        "of the pipeline's scale per column, with and without its count "
+                        "columns, and those columns alone")  # fmt: skip
     parser.add_argument("--cv-rule", default="best", choices=CV_RULES,
                         help="finetune.cv_rule of every probe and baseline [best]")  # fmt: skip
     parser.add_argument("--json", type=Path)
@@ -237,9 +265,9 @@ def main() -> None:
     groups, ids = labeled["train"]["patient_id"].to_numpy(), labeled["train"]["visit_id"].to_numpy()
     results, current = [], None
 
-    def row(name: str, readout: str, z: dict) -> None:  # z: features of "train" and "test"
+    def row(name: str, readout: str, z: dict, fit_cv=None) -> None:  # z: "train", "test"
         curve = probe_curve(z["train"], y["train"], groups, ids, z["test"], y["test"], budgets,
-                            cv_rule=args.cv_rule)  # fmt: skip
+                            fit_cv=fit_cv, cv_rule=args.cv_rule)  # fmt: skip
         results.append(_row(name, readout, curve, budgets))
 
     if args.with_current_visit or args.latent_work:
@@ -257,6 +285,18 @@ def main() -> None:
             if current is not None:
                 row(encoder_dir, f"{readout} + current visit",
                     {s: np.hstack([x[s], current[s]]) for s in x})  # fmt: skip
+            if args.global_scale:
+                row(encoder_dir, f"{readout}, one scale", x, fit_cv=global_scale_fit)
+                counts = readout_dim(encoder.config, readout) % pooled_dim(encoder.config)
+                if counts:  # the readout's log event counts (3 P + 2, 6 P + 5 columns)
+                    row(
+                        encoder_dir,
+                        f"{readout} without its counts, one scale",
+                        {s: v[:, :-counts] for s, v in x.items()},
+                        fit_cv=global_scale_fit,
+                    )
+                    row(encoder_dir, f"{readout}: its counts alone",
+                        {s: v[:, -counts:] for s, v in x.items()})  # fmt: skip
         by_split = {s: random_feature_vectors(encoder, d, torch.device("cpu"), widths)
                     for s, d in datasets.items()} if widths else {}  # fmt: skip
         for name in by_split.get("train", ()):
