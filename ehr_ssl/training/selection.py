@@ -16,7 +16,7 @@ With 100 labels each fold scores 20 visits and the best mean can be a fold-sampl
 (on the 60,000-visit cohort one 100-label subset's probe chose C = 100 by a fold mean of 0.818
 against 0.768 at C = 1e-4 and scored 0.652 on test, the other two subsets 0.857), but over
 three pretrainings of the 20,000-visit cohort the rule moved every model by up to 0.03 in both
-directions, the SSL probe down 0.015 at 300 labels (benchmarks/README.md, "The
+directions, the scratch transformer down 0.031 at 100 labels (benchmarks/README.md, "The
 one-standard-error rule"), so it is an option, not the default.
 """
 
