@@ -27,7 +27,7 @@ from ehr_ssl.tokens.vocab import (
     NOT_EVENT_IDS,
     SEGMENT_CURRENT,
 )
-from ehr_ssl.training.selection import C_GRID, Folds, cross_validate
+from ehr_ssl.training.selection import C_GRID, Folds, chosen_cv_auroc, cross_validate
 
 # The selection AUROC (cv or holdout, `ehr_ssl.training.selection`) picks one candidate per
 # grid. The logistic grid is wide (1e-4 .. 1e2): at 100 labels strong regularization wins.
@@ -350,7 +350,7 @@ def fit_counts_baseline_cv(
         "seed": seed,
         **folds.describe(),
         "chosen": params,
-        "val_auroc": next(r["cv_auroc"] for r in table if r["params"] == params),
+        "val_auroc": chosen_cv_auroc(table, params),
         "candidates": [
             {"params": r["params"], "val_auroc": r["cv_auroc"], "val_se": r["cv_se"]} for r in table
         ],  # fmt: skip

@@ -21,7 +21,7 @@ from ehr_ssl.model.classifier import AdmissionClassifier
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder, readout_dim
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.tokens.batching import TokenDataset, collate
-from ehr_ssl.training.selection import C_GRID, Folds, cross_validate
+from ehr_ssl.training.selection import C_GRID, Folds, chosen_cv_auroc, cross_validate
 
 
 @torch.no_grad()
@@ -180,10 +180,13 @@ def fit_probe_cv(x: np.ndarray, y: np.ndarray, folds: Folds) -> dict:
 
     params, table = cross_validate(fit_score, y, folds, [{"C": c} for c in C_GRID])
     probe = _standardized_logistic(x, y, params["C"])
-    chosen = next(row["cv_auroc"] for row in table if row["params"] == params)
     history = [{"C": row["params"]["C"], "val_auroc": row["cv_auroc"], "val_se": row["cv_se"]}
                for row in table]  # fmt: skip
-    return probe | {"C": params["C"], "val_auroc": chosen, "history": history}
+    return probe | {
+        "C": params["C"],
+        "val_auroc": chosen_cv_auroc(table, params),
+        "history": history,
+    }
 
 
 def _standardized_logistic(x: np.ndarray, y: np.ndarray, c: float) -> dict[str, np.ndarray]:

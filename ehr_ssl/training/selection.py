@@ -137,6 +137,11 @@ def cross_validate(
     return table[chosen]["params"], table
 
 
+def chosen_cv_auroc(table: list[dict], params: dict) -> float:
+    """The mean fold AUROC of the chosen `params` in a `cross_validate` table."""
+    return next(row["cv_auroc"] for row in table if row["params"] == params)
+
+
 def fold_mean_and_se(aurocs: Sequence[float]) -> tuple[float, float]:
     """The mean of fold AUROCs and its standard error (sample std / sqrt(n); 0 for one fold)."""
     values = np.asarray(aurocs, dtype=np.float64)
