@@ -14,7 +14,8 @@ usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
            [--readouts pooled,segments] [--tabular logistic,lightgbm] [--with-current-visit] \
            [--pca 8,16,32] [--forecast-codes 64,256] [--random-features 256,1024] \
-           [--latent-work WORK] [--global-scale] [--cv-rule best|one_se] [--json FILE]
+           [--latent-work WORK] [--global-scale] [--cv-rule best|one_se] [--cv-repeats N] \
+           [--json FILE]
 
 `--pca` and `--forecast-codes` try two unsupervised priors on the direction a few labels must
 find: the vectors on their top-k principal axes (fitted on the labeled train visits' vectors,
@@ -70,11 +71,13 @@ def probe_curve(
     budgets: dict[int, int],
     fit_cv=None,
     cv_rule: str = "best",
+    cv_repeats: int = 1,
 ) -> dict[int, list[float]]:
     """Test AUROCs of the cv-selected probe at each budget, one per label subset (subset k of
     every budget drawn with seed 100 + k, its folds with seed k, so every encoder gets the same
     ones). `fit_cv(x, y, folds)` fits one model and returns `(x_test -> scores)`; the default
-    is the pipeline's probe. `cv_rule` is `finetune.cv_rule` (the pipeline's default).
+    is the pipeline's probe. `cv_rule` and `cv_repeats` are `finetune.cv_rule` and
+    `finetune.cv_repeats` (the pipeline's defaults).
     Shape: x (N, D)."""
     fit_cv = fit_cv or probe_fit
     out = {}
@@ -83,7 +86,7 @@ def probe_curve(
         for k in range(n_subsets):
             draw = np.random.default_rng(100 + k)
             rows = np.sort(draw.choice(len(y_train), budget, replace=False))
-            folds = cv_folds(y_train[rows], groups[rows], ids[rows], folds=5, repeats=1,
+            folds = cv_folds(y_train[rows], groups[rows], ids[rows], folds=5, repeats=cv_repeats,
                              seed=k, setting="bench_probe", rule=cv_rule)  # fmt: skip
             score = fit_cv(x_train[rows], y_train[rows], folds)
             aurocs.append(float(roc_auc_score(y_test, score(x_test))))
@@ -129,21 +132,22 @@ def baseline_fit(kind: str):
 
 
 def tabular_rows(tokens: Path, y: dict, groups, ids, budgets: dict, kinds: list[str],
-                 cv_rule: str = "best") -> list:  # fmt: skip
+                 cv: dict | None = None) -> list:  # fmt: skip
     """The tabular baseline (`TabularSpec` features of the same visits) under each of `kinds`,
-    on the same label subsets and folds as the encoders: the reference the probes must beat."""
+    on the same label subsets and folds as the encoders: the reference the probes must beat.
+    `cv`: `probe_curve`'s cv_rule and cv_repeats."""
     spec = TabularSpec.from_tokens(tokens)
     x = {s: spec.features(read_split(tokens, s).filter(pl.col("labeled"))) for s in y}
     rows = []
     for kind in kinds:
         curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets,
-                            fit_cv=baseline_fit(kind), cv_rule=cv_rule)  # fmt: skip
+                            fit_cv=baseline_fit(kind), **(cv or {}))  # fmt: skip
         rows.append(_row(f"tabular {kind}", "tabular features", curve, budgets))
     return rows
 
 
 def latent_rows(work: Path, tokens: Path, labeled: dict, y: dict, groups, ids, budgets: dict,
-                current: dict, cv_rule: str = "best") -> list:  # fmt: skip
+                current: dict, cv: dict | None = None) -> list:  # fmt: skip
     """A perfect representation of the history, on the same label subsets and folds: the
     cohort's true latent state (frailty, chronic conditions; regenerated from `work`'s stamp)
     beside the current visit's one-hots (the probe), and beside the tabular features (the
@@ -163,7 +167,7 @@ def latent_rows(work: Path, tokens: Path, labeled: dict, y: dict, groups, ids, b
         ("true latent state + tabular", tabular, baseline_fit("logistic")),
     ):  # fmt: skip
         curve = probe_curve(z["train"], y["train"], groups, ids, z["test"], y["test"], budgets,
-                            fit_cv=fit, cv_rule=cv_rule)  # fmt: skip
+                            fit_cv=fit, **(cv or {}))  # fmt: skip
         rows.append(_row("(no encoder)", name, curve, budgets))
     return rows
 
@@ -252,8 +256,11 @@ def main() -> None:
                         "columns, and those columns alone")  # fmt: skip
     parser.add_argument("--cv-rule", default="best", choices=CV_RULES,
                         help="finetune.cv_rule of every probe and baseline [best]")  # fmt: skip
+    parser.add_argument("--cv-repeats", type=int, default=1,
+                        help="finetune.cv_repeats of every probe and baseline [1]")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    cv = {"cv_rule": args.cv_rule, "cv_repeats": args.cv_repeats}
     torch.set_num_threads(2)
     sizes, subsets = args.budgets.split(","), args.subsets.split(",")
     if len(sizes) != len(subsets):
@@ -267,7 +274,7 @@ def main() -> None:
 
     def row(name: str, readout: str, z: dict, fit_cv=None) -> None:  # z: "train", "test"
         curve = probe_curve(z["train"], y["train"], groups, ids, z["test"], y["test"], budgets,
-                            fit_cv=fit_cv, cv_rule=args.cv_rule)  # fmt: skip
+                            fit_cv=fit_cv, **cv)  # fmt: skip
         results.append(_row(name, readout, curve, budgets))
 
     if args.with_current_visit or args.latent_work:
@@ -307,10 +314,10 @@ def main() -> None:
                 row(encoder_dir, name, z)
     if args.tabular:
         results += tabular_rows(args.tokens, y, groups, ids, budgets, args.tabular.split(","),
-                                args.cv_rule)  # fmt: skip
+                                cv)  # fmt: skip
     if args.latent_work:
         results += latent_rows(args.latent_work, args.tokens, labeled, y, groups, ids, budgets,
-                               current, args.cv_rule)  # fmt: skip
+                               current, cv)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

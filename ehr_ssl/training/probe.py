@@ -175,11 +175,11 @@ def fit_probe_cv(x: np.ndarray, y: np.ndarray, folds: Folds) -> dict:
     mean fold AUROC of the chosen C."""
 
     def fit_score(params: dict, train: np.ndarray, val: np.ndarray) -> np.ndarray:
-        probe = _standardized_logistic(x[train], y[train], params["C"])
+        probe = standardized_logistic(x[train], y[train], params["C"])
         return probe_scores(probe, x[val])
 
     params, table = cross_validate(fit_score, y, folds, [{"C": c} for c in C_GRID])
-    probe = _standardized_logistic(x, y, params["C"])
+    probe = standardized_logistic(x, y, params["C"])
     history = [{"C": row["params"]["C"], "val_auroc": row["cv_auroc"], "val_se": row["cv_se"]}
                for row in table]  # fmt: skip
     return probe | {
@@ -189,7 +189,7 @@ def fit_probe_cv(x: np.ndarray, y: np.ndarray, folds: Folds) -> dict:
     }
 
 
-def _standardized_logistic(x: np.ndarray, y: np.ndarray, c: float) -> dict[str, np.ndarray]:
+def standardized_logistic(x: np.ndarray, y: np.ndarray, c: float) -> dict[str, np.ndarray]:
     """A balanced L2 logistic regression on `x` standardized by its own mean and std: coef
     (D,), intercept (1,), mean (D,), std (D,) (`probe_scores` reads them)."""
     mean, std = x.mean(0), x.std(0) + 1e-6
