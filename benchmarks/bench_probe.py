@@ -14,8 +14,8 @@ usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
            [--readouts pooled,segments] [--tabular logistic,lightgbm] [--with-current-visit] \
            [--pca 8,16,32] [--forecast-codes 64,256] [--random-features 256,1024] \
-           [--latent-work WORK] [--global-scale] [--cv-rule best|one_se] [--cv-repeats N] \
-           [--json FILE]
+           [--latent-work WORK] [--global-scale] [--heads] [--cv-rule best|one_se] \
+           [--cv-repeats N] [--json FILE]
 
 `--pca` and `--forecast-codes` try two unsupervised priors on the direction a few labels must
 find: the vectors on their top-k principal axes (fitted on the labeled train visits' vectors,
@@ -24,7 +24,10 @@ of the k codes most frequent in those visits (one column per code the patient ma
 as a tabular model has one per code seen; the encoder's run directory must hold its heads).
 `--global-scale` asks whether the probe's scale per column is the right prior: each readout is
 also probed with one scale for all its columns, without its log event-count columns, and on
-those columns alone. `--random-features` probes, beside each encoder's readouts, the mean over
+those columns alone. `--heads` fits, beside the probe, three linear heads that choose no
+regularization by cv: the nearest centroid (the probe's strong-L2 limit), shrinkage LDA, and
+LDA whose covariance comes from every train visit's vector (labels unread).
+`--random-features` probes, beside each encoder's readouts, the mean over
 each visit's statics and event tokens of ReLU(W h + b) with W fixed random (D x k): a wide
 readout of the same token states, pooled after a nonlinearity
 (`bench_representation.random_feature_vectors`).
@@ -41,6 +44,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 import torch
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -112,6 +116,39 @@ def global_scale_fit(x: np.ndarray, y: np.ndarray, folds):
     params, _ = cross_validate(fit_score, y, folds, [{"C": c} for c in C_GRID])
     probe = fit(x, y, params["C"])
     return lambda x_test: probe_scores(probe, x_test)
+
+
+def centroid_fit(x: np.ndarray, y: np.ndarray, folds):
+    """The nearest-centroid rule on the standardized columns (the probe's limit as C -> 0:
+    the difference of the class means, no covariance, nothing selected; `folds` unused)."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    direction = z[y == 1].mean(0) - z[y == 0].mean(0)
+    return lambda x_test: ((x_test - mean) / std) @ direction
+
+
+def lda_fit(x: np.ndarray, y: np.ndarray, folds):
+    """Linear discriminant analysis on the standardized columns, its covariance shrunk by the
+    Ledoit-Wolf formula (no labels read, nothing selected; `folds` unused)."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit((x - mean) / std, y)
+    return lambda x_test: lda.decision_function((x_test - mean) / std)
+
+
+def unlabeled_covariance_fit(pool: np.ndarray):
+    """LDA whose covariance is estimated on `pool` (every labeled train visit's vector, the
+    labels unread: what unlabeled visits give for free) and whose class means come from the
+    subset: the few labels only have to find the means."""
+    mean, std = pool.mean(0), pool.std(0) + 1e-6
+    z = (pool - mean) / std
+    precision = np.linalg.inv(np.cov(z, rowvar=False) + 1e-3 * np.eye(z.shape[1]))
+
+    def fit(x: np.ndarray, y: np.ndarray, folds):
+        zx = (x - mean) / std
+        direction = precision @ (zx[y == 1].mean(0) - zx[y == 0].mean(0))
+        return lambda x_test: ((x_test - mean) / std) @ direction
+
+    return fit
 
 
 def probe_fit(x: np.ndarray, y: np.ndarray, folds):
@@ -254,6 +291,9 @@ def main() -> None:
                         "with one scale for every column (the vector's own geometry) instead "
                         "of the pipeline's scale per column, with and without its count "
                         "columns, and those columns alone")  # fmt: skip
+    parser.add_argument("--heads", action="store_true", help="also fit, on each readout, heads "
+                        "that select nothing: the nearest centroid, Ledoit-Wolf shrinkage LDA, "
+                        "and LDA with the covariance of every train visit")  # fmt: skip
     parser.add_argument("--cv-rule", default="best", choices=CV_RULES,
                         help="finetune.cv_rule of every probe and baseline [best]")  # fmt: skip
     parser.add_argument("--cv-repeats", type=int, default=1,
@@ -292,6 +332,11 @@ def main() -> None:
             if current is not None:
                 row(encoder_dir, f"{readout} + current visit",
                     {s: np.hstack([x[s], current[s]]) for s in x})  # fmt: skip
+            if args.heads:
+                row(encoder_dir, f"{readout}, nearest centroid", x, fit_cv=centroid_fit)
+                row(encoder_dir, f"{readout}, shrinkage LDA", x, fit_cv=lda_fit)
+                row(encoder_dir, f"{readout}, LDA, unlabeled covariance", x,
+                    fit_cv=unlabeled_covariance_fit(x["train"]))  # fmt: skip
             if args.global_scale:
                 row(encoder_dir, f"{readout}, one scale", x, fit_cv=global_scale_fit)
                 counts = readout_dim(encoder.config, readout) % pooled_dim(encoder.config)

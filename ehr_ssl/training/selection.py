@@ -12,9 +12,10 @@ test split.
 Which grid point wins is `finetune.cv_rule`: the best mean fold AUROC (the default), or the
 one-standard-error rule (Breiman et al. 1984; The Elements of Statistical Learning, 7.10;
 glmnet's lambda.1se): the most regularized point within one standard error of the best mean.
-With 100 labels each fold scores 20 visits and the best mean can be a fold-sampling accident
-(on the 60,000-visit cohort one 100-label subset's probe chose C = 100 by a fold mean of 0.818
-against 0.768 at C = 1e-4 and scored 0.652 on test, the other two subsets 0.857), but over
+With 100 labels the best mean can mislead (on the 60,000-visit cohort one 100-label subset's
+probe chose C = 100 by a fold mean of 0.818 against 0.768 at C = 1e-4 and scored 0.652 on test,
+the other two subsets 0.857; ten repeats of the folds chose C = 100 too: the subset itself
+rewards the weak penalty, and only a prior toward strong regularization avoids it), but over
 three pretrainings of the 20,000-visit cohort the rule moved every model by up to 0.03 in both
 directions, the scratch transformer down 0.031 at 100 labels (benchmarks/README.md, "The
 one-standard-error rule"), so it is an option, not the default.
