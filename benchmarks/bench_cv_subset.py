@@ -37,20 +37,27 @@ from ehr_ssl.training.selection import C_GRID, cv_folds
 
 
 def cv_columns(x: np.ndarray, y: np.ndarray, meta, seed: int, repeats: int) -> tuple:
-    """Per C of C_GRID: the mean fold AUROC and the pooled out-of-fold AUROC (mean over
-    repeats) under the pipeline's folds of this subset. Shape: x (N, D) -> (C,), (C,)."""
-    folds = cv_folds(y, meta["patient_id"].to_numpy(), meta["visit_id"].to_numpy(), folds=5,
-                     repeats=repeats, seed=seed, setting="bench_cv_subset")  # fmt: skip
+    """Per C of C_GRID: the mean fold AUROC over every fold of every repeat, and the AUROC of
+    each repeat's out-of-fold scores pooled (mean over repeats; the visits of a fold that
+    `cv_folds` left out, lacking a class, are not scored), under the pipeline's folds of this
+    subset (repeat r is `cv_folds` with seed + r, as the pipeline's repeats are drawn).
+    Shape: x (N, D) -> (C,), (C,)."""
+    groups, ids = meta["patient_id"].to_numpy(), meta["visit_id"].to_numpy()
+    per_repeat = [cv_folds(y, groups, ids, folds=FinetuneConfig.cv_folds, repeats=1,
+                           seed=seed + r, setting="bench_cv_subset").splits
+                  for r in range(repeats)]  # fmt: skip
     means, pooled = [], []
     for c in C_GRID:
-        out_of_fold = np.zeros((repeats, len(y)))
-        fold_aurocs = []
-        for j, (train, val) in enumerate(folds.splits):
-            scores = probe_scores(standardized_logistic(x[train], y[train], c), x[val])
-            fold_aurocs.append(roc_auc_score(y[val], scores))
-            out_of_fold[j // folds.n_folds, val] = scores
+        fold_aurocs, repeat_aurocs = [], []
+        for splits in per_repeat:
+            out_of_fold, scored = np.zeros(len(y)), np.zeros(len(y), dtype=bool)
+            for train, val in splits:
+                scores = probe_scores(standardized_logistic(x[train], y[train], c), x[val])
+                fold_aurocs.append(roc_auc_score(y[val], scores))
+                out_of_fold[val], scored[val] = scores, True
+            repeat_aurocs.append(roc_auc_score(y[scored], out_of_fold[scored]))
         means.append(np.mean(fold_aurocs))
-        pooled.append(np.mean([roc_auc_score(y, scores) for scores in out_of_fold]))
+        pooled.append(np.mean(repeat_aurocs))
     return np.array(means), np.array(pooled)
 
 
@@ -63,6 +70,11 @@ def main() -> None:
     parser.add_argument("--repeats", default="1,3,10")
     parser.add_argument("--readout", default="segments")
     args = parser.parse_args()
+    if not 1 <= args.budget <= FinetuneConfig.cv_max_labels:
+        parser.error(f"--budget: the pipeline selects by cv up to {FinetuneConfig.cv_max_labels} "
+                     "labels (finetune.cv_max_labels)")  # fmt: skip
+    if any(int(r) < 1 for r in args.repeats.split(",")):
+        parser.error("--repeats: each count must be at least 1")
     torch.set_num_threads(2)
     cpu = torch.device("cpu")
     encoder = EHREncoder.load_checked(args.run / "pretrain" / ENCODER_DIR)

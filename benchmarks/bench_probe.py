@@ -26,7 +26,7 @@ as a tabular model has one per code seen; the encoder's run directory must hold 
 also probed with one scale for all its columns, without its log event-count columns, and on
 those columns alone. `--heads` fits, beside the probe, three linear heads that choose no
 regularization by cv: the nearest centroid (the probe's strong-L2 limit), shrinkage LDA, and
-LDA whose covariance comes from every train visit's vector (labels unread).
+LDA whose covariance comes from every labeled train visit's vector (labels unread).
 `--random-features` probes, beside each encoder's readouts, the mean over
 each visit's statics and event tokens of ReLU(W h + b) with W fixed random (D x k): a wide
 readout of the same token states, pooled after a nonlinearity
@@ -129,7 +129,7 @@ def centroid_fit(x: np.ndarray, y: np.ndarray, folds):
 
 def lda_fit(x: np.ndarray, y: np.ndarray, folds):
     """Linear discriminant analysis on the standardized columns, its covariance shrunk by the
-    Ledoit-Wolf formula (no labels read, nothing selected; `folds` unused)."""
+    Ledoit-Wolf formula, not by cv (nothing selected; `folds` unused)."""
     mean, std = x.mean(0), x.std(0) + 1e-6
     lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit((x - mean) / std, y)
     return lambda x_test: lda.decision_function((x_test - mean) / std)
@@ -293,13 +293,16 @@ def main() -> None:
                         "columns, and those columns alone")  # fmt: skip
     parser.add_argument("--heads", action="store_true", help="also fit, on each readout, heads "
                         "that select nothing: the nearest centroid, Ledoit-Wolf shrinkage LDA, "
-                        "and LDA with the covariance of every train visit")  # fmt: skip
+                        "and LDA with the covariance of every labeled train visit (labels "
+                        "unread)")  # fmt: skip
     parser.add_argument("--cv-rule", default="best", choices=CV_RULES,
                         help="finetune.cv_rule of every probe and baseline [best]")  # fmt: skip
     parser.add_argument("--cv-repeats", type=int, default=1,
                         help="finetune.cv_repeats of every probe and baseline [1]")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.cv_repeats < 1:
+        parser.error("--cv-repeats must be at least 1")
     cv = {"cv_rule": args.cv_rule, "cv_repeats": args.cv_repeats}
     torch.set_num_threads(2)
     sizes, subsets = args.budgets.split(","), args.subsets.split(",")

@@ -4,7 +4,7 @@ moving average (EMA) of the weights make the encoder steadier or better across p
 EMA (Polyak averaging; "Exponential Moving Average of Weights in Deep Learning: Dynamics and
 Benefits", Morales-Brotons et al. 2024) smooths the last iterates' noise. Pretraining here
 runs the pipeline's own loop (`ehr_ssl.training.pretrain.pretrain`, every setting of
-`--preset` and the `--set` overrides), with the step wrapped to keep a moving average of every
+`--preset`, with `--seed` and `--epochs`), with the step wrapped to keep a moving average of every
 floating-point weight (decay `--decay`, warmed up as min(decay, (1 + t) / (10 + t))), and the
 averaged weights written as the encoder and heads at the end; `--decay 0` writes the last
 weights, as the pipeline does. The encoders then go to `bench_probe.py`.
@@ -44,8 +44,7 @@ def averaged(decay: float) -> dict:
         return out
 
     def finish_averaged(out_dir, tokens_dir, model, *args, **kwargs):
-        if decay > 0:
-            model.load_state_dict({**model.state_dict(), **state["average"]})
+        model.load_state_dict({**model.state_dict(), **state["average"]})
         return finish(out_dir, tokens_dir, model, *args, **kwargs)
 
     pretraining._train_step, pretraining._finish = step_and_average, finish_averaged
@@ -67,7 +66,8 @@ def main() -> None:
     settings = {"preset": args.preset, "train.seed": args.seed, "train.device": "cpu",
                 "train.epochs": args.epochs}  # fmt: skip
     config = load_checked_config(None, settings).pretrain_config()
-    averaged(args.decay)
+    if args.decay > 0:
+        averaged(args.decay)
     summary = pretraining.pretrain(args.tokens, args.out, config)
     print(f"{args.out}: {summary['steps']} steps, decay {args.decay}")
 
