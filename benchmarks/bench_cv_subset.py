@@ -27,7 +27,8 @@ import polars as pl
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ehr_ssl.config import FinetuneConfig
+from ehr_ssl.config import READOUTS, FinetuneConfig
+from ehr_ssl.errors import InputError
 from ehr_ssl.layout import ENCODER_DIR
 from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.training.budgets import budget_ids
@@ -68,13 +69,24 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--repeats", default="1,3,10")
-    parser.add_argument("--readout", default="segments")
+    parser.add_argument("--readout", default="segments", choices=READOUTS)
     args = parser.parse_args()
     if not 1 <= args.budget <= FinetuneConfig.cv_max_labels:
         parser.error(f"--budget: the pipeline selects by cv up to {FinetuneConfig.cv_max_labels} "
                      "labels (finetune.cv_max_labels)")  # fmt: skip
-    if any(int(r) < 1 for r in args.repeats.split(",")):
-        parser.error("--repeats: each count must be at least 1")
+    if not all(r.isdigit() and int(r) >= 1 for r in args.repeats.split(",")):
+        parser.error(f"--repeats: counts of at least 1, comma-separated, got {args.repeats!r}")
+    for path in (args.run / "pretrain" / ENCODER_DIR, args.tokens):
+        if not path.is_dir():
+            parser.error(f"{path}: not a directory (a pipeline run's encoder, its tokens)")
+    try:
+        diagnose(args)
+    except InputError as e:  # a damaged encoder or tokens, a budget the labels cannot meet
+        parser.error(str(e))
+
+
+def diagnose(args: argparse.Namespace) -> None:
+    """The table of `main`'s arguments, printed."""
     torch.set_num_threads(2)
     cpu = torch.device("cpu")
     encoder = EHREncoder.load_checked(args.run / "pretrain" / ENCODER_DIR)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import ehr_ssl.training.pretrain as pretraining
+from ehr_ssl.errors import InputError
 from ehr_ssl.pipeline import load_checked_config
 
 
@@ -65,10 +66,13 @@ def main() -> None:
     torch.set_num_threads(2)
     settings = {"preset": args.preset, "train.seed": args.seed, "train.device": "cpu",
                 "train.epochs": args.epochs}  # fmt: skip
-    config = load_checked_config(None, settings).pretrain_config()
-    if args.decay > 0:
-        averaged(args.decay)
-    summary = pretraining.pretrain(args.tokens, args.out, config)
+    try:  # bad settings, tokens or output directory: one line, exit status 2
+        config = load_checked_config(None, settings).pretrain_config()
+        if args.decay > 0:
+            averaged(args.decay)
+        summary = pretraining.pretrain(args.tokens, args.out, config)
+    except InputError as e:
+        parser.error(str(e))
     print(f"{args.out}: {summary['steps']} steps, decay {args.decay}")
 
 
