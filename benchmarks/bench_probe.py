@@ -118,35 +118,44 @@ def global_scale_fit(x: np.ndarray, y: np.ndarray, folds):
     return lambda x_test: probe_scores(probe, x_test)
 
 
+def _standardizer(x: np.ndarray):
+    """x -> (x - mean) / std with the columns' mean and std in `x`, as the probe standardizes."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    return lambda v: (v - mean) / std
+
+
+def _mean_difference(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The positive class's mean minus the negative's. Shape: z (N, D) -> (D,)."""
+    return z[y == 1].mean(0) - z[y == 0].mean(0)
+
+
 def centroid_fit(x: np.ndarray, y: np.ndarray, folds):
     """The nearest-centroid rule on the standardized columns (the probe's limit as C -> 0:
     the difference of the class means, no covariance, nothing selected; `folds` unused)."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    z = (x - mean) / std
-    direction = z[y == 1].mean(0) - z[y == 0].mean(0)
-    return lambda x_test: ((x_test - mean) / std) @ direction
+    standardize = _standardizer(x)
+    direction = _mean_difference(standardize(x), y)
+    return lambda x_test: standardize(x_test) @ direction
 
 
 def lda_fit(x: np.ndarray, y: np.ndarray, folds):
     """Linear discriminant analysis on the standardized columns, its covariance shrunk by the
     Ledoit-Wolf formula, not by cv (nothing selected; `folds` unused)."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit((x - mean) / std, y)
-    return lambda x_test: lda.decision_function((x_test - mean) / std)
+    standardize = _standardizer(x)
+    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(standardize(x), y)
+    return lambda x_test: lda.decision_function(standardize(x_test))
 
 
 def unlabeled_covariance_fit(pool: np.ndarray):
     """LDA whose covariance is estimated on `pool` (every labeled train visit's vector, the
     labels unread: what unlabeled visits give for free) and whose class means come from the
     subset: the few labels only have to find the means."""
-    mean, std = pool.mean(0), pool.std(0) + 1e-6
-    z = (pool - mean) / std
+    standardize = _standardizer(pool)
+    z = standardize(pool)
     precision = np.linalg.inv(np.cov(z, rowvar=False) + 1e-3 * np.eye(z.shape[1]))
 
     def fit(x: np.ndarray, y: np.ndarray, folds):
-        zx = (x - mean) / std
-        direction = precision @ (zx[y == 1].mean(0) - zx[y == 0].mean(0))
-        return lambda x_test: ((x_test - mean) / std) @ direction
+        direction = precision @ _mean_difference(standardize(x), y)
+        return lambda x_test: standardize(x_test) @ direction
 
     return fit
 
