@@ -24,33 +24,25 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
-from ehr_ssl.layout import CHECKPOINTS_DIR, ENCODER_DIR, HEADS_FILE
-from ehr_ssl.model.encoder import EHREncoder, pooled_dim
-from ehr_ssl.model.heads import BagOfCodesHead
+from ehr_ssl.layout import ENCODER_DIR, HEADS_FILE
+from ehr_ssl.model.encoder import EHREncoder
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.tokens.batching import TokenDataset, collate
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import SEGMENT_CURRENT, SEGMENT_HISTORY, VISIT_ID
 
-PREFIX = "forecast_head."
 
-
-def forecast_head(run: Path, encoder: EHREncoder) -> BagOfCodesHead:
-    """The run's forecast head: from its heads file, or (runs before the heads file kept it)
-    from its latest checkpoint."""
-    state = load_file(run / HEADS_FILE)
-    if not any(k.startswith(PREFIX) for k in state):
-        latest = sorted((run / CHECKPOINTS_DIR).iterdir())[-1]
-        state = load_file(latest / "model.safetensors")
-    config = encoder.config
-    head = BagOfCodesHead(
-        pooled_dim(config), config.hidden_size, config.vocab_size, config.layer_norm_eps
-    )
-    head.load_state_dict({k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)})
-    return head.eval()
+def forecast_head(run: Path, encoder: EHREncoder):
+    """The run's forecast head as a function of pooled vectors: the encoder's forecast state
+    against its code table, plus the code bias from the run's heads file.
+    Shape: pooled (B, P), code table (V, D) -> logits (B, V)."""
+    bias = load_file(run / HEADS_FILE)["forecast_code_bias"]
+    encoder.eval()
+    return lambda pooled, table: F.linear(encoder.forecast_state(pooled), table, bias)
 
 
 def as_history(item: dict) -> dict:

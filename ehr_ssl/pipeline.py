@@ -148,6 +148,7 @@ def run_pipeline(
             another process (rank 0 holds its lock for the whole run).
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
+    config.check_stages_fit()
     _check_directories(data_dir, run_dir)
     with (
         output_lock(run_dir, enabled=distributed.current().is_main, clean_inside=True),

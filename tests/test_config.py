@@ -79,7 +79,8 @@ def test_defaults_round_trip_through_dict():
         ),
         (
             lambda: FinetuneConfig(readout="cls"),
-            "column 'finetune.readout': must be one of pooled, segments, windows, got 'cls'",
+            "column 'finetune.readout': must be one of pooled, segments, windows, forecast, "
+            "got 'cls'",
         ),
         (
             lambda: FinetuneConfig(cv_rule="1se"),
@@ -143,6 +144,18 @@ def test_toml_types_are_checked(tmp_path):
 def test_absurd_sizes_stop_at_configuration_time(make, message):
     with pytest.raises(InputError, match=re.escape(message)):
         make()
+
+
+def test_the_forecast_readout_without_the_forecast_term_is_refused_before_pretraining():
+    """By the commands that run both stages; pretraining alone without the term is fine."""
+    settings = {"finetune.readout": "forecast", "objective.forecast_weight": 0.0}
+    with pytest.raises(InputError, match=r"column 'finetune.readout': reads the forecast term"):
+        load_pipeline_config(None, settings).check_stages_fit()
+    load_pipeline_config(None, settings | {"finetune.readout": "segments"}).check_stages_fit()
+    load_pipeline_config(None, {"finetune.readout": "forecast"}).check_stages_fit()
+    from ehr_ssl.config import load_pretrain_config
+
+    assert load_pretrain_config(None, settings).objective.forecast_weight == 0.0
 
 
 def test_value_errors_name_the_file_they_come_from(tmp_path):

@@ -77,6 +77,7 @@ def retrain(
         raise InputError("dataset directory not found", file=str(data_dir))
     # every architecture setting recorded; a bad [model] key stops before the registry is touched
     config.model = resolve_model_settings(config.model)
+    config.check_stages_fit()
     started = time.perf_counter()
     registry = Registry.open(registry_dir, create=True)
     with registry.lock(wait), registry.work_dir() as work:

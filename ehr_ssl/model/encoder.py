@@ -38,7 +38,13 @@ from ehr_ssl.artifacts import (
 from ehr_ssl.config import MAX_TOKENS_PER_VISIT, MAX_WIDTH, READOUTS, WINDOW_DAYS
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import MODEL_CONFIG_FILE, WEIGHTS_FILE
-from ehr_ssl.tokens.vocab import NOT_EVENT_IDS, SEGMENT_CURRENT, SEGMENT_HISTORY
+from ehr_ssl.tokens.vocab import (
+    NOT_EVENT_IDS,
+    PAD_ID,
+    SEGMENT_CURRENT,
+    SEGMENT_HISTORY,
+    VISIT_ID,
+)
 
 POOLINGS = ("cls", "mean")
 # How a value bin enters a token's input (EHRConfig.value_embedding).
@@ -71,6 +77,13 @@ SIZE_RANGES = {
 }
 # Settings of EHRConfig that fine-tuning sets, never a [model] table: where to set them instead.
 SET_BY_FINETUNING = {"readout": "finetune.readout"}
+# ... and the one pretraining sets: the forecast term gives the encoder its forecast state.
+SET_BY_PRETRAINING = {"forecast_state": "objective.forecast_weight"}
+FORECAST_READOUT_NEEDS = (
+    'the "forecast" readout needs the forecast state that pretraining with the forecast term '
+    "(objective.forecast_weight > 0) gives an encoder, and this one has none: pretrain with "
+    'it, or set finetune.readout = "segments"'
+)
 # 40 GB of float32 weights, 160 GB with gradients and AdamW's moments: more than one GPU holds.
 MAX_PARAMETERS = 10**10
 
@@ -111,6 +124,8 @@ def _check_architecture(config: EHRConfig) -> None:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if readout not in READOUTS:
         raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    if readout == "forecast" and not config.forecast_state:
+        raise ValueError(FORECAST_READOUT_NEEDS)
     if value_embedding not in VALUE_EMBEDDINGS:
         raise ValueError(
             f"value_embedding must be one of {VALUE_EMBEDDINGS}, got {value_embedding!r}"
@@ -136,6 +151,8 @@ def readout_dim(config: EHRConfig, readout: str | None = None) -> int:
     readout = readout or config.readout
     if readout not in READOUTS:
         raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    if readout == "forecast":  # the segment readout and the forecast state (D)
+        return readout_dim(config, "segments") + config.hidden_size
     parts = {"pooled": 1, "segments": 3, "windows": 3 + len(WINDOW_DAYS)}[readout]
     counts = 0 if readout == "pooled" else parts - 1
     return parts * pooled_dim(config) + counts
@@ -184,7 +201,8 @@ class EHRConfig(PreTrainedConfig):
         ancestors_per_code: Nearest ancestors each code keeps (at most MAX_ANCESTORS_PER_CODE).
         readout: The visit vector downstream models read (the classifier's head, the linear
             probe, a bundle's `embed`): "pooled" (the pooled vector, P), "segments" (see
-            `EHREncoder.readout`, 3 P + 2) or "windows" (6 P + 5), P = `pooled_dim`.
+            `EHREncoder.readout`, 3 P + 2), "windows" (6 P + 5) or "forecast" (3 P + 2 + D;
+            needs forecast_state), P = `pooled_dim`.
             Fine-tuning records it (`finetune.readout`), never a [model] table; pretraining
             reads the pooled vector whatever it is.
         pool_width: 0 (every pooled summary averages the token states, P = D) or K: each
@@ -195,6 +213,10 @@ class EHRConfig(PreTrainedConfig):
             after a nonlinearity keeps more (random features of the same states read the
             chronic conditions better than their mean: benchmarks/README.md, "A year ahead"),
             at K x D more weights on every token.
+        forecast_state: Whether the encoder holds the forecast term's state map
+            (`CodeState`: what the term's code decoder reads of a pooled vector). The
+            pretraining sets it when the forecast term is on (`objective.forecast_weight`),
+            never a [model] table; the "forecast" readout reads it.
         layer_norm_eps: LayerNorm epsilon.
         initializer_range: Standard deviation of the initial weights.
         pad_token_id: The [PAD] id (from the tokenizer's fixed vocabulary).
@@ -223,6 +245,7 @@ class EHRConfig(PreTrainedConfig):
         code_hierarchy: str = "none",
         n_code_ancestors: int = 0,
         ancestors_per_code: int = 1,
+        forecast_state: bool = False,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         pad_token_id: int = 0,
@@ -247,6 +270,7 @@ class EHRConfig(PreTrainedConfig):
         self.code_hierarchy = code_hierarchy
         self.n_code_ancestors = n_code_ancestors
         self.ancestors_per_code = ancestors_per_code
+        self.forecast_state = forecast_state
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         _check_architecture(self)  # before PreTrainedConfig records anything
@@ -264,7 +288,8 @@ def _settable() -> list[str]:
     parameters = inspect.signature(EHRConfig.__init__).parameters
     return [name for name, p in parameters.items()
             if p.default is not p.empty
-            and name not in (*TOKENIZER_DERIVED, *SET_BY_FINETUNING)]  # fmt: skip
+            and name not in (*TOKENIZER_DERIVED, *SET_BY_FINETUNING,
+                             *SET_BY_PRETRAINING)]  # fmt: skip
 
 
 def resolve_model_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -282,7 +307,7 @@ def config_from_settings(settings: dict[str, Any], **derived: Any) -> EHRConfig:
     values = {}
     for key, value in settings.items():
         if key not in settable:
-            renamed = RENAMED | SET_BY_FINETUNING
+            renamed = RENAMED | SET_BY_FINETUNING | SET_BY_PRETRAINING
             close = (
                 [renamed[key]] if key in renamed else difflib.get_close_matches(key, settable, n=1)
             )
@@ -451,6 +476,44 @@ class EHRPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
 
+class CodeState(nn.Module):
+    """What a tied code decoder reads of a pooled vector: LayerNorm(GELU(W p + b)), D wide (the
+    decoder scores it against every code's vector). The forecast term's is part of the encoder
+    (`EHREncoder.forecast_state`), not of the pretraining heads, so that the "forecast" readout
+    can read it downstream."""
+
+    def __init__(self, pooled_size: int, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.transform = nn.Linear(pooled_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Shape: (..., P) -> (..., D)."""
+        return self.norm(F.gelu(self.transform(pooled)))
+
+
+def as_past_encounter(
+    input_ids: torch.Tensor,
+    value_bins: torch.Tensor,
+    time_deltas: torch.Tensor,
+    segment_ids: torch.Tensor,
+    mask: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Each visit as its next visit's history would hold it: the [VISIT] separator dropped
+    (the later tokens moved one place left, the freed place padding) and the current visit's
+    events in the history segment, their times (hours before this visit's prediction time)
+    kept. Shape: (B, T) each -> (B, T) each."""
+    keep = mask & (input_ids != VISIT_ID)
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # kept ones first
+    moved = [x.gather(1, order) for x in (input_ids, value_bins, time_deltas, segment_ids)]
+    kept = keep.gather(1, order)
+    segments = torch.where(moved[3] == SEGMENT_CURRENT, SEGMENT_HISTORY, moved[3])
+    return (
+        torch.where(kept, moved[0], PAD_ID), torch.where(kept, moved[1], 0),
+        torch.where(kept, moved[2], 0), torch.where(kept, segments, 0), kept,
+    )  # fmt: skip
+
+
 class PoolFeatureMap(nn.Linear):
     """The W, b of pool_width's GELU(W h + b). Initialized with a standard deviation of
     1 / sqrt(D) rather than initializer_range: on the final norm's unit-scale states that puts
@@ -494,7 +557,20 @@ class EHREncoder(EHRPreTrainedModel):
         self.final_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         if config.pool_width:
             self.pool_features = PoolFeatureMap(d, config.pool_width)
+        if config.forecast_state:
+            self.forecast_state = CodeState(pooled_dim(config), d, config.layer_norm_eps)
         self.post_init()
+
+    def add_forecast_state(self) -> None:
+        """Give an encoder built without it the forecast state (`CodeState`, initialized
+        like every layer), as the forecast term does to the encoder it pretrains; recorded in
+        the config, so the saved encoder has it."""
+        if not self.config.forecast_state:
+            config = self.config
+            self.forecast_state = CodeState(pooled_dim(config), config.hidden_size,
+                                                config.layer_norm_eps)  # fmt: skip
+            self.forecast_state.apply(self._init_weights)
+            config.forecast_state = True
 
     def forward(
         self,
@@ -507,7 +583,7 @@ class EHREncoder(EHRPreTrainedModel):
     ) -> EHREncoderOutput:
         """Encode a right-padded batch, and read it out under `readout` (one of READOUTS) if
         given. In eval mode a visit's outputs do not depend on the other visits of the batch,
-        bitwise on CPU (see `_encode_by_width`).
+        bitwise on CPU (see `_encode_by_width` and `_row_invariant_state`).
 
         Shape: every input (B, T) (attention_mask bool, True = token) ->
         last_hidden_state (B, T, D), pooler_output (B, P), readout (B, R) or None.
@@ -519,6 +595,8 @@ class EHREncoder(EHRPreTrainedModel):
                 f"{self.config.max_position_embeddings}"
             )
         inputs = (input_ids, value_bins, time_deltas, segment_ids, attention_mask.bool())
+        if readout == "forecast":
+            return self._forecast_readout(*inputs)
         if not self.training:
             return self._encode_by_width(*inputs, readout=readout)
         hidden = self._encode(*inputs)
@@ -528,6 +606,29 @@ class EHREncoder(EHRPreTrainedModel):
         return EHREncoderOutput(
             last_hidden_state=hidden, pooler_output=self._pool(features, inputs[-1]), readout=read
         )
+
+    def _forecast_readout(self, *inputs: torch.Tensor) -> EHREncoderOutput:
+        """The "forecast" readout: the visit's segment readout, then the forecast state of the
+        visit read as a completed past encounter (`as_past_encounter`). The forecast term
+        learns what follows an encounter's first events from the history's encounters, past
+        ED visits and their dispositions among them; a current visit as encoded (behind
+        [VISIT], its events in their own segment) is an input that term never saw.
+        Shape: (B, T) each -> the outputs of the visit as encoded, readout (B, 3 P + 2 + D)."""
+        if not self.config.forecast_state:
+            raise ValueError(FORECAST_READOUT_NEEDS)
+        out = self(*inputs, readout="segments")
+        past = self(*as_past_encounter(*inputs)).pooler_output  # (B, P)
+        out.readout = torch.cat([out.readout, self._row_invariant_state(past)], dim=1)
+        return out
+
+    def _row_invariant_state(self, pooled: torch.Tensor) -> torch.Tensor:
+        """`forecast_state` of each row, its rows padded with zeros to a multiple of 8 (at least
+        8): on CPU a matrix product of a few rows takes another kernel (a matrix-vector one for
+        one row) whose sums round differently, and a visit's vector would depend on how many
+        visits it was read with. Shape: (B, P) -> (B, D)."""
+        n = pooled.shape[0]
+        rows = max(8, -(-n // 8) * 8)
+        return self.forecast_state(F.pad(pooled, (0, 0, 0, rows - n)))[:n]
 
     def _encode(
         self,

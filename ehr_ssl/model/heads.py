@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ehr_ssl.model.encoder import CodeState
+
 
 class MaskedEventHead(nn.Module):
     """Transform + LayerNorm, then two decoders: the code and the value bin of each token.
@@ -47,21 +49,18 @@ class MaskedEventHead(nn.Module):
         return self.norm(F.gelu(self.transform(hidden)))
 
 
-class BagOfCodesHead(nn.Module):
-    """Transform + LayerNorm, then the tied code decoder, on one pooled vector per visit: the
-    visit vector must say which codes were hidden, so it has to carry the patient's codes
-    rather than leave them to token states (issue 19)."""
+class BagOfCodesHead(CodeState):
+    """Transform + LayerNorm (`CodeState`), then the tied code decoder, on one pooled vector per
+    visit: the visit vector must say which codes were hidden, so it has to carry the patient's
+    codes rather than leave them to token states (issue 19)."""
 
     def __init__(self, pooled_size: int, hidden_size: int, vocab_size: int, eps: float = 1e-5):
-        super().__init__()
-        self.transform = nn.Linear(pooled_size, hidden_size)
-        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        super().__init__(pooled_size, hidden_size, eps)
         self.code_bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, pooled: torch.Tensor, code_embeddings: torch.Tensor) -> torch.Tensor:
         """Shape: pooled (B, P), code_embeddings (V, D) -> code logits (B, V)."""
-        h = self.norm(F.gelu(self.transform(pooled)))
-        return F.linear(h, code_embeddings, self.code_bias)
+        return F.linear(super().forward(pooled), code_embeddings, self.code_bias)
 
 
 class ValueQueryHead(nn.Module):

@@ -87,8 +87,10 @@ class PretrainingModel(nn.Module):
             self.bag_head = BagOfCodesHead(p, d, config.vocab_size, eps)
             heads.append(self.bag_head)
         if objective.forecast_weight > 0:
-            self.forecast_head = BagOfCodesHead(p, d, config.vocab_size, eps)
-            heads.append(self.forecast_head)
+            # The term's state map is the encoder's (a CodeState), so the saved encoder
+            # keeps it for the "forecast" readout; its code bias is a pretraining head's.
+            encoder.add_forecast_state()
+            self.forecast_code_bias = nn.Parameter(torch.zeros(config.vocab_size))
         if objective.visit_values_weight > 0:
             self.values_head = ValueQueryHead(p, d, config.n_value_bins, eps)
             heads.append(self.values_head)
@@ -198,6 +200,12 @@ class PretrainingModel(nn.Module):
             labels = {**(labels or {}), "forecast": targets}
         return views, labels
 
+    def forecast_logits(self, pooled: Tensor, table: Tensor | None = None) -> Tensor:
+        """The forecast term's logits of every code from prefixes' pooled vectors: the
+        encoder's forecast state against the tied code table. Shape: (F, P) -> (F, V)."""
+        table = self.encoder.code_table() if table is None else table
+        return F.linear(self.encoder.forecast_state(pooled), table, self.forecast_code_bias)
+
     def _terms(
         self,
         encoded: BaseModelOutputWithPooling,
@@ -226,7 +234,7 @@ class PretrainingModel(nn.Module):
         if self.objective.forecast_weight > 0:
             n_prefixes = labels["forecast"].shape[0]  # the prefix view, stacked last
             prefix = encoded.pooler_output[encoded.pooler_output.shape[0] - n_prefixes :]
-            logits = self.forecast_head(prefix, table)  # (F, V)
+            logits = self.forecast_logits(prefix, table)  # (F, V)
             forecast = bag_of_codes_loss(logits, labels["forecast"])
             terms["forecast"] = forecast * scale.get("forecast", 1)
         if self.objective.contrastive_weight > 0:

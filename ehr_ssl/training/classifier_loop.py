@@ -51,6 +51,8 @@ def build_classifier(
     The head reads `config.readout`, which the classifier's config records."""
     classifier_config = copy.deepcopy(encoder_config)
     classifier_config.readout = config.readout
+    if config.mode == "scratch":  # no pretraining, no forecast state (fine-tuning reads none)
+        classifier_config.forecast_state = False
     model = AdmissionClassifier(classifier_config, head_dropout=config.head_dropout)
     if config.mode == "full":
         model.encoder = EHREncoder.load_checked(encoder_dir)  # every weight from the file

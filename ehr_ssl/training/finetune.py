@@ -19,6 +19,7 @@ writes. The training loop itself is `ehr_ssl.training.classifier_loop`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ from ehr_ssl.config import FinetuneConfig
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import CLASSIFIER_DIR, FINETUNE_SUMMARY_FILE, PROBE_FILE, TOKENIZER_FILE
 from ehr_ssl.model.classifier import AdmissionClassifier
-from ehr_ssl.model.encoder import EHRConfig, EHREncoder, load_config
+from ehr_ssl.model.encoder import FORECAST_READOUT_NEEDS, EHRConfig, EHREncoder, load_config
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, output_lock, write_marker
 from ehr_ssl.settings import to_dict
 from ehr_ssl.tokens.batching import TokenDataset
@@ -113,6 +114,12 @@ def _finetune(
     """`finetune` once its output is checked and locked."""
     encoder_config = load_config(encoder_dir)
     _check_encoder_fits_tokens(tokens_dir, Path(encoder_dir), encoder_config, config.mode)
+    if config.readout == "forecast" and not encoder_config.forecast_state:
+        raise InputError(f"finetune.readout: {FORECAST_READOUT_NEEDS}", file=str(encoder_dir))
+    if config.mode == "scratch" and config.readout == "forecast":
+        # The forecast state is what pretraining learned; a model without pretraining reads
+        # the rest of the readout (its summary and config record "segments").
+        config = dataclasses.replace(config, readout="segments")
     if train_ids is None and val_ids is None:
         train_ids, val_ids = budget_ids(tokens_dir, config)
     device = resolve_device(config.device)

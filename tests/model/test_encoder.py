@@ -16,6 +16,7 @@ from ehr_ssl.errors import InputError
 from ehr_ssl.model.encoder import (
     EHRConfig,
     EHREncoder,
+    as_past_encounter,
     config_from_settings,
     pooled_dim,
     readout_dim,
@@ -591,3 +592,79 @@ def test_a_damaged_ancestor_index_is_refused_at_loading(tmp_path):
     with pytest.raises(InputError, match="code ancestor ids outside") as error:
         EHREncoder.load_checked(tmp_path / "enc")
     assert "model.safetensors" in str(error.value)
+
+
+def test_a_visit_as_a_past_encounter_of_a_hand_made_batch():
+    """[VISIT] dropped, the tokens after it one place left, the freed place padding; the
+    current visit's events in the history segment; every other column moved with its token."""
+    batch = _hand_made_batch()
+    batch["value_bins"] = torch.arange(18).reshape(2, 9)
+    batch["time_deltas"] = -torch.arange(18.0).reshape(2, 9)
+    ids, bins, times, segments, mask = as_past_encounter(*(batch[k] for k in INPUTS))
+    cls, hist, unk, pad = 2, 4, 3, 0
+    assert ids.tolist() == [[cls, 10, hist, 20, 21, unk, 30, 31, pad],
+                            [cls, 10, hist, 30, pad, pad, pad, pad, pad]]  # fmt: skip
+    assert segments.tolist() == [[0, 0, 1, 1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 0, 0, 0, 0, 0]]
+    assert mask.tolist() == [[True] * 8 + [False], [True] * 4 + [False] * 5]
+    assert bins.tolist() == [[0, 1, 2, 3, 4, 5, 7, 8, 0], [9, 10, 11, 13, 0, 0, 0, 0, 0]]
+    assert times[0, 6:8].tolist() == [-7.0, -8.0] and times[1, 3].item() == -13.0
+
+
+def _with_forecast_state() -> EHREncoder:
+    model = tiny()
+    model.add_forecast_state()
+    return model.eval()
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_forecast_readout_is_the_segments_and_the_past_encounters_forecast_state(training):
+    """ "forecast": the segment readout of the visit as it is, then the forecast state of the
+    pooled vector of the visit read as a past encounter."""
+    model = tiny(hidden_dropout_prob=0.0)  # training mode: the same numbers in every pass
+    model.add_forecast_state()
+    model.train(training)
+    batch = collate(random_visits(6))
+    inputs = [batch[k] for k in INPUTS]
+    with torch.no_grad():
+        out = model(*inputs, readout="forecast")
+        segments = model(*inputs, readout="segments").readout
+        past = model(*as_past_encounter(*inputs[:4], inputs[4].bool())).pooler_output
+    assert out.readout.shape == (6, readout_dim(model.config, "forecast")) == (6, 3 * 32 + 2 + 32)
+    torch.testing.assert_close(out.readout[:, : 3 * 32 + 2], segments)
+    torch.testing.assert_close(out.readout[:, 3 * 32 + 2 :], model.forecast_state(past))
+
+
+def test_the_forecast_readout_does_not_see_its_batch_mates():
+    """Bitwise, as every readout: the state map of one visit and of thirty (a matrix product
+    whose CPU kernel, unpadded, depends on the number of rows) round alike."""
+    model = _with_forecast_state()
+    visits = random_visits(30, seed=5)
+
+    def read(batch):
+        with torch.no_grad():
+            return model(**{k: batch[k] for k in INPUTS}, readout="forecast").readout
+
+    together = read(collate(visits))
+    assert torch.equal(together, torch.cat([read(collate([v])) for v in visits]))
+    assert torch.equal(read(collate(visits[3:10])), together[3:10])
+
+
+def test_the_forecast_state_comes_from_pretraining_and_is_saved(tmp_path):
+    """Only an encoder with a forecast state reads the "forecast" readout; the state is set by
+    the forecast term (add_forecast_state), never by a [model] table, and saved with the
+    weights."""
+    with pytest.raises(ValueError, match="forecast state that pretraining with the forecast"):
+        EHRConfig(readout="forecast")
+    with pytest.raises(ValueError, match="forecast state that pretraining with the forecast"):
+        tiny()(**{k: collate(random_visits(2))[k] for k in INPUTS}, readout="forecast")
+    with pytest.raises(InputError, match=r"did you mean 'objective.forecast_weight'"):
+        config_from_settings({"forecast_state": True})
+    assert "forecast_state" not in resolve_model_settings({})
+    model = _with_forecast_state()
+    weight = model.forecast_state.transform.weight.clone()
+    model.add_forecast_state()  # a second call keeps the state it has
+    assert torch.equal(model.forecast_state.transform.weight, weight)
+    model.save_checked(tmp_path / "enc")
+    loaded = EHREncoder.load_checked(tmp_path / "enc")
+    assert loaded.config.forecast_state
+    assert torch.equal(loaded.forecast_state.transform.weight, weight)

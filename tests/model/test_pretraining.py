@@ -434,8 +434,13 @@ def test_forecast_term_reads_the_prefix_view_and_leaves_the_contrastive_pair(coh
     without = base(batch, torch.Generator().manual_seed(0))
     model = _model(cohort_tokens, forecast_weight=1.0)
     model.load_state_dict(base.state_dict(), strict=False)  # the same weights but its head
-    assert {"forecast_head.transform.weight", "forecast_head.code_bias"} <= set(model.state_dict())
-    assert not any(k.startswith("forecast_head.") for k in _model(cohort_tokens).state_dict())
+    assert {"encoder.forecast_state.transform.weight", "forecast_code_bias"} <= set(
+        model.state_dict()
+    )
+    assert model.encoder.config.forecast_state
+    without_term = _model(cohort_tokens)
+    assert not any("forecast" in k for k in without_term.state_dict())
+    assert not without_term.encoder.config.forecast_state
     with_forecast = model(batch, torch.Generator().manual_seed(0))
     for term in ("masked_code", "masked_bin", "contrastive"):
         torch.testing.assert_close(with_forecast[term], without[term])
@@ -475,7 +480,7 @@ def test_forecast_share_encodes_and_scores_only_the_drawn_prefixes(cohort_tokens
     assert 0 < int(scored.sum()) <= 8
     assert rows_seen == [24 + int(scored.sum())]  # view A, then the drawn prefixes only
     pooled = model.encoder(**{k: prefix[k][scored] for k in ENCODER_INPUTS}).pooler_output
-    logits = model.forecast_head(pooled, model.encoder.code_table())
+    logits = model.forecast_logits(pooled)
     expected = bag_of_codes_loss(logits, targets[scored])
     torch.testing.assert_close(losses["forecast"], expected, rtol=1e-5, atol=1e-5)
 
@@ -517,7 +522,7 @@ def test_a_batch_without_a_scored_prefix_gives_a_zero_forecast_term(cohort_token
     losses = model(_batch(cohort_tokens), torch.Generator().manual_seed(0))
     assert losses["forecast"].item() == 0.0 and torch.isfinite(losses["loss"])
     losses["loss"].backward()
-    grad = model.forecast_head.transform.weight.grad
+    grad = model.encoder.forecast_state.transform.weight.grad
     assert grad is not None and torch.equal(grad, torch.zeros_like(grad))
 
 

@@ -285,23 +285,27 @@ def test_cv_selection_reads_neither_val_nor_test(cohort_tokens, encoder_dir, tmp
     assert set(splits_read) == {"train"}
 
 
+@pytest.mark.parametrize("readout", ["segments", "forecast"])
 @pytest.mark.parametrize("mode", ["linear-probe", "full", "scratch"])
-def test_a_segment_readout_runs_end_to_end(cohort_tokens, encoder_dir, tmp_path, mode):
-    """finetune.readout = "segments" in every mode: the head or probe is 3 D + 2 wide, the
-    summary and the classifier's config record it, and predictions from the output directory
-    reproduce the selected model's validation AUROC."""
+def test_a_segment_readout_runs_end_to_end(cohort_tokens, encoder_dir, tmp_path, mode, readout):
+    """finetune.readout = "segments" (or "forecast") in every mode: the head or probe is
+    3 D + 2 (4 D + 2) wide, the summary and the classifier's config record it, and predictions
+    from the output directory reproduce the selected model's validation AUROC. A scratch
+    model, which has no pretrained forecast state, reads "segments" when asked "forecast"."""
     from safetensors.torch import load_file
     from sklearn.metrics import roc_auc_score
 
     out = tmp_path / "ft"
-    summary = finetune(cohort_tokens, encoder_dir, out, _config(mode=mode, readout="segments"))
-    width = 3 * EHRConfig.from_pretrained(encoder_dir).hidden_size + 2
-    assert json.loads((out / "finetune_summary.json").read_text())["readout"] == "segments"
+    summary = finetune(cohort_tokens, encoder_dir, out, _config(mode=mode, readout=readout))
+    readout = "segments" if mode == "scratch" else readout
+    hidden = EHRConfig.from_pretrained(encoder_dir).hidden_size
+    width = (3 if readout == "segments" else 4) * hidden + 2
+    assert json.loads((out / "finetune_summary.json").read_text())["readout"] == readout
     if mode == "linear-probe":
         assert load_file(out / "linear_probe.safetensors")["coef"].shape == (width,)
     else:
         config = json.loads((out / "model" / "config.json").read_text())
-        assert config["readout"] == "segments"
+        assert config["readout"] == readout
         assert load_file(out / "model" / "model.safetensors")["head.weight"].shape == (1, width)
     val = finetuning.labeled_split(cohort_tokens, "val")
     scores = finetuning.predict_finetuned(out, encoder_dir, val, torch.device("cpu"))
@@ -380,3 +384,19 @@ def test_the_wide_pooling_reaches_the_probe_and_the_classifier(cohort_tokens, tm
     model = finetuning.build_classifier(encoder_dir, encoder_config,
                                         _config(mode="full", readout="segments"))  # fmt: skip
     assert model.head.weight.shape == (1, 3 * 24 + 2)
+
+
+def test_the_forecast_readout_needs_an_encoder_pretrained_with_the_forecast_term(
+    cohort_tokens, tmp_path
+):
+    """An encoder pretrained without the forecast term has no forecast state: the "forecast"
+    readout is refused with one line naming the encoder, and nothing is written."""
+    from ehr_ssl.errors import InputError
+
+    run = tmp_path / "masked-only"
+    settings = {"preset": "tiny", "train.max_steps": 4, "objective.forecast_weight": 0.0}
+    pretrain(cohort_tokens, run, load_pretrain_config(None, settings))
+    with pytest.raises(InputError, match="forecast_weight > 0.*finetune.readout") as error:
+        finetune(cohort_tokens, run / "encoder", tmp_path / "ft", _config(readout="forecast"))
+    assert str(run / "encoder") in str(error.value)
+    assert not (tmp_path / "ft").exists()

@@ -75,9 +75,11 @@ def test_a_run_writes_its_outputs(cohort_tokens, tmp_path):
         "pretrain_summary.json",
     ):
         assert (out / name).exists(), name
-    # every head the run trained is kept, the forecast head of the default objective included
+    # every head the run trained is kept (the forecast term's code bias; its state map is the
+    # encoder's, saved with it)
     heads = {k.split(".")[0] for k in load_file(out / "pretraining_heads.safetensors")}
-    assert heads == {"masked_head", "projection", "forecast_head"}
+    assert heads == {"masked_head", "projection", "forecast_code_bias"}
+    assert EHREncoder.load_checked(out / "encoder").config.forecast_state
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [4, 8, 12]
     for key in (
