@@ -9,8 +9,12 @@ pretraining seed (RUN,RUN,...): its figure is then the mean over them, and the i
 Multi-Bootstrap's (`multi_bootstrap_difference`: each side's runs resampled too), since one
 pretraining moves the few-label figures by as much as most settings do.
 
+A run may also be named by a predictions file (bench_ablation keeps each readout's as
+RUN/predictions-READOUT.parquet). `--model-b` sets side B's model, one for every model of
+`--models` (SSL under one readout against the scratch transformer of another run, say).
+
 usage: python benchmarks/bench_compare_runs.py RUN_A[,RUN_A2,...] RUN_B[,RUN_B2,...] \
-           [--models ssl,scratch] [--n-boot 500]
+           [--models ssl,scratch] [--model-b scratch] [--n-boot 500]
 """
 
 from __future__ import annotations
@@ -39,12 +43,21 @@ def seed_scores(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray
     )
 
 
+def read_predictions(run: Path) -> pl.DataFrame:
+    """The test rows of a run's predictions.parquet, or of a predictions file named directly;
+    a missing one ends the script with one line."""
+    path = run if run.suffix == ".parquet" else run / PREDICTIONS
+    if not path.is_file():
+        raise SystemExit(f"{path}: no predictions file")
+    return pl.read_parquet(path).filter(split="test")
+
+
 def compare(a: list[pl.DataFrame], b: list[pl.DataFrame], model: str, budget: str,
-            n_boot: int) -> dict:  # fmt: skip
-    """Side A's and side B's mean AUROC of `model` at `budget` (over runs and seeds), and A
-    minus B, paired; each side a list of runs."""
-    sides = [[seed_scores(run.filter(model=model, budget=budget)) for run in side]
-             for side in (a, b)]  # fmt: skip
+            n_boot: int, model_b: str | None = None) -> dict:  # fmt: skip
+    """Side A's mean AUROC of `model` and side B's of `model_b` (`model` when None) at
+    `budget` (over runs and seeds), and A minus B, paired; each side a list of runs."""
+    sides = [[seed_scores(run.filter(model=name, budget=budget)) for run in side]
+             for side, name in ((a, model), (b, model_b or model))]  # fmt: skip
     y, groups, _ = sides[0][0]
     for side in sides:
         for y_run, groups_run, _ in side:
@@ -66,17 +79,19 @@ def main() -> None:
     parser.add_argument("run_a", help="a run directory, or several (comma-separated)")
     parser.add_argument("run_b", help="a run directory, or several (comma-separated)")
     parser.add_argument("--models", default="ssl,scratch")
+    parser.add_argument("--model-b", help="side B's model for every model of --models")
     parser.add_argument("--n-boot", type=int, default=500)
     args = parser.parse_args()
-    a, b = ([pl.read_parquet(Path(run) / PREDICTIONS).filter(split="test")
-             for run in side.split(",")] for side in (args.run_a, args.run_b))  # fmt: skip
+    a, b = ([read_predictions(Path(run)) for run in side.split(",")]
+            for side in (args.run_a, args.run_b))  # fmt: skip
     budgets = set.intersection(*(set(run["budget"]) for run in a + b))
     budgets = sorted(budgets, key=lambda s: (s == "all", s.zfill(9)))
-    print("| model | budget | A | B | A - B (95% CI) | p |")
+    model_b = f" (B: {args.model_b})" if args.model_b else ""
+    print(f"| model{model_b} | budget | A | B | A - B (95% CI) | p |")
     print("|---|---|---|---|---|---|")
     for model in args.models.split(","):
         for budget in budgets:
-            r = compare(a, b, model, budget, args.n_boot)
+            r = compare(a, b, model, budget, args.n_boot, args.model_b)
             low, high = r["ci95"]
             difference = f"{r['difference']:+.3f} ({low:+.3f}, {high:+.3f})"
             print(f"| {model} | {budget} | {r['a']:.3f} | {r['b']:.3f} | {difference} | "
