@@ -20,6 +20,7 @@ usage: python benchmarks/bench_compare_runs.py RUN_A[,RUN_A2,...] RUN_B[,RUN_B2,
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +44,18 @@ def seed_scores(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray
     )
 
 
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2 (as the pipeline's commands)."""
+    print(f"bench_compare_runs: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def read_predictions(run: Path) -> pl.DataFrame:
     """The test rows of a run's predictions.parquet, or of a predictions file named directly;
     a missing one ends the script with one line."""
     path = run if run.suffix == ".parquet" else run / PREDICTIONS
     if not path.is_file():
-        raise SystemExit(f"{path}: no predictions file")
+        fail(f"{path}: no predictions file")
     return pl.read_parquet(path).filter(split="test")
 
 
@@ -62,9 +69,7 @@ def compare(a: list[pl.DataFrame], b: list[pl.DataFrame], model: str, budget: st
     for side in sides:
         for y_run, groups_run, _ in side:
             if not (np.array_equal(y, y_run) and np.array_equal(groups, groups_run)):
-                raise SystemExit(
-                    f"{model} at {budget}: the runs scored other test visits or labels"
-                )
+                fail(f"{model} at {budget}: the runs scored other test visits or labels")
     runs_a, runs_b = (np.stack([scores for *_, scores in side]) for side in sides)
     paired = multi_bootstrap_difference(auroc, y, runs_a, runs_b, groups, n_boot=n_boot)
     return {

@@ -352,6 +352,8 @@ def main() -> None:
             if args.global_scale:
                 row(encoder_dir, f"{readout}, one scale", x, fit_cv=global_scale_fit)
                 counts = readout_dim(encoder.config, readout) % pooled_dim(encoder.config)
+                if readout not in ("segments", "windows"):  # "forecast" ends in its state
+                    counts = 0
                 if counts:  # the readout's log event counts (3 P + 2, 6 P + 5 columns)
                     row(
                         encoder_dir,
