@@ -8,8 +8,10 @@ masked codes predicted from the visit vector (`objective.bag_weight`) added; wit
 "masked+forecast" (the default since cohort version 2) / "both+forecast" the next codes
 forecast from a prefix of the visit (`objective.forecast_weight`) added, and "forecast" that
 term alone. Each variant is
-pretrained once (in WORK/run-<variant>) and fine-tuned under each readout (the pipeline reuses
-the encoder: the readout is a fine-tuning setting). The baselines (scratch transformer, counts
+pretrained once (in WORK/run-<variant>) and fine-tuned under each readout (the readout is a
+fine-tuning setting): the first readout in WORK/run-<variant>, each other one in
+WORK/run-<variant>-<readout>, which starts as a copy of the first's tokens and pretraining, so
+a rerun in place refits nothing under any readout. The baselines (scratch transformer, counts
 logistic regression and GBM, tabular logistic regression) do not depend on pretraining: they
 are trained once per readout, in the first variant's run, and every variant's SSL predictions
 are compared with them on the same test visits, budgets and seeds (paired differences of seed
@@ -48,7 +50,7 @@ from ehr_ssl.data.readers import read_oracle
 from ehr_ssl.data.synthetic import DEFAULT_COHORT_VERSION, generate_cohort
 from ehr_ssl.evaluation.metrics import auroc, multi_bootstrap_difference
 from ehr_ssl.evaluation.report import build_report
-from ehr_ssl.layout import PREDICTIONS_FILE
+from ehr_ssl.layout import OUTPUT_MARKER_FILE, PREDICTIONS_FILE, STAGES_FILE, RunLayout
 from ehr_ssl.pipeline import run_pipeline
 
 SSL_MODELS = ["ssl", "ssl_linear_probe", "ssl_plus_counts"]
@@ -87,6 +89,28 @@ def variants(objectives: list[str], views: list[str], mask_units: list[str]) -> 
                 out.append({"name": name, "objective": objective, "views": view,
                             "mask_unit": unit, "settings": settings})  # fmt: skip
     return out
+
+
+def readout_run_dir(base: Path, readout: str, first_readout: str) -> Path:
+    """The run directory of one readout: `base` for the first, else `base`-<readout>, made (once)
+    from `base`'s tokens and pretraining with their stage records. One directory per readout keeps
+    each readout's fine-tunings: in one shared directory every readout's run would refit the
+    models the other's run replaced."""
+    if readout == first_readout:
+        return base
+    run_dir = base.with_name(f"{base.name}-{readout}")
+    if run_dir.exists():
+        return run_dir
+    source, staging = RunLayout(base), RunLayout(base.with_name(f".{run_dir.name}.partial"))
+    shutil.rmtree(staging.root, ignore_errors=True)
+    for part in ("tokens", "pretrain"):
+        shutil.copytree(getattr(source, part), getattr(staging, part))
+    stages = json.loads(source.stages.read_text())
+    shared = {name: stages[name] for name in ("tokenize", "pretrain")}
+    (staging.root / STAGES_FILE).write_text(json.dumps(shared, indent=2, sort_keys=True) + "\n")
+    shutil.copyfile(base / OUTPUT_MARKER_FILE, staging.root / OUTPUT_MARKER_FILE)
+    staging.root.rename(run_dir)  # complete or absent
+    return run_dir
 
 
 def run_cell(args, data: Path, run_dir: Path, variant: dict, readout: str, models: list[str],
@@ -271,15 +295,16 @@ def main() -> None:
         [int(s) for s in args.pretrain_seeds.split(",")] if args.pretrain_seeds else [None]
     )
     baselines: dict[str, pl.DataFrame] = {}
-    results = []
+    results = []  # the readouts of one variant share its pretrainings (`readout_run_dir`)
     for index, variant in enumerate(cells):
         for readout in readouts:
             ssl_parts = []
             for pretrain_seed in pretrain_seeds:
                 first = index == 0 and pretrain_seed == pretrain_seeds[0]
                 models = SSL_MODELS + (BASELINES if first else [])
-                run_dir = work / (f"run-{variant['name']}"
-                                  + (f"-seed{pretrain_seed}" if pretrain_seed else ""))  # fmt: skip
+                base = work / (f"run-{variant['name']}"
+                               + (f"-seed{pretrain_seed}" if pretrain_seed else ""))  # fmt: skip
+                run_dir = readout_run_dir(base, readout, readouts[0])
                 predictions = run_cell(args, data, run_dir, variant, readout, models,
                                        pretrain_seed)  # fmt: skip
                 if first:
