@@ -618,6 +618,12 @@ class FinetuneConfig:
                 f"must be one of {', '.join(READOUTS)}, got {self.readout!r}",
                 column="finetune.readout",
             )
+        if self.mode == "scratch" and self.readout == "forecast":
+            # The forecast state is what pretraining learned; a model without pretraining reads
+            # the rest of the readout. Set here, the one place every scratch fine-tuning's
+            # settings come from, so its summary, its config and the pipeline's fingerprint of
+            # it all name what it reads.
+            self.readout = "segments"
         if self.device not in DEVICES:
             raise InputError(
                 f"must be auto, cpu or cuda, got {self.device!r}", column="finetune.device"

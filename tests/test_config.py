@@ -158,6 +158,17 @@ def test_the_forecast_readout_without_the_forecast_term_is_refused_before_pretra
     assert load_pretrain_config(None, settings).objective.forecast_weight == 0.0
 
 
+def test_the_scratch_model_reads_the_segment_readout_where_the_forecast_readout_is_asked():
+    """In its settings, not only in its fine-tuning: the pipeline fingerprints a fine-tuning by
+    its settings, so a scratch model fitted when it read a random forecast state is refit."""
+    config = load_pipeline_config(None, {"finetune.readout": "forecast"})
+    assert config.finetune_config("scratch", 0).readout == "segments"
+    assert config.finetune_config("full", 0).readout == "forecast"
+    assert config.finetune_config("linear-probe", 0).readout == "forecast"
+    assert FinetuneConfig(mode="scratch", readout="forecast").readout == "segments"
+    assert FinetuneConfig(mode="scratch", readout="windows").readout == "windows"
+
+
 def test_value_errors_name_the_file_they_come_from(tmp_path):
     path = tmp_path / "x.toml"
     path.write_text("[train]\nepochs = 0\n[tokenizer]\nmax_length = 100000000000\n")

@@ -19,7 +19,6 @@ writes. The training loop itself is `ehr_ssl.training.classifier_loop`.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -116,10 +115,6 @@ def _finetune(
     _check_encoder_fits_tokens(tokens_dir, Path(encoder_dir), encoder_config, config.mode)
     if config.readout == "forecast" and not encoder_config.forecast_state:
         raise InputError(f"finetune.readout: {FORECAST_READOUT_NEEDS}", file=str(encoder_dir))
-    if config.mode == "scratch" and config.readout == "forecast":
-        # The forecast state is what pretraining learned; a model without pretraining reads
-        # the rest of the readout (its summary and config record "segments").
-        config = dataclasses.replace(config, readout="segments")
     if train_ids is None and val_ids is None:
         train_ids, val_ids = budget_ids(tokens_dir, config)
     device = resolve_device(config.device)
