@@ -522,6 +522,8 @@ FINETUNE_MODES = ("full", "linear-probe", "scratch")
 SELECTIONS = ("auto", "cv", "holdout")
 # How cv selection picks among its candidates (`ehr_ssl.training.selection.choose`).
 CV_RULES = ("best", "one_se")
+# What the folds of cv selection score (`ehr_ssl.training.selection.FoldScore`).
+CV_METRICS = ("auroc", "log_loss")
 
 
 @dataclass
@@ -568,6 +570,11 @@ class FinetuneConfig:
     standard error of the best; Breiman's rule, glmnet's lambda.1se). Measured over three
     pretrainings, one_se moved every model by up to 0.03 in both directions and helped none
     at both 100 and 300 labels (benchmarks/README.md, "The one-standard-error rule")."""
+    cv_metric: str = field(default="auroc", metadata={"choices": CV_METRICS})
+    """What cv selection's folds score, for every model and every choice (C, epoch, probe
+    versus fine-tuning) alike: "auroc" (the mean fold AUROC) or "log_loss" (the mean fold
+    log-loss, each class weighted to half as in training; cv.glmnet's deviance). Holdout
+    selection scores AUROC."""
     weight_decay: float = 0.01
     """AdamW decay of the weight matrices."""
     head_dropout: float = 0.1
@@ -609,6 +616,7 @@ class FinetuneConfig:
         check_count(self.cv_repeats, "finetune.cv_repeats", high=20)
         check_count(self.cv_max_labels, "finetune.cv_max_labels", high=MAX_BATCH)
         check_choice(self.cv_rule, CV_RULES, "finetune.cv_rule")
+        check_choice(self.cv_metric, CV_METRICS, "finetune.cv_metric")
         check_range(self.learning_rate, 1e-9, 10, "finetune.learning_rate")
         check_range(self.encoder_lr_ratio, 0, 10, "finetune.encoder_lr_ratio")
         check_range(self.weight_decay, 0, 10, "finetune.weight_decay")

@@ -86,6 +86,10 @@ def test_defaults_round_trip_through_dict():
             lambda: FinetuneConfig(cv_rule="1se"),
             "column 'finetune.cv_rule': must be one of best, one_se, got '1se'",
         ),
+        (
+            lambda: FinetuneConfig(cv_metric="deviance"),
+            "column 'finetune.cv_metric': must be one of auroc, log_loss, got 'deviance'",
+        ),
     ],
 )
 def test_invalid_values_raise_clear_errors(make, message):

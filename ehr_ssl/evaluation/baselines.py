@@ -327,9 +327,10 @@ def fit_counts_baseline_cv(
     n_counts: int = 0,
 ) -> tuple[Pipeline, dict]:
     """`fit_counts_baseline` under cv selection: the grid point `folds.rule` chooses from the
-    mean fold AUROCs over `folds` (positions into the rows of X; `cross_validate`), then refit
-    on every row. The record's val_auroc is the chosen point's mean, its candidates' their
-    means and standard errors; protocol "cv" with the folds, repeats and rule.
+    mean fold scores of `folds.metric` over `folds` (positions into the rows of X;
+    `cross_validate`), then refit on every row. The record's val_auroc is the chosen point's
+    mean AUROC, its candidates' their means and standard errors (and mean log-losses);
+    protocol "cv" with the folds, repeats, rule and metric.
 
     Shape: X (N, F), y (N,)."""
     _check_kind(kind)
@@ -352,7 +353,13 @@ def fit_counts_baseline_cv(
         "chosen": params,
         "val_auroc": chosen_cv_auroc(table, params),
         "candidates": [
-            {"params": r["params"], "val_auroc": r["cv_auroc"], "val_se": r["cv_se"]} for r in table
+            {
+                "params": r["params"],
+                "val_auroc": r["cv_auroc"],
+                "val_se": r["cv_se"],
+                "val_log_loss": r["cv_log_loss"],
+            }
+            for r in table
         ],  # fmt: skip
     }
     return best, _with_kept_features(record, best)

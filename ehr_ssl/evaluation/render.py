@@ -164,8 +164,8 @@ def _label_efficiency_lines(report: dict[str, Any]) -> list[str]:
 
 def _selection_lines(selection: dict[str, Any]) -> list[str]:
     """What was chosen for each model at each budget and seed, on the budget's labels only:
-    the protocol (cv folds x repeats and the one-SE rule, or holdout), the selection AUROC
-    (the chosen candidate's mean fold AUROC) and the choice."""
+    the protocol (cv folds x repeats, the one-SE rule and the metric, or holdout), the
+    selection AUROC (the chosen candidate's mean fold AUROC) and the choice."""
     lines = ["", "## Model selection (on each budget's labels; the test split plays no part)", ""]
     rows = []
     for key, choice in selection.items():
@@ -176,6 +176,8 @@ def _selection_lines(selection: dict[str, Any]) -> list[str]:
             shown = f"cv {protocol['folds']} folds x {protocol['repeats']}"
             if protocol.get("rule") == "one_se":  # absent before the setting: the best mean
                 shown += ", one-SE rule"
+            if protocol.get("metric") == "log_loss":  # absent before the setting: AUROC
+                shown += ", by log-loss"
         auroc = _number(choice.get("val_auroc"))
         rows.append([budget_seed, model, shown, auroc, _choice(choice)])
     return lines + _markdown_table(["budget-seed", "model", "protocol", "AUROC", "chosen"], rows)

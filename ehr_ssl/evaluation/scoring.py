@@ -90,7 +90,7 @@ class LabelBudget:
             self.train["label"].to_numpy(), self.train["patient_id"].to_numpy(),
             self.train["visit_id"].to_numpy(), folds=self.config.cv_folds,
             repeats=self.config.cv_repeats, seed=self.seed, setting="finetune.label_budget",
-            rule=self.config.cv_rule,
+            rule=self.config.cv_rule, metric=self.config.cv_metric,
         )  # fmt: skip
 
 
@@ -222,7 +222,7 @@ def _fit_and_score(
         fitted, record = fit_counts_baseline_cv(
             kind, features[0], y_train, budget.folds(), seed=budget.seed, n_counts=n_counts
         )
-        selection = {k: record[k] for k in ("protocol", "folds", "repeats", "rule")}
+        selection = {k: record[k] for k in ("protocol", "folds", "repeats", "rule", "metric")}
     else:
         fitted, record = fit_counts_baseline(
             kind, features[0], y_train, features[1], budget.val["label"].to_numpy(),

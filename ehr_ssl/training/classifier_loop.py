@@ -1,12 +1,14 @@
 """The admission classifier's training loop, shared by holdout and cv selection: a classifier
 in training (`Fold`: model, optimizer, visits, class weight), one epoch over its visits, the
-validation AUROC and the epoch selection by it (nanoGPT's loop, in pieces small enough to train
-several folds in step). Under torchrun the model is wrapped in DistributedDataParallel and each
-process takes an equal share of every batch; rank 0's AUROC decides."""
+validation AUROC and log-loss and the epoch selection by them (nanoGPT's loop, in pieces
+small enough to train several folds in step). Under torchrun the model is wrapped in
+DistributedDataParallel and each process takes an equal share of every batch; rank 0's figures
+decide."""
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.training import distributed
 from ehr_ssl.training.device import DeviceSettings, device_settings
 from ehr_ssl.training.optim import param_groups
-from ehr_ssl.training.selection import choose
+from ehr_ssl.training.selection import FoldScore, balanced_log_loss, choose
 
 
 @torch.no_grad()
@@ -64,54 +66,56 @@ def build_classifier(
 
 @dataclass
 class EpochSelection:
-    """Early stopping on validation AUROC: the best state so far, every epoch's figures, and
-    the epochs since the last improvement. Under cv selection each epoch's AUROC is the mean
-    over folds with its standard error, and `rule` picks the epoch (`selection.choose`: "one_se"
-    keeps the earliest within one standard error of the best); patience always counts from
-    the best mean."""
+    """Early stopping on a validation score: the best state so far, every epoch's figures, and
+    the epochs since the last improvement. Each epoch's `FoldScore` is a mean over folds under
+    cv selection (over one validation split under holdout); `metric` ("auroc" or "log_loss",
+    `FoldScore.key`) is what is compared and `rule` picks the epoch (`selection.choose`:
+    "one_se" keeps the earliest within one standard error of the best); patience always counts
+    from the best mean."""
 
     patience: int
     rule: str = "best"
+    metric: str = "auroc"
     best_state: dict | None = None
-    best_auroc: float = -1.0
+    best_score: float = -math.inf
     history: list[dict] = field(default_factory=list)
     stale: int = 0
 
-    def start_from(self, model: nn.Module | None, val_auroc: float, val_se: float = 0.0) -> None:
+    def start_from(self, model: nn.Module | None, score: FoldScore) -> None:
         """Epoch 0, before any update: the state every later epoch must beat (no state is
         kept for `model` None: cv selection keeps only the epoch)."""
-        self.best_auroc = val_auroc
+        self.best_score = score.key(self.metric)[0]
         if model is not None:
             self.best_state = copy.deepcopy(model.state_dict())
-        self.history.append({"epoch": 0, "val_auroc": val_auroc, "val_se": val_se,
-                             "last_loss": None})  # fmt: skip
+        self.history.append({"epoch": 0, **score.record(), "last_loss": None})
 
     def record(
-        self,
-        epoch: int,
-        val_auroc: float,
-        last_loss: float,
-        model: nn.Module | None,
-        val_se: float = 0.0,
+        self, epoch: int, score: FoldScore, last_loss: float, model: nn.Module | None
     ) -> bool:
         """Score an epoch (keeping the state if it is the best and `model` is given); True
         once patience runs out."""
-        self.history.append({"epoch": epoch, "val_auroc": val_auroc, "val_se": val_se,
-                             "last_loss": last_loss})  # fmt: skip
-        if val_auroc > self.best_auroc:
+        self.history.append({"epoch": epoch, **score.record(), "last_loss": last_loss})
+        if score.key(self.metric)[0] > self.best_score:
             if model is not None:
                 self.best_state = copy.deepcopy(model.state_dict())
-            self.best_auroc, self.stale = val_auroc, 0
+            self.best_score, self.stale = score.key(self.metric)[0], 0
             return False
         self.stale += 1
         return self.stale >= self.patience
 
     def summary(self) -> dict:
         """The selected epoch (under `rule`), its AUROC and the history."""
-        means = [h["val_auroc"] for h in self.history]
-        chosen = self.history[choose(means, [h["val_se"] for h in self.history], self.rule)]
+        keys = [_history_key(h, self.metric) for h in self.history]
+        chosen = self.history[choose(*zip(*keys, strict=True), self.rule)]
         return {"selected_epoch": chosen["epoch"], "val_auroc": chosen["val_auroc"],
                 "history": self.history}  # fmt: skip
+
+
+def _history_key(entry: dict, metric: str) -> tuple[float, float]:
+    """A history entry's (mean, standard error) of `metric`, higher is better."""
+    score = FoldScore(entry["val_auroc"], entry["val_se"], entry["val_log_loss"],
+                      entry["val_log_loss_se"])  # fmt: skip
+    return score.key(metric)
 
 
 def _optimizer_groups(model: AdmissionClassifier, config: FinetuneConfig) -> list[dict]:
@@ -177,10 +181,21 @@ def _train_epoch(
     return loss
 
 
-def val_auroc(model: AdmissionClassifier, val: TokenDataset, device: torch.device) -> float:
-    """Validation AUROC; under torchrun rank 0's, so that every process selects alike."""
-    auroc = float(roc_auc_score(val.labels, predict_scores(model, val, device)))
-    return distributed.broadcast_float(auroc)
+def val_figures(
+    model: AdmissionClassifier, val: TokenDataset, device: torch.device
+) -> tuple[float, float]:
+    """Validation AUROC and balanced log-loss; under torchrun rank 0's, so that every process
+    selects alike."""
+    scores = predict_scores(model, val, device)
+    auroc = float(roc_auc_score(val.labels, scores))
+    loss = balanced_log_loss(val.labels, scores)
+    return distributed.broadcast_float(auroc), distributed.broadcast_float(loss)
+
+
+def val_score(model: AdmissionClassifier, val: TokenDataset, device: torch.device) -> FoldScore:
+    """`val_figures` of one validation split, as a score with no standard error."""
+    auroc, loss = val_figures(model, val, device)
+    return FoldScore(auroc, 0.0, loss, 0.0)
 
 
 @dataclass

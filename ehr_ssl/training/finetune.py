@@ -47,7 +47,8 @@ from ehr_ssl.training.classifier_loop import (
     build_classifier,
     predict_scores,
     start_training,
-    val_auroc,
+    val_figures,
+    val_score,
 )
 from ehr_ssl.training.device import resolve_device
 from ehr_ssl.training.probe import (
@@ -60,7 +61,7 @@ from ehr_ssl.training.probe import (
     probe_summary,
     set_head,
 )
-from ehr_ssl.training.selection import Folds, cv_folds, fold_mean_and_se
+from ehr_ssl.training.selection import Folds, FoldScore, cv_folds
 
 log = logging.getLogger("ehr_ssl")
 
@@ -262,11 +263,11 @@ def _train_classifier(
         # Epoch 0 is the probe-initialized model before any update: fine-tuning is kept only
         # where it beats the probe on validation.
         init_head_from_probe(model, train, val, device)
-        selection.start_from(model, val_auroc(model, val, device))
+        selection.start_from(model, val_score(model, val, device))
     run = start_training(model, train, config, device)
     for epoch in range(1, config.max_epochs + 1):  # epoch k: after k passes over train
         loss = run.train_epoch(config, epoch)
-        if selection.record(epoch, val_auroc(model, val, device), loss, model):
+        if selection.record(epoch, val_score(model, val, device), loss, model):
             break
     model.load_state_dict(selection.best_state)
     return model, selection.summary()
@@ -296,8 +297,9 @@ def _cv_finetune(
 ) -> tuple[AdmissionClassifier | None, dict]:
     """Cv selection over the budget's train visits (`ehr_ssl.training.selection`): the probe's
     C, or the epoch of full and scratch fine-tuning (epoch 0 of full mode is the probe, so
-    probe-versus-fine-tuning is chosen too) by the mean fold AUROC, then a refit on every
-    visit. Returns the model (None for a probe: its tensors are the summary's "_probe")."""
+    probe-versus-fine-tuning is chosen too) by the mean fold score (`cv_metric`), then a
+    refit on every visit. Returns the model (None for a probe: its tensors are the summary's
+    "_probe")."""
     folds = _folds(train.labels, train.meta, config, repeats=config.cv_repeats)
     vectors = None
     if config.mode != "scratch":  # the frozen pretrained encoder's vectors, for the probe
@@ -350,26 +352,29 @@ def _folds(
     return cv_folds(
         labels, meta["patient_id"].to_numpy(), meta["visit_id"].to_numpy(),
         folds=config.cv_folds, repeats=repeats, seed=config.seed,
-        setting="finetune.label_budget", rule=config.cv_rule,
+        setting="finetune.label_budget", rule=config.cv_rule, metric=config.cv_metric,
     )  # fmt: skip
 
 
 def _select_epoch(
     runs: list[Fold], config: FinetuneConfig, device: torch.device, *, start_at_probe: bool
 ) -> dict:
-    """Every fold trained in step, epoch by epoch, until the mean fold AUROC stops improving
-    (`patience`); the summary of the epoch with the best mean (epoch 0: the probe)."""
-    selection = EpochSelection(patience=config.patience, rule=config.cv_rule)
+    """Every fold trained in step, epoch by epoch, until the mean fold score (`cv_metric`)
+    stops improving (`patience`); the summary of the epoch chosen by `cv_rule` (epoch 0: the
+    probe)."""
+    selection = EpochSelection(
+        patience=config.patience, rule=config.cv_rule, metric=config.cv_metric
+    )
     if start_at_probe:
-        selection.start_from(None, *_fold_aurocs(runs, device))
+        selection.start_from(None, _fold_score(runs, device))
     for epoch in range(1, config.max_epochs + 1):
         losses = [run.train_epoch(config, epoch) for run in runs]
-        mean, se = _fold_aurocs(runs, device)
-        if selection.record(epoch, mean, float(np.mean(losses)), None, val_se=se):
+        if selection.record(epoch, _fold_score(runs, device), float(np.mean(losses)), None):
             break
     return selection.summary()
 
 
-def _fold_aurocs(runs: list[Fold], device: torch.device) -> tuple[float, float]:
-    """The mean validation AUROC over the folds and its standard error."""
-    return fold_mean_and_se([val_auroc(run.model, run.val, device) for run in runs])
+def _fold_score(runs: list[Fold], device: torch.device) -> FoldScore:
+    """The mean validation AUROC and log-loss over the folds, with their standard errors."""
+    figures = [val_figures(run.model, run.val, device) for run in runs]
+    return FoldScore.of_figures(*zip(*figures, strict=True))

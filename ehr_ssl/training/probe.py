@@ -170,9 +170,9 @@ def load_probe(finetune_dir: Path, config: EHRConfig) -> tuple[dict[str, torch.T
 
 def fit_probe_cv(x: np.ndarray, y: np.ndarray, folds: Folds) -> dict:
     """`fit_probe` under cv selection: C chosen from C_GRID by `folds.rule` over the mean fold
-    AUROCs (each fold standardized on its own train part; `cross_validate`), then the probe
-    refit on every row. Shape: x (N, D), y (N,). Returns `fit_probe`'s keys; val_auroc is the
-    mean fold AUROC of the chosen C."""
+    scores of `folds.metric` (each fold standardized on its own train part; `cross_validate`),
+    then the probe refit on every row. Shape: x (N, D), y (N,). Returns `fit_probe`'s keys;
+    val_auroc is the mean fold AUROC of the chosen C."""
 
     def fit_score(params: dict, train: np.ndarray, val: np.ndarray) -> np.ndarray:
         probe = standardized_logistic(x[train], y[train], params["C"])
@@ -180,8 +180,8 @@ def fit_probe_cv(x: np.ndarray, y: np.ndarray, folds: Folds) -> dict:
 
     params, table = cross_validate(fit_score, y, folds, [{"C": c} for c in C_GRID])
     probe = standardized_logistic(x, y, params["C"])
-    history = [{"C": row["params"]["C"], "val_auroc": row["cv_auroc"], "val_se": row["cv_se"]}
-               for row in table]  # fmt: skip
+    history = [{"C": row["params"]["C"], "val_auroc": row["cv_auroc"], "val_se": row["cv_se"],
+                "val_log_loss": row["cv_log_loss"]} for row in table]  # fmt: skip
     return probe | {
         "C": params["C"],
         "val_auroc": chosen_cv_auroc(table, params),

@@ -30,13 +30,16 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ehr_ssl.config import CV_RULES
+from ehr_ssl.config import CV_METRICS, CV_RULES
 from ehr_ssl.errors import InputError
 
 # L2 strengths of every logistic model (probe, counts, hybrid): 1e-4 .. 1e2, half a decade
 # apart. With 100 labels and hundreds of features the best C is often 1e-3 or below; with
 # thousands of labels it can be 10 or more.
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))
+# Probabilities are clipped this far from 0 and 1 before a log-loss, so that one certain error
+# costs about 16 nats rather than infinity.
+PROBABILITY_FLOOR = 1e-7
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,60 @@ class Folds:
     n_folds: int
     n_repeats: int
     rule: str = "best"
-    """How a grid point is chosen from the fold AUROCs (`choose`): "best" or "one_se"."""
+    """How a grid point is chosen from the fold scores (`choose`): "best" or "one_se"."""
+    metric: str = "auroc"
+    """What the folds score (`FoldScore.key`): "auroc" or "log_loss"."""
 
     def describe(self) -> dict:
         """What the report says of the protocol."""
         return {"protocol": "cv", "folds": self.n_folds, "repeats": self.n_repeats,
-                "rule": self.rule}  # fmt: skip
+                "rule": self.rule, "metric": self.metric}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FoldScore:
+    """A candidate's validation figures: the mean over folds of the AUROC and of the balanced
+    log-loss, with their standard errors (0 for a single validation set)."""
+
+    auroc: float
+    auroc_se: float
+    log_loss: float
+    log_loss_se: float
+
+    @classmethod
+    def of(cls, folds: Sequence[tuple[np.ndarray, np.ndarray]]) -> FoldScore:
+        """The score of (labels, P(admission)) pairs, one per fold."""
+        return cls.of_figures([roc_auc_score(y, p) for y, p in folds],
+                              [balanced_log_loss(y, p) for y, p in folds])  # fmt: skip
+
+    @classmethod
+    def of_figures(cls, aurocs: Sequence[float], log_losses: Sequence[float]) -> FoldScore:
+        """The score of each fold's AUROC and log-loss."""
+        return cls(*fold_mean_and_se(aurocs), *fold_mean_and_se(log_losses))
+
+    def key(self, metric: str) -> tuple[float, float]:
+        """(mean, standard error) of `metric`, signed so that higher is better."""
+        if metric not in CV_METRICS:
+            raise ValueError(f"metric must be one of {CV_METRICS}, got {metric!r}")
+        return (
+            (self.auroc, self.auroc_se) if metric == "auroc" else (-self.log_loss, self.log_loss_se)
+        )
+
+    def record(self) -> dict:
+        """The figures as a history or table row names them."""
+        return {"val_auroc": self.auroc, "val_se": self.auroc_se,
+                "val_log_loss": self.log_loss, "val_log_loss_se": self.log_loss_se}  # fmt: skip
+
+
+def balanced_log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The mean negative log-likelihood with each class weighted to half the total, as the
+    models are trained (class_weight "balanced", BCE with pos_weight negatives / positives);
+    probabilities clipped to [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR]. Shape: (N,), (N,)."""
+    y = np.asarray(labels).astype(bool)
+    p = np.clip(
+        np.asarray(probabilities, dtype=np.float64), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR
+    )
+    return float(-(np.log(p[y]).mean() + np.log1p(-p[~y]).mean()) / 2)
 
 
 def resolve_selection(
@@ -77,6 +128,7 @@ def cv_folds(
     seed: int,
     setting: str,
     rule: str = "best",
+    metric: str = "auroc",
 ) -> Folds:
     """Repeated stratified K-fold grouped by patient (`groups`), each repeat shuffled by
     `seed` + repeat. The folds are drawn over the rows sorted by `ids` (visit ids), so every
@@ -111,7 +163,9 @@ def cv_folds(
         raise InputError(f"no fold holds both classes among {len(y)} labels", column=setting)
     if rule not in CV_RULES:
         raise ValueError(f"rule must be one of {CV_RULES}, got {rule!r}")
-    return Folds(tuple(splits), k, repeats, rule)
+    if metric not in CV_METRICS:
+        raise ValueError(f"metric must be one of {CV_METRICS}, got {metric!r}")
+    return Folds(tuple(splits), k, repeats, rule, metric)
 
 
 def cross_validate(
@@ -120,21 +174,21 @@ def cross_validate(
     folds: Folds,
     grid: Sequence[dict],
 ) -> tuple[dict, list[dict]]:
-    """The grid point chosen by `folds.rule` (`choose`; order a grid from the most
-    regularized) and every point's record {"params", "cv_auroc", "cv_se"}: the mean of its
-    fold AUROCs and their standard error.
+    """The grid point chosen by `folds.rule` on `folds.metric` (`choose`; order a grid from
+    the most regularized) and every point's record {"params", "cv_auroc", "cv_se",
+    "cv_log_loss", "cv_log_loss_se"}: the means of its fold figures and their standard errors.
 
-    `fit_score(params, train, val)` fits on the positions `train` and returns scores of the
-    positions `val`. Shape: labels (N,)."""
+    `fit_score(params, train, val)` fits on the positions `train` and returns P(admission) of
+    the positions `val`. Shape: labels (N,)."""
     y = np.asarray(labels)
-    table = []
-    for params in grid:
-        aurocs = [
-            roc_auc_score(y[val], fit_score(params, train, val)) for train, val in folds.splits
-        ]
-        mean, se = fold_mean_and_se(aurocs)
-        table.append({"params": dict(params), "cv_auroc": mean, "cv_se": se})
-    chosen = choose([row["cv_auroc"] for row in table], [row["cv_se"] for row in table], folds.rule)
+    scores = [
+        FoldScore.of([(y[val], fit_score(params, train, val)) for train, val in folds.splits])
+        for params in grid
+    ]
+    chosen = choose(*zip(*(s.key(folds.metric) for s in scores), strict=True), folds.rule)
+    table = [{"params": dict(params), "cv_auroc": score.auroc, "cv_se": score.auroc_se,
+              "cv_log_loss": score.log_loss, "cv_log_loss_se": score.log_loss_se}
+             for params, score in zip(grid, scores, strict=True)]  # fmt: skip
     return table[chosen]["params"], table
 
 

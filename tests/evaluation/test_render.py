@@ -68,6 +68,11 @@ def test_markdown_says_what_each_model_selected(report: dict) -> None:
             "chosen": {"C": 0.001},
             "selection": one_se | {"rule": "best"},
         },  # fmt: skip
+        "100-seed2/scratch": {
+            "val_auroc": 0.76,
+            "selected_epoch": 4,
+            "selection": one_se | {"metric": "log_loss"},
+        },  # fmt: skip
         "300-seed0/counts_gbm": {
             "val_auroc": 0.7,
             "chosen": {"num_leaves": 7},
@@ -83,6 +88,7 @@ def test_markdown_says_what_each_model_selected(report: dict) -> None:
         "| 100-seed1 | counts_logistic | cv 5 folds x 2 | 0.790 | C=0.0316 |",
         "| 100-seed2 | counts_logistic | cv 5 folds x 1, one-SE rule | 0.780 | C=0.001 |",
         "| 100-seed2 | tabular_logistic | cv 5 folds x 1 | 0.770 | C=0.001 |",
+        "| 100-seed2 | scratch | cv 5 folds x 1, one-SE rule, by log-loss | 0.760 | epoch 4 |",
         "| 300-seed0 | counts_gbm | holdout | 0.700 | num_leaves=7 |",
         "| 300-seed0 | scratch | – | – | – |",
     ]

@@ -252,7 +252,9 @@ def test_cv_selection_chooses_on_folds_and_refits_on_every_label(
 
     monkeypatch.setattr(classifier_loop.Fold, "train_epoch", recording)
     summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _cv_config(mode=mode))
-    assert summary["selection"] == {"protocol": "cv", "folds": 3, "repeats": 1, "rule": "best"}
+    assert summary["selection"] == {
+        "protocol": "cv", "folds": 3, "repeats": 1, "rule": "best", "metric": "auroc"
+    }  # fmt: skip
     assert (summary["train_labeled"], summary["val_labeled"]) == (60, 0)
     history = summary["history"]  # every candidate's mean fold AUROC and its standard error
     chosen = history[choose([h["val_auroc"] for h in history], [h["val_se"] for h in history],
@@ -270,6 +272,24 @@ def test_cv_selection_chooses_on_folds_and_refits_on_every_label(
     val = finetuning.labeled_split(cohort_tokens, "val")
     scores = finetuning.predict_finetuned(tmp_path / "ft", encoder_dir, val, torch.device("cpu"))
     assert scores.shape == (len(val),) and np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("mode", ["full", "linear-probe"])
+def test_cv_selection_by_log_loss_keeps_the_lowest_mean_fold_loss(
+    cohort_tokens, encoder_dir, tmp_path, mode
+):
+    config = _cv_config(mode=mode, cv_metric="log_loss")
+    summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", config)
+    assert summary["selection"]["metric"] == "log_loss"
+    history = summary["history"]
+    losses = [h["val_log_loss"] for h in history]
+    assert all(np.isfinite(losses)) and all(0 < loss < 17 for loss in losses)
+    chosen = history[int(np.argmin(losses))]  # argmin keeps the first of equals
+    assert summary["val_auroc"] == chosen["val_auroc"]
+    assert (
+        summary["selected_C" if mode == "linear-probe" else "selected_epoch"]
+        == chosen["C" if mode == "linear-probe" else "epoch"]
+    )
 
 
 def test_cv_selection_reads_neither_val_nor_test(cohort_tokens, encoder_dir, tmp_path, monkeypatch):

@@ -1,18 +1,21 @@
 """Model selection with few labels: the cv folds (grouped by patient, stratified, independent of
-row order), the choice by mean fold AUROC (the best, or the one-standard-error rule) and the
-cv-or-holdout rule."""
+row order), the choice by mean fold AUROC or balanced log-loss (the best, or the
+one-standard-error rule) and the cv-or-holdout rule."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from scipy.special import expit
+from sklearn.metrics import log_loss, roc_auc_score
 
 from ehr_ssl.errors import InputError
 from ehr_ssl.training.classifier_loop import EpochSelection
 from ehr_ssl.training.selection import (
     C_GRID,
     Folds,
+    FoldScore,
+    balanced_log_loss,
     choose,
     cross_validate,
     cv_folds,
@@ -51,7 +54,9 @@ def test_folds_are_grouped_stratified_and_cover_every_row_once_per_repeat():
     n = data["labels"].size
     folds = folds_of(data, folds=4, repeats=3)
     assert (folds.n_folds, folds.n_repeats) == (4, 3)
-    assert folds.describe() == {"protocol": "cv", "folds": 4, "repeats": 3, "rule": "best"}
+    assert folds.describe() == {
+        "protocol": "cv", "folds": 4, "repeats": 3, "rule": "best", "metric": "auroc"
+    }  # fmt: skip
     assert len(folds.splits) == 4 * 3
     for train, val in folds.splits:
         assert np.intersect1d(train, val).size == 0
@@ -226,16 +231,85 @@ def test_cv_folds_refuse_an_unknown_rule():
         folds_of(layout(seed=1), rule="median")
 
 
+def epoch_score(auroc: float, log_loss: float = 0.5) -> FoldScore:
+    return FoldScore(auroc, 0.02, log_loss, 0.01)
+
+
 @pytest.mark.parametrize(("rule", "epoch"), [("one_se", 1), ("best", 2)])
 def test_epoch_selection_keeps_the_earliest_epoch_near_the_best_mean(rule: str, epoch: int):
     selection = EpochSelection(patience=2, rule=rule)
-    selection.start_from(None, 0.78, 0.02)
-    stops = [selection.record(e, auroc, 0.5, None, val_se=0.02)
+    selection.start_from(None, epoch_score(0.78))
+    stops = [selection.record(e, epoch_score(auroc), 0.5, None)
              for e, auroc in ((1, 0.83), (2, 0.845), (3, 0.84), (4, 0.835))]  # fmt: skip
     assert stops == [False, False, False, True]  # patience counts from the best mean
     summary = selection.summary()
     assert summary["selected_epoch"] == epoch
     assert summary["val_auroc"] == {1: 0.83, 2: 0.845}[epoch]
+
+
+def test_epoch_selection_by_log_loss_keeps_the_lowest_loss_and_counts_patience_on_it():
+    selection = EpochSelection(patience=2, metric="log_loss")
+    selection.start_from(None, epoch_score(0.78, 0.60))
+    figures = ((1, 0.83, 0.55), (2, 0.85, 0.58), (3, 0.86, 0.57), (4, 0.87, 0.56))
+    stops = [selection.record(e, epoch_score(a, loss), 0.5, None) for e, a, loss in figures]
+    assert stops == [False, False, True, True]  # epochs 2 and 3 beat no loss of 0.55
+    summary = selection.summary()
+    assert summary["selected_epoch"] == 1 and summary["val_auroc"] == 0.83
+    assert [h["val_log_loss"] for h in summary["history"]] == [0.60, 0.55, 0.58, 0.57, 0.56]
+
+
+def test_balanced_log_loss_is_sklearns_with_balanced_weights():
+    rng = np.random.default_rng(0)
+    y = (rng.random(60) < 0.2).astype(int)
+    p = rng.uniform(0.01, 0.99, 60)
+    weights = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+    assert balanced_log_loss(y, p) == pytest.approx(log_loss(y, p, sample_weight=weights))
+    # Each class counts half whatever its share: duplicating the negatives changes nothing.
+    twice = np.concatenate([np.flatnonzero(y == 0)] * 2 + [np.flatnonzero(y == 1)])
+    assert balanced_log_loss(y[twice], p[twice]) == pytest.approx(balanced_log_loss(y, p))
+    # A certain error costs a bounded amount (clipped), not infinity.
+    assert np.isfinite(balanced_log_loss(np.array([0, 1]), np.array([1.0, 0.0])))
+
+
+def overconfident_or_calibrated(labels: np.ndarray):
+    """A fit_score whose "sharp" candidate ranks the visits a little better than "soft" but
+    says 0 or 1 to each (its few errors certain); "soft" gives moderate probabilities."""
+
+    def fit_score(params: dict, train: np.ndarray, val: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([int(val[0]), int(val.size)])
+        noise = rng.normal(0.0, 1.0, val.size)
+        if params["kind"] == "sharp":
+            return (labels[val] - 0.5 + 0.45 * noise > 0).astype(float)
+        return expit(labels[val] - 0.5 + 0.8 * noise)
+
+    return fit_score
+
+
+def test_log_loss_selection_turns_down_the_overconfident_candidate_auroc_prefers():
+    data = layout(n_patients=80, seed=7)
+    y = data["labels"]
+    fit_score = overconfident_or_calibrated(y)
+    grid = [{"kind": "soft"}, {"kind": "sharp"}]
+    by_auroc, table = cross_validate(fit_score, y, folds_of(data, folds=4, repeats=2), grid)
+    soft, sharp = table
+    assert sharp["cv_auroc"] > soft["cv_auroc"] and sharp["cv_log_loss"] > soft["cv_log_loss"]
+    assert by_auroc == {"kind": "sharp"}
+    folds = folds_of(data, folds=4, repeats=2, metric="log_loss")
+    assert folds.describe()["metric"] == "log_loss"
+    by_loss, table_by_loss = cross_validate(fit_score, y, folds, grid)
+    assert by_loss == {"kind": "soft"} and table_by_loss == table  # the same figures
+    for row in table:
+        losses = [balanced_log_loss(y[val], fit_score(row["params"], train, val))
+                  for train, val in folds.splits]  # fmt: skip
+        assert row["cv_log_loss"] == pytest.approx(np.mean(losses), abs=1e-12)
+        assert row["cv_log_loss_se"] == pytest.approx(fold_mean_and_se(losses)[1], abs=1e-12)
+
+
+def test_an_unknown_metric_is_refused():
+    with pytest.raises(ValueError, match="metric"):
+        folds_of(layout(seed=1), metric="brier")
+    with pytest.raises(ValueError, match="metric"):
+        epoch_score(0.8).key("brier")
 
 
 def test_c_grid_runs_from_strong_to_weak_regularization():
