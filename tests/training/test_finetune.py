@@ -251,7 +251,8 @@ def test_cv_selection_chooses_on_folds_and_refits_on_every_label(
         return original(self, config, epoch)
 
     monkeypatch.setattr(classifier_loop.Fold, "train_epoch", recording)
-    summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", _cv_config(mode=mode))
+    config = _cv_config(mode=mode, cv_metric="auroc")
+    summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", config)
     assert summary["selection"] == {
         "protocol": "cv", "folds": 3, "repeats": 1, "rule": "best", "metric": "auroc"
     }  # fmt: skip
