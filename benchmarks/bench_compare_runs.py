@@ -14,7 +14,7 @@ RUN/predictions-READOUT.parquet). `--model-b` sets side B's model, one for every
 `--models` (SSL under one readout against the scratch transformer of another run, say).
 
 usage: python benchmarks/bench_compare_runs.py RUN_A[,RUN_A2,...] RUN_B[,RUN_B2,...] \
-           [--models ssl,scratch] [--model-b scratch] [--n-boot 500]
+           [--models ssl,scratch] [--model-b scratch] [--n-boot 500] [--cells]
 """
 
 from __future__ import annotations
@@ -72,11 +72,15 @@ def compare(a: list[pl.DataFrame], b: list[pl.DataFrame], model: str, budget: st
                 fail(f"{model} at {budget}: the runs scored other test visits or labels")
     runs_a, runs_b = (np.stack([scores for *_, scores in side]) for side in sides)
     paired = multi_bootstrap_difference(auroc, y, runs_a, runs_b, groups, n_boot=n_boot)
-    return {
-        "a": float(np.mean([auroc(y, p) for run in runs_a for p in run])),
-        "b": float(np.mean([auroc(y, p) for run in runs_b for p in run])),
-        **paired,
-    }
+    # cells: each run's AUROC per label subset (seed), the figures the means average
+    cells_a, cells_b = ([[auroc(y, p) for p in run] for run in runs] for runs in (runs_a, runs_b))
+    return {"a": float(np.mean(cells_a)), "b": float(np.mean(cells_b)),
+            "cells_a": cells_a, "cells_b": cells_b, **paired}  # fmt: skip
+
+
+def format_cells(cells: list[list[float]]) -> str:
+    """Each run's per-seed AUROCs: seeds joined by " / ", runs by " ; "."""
+    return " ; ".join(" / ".join(f"{v:.3f}" for v in run) for run in cells)
 
 
 def main() -> None:
@@ -86,6 +90,8 @@ def main() -> None:
     parser.add_argument("--models", default="ssl,scratch")
     parser.add_argument("--model-b", help="side B's model for every model of --models")
     parser.add_argument("--n-boot", type=int, default=500)
+    parser.add_argument("--cells", action="store_true",
+                        help="also print each run's AUROC per label subset (seed)")  # fmt: skip
     args = parser.parse_args()
     a, b = ([read_predictions(Path(run)) for run in side.split(",")]
             for side in (args.run_a, args.run_b))  # fmt: skip
@@ -101,6 +107,9 @@ def main() -> None:
             difference = f"{r['difference']:+.3f} ({low:+.3f}, {high:+.3f})"
             print(f"| {model} | {budget} | {r['a']:.3f} | {r['b']:.3f} | {difference} | "
                   f"{r['p_value']:.3f} |")  # fmt: skip
+            if args.cells:
+                print(f"| {model} per subset | {budget} | {format_cells(r['cells_a'])} | "
+                      f"{format_cells(r['cells_b'])} | | |")  # fmt: skip
 
 
 if __name__ == "__main__":
