@@ -49,7 +49,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from ehr_ssl.config import CV_METRICS, CV_RULES, READOUTS
+from ehr_ssl.config import CV_METRICS, CV_RULES, READOUTS, FinetuneConfig
 from ehr_ssl.evaluation.baselines import fit_counts_baseline_cv, predict_proba
 from ehr_ssl.evaluation.tabular import TabularSpec
 from ehr_ssl.model.encoder import EHREncoder, pooled_dim, readout_dim
@@ -307,12 +307,13 @@ def main() -> None:
                         "that select nothing: the nearest centroid, Ledoit-Wolf shrinkage LDA, "
                         "and LDA with the covariance of every labeled train visit (labels "
                         "unread)")  # fmt: skip
-    parser.add_argument("--cv-rule", default="best", choices=CV_RULES,
-                        help="finetune.cv_rule of every probe and baseline [best]")  # fmt: skip
-    parser.add_argument("--cv-metric", default="auroc", choices=CV_METRICS,
-                        help="finetune.cv_metric of every probe and baseline [auroc]")  # fmt: skip
-    parser.add_argument("--cv-repeats", type=int, default=1,
-                        help="finetune.cv_repeats of every probe and baseline [1]")  # fmt: skip
+    defaults = FinetuneConfig()  # the pipeline's: one place declares them
+    parser.add_argument("--cv-rule", default=defaults.cv_rule, choices=CV_RULES,
+                        help="finetune.cv_rule of every probe and baseline")  # fmt: skip
+    parser.add_argument("--cv-metric", default=defaults.cv_metric, choices=CV_METRICS,
+                        help="finetune.cv_metric of every probe and baseline")  # fmt: skip
+    parser.add_argument("--cv-repeats", type=int, default=defaults.cv_repeats,
+                        help="finetune.cv_repeats of every probe and baseline")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.cv_repeats < 1:

@@ -79,6 +79,8 @@ class EpochSelection:
     best_state: dict | None = None
     best_score: float = -math.inf
     history: list[dict] = field(default_factory=list)
+    scores: list[FoldScore] = field(default_factory=list)
+    """Every epoch's score, in `history`'s order (what `summary` chooses from)."""
     stale: int = 0
 
     def start_from(self, model: nn.Module | None, score: FoldScore) -> None:
@@ -88,6 +90,7 @@ class EpochSelection:
         if model is not None:
             self.best_state = copy.deepcopy(model.state_dict())
         self.history.append({"epoch": 0, **score.record(), "last_loss": None})
+        self.scores.append(score)
 
     def record(
         self, epoch: int, score: FoldScore, last_loss: float, model: nn.Module | None
@@ -95,27 +98,22 @@ class EpochSelection:
         """Score an epoch (keeping the state if it is the best and `model` is given); True
         once patience runs out."""
         self.history.append({"epoch": epoch, **score.record(), "last_loss": last_loss})
-        if score.key(self.metric)[0] > self.best_score:
+        self.scores.append(score)
+        value = score.key(self.metric)[0]
+        if value > self.best_score:
             if model is not None:
                 self.best_state = copy.deepcopy(model.state_dict())
-            self.best_score, self.stale = score.key(self.metric)[0], 0
+            self.best_score, self.stale = value, 0
             return False
         self.stale += 1
         return self.stale >= self.patience
 
     def summary(self) -> dict:
         """The selected epoch (under `rule`), its AUROC and the history."""
-        keys = [_history_key(h, self.metric) for h in self.history]
+        keys = [score.key(self.metric) for score in self.scores]
         chosen = self.history[choose(*zip(*keys, strict=True), self.rule)]
         return {"selected_epoch": chosen["epoch"], "val_auroc": chosen["val_auroc"],
                 "history": self.history}  # fmt: skip
-
-
-def _history_key(entry: dict, metric: str) -> tuple[float, float]:
-    """A history entry's (mean, standard error) of `metric`, higher is better."""
-    score = FoldScore(entry["val_auroc"], entry["val_se"], entry["val_log_loss"],
-                      entry["val_log_loss_se"])  # fmt: skip
-    return score.key(metric)
 
 
 def _optimizer_groups(model: AdmissionClassifier, config: FinetuneConfig) -> list[dict]:
