@@ -15,7 +15,7 @@ usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            [--readouts pooled,segments] [--tabular logistic,lightgbm] [--with-current-visit] \
            [--pca 8,16,32] [--forecast-codes 64,256] [--random-features 256,1024] \
            [--latent-work WORK] [--global-scale] [--heads] [--cv-rule best|one_se] \
-           [--cv-metric auroc|log_loss] \
+           [--cv-metric auroc|log_loss] [--penalty-selection cv|evidence] \
            [--cv-repeats N] [--json FILE]
 
 `--pca` and `--forecast-codes` try two unsupervised priors on the direction a few labels must
@@ -49,7 +49,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from ehr_ssl.config import CV_METRICS, CV_RULES, READOUTS, FinetuneConfig
+from ehr_ssl.config import CV_METRICS, CV_RULES, PENALTY_SELECTIONS, READOUTS, FinetuneConfig
 from ehr_ssl.evaluation.baselines import fit_counts_baseline_cv, predict_proba
 from ehr_ssl.evaluation.tabular import TabularSpec
 from ehr_ssl.model.encoder import EHREncoder, pooled_dim, readout_dim
@@ -78,12 +78,13 @@ def probe_curve(
     cv_rule: str = "best",
     cv_repeats: int = 1,
     cv_metric: str = "auroc",
+    penalty_selection: str = "cv",
 ) -> dict[int, list[float]]:
     """Test AUROCs of the cv-selected probe at each budget, one per label subset (subset k of
     every budget drawn with seed 100 + k, its folds with seed k, so every encoder gets the same
     ones). `fit_cv(x, y, folds)` fits one model and returns `(x_test -> scores)`; the default
-    is the pipeline's probe. `cv_rule`, `cv_repeats` and `cv_metric` are `finetune.cv_rule`,
-    `finetune.cv_repeats` and `finetune.cv_metric` (the pipeline's defaults).
+    is the pipeline's probe. `cv_rule`, `cv_repeats`, `cv_metric` and `penalty_selection` are
+    the `finetune` settings of those names (the pipeline's defaults).
     Shape: x (N, D)."""
     fit_cv = fit_cv or probe_fit
     out = {}
@@ -94,7 +95,7 @@ def probe_curve(
             rows = np.sort(draw.choice(len(y_train), budget, replace=False))
             folds = cv_folds(y_train[rows], groups[rows], ids[rows], folds=5, repeats=cv_repeats,
                              seed=k, setting="bench_probe", rule=cv_rule,
-                             metric=cv_metric)  # fmt: skip
+                             metric=cv_metric, penalty=penalty_selection)  # fmt: skip
             score = fit_cv(x_train[rows], y_train[rows], folds)
             aurocs.append(float(roc_auc_score(y_test, score(x_test))))
         out[budget] = aurocs
@@ -184,7 +185,7 @@ def tabular_rows(tokens: Path, y: dict, groups, ids, budgets: dict, kinds: list[
                  cv: dict | None = None) -> list:  # fmt: skip
     """The tabular baseline (`TabularSpec` features of the same visits) under each of `kinds`,
     on the same label subsets and folds as the encoders: the reference the probes must beat.
-    `cv`: `probe_curve`'s cv_rule, cv_repeats and cv_metric."""
+    `cv`: `probe_curve`'s cv settings."""
     spec = TabularSpec.from_tokens(tokens)
     x = {s: spec.features(read_split(tokens, s).filter(pl.col("labeled"))) for s in y}
     rows = []
@@ -312,13 +313,21 @@ def main() -> None:
                         help="finetune.cv_rule of every probe and baseline")  # fmt: skip
     parser.add_argument("--cv-metric", default=defaults.cv_metric, choices=CV_METRICS,
                         help="finetune.cv_metric of every probe and baseline")  # fmt: skip
+    parser.add_argument("--penalty-selection", default=defaults.penalty_selection,
+                        choices=PENALTY_SELECTIONS, help="finetune.penalty_selection of every "
+                        "probe and logistic baseline")  # fmt: skip
     parser.add_argument("--cv-repeats", type=int, default=defaults.cv_repeats,
                         help="finetune.cv_repeats of every probe and baseline")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.cv_repeats < 1:
         parser.error("--cv-repeats must be at least 1")
-    cv = {"cv_rule": args.cv_rule, "cv_repeats": args.cv_repeats, "cv_metric": args.cv_metric}
+    cv = {
+        "cv_rule": args.cv_rule,
+        "cv_repeats": args.cv_repeats,
+        "cv_metric": args.cv_metric,
+        "penalty_selection": args.penalty_selection,
+    }
     torch.set_num_threads(2)
     sizes, subsets = args.budgets.split(","), args.subsets.split(",")
     if len(sizes) != len(subsets):

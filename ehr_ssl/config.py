@@ -524,6 +524,8 @@ SELECTIONS = ("auto", "cv", "holdout")
 CV_RULES = ("best", "one_se")
 # What the folds of cv selection score (`ehr_ssl.training.selection.FoldScore`).
 CV_METRICS = ("auroc", "log_loss")
+# How an L2 logistic model's penalty is chosen under cv selection (`ehr_ssl.training.selection`).
+PENALTY_SELECTIONS = ("cv", "evidence")
 
 
 @dataclass
@@ -578,6 +580,13 @@ class FinetuneConfig:
     logistic regression's C) but moved the seven models' mean test AUROC by -0.001 to +0.002
     and helped only the scratch transformer on both (benchmarks/README.md, "Selection by
     log-loss"), so it is an option, not the default."""
+    penalty_selection: str = field(default="cv", metadata={"choices": PENALTY_SELECTIONS})
+    """How every L2 logistic model (the probe, also inside full fine-tuning; the counts and
+    tabular logistic regressions; the hybrid) chooses its penalty C under cv selection: "cv"
+    (by the folds, as `cv_rule` and `cv_metric` say) or "evidence" (the highest marginal
+    likelihood of the budget's labels under the model's Gaussian prior, every label read at
+    once; `selection.log_evidence_bound`). The epoch, probe versus fine-tuning and the GBM's
+    trees are chosen by the folds under either; holdout selection is unchanged."""
     weight_decay: float = 0.01
     """AdamW decay of the weight matrices."""
     head_dropout: float = 0.1
@@ -620,6 +629,7 @@ class FinetuneConfig:
         check_count(self.cv_max_labels, "finetune.cv_max_labels", high=MAX_BATCH)
         check_choice(self.cv_rule, CV_RULES, "finetune.cv_rule")
         check_choice(self.cv_metric, CV_METRICS, "finetune.cv_metric")
+        check_choice(self.penalty_selection, PENALTY_SELECTIONS, "finetune.penalty_selection")
         check_range(self.learning_rate, 1e-9, 10, "finetune.learning_rate")
         check_range(self.encoder_lr_ratio, 0, 10, "finetune.encoder_lr_ratio")
         check_range(self.weight_decay, 0, 10, "finetune.weight_decay")

@@ -90,6 +90,10 @@ def test_defaults_round_trip_through_dict():
             lambda: FinetuneConfig(cv_metric="deviance"),
             "column 'finetune.cv_metric': must be one of auroc, log_loss, got 'deviance'",
         ),
+        (
+            lambda: FinetuneConfig(penalty_selection="aic"),
+            "column 'finetune.penalty_selection': must be one of cv, evidence, got 'aic'",
+        ),
     ],
 )
 def test_invalid_values_raise_clear_errors(make, message):

@@ -27,7 +27,13 @@ from ehr_ssl.tokens.vocab import (
     NOT_EVENT_IDS,
     SEGMENT_CURRENT,
 )
-from ehr_ssl.training.selection import C_GRID, Folds, chosen_cv_auroc, cross_validate
+from ehr_ssl.training.selection import (
+    C_GRID,
+    Folds,
+    chosen_cv_auroc,
+    cross_validate,
+    log_evidence_bound,
+)
 
 # The selection AUROC (cv or holdout, `ehr_ssl.training.selection`) picks one candidate per
 # grid. The logistic grid is wide (1e-4 .. 1e2): at 100 labels strong regularization wins.
@@ -344,7 +350,8 @@ def fit_counts_baseline_cv(
         return predict_proba(pipeline.fit(X[train], y[train]), X[val])
 
     candidates = list(ParameterGrid(dict(GRIDS[kind]) if grid is None else grid))
-    params, table = cross_validate(fit_score, y, folds, candidates)
+    evidence = None if kind == "lightgbm" else _evidence_of(kind, X, y, n_counts=n_counts)
+    params, table = cross_validate(fit_score, y, folds, candidates, evidence)
     best = _make_pipeline(kind, params, seed=seed, n_counts=n_counts).fit(X, y)
     record = {
         "kind": kind,
@@ -359,10 +366,29 @@ def fit_counts_baseline_cv(
                 "val_se": r["cv_se"],
                 "val_log_loss": r["cv_log_loss"],
             }
+            | ({"log_evidence": r["log_evidence"]} if "log_evidence" in r else {})
             for r in table
         ],  # fmt: skip
     }
     return best, _with_kept_features(record, best)
+
+
+def _evidence_of(kind: BaselineKind, X: sp.csr_matrix, y: np.ndarray, *, n_counts: int):
+    """params -> the log evidence of a logistic kind on every row (`log_evidence_bound`), the
+    rows as the candidate's own scaling steps read them; one gram per scaling (the hybrid's
+    vector_weight), C read off the grid point."""
+    grams: dict[tuple, np.ndarray] = {}
+
+    def evidence(params: dict) -> float:
+        scaling = {k: v for k, v in params.items() if k != "C"}
+        key = tuple(sorted(scaling.items()))
+        if key not in grams:
+            steps = _make_pipeline(kind, scaling, seed=0, n_counts=n_counts)[:-1]
+            z = sp.csr_matrix(steps.fit_transform(X, y))
+            grams[key] = (z @ z.T).toarray()
+        return log_evidence_bound(grams[key], y, params["C"])
+
+    return evidence
 
 
 def _check_kind(kind: str) -> None:

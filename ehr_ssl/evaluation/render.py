@@ -164,7 +164,7 @@ def _label_efficiency_lines(report: dict[str, Any]) -> list[str]:
 
 def _selection_lines(selection: dict[str, Any]) -> list[str]:
     """What was chosen for each model at each budget and seed, on the budget's labels only:
-    the protocol (cv folds x repeats, the one-SE rule and the metric, or holdout), the
+    the protocol (cv folds x repeats, the one-SE rule, the metric and the evidence, or holdout), the
     selection AUROC (the chosen candidate's mean fold AUROC) and the choice."""
     lines = ["", "## Model selection (on each budget's labels; the test split plays no part)", ""]
     rows = []
@@ -178,6 +178,8 @@ def _selection_lines(selection: dict[str, Any]) -> list[str]:
                 shown += ", one-SE rule"
             if protocol.get("metric") == "log_loss":  # absent before the setting: AUROC
                 shown += ", by log-loss"
+            if protocol.get("penalty") == "evidence":  # absent before the setting: the folds
+                shown += ", C by evidence"
         auroc = _number(choice.get("val_auroc"))
         rows.append([budget_seed, model, shown, auroc, _choice(choice)])
     return lines + _markdown_table(["budget-seed", "model", "protocol", "AUROC", "chosen"], rows)

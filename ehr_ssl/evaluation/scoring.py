@@ -91,6 +91,7 @@ class LabelBudget:
             self.train["visit_id"].to_numpy(), folds=self.config.cv_folds,
             repeats=self.config.cv_repeats, seed=self.seed, setting="finetune.label_budget",
             rule=self.config.cv_rule, metric=self.config.cv_metric,
+            penalty=self.config.penalty_selection,
         )  # fmt: skip
 
 

@@ -353,6 +353,7 @@ def _folds(
         labels, meta["patient_id"].to_numpy(), meta["visit_id"].to_numpy(),
         folds=config.cv_folds, repeats=repeats, seed=config.seed,
         setting="finetune.label_budget", rule=config.cv_rule, metric=config.cv_metric,
+        penalty=config.penalty_selection,
     )  # fmt: skip
 
 

@@ -21,7 +21,13 @@ from ehr_ssl.model.classifier import AdmissionClassifier
 from ehr_ssl.model.encoder import EHRConfig, EHREncoder, readout_dim
 from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.tokens.batching import TokenDataset, collate
-from ehr_ssl.training.selection import C_GRID, Folds, chosen_cv_auroc, cross_validate
+from ehr_ssl.training.selection import (
+    C_GRID,
+    Folds,
+    chosen_cv_auroc,
+    cross_validate,
+    log_evidence_bound,
+)
 
 
 @torch.no_grad()
@@ -171,17 +177,28 @@ def load_probe(finetune_dir: Path, config: EHRConfig) -> tuple[dict[str, torch.T
 def fit_probe_cv(x: np.ndarray, y: np.ndarray, folds: Folds) -> dict:
     """`fit_probe` under cv selection: C chosen from C_GRID by `folds.rule` over the mean fold
     scores of `folds.metric` (each fold standardized on its own train part; `cross_validate`),
-    then the probe refit on every row. Shape: x (N, D), y (N,). Returns `fit_probe`'s keys;
-    val_auroc is the mean fold AUROC of the chosen C."""
+    or by the evidence of every row standardized (`folds.penalty`), then the probe refit on
+    every row. Shape: x (N, D), y (N,). Returns `fit_probe`'s keys; val_auroc is the mean fold
+    AUROC of the chosen C."""
 
     def fit_score(params: dict, train: np.ndarray, val: np.ndarray) -> np.ndarray:
         probe = standardized_logistic(x[train], y[train], params["C"])
         return probe_scores(probe, x[val])
 
-    params, table = cross_validate(fit_score, y, folds, [{"C": c} for c in C_GRID])
+    grams: list[np.ndarray] = []  # the standardized rows' gram, computed once if asked for
+
+    def evidence(params: dict) -> float:
+        if not grams:
+            z = (x - x.mean(0)) / (x.std(0) + 1e-6)  # as standardized_logistic reads them
+            grams.append(z @ z.T)
+        return log_evidence_bound(grams[0], y, params["C"])
+
+    params, table = cross_validate(fit_score, y, folds, [{"C": c} for c in C_GRID], evidence)
     probe = standardized_logistic(x, y, params["C"])
     history = [{"C": row["params"]["C"], "val_auroc": row["cv_auroc"], "val_se": row["cv_se"],
-                "val_log_loss": row["cv_log_loss"]} for row in table]  # fmt: skip
+                "val_log_loss": row["cv_log_loss"]}
+               | ({"log_evidence": row["log_evidence"]} if "log_evidence" in row else {})
+               for row in table]  # fmt: skip
     return probe | {
         "C": params["C"],
         "val_auroc": chosen_cv_auroc(table, params),

@@ -28,6 +28,17 @@ cannot see a weak penalty's overconfident errors, which a proper score charges f
 on two cohorts it steadied the choices but moved the models' mean test AUROC by -0.001 to
 +0.002, the scratch transformer alone gaining on both (benchmarks/README.md, "Selection by
 log-loss"), so AUROC stays the default.
+
+How every L2 logistic model (the probe, the counts and tabular logistic regressions, the hybrid)
+chooses its penalty C under cv selection is `finetune.penalty_selection`: by the folds, as
+every other choice ("cv"), or by the evidence of the budget's labels ("evidence"): the
+marginal likelihood of the labels under the model's own Gaussian prior on its weights
+(variance C), integrated over the weights (type-II maximum likelihood; MacKay 1992; Bishop,
+Pattern Recognition and Machine Learning, 4.4 and 10.6). It reads every label at once, so no
+fold's handful of positives decides, and it charges a weak penalty for the volume of weights
+it allows (the Occam factor), which no held-out score of a subset that happens to reward that
+penalty can. The fine-tuning epoch, probe versus fine-tuning and the GBM's trees stay chosen by
+the folds; every candidate's fold scores are kept under either.
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ehr_ssl.config import CV_METRICS, CV_RULES
+from ehr_ssl.config import CV_METRICS, CV_RULES, PENALTY_SELECTIONS
 from ehr_ssl.errors import InputError
 
 # L2 strengths of every logistic model (probe, counts, hybrid): 1e-4 .. 1e2, half a decade
@@ -49,6 +60,13 @@ C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))
 # Probabilities are clipped this far from 0 and 1 before a log-loss, so that one certain error
 # costs about 16 nats rather than infinity.
 PROBABILITY_FLOOR = 1e-7
+# The intercept's prior under evidence selection: N(0, 10) on the logit scale (a standard
+# deviation of about 3), broad for any base rate, so that the evidence compares the penalties
+# of the weights and the intercept stays almost free, as the fits leave it unpenalized.
+INTERCEPT_PRIOR_VARIANCE = 10.0
+# The variational bound's fixed-point iterations stop when no xi moves by more than this.
+EVIDENCE_TOLERANCE = 1e-8
+EVIDENCE_MAX_ITERATIONS = 500
 
 
 @dataclass(frozen=True)
@@ -63,11 +81,13 @@ class Folds:
     """How a grid point is chosen from the fold scores (`choose`): "best" or "one_se"."""
     metric: str = "auroc"
     """What the folds score (`FoldScore.key`): "auroc" or "log_loss"."""
+    penalty: str = "cv"
+    """How an L2 logistic model's C is chosen (`cross_validate`): "cv" or "evidence"."""
 
     def describe(self) -> dict:
         """What the report says of the protocol."""
         return {"protocol": "cv", "folds": self.n_folds, "repeats": self.n_repeats,
-                "rule": self.rule, "metric": self.metric}  # fmt: skip
+                "rule": self.rule, "metric": self.metric, "penalty": self.penalty}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -138,6 +158,7 @@ def cv_folds(
     setting: str,
     rule: str = "best",
     metric: str = "auroc",
+    penalty: str = "cv",
 ) -> Folds:
     """Repeated stratified K-fold grouped by patient (`groups`), each repeat shuffled by
     `seed` + repeat. The folds are drawn over the rows sorted by `ids` (visit ids), so every
@@ -174,7 +195,9 @@ def cv_folds(
         raise ValueError(f"rule must be one of {CV_RULES}, got {rule!r}")
     if metric not in CV_METRICS:
         raise ValueError(f"metric must be one of {CV_METRICS}, got {metric!r}")
-    return Folds(tuple(splits), k, repeats, rule, metric)
+    if penalty not in PENALTY_SELECTIONS:
+        raise ValueError(f"penalty must be one of {PENALTY_SELECTIONS}, got {penalty!r}")
+    return Folds(tuple(splits), k, repeats, rule, metric, penalty)
 
 
 def cross_validate(
@@ -182,10 +205,14 @@ def cross_validate(
     labels: np.ndarray,
     folds: Folds,
     grid: Sequence[dict],
+    evidence: Callable[[dict], float] | None = None,
 ) -> tuple[dict, list[dict]]:
-    """The grid point chosen by `folds.rule` on `folds.metric` (`choose`; order a grid from
-    the most regularized) and every point's record {"params", "cv_auroc", "cv_se",
-    "cv_log_loss", "cv_log_loss_se"}: the means of its fold figures and their standard errors.
+    """The grid point chosen (order a grid from the most regularized) and every point's record
+    {"params", "cv_auroc", "cv_se", "cv_log_loss", "cv_log_loss_se"}: the means of its fold
+    figures and their standard errors. The point is the one of highest `evidence(params)`
+    (an L2 logistic model's log evidence on every label, `log_evidence_bound`; recorded as
+    "log_evidence") when `folds.penalty` is "evidence" and the model has one; otherwise the
+    one `folds.rule` chooses on `folds.metric` (`choose`).
 
     `fit_score(params, train, val)` fits on the positions `train` and returns P(admission) of
     the positions `val`. Shape: labels (N,)."""
@@ -194,10 +221,15 @@ def cross_validate(
         FoldScore.of([(y[val], fit_score(params, train, val)) for train, val in folds.splits])
         for params in grid
     ]
-    chosen = choose(*zip(*(s.key(folds.metric) for s in scores), strict=True), folds.rule)
     table = [{"params": dict(params), "cv_auroc": score.auroc, "cv_se": score.auroc_se,
               "cv_log_loss": score.log_loss, "cv_log_loss_se": score.log_loss_se}
              for params, score in zip(grid, scores, strict=True)]  # fmt: skip
+    if folds.penalty == "evidence" and evidence is not None:
+        for row in table:
+            row["log_evidence"] = evidence(row["params"])
+        chosen = int(np.argmax([row["log_evidence"] for row in table]))  # ties: the first
+    else:
+        chosen = choose(*zip(*(s.key(folds.metric) for s in scores), strict=True), folds.rule)
     return table[chosen]["params"], table
 
 
@@ -224,3 +256,44 @@ def choose(means: Sequence[float], ses: Sequence[float], rule: str) -> int:
         return best
     floor = means[best] - ses[best]
     return next(i for i, mean in enumerate(means) if mean >= floor)
+
+
+def log_evidence_bound(gram: np.ndarray, labels: np.ndarray, c: float) -> float:
+    """A lower bound on the log evidence log p(labels | X, C) of a balanced L2 logistic
+    regression: weights ~ N(0, C I) (sklearn's C, the penalty |w|^2 / 2C), intercept ~
+    N(0, INTERCEPT_PRIOR_VARIANCE), each visit's log-likelihood weighted as class_weight
+    "balanced" weights it. The Jaakkola-Jordan (2000) bound makes each log sigmoid quadratic
+    in the logit, so the weights integrate in closed form; its variational parameters xi
+    (one per visit) are set by their EM fixed point. Unlike the Laplace approximation at the
+    fitted weights, it does not reward a penalty weak enough to separate the labels: the
+    Laplace curvature vanishes there, and with it the Occam factor. In the dual form (N x N),
+    so its cost does not grow with the features' width.
+
+    Shape: gram (N, N) = X X^T of the features as the model reads them (standardized,
+    scaled); labels (N,) 0/1 holding both classes."""
+    y = np.asarray(labels).astype(bool)
+    n = len(y)
+    weight = np.where(y, n / (2 * y.sum()), n / (2 * (~y).sum()))
+    half_signed = weight * np.where(y, 0.5, -0.5)  # the bound's linear term in the logit
+    prior = c * np.asarray(gram, dtype=np.float64) + INTERCEPT_PRIOR_VARIANCE  # cov of logits
+    xi = np.ones(n)
+    for _ in range(EVIDENCE_MAX_ITERATIONS):
+        system, posterior = _bound_posterior(prior, weight, xi)
+        moved, xi = xi, np.sqrt(np.diag(posterior) + (posterior @ half_signed) ** 2)
+        if np.max(np.abs(xi - moved)) < EVIDENCE_TOLERANCE:
+            break
+    system, posterior = _bound_posterior(prior, weight, xi)
+    lam = np.tanh(xi / 2) / (4 * xi)
+    bound = np.sum(weight * (-np.logaddexp(0, -xi) - xi / 2 + lam * xi**2))
+    quadratic = half_signed @ posterior @ half_signed / 2
+    return float(bound + quadratic - np.linalg.slogdet(system)[1] / 2)
+
+
+def _bound_posterior(
+    prior: np.ndarray, weight: np.ndarray, xi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """I + L K and the logits' posterior covariance K (I + L K)^-1 under the Jaakkola-Jordan
+    bound at `xi` (L: each visit's curvature 2 lambda(xi), weighted). Shape: (N, N) each."""
+    curvature = weight * np.tanh(xi / 2) / (2 * xi)
+    system = np.eye(len(xi)) + curvature[:, None] * prior
+    return system, np.linalg.solve(system.T, prior.T).T

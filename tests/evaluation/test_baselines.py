@@ -4,6 +4,8 @@ the hybrid's scaler and grid, a beats-chance check and label budgets."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
 from itertools import product
 from pathlib import Path
 
@@ -32,7 +34,7 @@ from ehr_ssl.evaluation.baselines import (
 from ehr_ssl.tokens.shards import read_split
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import CLS_ID, HIST_ID, MASK_ID, NOT_EVENT_IDS, PAD_ID, UNK_ID, VISIT_ID
-from ehr_ssl.training.selection import C_GRID, Folds, choose, cv_folds
+from ehr_ssl.training.selection import C_GRID, Folds, choose, cv_folds, log_evidence_bound
 
 V, N_BINS = 10, 3  # hand-made vocabulary: ids 0-5 special, 6-9 codes
 GRIDS = {"logistic": LOGISTIC_GRID, "lightgbm": LIGHTGBM_GRID}
@@ -449,6 +451,38 @@ def test_hybrid_under_cv(hybrid_data: dict, train_folds: Folds):
     assert record["protocol"] == "cv" and "n_features_kept" not in record
     assert estimator.named_steps["scale"].n_counts == hybrid_data["n_counts"]
     assert estimator.named_steps["scale"].vector_weight == record["chosen"]["vector_weight"]
+
+
+@pytest.mark.parametrize("kind", ["logistic", "hybrid", "lightgbm"])
+def test_evidence_selection_chooses_a_logistic_c_and_leaves_the_trees_to_the_folds(
+    hybrid_data: dict, train_folds: Folds, kind: str
+):
+    X, y = hybrid_data["train"]
+    n_counts = hybrid_data["n_counts"]
+    if kind == "logistic":
+        X = X[:, :n_counts]
+    grid = CV_GRIDS.get(kind, {"C": [1e-3, 1.0], "vector_weight": [0.1, 1.0]})
+    evidence_folds = replace(train_folds, penalty="evidence")
+    fit = partial(fit_counts_baseline_cv, kind, X, y, seed=0, grid=grid, n_counts=n_counts)
+    (_, by_folds), (estimator, by_evidence) = fit(train_folds), fit(evidence_folds)
+    assert by_evidence["penalty"] == "evidence"
+    drop = "log_evidence"
+    assert [{k: v for k, v in c.items() if k != drop} for c in by_evidence["candidates"]] == (
+        by_folds["candidates"]
+    )  # the same fold figures
+    if kind == "lightgbm":  # no evidence: the folds choose
+        assert by_evidence["chosen"] == by_folds["chosen"]
+        assert all(drop not in c for c in by_evidence["candidates"])
+        return
+    for candidate in by_evidence["candidates"]:  # each on every row, as its steps scale them
+        steps = _make_pipeline(kind, {**candidate["params"], "C": 1.0}, seed=0,
+                               n_counts=n_counts)[:-1]  # fmt: skip
+        z = sp.csr_matrix(steps.fit_transform(X, y))
+        expected = log_evidence_bound((z @ z.T).toarray(), y, candidate["params"]["C"])
+        assert candidate[drop] == pytest.approx(expected, rel=1e-9)
+    best = max(by_evidence["candidates"], key=lambda c: c[drop])
+    assert by_evidence["chosen"] == best["params"]
+    assert best["params"]["C"] == estimator.named_steps["model"].C
 
 
 @pytest.fixture(scope="module")

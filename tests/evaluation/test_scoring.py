@@ -159,7 +159,8 @@ def test_every_model_gets_the_same_visits(test_split, budget, probe_dir):
     for choice in chosen.values():  # every model chose on the budget's labels, in cv folds
         assert choice["val_auroc"] is not None
         assert choice["selection"] == {"protocol": "cv", "folds": 3, "repeats": 1, "rule": "best",
-                                       "metric": budget.config.cv_metric}  # fmt: skip
+                                       "metric": budget.config.cv_metric,
+                                       "penalty": budget.config.penalty_selection}  # fmt: skip
     assert set(chosen["ssl_plus_counts"]["chosen"]) == {"C", "vector_weight"}
 
 
@@ -228,7 +229,8 @@ def test_the_tabular_baselines_select_in_the_budgets_folds_blind_to_test_labels(
     scores, chosen = score_tabular(name, test_split, budget)
     assert scores.shape == (test_split.rows.height,) and ((scores >= 0) & (scores <= 1)).all()
     assert chosen["selection"] == {"protocol": "cv", "folds": 3, "repeats": 1, "rule": "best",
-                                   "metric": budget.config.cv_metric}  # fmt: skip
+                                   "metric": budget.config.cv_metric,
+                                   "penalty": budget.config.penalty_selection}  # fmt: skip
     assert set(chosen["chosen"]) == set(GRIDS[TABULAR[name]])
     flipped_scores, flipped_chosen = score_tabular(name, flipped, budget)
     np.testing.assert_array_equal(scores, flipped_scores)

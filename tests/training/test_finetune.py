@@ -254,7 +254,8 @@ def test_cv_selection_chooses_on_folds_and_refits_on_every_label(
     config = _cv_config(mode=mode, cv_metric="auroc")
     summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", config)
     assert summary["selection"] == {
-        "protocol": "cv", "folds": 3, "repeats": 1, "rule": "best", "metric": "auroc"
+        "protocol": "cv", "folds": 3, "repeats": 1, "rule": "best", "metric": "auroc",
+        "penalty": "cv",
     }  # fmt: skip
     assert (summary["train_labeled"], summary["val_labeled"]) == (60, 0)
     history = summary["history"]  # every candidate's mean fold AUROC and its standard error
@@ -291,6 +292,24 @@ def test_cv_selection_by_log_loss_keeps_the_lowest_mean_fold_loss(
         summary["selected_C" if mode == "linear-probe" else "selected_epoch"]
         == chosen["C" if mode == "linear-probe" else "epoch"]
     )
+
+
+@pytest.mark.parametrize("mode", ["full", "linear-probe"])
+def test_evidence_chooses_the_probes_c_and_the_folds_the_epoch(
+    cohort_tokens, encoder_dir, tmp_path, mode
+):
+    config = _cv_config(mode=mode, penalty_selection="evidence")
+    summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", config)
+    assert summary["selection"]["penalty"] == "evidence"
+    history = summary["history"]
+    if mode == "linear-probe":
+        evidence = [h["log_evidence"] for h in history]
+        assert all(np.isfinite(evidence))
+        assert summary["selected_C"] == history[int(np.argmax(evidence))]["C"]
+        return
+    assert all("log_evidence" not in h for h in history)  # epochs: the folds choose
+    aurocs = [h["val_auroc"] for h in history]
+    assert summary["selected_epoch"] == history[int(np.argmax(aurocs))]["epoch"]
 
 
 def test_cv_selection_reads_neither_val_nor_test(cohort_tokens, encoder_dir, tmp_path, monkeypatch):

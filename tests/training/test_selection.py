@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.special import expit
+from scipy.special import expit, log_expit
 from sklearn.metrics import log_loss, roc_auc_score
 
 from ehr_ssl.errors import InputError
@@ -20,6 +20,7 @@ from ehr_ssl.training.selection import (
     cross_validate,
     cv_folds,
     fold_mean_and_se,
+    log_evidence_bound,
     resolve_selection,
 )
 
@@ -55,7 +56,8 @@ def test_folds_are_grouped_stratified_and_cover_every_row_once_per_repeat():
     folds = folds_of(data, folds=4, repeats=3)
     assert (folds.n_folds, folds.n_repeats) == (4, 3)
     assert folds.describe() == {
-        "protocol": "cv", "folds": 4, "repeats": 3, "rule": "best", "metric": "auroc"
+        "protocol": "cv", "folds": 4, "repeats": 3, "rule": "best", "metric": "auroc",
+        "penalty": "cv",
     }  # fmt: skip
     assert len(folds.splits) == 4 * 3
     for train, val in folds.splits:
@@ -335,3 +337,74 @@ def test_c_grid_runs_from_strong_to_weak_regularization():
 )
 def test_resolve_selection(selection: str, budget, n_labels: int, expected: str):
     assert resolve_selection(selection, budget, n_labels, 1000) == expected
+
+
+def numerical_log_evidence(x: np.ndarray, y: np.ndarray, c: float) -> float:
+    """log p(y | x, C) of the balanced logistic model with one feature, integrated over the
+    weight (prior N(0, C)) and the intercept (N(0, INTERCEPT_PRIOR_VARIANCE)) on a grid."""
+    from ehr_ssl.training.selection import INTERCEPT_PRIOR_VARIANCE as var_b
+
+    n = len(y)
+    weight = np.where(y == 1, n / (2 * y.sum()), n / (2 * (n - y.sum())))
+    sign = np.where(y == 1, 1.0, -1.0)
+    w = np.linspace(-8, 8, 801) * np.sqrt(c) if c < 1 else np.linspace(-30, 30, 1201)
+    b = np.linspace(-12, 12, 481)
+    ww, bb = np.meshgrid(w, b, indexing="ij")
+    log_joint = -(ww**2) / (2 * c) - np.log(2 * np.pi * c) / 2
+    log_joint += -(bb**2) / (2 * var_b) - np.log(2 * np.pi * var_b) / 2
+    for i in range(n):
+        log_joint += weight[i] * log_expit(sign[i] * (ww * x[i] + bb))
+    top = log_joint.max()
+    return float(top + np.log(np.exp(log_joint - top).sum() * (w[1] - w[0]) * (b[1] - b[0])))
+
+
+def test_log_evidence_bound_is_a_tight_lower_bound_on_the_integrated_evidence():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=30)
+    y = (x + 0.7 * rng.normal(size=30) > 0.3).astype(np.int64)
+    grid = [0.01, 0.1, 1.0, 10.0, 100.0]
+    exact = [numerical_log_evidence(x, y, c) for c in grid]
+    bound = [log_evidence_bound(np.outer(x, x), y, c) for c in grid]
+    for e, lower in zip(exact, bound, strict=True):
+        assert lower <= e + 1e-6 and e - lower < 0.7  # a bound, and a tight one
+    assert int(np.argmax(bound)) == int(np.argmax(exact)) == 3  # the same C wins
+
+
+def test_evidence_supports_a_weak_penalty_only_where_the_labels_follow_the_features():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 20))
+    noise = (rng.random(100) < 0.4).astype(np.int64)
+    signal = (x[:, :3].sum(1) + rng.normal(size=100) > 0).astype(np.int64)
+    on_noise, on_signal = (
+        np.array([log_evidence_bound(x @ x.T, labels, c) for c in C_GRID])
+        for labels in (noise, signal)
+    )
+    assert on_noise.max() - on_noise[0] < 1.0  # nothing beyond the strongest penalty
+    assert on_signal.max() - on_signal[0] > 5.0 and C_GRID[int(np.argmax(on_signal))] >= 0.1
+
+
+def test_evidence_selection_keeps_the_highest_evidence_and_every_fold_figure():
+    data = layout(seed=5)
+    y = data["labels"]
+    fit_score, _ = scores_with_noise(y)
+    grid = [{"noise": n} for n in (3.0, 1.0, 0.3)]
+    by_folds, table = cross_validate(fit_score, y, folds_of(data), grid)
+    evidence = {3.0: -5.0, 1.0: -2.0, 0.3: -4.0}  # the middle point, where the folds say 0.3
+    folds = folds_of(data, penalty="evidence")
+    assert folds.describe()["penalty"] == "evidence"
+    chosen, table_by_evidence = cross_validate(
+        fit_score, y, folds, grid, lambda params: evidence[params["noise"]]
+    )
+    assert by_folds == {"noise": 0.3} and chosen == {"noise": 1.0}
+    assert [row["log_evidence"] for row in table_by_evidence] == [-5.0, -2.0, -4.0]
+    for row, reference in zip(table_by_evidence, table, strict=True):
+        assert {k: v for k, v in row.items() if k != "log_evidence"} == reference
+    # a model with no evidence (the epochs, the GBM's trees): the folds choose
+    assert cross_validate(fit_score, y, folds, grid)[0] == by_folds
+    # under cv the evidence is never computed
+    assert cross_validate(fit_score, y, folds_of(data), grid, lambda p: 1 / 0)[0] == by_folds
+
+
+def test_cv_folds_refuse_an_unknown_penalty_selection():
+    with pytest.raises(ValueError, match="penalty"):
+        folds_of(layout(seed=1), penalty="aic")
