@@ -178,7 +178,8 @@ def _selection_lines(selection: dict[str, Any]) -> list[str]:
                 shown += ", one-SE rule"
             if protocol.get("metric") == "log_loss":  # absent before the setting: AUROC
                 shown += ", by log-loss"
-            if protocol.get("penalty") == "evidence":  # absent before the setting: the folds
+            chose_c = choice.get("selected_C") is not None or "C" in (choice.get("chosen") or {})
+            if protocol.get("penalty") == "evidence" and chose_c:  # absent before the setting
                 shown += ", C by evidence"
         auroc = _number(choice.get("val_auroc"))
         rows.append([budget_seed, model, shown, auroc, _choice(choice)])

@@ -220,10 +220,11 @@ def _fit_and_score(
     score `x_test`. Returns the scores and the choice made."""
     y_train = budget.train["label"].to_numpy()
     if budget.protocol == "cv":
+        folds = budget.folds()
         fitted, record = fit_counts_baseline_cv(
-            kind, features[0], y_train, budget.folds(), seed=budget.seed, n_counts=n_counts
+            kind, features[0], y_train, folds, seed=budget.seed, n_counts=n_counts
         )
-        selection = {k: record[k] for k in ("protocol", "folds", "repeats", "rule", "metric")}
+        selection = folds.describe()
     else:
         fitted, record = fit_counts_baseline(
             kind, features[0], y_train, features[1], budget.val["label"].to_numpy(),

@@ -73,6 +73,11 @@ def test_markdown_says_what_each_model_selected(report: dict) -> None:
             "selected_epoch": 4,
             "selection": one_se | {"metric": "log_loss"},
         },  # fmt: skip
+        "100-seed2/counts_gbm": {
+            "val_auroc": 0.74,
+            "chosen": {"num_leaves": 7},
+            "selection": cv | {"penalty": "evidence"},  # no C: the folds chose its trees
+        },  # fmt: skip
         "100-seed2/ssl_plus_counts": {
             "val_auroc": 0.75,
             "chosen": {"C": 0.01},
@@ -94,6 +99,7 @@ def test_markdown_says_what_each_model_selected(report: dict) -> None:
         "| 100-seed2 | counts_logistic | cv 5 folds x 1, one-SE rule | 0.780 | C=0.001 |",
         "| 100-seed2 | tabular_logistic | cv 5 folds x 1 | 0.770 | C=0.001 |",
         "| 100-seed2 | scratch | cv 5 folds x 1, one-SE rule, by log-loss | 0.760 | epoch 4 |",
+        "| 100-seed2 | counts_gbm | cv 5 folds x 2 | 0.740 | num_leaves=7 |",
         "| 100-seed2 | ssl_plus_counts | cv 5 folds x 2, C by evidence | 0.750 | C=0.01 |",
         "| 300-seed0 | counts_gbm | holdout | 0.700 | num_leaves=7 |",
         "| 300-seed0 | scratch | – | – | – |",
