@@ -580,13 +580,17 @@ class FinetuneConfig:
     logistic regression's C) but moved the seven models' mean test AUROC by -0.001 to +0.002
     and helped only the scratch transformer on both (benchmarks/README.md, "Selection by
     log-loss"), so it is an option, not the default."""
-    penalty_selection: str = field(default="cv", metadata={"choices": PENALTY_SELECTIONS})
+    penalty_selection: str = field(default="evidence", metadata={"choices": PENALTY_SELECTIONS})
     """How every L2 logistic model (the probe, also inside full fine-tuning; the counts and
-    tabular logistic regressions; the hybrid) chooses its penalty C under cv selection: "cv"
-    (by the folds, as `cv_rule` and `cv_metric` say) or "evidence" (the highest marginal
-    likelihood of the budget's labels under the model's Gaussian prior, every label read at
-    once; `selection.log_evidence_bound`). The epoch, probe versus fine-tuning and the GBM's
-    trees are chosen by the folds under either; holdout selection is unchanged."""
+    tabular logistic regressions; the hybrid) chooses its penalty C under cv selection:
+    "evidence" (default: the highest marginal likelihood of the budget's labels under the
+    model's Gaussian prior, every label read at once; `selection.log_evidence_bound`) or "cv"
+    (by the folds, as `cv_rule` and `cv_metric` say). The epoch, probe versus fine-tuning and
+    the GBM's trees are chosen by the folds under either; holdout selection is unchanged.
+    Over three pretrainings of the 20,000-visit cohort the evidence raised every logistic
+    model's mean AUROC at 100 labels (counts logistic +0.012, interval above 0; SSL +0.003,
+    its probe +0.005, tabular logistic +0.004) and moved none down by more than 0.002 at 300
+    (benchmarks/README.md, "The penalty by the evidence")."""
     weight_decay: float = 0.01
     """AdamW decay of the weight matrices."""
     head_dropout: float = 0.1

@@ -255,7 +255,7 @@ def test_cv_selection_chooses_on_folds_and_refits_on_every_label(
     summary = finetune(cohort_tokens, encoder_dir, tmp_path / "ft", config)
     assert summary["selection"] == {
         "protocol": "cv", "folds": 3, "repeats": 1, "rule": "best", "metric": "auroc",
-        "penalty": "cv",
+        "penalty": config.penalty_selection,
     }  # fmt: skip
     assert (summary["train_labeled"], summary["val_labeled"]) == (60, 0)
     history = summary["history"]  # every candidate's mean fold AUROC and its standard error
