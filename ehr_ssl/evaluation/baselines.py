@@ -375,18 +375,21 @@ def fit_counts_baseline_cv(
 
 def _evidence_of(kind: BaselineKind, X: sp.csr_matrix, y: np.ndarray, *, n_counts: int):
     """params -> the log evidence of a logistic kind on every row (`log_evidence_bound`), the
-    rows as the candidate's own scaling steps read them; one gram per scaling (the hybrid's
-    vector_weight), C read off the grid point."""
-    grams: dict[tuple, np.ndarray] = {}
+    rows as the candidate's own scaling steps read them, scaled once per scaling (the hybrid's
+    vector_weight), C read off the grid point; each scaling's last xi starts the next C."""
+    scaled: dict[tuple, sp.csr_matrix] = {}
+    last_xi: dict[tuple, np.ndarray] = {}
 
     def evidence(params: dict) -> float:
         scaling = {k: v for k, v in params.items() if k != "C"}
         key = tuple(sorted(scaling.items()))
-        if key not in grams:
+        if key not in scaled:
             steps = _make_pipeline(kind, scaling, seed=0, n_counts=n_counts)[:-1]
-            z = sp.csr_matrix(steps.fit_transform(X, y))
-            grams[key] = (z @ z.T).toarray()
-        return log_evidence_bound(grams[key], y, params["C"])
+            scaled[key] = sp.csr_matrix(steps.fit_transform(X, y))
+        value, last_xi[key] = log_evidence_bound(
+            scaled[key], y, params["C"], start=last_xi.get(key)
+        )
+        return value
 
     return evidence
 

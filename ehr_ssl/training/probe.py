@@ -185,13 +185,15 @@ def fit_probe_cv(x: np.ndarray, y: np.ndarray, folds: Folds) -> dict:
         probe = standardized_logistic(x[train], y[train], params["C"])
         return probe_scores(probe, x[val])
 
-    grams: list[np.ndarray] = []  # the standardized rows' gram, computed once if asked for
+    state: dict[str, np.ndarray] = {}  # the standardized rows; the last xi, a warm start
 
     def evidence(params: dict) -> float:
-        if not grams:
-            z = (x - x.mean(0)) / (x.std(0) + 1e-6)  # as standardized_logistic reads them
-            grams.append(z @ z.T)
-        return log_evidence_bound(grams[0], y, params["C"])
+        if "rows" not in state:
+            state["rows"] = (x - x.mean(0)) / (x.std(0) + 1e-6)  # as standardized_logistic
+        value, state["xi"] = log_evidence_bound(
+            state["rows"], y, params["C"], start=state.get("xi")
+        )
+        return value
 
     params, table = cross_validate(fit_score, y, folds, [{"C": c} for c in C_GRID], evidence)
     probe = standardized_logistic(x, y, params["C"])

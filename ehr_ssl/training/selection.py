@@ -49,6 +49,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
@@ -66,8 +67,9 @@ PROBABILITY_FLOOR = 1e-7
 # deviation of about 3), broad for any base rate, so that the evidence compares the penalties
 # of the weights and the intercept stays almost free, as the fits leave it unpenalized.
 INTERCEPT_PRIOR_VARIANCE = 10.0
-# The variational bound's fixed-point iterations stop when no xi moves by more than this.
-EVIDENCE_TOLERANCE = 1e-8
+# The variational bound's EM iterations stop when the bound gains less than this (nats): far
+# below the differences between grid points that decide a choice.
+EVIDENCE_TOLERANCE = 1e-4
 EVIDENCE_MAX_ITERATIONS = 500
 
 
@@ -260,42 +262,68 @@ def choose(means: Sequence[float], ses: Sequence[float], rule: str) -> int:
     return next(i for i, mean in enumerate(means) if mean >= floor)
 
 
-def log_evidence_bound(gram: np.ndarray, labels: np.ndarray, c: float) -> float:
+def log_evidence_bound(
+    features, labels: np.ndarray, c: float, *, start: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
     """A lower bound on the log evidence log p(labels | X, C) of a balanced L2 logistic
     regression: weights ~ N(0, C I) (sklearn's C, the penalty |w|^2 / 2C), intercept ~
     N(0, INTERCEPT_PRIOR_VARIANCE), each visit's log-likelihood weighted as class_weight
     "balanced" weights it. The Jaakkola-Jordan (2000) bound makes each log sigmoid quadratic
     in the logit, so the weights integrate in closed form; its variational parameters xi
-    (one per visit) are set by their EM fixed point. Unlike the Laplace approximation at the
-    fitted weights, it does not reward a penalty weak enough to separate the labels: the
-    Laplace curvature vanishes there, and with it the Occam factor. In the dual form (N x N),
-    so its cost does not grow with the features' width.
+    (one per visit) are set by their EM fixed point, from `start` (the xi of a neighbouring C)
+    if given. Unlike the Laplace approximation at the fitted weights, it does not reward a
+    penalty weak enough to separate the labels: the Laplace curvature vanishes there, and with
+    it the Occam factor. Computed over the weights (D + 1 wide) when the features are
+    narrower than the rows, over the logits (N x N) otherwise.
 
-    Shape: gram (N, N) = X X^T of the features as the model reads them (standardized,
-    scaled); labels (N,) 0/1 holding both classes."""
+    Shape: features (N, D), dense or sparse, as the model reads them (standardized, scaled);
+    labels (N,) 0/1 holding both classes. Returns the bound and xi (N,)."""
     y = np.asarray(labels).astype(bool)
     n = len(y)
     weight = np.where(y, n / (2 * y.sum()), n / (2 * (~y).sum()))
     half_signed = weight * np.where(y, 0.5, -0.5)  # the bound's linear term in the logit
-    prior = c * np.asarray(gram, dtype=np.float64) + INTERCEPT_PRIOR_VARIANCE  # cov of logits
-    xi = np.ones(n)
+    moments = _posterior_moments(features, c, half_signed)
+    xi = np.ones(n) if start is None else np.asarray(start, dtype=np.float64)
+    previous = -np.inf
     for _ in range(EVIDENCE_MAX_ITERATIONS):
-        system, posterior = _bound_posterior(prior, weight, xi)
-        moved, xi = xi, np.sqrt(np.diag(posterior) + (posterior @ half_signed) ** 2)
-        if np.max(np.abs(xi - moved)) < EVIDENCE_TOLERANCE:
+        lam = np.tanh(xi / 2) / (4 * xi)
+        variance, mean, log_det, quadratic = moments(2 * weight * lam)
+        value = float(
+            np.sum(weight * (-np.logaddexp(0, -xi) - xi / 2 + lam * xi**2))
+            + quadratic / 2 - log_det / 2
+        )  # fmt: skip
+        if value - previous < EVIDENCE_TOLERANCE:  # EM never lowers the bound
             break
-    system, posterior = _bound_posterior(prior, weight, xi)
-    lam = np.tanh(xi / 2) / (4 * xi)
-    bound = np.sum(weight * (-np.logaddexp(0, -xi) - xi / 2 + lam * xi**2))
-    quadratic = half_signed @ posterior @ half_signed / 2
-    return float(bound + quadratic - np.linalg.slogdet(system)[1] / 2)
+        previous, xi = value, np.sqrt(variance + mean**2)  # the EM update of xi
+    return max(value, previous), xi
 
 
-def _bound_posterior(
-    prior: np.ndarray, weight: np.ndarray, xi: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """I + L K and the logits' posterior covariance K (I + L K)^-1 under the Jaakkola-Jordan
-    bound at `xi` (L: each visit's curvature 2 lambda(xi), weighted). Shape: (N, N) each."""
-    curvature = weight * np.tanh(xi / 2) / (2 * xi)
-    system = np.eye(len(xi)) + curvature[:, None] * prior
-    return system, np.linalg.solve(system.T, prior.T).T
+def _posterior_moments(features, c: float, linear: np.ndarray):
+    """curvature (N,) -> the logits' posterior variances (N,) and means (N,), log det(I + L K)
+    and linear' Sigma linear, where K = C X X^T + INTERCEPT_PRIOR_VARIANCE is the logits' prior
+    covariance, L = diag(curvature), Sigma = (K^-1 + L)^-1 and the mean is Sigma linear."""
+    n, width = features.shape
+    if width + 1 < n:  # K = B B^T: work in the weights' R = D + 1 dimensions
+        x = features.toarray() if sp.issparse(features) else np.asarray(features, np.float64)
+        factor = np.hstack([np.sqrt(c) * x, np.full((n, 1), np.sqrt(INTERCEPT_PRIOR_VARIANCE))])
+        projected = factor.T @ linear
+
+        def primal(curvature: np.ndarray):
+            system = np.eye(factor.shape[1]) + factor.T @ (curvature[:, None] * factor)
+            inverse = np.linalg.inv(system)
+            spread = factor @ inverse
+            return (np.einsum("ij,ij->i", spread, factor), spread @ projected,
+                    np.linalg.slogdet(system)[1], projected @ inverse @ projected)  # fmt: skip
+
+        return primal
+    gram = features @ features.T
+    prior = c * (gram.toarray() if sp.issparse(gram) else np.asarray(gram, np.float64))
+    prior += INTERCEPT_PRIOR_VARIANCE
+
+    def dual(curvature: np.ndarray):
+        system = np.eye(n) + curvature[:, None] * prior
+        posterior = np.linalg.solve(system.T, prior.T).T  # K (I + L K)^-1
+        return (np.diag(posterior).copy(), posterior @ linear, np.linalg.slogdet(system)[1],
+                linear @ posterior @ linear)  # fmt: skip
+
+    return dual

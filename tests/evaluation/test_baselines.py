@@ -478,8 +478,8 @@ def test_evidence_selection_chooses_a_logistic_c_and_leaves_the_trees_to_the_fol
         steps = _make_pipeline(kind, {**candidate["params"], "C": 1.0}, seed=0,
                                n_counts=n_counts)[:-1]  # fmt: skip
         z = sp.csr_matrix(steps.fit_transform(X, y))
-        expected = log_evidence_bound((z @ z.T).toarray(), y, candidate["params"]["C"])
-        assert candidate[drop] == pytest.approx(expected, rel=1e-9)
+        expected, _ = log_evidence_bound(z, y, candidate["params"]["C"])
+        assert candidate[drop] == pytest.approx(expected, abs=1e-3)  # warm-started along C
     best = max(by_evidence["candidates"], key=lambda c: c[drop])
     assert by_evidence["chosen"] == best["params"]
     assert best["params"]["C"] == estimator.named_steps["model"].C

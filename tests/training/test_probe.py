@@ -53,8 +53,10 @@ def test_probe_under_evidence_selection_keeps_the_c_of_highest_evidence():
 
     by_folds, by_evidence = fit_probe_cv(x, y, folds("cv")), fit_probe_cv(x, y, folds("evidence"))
     z = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    evidence = [log_evidence_bound(z @ z.T, y, c) for c in C_GRID]
-    assert [h["log_evidence"] for h in by_evidence["history"]] == evidence
+    evidence = [log_evidence_bound(z, y, c)[0] for c in C_GRID]
+    np.testing.assert_allclose(
+        [h["log_evidence"] for h in by_evidence["history"]], evidence, rtol=0, atol=1e-3
+    )  # fmt: skip (warm starts along the grid)
     assert by_evidence["C"] == C_GRID[int(np.argmax(evidence))]
     assert all("log_evidence" not in h for h in by_folds["history"])
     # the same fold figures under either; the probe is refit on every row at its C

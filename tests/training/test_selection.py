@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from scipy.special import expit, log_expit
 from sklearn.metrics import log_loss, roc_auc_score
 
@@ -364,7 +365,7 @@ def test_log_evidence_bound_is_a_tight_lower_bound_on_the_integrated_evidence():
     y = (x + 0.7 * rng.normal(size=30) > 0.3).astype(np.int64)
     grid = [0.01, 0.1, 1.0, 10.0, 100.0]
     exact = [numerical_log_evidence(x, y, c) for c in grid]
-    bound = [log_evidence_bound(np.outer(x, x), y, c) for c in grid]
+    bound = [log_evidence_bound(x[:, None], y, c)[0] for c in grid]
     for e, lower in zip(exact, bound, strict=True):
         assert lower <= e + 1e-6 and e - lower < 0.7  # a bound, and a tight one
     assert int(np.argmax(bound)) == int(np.argmax(exact)) == 3  # the same C wins
@@ -376,11 +377,25 @@ def test_evidence_supports_a_weak_penalty_only_where_the_labels_follow_the_featu
     noise = (rng.random(100) < 0.4).astype(np.int64)
     signal = (x[:, :3].sum(1) + rng.normal(size=100) > 0).astype(np.int64)
     on_noise, on_signal = (
-        np.array([log_evidence_bound(x @ x.T, labels, c) for c in C_GRID])
+        np.array([log_evidence_bound(x, labels, c)[0] for c in C_GRID])
         for labels in (noise, signal)
     )
     assert on_noise.max() - on_noise[0] < 1.0  # nothing beyond the strongest penalty
     assert on_signal.max() - on_signal[0] > 5.0 and C_GRID[int(np.argmax(on_signal))] >= 0.1
+
+
+def test_the_bound_is_the_same_over_the_weights_and_over_the_logits_and_warm_starts():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(60, 8))
+    y = (x[:, 0] + rng.normal(size=60) > 0).astype(np.int64)
+    wide = np.hstack([x, np.zeros((60, 60))])  # the same model, wider than its rows
+    for c in (1e-3, 0.1, 10.0):
+        narrow_value, narrow_xi = log_evidence_bound(x, y, c)  # over the 9 weights
+        wide_value, wide_xi = log_evidence_bound(sp.csr_matrix(wide), y, c)  # over 60 logits
+        assert narrow_value == pytest.approx(wide_value, abs=1e-9)  # the same iterations
+        np.testing.assert_allclose(narrow_xi, wide_xi, atol=1e-6)
+        warm, _ = log_evidence_bound(x, y, c, start=log_evidence_bound(x, y, c * 3)[1])
+        assert warm == pytest.approx(narrow_value, abs=1e-3)  # both within the tolerance
 
 
 def test_evidence_selection_keeps_the_highest_evidence_and_every_fold_figure():
