@@ -32,7 +32,7 @@ from ehr_ssl.training.selection import (
     Folds,
     chosen_cv_auroc,
     cross_validate,
-    log_evidence_bound,
+    evidence_by_scaling,
 )
 
 # The selection AUROC (cv or holdout, `ehr_ssl.training.selection`) picks one candidate per
@@ -374,24 +374,14 @@ def fit_counts_baseline_cv(
 
 
 def _evidence_of(kind: BaselineKind, X: sp.csr_matrix, y: np.ndarray, *, n_counts: int):
-    """params -> the log evidence of a logistic kind on every row (`log_evidence_bound`), the
-    rows as the candidate's own scaling steps read them, scaled once per scaling (the hybrid's
-    vector_weight), C read off the grid point; each scaling's last xi starts the next C."""
-    scaled: dict[tuple, sp.csr_matrix] = {}
-    last_xi: dict[tuple, np.ndarray] = {}
+    """params -> the log evidence of a logistic kind on every row, the rows as the candidate's
+    own scaling steps read them (`evidence_by_scaling`; the hybrid scales per vector_weight)."""
 
-    def evidence(params: dict) -> float:
-        scaling = {k: v for k, v in params.items() if k != "C"}
-        key = tuple(sorted(scaling.items()))
-        if key not in scaled:
-            steps = _make_pipeline(kind, scaling, seed=0, n_counts=n_counts)[:-1]
-            scaled[key] = sp.csr_matrix(steps.fit_transform(X, y))
-        value, last_xi[key] = log_evidence_bound(
-            scaled[key], y, params["C"], start=last_xi.get(key)
-        )
-        return value
+    def scale(scaling: dict) -> sp.csr_matrix:
+        steps = _make_pipeline(kind, scaling, seed=0, n_counts=n_counts)[:-1]
+        return sp.csr_matrix(steps.fit_transform(X, y))
 
-    return evidence
+    return evidence_by_scaling(scale, y)
 
 
 def _check_kind(kind: str) -> None:

@@ -26,7 +26,7 @@ from ehr_ssl.training.selection import (
     Folds,
     chosen_cv_auroc,
     cross_validate,
-    log_evidence_bound,
+    evidence_by_scaling,
 )
 
 
@@ -185,16 +185,8 @@ def fit_probe_cv(x: np.ndarray, y: np.ndarray, folds: Folds) -> dict:
         probe = standardized_logistic(x[train], y[train], params["C"])
         return probe_scores(probe, x[val])
 
-    state: dict[str, np.ndarray] = {}  # the standardized rows; the last xi, a warm start
-
-    def evidence(params: dict) -> float:
-        if "rows" not in state:
-            state["rows"] = (x - x.mean(0)) / (x.std(0) + 1e-6)  # as standardized_logistic
-        value, state["xi"] = log_evidence_bound(
-            state["rows"], y, params["C"], start=state.get("xi")
-        )
-        return value
-
+    # the rows standardized as standardized_logistic reads them
+    evidence = evidence_by_scaling(lambda _: (x - x.mean(0)) / (x.std(0) + 1e-6), y)
     params, table = cross_validate(fit_score, y, folds, [{"C": c} for c in C_GRID], evidence)
     probe = standardized_logistic(x, y, params["C"])
     history = [{"C": row["params"]["C"], "val_auroc": row["cv_auroc"], "val_se": row["cv_se"],

@@ -262,6 +262,26 @@ def choose(means: Sequence[float], ses: Sequence[float], rule: str) -> int:
     return next(i for i, mean in enumerate(means) if mean >= floor)
 
 
+def evidence_by_scaling(scale: Callable[[dict], object], labels: np.ndarray):
+    """params -> `log_evidence_bound` of the rows `scale(params without C)` returns (the rows as
+    that candidate's model reads them), at params["C"]: each scaling computed once, each C
+    warm-started from the last C of its scaling. A `cross_validate` evidence."""
+    rows: dict[tuple, object] = {}
+    last_xi: dict[tuple, np.ndarray] = {}
+
+    def evidence(params: dict) -> float:
+        scaling = {k: v for k, v in params.items() if k != "C"}
+        key = tuple(sorted(scaling.items()))
+        if key not in rows:
+            rows[key] = scale(scaling)
+        value, last_xi[key] = log_evidence_bound(
+            rows[key], labels, params["C"], start=last_xi.get(key)
+        )
+        return value
+
+    return evidence
+
+
 def log_evidence_bound(
     features, labels: np.ndarray, c: float, *, start: np.ndarray | None = None
 ) -> tuple[float, np.ndarray]:
