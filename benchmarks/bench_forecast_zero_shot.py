@@ -40,9 +40,17 @@ def forecast_head(run: Path, encoder: EHREncoder):
     """The run's forecast head as a function of pooled vectors: the encoder's forecast state
     against its code table, plus the code bias from the run's heads file.
     Shape: pooled (B, P), code table (V, D) -> logits (B, V)."""
-    bias = load_file(run / HEADS_FILE)["forecast_code_bias"]
+    logits = forecast_logits(run)
     encoder.eval()
-    return lambda pooled, table: F.linear(encoder.forecast_state(pooled), table, bias)
+    return lambda pooled, table: logits(encoder.forecast_state(pooled), table)
+
+
+def forecast_logits(run: Path):
+    """The run's forecast head from the forecast state on (the last D columns of the "forecast"
+    readout): the state against the code table, plus the code bias of the run's heads file.
+    Shape: state (B, D), code table (V, D) -> logits (B, V)."""
+    bias = load_file(run / HEADS_FILE)["forecast_code_bias"]
+    return lambda state, table: F.linear(state, table, bias)
 
 
 def as_history(item: dict) -> dict:

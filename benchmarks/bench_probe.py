@@ -13,7 +13,8 @@ pipeline's SSL model mostly selects this probe (report.md, "Model selection").
 usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
            [--readouts pooled,segments] [--tabular logistic,lightgbm] [--with-current-visit] \
-           [--pca 8,16,32] [--forecast-codes 64,256] [--random-features 256,1024] \
+           [--pca 8,16,32] [--forecast-codes 64,256] [--past-forecast-codes 64,256] \
+           [--random-features 256,1024] \
            [--latent-work WORK] [--global-scale] [--heads] [--cv-rule best|one_se] \
            [--cv-metric auroc|log_loss] [--penalty-selection cv|evidence] \
            [--cv-repeats N] [--json FILE]
@@ -23,6 +24,11 @@ find: the vectors on their top-k principal axes (fitted on the labeled train vis
 no label read), and, in place of the vector, the pretraining forecast head's log-probabilities
 of the k codes most frequent in those visits (one column per code the patient may meet next,
 as a tabular model has one per code seen; the encoder's run directory must hold its heads).
+`--past-forecast-codes` asks the same head with the visit read as a completed past encounter,
+as the "forecast" readout reads it (its forecast state, the readout's last D columns; the
+framing under which the head's admission log-odds score a visit without labels, "The forecast
+readout" in benchmarks/README.md): those log-probabilities alone, and appended to the readout
+(needs "forecast" among `--readouts`).
 `--global-scale` asks whether the probe's scale per column is the right prior: each readout is
 also probed with one scale for all its columns, without its log event-count columns, and on
 those columns alone. `--heads` fits, beside the probe, three linear heads that choose no
@@ -61,7 +67,7 @@ from ehr_ssl.training.probe import fit_probe_cv, pooled_vectors, probe_scores
 from ehr_ssl.training.selection import C_GRID, cross_validate, cv_folds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forecast_zero_shot import forecast_head  # noqa: E402
+from bench_forecast_zero_shot import forecast_head, forecast_logits  # noqa: E402
 from bench_representation import random_feature_vectors  # noqa: E402
 from cohort_workdir import stamped_cohort  # noqa: E402
 
@@ -258,10 +264,36 @@ def forecast_features(encoder_dir: Path, encoder, datasets: dict, frames: dict, 
     for split, dataset in datasets.items():
         pooled = torch.from_numpy(pooled_vectors(encoder, dataset, torch.device("cpu")))
         logprobs[split] = torch.log_softmax(head(pooled, encoder.code_table()), -1).numpy()
-    seen = np.concatenate(frames["train"]["input_ids"].to_list())
-    ranked = np.argsort(-np.bincount(seen, minlength=logprobs["train"].shape[1]), kind="stable")
+    ranked = _most_frequent_codes(frames, logprobs["train"].shape[1])
     return {f"forecast codes {k}": {s: v[:, ranked[:k]] for s, v in logprobs.items()}
             for k in widths}  # fmt: skip
+
+
+@torch.no_grad()
+def past_forecast_features(encoder_dir: Path, encoder, readouts: dict, frames: dict,
+                           widths) -> dict:  # fmt: skip
+    """The forecast head's log-probabilities of the k most frequent train codes (as
+    `forecast_features`) from the state of the "forecast" readout (`readouts`, each split's:
+    the visit read as a completed past encounter), for each k of `widths`: alone, and appended
+    to the readout. Shape: readouts (N, R) -> (N, k) and (N, R + k) per split."""
+    logits = forecast_logits(encoder_dir.parent)
+    table, width = encoder.eval().code_table(), encoder.config.hidden_size
+    logprobs = {s: torch.log_softmax(logits(torch.from_numpy(x[:, -width:]), table), -1).numpy()
+                for s, x in readouts.items()}  # fmt: skip
+    ranked = _most_frequent_codes(frames, logprobs["train"].shape[1])
+    out = {}
+    for k in widths:
+        out[f"past forecast codes {k}"] = {s: v[:, ranked[:k]] for s, v in logprobs.items()}
+        out[f"forecast + past forecast codes {k}"] = {
+            s: np.hstack([readouts[s], v[:, ranked[:k]]]) for s, v in logprobs.items()
+        }
+    return out
+
+
+def _most_frequent_codes(frames: dict, vocab_size: int) -> np.ndarray:
+    """Code ids by their count in the train split's visits, most frequent first."""
+    seen = np.concatenate(frames["train"]["input_ids"].to_list())
+    return np.argsort(-np.bincount(seen, minlength=vocab_size), kind="stable")
 
 
 def _ints(text: str) -> list[int]:
@@ -297,6 +329,9 @@ def main() -> None:
                         "random ReLU readout of its token states, for each width k")  # fmt: skip
     parser.add_argument("--forecast-codes", default="", help="also probe the forecast head's "
                         "log-probabilities of the k most frequent codes, for each k")  # fmt: skip
+    parser.add_argument("--past-forecast-codes", default="", help="also probe the forecast "
+                        "head's log-probabilities of the k most frequent codes for the visit "
+                        "read as a past encounter, alone and beside its readout")  # fmt: skip
     parser.add_argument("--latent-work", type=Path, help="a synthetic cohort's work directory "
                         "(cohort.json): also probe its true latent state, what bounds the "
                         "encoders")  # fmt: skip
@@ -348,6 +383,9 @@ def main() -> None:
         current = current_visit_onehots(labeled, Tokenizer.load(args.tokens))
         row("(no encoder)", "current visit", current)
     pca, codes, widths = (_ints(a) for a in (args.pca, args.forecast_codes, args.random_features))
+    past_codes = _ints(args.past_forecast_codes)
+    if past_codes and "forecast" not in args.readouts.split(","):
+        parser.error('--past-forecast-codes needs "forecast" among --readouts')
     for encoder_dir in filter(None, args.encoders.split(",")):
         encoder = EHREncoder.load_checked(Path(encoder_dir))
         for readout in args.readouts.split(","):
@@ -356,6 +394,10 @@ def main() -> None:
             row(encoder_dir, readout, x)
             for name, z in pca_features(x, pca).items() if pca else ():
                 row(encoder_dir, f"{readout}, {name}", z)
+            if past_codes and readout == "forecast":
+                for name, z in past_forecast_features(Path(encoder_dir), encoder, x, labeled,
+                                                      past_codes).items():  # fmt: skip
+                    row(encoder_dir, name, z)
             if current is not None:
                 row(encoder_dir, f"{readout} + current visit",
                     {s: np.hstack([x[s], current[s]]) for s in x})  # fmt: skip
