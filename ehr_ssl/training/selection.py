@@ -340,7 +340,6 @@ def _posterior_moments(features, c: float, linear: np.ndarray):
     gram = features @ features.T
     prior = c * (gram.toarray() if sp.issparse(gram) else np.asarray(gram, np.float64))
     prior += INTERCEPT_PRIOR_VARIANCE
-
     prior_diagonal, prior_linear = np.diag(prior).copy(), prior @ linear
 
     def dual(curvature: np.ndarray):
