@@ -265,18 +265,19 @@ def choose(means: Sequence[float], ses: Sequence[float], rule: str) -> int:
 
 def evidence_by_scaling(scale: Callable[[dict], object], labels: np.ndarray):
     """params -> `log_evidence_bound` of the rows `scale(params without C)` returns (the rows as
-    that candidate's model reads them), at params["C"]: each scaling computed once, each C
+    that candidate's model reads them), at params["C"]: each scaling's rows and their
+    `RowCovariance` computed once (the N x N gram is most of a wide fit's work), each C
     warm-started from the last C of its scaling. A `cross_validate` evidence."""
-    rows: dict[tuple, object] = {}
+    covariances: dict[tuple, RowCovariance] = {}
     last_xi: dict[tuple, np.ndarray] = {}
 
     def evidence(params: dict) -> float:
         scaling = {k: v for k, v in params.items() if k != "C"}
         key = tuple(sorted(scaling.items()))
-        if key not in rows:
-            rows[key] = scale(scaling)
+        if key not in covariances:
+            covariances[key] = RowCovariance(scale(scaling))
         value, last_xi[key] = log_evidence_bound(
-            rows[key], labels, params["C"], start=last_xi.get(key)
+            covariances[key], labels, params["C"], start=last_xi.get(key)
         )
         return value
 
@@ -297,13 +298,15 @@ def log_evidence_bound(
     it the Occam factor. Computed over the weights (D + 1 wide) when the features are
     narrower than the rows, over the logits (N x N) otherwise.
 
-    Shape: features (N, D), dense or sparse, as the model reads them (standardized, scaled);
-    labels (N,) 0/1 holding both classes. Returns the bound and xi (N,)."""
+    Shape: features (N, D), dense or sparse, as the model reads them (standardized, scaled), or
+    their `RowCovariance` (to reuse it across C); labels (N,) 0/1 holding both classes. Returns
+    the bound and xi (N,)."""
     y = np.asarray(labels).astype(bool)
     n = len(y)
     weight = np.where(y, n / (2 * y.sum()), n / (2 * (~y).sum()))
     half_signed = weight * np.where(y, 0.5, -0.5)  # the bound's linear term in the logit
-    moments = _posterior_moments(features, c, half_signed)
+    rows = features if isinstance(features, RowCovariance) else RowCovariance(features)
+    moments = rows.posterior_moments(c, half_signed)
     xi = np.ones(n) if start is None else np.asarray(start, dtype=np.float64)
     previous = -np.inf
     for _ in range(EVIDENCE_MAX_ITERATIONS):
@@ -319,27 +322,52 @@ def log_evidence_bound(
     return max(value, previous), xi
 
 
-def _posterior_moments(features, c: float, linear: np.ndarray):
-    """curvature (N,) -> the logits' posterior variances (N,) and means (N,), log det(I + L K)
-    and linear' Sigma linear, where K = C X X^T + INTERCEPT_PRIOR_VARIANCE is the logits' prior
-    covariance, L = diag(curvature), Sigma = (K^-1 + L)^-1 and the mean is Sigma linear."""
-    n, width = features.shape
-    if width + 1 < n:  # K = B B^T: work in the weights' R = D + 1 dimensions
-        x = features.toarray() if sp.issparse(features) else np.asarray(features, np.float64)
-        factor = np.hstack([np.sqrt(c) * x, np.full((n, 1), np.sqrt(INTERCEPT_PRIOR_VARIANCE))])
-        projected = factor.T @ linear
+class RowCovariance:
+    """The rows' part of the logits' prior covariance, which does not depend on C: the dense
+    rows when they are narrower than they are many (the bound then works over the D + 1
+    weights), else their N x N gram X X^T (it works over the N logits)."""
 
-        def primal(curvature: np.ndarray):
-            system = np.eye(factor.shape[1]) + factor.T @ (curvature[:, None] * factor)
-            inverse = np.linalg.inv(system)
-            spread = factor @ inverse
-            return (np.einsum("ij,ij->i", spread, factor), spread @ projected,
-                    np.linalg.slogdet(system)[1], projected @ inverse @ projected)  # fmt: skip
+    def __init__(self, features):
+        n, width = features.shape
+        self.rows = self.gram = None
+        if width + 1 < n:
+            self.rows = _dense(features)
+        else:
+            self.gram = _dense(features @ features.T)
 
-        return primal
-    gram = features @ features.T
-    prior = c * (gram.toarray() if sp.issparse(gram) else np.asarray(gram, np.float64))
-    prior += INTERCEPT_PRIOR_VARIANCE
+    def posterior_moments(self, c: float, linear: np.ndarray):
+        """curvature (N,) -> the logits' posterior variances (N,) and means (N,), log det(I + L K)
+        and linear' Sigma linear, where K = C X X^T + INTERCEPT_PRIOR_VARIANCE is the logits'
+        prior covariance, L = diag(curvature), Sigma = (K^-1 + L)^-1 and the mean is Sigma
+        linear."""
+        if self.rows is not None:
+            return _primal_moments(self.rows, c, linear)
+        return _dual_moments(c * self.gram + INTERCEPT_PRIOR_VARIANCE, linear)
+
+
+def _dense(matrix) -> np.ndarray:
+    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix, np.float64)
+
+
+def _primal_moments(x: np.ndarray, c: float, linear: np.ndarray):
+    """`RowCovariance.posterior_moments` with K = B B^T, over B's R = D + 1 columns."""
+    n = x.shape[0]
+    factor = np.hstack([np.sqrt(c) * x, np.full((n, 1), np.sqrt(INTERCEPT_PRIOR_VARIANCE))])
+    projected = factor.T @ linear
+
+    def primal(curvature: np.ndarray):
+        system = np.eye(factor.shape[1]) + factor.T @ (curvature[:, None] * factor)
+        inverse = np.linalg.inv(system)
+        spread = factor @ inverse
+        return (np.einsum("ij,ij->i", spread, factor), spread @ projected,
+                np.linalg.slogdet(system)[1], projected @ inverse @ projected)  # fmt: skip
+
+    return primal
+
+
+def _dual_moments(prior: np.ndarray, linear: np.ndarray):
+    """`RowCovariance.posterior_moments` over the N logits, from their prior covariance K."""
+    n = prior.shape[0]
     prior_diagonal, prior_linear = np.diag(prior).copy(), prior @ linear
 
     def dual(curvature: np.ndarray):

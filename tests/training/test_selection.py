@@ -20,6 +20,7 @@ from ehr_ssl.training.selection import (
     choose,
     cross_validate,
     cv_folds,
+    evidence_by_scaling,
     fold_mean_and_se,
     log_evidence_bound,
     resolve_selection,
@@ -396,6 +397,27 @@ def test_the_bound_is_the_same_over_the_weights_and_over_the_logits_and_warm_sta
         np.testing.assert_allclose(narrow_xi, wide_xi, atol=1e-6)
         warm, _ = log_evidence_bound(x, y, c, start=log_evidence_bound(x, y, c * 3)[1])
         assert warm == pytest.approx(narrow_value, abs=1e-3)  # both within the tolerance
+
+
+def test_evidence_by_scaling_scales_once_and_reads_each_scalings_rows_at_every_c():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 5))
+    y = (x[:, 0] + rng.normal(size=40) > 0).astype(np.int64)
+    calls = []
+
+    def scale(scaling: dict):
+        calls.append(scaling)
+        rows = np.hstack([x * scaling["w"], np.zeros((40, 50))])  # wide: the gram is cached
+        return sp.csr_matrix(rows)
+
+    evidence = evidence_by_scaling(scale, y)
+    for w in (1.0, 2.0):
+        for c in (1e-2, 1.0, 1e-1):
+            # each C warm-starts from the last: equal to a cold bound within the tolerance
+            cold = log_evidence_bound(x * w, y, c)[0]
+            assert evidence({"w": w, "C": c}) == pytest.approx(cold, abs=1e-3)
+    assert calls == [{"w": 1.0}, {"w": 2.0}]
+    assert evidence({"w": 1.0, "C": 2.0}) != evidence({"w": 2.0, "C": 2.0})
 
 
 def test_evidence_selection_keeps_the_highest_evidence_and_every_fold_figure():
