@@ -307,19 +307,43 @@ def log_evidence_bound(
     half_signed = weight * np.where(y, 0.5, -0.5)  # the bound's linear term in the logit
     rows = features if isinstance(features, RowCovariance) else RowCovariance(features)
     moments = rows.posterior_moments(c, half_signed)
-    xi = np.ones(n) if start is None else np.asarray(start, dtype=np.float64)
-    previous = -np.inf
-    for _ in range(EVIDENCE_MAX_ITERATIONS):
+
+    def em_step(xi: np.ndarray) -> tuple[float, np.ndarray]:
+        """The bound at xi and the EM update of xi."""
         lam = np.tanh(xi / 2) / (4 * xi)
         variance, mean, log_det, quadratic = moments(2 * weight * lam)
         value = float(
             np.sum(weight * (-np.logaddexp(0, -xi) - xi / 2 + lam * xi**2))
             + quadratic / 2 - log_det / 2
         )  # fmt: skip
-        if value - previous < EVIDENCE_TOLERANCE:  # EM never lowers the bound
+        return value, np.sqrt(variance + mean**2)
+
+    return _accelerated_em(em_step, np.ones(n) if start is None else np.asarray(start, float))
+
+
+def _accelerated_em(em_step, xi: np.ndarray) -> tuple[float, np.ndarray]:
+    """The bound at the EM fixed point of xi, from `xi`, and that xi: every two EM steps
+    extrapolated along their path (SQUAREM, Varadhan and Roland 2008, step length S3), kept
+    only where it beats the two plain steps, so that the bound never falls. Near a penalty
+    weak enough to separate the labels plain EM creeps (about 400 steps at C = 100 on 1,000
+    labels of counts features); any xi gives a valid bound, so the extrapolation changes
+    only how fast it is reached."""
+    value, following = em_step(xi)
+    for _ in range(EVIDENCE_MAX_ITERATIONS // 2):
+        plain_value, second = em_step(following)
+        step, curve = following - xi, second - 2 * following + xi
+        alpha = min(-np.sqrt((step @ step) / max(curve @ curve, 1e-300)), -1.0)
+        # alpha = -1 is the two plain steps; |xi| since the bound is even in each xi
+        candidate = np.maximum(np.abs(xi - 2 * alpha * step + alpha**2 * curve), 1e-12)
+        candidate_value, after = em_step(candidate)
+        gained = max(candidate_value, plain_value) - value
+        if candidate_value >= plain_value:
+            value, xi, following = candidate_value, candidate, after
+        else:
+            value, xi, following = plain_value, following, second
+        if gained < EVIDENCE_TOLERANCE:  # EM never lowers the bound
             break
-        previous, xi = value, np.sqrt(variance + mean**2)  # the EM update of xi
-    return max(value, previous), xi
+    return value, xi
 
 
 class RowCovariance:

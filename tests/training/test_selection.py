@@ -16,6 +16,7 @@ from ehr_ssl.training.selection import (
     C_GRID,
     Folds,
     FoldScore,
+    _accelerated_em,
     balanced_log_loss,
     choose,
     cross_validate,
@@ -397,6 +398,23 @@ def test_the_bound_is_the_same_over_the_weights_and_over_the_logits_and_warm_sta
         np.testing.assert_allclose(narrow_xi, wide_xi, atol=1e-6)
         warm, _ = log_evidence_bound(x, y, c, start=log_evidence_bound(x, y, c * 3)[1])
         assert warm == pytest.approx(narrow_value, abs=1e-3)  # both within the tolerance
+
+
+def test_the_extrapolated_em_reaches_a_slow_fixed_point_and_never_lowers_the_bound():
+    fixed = np.array([2.0, 0.5, 1.0])
+    rates = np.array([0.995, 0.9, 0.3])  # plain steps would need about 2,000 here
+    values = []
+
+    def em_step(xi: np.ndarray):  # a contraction that raises its value at every step
+        values.append(-float(np.sum((xi - fixed) ** 2)))
+        return values[-1], fixed + rates * (xi - fixed)
+
+    value, xi = _accelerated_em(em_step, np.array([5.0, 5.0, 5.0]))
+    np.testing.assert_allclose(xi, fixed, atol=1e-2)
+    assert value == pytest.approx(0.0, abs=1e-3) and len(values) < 100
+    # what it keeps never falls: each cycle's kept value is the larger of its two tries
+    kept = [values[0], *(max(values[i], values[i + 1]) for i in range(1, len(values) - 1, 2))]
+    assert all(b >= a - 1e-12 for a, b in zip(kept, kept[1:], strict=False))
 
 
 def test_evidence_by_scaling_scales_once_and_reads_each_scalings_rows_at_every_c():
