@@ -336,12 +336,12 @@ def _accelerated_em(em_step, xi: np.ndarray) -> tuple[float, np.ndarray]:
         # alpha = -1 is the two plain steps; |xi| since the bound is even in each xi
         candidate = np.maximum(np.abs(xi - 2 * alpha * step + alpha**2 * curve), 1e-12)
         candidate_value, after = em_step(candidate)
-        gained = max(candidate_value, plain_value) - value
-        if candidate_value >= plain_value:
+        previous = value
+        if candidate_value >= plain_value:  # False where the extrapolation overflowed (nan)
             value, xi, following = candidate_value, candidate, after
         else:
             value, xi, following = plain_value, following, second
-        if gained < EVIDENCE_TOLERANCE:  # EM never lowers the bound
+        if value - previous < EVIDENCE_TOLERANCE:
             break
     return value, xi
 
