@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import scipy.sparse as sp
-from sklearn.preprocessing import MaxAbsScaler
 
 from ehr_ssl.config import FinetuneConfig
-from ehr_ssl.evaluation.baselines import NonzeroColumns, count_features
+from ehr_ssl.evaluation.baselines import _make_pipeline, count_features
 from ehr_ssl.evaluation.scoring import draw_label_budget, read_labeled
 from ehr_ssl.evaluation.tabular import TabularSpec
 from ehr_ssl.tokens.tokenizer import Tokenizer
@@ -57,8 +56,8 @@ def main() -> None:
     else:
         x = TabularSpec.from_tokens(args.tokens).features(budget.train)
     y = budget.train["label"].to_numpy()
-    # the logistic models' own scaling steps (`baselines._make_pipeline`)
-    rows = sp.csr_matrix(MaxAbsScaler().fit_transform(NonzeroColumns().fit_transform(x, y)))
+    scaling = _make_pipeline("logistic", {}, seed=0)[:-1]  # the logistic models' own steps
+    rows = sp.csr_matrix(scaling.fit_transform(x, y))
     start = time.perf_counter()
     counted = CountedRows(rows)
     print(f"{rows.shape[0]} labels x {rows.shape[1]} columns; "
