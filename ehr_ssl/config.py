@@ -543,6 +543,11 @@ class FinetuneConfig:
     """Learning rate of the head (and of the whole model in scratch mode)."""
     encoder_lr_ratio: float = 0.1
     """full mode: encoder learning rate = learning_rate x this (lower than the head's)."""
+    warmup_epochs: float = 0.0
+    """Epochs over which every learning rate (head, encoder, a scratch model's) rises linearly
+    from a step's share to its full value, as BERT-style fine-tuning warms up: Adam's first
+    steps move every weight by about its rate, whatever the gradient. 0: the full rate from
+    the first step."""
     batch_size: int = 64
     """Labeled visits per step."""
     max_epochs: int = 30
@@ -636,6 +641,7 @@ class FinetuneConfig:
         check_choice(self.penalty_selection, PENALTY_SELECTIONS, "finetune.penalty_selection")
         check_range(self.learning_rate, 1e-9, 10, "finetune.learning_rate")
         check_range(self.encoder_lr_ratio, 0, 10, "finetune.encoder_lr_ratio")
+        check_range(self.warmup_epochs, 0, MAX_EPOCHS, "finetune.warmup_epochs")
         check_range(self.weight_decay, 0, 10, "finetune.weight_decay")
         check_range(self.head_dropout, 0, 0.99, "finetune.head_dropout")
         if self.readout not in READOUTS:

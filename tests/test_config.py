@@ -146,6 +146,7 @@ def test_toml_types_are_checked(tmp_path):
         (lambda: TrainConfig(pad_to_multiple_of=10**5), "'train.pad_to_multiple_of': must be <="),
         (lambda: FinetuneConfig(batch_size=10**9), "column 'finetune.batch_size': must be <="),
         (lambda: FinetuneConfig(max_epochs=10**9), "column 'finetune.max_epochs': must be <="),
+        (lambda: FinetuneConfig(warmup_epochs=-1), "column 'finetune.warmup_epochs': must be "),
         (lambda: EvaluateConfig(n_boot=10**12), "column 'evaluate.n_boot': must be <= 1000000"),
     ],
 )  # fmt: skip

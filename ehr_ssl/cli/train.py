@@ -22,8 +22,9 @@ PRETRAIN_FLAGS = ("train.max_steps", "train.epochs", "train.device", "train.prec
                   "objective.masked_weight", "objective.contrastive_weight",
                   "objective.forecast_weight", "train.include_test_unlabeled", "train.compile",
                   "train.tensorboard")  # fmt: skip
-FINETUNE_FLAGS = ("mode", "label_budget", "learning_rate", "encoder_lr_ratio", "batch_size",
-                  "max_epochs", "patience", "selection", "seed", "device", "precision")  # fmt: skip
+FINETUNE_FLAGS = ("mode", "label_budget", "learning_rate", "encoder_lr_ratio", "warmup_epochs",
+                  "batch_size", "max_epochs", "patience", "selection", "seed", "device",
+                  "precision")  # fmt: skip
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

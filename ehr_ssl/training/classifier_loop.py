@@ -26,7 +26,7 @@ from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.tokens.batching import LengthBucketSampler, TokenDataset, collate
 from ehr_ssl.training import distributed
 from ehr_ssl.training.device import DeviceSettings, device_settings
-from ehr_ssl.training.optim import param_groups
+from ehr_ssl.training.optim import param_groups, warmup_factor
 from ehr_ssl.training.selection import FoldScore, balanced_log_loss, choose
 
 
@@ -117,16 +117,27 @@ class EpochSelection:
 
 
 def _optimizer_groups(model: AdmissionClassifier, config: FinetuneConfig) -> list[dict]:
-    """AdamW's parameter groups: in full mode the pretrained encoder at learning_rate x
-    encoder_lr_ratio and the head at learning_rate; in scratch mode all at learning_rate."""
+    """AdamW's parameter groups, each with its "peak_lr" (what warmup rises to): in full mode
+    the pretrained encoder at learning_rate x encoder_lr_ratio and the head at learning_rate;
+    in scratch mode all at learning_rate."""
+    head_lr = config.learning_rate
     if config.mode != "full":
-        return [dict(g, lr=config.learning_rate) for g in param_groups(model, config.weight_decay)]
+        return [dict(g, lr=head_lr, peak_lr=head_lr)
+                for g in param_groups(model, config.weight_decay)]  # fmt: skip
     # The pretrained encoder moves slower than the freshly initialized head.
-    groups = param_groups(model.encoder, config.weight_decay)
-    for group in groups:
-        group["lr"] = config.learning_rate * config.encoder_lr_ratio
+    encoder_lr = config.learning_rate * config.encoder_lr_ratio
+    encoder = param_groups(model.encoder, config.weight_decay)
     head = param_groups(model.head, config.weight_decay)
-    return groups + [dict(g, lr=config.learning_rate) for g in head]
+    return [dict(g, lr=encoder_lr, peak_lr=encoder_lr) for g in encoder] + [
+        dict(g, lr=head_lr, peak_lr=head_lr) for g in head
+    ]
+
+
+def _warm_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
+    """Every group at its peak rate times the warmup's share at `step` (0-based)."""
+    factor = warmup_factor(step, warmup_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = group["peak_lr"] * factor
 
 
 def _data_parallel(model: AdmissionClassifier, hardware: DeviceSettings) -> nn.Module:
@@ -153,29 +164,25 @@ def _epoch_loader(train: TokenDataset, config: FinetuneConfig, epoch: int) -> Da
     return DataLoader(train, batch_sampler=sampler, collate_fn=collate)
 
 
-def _train_epoch(
-    trained: nn.Module,
-    model: AdmissionClassifier,
-    optimizer: torch.optim.Optimizer,
-    loader: DataLoader,
-    pos_weight: torch.Tensor,
-    hardware: DeviceSettings,
-) -> torch.Tensor:
+def _train_epoch(fold: Fold, loader: DataLoader, warmup_steps: int) -> torch.Tensor:
     """One pass over `loader` with the weighted loss and gradients clipped at norm 1, in the
-    run's precision; returns the last batch's loss. `trained` is `model` or its DDP wrapper."""
-    model.train()
+    run's precision, each step's rates warmed up (`_warm_up`, counting the fold's steps);
+    returns the last batch's loss."""
+    fold.model.train()
     for batch in loader:
-        batch = {k: v.to(hardware.device) for k, v in batch.items()}
-        with hardware.autocast():
-            loss = trained(
+        batch = {k: v.to(fold.hardware.device) for k, v in batch.items()}
+        with fold.hardware.autocast():
+            loss = fold.trained(
                 **{k: batch[k] for k in ENCODER_INPUTS},
                 labels=batch["labels"],
-                pos_weight=pos_weight,
+                pos_weight=fold.pos_weight,
             ).loss
-        optimizer.zero_grad(set_to_none=True)
+        fold.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        nn.utils.clip_grad_norm_(fold.model.parameters(), 1.0)
+        _warm_up(fold.optimizer, fold.steps, warmup_steps)
+        fold.optimizer.step()
+        fold.steps += 1
     return loss
 
 
@@ -199,8 +206,8 @@ def val_score(model: AdmissionClassifier, val: TokenDataset, device: torch.devic
 @dataclass
 class Fold:
     """A classifier in training: the model (and its DDP wrapper), optimizer, visits, the
-    class weight of its train visits, the device settings and, for a fold of cv selection, its
-    val visits."""
+    class weight of its train visits, the device settings, for a fold of cv selection its
+    val visits, and the steps taken."""
 
     model: AdmissionClassifier
     trained: nn.Module
@@ -209,13 +216,15 @@ class Fold:
     pos_weight: torch.Tensor
     hardware: DeviceSettings
     val: TokenDataset | None = None
+    steps: int = 0
+    """Optimizer steps taken (what the warmup counts)."""
 
     def train_epoch(self, config: FinetuneConfig, epoch: int) -> float:
-        """One pass over the train visits; the last batch's loss."""
+        """One pass over the train visits; the last batch's loss. The warmup lasts
+        warmup_epochs x the global batches of an epoch."""
         loader = _epoch_loader(self.train, config, epoch)
-        loss = _train_epoch(
-            self.trained, self.model, self.optimizer, loader, self.pos_weight, self.hardware
-        )
+        batches = math.ceil(len(self.train) / config.batch_size)
+        loss = _train_epoch(self, loader, math.ceil(config.warmup_epochs * batches))
         return float(loss.detach())
 
 

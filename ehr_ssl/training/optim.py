@@ -11,11 +11,17 @@ from torch import nn
 from ehr_ssl.config import TrainConfig
 
 
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The share of the peak rate at `step` (0-based) under linear warmup over `warmup_steps`:
+    (step + 1) / warmup_steps, then 1."""
+    return 1.0 if step >= warmup_steps else (step + 1) / warmup_steps
+
+
 def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
     """Linear warmup over warmup_steps, then cosine decay to learning_rate * min_lr_ratio."""
     peak, floor = config.learning_rate, config.learning_rate * config.min_lr_ratio
     if step < config.warmup_steps:
-        return peak * (step + 1) / config.warmup_steps
+        return peak * warmup_factor(step, config.warmup_steps)
     span = max(total_steps - config.warmup_steps, 1)
     progress = min((step - config.warmup_steps) / span, 1.0)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))

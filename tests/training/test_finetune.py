@@ -111,6 +111,36 @@ def test_full_mode_starts_from_the_pretrained_encoder(cohort_tokens, encoder_dir
     assert sorted({g["lr"] for g in seen["groups"]}) == pytest.approx([1e-4, 1e-3])
 
 
+@pytest.mark.parametrize("mode", ["full", "scratch"])
+def test_every_rate_warms_up_linearly_over_the_stated_epochs(cohort_tokens, encoder_dir, mode):
+    train = finetuning.labeled_split(cohort_tokens, "train")
+    config = _config(mode=mode, batch_size=16, warmup_epochs=1.5, encoder_lr_ratio=0.1)
+    model = finetuning.build_classifier(encoder_dir, EHRConfig.from_pretrained(encoder_dir), config)
+    fold = classifier_loop.start_training(model, train, config, torch.device("cpu"))
+    rates = []  # every group's rate at each step, as the step is taken
+    fold.optimizer.register_step_pre_hook(
+        lambda opt, *_: rates.append([g["lr"] for g in opt.param_groups])
+    )
+    for epoch in (1, 2, 3):
+        fold.train_epoch(config, epoch)
+    warmup = int(np.ceil(1.5 * np.ceil(len(train) / 16)))
+    assert len(rates) == fold.steps > warmup + 1
+    peaks = np.array([g["peak_lr"] for g in fold.optimizer.param_groups])
+    expected = 1e-3 if mode == "scratch" else [1e-4, 1e-4, 1e-3, 1e-3]  # encoder, then head
+    assert peaks == pytest.approx(np.broadcast_to(expected, peaks.shape))
+    shares = np.array(rates) / peaks
+    assert shares[:warmup, 0] == pytest.approx(np.arange(1, warmup + 1) / warmup)
+    assert (shares == shares[:, :1]).all()  # every group alike, the encoder's and the head's
+    assert (shares[warmup:] == 1).all()
+
+
+def test_no_warmup_takes_the_full_rate_from_the_first_step():
+    from ehr_ssl.training.optim import warmup_factor
+
+    assert [warmup_factor(step, 0) for step in range(3)] == [1.0, 1.0, 1.0]
+    assert [warmup_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
 def test_a_label_budget_limits_the_training_labels(cohort_tokens, encoder_dir, tmp_path):
     train = read_split(cohort_tokens, "train").filter(pl.col("labeled"))
     ids = train["visit_id"].head(60)
