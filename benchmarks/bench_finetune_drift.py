@@ -6,7 +6,7 @@ each part of the readout moved, in the probe's standard deviations (the scale th
 it on), and the shift of the head's logit that the move alone makes.
 
 usage: python benchmarks/bench_finetune_drift.py TOKENS_DIR ENCODER_DIR
-           [--steps 1,3,10,30,75] [--encoder-lr-ratio 0.1] [--eval-mode]
+           [--steps 1,3,10,30,75] [--encoder-lr-ratio 0.1] [--eval-mode] [--seed 0]
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from sklearn.metrics import roc_auc_score
 
 from ehr_ssl.config import FinetuneConfig
 from ehr_ssl.model.encoder import EHRConfig
-from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.training import classifier_loop
 from ehr_ssl.training.finetune import labeled_split
 from ehr_ssl.training.probe import init_head_from_probe, pooled_vectors
@@ -63,7 +62,9 @@ def main() -> None:
     parser.add_argument("--steps", default="1,3,10,30,75")
     parser.add_argument("--encoder-lr-ratio", type=float, default=0.1)
     parser.add_argument("--eval-mode", action="store_true", help="the encoder's dropout off")
+    parser.add_argument("--seed", type=int, default=0, help="of dropout (the order: finetune's)")
     args = parser.parse_args()
+    torch.manual_seed(args.seed)
     steps = sorted(int(s) for s in args.steps.split(","))
 
     train, val = labeled_split(args.tokens, "train"), labeled_split(args.tokens, "val")
@@ -80,16 +81,12 @@ def main() -> None:
     print(f"| step | val AUROC | val log-loss | {names} | logit shift, mean | sd |")
     print("|---" * (5 + len(readout_parts(model.config))) + "|")
     report(model, val, start, 0)
-    for step, batch in enumerate(classifier_loop._epoch_loader(train, config, 1), start=1):
+    loader = classifier_loop.epoch_loader(train, config, 1)
+    for step, batch in enumerate(loader, start=1):  # fine-tuning's steps, one by one
         model.train()
         if args.eval_mode:
             model.encoder.eval()
-        inputs = {k: batch[k] for k in ENCODER_INPUTS}
-        loss = model(**inputs, labels=batch["labels"], pos_weight=fold.pos_weight).loss
-        fold.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        fold.optimizer.step()
+        classifier_loop.train_step(fold, batch, warmup_steps=0)
         if step in steps:
             report(model, val, start, step)
         if step == steps[-1]:

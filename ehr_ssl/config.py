@@ -545,9 +545,11 @@ class FinetuneConfig:
     """full mode: encoder learning rate = learning_rate x this (lower than the head's)."""
     warmup_epochs: float = 0.0
     """Epochs over which every learning rate (head, encoder, a scratch model's) rises linearly
-    from a step's share to its full value, as BERT-style fine-tuning warms up: Adam's first
-    steps move every weight by about its rate, whatever the gradient. 0: the full rate from
-    the first step."""
+    to its full value, the first step at 1/warmup_steps of it (warmup_steps: this many epochs'
+    steps), as BERT-style fine-tuning warms up: Adam's first steps move every weight by about
+    its rate, whatever the gradient. 0: the full rate from the first step. With every label it
+    delayed full fine-tuning's first-epoch fall, not stopped it (benchmarks/README.md, "With
+    every label, full fine-tuning falls in its first epoch")."""
     batch_size: int = 64
     """Labeled visits per step."""
     max_epochs: int = 30

@@ -120,16 +120,15 @@ def _optimizer_groups(model: AdmissionClassifier, config: FinetuneConfig) -> lis
     """AdamW's parameter groups, each with its "peak_lr" (what warmup rises to): in full mode
     the pretrained encoder at learning_rate x encoder_lr_ratio and the head at learning_rate;
     in scratch mode all at learning_rate."""
-    head_lr = config.learning_rate
+    rate = config.learning_rate
     if config.mode != "full":
-        return [dict(g, lr=head_lr, peak_lr=head_lr)
-                for g in param_groups(model, config.weight_decay)]  # fmt: skip
+        return [dict(g, lr=rate, peak_lr=rate) for g in param_groups(model, config.weight_decay)]
     # The pretrained encoder moves slower than the freshly initialized head.
-    encoder_lr = config.learning_rate * config.encoder_lr_ratio
+    encoder_rate = rate * config.encoder_lr_ratio
     encoder = param_groups(model.encoder, config.weight_decay)
     head = param_groups(model.head, config.weight_decay)
-    return [dict(g, lr=encoder_lr, peak_lr=encoder_lr) for g in encoder] + [
-        dict(g, lr=head_lr, peak_lr=head_lr) for g in head
+    return [dict(g, lr=encoder_rate, peak_lr=encoder_rate) for g in encoder] + [
+        dict(g, lr=rate, peak_lr=rate) for g in head
     ]
 
 
@@ -149,7 +148,7 @@ def _data_parallel(model: AdmissionClassifier, hardware: DeviceSettings) -> nn.M
     return DistributedDataParallel(model, device_ids=hardware.ddp_device_ids)
 
 
-def _epoch_loader(train: TokenDataset, config: FinetuneConfig, epoch: int) -> DataLoader:
+def epoch_loader(train: TokenDataset, config: FinetuneConfig, epoch: int) -> DataLoader:
     """This process's share of the train visits, length-bucketed, in the epoch's order."""
     rank = distributed.current()
     sampler = LengthBucketSampler(
@@ -164,25 +163,23 @@ def _epoch_loader(train: TokenDataset, config: FinetuneConfig, epoch: int) -> Da
     return DataLoader(train, batch_sampler=sampler, collate_fn=collate)
 
 
-def _train_epoch(fold: Fold, loader: DataLoader, warmup_steps: int) -> torch.Tensor:
-    """One pass over `loader` with the weighted loss and gradients clipped at norm 1, in the
-    run's precision, each step's rates warmed up (`_warm_up`, counting the fold's steps);
-    returns the last batch's loss."""
-    fold.model.train()
-    for batch in loader:
-        batch = {k: v.to(fold.hardware.device) for k, v in batch.items()}
-        with fold.hardware.autocast():
-            loss = fold.trained(
-                **{k: batch[k] for k in ENCODER_INPUTS},
-                labels=batch["labels"],
-                pos_weight=fold.pos_weight,
-            ).loss
-        fold.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(fold.model.parameters(), 1.0)
-        _warm_up(fold.optimizer, fold.steps, warmup_steps)
-        fold.optimizer.step()
-        fold.steps += 1
+def train_step(fold: Fold, batch: dict[str, torch.Tensor], warmup_steps: int) -> torch.Tensor:
+    """One optimizer step on `batch` with the weighted loss and gradients clipped at norm 1,
+    in the run's precision, the rates warmed up (`_warm_up`, counting the fold's steps);
+    returns the batch's loss. The caller sets train or eval mode."""
+    batch = {k: v.to(fold.hardware.device) for k, v in batch.items()}
+    with fold.hardware.autocast():
+        loss = fold.trained(
+            **{k: batch[k] for k in ENCODER_INPUTS},
+            labels=batch["labels"],
+            pos_weight=fold.pos_weight,
+        ).loss
+    fold.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(fold.model.parameters(), 1.0)
+    _warm_up(fold.optimizer, fold.steps, warmup_steps)
+    fold.optimizer.step()
+    fold.steps += 1
     return loss
 
 
@@ -220,11 +217,13 @@ class Fold:
     """Optimizer steps taken (what the warmup counts)."""
 
     def train_epoch(self, config: FinetuneConfig, epoch: int) -> float:
-        """One pass over the train visits; the last batch's loss. The warmup lasts
-        warmup_epochs x the global batches of an epoch."""
-        loader = _epoch_loader(self.train, config, epoch)
-        batches = math.ceil(len(self.train) / config.batch_size)
-        loss = _train_epoch(self, loader, math.ceil(config.warmup_epochs * batches))
+        """One pass over the train visits in train mode; the last batch's loss. The warmup
+        lasts warmup_epochs x an epoch's steps (global batches, alike on every rank)."""
+        loader = epoch_loader(self.train, config, epoch)
+        warmup_steps = math.ceil(config.warmup_epochs * len(loader))
+        self.model.train()
+        for batch in loader:
+            loss = train_step(self, batch, warmup_steps)
         return float(loss.detach())
 
 

@@ -21,7 +21,7 @@ def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
     """Linear warmup over warmup_steps, then cosine decay to learning_rate * min_lr_ratio."""
     peak, floor = config.learning_rate, config.learning_rate * config.min_lr_ratio
     if step < config.warmup_steps:
-        return peak * warmup_factor(step, config.warmup_steps)
+        return peak * (step + 1) / config.warmup_steps
     span = max(total_steps - config.warmup_steps, 1)
     progress = min((step - config.warmup_steps) / span, 1.0)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))

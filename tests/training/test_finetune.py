@@ -111,19 +111,22 @@ def test_full_mode_starts_from_the_pretrained_encoder(cohort_tokens, encoder_dir
     assert sorted({g["lr"] for g in seen["groups"]}) == pytest.approx([1e-4, 1e-3])
 
 
-@pytest.mark.parametrize("mode", ["full", "scratch"])
-def test_every_rate_warms_up_linearly_over_the_stated_epochs(cohort_tokens, encoder_dir, mode):
+@pytest.mark.parametrize("mode,warmup_epochs", [("full", 1.5), ("scratch", 1.5), ("full", 0)])
+def test_every_rate_warms_up_linearly_over_the_stated_epochs(
+    cohort_tokens, encoder_dir, mode, warmup_epochs
+):
     train = finetuning.labeled_split(cohort_tokens, "train")
-    config = _config(mode=mode, batch_size=16, warmup_epochs=1.5, encoder_lr_ratio=0.1)
+    config = _config(mode=mode, batch_size=16, warmup_epochs=warmup_epochs, encoder_lr_ratio=0.1)
     model = finetuning.build_classifier(encoder_dir, EHRConfig.from_pretrained(encoder_dir), config)
     fold = classifier_loop.start_training(model, train, config, torch.device("cpu"))
     rates = []  # every group's rate at each step, as the step is taken
     fold.optimizer.register_step_pre_hook(
         lambda opt, *_: rates.append([g["lr"] for g in opt.param_groups])
     )
-    for epoch in (1, 2, 3):
+    fold.train_epoch(config, 1)
+    warmup = int(np.ceil(warmup_epochs * fold.steps))  # that many epochs' steps
+    for epoch in (2, 3):
         fold.train_epoch(config, epoch)
-    warmup = int(np.ceil(1.5 * np.ceil(len(train) / 16)))
     assert len(rates) == fold.steps > warmup + 1
     peaks = np.array([g["peak_lr"] for g in fold.optimizer.param_groups])
     expected = 1e-3 if mode == "scratch" else [1e-4, 1e-4, 1e-3, 1e-3]  # encoder, then head
