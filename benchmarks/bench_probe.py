@@ -6,13 +6,15 @@ on every labeled test visit. Every encoder gets the same subsets and test visits
 differences are paired; the spread is over label subsets (the test visits are fixed).
 
 Cheaper than a pipeline run per pretraining variant (no fine-tuning; `--tabular` adds the tabular
-baselines on the same subsets and folds, the reference to beat): the
+baselines on the same subsets and folds, the reference to beat, and `--counts` the counts
+logistic regression): the
 screen that picks which variants are worth a full label-efficiency curve. At small budgets the
 pipeline's SSL model mostly selects this probe (report.md, "Model selection").
 
 usage: python benchmarks/bench_probe.py --tokens RUN/tokens \
            --encoders A/encoder,B/encoder [--budgets 100,300,1000] [--subsets 12,6,3] \
-           [--readouts pooled,segments] [--tabular logistic,lightgbm] [--with-current-visit] \
+           [--readouts pooled,segments] [--tabular logistic,lightgbm] [--counts] \
+           [--with-current-visit] \
            [--pca 8,16,32] [--forecast-codes 64,256] [--past-forecast-codes 64,256] \
            [--random-features 256,1024] \
            [--latent-work WORK] [--global-scale] [--heads] [--cv-rule best|one_se] \
@@ -56,7 +58,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from ehr_ssl.config import CV_METRICS, CV_RULES, PENALTY_SELECTIONS, READOUTS, FinetuneConfig
-from ehr_ssl.evaluation.baselines import fit_counts_baseline_cv, predict_proba
+from ehr_ssl.evaluation.baselines import count_features, fit_counts_baseline_cv, predict_proba
 from ehr_ssl.evaluation.tabular import TabularSpec
 from ehr_ssl.model.encoder import EHREncoder, pooled_dim, readout_dim
 from ehr_ssl.tokens.batching import TokenDataset
@@ -202,6 +204,17 @@ def tabular_rows(tokens: Path, y: dict, groups, ids, budgets: dict, kinds: list[
     return rows
 
 
+def counts_rows(tokens: Path, y: dict, groups, ids, budgets: dict, cv: dict) -> list:
+    """The counts logistic regression (the pipeline's counts features and model) on the same
+    label subsets and folds as the encoders."""
+    tokenizer = Tokenizer.load(tokens)
+    sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
+    x = {s: count_features(read_split(tokens, s).filter(pl.col("labeled")), **sizes) for s in y}
+    curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets,
+                        fit_cv=baseline_fit("logistic"), **cv)  # fmt: skip
+    return [_row("counts logistic", "counts features", curve, budgets)]
+
+
 def latent_rows(work: Path, tokens: Path, labeled: dict, y: dict, groups, ids, budgets: dict,
                 current: dict, cv: dict | None = None) -> list:  # fmt: skip
     """A perfect representation of the history, on the same label subsets and folds: the
@@ -320,6 +333,11 @@ def main() -> None:
     parser.add_argument("--subsets", default="12,6,3", help="label subsets per budget")
     parser.add_argument("--readouts", default="pooled", help=f"of {', '.join(READOUTS)}")
     parser.add_argument("--tabular", default="", help="tabular baselines to add: logistic,lightgbm")
+    parser.add_argument(
+        "--counts",
+        action="store_true",
+        help="add the counts logistic regression on the same subsets",
+    )
     parser.add_argument("--with-current-visit", action="store_true",
                         help="also probe each readout with the current visit's (code, bin) "
                         "one-hots beside it, and those alone")  # fmt: skip
@@ -431,6 +449,8 @@ def main() -> None:
     if args.tabular:
         results += tabular_rows(args.tokens, y, groups, ids, budgets, args.tabular.split(","),
                                 cv)  # fmt: skip
+    if args.counts:
+        results += counts_rows(args.tokens, y, groups, ids, budgets, cv)
     if args.latent_work:
         results += latent_rows(args.latent_work, args.tokens, labeled, y, groups, ids, budgets,
                                current, cv)  # fmt: skip
