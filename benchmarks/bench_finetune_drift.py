@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ehr_ssl.config import FinetuneConfig
-from ehr_ssl.model.encoder import EHRConfig
+from ehr_ssl.model.encoder import EHRConfig, pooled_dim, readout_dim
 from ehr_ssl.training import classifier_loop
 from ehr_ssl.training.finetune import labeled_split
 from ehr_ssl.training.probe import init_head_from_probe, pooled_vectors
@@ -29,12 +29,13 @@ CPU = torch.device("cpu")
 
 
 def readout_parts(config: EHRConfig) -> dict[str, slice]:
-    """The forecast readout's parts, in its column order (`EHREncoder.readout`)."""
-    d = config.hidden_size
-    edges = {"cls": d, "history mean": 2 * d, "current mean": 3 * d, "log counts": 3 * d + 2,
-             "forecast state": 4 * d + 2}  # fmt: skip
-    starts = [0, *list(edges.values())[:-1]]
-    return {name: slice(a, b) for (name, b), a in zip(edges.items(), starts, strict=True)}
+    """The forecast readout's parts, in its column order (`EHREncoder.readout`: three pooled
+    summaries of P columns, two log counts, the forecast state of D)."""
+    p, d = pooled_dim(config), config.hidden_size
+    widths = {"cls": p, "history mean": p, "current mean": p, "log counts": 2, "forecast state": d}
+    ends = np.cumsum(list(widths.values()))
+    assert ends[-1] == readout_dim(config, "forecast")
+    return {name: slice(end - w, end) for (name, w), end in zip(widths.items(), ends, strict=True)}
 
 
 def standardized(model, dataset) -> np.ndarray:

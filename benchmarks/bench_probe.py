@@ -196,12 +196,7 @@ def tabular_rows(tokens: Path, y: dict, groups, ids, budgets: dict, kinds: list[
     `cv`: `probe_curve`'s cv settings."""
     spec = TabularSpec.from_tokens(tokens)
     x = {s: spec.features(read_split(tokens, s).filter(pl.col("labeled"))) for s in y}
-    rows = []
-    for kind in kinds:
-        curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets,
-                            fit_cv=baseline_fit(kind), **(cv or {}))  # fmt: skip
-        rows.append(_row(f"tabular {kind}", "tabular features", curve, budgets))
-    return rows
+    return _baseline_rows("tabular", x, y, groups, ids, budgets, kinds, cv)
 
 
 def counts_rows(tokens: Path, y: dict, groups, ids, budgets: dict, cv: dict) -> list:
@@ -210,9 +205,19 @@ def counts_rows(tokens: Path, y: dict, groups, ids, budgets: dict, cv: dict) -> 
     tokenizer = Tokenizer.load(tokens)
     sizes = {"vocab_size": tokenizer.vocab_size, "n_bins": tokenizer.config.n_bins}
     x = {s: count_features(read_split(tokens, s).filter(pl.col("labeled")), **sizes) for s in y}
-    curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets,
-                        fit_cv=baseline_fit("logistic"), **cv)  # fmt: skip
-    return [_row("counts logistic", "counts features", curve, budgets)]
+    return _baseline_rows("counts", x, y, groups, ids, budgets, ["logistic"], cv)
+
+
+def _baseline_rows(features: str, x: dict, y: dict, groups, ids, budgets: dict,
+                   kinds: list[str], cv: dict | None) -> list:  # fmt: skip
+    """A row per baseline kind on the sparse features `x` (each split's), named
+    "{features} {kind}"."""
+    rows = []
+    for kind in kinds:
+        curve = probe_curve(x["train"], y["train"], groups, ids, x["test"], y["test"], budgets,
+                            fit_cv=baseline_fit(kind), **(cv or {}))  # fmt: skip
+        rows.append(_row(f"{features} {kind}", f"{features} features", curve, budgets))
+    return rows
 
 
 def latent_rows(work: Path, tokens: Path, labeled: dict, y: dict, groups, ids, budgets: dict,
@@ -333,11 +338,8 @@ def main() -> None:
     parser.add_argument("--subsets", default="12,6,3", help="label subsets per budget")
     parser.add_argument("--readouts", default="pooled", help=f"of {', '.join(READOUTS)}")
     parser.add_argument("--tabular", default="", help="tabular baselines to add: logistic,lightgbm")
-    parser.add_argument(
-        "--counts",
-        action="store_true",
-        help="add the counts logistic regression on the same subsets",
-    )
+    parser.add_argument("--counts", action="store_true",
+                        help="add the counts logistic regression on the same subsets")  # fmt: skip
     parser.add_argument("--with-current-visit", action="store_true",
                         help="also probe each readout with the current visit's (code, bin) "
                         "one-hots beside it, and those alone")  # fmt: skip
