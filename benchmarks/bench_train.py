@@ -158,7 +158,9 @@ def main() -> None:
     parser.add_argument("--masked-weight", type=float)
     parser.add_argument("--contrastive-weight", type=float)
     parser.add_argument("--forecast-weight", type=float)
-    parser.add_argument("--forecast-share", type=float, help="objective.forecast_share [1]")
+    parser.add_argument(
+        "--forecast-share", type=float, help="objective.forecast_share [the config's]"
+    )
     parser.add_argument("--views", help="objective.contrastive_views [the preset's]")
     parser.add_argument("--mask-unit", help="objective.mask_unit [the preset's]")
     parser.add_argument("--visit-values-weight", type=float)

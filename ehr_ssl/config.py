@@ -534,7 +534,7 @@ class FinetuneConfig:
 
     mode: str = field(default="full", metadata={"choices": FINETUNE_MODES})
     """full: the pretrained encoder trained further with a head; linear-probe: a logistic
-    regression on the frozen encoder's pooled vectors; scratch: the same architecture from
+    regression on the frozen encoder's readout (`readout`); scratch: the same architecture from
     random initialization (the supervised-only baseline)."""
     label_budget: int | float | None = None
     """Labeled train visits used: a count, a fraction, or "all" (None in Python); val keeps the

@@ -334,7 +334,8 @@ def _fold_run(
     device: torch.device,
 ) -> Fold:
     """One fold's classifier, on its train part, scored on its val part. In full mode its
-    head starts at the probe of its train part, C chosen by folds within that part."""
+    head starts at the probe of its train part, C chosen within that part (as
+    `penalty_selection` says)."""
     fit, held_out = positions
     model = build_classifier(encoder_dir, encoder_config, config)
     if vectors is not None:
