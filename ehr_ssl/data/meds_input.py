@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import meds
 import polars as pl
+import pyarrow as pa
 
 from ehr_ssl.config import DataConfig, TokenizeConfig
 from ehr_ssl.data.parquet import (
@@ -111,6 +113,32 @@ def check_schema(path: Path, schema: type, summary: MedsSummary, *, required: tu
         summary.warnings[warning] = summary.warnings.get(warning, 0) + 1
 
 
+# The data shards' key columns: the types they can be read as (MEDS's own in parentheses). A
+# float subject id or a string time is no cast away from a key: it is refused.
+SHARD_KEY_TYPES = {
+    "subject_id": (pa.types.is_integer, "int64"),
+    "time": (lambda t: pa.types.is_timestamp(t) or pa.types.is_null(t), "timestamp[us]"),
+    "code": (lambda t: _is_text(t.value_type if pa.types.is_dictionary(t) else t), "string"),
+}
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or kind == pa.string_view()
+
+
+def check_shard_keys(path: Path) -> None:
+    """A data shard's subject_id, time and code of a type they can be read as, else an
+    InputError naming the column (MEDS's other differences are warnings: `check_schema`)."""
+    found = parquet_schema(path)
+    for column, (readable, expected) in SHARD_KEY_TYPES.items():
+        if not readable(found.field(column).type):
+            raise InputError(
+                f"type {found.field(column).type} (MEDS: {expected})",
+                file=str(path),
+                column=column,
+            )
+
+
 @contextmanager
 def contract_data(path: Path, config: TokenizeConfig) -> Iterator[tuple[Path, DataConfig]]:
     """The dataset at `path` in the contract's layout, with the data settings to read it: the
@@ -118,6 +146,7 @@ def contract_data(path: Path, config: TokenizeConfig) -> Iterator[tuple[Path, Da
     directory (removed on exit). Raises InputError on bad input, before anything is written."""
     path = Path(path)
     if not is_meds_root(path):
+        _check_no_meds_settings(path, config)
         yield path, config.data
         return
     with tempfile.TemporaryDirectory(prefix="ehr-ssl-meds-") as work:
@@ -135,17 +164,40 @@ def contract_data(path: Path, config: TokenizeConfig) -> Iterator[tuple[Path, Da
             raise _in_source_files(e, Path(work), config) from None
 
 
+def _check_no_meds_settings(path: Path, config: TokenizeConfig) -> None:
+    """A MEDS setting given for a dataset that is no MEDS root would be ignored: refused."""
+    for name in ("labels", "prediction_times", "arrival_code"):
+        if getattr(config.meds, name) is not None:
+            raise InputError(
+                f"not a MEDS root (no data/ directory, or a {VISITS.filename} beside it), so "
+                f"meds.{name} (--meds-{name.replace('_', '-')}) would be ignored",
+                file=str(path),
+            )
+
+
+# The contract's columns as the MEDS files name them: in a data shard, and in a label file
+# (arrival_time is the prediction time less the offset, or the arrival event before it).
+SHARD_COLUMNS = {"patient_id": "subject_id"}
+POINT_COLUMNS = SHARD_COLUMNS | {
+    "label": "boolean_value",
+    "arrival_time": "prediction_time",
+}
+
+
 def _in_source_files(error: InputError, work: Path, config: TokenizeConfig) -> InputError:
     """`error` with a file of the contract directory `work` replaced by the MEDS file it
     stands for: a data shard for a link of events/, the label file for visits and labels."""
     if error.file is None or not error.file.startswith(str(work)):
         return error
     file = Path(error.file)
-    if file.parent == work / "events" and file.is_symlink():
-        source = str(file.resolve())
-    else:
-        source = str(config.meds.labels or config.meds.prediction_times)
-    return InputError(error.problem, file=source, column=error.column)
+    if file.parent == work / "events" and file.is_symlink():  # the shard itself, row for row
+        column = SHARD_COLUMNS.get(error.column, error.column)
+        return InputError(error.problem, file=str(file.resolve()), column=column)
+    source = str(config.meds.labels or config.meds.prediction_times)
+    # The visits were built from the points, sorted: a row index there is not the file's.
+    problem = re.sub(r" \(first at row index \d+\)", "", error.problem)
+    column = POINT_COLUMNS.get(error.column, error.column)
+    return InputError(problem, file=source, column=column)
 
 
 def format_meds_summary(summary: MedsSummary) -> str:
@@ -185,6 +237,7 @@ def write_contract(root: Path, out: Path, config: TokenizeConfig) -> MedsSummary
     shards = data_shards(root)
     for shard in shards:
         check_schema(shard, meds.DataSchema, summary)
+        check_shard_keys(shard)
     points = read_points(config, summary)
     rows = patient_rows(shards, config.meds.arrival_code, points["subject_id"])
     visits = build_visits(points, rows, root, config, summary)

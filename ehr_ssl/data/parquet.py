@@ -189,7 +189,12 @@ def _damaged(path: Path, column: str, row_group: int, found: str) -> InputError:
 
 def _open(path: Path) -> pq.ParquetFile:
     # Checksums are verified for the pages that have one; others are read as before.
-    return pq.ParquetFile(str(path), page_checksum_verification=True)
+    file = pq.ParquetFile(str(path), page_checksum_verification=True)
+    names = file.schema_arrow.names
+    for name in names:  # Parquet allows a name twice; which one a reader takes is arbitrary
+        if names.count(name) > 1:
+            raise InputError(f"appears {names.count(name)} times", file=str(path), column=name)
+    return file
 
 
 @contextmanager

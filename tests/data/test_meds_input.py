@@ -201,6 +201,42 @@ def test_bad_meds_input_is_one_line_naming_the_users_file(tmp_path):
         pass
 
 
+@pytest.mark.parametrize(
+    ("column", "cast"),
+    [("subject_id", pl.Float64), ("subject_id", pl.String), ("time", pl.String), ("code", pl.Int8)],
+)
+def test_a_shard_key_of_another_type_is_refused_naming_it(tmp_path, column, cast):
+    root = _meds_root(tmp_path / "k", _rows(), _points())
+    shard = root / "data/train/0.parquet"
+    frame = pl.read_parquet(shard)
+    if cast == pl.Int8:
+        frame = frame.with_columns(pl.col("code").rank("dense").cast(pl.Int8))
+    pl.read_parquet(shard).with_columns(frame[column].cast(cast)).write_parquet(shard)
+    error = _refused(root, rf"column '{column}': type .* \(MEDS: ")
+    assert error.file == str(shard.resolve()) or error.file == str(shard)
+
+
+def test_errors_name_the_meds_column_and_no_row_of_the_sorted_copy(tmp_path):
+    rows = _rows() + [(None, T0, "DX//I10", None)]
+    root = _meds_root(tmp_path / "n", rows, _points())
+    _refused(root, r"0.parquet: column 'subject_id': 1 null")
+    points = _points()
+    points[2] = (2, datetime(9999, 12, 31), True)
+    root = _meds_root(tmp_path / "t", _rows(), points)
+    error = _refused(root, r"labels.parquet: column 'prediction_time': ")
+    assert "row index" not in str(error)  # the visits are the points sorted, not the file's rows
+
+
+@pytest.mark.parametrize("setting", ["labels", "prediction_times", "arrival_code"])
+def test_a_meds_setting_for_a_contract_dataset_is_refused(tmp_path, cohort, setting):
+    data = tmp_path / "contract"
+    write_cohort(cohort, data)
+    config = TokenizeConfig(meds=MedsConfig(**{setting: "X"}))
+    refused = pytest.raises(InputError, match=rf"not a MEDS root .* meds.{setting} .* ignored")
+    with refused, contract_data(data, config):
+        pass
+
+
 def test_code_metadata_is_checked_and_kept(tmp_path):
     root = _meds_root(tmp_path / "m", _rows(), _points())
     (root / "metadata").mkdir()

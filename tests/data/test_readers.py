@@ -256,6 +256,18 @@ def test_not_parquet_and_truncated_files(dataset_dir):
     assert info.value.file.endswith("visits.parquet")
 
 
+def test_a_column_name_twice_is_refused_naming_it(dataset_dir):
+    # Parquet allows two columns of one name; which one a reader would take is arbitrary.
+    path = dataset_dir / "visits.parquet"
+    table = pq.read_table(path)
+    doubled = table.append_column("age", table.column("age"))
+    pq.write_table(doubled, path)
+    with pytest.raises(InputError, match="appears 2 times") as info:
+        read_dataset(dataset_dir, DataConfig())
+    assert info.value.file.endswith("visits.parquet")
+    assert info.value.column == "age"
+
+
 def test_missing_files_and_empty_shard_directory(dataset_dir):
     (dataset_dir / "events.parquet").unlink()
     with pytest.raises(InputError, match="file not found"):
