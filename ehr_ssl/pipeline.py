@@ -19,8 +19,16 @@ from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.config import FINETUNED, PipelineConfig, load_pipeline_config, parse_budget
 from ehr_ssl.data.leakage import screen_dataset
 from ehr_ssl.data.meds_input import contract_data, sources
-from ehr_ssl.data.readers import dataset_files, is_present, read_dataset, read_oracle, read_visits
-from ehr_ssl.data.schema import ORACLE_FILENAME
+from ehr_ssl.data.readers import (
+    Dataset,
+    dataset_files,
+    is_present,
+    read_dataset,
+    read_oracle,
+    read_visits,
+)
+from ehr_ssl.data.schema import LABELS, ORACLE_FILENAME
+from ehr_ssl.data.splits import visit_splits
 from ehr_ssl.data.summary import format_summary, summarize_dataset
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import (
@@ -385,6 +393,7 @@ def _validate_and_tokenize(
         dataset = read_dataset(data_dir, tokenize_config.data)
         summary = summarize_dataset(dataset, lookback_days=tokenize_config.tokenizer.lookback_days)
         summary["suspected_leaks"] = screen_dataset(dataset, config)  # stops on one not accepted
+        _check_trainable_labels(dataset, data_dir, config)
         del dataset
         log.info("validate: %s\n%s", data_dir, format_summary(summary))
     layout = RunLayout(run_dir)
@@ -397,6 +406,23 @@ def _validate_and_tokenize(
     tokenize_dataset(data_dir, layout.tokens, tokenize_config, overwrite=True, require_classes=True)
     stages.mark("tokenize", fingerprint)
     log.info("tokenize: -> %s (%.0f s)", layout.tokens, time.perf_counter() - started)
+
+
+def _check_trainable_labels(dataset: Dataset, data_dir: Path, config: PipelineConfig) -> None:
+    """A run trains: its labels must exist and each split's hold both classes. Checked before
+    the run directory is written (the tokenize stage checks the same again as it writes)."""
+    from ehr_ssl.tokens.tokenize import SPLIT_SETTINGS, check_split_classes
+
+    source = str(data_dir / LABELS.filename)
+    if dataset.labels is None or dataset.labels.height == 0:
+        raise InputError(
+            "no labeled visits: `run` fine-tunes and evaluates on labels (tokenize, pretrain "
+            "and embed need none)",
+            file=source,
+        )
+    split = visit_splits(dataset.visits, config.split)
+    check_split_classes(dataset.visits["visit_id"], split, dataset.labels,
+                        settings=SPLIT_SETTINGS, required=True, source=source)  # fmt: skip
 
 
 def _evaluate_and_bundle(run: _Run, oracle_dir: Path | None, fingerprint: str) -> None:

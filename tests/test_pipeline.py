@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -223,6 +224,27 @@ def test_cli_run_prints_the_table_and_rejects_bad_input(cohort_dir, tmp_path, ca
     assert len(err) == 1 and "visits.parquet" in err[0] and "arrival_time" in err[0]
     assert not (tmp_path / "r" / "report.json").exists()
     assert not (tmp_path / "r" / "tokens").exists()
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [(None, "labels.parquet: no labeled visits: `run` fine-tunes"),
+     (False, "labels.parquet: column 'label': the train split has .* all negative")],
+)  # fmt: skip
+def test_cli_run_without_both_classes_stops_before_writing(cohort_dir, tmp_path, capsys, labels,
+                                                           expected):  # fmt: skip
+    data = tmp_path / "data"
+    shutil.copytree(cohort_dir, data)
+    if labels is None:
+        (data / "labels.parquet").unlink()
+    else:
+        frame = pl.read_parquet(data / "labels.parquet").with_columns(label=pl.lit(labels))
+        frame.write_parquet(data / "labels.parquet")
+    out = tmp_path / "r"
+    assert main(["-q", "run", "--data", str(data), "--out", str(out), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(expected, err[0]) and str(data) in err[0]
+    assert not out.exists() or not any(out.iterdir())  # no marker, config or tokens
 
 
 @pytest.mark.parametrize(

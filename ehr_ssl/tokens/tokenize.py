@@ -135,13 +135,14 @@ def check_split_classes(
     *,
     settings: Mapping[str, str],
     required: bool,
+    source: str = LABELS.filename,
 ) -> None:
     """Each split's labeled visits hold both classes: fine-tuning, selection and the report
     each need one split's positives and negatives. Shape: visit_ids, split (V,).
 
     Raises:
-        InputError (`required`; else the same line is logged as a warning): naming
-        labels.parquet, the split, its counts and the setting to change.
+        InputError (`required`; else the same line is logged as a warning): naming `source`
+        (the labels file), the split, its counts and the setting to change.
     """
     counts = (
         pl.DataFrame({"visit_id": visit_ids, "split": split})
@@ -160,7 +161,7 @@ def check_split_classes(
         error = InputError(
             f"the {name} split has {what}: every split needs both classes among its labels "
             f"before training; change {settings[name]}, or add labels",
-            file=LABELS.filename,
+            file=source,
             column="label",
         )
         if required:
