@@ -34,7 +34,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from ehr_ssl.deploy.scoring import check_output_file, score_dataset
 
     hf_logging.disable_progress_bar()
-    check_output_file(args.out, {"--data": args.data, "--model": args.model})  # before loading
+    inputs = {"--data": args.data, "--model": args.model}
+    check_output_file(args.out, inputs, overwrite=args.overwrite)  # before loading
     model = load(args.model, device=args.device)
     meds = {key.removeprefix("meds."): value for key, value in overrides(args).items()}
     reading = TokenizeConfig(data=model.tokenizer.input_config(), meds=MedsConfig(**meds))
@@ -48,6 +49,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             threshold=getattr(args, "threshold", None),
             chunk_visits=args.chunk_visits,
             data_config=data_config,
+            overwrite=args.overwrite,
         )
     return 0
 
@@ -137,6 +139,11 @@ def _add_score_commands(commands: argparse._SubParsersAction) -> None:
         )
         add_meds_settings(score)
         score.add_argument("--out", type=Path, required=True, help="output Parquet file")
+        score.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace --out whatever it holds [only an earlier predict/embed output]",
+        )
         score.add_argument(
             "--chunk-visits", type=positive_int, default=100_000, help="visits per chunk [100000]"
         )

@@ -48,6 +48,9 @@ from ehr_ssl.tokens.vocab import UNK_ID
 log = logging.getLogger("ehr_ssl")
 
 OUTPUTS = ("predict", "embed")
+# The schema metadata key that marks a file `predict` or `embed` wrote (its value: which), so
+# that a rerun replaces its own output and never a file of the user's.
+OUTPUT_KEY = b"ehr_ssl.output"
 
 
 def score_dataset(
@@ -62,6 +65,7 @@ def score_dataset(
     batch_size: int = 256,
     progress: bool | None = None,
     data_config: DataConfig | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Score (or embed) every visit of the dataset at `data_dir` into one Parquet file.
 
@@ -79,11 +83,13 @@ def score_dataset(
         progress: A progress bar (default: when stderr is a terminal); else log lines.
         data_config: How to read the data (default: the bundle's tokenizer's input settings;
             a MEDS root's from `ehr_ssl.data.meds_input.contract_data`).
+        overwrite: Replace `out_path` whatever it is (else only an earlier predict or embed
+            output is replaced).
 
     Returns:
         Counts: visits, chunks, event rows read, unknown-code share, seconds. No identifiers.
     """
-    data_dir, out_path = _check_inputs(data_dir, out_path, output, chunk_visits)
+    data_dir, out_path = _check_inputs(data_dir, out_path, output, chunk_visits, overwrite)
     _check_format(output, output_format, threshold)
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
@@ -143,7 +149,7 @@ class _Dataset:
 
 
 def _check_inputs(
-    data_dir: Path, out_path: Path, output: str, chunk_visits: int
+    data_dir: Path, out_path: Path, output: str, chunk_visits: int, overwrite: bool
 ) -> tuple[Path, Path]:
     """The dataset directory and output file as paths, after checking the arguments."""
     if output not in OUTPUTS:
@@ -153,11 +159,16 @@ def _check_inputs(
     data_dir, out_path = Path(data_dir), Path(out_path)
     if not data_dir.is_dir():
         raise InputError("dataset directory not found", file=str(data_dir))
-    check_output_file(out_path, {"--data": data_dir})
+    check_output_file(out_path, {"--data": data_dir}, overwrite=overwrite)
     return data_dir, out_path
 
 
 def _check_format(output: str, output_format: str, threshold: float | None) -> None:
+    if threshold is not None and output_format != "meds":
+        raise InputError(
+            "applies to --format meds only (the ehr-ssl format holds scores, no decision)",
+            column="threshold",
+        )
     if output_format not in PREDICTION_FORMATS:
         raise InputError(f"must be one of {', '.join(PREDICTION_FORMATS)}", column="format")
     if output_format == "meds" and output != "predict":
@@ -168,12 +179,30 @@ def _check_format(output: str, output_format: str, threshold: float | None) -> N
         raise InputError(f"must be in [0, 1], got {threshold}", column="threshold")
 
 
-def check_output_file(out_path: Path, inputs: dict[str, Path | None]) -> None:
-    """The output file of `predict`/`embed`: not a directory, and at, inside or above none of
-    `inputs` ({flag: path}). Raises InputError naming it."""
-    if Path(out_path).is_dir():
+def check_output_file(
+    out_path: Path, inputs: dict[str, Path | None], *, overwrite: bool = False
+) -> None:
+    """The output file of `predict`/`embed`: not a directory, at, inside or above none of
+    `inputs` ({flag: path}), and new or an earlier `predict`/`embed` output (any file with
+    `overwrite`). Raises InputError naming it."""
+    out_path = Path(out_path)
+    if out_path.is_dir():
         raise InputError("is a directory, expected an output file path", file=str(out_path))
     check_outside_inputs(out_path, inputs)
+    if out_path.exists() and not overwrite and not is_scoring_output(out_path):
+        raise InputError(
+            "exists and is no predict or embed output: not replaced (use --overwrite)",
+            file=str(out_path),
+        )
+
+
+def is_scoring_output(path: Path) -> bool:
+    """Whether `path` is a Parquet file `predict` or `embed` wrote (its schema's mark)."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception:  # not Parquet, damaged, unreadable: not ours
+        return False
+    return metadata.get(OUTPUT_KEY, b"").decode(errors="replace") in OUTPUTS
 
 
 def _read_dataset(
@@ -247,7 +276,7 @@ def _score_chunks(
             table = _output_table(model, tokens, output, batch_size)
             if dataset.meds_keys is not None:
                 table = _meds_table(table, dataset.meds_keys, threshold)
-            writer = _write_rows(writer, table, tmp, out_path)
+            writer = _write_rows(writer, table, tmp, out_path, output)
             bar.update(tokens.height)
             if not show:
                 log.info(
@@ -268,13 +297,15 @@ def _score_chunks(
 
 
 def _write_rows(
-    writer: pq.ParquetWriter | None, table: pa.Table, tmp: Path, out_path: Path
+    writer: pq.ParquetWriter | None, table: pa.Table, tmp: Path, out_path: Path, output: str
 ) -> pq.ParquetWriter:
-    """Append one chunk's rows to the temporary output `tmp` (opening the writer on the first);
-    a failed write (a full disk, in pyarrow's words) raises an OSError naming `out_path`."""
+    """Append one chunk's rows to the temporary output `tmp` (opening the writer on the first,
+    its schema marked as `output`'s: `is_scoring_output`); a failed write (a full disk, in
+    pyarrow's words) raises an OSError naming `out_path`."""
     try:
         if writer is None:
-            writer = parquet_writer(tmp, table.schema)
+            schema = table.schema.with_metadata({OUTPUT_KEY: output.encode()})
+            writer = parquet_writer(tmp, schema)
         writer.write_table(table)
     except (OSError, pa.ArrowException) as e:
         raise write_failure(out_path, e) from e

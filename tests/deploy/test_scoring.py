@@ -119,6 +119,23 @@ def test_a_missing_bundle_exits_2(finished_run, tmp_path, capsys):
     assert "not a model bundle" in capsys.readouterr().err
 
 
+def test_a_file_of_the_users_is_replaced_only_with_overwrite(finished_run, tmp_path, capsys):
+    data, run = finished_run
+    out = tmp_path / "visits_copy.parquet"
+    shutil.copyfile(data / "visits.parquet", out)
+    argv = ["predict", "--model", str(run / "bundle"), "--data", str(data), "--out", str(out),
+            "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no predict or embed output: not replaced (use --overwrite)" in err[0]
+    assert pl.read_parquet(out).columns == pl.read_parquet(data / "visits.parquet").columns
+    assert main([*argv, "--overwrite"]) == 0
+    assert pl.read_parquet(out).columns == ["visit_id", "score"]
+    assert main(argv) == 0  # its own output: a rerun replaces it
+    assert main([*argv, "--threshold", "0.5"]) == 2  # a decision only the MEDS format holds
+    assert "applies to --format meds only" in capsys.readouterr().err
+
+
 def test_future_events_change_no_batch_prediction(finished_run, tmp_path):
     from tests.test_pipeline import _perturb_future_events
 
