@@ -68,25 +68,35 @@ def from_dict(
     *,
     source: str = NO_FILE,
     overridden: frozenset[str] = frozenset(),
+    section: str = "",
 ) -> Any:
-    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types.
+    """Build dataclass `cls` (the table `section`, "" at the top) from nested dicts, rejecting
+    unknown keys and wrong types.
 
-    A value out of range (the dataclasses' own checks) is reported naming `source`, the file
-    the values came from, unless the setting at fault is one of `overridden` (the "section.key"
-    settings given by flags, whose error names the setting only)."""
+    An error names the setting ("section.key") and `source`, the file the values came from,
+    unless the setting at fault is one of `overridden` (the "section.key" settings given by
+    flags, whose error names the setting only) or the values came from no file."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
+        setting = f"{section}.{key}" if section else key
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise InputError(f"unknown key '{key}'{hint}", file=source)
-        kwargs[key] = _coerce(hints[key], value, key=key, source=source, overridden=overridden)
+            raise InputError(f"unknown key '{key}'{hint}", column=section or None,
+                             file=_file_of(setting, source, overridden))  # fmt: skip
+        kwargs[key] = _coerce(hints[key], value, setting=setting, source=source,
+                              overridden=overridden)  # fmt: skip
     try:
         return cls(**kwargs)
     except InputError as e:
         raise naming_source(e, source, overridden) from None
+
+
+def _file_of(setting: str, source: str, overridden: frozenset[str]) -> str | None:
+    """The file to name for a bad `setting`: none when a flag gave it or no file did."""
+    return None if source == NO_FILE or _set_by_flag(setting, overridden) else source
 
 
 def naming_source(error: InputError, source: str, overridden: frozenset[str]) -> InputError:
@@ -110,41 +120,46 @@ def _set_by_flag(column: str | None, overridden: frozenset[str]) -> bool:
 
 
 def _coerce(
-    hint: Any, value: Any, *, key: str, source: str, overridden: frozenset[str] = frozenset()
+    hint: Any, value: Any, *, setting: str, source: str, overridden: frozenset[str] = frozenset()
 ) -> Any:
+    """`value` as type `hint`, else an InputError naming `setting` (and its file)."""
+
+    def wrong(problem: str) -> InputError:
+        return InputError(problem, file=_file_of(setting, source, overridden), column=setting)
+
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise InputError(f"'{key}' must be a table, got {value!r}", file=source)
-        return from_dict(hint, value, source=source, overridden=overridden)
+            raise wrong(f"must be a table, got {value!r}")
+        return from_dict(hint, value, source=source, overridden=overridden, section=setting)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
         inner = [o for o in options if o is not type(None)]
+        same = {"setting": setting, "source": source, "overridden": overridden}
         for option in inner[:-1]:  # int | float: the first type the value fits
             try:
-                return _coerce(option, value, key=key, source=source)
+                return _coerce(option, value, **same)
             except InputError:
                 continue
-        return _coerce(inner[-1], value, key=key, source=source)
+        return _coerce(inner[-1], value, **same)
     if origin is dict:  # a free-form table, checked where it is used ([model]: by EHRConfig)
         if not isinstance(value, dict):
-            raise InputError(f"'{key}' must be a table, got {value!r}", file=source)
+            raise wrong(f"must be a table, got {value!r}")
         return copy.deepcopy(value)
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise InputError(f"'{key}' must be a list, got {value!r}", file=source)
-        return [_coerce(item, v, key=key, source=source) for v in value]
+            raise wrong(f"must be a list, got {value!r}")
+        return [_coerce(item, v, setting=setting, source=source, overridden=overridden)
+                for v in value]  # fmt: skip
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)  # a label budget of 1000 (--set evaluate.label_budget=1000)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise InputError(
-            f"'{key}' must be {hint.__name__}, got {type(value).__name__} {value!r}", file=source
-        )
+        raise wrong(f"must be {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 

@@ -111,11 +111,31 @@ def test_every_contrastive_view_is_accepted_from_a_file(tmp_path, views):
     assert ObjectiveConfig(contrastive_views=views).contrastive_views == views
 
 
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [("tokenizer.foo", "column 'tokenizer': unknown key 'foo'"),
+     ("tokenizer.n_bins", "column 'tokenizer.n_bins': must be int, got str 'abc'")],
+)  # fmt: skip
+def test_a_bad_flag_names_the_setting_not_the_file(tmp_path, flag, expected):
+    path = tmp_path / "c.toml"
+    path.write_text("[tokenizer]\nmax_length = 64\n")
+    for source in (path, None):  # a file beside the flag, or none: blamed neither way
+        with pytest.raises(InputError) as raised:
+            load_config(TokenizeConfig, source, {flag: "abc"})
+        assert str(raised.value) == expected
+    path.write_text("[tokenizer]\nfoo = 1\n")  # the file's own bad key names the file
+    with pytest.raises(InputError, match=rf"^{path}: column 'tokenizer': unknown key 'foo'"):
+        load_config(TokenizeConfig, path, {})
+
+
 def test_toml_types_are_checked(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[tokenizer]\nmax_length = "long"\n')
-    with pytest.raises(InputError, match="'max_length' must be int, got str"):
+    with pytest.raises(InputError) as raised:
         load_config(TokenizeConfig, path, {})
+    assert (
+        str(raised.value) == f"{path}: column 'tokenizer.max_length': must be int, got str 'long'"
+    )
     path.write_text("[tokenizer\n")
     with pytest.raises(InputError, match="not valid TOML"):
         load_config(TokenizeConfig, path, {})
