@@ -21,6 +21,7 @@ is accepted (`[leakage] accept`, `--accept-leaks`) after checking when it is rec
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import polars as pl
@@ -30,6 +31,8 @@ from ehr_ssl.data.readers import Dataset
 from ehr_ssl.data.splits import visit_splits
 from ehr_ssl.data.windows import build_windows
 from ehr_ssl.errors import InputError
+
+log = logging.getLogger(__name__)
 
 PREFIX_SEPARATOR = "//"  # MEDS codes: vocabulary//code (ICD10CM//I50.9, LAB//51221//mg/dL)
 CURRENT, WINDOW = "in the current visit", "before prediction_time"
@@ -218,5 +221,19 @@ def screen_dataset(dataset: Dataset, config: PipelineConfig) -> list[dict]:
     )
     events = dataset.files["events"]
     source = str(events[0] if len(events) == 1 else events[0].parent)
+    if unmatched := unmatched_accepts(dataset.events["code"], config.leakage.accept):
+        log.warning(
+            "leakage.accept: %s match no code of %s (a typo?)", ", ".join(unmatched), source
+        )
     check_leaks(leaks, config.leakage.accept, source)
     return leak_summary(leaks, config.leakage.accept)
+
+
+def unmatched_accepts(codes: pl.Series, accept: list[str]) -> list[str]:
+    """The entries of `accept` (codes, or prefixes ending in "//") that no code matches."""
+    present = codes.unique()
+    return [
+        entry for entry in accept
+        if not (present.str.starts_with(entry).any() if entry.endswith(PREFIX_SEPARATOR)
+                else (present == entry).any())
+    ]  # fmt: skip

@@ -234,6 +234,8 @@ def check_visits(
         offset = timedelta(minutes=config.prediction_offset_minutes)
         df = df.with_columns(prediction_time=pl.col("arrival_time") + offset)
     _check_unique(df, VISITS.column("visit_id"), source)
+    if "age" in df.columns:
+        _first_bad(df, pl.col("age") < 0, source, "age", "negative values")
     _first_bad(
         df,
         pl.col("prediction_time") < pl.col("arrival_time"),
@@ -345,6 +347,9 @@ def _normalize(df: pl.DataFrame, table: Table, source: str) -> pl.DataFrame:
     for column in table.columns:
         if column.name in df.columns and not column.nullable:
             _first_bad(df, pl.col(column.name).is_null(), source, column.name, "null values")
+        if column.kind == "id" and df.schema.get(column.name) == pl.String:  # as good as null
+            empty = pl.col(column.name).str.len_bytes() == 0
+            _first_bad(df, empty, source, column.name, "empty strings")
     return df
 
 

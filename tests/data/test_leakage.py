@@ -124,3 +124,18 @@ def test_the_screen_of_a_run_never_reads_test_labels(cohort):
     assert _screen(only_test, events)  # the bare screen sees it ...
     planted = Dataset(**{**vars(dataset), "events": events})
     assert screen_dataset(planted, config) == []  # ... the run's screen reads no test label
+
+
+def test_an_accepted_code_that_matches_nothing_is_warned_of(cohort, caplog):
+    from ehr_ssl.data.leakage import screen_dataset, unmatched_accepts
+
+    _, dataset = cohort
+    codes = dataset.events["code"]
+    some = codes[0]
+    prefix = some.split("//")[0] + "//"
+    accept = [some, prefix, "ORDER//BED_REQEUST", "NOPE//"]
+    assert unmatched_accepts(codes, accept) == ["ORDER//BED_REQEUST", "NOPE//"]
+    config = load_pipeline_config(None, {"leakage.accept": accept})
+    with caplog.at_level("WARNING", logger="ehr_ssl"):
+        screen_dataset(dataset, config)
+    assert "ORDER//BED_REQEUST, NOPE// match no code" in caplog.text

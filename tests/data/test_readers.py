@@ -191,6 +191,29 @@ BAD_INPUTS = [
         "label",
         "expected booleans",
     ),
+    (
+        "empty string visit id",
+        "visits",
+        lambda df: df.with_columns(pl.col("visit_id").cast(pl.String)).with_columns(
+            pl.when(pl.int_range(pl.len()) == 3)
+            .then(pl.lit(""))
+            .otherwise("visit_id")
+            .alias("visit_id")
+        ),
+        "visits.parquet",
+        "visit_id",
+        "1 empty strings (first at row index 3)",
+    ),
+    (
+        "negative age",
+        "visits",
+        lambda df: df.with_columns(
+            pl.when(pl.int_range(pl.len()) == 2).then(-1.0).otherwise("age").alias("age")
+        ),
+        "visits.parquet",
+        "age",
+        "1 negative values (first at row index 2)",
+    ),
     ("empty visits", "visits", lambda df: df.head(0), "visits.parquet", None, "table is empty"),
     ("empty events", "events", lambda df: df.head(0), "events.parquet", None, "table is empty"),
     (
