@@ -143,23 +143,34 @@ def run(
         config: A pipeline TOML file (pipelines/*.toml).
         device: "auto", "cpu" or "cuda".
         settings: Any pipeline setting by its dotted name, e.g. {"train.learning_rate": 5e-4}.
-        **options: preset, epochs, max_steps, label_budget, label_budgets (a list), seeds (a
-            list), n_boot: as the CLI flags of the same names.
+        **options: preset, epochs, max_steps, label_budget, label_budgets (a list, or one),
+            seeds (a list, or one), n_boot, val_fraction, test_fraction, split_seed,
+            accept_leaks, meds_labels, meds_prediction_times, meds_arrival_code: as the CLI
+            flags of the same names.
     """
-    from ehr_ssl.config import RUN_OPTIONS
     from ehr_ssl.pipeline import load_checked_config, run_pipeline
+
+    overrides = run_overrides(options) | (settings or {})
+    resolved = load_checked_config(Path(config) if config else None, overrides)
+    report = run_pipeline(Path(data), Path(out), resolved, device=device)
+    return RunResult(Path(out), report)
+
+
+def run_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """`run()`'s options as dotted settings. A budget or seed given alone (a string or a
+    number) is a list of one, never the characters of a string."""
+    from ehr_ssl.config import RUN_OPTIONS
 
     unknown = sorted(set(options) - set(RUN_OPTIONS))
     if unknown:
         raise TypeError(f"run() got unexpected options {unknown}; use settings= for others")
     overrides = {RUN_OPTIONS[k]: v for k, v in options.items() if v is not None}
-    for key in ("evaluate.label_budgets", "evaluate.seeds"):
+    for key in ("evaluate.label_budgets", "evaluate.seeds", "leakage.accept"):
         if key in overrides:
-            overrides[key] = [str(b) if key.endswith("budgets") else b for b in overrides[key]]
-    overrides.update(settings or {})
-    resolved = load_checked_config(Path(config) if config else None, overrides)
-    report = run_pipeline(Path(data), Path(out), resolved, device=device)
-    return RunResult(Path(out), report)
+            given = overrides[key]
+            given = list(given) if isinstance(given, list | tuple) else [given]
+            overrides[key] = [str(b) for b in given] if key.endswith("budgets") else given
+    return overrides
 
 
 def evaluate(
@@ -168,15 +179,17 @@ def evaluate(
     """(Re)score a complete run directory on its test split (what `ehr-ssl evaluate` does).
     `data`: the dataset directory, for its oracle.parquet if it ships one and its visits'
     static columns (the report's subgroups)."""
-    from ehr_ssl.config import read_run_config
+    from ehr_ssl.config import MAX_BOOTSTRAP, read_run_config
     from ehr_ssl.data.readers import is_present
     from ehr_ssl.data.schema import ORACLE_FILENAME
     from ehr_ssl.errors import InputError
     from ehr_ssl.pipeline import evaluate_run
+    from ehr_ssl.settings import check_count
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     if n_boot is not None:
+        check_count(n_boot, "evaluate.n_boot", high=MAX_BOOTSTRAP)
         config.evaluate.n_boot = n_boot
     if data is not None and not Path(data).is_dir():
         raise InputError("dataset directory not found", file=str(data))

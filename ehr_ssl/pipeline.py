@@ -16,7 +16,13 @@ from typing import Any
 import polars as pl
 
 from ehr_ssl.atomic import atomic_write_text
-from ehr_ssl.config import FINETUNED, PipelineConfig, load_pipeline_config, parse_budget
+from ehr_ssl.config import (
+    DEVICES,
+    FINETUNED,
+    PipelineConfig,
+    load_pipeline_config,
+    parse_budget,
+)
 from ehr_ssl.data.leakage import screen_dataset
 from ehr_ssl.data.meds_input import contract_data, sources
 from ehr_ssl.data.readers import (
@@ -46,7 +52,7 @@ from ehr_ssl.layout import (
 )
 from ehr_ssl.model.encoder import CODE_ANCESTORS_BUFFER, resolve_model_settings
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_dir, output_lock
-from ehr_ssl.settings import NO_FILE, naming_source, to_dict
+from ehr_ssl.settings import NO_FILE, check_choice, naming_source, to_dict
 from ehr_ssl.training import distributed
 
 log = logging.getLogger("ehr_ssl")
@@ -156,6 +162,8 @@ def run_pipeline(
             another process (rank 0 holds its lock for the whole run).
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
+    if device is not None:
+        check_choice(device, DEVICES, "device")
     config.check_stages_fit()
     _check_directories(data_dir, run_dir)
     with (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import polars as pl
 import pytest
 
@@ -48,6 +49,40 @@ def test_load_gives_the_bundle_model(finished_run):
 def test_run_refuses_unknown_options(tmp_path):
     with pytest.raises(TypeError, match="unexpected options"):
         ehr_ssl.run(tmp_path, tmp_path / "run", epoch=3)
+
+
+def test_one_budget_or_seed_alone_is_a_list_of_one():
+    from ehr_ssl.api import run_overrides
+
+    overrides = run_overrides({"label_budgets": "125", "seeds": 3, "accept_leaks": "ORDER//"})
+    assert overrides["evaluate.label_budgets"] == ["125"]  # not ["1", "2", "5"]
+    assert overrides["evaluate.seeds"] == [3] and overrides["leakage.accept"] == ["ORDER//"]
+    assert run_overrides({"label_budgets": [100, "all"]})["evaluate.label_budgets"] == [
+        "100",
+        "all",
+    ]
+
+
+def test_bad_api_arguments_are_input_errors(finished_run):
+    from ehr_ssl.errors import InputError
+
+    data, run = finished_run
+    with pytest.raises(InputError, match="column 'device': must be one of auto, cpu, cuda"):
+        ehr_ssl.load(run / "bundle", device="gpu")  # once the CPU, silently
+    with pytest.raises(InputError, match="column 'evaluate.n_boot'"):
+        ehr_ssl.evaluate(run, n_boot=-1)  # once a ValueError after the scoring
+    model = ehr_ssl.load(run / "bundle")
+    visits = pl.read_parquet(data / "visits.parquet").head(5).to_pandas()
+    events = pl.read_parquet(data / "events.parquet").to_pandas()
+    visits["patient_id"] = visits["patient_id"].astype(object)
+    visits.loc[0, "patient_id"] = 12345 if isinstance(visits.loc[1, "patient_id"], str) else "x"
+    with pytest.raises(InputError) as raised:
+        model.predict(visits, events)
+    assert str(raised.value).startswith("visits: column 'patient_id': cannot be read as one type")
+    assert str(visits.loc[1, "patient_id"]) not in str(raised.value)  # no id quoted
+    doubled = pd.concat([visits.drop(columns="patient_id"), visits[["age"]]], axis=1)
+    with pytest.raises(InputError, match="visits: column 'age': appears 2 times"):
+        model.predict(doubled, events)
 
 
 def test_the_example_notebook_runs():

@@ -404,13 +404,36 @@ def _polars_inputs(visits: Any, events: Any) -> tuple[pl.DataFrame, pl.DataFrame
     frames = []
     for name, frame in (("visits", visits), ("events", events)):
         if isinstance(frame, pd.DataFrame):
-            frame = pl.from_pandas(frame)
+            frame = _from_pandas(frame, name)
         if not isinstance(frame, pl.DataFrame):
             raise InputError(
                 f"expected a polars or pandas DataFrame, got {type(frame).__name__}", file=name
             )
         frames.append(frame)
     return frames[0], frames[1], isinstance(visits, pd.DataFrame)
+
+
+def _from_pandas(frame: pd.DataFrame, name: str) -> pl.DataFrame:
+    """A pandas table as polars; a column that cannot convert (mixed types in an object column,
+    common in pandas) is an InputError naming it, never the converter's message, which quotes
+    the offending value (an id, possibly)."""
+    names = [str(column) for column in frame.columns]
+    for column in names:
+        if names.count(column) > 1:
+            raise InputError(f"appears {names.count(column)} times", file=name, column=column)
+    try:
+        return pl.from_pandas(frame)
+    except Exception:
+        for column in frame.columns:
+            try:
+                pl.from_pandas(frame[[column]])
+            except Exception:
+                raise InputError(
+                    f"cannot be read as one type (mixed values, dtype {frame[column].dtype}?)",
+                    file=name,
+                    column=str(column),
+                ) from None
+        raise InputError("cannot be read as a polars table", file=name) from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ehr_ssl.config import PRECISIONS
+from ehr_ssl.config import DEVICES, PRECISIONS
 from ehr_ssl.errors import InputError
 from ehr_ssl.settings import check_choice
 
@@ -19,6 +19,7 @@ CUDA_PAD_MULTIPLE = 8
 
 def resolve_device(name: str) -> torch.device:
     """The training device; CUDA with its index, so tensors and generators agree exactly."""
+    check_choice(name, DEVICES, "device")  # "gpu" or "cuda:1" must not mean the CPU
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("device cuda requested but no CUDA device is available", column="device")
     if name in ("auto", "cuda") and torch.cuda.is_available():
