@@ -67,7 +67,7 @@ class Registry:
             return cls(root)
         if not create:
             raise InputError("not a model registry (no registry.json)", file=str(root))
-        if root.exists() and any(root.iterdir()):
+        if root.exists() and not _is_unfinished_registry(root):
             raise InputError(
                 "exists and is not empty: refusing to make a registry there", file=str(root)
             )
@@ -135,7 +135,7 @@ class Registry:
         then raise RegistryLocked. The lock dies with its process (flock), so a killed retrain
         never leaves the registry locked."""
         path = self.root / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, as every file
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -195,7 +195,8 @@ class Registry:
         "version" and "promoted") to the history (the commit point), then move the pointer.
         Call under `lock`. Returns the version number."""
         existing = [int(p.name) for p in (self.root / "versions").iterdir() if p.name.isdigit()]
-        version = max(existing, default=0) + 1
+        recorded = [r["version"] for r in self.history()]  # a deleted version's number stays used
+        version = max(existing + recorded, default=0) + 1
         os.replace(bundle_dir, self.version_path(version))
         record = {"version": version, "promoted": promote, **record}
         history = self.root / HISTORY_FILE
@@ -203,6 +204,16 @@ class Registry:
         atomic_write_text(history, previous + json.dumps(record, sort_keys=True) + "\n")
         self._write_pointer()
         return version
+
+
+def _is_unfinished_registry(root: Path) -> bool:
+    """Empty, or what another `open(create=True)` leaves before its marker (an empty
+    versions/, the lock file): a concurrent first retrain, or one killed in between."""
+    for entry in root.iterdir():
+        empty_versions = entry.name == "versions" and entry.is_dir() and not any(entry.iterdir())
+        if not (empty_versions or entry.name == LOCK_FILE):
+            return False
+    return True
 
 
 def _check_marker(path: Path) -> None:

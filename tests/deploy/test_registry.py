@@ -24,6 +24,7 @@ from ehr_ssl.config import load_pipeline_config
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.deploy.registry import Registry
 from ehr_ssl.deploy.retraining import gate, next_step, retrain, shifted_dates_warning
+from ehr_ssl.errors import InputError
 from ehr_ssl.settings import to_dict
 
 SETTINGS = {
@@ -363,3 +364,28 @@ def test_a_retrain_not_promoted_says_what_to_do_next():
     assert "no model is in production yet" in first and "R.md" in first
     assert "retrain.label_budget" in first and "ehr-ssl retrain" in first
     assert next_step(False, 3, "R.md").startswith("production stays version 3")
+
+
+def test_a_deleted_version_number_is_never_reused(tmp_path):
+    registry = Registry.open(tmp_path / "reg", create=True)
+
+    def commit() -> int:
+        bundle = tmp_path / "bundle"
+        bundle.mkdir()
+        with registry.lock():
+            return registry.commit(bundle, {"test_auroc": 0.8}, promote=True)
+
+    assert [commit(), commit(), commit()] == [1, 2, 3]
+    shutil.rmtree(registry.version_path(3))  # an operator freeing space
+    assert commit() == 4
+    assert [r["version"] for r in registry.history()] == [1, 2, 3, 4]
+
+
+def test_a_registry_another_first_retrain_is_making_is_finished_not_refused(tmp_path):
+    root = tmp_path / "reg"
+    (root / "versions").mkdir(parents=True)  # the other job's state before its marker
+    (root / ".lock").touch()
+    assert Registry.is_registry(Registry.open(root, create=True).root)
+    (tmp_path / "other" / "versions" / "1").mkdir(parents=True)  # not a registry's beginning
+    with pytest.raises(InputError, match="exists and is not empty"):
+        Registry.open(tmp_path / "other", create=True)
