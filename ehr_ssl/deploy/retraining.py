@@ -85,6 +85,7 @@ def retrain(
         layout = RunLayout(work)
         production = _load_production(registry)
         manifest, counts = _tokenize(data_dir, layout.tokens, config, registry, production)
+        check_window_after_production(manifest, registry, production.version)
         # the label budget is drawn (and checked against the labels) before any training
         ft_config = config.finetune_config("full", config.evaluate.seeds[0])
         budget = _draw_budget(layout, config, ft_config)
@@ -199,6 +200,43 @@ def shifted_dates_warning(first: str, last: str, today: datetime | None = None) 
         "prediction_time, is then no later in real time than training; compare candidates "
         "on a patient split (`ehr-ssl run`) or un-shift the dates first"
     )
+
+
+def trained_until(manifest: dict) -> str | None:
+    """The latest prediction time among the train and val visits (what a model trained on)."""
+    ends = [split["prediction_time_range"][1] for name, split in manifest["splits"].items()
+            if name != "test" and split.get("prediction_time_range")]  # fmt: skip
+    return max(ends, key=datetime.fromisoformat) if ends else None
+
+
+def check_window_after_production(manifest: dict, registry: Registry, version: int | None) -> None:
+    """The test window must come after every visit the production model trained on: the
+    warm start inherits its weights, and the gate scores it on the window. A window reaching
+    back into its training (a larger retrain.test_fraction, back-filled data) would grade
+    both on visits whose labels they learned from.
+
+    Raises:
+        InputError: naming retrain.test_fraction, the window's start and production's end.
+    """
+    if version is None:
+        return
+    (record,) = [r for r in registry.history() if r["version"] == version]
+    data = record.get("data", {})
+    window = manifest["splits"]["test"]
+    if data.get("trained_until"):  # by prediction time, as the window is drawn
+        start, end = window["prediction_time_range"][0], data["trained_until"]
+        overlaps = datetime.fromisoformat(start) <= datetime.fromisoformat(end)
+    else:  # a version recorded before trained_until: its own window's first arrival
+        start, end = window["arrival_time_range"][0], data["test_window_from"]
+        overlaps = datetime.fromisoformat(start) < datetime.fromisoformat(end)
+    if overlaps:
+        raise InputError(
+            f"the test window starts at {start}, within what production version {version} "
+            f"trained on (up to {end}): a warm start from it, and its own scores, would be "
+            "graded on visits whose labels they learned; keep the window after that (a "
+            "smaller retrain.test_fraction, or newer data)",
+            column="retrain.test_fraction",
+        )
 
 
 def _pretrain(
@@ -327,6 +365,7 @@ def _history_record(
         "data": {
             "splits": counts,
             "test_window_from": manifest["splits"]["test"]["arrival_time_range"][0],
+            "trained_until": trained_until(manifest),
             "dates_warning": shifted_dates_warning(*manifest["arrival_time_range"]),
         },
         # the test window's sample-size warnings and the candidate's measured calibration

@@ -370,10 +370,11 @@ def _write_tokens(
             del tokens  # before the next chunk is encoded
         for name, writer in writers.items():
             manifest["splits"][name] = writer.close()
-            in_split = arrivals.filter(split == name)
-            manifest["splits"][name]["arrival_time_range"] = (
-                [str(in_split.min()), str(in_split.max())] if in_split.len() else None
-            )
+            for column in ("arrival_time", "prediction_time"):
+                in_split = visits[column].filter(split == name)
+                manifest["splits"][name][f"{column}_range"] = (
+                    [str(in_split.min()), str(in_split.max())] if in_split.len() else None
+                )
         atomic_write_text(tmp / TOKENS_CONFIG_FILE, json.dumps(to_dict(config), indent=2) + "\n")
         atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return manifest

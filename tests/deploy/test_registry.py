@@ -389,3 +389,33 @@ def test_a_registry_another_first_retrain_is_making_is_finished_not_refused(tmp_
     (tmp_path / "other" / "versions" / "1").mkdir(parents=True)  # not a registry's beginning
     with pytest.raises(InputError, match="exists and is not empty"):
         Registry.open(tmp_path / "other", create=True)
+
+
+def test_a_window_reaching_into_productions_training_is_refused(registry, data, tmp_path):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    (record,) = Registry(reg).history()
+    assert record["data"]["trained_until"] is not None  # recorded for the next retrain
+    before = _state(reg)
+    wider = load_pipeline_config(None, SETTINGS | {"retrain.test_fraction": 0.4})  # was 0.2
+    with pytest.raises(InputError, match=r"column 'retrain.test_fraction': the test window start"):
+        retrain(data, reg, wider)
+    assert _state(reg) == before
+
+
+def test_the_window_check_reads_older_records_by_their_windows_first_arrival(tmp_path):
+    from ehr_ssl.deploy.retraining import check_window_after_production
+
+    reg = Registry.open(tmp_path / "reg", create=True)
+    (tmp_path / "b").mkdir()
+    with reg.lock():
+        old = {"data": {"test_window_from": "2024-06-01 00:00:00"}}
+        reg.commit(tmp_path / "b", old, promote=True)
+    window = {"arrival_time_range": ["2024-06-01 00:00:00", "2024-07-01 00:00:00"],
+              "prediction_time_range": ["2024-06-01 01:00:00", "2024-07-01 01:00:00"]}  # fmt: skip
+    manifest = {"splits": {"test": window}}
+    check_window_after_production(manifest, reg, 1)  # the same window again: fine
+    window["arrival_time_range"][0] = "2024-05-31 00:00:00"
+    with pytest.raises(InputError, match="within what production version 1 trained on"):
+        check_window_after_production(manifest, reg, 1)
+    check_window_after_production(manifest, reg, None)  # no production: nothing to check
