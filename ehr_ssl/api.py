@@ -112,7 +112,12 @@ class RunResult:
     def load_model(self, device: str = "cpu"):  # noqa: ANN201
         """The run's bundled model (see `load`)."""
         if self.bundle is None:
-            raise FileNotFoundError(f"{self.run_dir} has no bundle")
+            from ehr_ssl.errors import InputError
+
+            raise InputError(
+                "has no bundle (evaluate.models without ssl; `ehr-ssl bundle` makes one)",
+                file=str(self.run_dir),
+            )
         return load(self.bundle, device=device)
 
     def _repr_markdown_(self) -> str:

@@ -78,6 +78,11 @@ def retrain(
     # every architecture setting recorded; a bad [model] key stops before the registry is touched
     config.model = resolve_model_settings(config.model)
     config.check_stages_fit()
+    if config.train.include_test_unlabeled:  # the window is the prospective check: unseen
+        raise InputError(
+            "a retrain never pretrains on its test window (the gate's check of the future)",
+            column="train.include_test_unlabeled",
+        )
     started = time.perf_counter()
     registry = Registry.open(registry_dir, create=True)
     with registry.lock(wait), registry.work_dir() as work:
