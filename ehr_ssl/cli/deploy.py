@@ -97,6 +97,12 @@ def cmd_registry(args: argparse.Namespace) -> int:
     from ehr_ssl.deploy.registry import Registry
 
     registry = Registry.open(args.registry)
+    if args.rollback is not None:
+        from ehr_ssl.deploy.registry import rollback
+
+        with registry.lock(args.wait):
+            version = rollback(registry, args.rollback)
+        print(f"version {version} (a copy of version {args.rollback}) is in production")
     production = registry.production_version()
     print(f"production: version {production}" if production else "production: none")
     for record in registry.history():
@@ -107,6 +113,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
             f"AUROC {metrics.get('auroc', float('nan')):.3f}  "
             f"test window {_window(record)}"
         )
+        if record.get("rollback_of") is not None:
+            print(f"  a rollback: a copy of version {record['rollback_of']}")
         if (record.get("data") or {}).get("dates_warning"):
             print(f"  warning: {record['data']['dates_warning']}")
     return 0
@@ -208,4 +216,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "registry", help="show a registry's production version and history"
     )
     registry.add_argument("registry", type=Path, help="registry directory")
+    registry.add_argument(
+        "--rollback",
+        type=int,
+        metavar="VERSION",
+        help="serve an earlier production version again (committed as the next version)",
+    )
+    registry.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for a retrain's lock [0]"
+    )
     registry.set_defaults(run=cmd_registry)

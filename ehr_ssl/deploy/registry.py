@@ -206,6 +206,34 @@ class Registry:
         return version
 
 
+def rollback(registry: Registry, version: int) -> int:
+    """Serve an earlier version again: a copy of it committed as the next version, promoted,
+    its record the original's with "rollback_of" (the history stays append-only, and the next
+    retrain warm-starts from, and is gated against, the model that serves). Only a version
+    that served before qualifies. Call under `lock`. Returns the new version.
+
+    Raises:
+        InputError: naming the registry, for a version absent, never promoted or serving.
+    """
+    original = {r["version"]: r for r in registry.history()}.get(version)
+    if original is None or not registry.version_path(version).is_dir():
+        raise InputError(f"no version {version} to roll back to", file=str(registry.root))
+    if not original["promoted"]:
+        raise InputError(
+            f"version {version} never served (its gate failed): a rollback serves only a version "
+            "that was in production",
+            file=str(registry.root),
+        )
+    if version == registry.production_version():
+        raise InputError(f"version {version} is in production already", file=str(registry.root))
+    copy = registry.root / "tmp" / f"rollback-{os.getpid()}-{time.time_ns()}"
+    shutil.copytree(registry.version_path(version), copy)
+    record = {k: v for k, v in original.items() if k not in ("version", "promoted")}
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record |= {"time": when, "reasons": [f"rollback to version {version}"], "rollback_of": version}
+    return registry.commit(copy, record, promote=True)
+
+
 def _is_unfinished_registry(root: Path) -> bool:
     """Empty, or what another `open(create=True)` leaves before its marker (an empty
     versions/, the lock file): a concurrent first retrain, or one killed in between."""

@@ -422,3 +422,27 @@ def test_the_window_check_reads_older_records_by_their_windows_first_arrival(tmp
     with pytest.raises(InputError, match="within what production version 1 trained on"):
         check_window_after_production(manifest, reg, 1)
     check_window_after_production(manifest, reg, None)  # no production: nothing to check
+
+
+def test_a_rollback_serves_an_earlier_production_version_again(tmp_path, capsys):
+    from ehr_ssl.deploy.registry import rollback
+
+    reg = Registry.open(tmp_path / "reg", create=True)
+    for number, promote in ((1, True), (2, True), (3, False)):
+        bundle = tmp_path / f"b{number}"
+        bundle.mkdir()
+        (bundle / "weights").write_text(f"model {number}")
+        with reg.lock():
+            reg.commit(bundle, {"candidate": {"auroc": 0.8}, "data": {}}, promote=promote)
+    assert reg.production_version() == 2
+    assert main(["registry", str(reg.root), "--rollback", "1"]) == 0
+    assert "version 4 (a copy of version 1) is in production" in capsys.readouterr().out
+    assert reg.production_version() == 4
+    assert (reg.version_path(4) / "weights").read_text() == "model 1"
+    assert reg.history()[-1]["rollback_of"] == 1
+    assert json.loads((reg.root / "production").read_text()) == {"version": 4}
+    for version, problem in ((3, "never served"), (4, "in production already"), (9, "no version")):
+        with pytest.raises(InputError, match=problem), reg.lock():
+            rollback(reg, version)
+    assert main(["registry", str(reg.root), "--rollback", "3"]) == 2
+    assert "version 3 never served" in capsys.readouterr().err
