@@ -198,7 +198,9 @@ class Registry:
         recorded = [r["version"] for r in self.history()]  # a deleted version's number stays used
         version = max(existing + recorded, default=0) + 1
         os.replace(bundle_dir, self.version_path(version))
-        record = {"version": version, "promoted": promote, **record}
+        record = {"version": version, "promoted": promote} | {
+            k: v for k, v in record.items() if k not in ("version", "promoted")
+        }  # the number and the decision are the commit's, whatever `record` says
         history = self.root / HISTORY_FILE
         previous = history.read_text() if history.exists() else ""
         atomic_write_text(history, previous + json.dumps(record, sort_keys=True) + "\n")
@@ -230,7 +232,12 @@ def rollback(registry: Registry, version: int) -> int:
     shutil.copytree(registry.version_path(version), copy)
     record = {k: v for k, v in original.items() if k not in ("version", "promoted")}
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    record |= {"time": when, "reasons": [f"rollback to version {version}"], "rollback_of": version}
+    record |= {
+        "time": when,
+        "reasons": [f"rollback to version {version}"],
+        "rollback_of": version,
+        "anchor_version": None,  # the gate counts its tolerance from what serves
+    }
     return registry.commit(copy, record, promote=True)
 
 

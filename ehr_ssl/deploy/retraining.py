@@ -43,6 +43,11 @@ class _Production:
 
     version: int | None
     model: AdmissionModel | None
+    # The last version production has not fallen below (itself, unless it was promoted within
+    # the AUROC tolerance of the one before): scored on the window too, so that promotions each
+    # a little worse cannot add up (`gate`). None: production is its own anchor.
+    anchor: int | None = None
+    anchor_model: AdmissionModel | None = None
 
 
 def retrain(
@@ -97,13 +102,15 @@ def retrain(
         _pretrain(layout, config, registry, production)
         summary = _finetune_candidate(layout, budget, ft_config)
         report = _compare_on_test_window(data_dir, layout, budget, production, config, ft_config)
+        models = report["models"]
         promote, reasons = gate(
-            report["models"]["candidate"], report["models"].get("production"), config
-        )
+            models["candidate"], models.get("production"), config,
+            anchor=models.get("anchor"), anchor_version=production.anchor,
+        )  # fmt: skip
         drift = _drift(layout.tokens, manifest, production)
         record = _history_record(
             report, reasons, production.version, config, manifest, counts, summary, drift
-        )
+        ) | {"anchor_version": anchor_version(promote, models, production)}
         documents = _retrain_report_documents(record, promote, drift)
         bundle_dir = _save_bundle(layout, config, ft_config, production.version, report, documents)
         version = registry.commit(bundle_dir, record, promote=promote)
@@ -144,7 +151,14 @@ def _load_production(registry: Registry) -> _Production:
         return _Production(None, None)
     model = load_bundle(registry.version_path(version))
     log.info("retrain: warm start from production version %d", version)
-    return _Production(version, model)
+    (record,) = [r for r in registry.history() if r["version"] == version]
+    anchor = record.get("anchor_version")
+    if anchor is None or anchor == version:
+        return _Production(version, model)
+    if not registry.version_path(anchor).is_dir():
+        log.warning("retrain: version %d, the gate's anchor, was deleted: not compared", anchor)
+        return _Production(version, model)
+    return _Production(version, model, anchor, load_bundle(registry.version_path(anchor)))
 
 
 def _tokenize(
@@ -309,6 +323,8 @@ def _compare_on_test_window(
     )
     device = resolve_device(config.finetune.device)
     row_scorers = {} if production.model is None else {"production": production.model.score_tokens}
+    if production.anchor_model is not None:
+        row_scorers["anchor"] = production.anchor_model.score_tokens
     predictions, _ = score_models(
         test,
         budget,
@@ -432,8 +448,27 @@ def _retrain_report_documents(record: dict, promote: bool, drift: dict | None) -
     return {RETRAIN_REPORT_MD: report_md, RETRAIN_REPORT_JSON: report_json}
 
 
-def gate(candidate: dict, production: dict | None, config: PipelineConfig) -> tuple[bool, list]:
-    """The promotion decision: (promote, reasons). Every check is listed, failed ones first."""
+def anchor_version(promote: bool, models: dict, production: _Production) -> int | None:
+    """The gate's anchor of the version being committed: None (itself) when it is promoted
+    without falling below production's AUROC on the window, else production's anchor."""
+    current = models.get("production")
+    if promote and (current is None or models["candidate"]["auroc"] >= current["auroc"]):
+        return None
+    return production.anchor or production.version
+
+
+def gate(
+    candidate: dict,
+    production: dict | None,
+    config: PipelineConfig,
+    *,
+    anchor: dict | None = None,
+    anchor_version: int | None = None,
+) -> tuple[bool, list]:
+    """The promotion decision: (promote, reasons). Every check is listed, failed ones first.
+    `anchor`: the window's figures of `anchor_version`, the last version production has not
+    fallen below (`_Production.anchor`): the tolerance counts from it as well, so that
+    promotions each within it of the one before cannot add up to a worse model."""
     g = config.retrain
     checks = [
         (candidate["auroc"] >= g.min_auroc,
@@ -446,6 +481,16 @@ def gate(candidate: dict, production: dict | None, config: PipelineConfig) -> tu
                 candidate["auroc"] >= floor,
                 f"candidate AUROC {candidate['auroc']:.3f} vs production "
                 f"{production['auroc']:.3f} - {g.max_auroc_drop:.3f} tolerance",
+            )
+        )
+    if anchor is not None:
+        floor = anchor["auroc"] - g.max_auroc_drop
+        checks.append(
+            (
+                candidate["auroc"] >= floor,
+                f"candidate AUROC {candidate['auroc']:.3f} vs version {anchor_version} "
+                f"{anchor['auroc']:.3f} (the last production did not fall below) - "
+                f"{g.max_auroc_drop:.3f} tolerance",
             )
         )
     slope, intercept = candidate["calibration_slope"], candidate["calibration_intercept"]

@@ -151,6 +151,36 @@ def test_the_gate_checks_calibration():
     assert not gate(good, {"auroc": 0.82}, config)[0]
 
 
+def test_promotions_each_within_the_tolerance_cannot_add_up():
+    """Six candidates each 0.0099 below production once all passed, 0.800 falling to 0.741."""
+    from ehr_ssl.deploy.retraining import _Production, anchor_version
+
+    config = load_pipeline_config(None, {})  # max_auroc_drop 0.01
+    calibrated = {"calibration_slope": 1.0, "calibration_intercept": 0.0}
+    window = {1: 0.800}  # each version's AUROC on the (same) test window
+    production = _Production(1, None)
+    for version in range(2, 8):
+        window[version] = window[production.version] - 0.0099
+        anchor = production.anchor
+        promote, reasons = gate(
+            {"auroc": window[version], **calibrated}, {"auroc": window[production.version]},
+            config, anchor=None if anchor is None else {"auroc": window[anchor]},
+            anchor_version=anchor,
+        )  # fmt: skip
+        if not promote:
+            break
+        models = {"candidate": {"auroc": window[version]},
+                  "production": {"auroc": window[production.version]}}  # fmt: skip
+        production = _Production(version, None, anchor_version(promote, models, production))
+    assert version == 3 and production.version == 2  # one step down, never a second
+    assert reasons[0].startswith("FAILED candidate AUROC 0.780 vs version 1 0.800")
+    assert window[production.version] >= window[1] - config.retrain.max_auroc_drop
+    # a promotion that does not fall below production makes the new version its own anchor
+    better = {"candidate": {"auroc": 0.81}, "production": {"auroc": 0.80}}
+    assert anchor_version(True, better, _Production(2, None, 1)) is None
+    assert anchor_version(False, better, _Production(2, None, 1)) == 1
+
+
 _KILLER = """
 import os, signal, sys
 from pathlib import Path
@@ -446,3 +476,19 @@ def test_a_rollback_serves_an_earlier_production_version_again(tmp_path, capsys)
             rollback(reg, version)
     assert main(["registry", str(reg.root), "--rollback", "3"]) == 2
     assert "version 3 never served" in capsys.readouterr().err
+
+
+def test_a_retrain_scores_the_anchor_on_the_window_and_gates_against_it(registry, data, tmp_path):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    (first,) = Registry(reg).history()
+    shutil.copytree(reg / "versions" / "1", tmp_path / "copy")
+    with Registry(reg).lock():  # version 2: promoted within the tolerance of version 1
+        Registry(reg).commit(tmp_path / "copy", {**first, "anchor_version": 1}, promote=True)
+    record = retrain(data, reg, load_pipeline_config(None, SETTINGS))
+    assert record["production_version"] == 2
+    assert any("vs version 1 " in reason for reason in record["reasons"])
+    evaluation = json.loads((reg / "versions" / "3" / "report.json").read_text())
+    assert {"candidate", "production", "anchor"} <= set(evaluation["models"])
+    # version 2 is version 1's copy: the same scores on the same window
+    assert evaluation["models"]["anchor"]["auroc"] == evaluation["models"]["production"]["auroc"]
