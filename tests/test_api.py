@@ -77,11 +77,13 @@ def test_bad_api_arguments_are_input_errors(finished_run):
     visits = pl.read_parquet(data / "visits.parquet").head(5).to_pandas()
     events = pl.read_parquet(data / "events.parquet").to_pandas()
     visits["patient_id"] = visits["patient_id"].astype(object)
-    visits.loc[0, "patient_id"] = 12345 if isinstance(visits.loc[1, "patient_id"], str) else "x"
+    odd = 987654321 if isinstance(visits.loc[1, "patient_id"], str) else "PATIENT-987654321"
+    visits.loc[0, "patient_id"] = odd  # one id of another type among the others
     with pytest.raises(InputError) as raised:
         model.predict(visits, events)
     assert str(raised.value).startswith("visits: column 'patient_id': cannot be read as one type")
-    assert str(visits.loc[1, "patient_id"]) not in str(raised.value)  # no id quoted
+    assert "987654321" not in str(raised.value)  # no id quoted
+    assert str(visits.loc[1, "patient_id"]) not in str(raised.value)
     doubled = pd.concat([visits.drop(columns="patient_id"), visits[["age"]]], axis=1)
     with pytest.raises(InputError, match="visits: column 'age': appears 2 times"):
         model.predict(doubled, events)

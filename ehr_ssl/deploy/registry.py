@@ -67,7 +67,7 @@ class Registry:
             return cls(root)
         if not create:
             raise InputError("not a model registry (no registry.json)", file=str(root))
-        if root.exists() and not _is_unfinished_registry(root):
+        if root.exists() and not _is_unfinished_registry(root) and not cls.is_registry(root):
             raise InputError(
                 "exists and is not empty: refusing to make a registry there", file=str(root)
             )
@@ -111,6 +111,10 @@ class Registry:
         promoted = [r["version"] for r in self.history() if r["promoted"]]
         _check_pointer(self.root / PRODUCTION_FILE, promoted)
         return promoted[-1] if promoted else None
+
+    def record(self, version: int) -> dict | None:
+        """The history's record of `version` (None: no such version)."""
+        return next((r for r in self.history() if r["version"] == version), None)
 
     def production_path(self) -> Path:
         version = self.production_version()
@@ -217,16 +221,19 @@ def rollback(registry: Registry, version: int) -> int:
     Raises:
         InputError: naming the registry, for a version absent, never promoted or serving.
     """
-    original = {r["version"]: r for r in registry.history()}.get(version)
-    if original is None or not registry.version_path(version).is_dir():
+    original = registry.record(version)
+    if original is None:
         raise InputError(f"no version {version} to roll back to", file=str(registry.root))
+    if not registry.version_path(version).is_dir():
+        raise InputError(f"version {version}'s directory was deleted", file=str(registry.root))
     if not original["promoted"]:
         raise InputError(
             f"version {version} never served (its gate failed): a rollback serves only a version "
             "that was in production",
             file=str(registry.root),
         )
-    if version == registry.production_version():
+    serving = registry.production_version()
+    if version == serving:
         raise InputError(f"version {version} is in production already", file=str(registry.root))
     copy = registry.root / "tmp" / f"rollback-{os.getpid()}-{time.time_ns()}"
     shutil.copytree(registry.version_path(version), copy)
@@ -236,6 +243,7 @@ def rollback(registry: Registry, version: int) -> int:
         "time": when,
         "reasons": [f"rollback to version {version}"],
         "rollback_of": version,
+        "production_version": serving,  # the version it replaces
         "anchor_version": None,  # the gate counts its tolerance from what serves
     }
     return registry.commit(copy, record, promote=True)
@@ -244,9 +252,11 @@ def rollback(registry: Registry, version: int) -> int:
 def _is_unfinished_registry(root: Path) -> bool:
     """Empty, or what another `open(create=True)` leaves before its marker (an empty
     versions/, the lock file): a concurrent first retrain, or one killed in between."""
+    marker_temporary = f".{MARKER_FILE}.tmp-"  # a marker half-written (any process's)
     for entry in root.iterdir():
         empty_versions = entry.name == "versions" and entry.is_dir() and not any(entry.iterdir())
-        if not (empty_versions or entry.name == LOCK_FILE):
+        ours = entry.name == LOCK_FILE or entry.name.startswith(marker_temporary)
+        if not (empty_versions or ours):
             return False
     return True
 

@@ -41,7 +41,7 @@ from ehr_ssl.data.readers import read_labels, read_visits, table_files
 from ehr_ssl.data.schema import EVENTS, VISITS
 from ehr_ssl.deploy.bundle import AdmissionModel
 from ehr_ssl.errors import InputError
-from ehr_ssl.evaluation.predictions import meds_keys, meds_predictions
+from ehr_ssl.evaluation.predictions import MEDS_PREDICTION_SCHEMA, meds_keys, meds_predictions
 from ehr_ssl.outputs import check_outside_inputs, output_lock
 from ehr_ssl.tokens.vocab import UNK_ID
 
@@ -51,6 +51,11 @@ OUTPUTS = ("predict", "embed")
 # The schema metadata key that marks a file `predict` or `embed` wrote (its value: which), so
 # that a rerun replaces its own output and never a file of the user's.
 OUTPUT_KEY = b"ehr_ssl.output"
+# The columns of the outputs written before the mark: predict, embed, MEDS with and without
+# boolean_value.
+_MEDS = tuple(MEDS_PREDICTION_SCHEMA)
+UNMARKED_OUTPUT_COLUMNS = {("visit_id", "score"), ("visit_id", "embedding"), _MEDS,
+                           tuple(c for c in _MEDS if c != "boolean_value")}  # fmt: skip
 
 
 def score_dataset(
@@ -191,18 +196,22 @@ def check_output_file(
     check_outside_inputs(out_path, inputs)
     if out_path.exists() and not overwrite and not is_scoring_output(out_path):
         raise InputError(
-            "exists and is no predict or embed output: not replaced (use --overwrite)",
+            "exists and is neither marked nor shaped as a predict or embed output (your own "
+            "file?): not replaced (use --overwrite)",
             file=str(out_path),
         )
 
 
 def is_scoring_output(path: Path) -> bool:
-    """Whether `path` is a Parquet file `predict` or `embed` wrote (its schema's mark)."""
+    """Whether `path` is a Parquet file `predict` or `embed` wrote: its schema's mark, or,
+    written before the mark existed, exactly the columns of one of their outputs."""
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        schema = pq.read_schema(path)
     except Exception:  # not Parquet, damaged, unreadable: not ours
         return False
-    return metadata.get(OUTPUT_KEY, b"").decode(errors="replace") in OUTPUTS
+    if (schema.metadata or {}).get(OUTPUT_KEY, b"").decode(errors="replace") in OUTPUTS:
+        return True
+    return tuple(schema.names) in UNMARKED_OUTPUT_COLUMNS
 
 
 def _read_dataset(

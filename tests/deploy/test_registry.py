@@ -175,6 +175,22 @@ def test_promotions_each_within_the_tolerance_cannot_add_up():
     assert version == 3 and production.version == 2  # one step down, never a second
     assert reasons[0].startswith("FAILED candidate AUROC 0.780 vs version 1 0.800")
     assert window[production.version] >= window[1] - config.retrain.max_auroc_drop
+    # a drop and a hair of gain, alternating, cannot reset the anchor either
+    production = _Production(1, None)
+    for version in range(2, 12):
+        step = -0.0099 if version % 2 == 0 else 0.0001
+        window[version] = window[production.version] + step
+        anchor = production.anchor
+        anchor_figures = None if anchor is None else {"auroc": window[anchor]}
+        promote, _ = gate({"auroc": window[version], **calibrated},
+                          {"auroc": window[production.version]}, config,
+                          anchor=anchor_figures, anchor_version=anchor)  # fmt: skip
+        if promote:
+            models = {"candidate": {"auroc": window[version]},
+                      "production": {"auroc": window[production.version]},
+                      "anchor": anchor_figures}  # fmt: skip
+            production = _Production(version, None, anchor_version(promote, models, production))
+    assert window[production.version] >= window[1] - config.retrain.max_auroc_drop
     # a promotion that does not fall below production makes the new version its own anchor
     better = {"candidate": {"auroc": 0.81}, "production": {"auroc": 0.80}}
     assert anchor_version(True, better, _Production(2, None, 1)) is None
@@ -418,6 +434,7 @@ def test_a_registry_another_first_retrain_is_making_is_finished_not_refused(tmp_
     root = tmp_path / "reg"
     (root / "versions").mkdir(parents=True)  # the other job's state before its marker
     (root / ".lock").touch()
+    (root / ".registry.json.tmp-123-abc").touch()  # its marker half-written when killed
     assert Registry.is_registry(Registry.open(root, create=True).root)
     (tmp_path / "other" / "versions" / "1").mkdir(parents=True)  # not a registry's beginning
     with pytest.raises(InputError, match="exists and is not empty"):
@@ -436,21 +453,26 @@ def test_a_window_reaching_into_productions_training_is_refused(registry, data, 
     assert _state(reg) == before
 
 
-def test_the_window_check_reads_older_records_by_their_windows_first_arrival(tmp_path):
+def test_the_window_check_by_prediction_time_and_older_records_skipped(tmp_path, caplog):
     from ehr_ssl.deploy.retraining import check_window_after_production
 
     reg = Registry.open(tmp_path / "reg", create=True)
-    (tmp_path / "b").mkdir()
-    with reg.lock():
-        old = {"data": {"test_window_from": "2024-06-01 00:00:00"}}
-        reg.commit(tmp_path / "b", old, promote=True)
-    window = {"arrival_time_range": ["2024-06-01 00:00:00", "2024-07-01 00:00:00"],
-              "prediction_time_range": ["2024-06-01 01:00:00", "2024-07-01 01:00:00"]}  # fmt: skip
+    records = [{"data": {"trained_until": "2024-06-01 00:30:00"}},
+               {"data": {"test_window_from": "2024-06-01 00:00:00"}}, {"data": None}]  # fmt: skip
+    for number, record in enumerate(records):
+        (tmp_path / f"b{number}").mkdir()
+        with reg.lock():
+            reg.commit(tmp_path / f"b{number}", record, promote=True)
+    window = {"prediction_time_range": ["2024-06-01 01:00:00", "2024-07-01 01:00:00"]}
     manifest = {"splits": {"test": window}}
-    check_window_after_production(manifest, reg, 1)  # the same window again: fine
-    window["arrival_time_range"][0] = "2024-05-31 00:00:00"
+    check_window_after_production(manifest, reg, 1)  # the window after what version 1 learned
+    window["prediction_time_range"][0] = "2024-06-01 00:30:00"
     with pytest.raises(InputError, match="within what production version 1 trained on"):
         check_window_after_production(manifest, reg, 1)
+    with caplog.at_level(logging.WARNING, logger="ehr_ssl"):  # older records: not decided
+        check_window_after_production(manifest, reg, 2)
+        check_window_after_production(manifest, reg, 3)
+    assert caplog.text.count("has no trained_until") == 2
     check_window_after_production(manifest, reg, None)  # no production: nothing to check
 
 
@@ -476,6 +498,10 @@ def test_a_rollback_serves_an_earlier_production_version_again(tmp_path, capsys)
             rollback(reg, version)
     assert main(["registry", str(reg.root), "--rollback", "3"]) == 2
     assert "version 3 never served" in capsys.readouterr().err
+    assert reg.history()[-1]["production_version"] == 2  # the version it replaced
+    shutil.rmtree(reg.version_path(2))
+    with pytest.raises(InputError, match="version 2's directory was deleted"), reg.lock():
+        rollback(reg, 2)
 
 
 def test_a_retrain_scores_the_anchor_on_the_window_and_gates_against_it(registry, data, tmp_path):

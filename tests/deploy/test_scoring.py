@@ -127,11 +127,13 @@ def test_a_file_of_the_users_is_replaced_only_with_overwrite(finished_run, tmp_p
             "--device", "cpu"]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no predict or embed output: not replaced (use --overwrite)" in err[0]
+    assert len(err) == 1 and "not replaced (use --overwrite)" in err[0]
     assert pl.read_parquet(out).columns == pl.read_parquet(data / "visits.parquet").columns
     assert main([*argv, "--overwrite"]) == 0
     assert pl.read_parquet(out).columns == ["visit_id", "score"]
     assert main(argv) == 0  # its own output: a rerun replaces it
+    pl.read_parquet(out).write_parquet(out)  # as an older ehr-ssl wrote it: no mark
+    assert main(argv) == 0  # known by its columns
     assert main([*argv, "--threshold", "0.5"]) == 2  # a decision only the MEDS format holds
     assert "applies to --format meds only" in capsys.readouterr().err
 
