@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from ehr_ssl.config import (
     parse_budget,
 )
 from ehr_ssl.data.leakage import screen_dataset
-from ehr_ssl.data.meds_input import contract_data, sources
+from ehr_ssl.data.meds_input import contract_data
 from ehr_ssl.data.readers import (
     Dataset,
     dataset_files,
@@ -39,13 +38,10 @@ from ehr_ssl.data.summary import format_summary, summarize_dataset
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import (
     BUNDLE_FILE,
-    CHECKPOINTS_DIR,
     FINETUNE_SUMMARY_FILE,
     MANIFEST_FILE,
     MEDS_PREDICTIONS_DIR,
     MODEL_CONFIG_FILE,
-    PRETRAIN_SUMMARY_FILE,
-    RUN_CONFIG_FILE,
     VALIDATION_PREDICTIONS_FILE,
     WEIGHTS_FILE,
     RunLayout,
@@ -53,6 +49,14 @@ from ehr_ssl.layout import (
 from ehr_ssl.model.encoder import CODE_ANCESTORS_BUFFER, resolve_model_settings
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_dir, output_lock
 from ehr_ssl.settings import NO_FILE, check_choice, naming_source, to_dict
+from ehr_ssl.stages import (
+    Stages,
+    data_identity,
+    file_hash,
+    pretrain_stage,
+    stage_hash,
+    stage_settings,
+)
 from ehr_ssl.training import distributed
 
 log = logging.getLogger("ehr_ssl")
@@ -71,66 +75,6 @@ def load_checked_config(path: Path | None, overrides: dict[str, Any]) -> Pipelin
     return config
 
 
-def data_fingerprint(data_dir: Path) -> str:
-    """Identity of a dataset directory's files: relative path, size and modification time of
-    each (as make does: content is not read, so an 8M-visit dataset costs nothing to check)."""
-    files = sorted(p for p in Path(data_dir).rglob("*") if p.is_file())
-    entries = [
-        (str(p.relative_to(data_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files
-    ]
-    return _hash(entries)
-
-
-def _hash(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _settings(config: Any) -> dict:
-    """A stage's settings for its fingerprint: all but where it runs (moving a finished run to
-    a GPU machine must not redo it)."""
-    values = to_dict(config)
-    values.pop("device", None)
-    values.get("train", {}).pop("device", None)
-    for bound in ("chunk_visits", "chunk_events"):  # memory bounds: the tokens are the same
-        values.pop(bound, None)
-    return values
-
-
-def _file_hash(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-class _Stages:
-    """RUN/stages.json: the fingerprint of each complete stage, rewritten atomically.
-
-    A fingerprint hashes what the stage was made from (the data files, the settings, the
-    upstream stages' fingerprints), so a later run skips a stage whose outputs are complete with
-    the same fingerprint, and reruns it and everything downstream otherwise. An interrupted
-    pretraining resumes from its last checkpoint. The test split is read once, by the evaluate
-    stage; every choice before it uses train and val only.
-    """
-
-    def __init__(self, run_dir: Path, *, write: bool = True):
-        """`write` False: a torchrun process other than rank 0, which reads but never writes."""
-        self.path = RunLayout(run_dir).stages
-        self.write = write
-        self.done: dict[str, str] = {}
-        if self.path.exists():
-            try:
-                self.done = json.loads(self.path.read_text())
-            except json.JSONDecodeError:
-                self.done = {}  # a damaged record only costs a rerun
-
-    def is_done(self, name: str, fingerprint: str, marker: Path) -> bool:
-        return self.done.get(name) == fingerprint and marker.exists()
-
-    def mark(self, name: str, fingerprint: str) -> None:
-        self.done[name] = fingerprint
-        if self.write:
-            atomic_write_text(self.path, json.dumps(self.done, indent=2, sort_keys=True) + "\n")
-
-
 @dataclass(frozen=True)
 class _Run:
     """What every stage of one run reads: where, with which settings, and the stage record."""
@@ -138,7 +82,7 @@ class _Run:
     data_dir: Path
     layout: RunLayout
     config: PipelineConfig
-    stages: _Stages
+    stages: Stages
     is_main: bool  # under torchrun, rank 0: the one process that writes
 
 
@@ -171,23 +115,8 @@ def run_pipeline(
         contract_data(data_dir, config.tokenize_config()) as (contract_dir, data_config),
     ):
         config.data = data_config  # a MEDS root's: its static columns, its static rows
-        return _run_pipeline(contract_dir, run_dir, config, _data_identity(data_dir, config),
+        return _run_pipeline(contract_dir, run_dir, config, data_identity(data_dir, config),
                              device=device)  # fmt: skip
-
-
-def _data_identity(data_dir: Path, config: PipelineConfig) -> str:
-    """The data's fingerprint. A MEDS root's is its own files and its label files, not the
-    temporary contract-form copy every stage reads (a new one each time: a rerun must not redo
-    the stages)."""
-    fingerprint = data_fingerprint(data_dir)
-    outside = [_file_identity(path) for path in sources(data_dir, config)]
-    return _hash([fingerprint, *outside]) if outside else fingerprint
-
-
-def _file_identity(path: Path) -> list:
-    if path.is_dir():
-        return [str(path), data_fingerprint(path)]
-    return [str(path), path.stat().st_size, path.stat().st_mtime_ns]
 
 
 def _run_pipeline(
@@ -204,7 +133,7 @@ def _run_pipeline(
     # Under torchrun, pretraining and fine-tuning run on every process; the other stages, and
     # every write, on rank 0 while the others wait.
     rank = distributed.current()
-    stages = _Stages(run_dir, write=rank.is_main)
+    stages = Stages(run_dir, write=rank.is_main)
     run = _Run(data_dir, RunLayout(run_dir), config, stages, rank.is_main)
     started = time.perf_counter()
 
@@ -231,7 +160,7 @@ def _check_directories(data_dir: Path, run_dir: Path) -> None:
 def _tokenize_step(run: _Run, fp_data: str) -> tuple[str, bool]:
     """Validate + tokenize (bad input stops the run before anything is written). Returns the
     tokens' fingerprint and whether they were made anew."""
-    fp_tokens = _hash(["tokens", fp_data, _settings(run.config.tokenize_config())])
+    fp_tokens = stage_hash(["tokens", fp_data, stage_settings(run.config.tokenize_config())])
     rerun = not run.stages.is_done("tokenize", fp_tokens, run.layout.tokens / MANIFEST_FILE)
     distributed.barrier()  # every process has decided what to run before anything is written
     if run.is_main:
@@ -245,27 +174,8 @@ def _tokenize_step(run: _Run, fp_data: str) -> tuple[str, bool]:
 def _pretrain_step(run: _Run, fp_tokens: str, *, tokens_rerun: bool) -> str:
     """Pretrain, or resume an interrupted pretraining on unchanged tokens. Returns the
     fingerprint of the encoder's weights."""
-    from ehr_ssl.training.pretrain import pretrain
-
-    layout, config = run.layout, run.config
-    pretrain_config = config.pretrain_config()
-    fp_pretrain = _hash(["pretrain", fp_tokens, _settings(pretrain_config)])
-    if run.stages.is_done("pretrain", fp_pretrain, layout.pretrain / PRETRAIN_SUMMARY_FILE):
-        log.info("pretrain: unchanged since the last run, skipped")
-    else:
-        resume = not tokens_rerun and _resumable(layout.pretrain, pretrain_config)
-        distributed.barrier()
-        if not resume and run.is_main:
-            check_output_dir(layout.pretrain, "pretrain")  # never remove what is not ours
-            shutil.rmtree(layout.pretrain, ignore_errors=True)
-        log.info(
-            "pretrain: %s preset%s -> %s", config.preset, " (resumed)" * resume, layout.pretrain
-        )
-        pretrain(layout.tokens, layout.pretrain, pretrain_config, resume=resume)
-        run.stages.mark("pretrain", fp_pretrain)
-    # Downstream stages depend on the encoder's weights themselves (a rerun on GPU need not
-    # reproduce them bit for bit), not only on the settings that made them.
-    return _file_hash(layout.encoder / WEIGHTS_FILE)
+    return pretrain_stage(run.layout, run.stages, run.config.pretrain_config(), fp_tokens,
+                          tokens_rerun=tokens_rerun, is_main=run.is_main)  # fmt: skip
 
 
 def _finetune_step(
@@ -335,11 +245,13 @@ def _finetune_model(
 
     out = run.layout.model(budget, seed, model)
     ft_config = run.config.finetune_config(FINETUNED[model], seed)
-    fp = _hash(["finetune", fp_tokens, fp_from, budget, seed, model, _settings(ft_config)])
+    fp = stage_hash(
+        ["finetune", fp_tokens, fp_from, budget, seed, model, stage_settings(ft_config)]
+    )
     name = f"finetune {model} {budget}-seed{seed}"
     if run.stages.is_done(name, fp, out / FINETUNE_SUMMARY_FILE):
         log.info("%s: unchanged since the last run, skipped", name)
-        return name, _file_hash(out / FINETUNE_SUMMARY_FILE)
+        return name, file_hash(out / FINETUNE_SUMMARY_FILE)
     started = time.perf_counter()
     summary = finetune(
         run.layout.tokens, run.layout.encoder, out, ft_config, train_ids=ids[0], val_ids=ids[1]
@@ -353,7 +265,7 @@ def _finetune_model(
         summary["val_auroc"],
         time.perf_counter() - started,
     )
-    return name, _file_hash(out / FINETUNE_SUMMARY_FILE)
+    return name, file_hash(out / FINETUNE_SUMMARY_FILE)
 
 
 def _architecture_hash(encoder_dir: Path) -> str:
@@ -374,7 +286,7 @@ def _evaluate_step(
 ) -> None:
     """Baselines + evaluate (the only stage that reads the test split), then the bundle."""
     has_oracle = is_present(run.data_dir / ORACLE_FILENAME)
-    fp_eval = _hash(
+    fp_eval = stage_hash(
         ["evaluate", fp_tokens, fp_encoder, fingerprints, to_dict(run.config.evaluate),
          fp_data if has_oracle else None]
     )  # fmt: skip
@@ -389,7 +301,7 @@ def _validate_and_tokenize(
     run_dir: Path,
     config: PipelineConfig,
     rerun: bool,
-    stages: _Stages,
+    stages: Stages,
     fingerprint: str,
 ) -> None:
     """The validate and tokenize stages (bad input stops the run before anything is written)."""
@@ -445,23 +357,12 @@ def _evaluate_and_bundle(run: _Run, oracle_dir: Path | None, fingerprint: str) -
         evaluate_run(oracle_dir, run_dir, config, data_dir=run.data_dir)
         stages.mark("evaluate", fingerprint)
     if "ssl" in config.evaluate.models:
-        fp_bundle = _hash(["bundle", fingerprint])
+        fp_bundle = stage_hash(["bundle", fingerprint])
         if not stages.is_done("bundle", fp_bundle, layout.bundle / BUNDLE_FILE):
             check_output_dir(layout.bundle, "bundle")
             export_bundle(run_dir, layout.bundle, model="ssl", overwrite=True)
             stages.mark("bundle", fp_bundle)
             log.info("bundle: -> %s", layout.bundle)
-
-
-def _resumable(pretrain_dir: Path, config: Any) -> bool:
-    """An interrupted pretraining of the same configuration (on unchanged tokens) can resume."""
-    saved = pretrain_dir / RUN_CONFIG_FILE
-    if not (saved.exists() and (pretrain_dir / CHECKPOINTS_DIR).is_dir()):
-        return False
-    try:
-        return json.loads(saved.read_text()).get("config") == to_dict(config)
-    except json.JSONDecodeError:
-        return False
 
 
 def evaluate_run(
