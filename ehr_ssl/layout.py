@@ -70,7 +70,7 @@ HEAD_FILE = "head.safetensors"
 PROFILE_FILE = "data_profile.json"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 
-# A retrain's work directory (a RunLayout under the registry's tmp/) fine-tunes the candidate
+# A retrain's work directory (a RunLayout under the registry's work/) fine-tunes the candidate
 # into CANDIDATE_DIR; the bundle it registers gains the retrain report.
 CANDIDATE_DIR = "finetune"
 RETRAIN_REPORT_MD = "retrain_report.md"

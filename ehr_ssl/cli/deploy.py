@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ehr_ssl.cli.options import (
     add_config_options,
@@ -15,7 +17,11 @@ from ehr_ssl.cli.options import (
     seed,
 )
 from ehr_ssl.config import DEVICES, FINETUNED, PREDICTION_FORMATS, MedsConfig, TokenizeConfig
+from ehr_ssl.layout import STAGES_FILE
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, output_lock
+
+if TYPE_CHECKING:
+    from ehr_ssl.deploy.registry import Registry
 
 log = logging.getLogger("ehr_ssl")
 
@@ -81,7 +87,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     check_outside_inputs(args.registry, {"--data": args.data}, flag="--registry")
     config = load_checked_config(args.config, overrides(args))
-    record = retrain(args.data, args.registry, config, wait=args.wait)
+    record = retrain(args.data, args.registry, config, wait=args.wait, fresh=args.fresh)
     print(
         f"version {record['version']}: "
         f"{'promoted to production' if record['promoted'] else 'not promoted'}"
@@ -117,7 +123,24 @@ def cmd_registry(args: argparse.Namespace) -> int:
             print(f"  a rollback: a copy of version {record['rollback_of']}")
         if (record.get("data") or {}).get("dates_warning"):
             print(f"  warning: {record['data']['dates_warning']}")
+    _print_unfinished_work(registry)
     return 0
+
+
+def _print_unfinished_work(registry: Registry) -> None:
+    """A killed retrain's work and its finished stages (a running retrain's is not listed)."""
+    if registry.is_locked():
+        print("a retrain is running")
+        return
+    committed = {record.get("work") for record in registry.history()}
+    for work in registry.unfinished_work():
+        try:
+            done = ", ".join(json.loads((work / STAGES_FILE).read_text())) or "no stage"
+        except (OSError, ValueError):  # none finished, or removed since
+            done = "no stage"
+        if work.name not in committed:  # (committed: removed by the next retrain)
+            print(f"unfinished retrain: {work.name} ({done} finished; the next retrain on the "
+                  "same inputs resumes it, --fresh discards it)")  # fmt: skip
 
 
 def _window(record: dict) -> str:
@@ -200,7 +223,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "(a temporal test window), and promote the candidate only if it passes the gate "
         "([retrain] table of the config). The first retrain creates the registry and trains "
         "from scratch. A lock keeps concurrent retrains apart; a killed retrain leaves the "
-        "registry as it was.",
+        "registry as it was, and the next retrain on the same data, settings and production "
+        "model resumes its work from the last complete stage.",
     )
     retrain.add_argument("--data", type=Path, required=True, help="dataset directory")
     retrain.add_argument("--registry", type=Path, required=True, help="registry directory")
@@ -209,6 +233,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         add_setting(retrain, dotted)
     retrain.add_argument(
         "--wait", type=float, default=0.0, help="seconds to wait for another retrain's lock [0]"
+    )
+    retrain.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: discard the work a killed retrain left instead of resuming it",
     )
     retrain.set_defaults(run=cmd_retrain)
 

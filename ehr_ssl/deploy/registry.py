@@ -8,14 +8,18 @@ Layout of a registry directory:
     history.jsonl       one JSON record per retrain: its figures and the promotion decision
     production          {"version": n}: the version in production (mirrors history)
     .lock               held (flock) by the retrain that is running
-    tmp/                work in progress; removed by the next retrain
+    work/retrain-<key>-<attempt>/  an unfinished retrain's stages: resumed by the next retrain
+                        with the same key (data, settings and production), removed by any other
+    tmp/                a rollback's copy in progress; removed by the next lock
     cache/tokens/       visits' tokens under the production tokenizer (ehr_ssl.tokens.incremental)
 
 A retrain commits by one atomic rename of history.jsonl (the version directory is moved into
 place just before, the production pointer rewritten just after). history.jsonl is the truth:
 the production version is the last one promoted there. So a retrain killed at any point leaves
 history and production as they were, or, killed after the commit, fully recorded (the next
-retrain then removes versions no record points to and rewrites a lagging pointer).
+retrain then removes versions no record points to and rewrites a lagging pointer). A retrain
+killed before its commit leaves its work in work/, and the next one on the same inputs resumes
+from its last complete stage (pretraining from its last checkpoint).
 
 Every file is checked when read: a damaged marker, history record or pointer is bad input (one
 line naming the file and the problem), never a silent default.
@@ -26,15 +30,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from ehr_ssl.artifacts import read_json
-from ehr_ssl.atomic import atomic_write_text
+from ehr_ssl.atomic import atomic_write_text, remove_stale_temporaries
 from ehr_ssl.errors import InputError
+from ehr_ssl.layout import STAGES_FILE
 
 REGISTRY_FORMAT = "ehr-ssl-registry"
 REGISTRY_VERSION = 1
@@ -42,6 +49,10 @@ MARKER_FILE = "registry.json"
 HISTORY_FILE = "history.jsonl"
 PRODUCTION_FILE = "production"
 LOCK_FILE = ".lock"
+WORK_DIR = "work"
+WORK_PREFIX = "retrain-"
+
+log = logging.getLogger("ehr_ssl")
 
 
 class RegistryLocked(InputError):
@@ -164,11 +175,31 @@ class Registry:
         finally:
             os.close(fd)  # releases the flock
 
+    def is_locked(self) -> bool:
+        """Whether a retrain (or rollback) holds the lock now (a glance: it may end next)."""
+        path = self.root / LOCK_FILE
+        if not path.exists():
+            return False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # releases a lock taken here
+
     def _recover(self) -> None:
-        """Undo what a killed retrain left: work in tmp/, versions no record points to, and a
-        production pointer behind the history."""
+        """Undo what a killed retrain or rollback left: tmp/, work already committed, versions
+        no record points to, and a production pointer behind the history. Uncommitted work is
+        kept for `work_dir` to resume or remove."""
         shutil.rmtree(self.root / "tmp", ignore_errors=True)
-        recorded = {r["version"] for r in self.history()}
+        history = self.history()
+        committed = {r.get("work") for r in history}  # killed after its commit
+        for path in self.unfinished_work():
+            if path.name in committed:
+                shutil.rmtree(path, ignore_errors=True)
+        recorded = {r["version"] for r in history}
         versions = self.root / "versions"
         for path in versions.iterdir() if versions.is_dir() else []:
             if not (path.name.isdigit() and int(path.name) in recorded):
@@ -182,17 +213,54 @@ class Registry:
         if version is not None and (not path.exists() or path.read_text() != text):
             atomic_write_text(path, text)
 
+    def unfinished_work(self) -> list[Path]:
+        """The work directories of retrains killed before their commit (one at most, unless
+        another version of ehr-ssl left more). Read under `lock`: outside it, one may be a
+        running retrain's, or one committed just before a kill (removed by the next lock)."""
+        work = self.root / WORK_DIR
+        return sorted(p for p in work.iterdir() if p.name.startswith(WORK_PREFIX)) if (
+            work.is_dir()
+        ) else []  # fmt: skip
+
     @contextlib.contextmanager
-    def work_dir(self) -> Iterator[Path]:
-        """A fresh directory for a retrain's work, inside the registry (same file system, so
-        the finished bundle moves into versions/ by a rename), removed when the block ends,
-        whether it succeeded or failed (a killed retrain's is removed by the next `lock`)."""
-        path = self.root / "tmp" / f"retrain-{os.getpid()}-{time.time_ns()}"
-        path.mkdir(parents=True)
+    def work_dir(self, key: str, *, fresh: bool = False) -> Iterator[Path]:
+        """The work directory of a retrain on inputs identified by `key`, inside the registry
+        (same file system, so the finished bundle moves into versions/ by a rename): a killed
+        retrain's on the same key is resumed (`fresh`: removed, started over). Each attempt has
+        its own name (`retrain-<key>-<attempt>`), which its commit records, so that work
+        committed before a kill is told from a later attempt on the same inputs. Removed when
+        the block ends, unless it failed for a reason other than bad input after a stage
+        finished (an interruption, a crash: the next retrain resumes). Call under `lock`;
+        `prune_work` removes the work of other inputs once this retrain's input is checked."""
+        mine = [p for p in self.unfinished_work() if p.name.startswith(f"{WORK_PREFIX}{key}-")]
+        for path in mine[1:] if not fresh else mine:
+            log.info("retrain: removing unfinished work %s", path.name)
+            shutil.rmtree(path, ignore_errors=True)
+        if mine and not fresh:
+            path = mine[0]
+            remove_stale_temporaries(path)
+        else:
+            path = self.root / WORK_DIR / f"{WORK_PREFIX}{key}-{secrets.token_hex(4)}"
+            path.mkdir(parents=True)
         try:
             yield path
-        finally:
+        except InputError:
             shutil.rmtree(path, ignore_errors=True)
+            raise
+        except BaseException:
+            if not (path / STAGES_FILE).exists():  # nothing finished: nothing to resume
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        shutil.rmtree(path, ignore_errors=True)
+
+    def prune_work(self, keep: Path) -> None:
+        """Remove every unfinished retrain's work but `keep` (other inputs: kept, its disk
+        would never be freed). Called once a retrain has checked its own input, so that one
+        run by mistake on a bad snapshot does not cost the killed retrain's progress."""
+        for path in self.unfinished_work():
+            if path != keep:
+                log.info("retrain: removing unfinished work %s (other inputs)", path.name)
+                shutil.rmtree(path, ignore_errors=True)
 
     def commit(self, bundle_dir: Path, record: dict, *, promote: bool) -> int:
         """Record a retrain: move its bundle in as the next version, append `record` (with
@@ -237,7 +305,7 @@ def rollback(registry: Registry, version: int) -> int:
         raise InputError(f"version {version} is in production already", file=str(registry.root))
     copy = registry.root / "tmp" / f"rollback-{os.getpid()}-{time.time_ns()}"
     shutil.copytree(registry.version_path(version), copy)
-    record = {k: v for k, v in original.items() if k not in ("version", "promoted")}
+    record = {k: v for k, v in original.items() if k not in ("version", "promoted", "work")}
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     record |= {
         "time": when,

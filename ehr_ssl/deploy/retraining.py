@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -14,20 +15,32 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.config import COUNTS, TABULAR, PipelineConfig
 from ehr_ssl.data.readers import read_oracle
 from ehr_ssl.data.splits import temporal_splits
 from ehr_ssl.deploy.registry import Registry
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import (
+    BUNDLE_FILE,
     CANDIDATE_DIR,
     ENCODER_DIR,
+    FINETUNE_SUMMARY_FILE,
+    MANIFEST_FILE,
     RETRAIN_REPORT_JSON,
     RETRAIN_REPORT_MD,
     RunLayout,
 )
 from ehr_ssl.model.encoder import resolve_model_settings
 from ehr_ssl.settings import to_dict
+from ehr_ssl.stages import (
+    Stages,
+    data_identity,
+    file_hash,
+    pretrain_stage,
+    stage_hash,
+    stage_settings,
+)
 
 if TYPE_CHECKING:
     from ehr_ssl.config import FinetuneConfig
@@ -51,7 +64,12 @@ class _Production:
 
 
 def retrain(
-    data_dir: Path, registry_dir: Path, config: PipelineConfig, *, wait: float = 0.0
+    data_dir: Path,
+    registry_dir: Path,
+    config: PipelineConfig,
+    *,
+    wait: float = 0.0,
+    fresh: bool = False,
 ) -> dict:
     """Retrain on the dataset at `data_dir` and record the outcome in the registry.
 
@@ -63,13 +81,16 @@ def retrain(
     retrain fits a tokenizer on train and pretrains from scratch. Tokens are cached in the
     registry under the production tokenizer, so a retrain on a dataset that grew tokenizes only
     the new and changed visits (`ehr_ssl.tokens.incremental`). Everything else is built in the
-    registry's tmp/ and committed at the end (`ehr_ssl.deploy.registry.Registry.commit`).
+    registry's work/ and committed at the end (`ehr_ssl.deploy.registry.Registry.commit`); a
+    retrain killed before that is resumed by the next one on the same data, settings and
+    production model, from its last complete stage (pretraining from its last checkpoint).
 
     Args:
         data_dir: The dataset directory (the input contract; labels needed).
         registry_dir: The registry (created on the first retrain).
         config: Pipeline settings; `config.retrain` holds the window, the warm start and gate.
         wait: Seconds to wait for another retrain's lock before giving up.
+        fresh: Discard the work a killed retrain left instead of resuming it.
 
     Returns:
         The history record: version, promoted, reasons, figures of both models, drift.
@@ -90,30 +111,14 @@ def retrain(
         )
     started = time.perf_counter()
     registry = Registry.open(registry_dir, create=True)
-    with registry.lock(wait), registry.work_dir() as work:
-        # the work directory is laid out as a run directory, plus the candidate's fine-tuning
-        layout = RunLayout(work)
-        production = _load_production(registry)
-        manifest, counts = _tokenize(data_dir, layout.tokens, config, registry, production)
-        check_window_after_production(manifest, registry, production.version)
-        # the label budget is drawn (and checked against the labels) before any training
-        ft_config = config.finetune_config("full", config.evaluate.seeds[0])
-        budget = _draw_budget(layout, config, ft_config)
-        _pretrain(layout, config, registry, production)
-        summary = _finetune_candidate(layout, budget, ft_config)
-        report = _compare_on_test_window(data_dir, layout, budget, production, config, ft_config)
-        models = report["models"]
-        promote, reasons = gate(
-            models["candidate"], models.get("production"), config,
-            anchor=models.get("anchor"), anchor_version=production.anchor,
-        )  # fmt: skip
-        drift = _drift(layout.tokens, manifest, production)
-        record = _history_record(
-            report, reasons, production.version, config, manifest, counts, summary, drift
-        ) | {"anchor_version": anchor_version(promote, models, production)}
-        documents = _retrain_report_documents(record, promote, drift)
-        bundle_dir = _save_bundle(layout, config, ft_config, production.version, report, documents)
-        version = registry.commit(bundle_dir, record, promote=promote)
+    with registry.lock(wait):
+        production = _load_production(registry)  # what serves once the lock is ours
+        key = work_key(data_dir, config, registry, production)
+        with registry.work_dir(key, fresh=fresh) as work:
+            record, promote, reasons, bundle_dir = _retrain_stages(
+                _Work(data_dir, RunLayout(work), Stages(work), key), config, registry, production
+            )
+            version = registry.commit(bundle_dir, record | {"work": work.name}, promote=promote)
     log.info(
         "retrain: version %d %s (%s) in %.0f s",
         version,
@@ -124,6 +129,74 @@ def retrain(
     report = registry.version_path(version) / RETRAIN_REPORT_MD
     return {"version": version, "promoted": promote, **record,
             "next_step": next_step(promote, production.version, str(report))}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Work:
+    """Where one retrain's stages run: its work directory laid out as a run directory (plus the
+    candidate's fine-tuning), its stage record, and the key of its inputs."""
+
+    data_dir: Path
+    layout: RunLayout
+    stages: Stages
+    key: str
+
+
+# Changes with the work directory's layout: a killed retrain of another layout is not resumed.
+WORK_FORMAT = 1
+
+
+def work_key(
+    data_dir: Path, config: PipelineConfig, registry: Registry, production: _Production
+) -> str:
+    """The identity of a retrain's inputs (16 hex digits): the data files (path, size and
+    modification time, as `ehr-ssl run` checks them), every setting but the memory bounds, the
+    kind of device pretraining runs on, and the production model it warm-starts from (its
+    version, anchor and bundle checksums). A killed retrain's work is resumed only by a
+    retrain with the same key."""
+    from ehr_ssl.training.device import resolve_device
+
+    settings = to_dict(config)
+    # "auto" is CPU on one machine, CUDA on another: a checkpoint resumes only on its kind
+    settings["pretraining_device"] = resolve_device(config.train.device).type
+    for bound in ("chunk_visits", "chunk_events"):  # memory bounds: the same tokens
+        settings.pop(bound, None)
+    served = None
+    if production.version is not None:
+        bundle = registry.version_path(production.version) / BUNDLE_FILE
+        served = [production.version, production.anchor, file_hash(bundle)]
+    identity = ["retrain", WORK_FORMAT, data_identity(data_dir, config), settings, served]
+    return stage_hash(identity)[:16]
+
+
+def _retrain_stages(
+    work: _Work, config: PipelineConfig, registry: Registry, production: _Production
+) -> tuple[dict, bool, list, Path]:
+    """Every stage of a retrain in its work directory, each skipped when a killed retrain with
+    the same key finished it. Returns the history record, the decision, its reasons and the
+    bundle to commit."""
+    layout = work.layout
+    manifest, counts, tokens_rerun = _tokenize(work, config, registry, production)
+    check_window_after_production(manifest, registry, production.version)
+    registry.prune_work(keep=layout.root)  # this retrain's input is checked: it goes on
+    # the label budget is drawn (and checked against the labels) before any training
+    ft_config = config.finetune_config("full", config.evaluate.seeds[0])
+    budget = _draw_budget(layout, config, ft_config)
+    fp_encoder = _pretrain(work, config, registry, production, tokens_rerun=tokens_rerun)
+    summary = _finetune_candidate(work, budget, ft_config, fp_encoder)
+    report = _compare_on_test_window(work, budget, production, config, ft_config, fp_encoder)
+    models = report["models"]
+    promote, reasons = gate(
+        models["candidate"], models.get("production"), config,
+        anchor=models.get("anchor"), anchor_version=production.anchor,
+    )  # fmt: skip
+    drift = _drift(layout.tokens, manifest, production)
+    record = _history_record(
+        report, reasons, production.version, config, manifest, counts, summary, drift
+    ) | {"anchor_version": anchor_version(promote, models, production)}
+    documents = _retrain_report_documents(record, promote, drift)
+    bundle_dir = _save_bundle(layout, config, ft_config, production.version, report, documents)
+    return record, promote, reasons, bundle_dir
 
 
 def next_step(promote: bool, production: int | None, report: str) -> str | None:
@@ -161,36 +234,42 @@ def _load_production(registry: Registry) -> _Production:
 
 
 def _tokenize(
-    data_dir: Path,
-    tokens_dir: Path,
-    config: PipelineConfig,
-    registry: Registry,
-    production: _Production,
-) -> tuple[dict, dict]:
+    work: _Work, config: PipelineConfig, registry: Registry, production: _Production
+) -> tuple[dict, dict, bool]:
     """Tokenize with a temporal split (the test window: the most recent visits), under the
-    production tokenizer if there is one. Returns the manifest and each split's counts."""
+    production tokenizer if there is one (or find the tokens a killed retrain made). Returns
+    the manifest, each split's counts and whether the tokens were made anew."""
+    from ehr_ssl.tokens.shards import read_manifest
     from ehr_ssl.tokens.tokenize import tokenize_dataset
 
-    split_config = replace(config.split, test_fraction=config.retrain.test_fraction)
-    warm = production.model is not None
-    manifest = tokenize_dataset(
-        data_dir,
-        tokens_dir,
-        config.tokenize_config(),
-        tokenizer=production.model.tokenizer if warm else None,
-        splits=lambda v: temporal_splits(v["patient_id"], v["prediction_time"], split_config),
-        # a dataset that only grew since the last retrain: only what is new is tokenized
-        cache_dir=registry.token_cache_dir if warm else None,
-        split_settings={"test": "retrain.test_fraction (the test window, --test-fraction)"},
-        require_classes=True,
-    )
+    tokens_dir, fingerprint = work.layout.tokens, stage_hash(["tokens", work.key])
+    rerun = not work.stages.is_done("tokenize", fingerprint, tokens_dir / MANIFEST_FILE)
+    if rerun:
+        split_config = replace(config.split, test_fraction=config.retrain.test_fraction)
+        warm = production.model is not None
+        shutil.rmtree(tokens_dir, ignore_errors=True)  # a killed tokenization's
+        tokenize_dataset(
+            work.data_dir,
+            tokens_dir,
+            config.tokenize_config(),
+            tokenizer=production.model.tokenizer if warm else None,
+            splits=lambda v: temporal_splits(v["patient_id"], v["prediction_time"], split_config),
+            # a dataset that only grew since the last retrain: only what is new is tokenized
+            cache_dir=registry.token_cache_dir if warm else None,
+            split_settings={"test": "retrain.test_fraction (the test window, --test-fraction)"},
+            require_classes=True,
+        )
+        work.stages.mark("tokenize", fingerprint)
+    else:
+        log.info("retrain: tokens of the interrupted retrain kept")
+    manifest = read_manifest(tokens_dir)  # as written: a resumed retrain reads the same
     counts = {k: {c: v[c] for c in ("visits", "patients", "labeled", "positives")}
               for k, v in manifest["splits"].items()}  # fmt: skip
     log.info("retrain: tokenized %s", json.dumps(counts))
     warning = shifted_dates_warning(*manifest["arrival_time_range"])
     if warning:
         log.warning("retrain: %s", warning)
-    return manifest, counts
+    return manifest, counts, rerun
 
 
 # A date later than this many days after today, or a data span longer than this many years, is
@@ -255,17 +334,24 @@ def check_window_after_production(manifest: dict, registry: Registry, version: i
 
 
 def _pretrain(
-    layout: RunLayout, config: PipelineConfig, registry: Registry, production: _Production
-) -> None:
-    """Continued pretraining from the production encoder (warm), or pretraining from scratch."""
-    from ehr_ssl.training.pretrain import pretrain
-
+    work: _Work,
+    config: PipelineConfig,
+    registry: Registry,
+    production: _Production,
+    *,
+    tokens_rerun: bool,
+) -> str:
+    """Continued pretraining from the production encoder (warm), or pretraining from scratch;
+    a killed one resumes from its last checkpoint. Returns the hash of the encoder's weights."""
     pretrain_config = config.pretrain_config()
     init_encoder = None
-    if production.version is not None:
-        pretrain_config.train.epochs = config.retrain.pretrain_epochs
+    if production.version is not None:  # (a copy: the caller's config keeps its epochs)
+        train = replace(config.train, epochs=config.retrain.pretrain_epochs)
+        pretrain_config = replace(pretrain_config, train=train)
         init_encoder = registry.version_path(production.version) / ENCODER_DIR
-    pretrain(layout.tokens, layout.pretrain, pretrain_config, init_encoder=init_encoder)
+    fp_tokens = stage_hash(["tokens", work.key])
+    return pretrain_stage(work.layout, work.stages, pretrain_config, fp_tokens,
+                          tokens_rerun=tokens_rerun, init_encoder=init_encoder)  # fmt: skip
 
 
 def _draw_budget(
@@ -282,21 +368,47 @@ def _draw_budget(
     )  # fmt: skip
 
 
-def _finetune_candidate(layout: RunLayout, budget: LabelBudget, ft_config: FinetuneConfig) -> dict:
-    """Fine-tune the candidate on its label budget. Returns the fine-tuning summary."""
+def _finetune_candidate(
+    work: _Work, budget: LabelBudget, ft_config: FinetuneConfig, fp_encoder: str
+) -> dict:
+    """Fine-tune the candidate on its label budget (or find the one a killed retrain
+    finished). Returns the fine-tuning summary, as written."""
     from ehr_ssl.training.finetune import finetune
 
-    return finetune(
-        layout.tokens,
-        layout.encoder,
-        layout.root / CANDIDATE_DIR,
-        ft_config,
-        train_ids=budget.train_ids,
-        val_ids=budget.val_ids,
-    )
+    out = work.layout.root / CANDIDATE_DIR
+    fingerprint = stage_hash(["finetune", work.key, fp_encoder, stage_settings(ft_config)])
+    if not work.stages.is_done("finetune", fingerprint, out / FINETUNE_SUMMARY_FILE):
+        shutil.rmtree(out, ignore_errors=True)  # a killed fine-tuning's
+        finetune(work.layout.tokens, work.layout.encoder, out, ft_config,
+                 train_ids=budget.train_ids, val_ids=budget.val_ids)  # fmt: skip
+        work.stages.mark("finetune", fingerprint)
+    return json.loads((out / FINETUNE_SUMMARY_FILE).read_text())
 
 
 def _compare_on_test_window(
+    work: _Work,
+    budget: LabelBudget,
+    production: _Production,
+    config: PipelineConfig,
+    ft_config: FinetuneConfig,
+    fp_encoder: str,
+) -> dict:
+    """The test window, read once (a killed retrain's comparison is kept, never redone):
+    candidate, production and the counts and tabular baselines (for the model card's
+    comparison, on the same labels) on the same visits. Returns the report, as written."""
+    layout = work.layout
+    summary = layout.root / CANDIDATE_DIR / FINETUNE_SUMMARY_FILE
+    fingerprint = stage_hash(["compare", work.key, fp_encoder, file_hash(summary)])
+    if work.stages.is_done("compare", fingerprint, layout.report):
+        log.info("retrain: the test window's comparison of the interrupted retrain kept")
+    else:
+        report = _score_test_window(work.data_dir, layout, budget, production, config, ft_config)
+        atomic_write_text(layout.report, json.dumps(report, indent=2) + "\n")
+        work.stages.mark("compare", fingerprint)
+    return json.loads(layout.report.read_text())  # tuples read back as lists either way
+
+
+def _score_test_window(
     data_dir: Path,
     layout: RunLayout,
     budget: LabelBudget,
@@ -304,9 +416,7 @@ def _compare_on_test_window(
     config: PipelineConfig,
     ft_config: FinetuneConfig,
 ) -> dict:
-    """The test window, read once: candidate, production and the counts and tabular baselines
-    (for the model card's comparison, on the same labels) on the same visits. Returns the
-    report."""
+    """The comparison's report (see `_compare_on_test_window`)."""
     from ehr_ssl.evaluation.report import build_report
     from ehr_ssl.evaluation.scoring import read_test_split, score_models
     from ehr_ssl.training.device import resolve_device
@@ -427,7 +537,7 @@ def _save_bundle(
         },
         report=report,
     )
-    return bundle.save(layout.bundle, documents=documents)
+    return bundle.save(layout.bundle, overwrite=True, documents=documents)  # a killed commit's
 
 
 def _retrain_report_documents(record: dict, promote: bool, drift: dict | None) -> dict[str, str]:

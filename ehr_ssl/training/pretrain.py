@@ -48,6 +48,7 @@ from ehr_ssl.layout import (
     RUN_CONFIG_FILE,
     TENSORBOARD_DIR,
     TOKENIZER_FILE,
+    WEIGHTS_FILE,
 )
 from ehr_ssl.model.encoder import (
     MAX_ANCESTORS_PER_CODE,
@@ -257,6 +258,9 @@ def _run_record(
     return {
         "config": to_dict(config),
         "init_encoder": None if init_encoder is None else str(Path(init_encoder).resolve()),
+        "init_encoder_sha256": None
+        if init_encoder is None
+        else _sha256(Path(init_encoder) / WEIGHTS_FILE),
         "data": {
             "tokens_dir": str(tokens_dir.resolve()),
             "tokenizer_sha256": hashlib.sha256(
@@ -265,6 +269,11 @@ def _run_record(
             "pretraining_visits": n_visits,
         },
     }
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:  # in blocks: a base encoder's weights need not fit twice
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _build(plan: _Plan, config: PretrainConfig) -> _Learner:
@@ -537,9 +546,10 @@ def _prepare_run_dir(out_dir: Path, run: dict, *, resume: bool) -> None:
             previous = json.loads(saved.read_text())
         except json.JSONDecodeError as e:
             raise InputError(f"not valid JSON ({e})", file=str(saved)) from None
-        # The tokens are identified by the tokenizer's hash and the visit count, not by their
-        # path: a run directory may move with its tokens.
-        changed = sorted(c for c in _diff(previous, run) if c != "data.tokens_dir")
+        # The tokens are identified by the tokenizer's hash and the visit count, the warm start
+        # by its weights' hash, not by their paths: a run directory may move with its inputs.
+        moved = ("data.tokens_dir", "init_encoder")
+        changed = sorted(c for c in _diff(previous, run) if c not in moved)
         if changed:
             raise InputError(
                 f"differs from the run being resumed ({', '.join(changed)})", file=str(saved)

@@ -72,6 +72,11 @@ def _state(path: Path) -> tuple:
     )
 
 
+def _leftovers(path: Path) -> list[str]:
+    """What a finished or failed retrain must not leave: tmp/ and work/ entries."""
+    return [p.name for d in ("tmp", "work") if (path / d).is_dir() for p in (path / d).iterdir()]
+
+
 def test_first_retrain_promotes_and_a_second_warm_starts(registry, data, tmp_path, caplog):
     reg = tmp_path / "registry"
     shutil.copytree(registry, reg)
@@ -210,6 +215,14 @@ def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 if point == "pretraining":
     train_module.save_checkpoint = die
+elif point == "after-second-checkpoint":
+    save, calls = train_module.save_checkpoint, []
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            die()
+    train_module.save_checkpoint = save_then_die
 elif point == "after-version-moved":
     registry_module.atomic_write_text = die  # the history write, right after the move
 elif point == "after-history-written":  # the pointer's rewrite in commit (not at the lock)
@@ -224,30 +237,131 @@ retrain(Path(sys.argv[1]), Path(sys.argv[2]), load_pipeline_config(None, {settin
 """
 
 
-@pytest.mark.parametrize("point", ["pretraining", "after-version-moved", "after-history-written"])
-def test_a_killed_retrain_leaves_the_registry_consistent(registry, data, tmp_path, point):
-    reg = tmp_path / "registry"
-    shutil.copytree(registry, reg)
-    before = _state(reg)
-    script = _KILLER.replace("{settings}", repr(SETTINGS))
+def _kill_retrain(data: Path, reg: Path, point: str, settings: dict) -> None:
+    script = _KILLER.replace("{settings}", repr(settings))
     done = subprocess.run(
         [sys.executable, "-c", script, str(data), str(reg), point], cwd=ROOT, capture_output=True
     )
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+
+
+@pytest.mark.parametrize("point", ["pretraining", "after-version-moved", "after-history-written"])
+def test_a_killed_retrain_leaves_the_registry_consistent(registry, data, tmp_path, point, caplog):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    before = _state(reg)
+    _kill_retrain(data, reg, point, SETTINGS)
     if point == "after-history-written":  # killed after the commit: recorded in full
         assert len(Registry(reg).history()) == 2
         assert (reg / "production").read_text() == before[1]  # the pointer lags ...
     else:
         assert _state(reg)[:2] == before[:2]  # history and production untouched
     # ... and the next retrain recovers: no orphan version, pointer = history's production
-    retrain(data, reg, load_pipeline_config(None, SETTINGS))
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        retrain(data, reg, load_pipeline_config(None, SETTINGS))
+    # killed before its commit, after scoring the window: the window is not scored again
+    kept = "test window's comparison of the interrupted retrain kept" in caplog.text
+    assert kept == (point == "after-version-moved")
     registry_now = Registry(reg)
     recorded = [r["version"] for r in registry_now.history()]
     assert sorted(int(p.name) for p in (reg / "versions").iterdir()) == recorded
     assert json.loads((reg / "production").read_text())["version"] == (
         registry_now.production_version()
     )
-    assert not (reg / "tmp").exists() or not any((reg / "tmp").iterdir())
+    assert _leftovers(reg) == []  # the work of a retrain killed after its commit: removed
+
+
+CHECKPOINTED = SETTINGS | {"train.checkpoint_every": 4}  # of 10 steps: killed after step 8
+
+
+def test_a_retrain_killed_in_pretraining_resumes_to_the_same_record(
+    registry, data, tmp_path, caplog, capsys
+):
+    uninterrupted, resumed = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(registry, uninterrupted)
+    shutil.copytree(registry, resumed)
+    expected = retrain(data, uninterrupted, load_pipeline_config(None, CHECKPOINTED))
+    _kill_retrain(data, resumed, "after-second-checkpoint", CHECKPOINTED)
+    (work,) = Registry(resumed).unfinished_work()
+    assert (work / "pretrain" / "checkpoints" / "step-00000008").is_dir()
+    assert len(Registry(resumed).history()) == 1  # nothing committed
+    assert main(["registry", str(resumed)]) == 0
+    assert f"unfinished retrain: {work.name} (tokenize finished" in capsys.readouterr().out
+
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        record = retrain(data, resumed, load_pipeline_config(None, CHECKPOINTED))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("resumed from step-00000008" in m for m in messages)
+    assert any("tokens of the interrupted retrain kept" in m for m in messages)
+    drop = ("time", "next_step")
+    assert {k: v for k, v in record.items() if k not in drop} == {
+        k: v for k, v in expected.items() if k not in drop
+    }  # the same figures, gate and decision: the resume continued bit for bit
+    history = [Registry(p).history()[-1] for p in (uninterrupted, resumed)]
+    each = [{k: v for k, v in h.items() if k not in ("time", "work")} for h in history]
+    assert each[0] == each[1] and history[1]["work"] == work.name  # the attempt committed
+    assert _leftovers(resumed) == []
+
+
+@pytest.mark.parametrize("change", ["data", "setting", "fresh"])
+def test_a_killed_retrains_work_is_not_reused_for_other_inputs(
+    registry, data, tmp_path, caplog, change
+):
+    reg, changed = tmp_path / "registry", tmp_path / "data"
+    shutil.copytree(registry, reg)
+    shutil.copytree(data, changed)
+    _kill_retrain(changed, reg, "after-second-checkpoint", CHECKPOINTED)
+    (killed,) = Registry(reg).unfinished_work()
+    settings = CHECKPOINTED | ({"train.max_steps": 12} if change == "setting" else {})
+    if change == "data":  # a file rewritten since: the data's fingerprint changes
+        stat = (changed / "events.parquet").stat()
+        os.utime(changed / "events.parquet", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        retrain(changed, reg, load_pipeline_config(None, settings), fresh=change == "fresh")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("resumed" in m or "interrupted retrain" in m for m in messages)
+    assert not killed.exists() and _leftovers(reg) == []
+    assert len(Registry(reg).history()) == 2
+
+
+def test_work_is_kept_only_to_resume(tmp_path):
+    registry = Registry.open(tmp_path / "reg", create=True)
+
+    def interrupted(key: str, *, finished: bool = True, fresh: bool = False) -> Path:
+        with registry.lock(), pytest.raises(KeyboardInterrupt), registry.work_dir(
+            key, fresh=fresh
+        ) as work:  # fmt: skip
+            if finished:
+                (work / "stages.json").write_text("{}")  # a stage finished, then a kill
+            raise KeyboardInterrupt
+        return work
+
+    k1 = interrupted("k1")
+    assert registry.unfinished_work() == [k1] and k1.name.startswith("retrain-k1-")
+    assert interrupted("k1") == k1  # the same inputs resume it
+    interrupted("k2", finished=False)  # nothing finished: nothing kept
+    assert registry.unfinished_work() == [k1]  # nor pruned: k2 never checked its input
+    with registry.lock(), pytest.raises(KeyboardInterrupt), registry.work_dir("k2") as k2:
+        (k2 / "stages.json").write_text("{}")
+        registry.prune_work(keep=k2)  # its input checked: the other inputs' work goes
+        raise KeyboardInterrupt
+    assert registry.unfinished_work() == [k2]
+    with registry.lock(), pytest.raises(InputError), registry.work_dir("k2"):
+        raise InputError("bad input", file="x")  # a rerun would fail the same way
+    assert registry.unfinished_work() == []
+    k4 = interrupted("k4")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    with registry.lock():  # killed right after its commit: the next lock removes its work
+        registry.commit(bundle, {"work": k4.name}, promote=True)
+        assert registry.unfinished_work() == [k4]
+    with registry.lock():
+        assert registry.unfinished_work() == []
+    again = interrupted("k4")  # the same inputs again: another attempt, not the committed one
+    with registry.lock():
+        assert again != k4 and registry.unfinished_work() == [again]
+    fresh = interrupted("k4", fresh=True)
+    assert fresh != again and registry.unfinished_work() == [fresh]
 
 
 def test_a_second_retrain_waits_or_fails_clearly(registry, data, tmp_path, capsys):
@@ -321,7 +435,7 @@ def test_a_retrain_on_bad_data_leaves_the_registry_untouched(registry, data, tmp
     pl.read_parquet(bad / "events.parquet").drop("time").write_parquet(bad / "events.parquet")
     assert main(["retrain", "--data", str(bad), "--registry", str(reg)]) == 2
     assert "column 'time': missing" in capsys.readouterr().err
-    assert _state(reg) == before and not any((reg / "tmp").iterdir())
+    assert _state(reg) == before and _leftovers(reg) == []  # bad input: nothing to resume
 
 
 def test_no_identifier_reaches_the_versions_the_history_or_the_log(finished_run, tmp_path, caplog):

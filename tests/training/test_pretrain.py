@@ -249,6 +249,21 @@ def test_resume_refuses_other_data_and_broken_checkpoints(cohort_tokens, tmp_pat
         pretrain(cohort_tokens, out, _tiny(max_steps=6, checkpoint_every=3), resume=True)
 
 
+def test_a_warm_start_resumes_by_its_weights_not_their_path(cohort_tokens, tmp_path):
+    import shutil
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    pretrain(cohort_tokens, first, _tiny(max_steps=3))
+    pretrain(cohort_tokens, other, _tiny(max_steps=4))
+    moved = tmp_path / "moved" / "encoder"  # a registry moved or remounted
+    shutil.copytree(first / "encoder", moved)
+    out, config = tmp_path / "run", _tiny(max_steps=6, checkpoint_every=3)
+    pretrain(cohort_tokens, out, config, init_encoder=first / "encoder")
+    pretrain(cohort_tokens, out, config, init_encoder=moved, resume=True)
+    with pytest.raises(InputError, match="init_encoder_sha256"):
+        pretrain(cohort_tokens, out, config, init_encoder=other / "encoder", resume=True)
+
+
 def test_finished_run_resumed_keeps_its_final_metrics(cohort_tokens, tmp_path):
     out = tmp_path / "run"
     first = pretrain(cohort_tokens, out, _tiny(max_steps=6, checkpoint_every=3, log_every=3))
