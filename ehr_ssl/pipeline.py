@@ -49,7 +49,8 @@ from ehr_ssl.layout import (
 from ehr_ssl.model.encoder import CODE_ANCESTORS_BUFFER, resolve_model_settings
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_dir, output_lock
 from ehr_ssl.settings import NO_FILE, check_choice, naming_source, to_dict
-from ehr_ssl.stages import (
+from ehr_ssl.training import distributed
+from ehr_ssl.training.stages import (
     Stages,
     data_identity,
     file_hash,
@@ -57,7 +58,6 @@ from ehr_ssl.stages import (
     stage_hash,
     stage_settings,
 )
-from ehr_ssl.training import distributed
 
 log = logging.getLogger("ehr_ssl")
 

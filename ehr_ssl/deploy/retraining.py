@@ -33,7 +33,7 @@ from ehr_ssl.layout import (
 )
 from ehr_ssl.model.encoder import resolve_model_settings
 from ehr_ssl.settings import to_dict
-from ehr_ssl.stages import (
+from ehr_ssl.training.stages import (
     Stages,
     data_identity,
     file_hash,
