@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from ehr_ssl.artifacts import sha256_file
 from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.config import (
     DEVICES,
@@ -53,7 +54,6 @@ from ehr_ssl.training import distributed
 from ehr_ssl.training.stages import (
     Stages,
     data_identity,
-    file_hash,
     pretrain_stage,
     stage_hash,
     stage_settings,
@@ -251,7 +251,7 @@ def _finetune_model(
     name = f"finetune {model} {budget}-seed{seed}"
     if run.stages.is_done(name, fp, out / FINETUNE_SUMMARY_FILE):
         log.info("%s: unchanged since the last run, skipped", name)
-        return name, file_hash(out / FINETUNE_SUMMARY_FILE)
+        return name, sha256_file(out / FINETUNE_SUMMARY_FILE)
     started = time.perf_counter()
     summary = finetune(
         run.layout.tokens, run.layout.encoder, out, ft_config, train_ids=ids[0], val_ids=ids[1]
@@ -265,7 +265,7 @@ def _finetune_model(
         summary["val_auroc"],
         time.perf_counter() - started,
     )
-    return name, file_hash(out / FINETUNE_SUMMARY_FILE)
+    return name, sha256_file(out / FINETUNE_SUMMARY_FILE)
 
 
 def _architecture_hash(encoder_dir: Path) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from ehr_ssl.artifacts import sha256_file
 from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.config import COUNTS, TABULAR, PipelineConfig
 from ehr_ssl.data.readers import read_oracle
@@ -36,7 +37,6 @@ from ehr_ssl.settings import to_dict
 from ehr_ssl.training.stages import (
     Stages,
     data_identity,
-    file_hash,
     pretrain_stage,
     stage_hash,
     stage_settings,
@@ -141,6 +141,11 @@ class _Work:
     stages: Stages
     key: str
 
+    @property
+    def fp_tokens(self) -> str:
+        """The tokens' fingerprint: the key names every input they are made from."""
+        return stage_hash(["tokens", self.key])
+
 
 # Changes with the work directory's layout: a killed retrain of another layout is not resumed.
 WORK_FORMAT = 1
@@ -164,7 +169,7 @@ def work_key(
     served = None
     if production.version is not None:
         bundle = registry.version_path(production.version) / BUNDLE_FILE
-        served = [production.version, production.anchor, file_hash(bundle)]
+        served = [production.version, production.anchor, sha256_file(bundle)]
     identity = ["retrain", WORK_FORMAT, data_identity(data_dir, config), settings, served]
     return stage_hash(identity)[:16]
 
@@ -242,7 +247,7 @@ def _tokenize(
     from ehr_ssl.tokens.shards import read_manifest
     from ehr_ssl.tokens.tokenize import tokenize_dataset
 
-    tokens_dir, fingerprint = work.layout.tokens, stage_hash(["tokens", work.key])
+    tokens_dir, fingerprint = work.layout.tokens, work.fp_tokens
     rerun = not work.stages.is_done("tokenize", fingerprint, tokens_dir / MANIFEST_FILE)
     if rerun:
         split_config = replace(config.split, test_fraction=config.retrain.test_fraction)
@@ -349,8 +354,7 @@ def _pretrain(
         train = replace(config.train, epochs=config.retrain.pretrain_epochs)
         pretrain_config = replace(pretrain_config, train=train)
         init_encoder = registry.version_path(production.version) / ENCODER_DIR
-    fp_tokens = stage_hash(["tokens", work.key])
-    return pretrain_stage(work.layout, work.stages, pretrain_config, fp_tokens,
+    return pretrain_stage(work.layout, work.stages, pretrain_config, work.fp_tokens,
                           tokens_rerun=tokens_rerun, init_encoder=init_encoder)  # fmt: skip
 
 
@@ -398,7 +402,7 @@ def _compare_on_test_window(
     comparison, on the same labels) on the same visits. Returns the report, as written."""
     layout = work.layout
     summary = layout.root / CANDIDATE_DIR / FINETUNE_SUMMARY_FILE
-    fingerprint = stage_hash(["compare", work.key, fp_encoder, file_hash(summary)])
+    fingerprint = stage_hash(["compare", work.key, fp_encoder, sha256_file(summary)])
     if work.stages.is_done("compare", fingerprint, layout.report):
         log.info("retrain: the test window's comparison of the interrupted retrain kept")
     else:

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ehr_ssl.artifacts import save_safetensors
+from ehr_ssl.artifacts import save_safetensors, sha256_file
 from ehr_ssl.atomic import atomic_directory, atomic_file, atomic_write_text
 from ehr_ssl.config import OBJECTIVE_WEIGHTS, PretrainConfig, TrainConfig
 from ehr_ssl.data.splits import SPLITS
@@ -260,7 +260,7 @@ def _run_record(
         "init_encoder": None if init_encoder is None else str(Path(init_encoder).resolve()),
         "init_encoder_sha256": None
         if init_encoder is None
-        else _sha256(Path(init_encoder) / WEIGHTS_FILE),
+        else sha256_file(Path(init_encoder) / WEIGHTS_FILE),
         "data": {
             "tokens_dir": str(tokens_dir.resolve()),
             "tokenizer_sha256": hashlib.sha256(
@@ -269,11 +269,6 @@ def _run_record(
             "pretraining_visits": n_visits,
         },
     }
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:  # in blocks: a base encoder's weights need not fit twice
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _build(plan: _Plan, config: PretrainConfig) -> _Learner:

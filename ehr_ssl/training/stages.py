@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ehr_ssl.artifacts import sha256_file
 from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.data.meds_input import sources
 from ehr_ssl.layout import (
@@ -68,11 +69,6 @@ def stage_settings(config: Any) -> dict:
     return values
 
 
-def file_hash(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 class Stages:
     """RUN/stages.json: the fingerprint of each complete stage, rewritten atomically.
 
@@ -119,7 +115,7 @@ def pretrain_stage(
 
     parts = ["pretrain", fp_tokens, stage_settings(pretrain_config)]
     if init_encoder is not None:  # a warm start: from these weights
-        parts.append(file_hash(Path(init_encoder) / WEIGHTS_FILE))
+        parts.append(sha256_file(Path(init_encoder) / WEIGHTS_FILE))
     fp_pretrain = stage_hash(parts)
     if stages.is_done("pretrain", fp_pretrain, layout.pretrain / PRETRAIN_SUMMARY_FILE):
         log.info("pretrain: unchanged since the last run, skipped")
@@ -136,7 +132,7 @@ def pretrain_stage(
         stages.mark("pretrain", fp_pretrain)
     # Downstream stages depend on the encoder's weights themselves (a rerun on GPU need not
     # reproduce them bit for bit), not only on the settings that made them.
-    return file_hash(layout.encoder / WEIGHTS_FILE)
+    return sha256_file(layout.encoder / WEIGHTS_FILE)
 
 
 def resumable(pretrain_dir: Path, config: Any) -> bool:
