@@ -208,17 +208,17 @@ class SplitConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**63:
             raise InputError(
-                f"must be a non-negative integer, got {self.seed}", column="split.seed"
+                f"must be a non-negative integer, got {self.seed}", setting="split.seed"
             )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0 <= value < 1:
-                raise InputError(f"must be in [0, 1), got {value}", column=f"split.{name}")
+                raise InputError(f"must be in [0, 1), got {value}", setting=f"split.{name}")
         if self.val_fraction + self.test_fraction >= 1:
             raise InputError(
                 "val_fraction + test_fraction must leave patients for training, got "
                 f"{self.val_fraction} + {self.test_fraction}",
-                column="split",
+                setting="split",
             )
 
 
@@ -255,7 +255,7 @@ class TokenizerConfig:
         )
         check_count(self.min_count, "tokenizer.min_count", high=MAX_VISITS)
         if not 1 <= self.n_bins <= 100:
-            raise InputError(f"must be in [1, 100], got {self.n_bins}", column="tokenizer.n_bins")
+            raise InputError(f"must be in [1, 100], got {self.n_bins}", setting="tokenizer.n_bins")
 
 
 @dataclass
@@ -375,44 +375,44 @@ class ObjectiveConfig:
         check_range(self.time_jitter, 0, 10, "objective.time_jitter")
         check_range(self.forecast_horizon_days, 1, 36_500, "objective.forecast_horizon_days")
         if all(getattr(self, name) == 0 for name in OBJECTIVE_WEIGHTS):
-            raise InputError("at least one objective needs a weight > 0", column="objective")
+            raise InputError("at least one objective needs a weight > 0", setting="objective")
         if not 0 < self.mask_rate < 1:
             raise InputError(
-                f"must be in (0, 1), got {self.mask_rate}", column="objective.mask_rate"
+                f"must be in (0, 1), got {self.mask_rate}", setting="objective.mask_rate"
             )
         if self.forecast_target not in FORECAST_TARGETS:
             raise InputError(
                 f"must be one of {', '.join(FORECAST_TARGETS)}, got {self.forecast_target!r}",
-                column="objective.forecast_target",
+                setting="objective.forecast_target",
             )
         if self.forecast_frame not in FORECAST_FRAMES:
             raise InputError(
                 f"must be one of {', '.join(FORECAST_FRAMES)}, got {self.forecast_frame!r}",
-                column="objective.forecast_frame",
+                setting="objective.forecast_frame",
             )
         if self.forecast_frame == "cut" and self.forecast_current_share > 0:
             raise InputError(
                 'forecast_frame = "cut" draws no cut inside the current visit (its rest is '
                 "censored at the prediction time): set forecast_current_share = 0",
-                column="objective.forecast_current_share",
+                setting="objective.forecast_current_share",
             )
         if not 0 < self.forecast_share <= 1:
             raise InputError(
                 f"must be in (0, 1] (forecast_weight = 0 switches the term off), got "
                 f"{self.forecast_share}",
-                column="objective.forecast_share",
+                setting="objective.forecast_share",
             )
         if self.mask_unit not in MASK_UNITS:
             raise InputError(
                 f"must be one of {', '.join(MASK_UNITS)}, got {self.mask_unit!r}",
-                column="objective.mask_unit",
+                setting="objective.mask_unit",
             )
         check_range(self.temperature, 1e-4, 100, "objective.temperature")
         check_count(self.projection_dim, "objective.projection_dim", high=MAX_WIDTH)
         if self.contrastive_views not in CONTRASTIVE_VIEWS:
             raise InputError(
                 f"must be one of {', '.join(CONTRASTIVE_VIEWS)}, got {self.contrastive_views!r}",
-                column="objective.contrastive_views",
+                setting="objective.contrastive_views",
             )
 
 
@@ -463,7 +463,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**32:
-            raise InputError(f"must be in [0, 2**32), got {self.seed}", column="train.seed")
+            raise InputError(f"must be in [0, 2**32), got {self.seed}", setting="train.seed")
         check_count(
             self.batch_size,
             "train.batch_size",
@@ -478,7 +478,7 @@ class TrainConfig:
             check_count(self.max_steps, "train.max_steps", high=MAX_STEPS)
         if self.device not in DEVICES:
             raise InputError(
-                f"must be auto, cpu or cuda, got {self.device!r}", column="train.device"
+                f"must be auto, cpu or cuda, got {self.device!r}", setting="train.device"
             )
         check_range(self.learning_rate, 1e-9, 10, "train.learning_rate")
         check_range(self.weight_decay, 0, 10, "train.weight_decay")
@@ -513,7 +513,7 @@ class PretrainConfig:
             raise InputError(
                 "the contrastive term needs batch_size >= 2 (its negatives are the batch's "
                 "other visits)",
-                column="train.batch_size",
+                setting="train.batch_size",
             )
 
 
@@ -626,14 +626,14 @@ class FinetuneConfig:
         if self.mode not in FINETUNE_MODES:
             raise InputError(
                 f"must be one of {', '.join(FINETUNE_MODES)}, got {self.mode!r}",
-                column="finetune.mode",
+                setting="finetune.mode",
             )
         check_count(self.batch_size, "finetune.batch_size", high=MAX_BATCH)
         check_positive(self, ("max_epochs", "patience"), "finetune", high=MAX_EPOCHS)
         if self.selection not in SELECTIONS:
             raise InputError(
                 f"must be one of {', '.join(SELECTIONS)}, got {self.selection!r}",
-                column="finetune.selection",
+                setting="finetune.selection",
             )
         check_count(self.cv_folds, "finetune.cv_folds", low=2, high=20)
         check_count(self.cv_repeats, "finetune.cv_repeats", high=20)
@@ -649,7 +649,7 @@ class FinetuneConfig:
         if self.readout not in READOUTS:
             raise InputError(
                 f"must be one of {', '.join(READOUTS)}, got {self.readout!r}",
-                column="finetune.readout",
+                setting="finetune.readout",
             )
         if self.mode == "scratch" and self.readout == "forecast":
             # The forecast state is what pretraining learned; a model without pretraining reads
@@ -659,10 +659,10 @@ class FinetuneConfig:
             self.readout = "segments"
         if self.device not in DEVICES:
             raise InputError(
-                f"must be auto, cpu or cuda, got {self.device!r}", column="finetune.device"
+                f"must be auto, cpu or cuda, got {self.device!r}", setting="finetune.device"
             )
         if not 0 <= self.seed < 2**32:
-            raise InputError(f"must be in [0, 2**32), got {self.seed}", column="finetune.seed")
+            raise InputError(f"must be in [0, 2**32), got {self.seed}", setting="finetune.seed")
 
 
 # The models of a run: the SSL encoder fine-tuned in full (the reference), its linear probe, the
@@ -685,7 +685,9 @@ def parse_budget(text: str | int | float) -> int | float | None:
     if isinstance(text, int | float) and not isinstance(text, bool):
         text = str(text)
     if not isinstance(text, str):
-        raise InputError(f"must be a count, a fraction or 'all', got {text!r}", column="budget")
+        raise InputError(
+            f"must be a count, a fraction or 'all', got {text!r}", setting="label_budget"
+        )
     if text.strip().lower() == "all":
         return None
     if text.strip().isdigit():
@@ -695,13 +697,13 @@ def parse_budget(text: str | int | float) -> int | float | None:
             fraction = float(text)
         except ValueError:
             raise InputError(
-                f"must be a count, a fraction or 'all', got {text!r}", column="label_budget"
+                f"must be a count, a fraction or 'all', got {text!r}", setting="label_budget"
             ) from None
         if not 0 < fraction <= 1:
-            raise InputError(f"a fraction must be in (0, 1], got {text}", column="label_budget")
+            raise InputError(f"a fraction must be in (0, 1], got {text}", setting="label_budget")
         return fraction
     if value < 1:
-        raise InputError(f"a count must be >= 1, got {text}", column="label_budget")
+        raise InputError(f"a count must be >= 1, got {text}", setting="label_budget")
     return value
 
 
@@ -729,14 +731,14 @@ class EvaluateConfig:
         if unknown or not self.models:
             raise InputError(
                 f"unknown models {unknown or '(none given)'} (choose from {', '.join(MODELS)})",
-                column="evaluate.models",
+                setting="evaluate.models",
             )
         if "ssl" not in self.models:
             raise InputError("'ssl' is the reference model and must be listed",
-                             column="evaluate.models")  # fmt: skip
+                             setting="evaluate.models")  # fmt: skip
         if not self.seeds or any(not 0 <= s < 2**32 for s in self.seeds):
             raise InputError(f"must be integers in [0, 2**32), got {self.seeds}",
-                             column="evaluate.seeds")  # fmt: skip
+                             setting="evaluate.seeds")  # fmt: skip
         check_count(self.n_boot, "evaluate.n_boot", high=MAX_BOOTSTRAP)
 
     @property
@@ -776,7 +778,7 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         if not 0 < self.test_fraction < 1:
             raise InputError(
-                f"must be in (0, 1), got {self.test_fraction}", column="retrain.test_fraction"
+                f"must be in (0, 1), got {self.test_fraction}", setting="retrain.test_fraction"
             )
         check_count(self.pretrain_epochs, "retrain.pretrain_epochs", high=MAX_EPOCHS)
         parse_budget(self.label_budget)
@@ -786,7 +788,7 @@ class RetrainConfig:
             raise InputError(
                 f"need 0 <= calibration_slope_min <= calibration_slope_max, got "
                 f"{self.calibration_slope_min}, {self.calibration_slope_max}",
-                column="retrain.calibration_slope_min",
+                setting="retrain.calibration_slope_min",
             )
         check_range(
             self.max_abs_calibration_intercept, 0, 100, "retrain.max_abs_calibration_intercept"
@@ -833,7 +835,7 @@ class PipelineConfig(PretrainConfig, TokenizeConfig):
             raise InputError(
                 "the run trains every mode and budget itself: set [evaluate] models and "
                 "label_budget(s), not finetune.mode or finetune.label_budget",
-                column="finetune",
+                setting="finetune",
             )
 
     def check_stages_fit(self) -> None:
@@ -843,7 +845,7 @@ class PipelineConfig(PretrainConfig, TokenizeConfig):
             raise InputError(
                 "reads the forecast term's state: keep objective.forecast_weight > 0 or set "
                 'finetune.readout = "segments"',
-                column="finetune.readout",
+                setting="finetune.readout",
             )
 
     def tokenize_config(self) -> TokenizeConfig:
@@ -874,7 +876,7 @@ def load_pipeline_config(path: Path | None, overrides: dict[str, Any]) -> Pipeli
         raise InputError(
             f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})",
             file=str(path) if in_file else None,
-            column="preset",
+            setting="preset",
         )
     values = merge({"preset": preset, **copy.deepcopy(PRESETS[preset])}, file_values)
     return load_config(PipelineConfig, None, overrides, base=values, source=str(path or "config"))

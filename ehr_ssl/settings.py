@@ -30,10 +30,10 @@ def check_count(value: int, name: str, *, high: int, low: int = 1, why: str = ""
     absurd value stops at configuration time instead of allocating terabytes later; `why` says
     what it protects."""
     if value < low:
-        raise InputError(f"must be >= {low}, got {value}", column=name)
+        raise InputError(f"must be >= {low}, got {value}", setting=name)
     if value > high:
         because = f" ({why})" if why else ""
-        raise InputError(f"must be <= {high}{because}, got {value}", column=name)
+        raise InputError(f"must be <= {high}{because}, got {value}", setting=name)
 
 
 def check_positive(config: Any, names: tuple[str, ...], section: str, *, high: int) -> None:
@@ -45,13 +45,13 @@ def check_positive(config: Any, names: tuple[str, ...], section: str, *, high: i
 def check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
     """One of `choices`."""
     if value not in choices:
-        raise InputError(f"must be one of {', '.join(choices)}, got {value!r}", column=name)
+        raise InputError(f"must be one of {', '.join(choices)}, got {value!r}", setting=name)
 
 
 def check_range(value: float, low: float, high: float, name: str) -> None:
     """Finite and within [low, high] (NaN fails every comparison, so it is named first)."""
     if not math.isfinite(value) or not low <= value <= high:
-        raise InputError(f"must be a number in [{low}, {high}], got {value}", column=name)
+        raise InputError(f"must be a number in [{low}, {high}], got {value}", setting=name)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def from_dict(
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise InputError(f"unknown key '{key}'{hint}", column=section or None,
+            raise InputError(f"unknown key '{key}'{hint}", setting=section or None,
                              file=_file_of(setting, source, overridden))  # fmt: skip
         kwargs[key] = _coerce(hints[key], value, setting=setting, source=source,
                               overridden=overridden)  # fmt: skip
@@ -103,18 +103,18 @@ def naming_source(error: InputError, source: str, overridden: frozenset[str]) ->
     """`error` naming `source`, the file the settings came from, unless it names a file already
     or the setting at fault was given on the command line (`overridden`: "section.key"
     settings; the error then names the setting only)."""
-    if error.file is not None or source == NO_FILE or _set_by_flag(error.column, overridden):
+    if error.file is not None or source == NO_FILE or _set_by_flag(error.setting, overridden):
         return error
-    return InputError(error.problem, file=source, column=error.column)
+    return error.in_file(source)
 
 
-def _set_by_flag(column: str | None, overridden: frozenset[str]) -> bool:
+def _set_by_flag(setting: str | None, overridden: frozenset[str]) -> bool:
     """Whether the setting an error names (or one inside it, for a check of several) was given
     on the command line. Flags of one section's settings ("max_epochs") match by suffix."""
-    if column is None:
+    if setting is None:
         return False
     return any(
-        key == column or column.endswith("." + key) or key.startswith(column + ".")
+        key == setting or setting.endswith("." + key) or key.startswith(setting + ".")
         for key in overridden
     )
 
@@ -125,7 +125,7 @@ def _coerce(
     """`value` as type `hint`, else an InputError naming `setting` (and its file)."""
 
     def wrong(problem: str) -> InputError:
-        return InputError(problem, file=_file_of(setting, source, overridden), column=setting)
+        return InputError(problem, file=_file_of(setting, source, overridden), setting=setting)
 
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
@@ -199,7 +199,7 @@ def load_config(
         for section in sections:
             node = node.setdefault(section, {})
             if not isinstance(node, dict):
-                raise InputError(f"'{section}' is a value, not a table", column=dotted)
+                raise InputError(f"'{section}' is a value, not a table", setting=dotted)
         node[key] = value
     source = source or (str(path) if path else NO_FILE)
     return from_dict(cls, values, source=source, overridden=given)
@@ -258,7 +258,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     [lists], "strings"), or as a plain string when it is not TOML."""
     dotted, sep, raw = text.partition("=")
     if not sep or not dotted.strip():
-        raise InputError(f"expected section.key=value, got {text!r}", column="--set")
+        raise InputError(f"expected section.key=value, got {text!r}", setting="--set")
     try:
         value = tomllib.loads(f"value = {raw}")["value"]
     except tomllib.TOMLDecodeError:

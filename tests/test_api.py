@@ -67,11 +67,11 @@ def test_bad_api_arguments_are_input_errors(finished_run):
     from ehr_ssl.errors import InputError
 
     data, run = finished_run
-    with pytest.raises(InputError, match="column 'device': must be one of auto, cpu, cuda"):
+    with pytest.raises(InputError, match="setting 'device': must be one of auto, cpu, cuda"):
         ehr_ssl.load(run / "bundle", device="gpu")  # once the CPU, silently
     with pytest.raises(InputError, match="has no bundle"):
         RunResult(data, {}).load_model()  # was a FileNotFoundError
-    with pytest.raises(InputError, match="column 'evaluate.n_boot'"):
+    with pytest.raises(InputError, match="setting 'evaluate.n_boot'"):
         ehr_ssl.evaluate(run, n_boot=-1)  # once a ValueError after the scoring
     model = ehr_ssl.load(run / "bundle")
     visits = pl.read_parquet(data / "visits.parquet").head(5).to_pandas()

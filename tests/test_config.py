@@ -41,33 +41,33 @@ def test_defaults_round_trip_through_dict():
         (lambda: TokenizerConfig(lookback_days=-1), "must be a number in [0, 36500], got -1"),
         (lambda: TokenizerConfig(lookback_days=float("nan")), "got nan"),
         (lambda: DataConfig(prediction_offset_minutes=float("inf")), "got inf"),
-        (lambda: TokenizeConfig(chunk_visits=0), "column 'chunk_visits': must be >= 1, got 0"),
-        (lambda: TokenizeConfig(chunk_events=0), "column 'chunk_events': must be >= 1, got 0"),
-        (lambda: TokenizeConfig(shard_visits=0), "column 'shard_visits': must be >= 1, got 0"),
+        (lambda: TokenizeConfig(chunk_visits=0), "setting 'chunk_visits': must be >= 1, got 0"),
+        (lambda: TokenizeConfig(chunk_events=0), "setting 'chunk_events': must be >= 1, got 0"),
+        (lambda: TokenizeConfig(shard_visits=0), "setting 'shard_visits': must be >= 1, got 0"),
         (
             lambda: ObjectiveConfig(contrastive_views="both"),
-            "column 'objective.contrastive_views': must be one of augment, disjoint, patient, "
+            "setting 'objective.contrastive_views': must be one of augment, disjoint, patient, "
             "got 'both'",
         ),
         (
             lambda: ObjectiveConfig(mask_unit="day"),
-            "column 'objective.mask_unit': must be one of token, encounter, got 'day'",
+            "setting 'objective.mask_unit': must be one of token, encounter, got 'day'",
         ),
         (
             lambda: ObjectiveConfig(forecast_frame="day"),
-            "column 'objective.forecast_frame': must be one of visit, cut, got 'day'",
+            "setting 'objective.forecast_frame': must be one of visit, cut, got 'day'",
         ),
         (
             lambda: ObjectiveConfig(forecast_horizon_days=0),
-            "column 'objective.forecast_horizon_days': must be a number in [1, 36500], got 0",
+            "setting 'objective.forecast_horizon_days': must be a number in [1, 36500], got 0",
         ),
         (
             lambda: ObjectiveConfig(forecast_target="week"),
-            "column 'objective.forecast_target': must be one of encounter, next_day, horizon",
+            "setting 'objective.forecast_target': must be one of encounter, next_day, horizon",
         ),
         (
             lambda: ObjectiveConfig(forecast_frame="cut", forecast_current_share=0.5),
-            "column 'objective.forecast_current_share': forecast_frame = \"cut\" draws no cut",
+            "setting 'objective.forecast_current_share': forecast_frame = \"cut\" draws no cut",
         ),
         (
             lambda: ObjectiveConfig(forecast_share=0.0),
@@ -79,20 +79,20 @@ def test_defaults_round_trip_through_dict():
         ),
         (
             lambda: FinetuneConfig(readout="cls"),
-            "column 'finetune.readout': must be one of pooled, segments, windows, forecast, "
+            "setting 'finetune.readout': must be one of pooled, segments, windows, forecast, "
             "got 'cls'",
         ),
         (
             lambda: FinetuneConfig(cv_rule="1se"),
-            "column 'finetune.cv_rule': must be one of best, one_se, got '1se'",
+            "setting 'finetune.cv_rule': must be one of best, one_se, got '1se'",
         ),
         (
             lambda: FinetuneConfig(cv_metric="deviance"),
-            "column 'finetune.cv_metric': must be one of auroc, log_loss, got 'deviance'",
+            "setting 'finetune.cv_metric': must be one of auroc, log_loss, got 'deviance'",
         ),
         (
             lambda: FinetuneConfig(penalty_selection="aic"),
-            "column 'finetune.penalty_selection': must be one of cv, evidence, got 'aic'",
+            "setting 'finetune.penalty_selection': must be one of cv, evidence, got 'aic'",
         ),
     ],
 )
@@ -113,8 +113,8 @@ def test_every_contrastive_view_is_accepted_from_a_file(tmp_path, views):
 
 @pytest.mark.parametrize(
     ("flag", "expected"),
-    [("tokenizer.foo", "column 'tokenizer': unknown key 'foo'"),
-     ("tokenizer.n_bins", "column 'tokenizer.n_bins': must be int, got str 'abc'")],
+    [("tokenizer.foo", "setting 'tokenizer': unknown key 'foo'"),
+     ("tokenizer.n_bins", "setting 'tokenizer.n_bins': must be int, got str 'abc'")],
 )  # fmt: skip
 def test_a_bad_flag_names_the_setting_not_the_file(tmp_path, flag, expected):
     path = tmp_path / "c.toml"
@@ -124,7 +124,7 @@ def test_a_bad_flag_names_the_setting_not_the_file(tmp_path, flag, expected):
             load_config(TokenizeConfig, source, {flag: "abc"})
         assert str(raised.value) == expected
     path.write_text("[tokenizer]\nfoo = 1\n")  # the file's own bad key names the file
-    with pytest.raises(InputError, match=rf"^{path}: column 'tokenizer': unknown key 'foo'"):
+    with pytest.raises(InputError, match=rf"^{path}: setting 'tokenizer': unknown key 'foo'"):
         load_config(TokenizeConfig, path, {})
 
 
@@ -134,7 +134,7 @@ def test_toml_types_are_checked(tmp_path):
     with pytest.raises(InputError) as raised:
         load_config(TokenizeConfig, path, {})
     assert (
-        str(raised.value) == f"{path}: column 'tokenizer.max_length': must be int, got str 'long'"
+        str(raised.value) == f"{path}: setting 'tokenizer.max_length': must be int, got str 'long'"
     )
     path.write_text("[tokenizer\n")
     with pytest.raises(InputError, match="not valid TOML"):
@@ -153,21 +153,21 @@ def test_toml_types_are_checked(tmp_path):
     [
         # once passed tokenize, then pretraining asked for a 12.8 TB position table
         (lambda: TokenizerConfig(max_length=100_000_000_000),
-         "column 'tokenizer.max_length': must be <= 8192 (attention memory grows with its "
+         "setting 'tokenizer.max_length': must be <= 8192 (attention memory grows with its "
          "square), got 100000000000"),
         (lambda: TokenizerConfig(max_length=3), "must be >= 4, got 3"),
         (lambda: TokenizerConfig(min_count=10**30), "must be <= 1000000000"),
-        (lambda: TokenizeConfig(chunk_visits=10**30), "column 'chunk_visits': must be <="),
-        (lambda: TrainConfig(batch_size=10**9), "column 'train.batch_size': must be <= 65536"),
-        (lambda: TrainConfig(epochs=10**12), "column 'train.epochs': must be <= 100000"),
-        (lambda: TrainConfig(max_steps=10**12), "column 'train.max_steps': must be <="),
-        (lambda: TrainConfig(num_workers=10**6), "column 'train.num_workers': must be <= 256"),
-        (lambda: TrainConfig(warmup_steps=-1), "column 'train.warmup_steps': must be >= 0"),
+        (lambda: TokenizeConfig(chunk_visits=10**30), "setting 'chunk_visits': must be <="),
+        (lambda: TrainConfig(batch_size=10**9), "setting 'train.batch_size': must be <= 65536"),
+        (lambda: TrainConfig(epochs=10**12), "setting 'train.epochs': must be <= 100000"),
+        (lambda: TrainConfig(max_steps=10**12), "setting 'train.max_steps': must be <="),
+        (lambda: TrainConfig(num_workers=10**6), "setting 'train.num_workers': must be <= 256"),
+        (lambda: TrainConfig(warmup_steps=-1), "setting 'train.warmup_steps': must be >= 0"),
         (lambda: TrainConfig(pad_to_multiple_of=10**5), "'train.pad_to_multiple_of': must be <="),
-        (lambda: FinetuneConfig(batch_size=10**9), "column 'finetune.batch_size': must be <="),
-        (lambda: FinetuneConfig(max_epochs=10**9), "column 'finetune.max_epochs': must be <="),
-        (lambda: FinetuneConfig(warmup_epochs=-1), "column 'finetune.warmup_epochs': must be "),
-        (lambda: EvaluateConfig(n_boot=10**12), "column 'evaluate.n_boot': must be <= 1000000"),
+        (lambda: FinetuneConfig(batch_size=10**9), "setting 'finetune.batch_size': must be <="),
+        (lambda: FinetuneConfig(max_epochs=10**9), "setting 'finetune.max_epochs': must be <="),
+        (lambda: FinetuneConfig(warmup_epochs=-1), "setting 'finetune.warmup_epochs': must be "),
+        (lambda: EvaluateConfig(n_boot=10**12), "setting 'evaluate.n_boot': must be <= 1000000"),
     ],
 )  # fmt: skip
 def test_absurd_sizes_stop_at_configuration_time(make, message):
@@ -178,7 +178,7 @@ def test_absurd_sizes_stop_at_configuration_time(make, message):
 def test_the_forecast_readout_without_the_forecast_term_is_refused_before_pretraining():
     """By the commands that run both stages; pretraining alone without the term is fine."""
     settings = {"finetune.readout": "forecast", "objective.forecast_weight": 0.0}
-    with pytest.raises(InputError, match=r"column 'finetune.readout': reads the forecast term"):
+    with pytest.raises(InputError, match=r"setting 'finetune.readout': reads the forecast term"):
         load_pipeline_config(None, settings).check_stages_fit()
     load_pipeline_config(None, settings | {"finetune.readout": "segments"}).check_stages_fit()
     load_pipeline_config(None, {"finetune.readout": "forecast"}).check_stages_fit()
@@ -203,23 +203,23 @@ def test_value_errors_name_the_file_they_come_from(tmp_path):
     path.write_text("[train]\nepochs = 0\n[tokenizer]\nmax_length = 100000000000\n")
     with pytest.raises(InputError) as error:
         load_pipeline_config(path, {"train.epochs": 2})
-    assert str(error.value).startswith(f"{path}: column 'tokenizer.max_length': must be <= 8192")
+    assert str(error.value).startswith(f"{path}: setting 'tokenizer.max_length': must be <= 8192")
     with pytest.raises(InputError) as error:
         load_pipeline_config(path, {"tokenizer.max_length": 64})
-    assert str(error.value) == f"{path}: column 'train.epochs': must be >= 1, got 0"
+    assert str(error.value) == f"{path}: setting 'train.epochs': must be >= 1, got 0"
     # a flag's bad value names the setting, not the file it overrode
     with pytest.raises(InputError) as error:
         load_pipeline_config(path, {"tokenizer.max_length": 64, "train.epochs": -3})
-    assert str(error.value) == "column 'train.epochs': must be >= 1, got -3"
+    assert str(error.value) == "setting 'train.epochs': must be >= 1, got -3"
     # settings of one section (ehr-ssl finetune): the flag "max_epochs" is finetune.max_epochs
     base = {"max_epochs": 0}
-    with pytest.raises(InputError, match=re.escape(f"{path}: column 'finetune.max_epochs'")):
+    with pytest.raises(InputError, match=re.escape(f"{path}: setting 'finetune.max_epochs'")):
         load_config(FinetuneConfig, None, {}, base=base, source=str(path))
     with pytest.raises(InputError) as error:
         load_config(FinetuneConfig, None, {"max_epochs": 0}, base={}, source=str(path))
-    assert str(error.value) == "column 'finetune.max_epochs': must be >= 1, got 0"
+    assert str(error.value) == "setting 'finetune.max_epochs': must be >= 1, got 0"
     path.write_text('preset = "huge"\n')
-    with pytest.raises(InputError, match=re.escape(f"{path}: column 'preset': unknown preset")):
+    with pytest.raises(InputError, match=re.escape(f"{path}: setting 'preset': unknown preset")):
         load_pipeline_config(path, {})
 
 
@@ -230,7 +230,7 @@ def test_the_cli_names_the_file_of_a_bad_value(dataset_dir, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"ehr-ssl: error: {config}: column 'tokenizer.max_length': must be <= 8192 (attention "
+        f"ehr-ssl: error: {config}: setting 'tokenizer.max_length': must be <= 8192 (attention "
         "memory grows with its square), got 100000000000"
     ]
     assert not (tmp_path / "t").exists()

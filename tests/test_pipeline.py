@@ -255,8 +255,8 @@ def test_cli_run_without_both_classes_stops_before_writing(cohort_dir, tmp_path,
         (["--label-budget", "1.5"], "label_budget"),
         (["--seeds", "x"], "seeds"),
         (["--val-fraction", "0.6", "--test-fraction", "0.5"], "must leave patients for training"),
-        (["--split-seed", "-1"], "column 'split.seed': must be a non-negative integer"),
-        (["--set", "model.dropout=0.1"], "column 'model': unknown key 'dropout'"),
+        (["--split-seed", "-1"], "setting 'split.seed': must be a non-negative integer"),
+        (["--set", "model.dropout=0.1"], "setting 'model': unknown key 'dropout'"),
         (["--set", "model.hidden_size=31"], "not a multiple of num_attention_heads"),
     ],
 )
@@ -292,7 +292,7 @@ def test_cli_finetune(first_run, tmp_path, capsys):
     for budget, problem in (("100000", "budget 100000 exceeds the"), ("1", "both classes")):
         assert main([*argv, "--label-budget", budget]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "column 'finetune.label_budget'" in err[0] and problem in err[0]
+        assert len(err) == 1 and "setting 'finetune.label_budget'" in err[0] and problem in err[0]
     missing = [*base, "--encoder", str(tmp_path), "--out", str(tmp_path / "x")]
     assert main(missing) == 2
     assert "not a pretrained encoder" in capsys.readouterr().err
@@ -303,10 +303,10 @@ def test_a_bad_model_setting_names_its_file_or_flag(tmp_path):
     path.write_text("[model]\nhidden_size = 100000\n")
     with pytest.raises(InputError) as error:
         load_checked_config(path, {})
-    assert str(error.value) == f"{path}: column 'model': hidden_size must be <= 16384, got 100000"
+    assert str(error.value) == f"{path}: setting 'model': hidden_size must be <= 16384, got 100000"
     with pytest.raises(InputError) as error:
         load_checked_config(path, {"model.hidden_size": 200000})
-    assert str(error.value) == "column 'model': hidden_size must be <= 16384, got 200000"
+    assert str(error.value) == "setting 'model': hidden_size must be <= 16384, got 200000"
 
 
 def test_budgets_the_labels_cannot_meet_stop_the_run_before_pretraining(cohort_dir, tmp_path):
@@ -314,9 +314,9 @@ def test_budgets_the_labels_cannot_meet_stop_the_run_before_pretraining(cohort_d
     out = tmp_path / "run"
     cases = [
         ({"evaluate.label_budgets": ["60", "100000"]},
-         r"column 'evaluate.label_budgets': budget 100000 exceeds the \d+ labeled visits"),
+         r"setting 'evaluate.label_budgets': budget 100000 exceeds the \d+ labeled visits"),
         ({"evaluate.label_budget": "1"},
-         r"column 'evaluate.label_budget': budget 1 leaves 1 labeled train visits, [01] of them"),
+         r"setting 'evaluate.label_budget': budget 1 leaves 1 labeled train visits, [01] of them"),
     ]  # fmt: skip
     for overrides, message in cases:
         with pytest.raises(InputError, match=message):

@@ -58,7 +58,7 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     for dotted, value in overrides(args).items():
         section, _, key = dotted.partition(".")
         if section != "finetune" or not key:
-            raise InputError("finetune takes only finetune.KEY settings", column=dotted)
+            raise InputError("finetune takes only finetune.KEY settings", setting=dotted)
         values[key] = value
     base = {}
     if args.config is not None:

@@ -306,7 +306,7 @@ def read_points(config: TokenizeConfig, summary: MedsSummary) -> pl.DataFrame:
         raise InputError(
             "a MEDS dataset has no visits table: name its ED visits with --meds-labels FILE "
             "(a MEDS label file, as ACES writes it) and/or --meds-prediction-times FILE",
-            column="meds.labels",
+            setting="meds.labels",
         )
     points = pl.DataFrame(schema=POINT_SCHEMA)
     if labels is not None:

@@ -466,7 +466,7 @@ def export_bundle(
         raise InputError(
             f"cannot bundle {model!r}: choose one of {', '.join(FINETUNED)} (the counts "
             "baselines are not saved)",
-            column="model",
+            setting="model",
         )
     config = read_run_config(run_dir)
     budget = budget or config.evaluate.label_budget

@@ -107,7 +107,7 @@ def retrain(
     if config.train.include_test_unlabeled:  # the window is the prospective check: unseen
         raise InputError(
             "a retrain never pretrains on its test window (the gate's check of the future)",
-            column="train.include_test_unlabeled",
+            setting="train.include_test_unlabeled",
         )
     started = time.perf_counter()
     registry = Registry.open(registry_dir, create=True)
@@ -334,7 +334,7 @@ def check_window_after_production(manifest: dict, registry: Registry, version: i
             f"trained on (up to {end}): a warm start from it, and its own scores, would be "
             "graded on visits whose labels they learned; keep the window after that (a "
             "smaller retrain.test_fraction, or newer data)",
-            column="retrain.test_fraction",
+            setting="retrain.test_fraction",
         )
 
 

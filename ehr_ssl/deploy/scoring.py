@@ -160,7 +160,7 @@ def _check_inputs(
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if chunk_visits < 1:
-        raise InputError(f"must be >= 1, got {chunk_visits}", column="chunk_visits")
+        raise InputError(f"must be >= 1, got {chunk_visits}", setting="chunk_visits")
     data_dir, out_path = Path(data_dir), Path(out_path)
     if not data_dir.is_dir():
         raise InputError("dataset directory not found", file=str(data_dir))
@@ -172,16 +172,16 @@ def _check_format(output: str, output_format: str, threshold: float | None) -> N
     if threshold is not None and output_format != "meds":
         raise InputError(
             "applies to --format meds only (the ehr-ssl format holds scores, no decision)",
-            column="threshold",
+            setting="threshold",
         )
     if output_format not in PREDICTION_FORMATS:
-        raise InputError(f"must be one of {', '.join(PREDICTION_FORMATS)}", column="format")
+        raise InputError(f"must be one of {', '.join(PREDICTION_FORMATS)}", setting="format")
     if output_format == "meds" and output != "predict":
         raise InputError(
-            "the MEDS prediction schema holds predictions: predict only", column="format"
+            "the MEDS prediction schema holds predictions: predict only", setting="format"
         )
     if threshold is not None and not 0 <= threshold <= 1:
-        raise InputError(f"must be in [0, 1], got {threshold}", column="threshold")
+        raise InputError(f"must be in [0, 1], got {threshold}", setting="threshold")
 
 
 def check_output_file(

@@ -312,19 +312,19 @@ def config_from_settings(settings: dict[str, Any], **derived: Any) -> EHRConfig:
                 [renamed[key]] if key in renamed else difflib.get_close_matches(key, settable, n=1)
             )
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise InputError(f"unknown key '{key}'{hint}", column="model")
+            raise InputError(f"unknown key '{key}'{hint}", setting="model")
         expected = type(parameters[key].default)
         fits = isinstance(value, expected) and not isinstance(value, bool)
         if not (fits or (expected is float and type(value) is int)):
             raise InputError(
                 f"must be {expected.__name__}, got {type(value).__name__} {value!r}",
-                column=f"model.{key}",
+                setting=f"model.{key}",
             )
         values[key] = expected(value)  # a TOML 0 for a float setting is 0.0
     try:
         return EHRConfig(**derived, **values)
     except ValueError as e:
-        raise InputError(str(e), column="model") from None
+        raise InputError(str(e), setting="model") from None
 
 
 def time_buckets(time_deltas: torch.Tensor, config: EHRConfig) -> torch.Tensor:

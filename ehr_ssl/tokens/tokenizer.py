@@ -65,7 +65,7 @@ def event_budget(config: TokenizerConfig, n_static: int) -> int:
         raise InputError(
             f"max_length {config.max_length} leaves no room for events after {n_static} static "
             "tokens and 3 special tokens",
-            column="tokenizer.max_length",
+            setting="tokenizer.max_length",
         )
     return budget
 
@@ -347,7 +347,7 @@ class Tokenizer:
         except InputError as e:
             if e.file is not None:
                 raise
-            raise InputError(e.problem, file=str(path), column=e.column) from None
+            raise e.in_file(str(path)) from None
         except (KeyError, TypeError, ValueError, AttributeError, pl.exceptions.PolarsError) as e:
             # An edited file: a key missing, a value of the wrong type.
             problem = f"not a valid tokenizer ({type(e).__name__}: {e})"[:200]
@@ -442,7 +442,7 @@ def fit_vocabulary(counts: pl.DataFrame, config: TokenizerConfig) -> list[str]:
         raise InputError(
             f"no code is held by min_count={config.min_count} training patients: the vocabulary "
             "would be empty",
-            column="tokenizer.min_count",
+            setting="tokenizer.min_count",
         )
     return list(SPECIAL_TOKENS) + kept["code"].to_list()
 

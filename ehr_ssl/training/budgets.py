@@ -83,21 +83,21 @@ def _holdout_shares(
     """The train and val parts of a holdout budget (a count split in the ratio of the two
     splits' labels; a fraction or None taken of each)."""
     if val.height == 0:
-        raise InputError("no labeled visits in the val split to select on", column=setting)
+        raise InputError("no labeled visits in the val split to select on", setting=setting)
     if not isinstance(budget, int):
         return budget, budget
     if budget > train.height + val.height:
         raise InputError(
             f"budget {budget} exceeds the {train.height + val.height} labeled visits available "
             f"in the train and val splits ({train.height} + {val.height})",
-            column=setting,
+            setting=setting,
         )
     n_val = min(max(round(budget * val.height / (train.height + val.height)), MIN_VAL), val.height)
     if budget - n_val < 1:
         raise InputError(
             f"budget {budget} leaves no train labels once {n_val} are kept to select on "
             "(holdout selection): raise it or use cv selection",
-            column=setting,
+            setting=setting,
         )
     return budget - n_val, n_val
 
@@ -116,7 +116,7 @@ def _subset(
     try:
         return label_budget_subset(labeled, budget, seed=seed)["visit_id"]
     except ValueError as e:  # a budget the split cannot meet is a bad setting
-        raise InputError(f"{e} in the {split} split{note}", column=setting) from None
+        raise InputError(f"{e} in the {split} split{note}", setting=setting) from None
 
 
 def _check_both_classes(
@@ -133,5 +133,5 @@ def _check_both_classes(
         raise InputError(
             f"budget {shown!r} leaves {labels.len()} labeled {split} visits, {positives} of them "
             "positive: fine-tuning needs both classes",
-            column=setting,
+            setting=setting,
         )

@@ -21,7 +21,7 @@ def resolve_device(name: str) -> torch.device:
     """The training device; CUDA with its index, so tensors and generators agree exactly."""
     check_choice(name, DEVICES, "device")  # "gpu" or "cuda:1" must not mean the CPU
     if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda requested but no CUDA device is available", column="device")
+        raise InputError("device cuda requested but no CUDA device is available", setting="device")
     if name in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -72,7 +72,7 @@ def device_settings(
     if precision == "bf16" and not bf16_ok:
         raise InputError(
             f"{torch.cuda.get_device_name(device)} has no bf16 support: use precision fp32",
-            column="precision",
+            setting="precision",
         )
     if precision == "auto":
         precision = "bf16" if cuda and bf16_ok else "fp32"

@@ -68,7 +68,7 @@ def launched_world_size() -> int:
     try:
         return int(value)
     except ValueError:
-        raise InputError(f"not an integer ({value!r})", column="WORLD_SIZE") from None
+        raise InputError(f"not an integer ({value!r})", setting="WORLD_SIZE") from None
 
 
 @contextmanager

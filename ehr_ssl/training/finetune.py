@@ -96,7 +96,7 @@ def finetune(
     """
     tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
     if encoder_dir is None:
-        raise InputError("a pretrained encoder directory is needed", column="finetune.encoder")
+        raise InputError("a pretrained encoder directory is needed", setting="finetune.encoder")
     check_output_dir(out_dir, "finetune")
     check_outside_inputs(out_dir, {"--tokens": tokens_dir, "--encoder": encoder_dir})
     with output_lock(out_dir, enabled=distributed.current().is_main):
@@ -222,7 +222,7 @@ def _check_processes(config: FinetuneConfig, n_train: int, tokens_dir: Path) -> 
         raise InputError(
             f"{config.batch_size} is not divisible by the {rank.world_size} processes (it is the "
             "global batch: each process takes an equal share)",
-            column="finetune.batch_size",
+            setting="finetune.batch_size",
         )
     if rank.distributed and n_train < rank.world_size:
         raise InputError(

@@ -196,7 +196,7 @@ def _check_inputs(tokens_dir: Path, config: PretrainConfig, init_encoder: Path |
         raise InputError(
             f"{train.batch_size} is not divisible by the {rank.world_size} processes (it is the "
             "global batch: each process takes an equal share)",
-            column="train.batch_size",
+            setting="train.batch_size",
         )
     dataset = TokenDataset(
         tokens_dir, pretraining_selection(train.include_test_unlabeled), splits=SPLITS
@@ -209,7 +209,7 @@ def _check_inputs(tokens_dir: Path, config: PretrainConfig, init_encoder: Path |
     steps_per_epoch = len(LengthBucketSampler(dataset.lengths, train.batch_size, seed=train.seed))
     if train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise InputError(
-            "tensorboard is not installed (pip install tensorboard)", column="train.tensorboard"
+            "tensorboard is not installed (pip install tensorboard)", setting="train.tensorboard"
         )
     return _Plan(
         tokenizer=tokenizer,

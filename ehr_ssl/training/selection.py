@@ -186,7 +186,7 @@ def cv_folds(
             f"{len(y)} labels, {int(y.sum())} positive ({per_class[1]} patients) and "
             f"{len(y) - int(y.sum())} negative ({per_class[0]} patients): cross-validation "
             "needs both classes in at least 2 patients each; raise the label budget",
-            column=setting,
+            setting=setting,
         )
     splits = []
     for repeat in range(repeats):
@@ -195,7 +195,7 @@ def cv_folds(
             if len(np.unique(y[val])) == 2 and len(np.unique(y[train])) == 2:
                 splits.append((np.sort(order[train]), np.sort(order[val])))
     if not splits:
-        raise InputError(f"no fold holds both classes among {len(y)} labels", column=setting)
+        raise InputError(f"no fold holds both classes among {len(y)} labels", setting=setting)
     if rule not in CV_RULES:
         raise ValueError(f"rule must be one of {CV_RULES}, got {rule!r}")
     if metric not in CV_METRICS:

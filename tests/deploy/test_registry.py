@@ -401,12 +401,12 @@ def test_a_second_retrain_waits_or_fails_clearly(registry, data, tmp_path, capsy
     [
         (["retrain", "--data", "{missing}", "--registry", "{reg}"], "dataset directory not found"),
         (["retrain", "--data", "{data}", "--registry", "{reg}", "--test-fraction", "1.5"],
-         "column 'retrain.test_fraction': must be in (0, 1)"),
+         "setting 'retrain.test_fraction': must be in (0, 1)"),
         (["retrain", "--data", "{data}", "--registry", "{notreg}"],
          "is not empty: refusing to make a registry there"),
         (["retrain", "--data", "{data}", "--registry", "{reg}",
           "--set", "train.include_test_unlabeled=true"],
-         "column 'train.include_test_unlabeled': a retrain never pretrains on its test window"),
+         "setting 'train.include_test_unlabeled': a retrain never pretrains on its test window"),
         (["registry", "{notreg}"], "not a model registry"),
         (["bundle", "{notreg}", "--out", "{out}"], "not a run directory"),
     ],
@@ -562,7 +562,7 @@ def test_a_window_reaching_into_productions_training_is_refused(registry, data, 
     assert record["data"]["trained_until"] is not None  # recorded for the next retrain
     before = _state(reg)
     wider = load_pipeline_config(None, SETTINGS | {"retrain.test_fraction": 0.4})  # was 0.2
-    with pytest.raises(InputError, match=r"column 'retrain.test_fraction': the test window start"):
+    with pytest.raises(InputError, match=r"setting 'retrain.test_fraction': the test window start"):
         retrain(data, reg, wider)
     assert _state(reg) == before
 

@@ -226,9 +226,9 @@ def test_every_preset_is_an_encoder_config(preset):
         ({"dropout": 0.1}, "unknown key 'dropout' (did you mean 'hidden_dropout_prob'?)"),
         ({"hiden_size": 8}, "(did you mean 'hidden_size'?)"),
         ({"vocab_size": 8}, "unknown key 'vocab_size'"),  # the tokenizer sets it
-        ({"hidden_size": "64"}, "column 'model.hidden_size': must be int, got str"),
+        ({"hidden_size": "64"}, "setting 'model.hidden_size': must be int, got str"),
         ({"num_hidden_layers": True}, "must be int, got bool"),
-        ({"hidden_size": 30, "num_attention_heads": 4}, "column 'model': hidden_size 30 is not"),
+        ({"hidden_size": 30, "num_attention_heads": 4}, "setting 'model': hidden_size 30 is not"),
         ({"pooling": "max"}, "pooling must be one of"),
         # absurd sizes stop here, before anything is allocated
         ({"n_time_buckets": 10**11}, "n_time_buckets must be <= 4096, got 100000000000"),

@@ -155,8 +155,8 @@ def test_fractions_and_all(splits):
 def test_budgets_the_labels_cannot_meet_name_the_setting(splits, budget, selection, problem):
     with pytest.raises(InputError, match=problem) as error:
         split(splits, budget, selection=selection, setting="evaluate.label_budgets")
-    assert error.value.column == "evaluate.label_budgets"
-    assert str(error.value).startswith("column 'evaluate.label_budgets': ")
+    assert error.value.setting == "evaluate.label_budgets"
+    assert str(error.value).startswith("setting 'evaluate.label_budgets': ")
 
 
 def test_a_subset_of_one_class_is_refused(splits):
@@ -165,7 +165,7 @@ def test_a_subset_of_one_class_is_refused(splits):
     negative_val = val.with_columns(label=pl.lit(False))
     with pytest.raises(InputError, match="labeled val visits, 0 of them positive") as error:
         split((train, negative_val), 100, selection="holdout")
-    assert error.value.column == "label_budget"  # the default setting
+    assert error.value.setting == "label_budget"  # the default setting
     assert len(split((train, negative_val), 100, selection="cv")[0]) == 100
     # Train labels of one class: no budget of them will do, under either selection.
     for value, positives in ((False, "0"), (True, "50")):
@@ -183,7 +183,7 @@ def test_holdout_needs_val_labels(splits):
     train, val = splits
     with pytest.raises(InputError, match="no labeled visits in the val split") as error:
         split((train, val.clear()), 100, selection="holdout", setting="finetune.label_budget")
-    assert error.value.column == "finetune.label_budget"
+    assert error.value.setting == "finetune.label_budget"
     assert len(split((train, val.clear()), 100, selection="cv")[0]) == 100
 
 
@@ -202,4 +202,4 @@ def test_budget_ids_reads_the_labeled_visits_of_the_shards(cohort_tokens):
     too_many = FinetuneConfig(label_budget=train.height + 1, selection="cv")
     with pytest.raises(InputError, match="exceeds") as error:
         budget_ids(cohort_tokens, too_many)
-    assert error.value.column == "finetune.label_budget"  # where fine-tuning sets it
+    assert error.value.setting == "finetune.label_budget"  # where fine-tuning sets it

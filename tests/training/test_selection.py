@@ -126,7 +126,7 @@ def test_a_class_in_one_patient_is_refused_naming_the_setting(rare_class: int):
     data["labels"] = np.where(data["groups"] == patient, rare_class, 1 - rare_class)
     with pytest.raises(InputError, match="cross-validation needs both classes") as error:
         folds_of(data, setting="evaluate.label_budgets")
-    assert error.value.column == "evaluate.label_budgets"
+    assert error.value.setting == "evaluate.label_budgets"
     assert "evaluate.label_budgets" in str(error.value)
 
 
