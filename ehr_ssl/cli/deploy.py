@@ -231,6 +231,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_config_options(retrain, "every stage's tables and [retrain]")
     for dotted in RETRAIN_FLAGS:
         add_setting(retrain, dotted)
+    add_setting(retrain, "leakage.accept", flag="--accept-leaks")
     retrain.add_argument(
         "--wait", type=float, default=0.0, help="seconds to wait for another retrain's lock [0]"
     )

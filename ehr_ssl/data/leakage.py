@@ -22,6 +22,7 @@ is accepted (`[leakage] accept`, `--accept-leaks`) after checking when it is rec
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import polars as pl
@@ -199,19 +200,24 @@ def leak_summary(leaks: list[SuspectedLeak], accept: list[str]) -> list[dict]:
     return [{**asdict(leak), "accepted": leak not in left} for leak in leaks]
 
 
-def screen_dataset(dataset: Dataset, config: PipelineConfig) -> list[dict]:
+def screen_dataset(
+    dataset: Dataset,
+    config: PipelineConfig,
+    splits: Callable[[pl.DataFrame], pl.Series] | None = None,
+) -> list[dict]:
     """The screen of a checked dataset under a run's settings: its findings (`leak_summary`).
-    Only the labels of the train and val patients (`config.split`) are read: the test split's
-    are read once, for the final report.
+    Only the labels of the train and val visits are read (by `splits` of the visits table, a
+    retrain's temporal split; by default `config.split`'s): the test split's are read once,
+    for the final report, and visits a split leaves out (null) are not read either.
 
     Raises:
         InputError: on a suspected leak that `config.leakage.accept` does not accept.
     """
     labels = dataset.labels
     if labels is not None:
-        split = visit_splits(dataset.visits, config.split)
-        not_test = dataset.visits.filter(split != "test")["visit_id"]
-        labels = labels.filter(pl.col("visit_id").is_in(not_test.implode()))
+        split = splits(dataset.visits) if splits else visit_splits(dataset.visits, config.split)
+        trained = dataset.visits.filter(split.is_in(["train", "val"]))["visit_id"]
+        labels = labels.filter(pl.col("visit_id").is_in(trained.implode()))
     leaks = screen_leaks(
         dataset.visits,
         dataset.events,

@@ -43,6 +43,8 @@ from ehr_ssl.training.stages import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ehr_ssl.config import FinetuneConfig
     from ehr_ssl.deploy.bundle import AdmissionModel
     from ehr_ssl.evaluation.scoring import LabelBudget
@@ -251,6 +253,11 @@ def _tokenize(
     rerun = not work.stages.is_done("tokenize", fingerprint, tokens_dir / MANIFEST_FILE)
     if rerun:
         split_config = replace(config.split, test_fraction=config.retrain.test_fraction)
+
+        def splits(visits: pl.DataFrame) -> pl.Series:
+            return temporal_splits(visits["patient_id"], visits["prediction_time"], split_config)
+
+        _screen_for_leaks(work.data_dir, config, splits)
         warm = production.model is not None
         shutil.rmtree(tokens_dir, ignore_errors=True)  # a killed tokenization's
         tokenize_dataset(
@@ -258,7 +265,7 @@ def _tokenize(
             tokens_dir,
             config.tokenize_config(),
             tokenizer=production.model.tokenizer if warm else None,
-            splits=lambda v: temporal_splits(v["patient_id"], v["prediction_time"], split_config),
+            splits=splits,
             # a dataset that only grew since the last retrain: only what is new is tokenized
             cache_dir=registry.token_cache_dir if warm else None,
             split_settings={"test": "retrain.test_fraction (the test window, --test-fraction)"},
@@ -275,6 +282,22 @@ def _tokenize(
     if warning:
         log.warning("retrain: %s", warning)
     return manifest, counts, rerun
+
+
+def _screen_for_leaks(data_dir: Path, config: PipelineConfig, splits: Callable) -> None:
+    """The label-leak screen of `ehr-ssl run` and `validate`, on the labels of the retrain's
+    train and val visits (never the test window's): a new code that nearly separates admitted
+    from discharged visits, an order recorded after the outcome, would otherwise pass the gate
+    with an excellent window AUROC. Stops (InputError) on a code `leakage.accept` does not
+    accept."""
+    from ehr_ssl.data.leakage import screen_dataset
+    from ehr_ssl.data.readers import read_dataset
+
+    dataset = read_dataset(data_dir, config.tokenize_config().data)
+    leaks = screen_dataset(dataset, config, splits=splits)
+    if leaks:
+        log.info("retrain: accepted codes the leak screen flags: %s",
+                 ", ".join(leak["code"] for leak in leaks))  # fmt: skip
 
 
 # A date later than this many days after today, or a data span longer than this many years, is

@@ -13,17 +13,24 @@ import subprocess
 import sys
 import textwrap
 import tomllib
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from ehr_ssl.cli import main
-from ehr_ssl.config import load_pipeline_config
+from ehr_ssl.config import SplitConfig, load_pipeline_config
+from ehr_ssl.data.splits import temporal_splits
 from ehr_ssl.data.synthetic import generate_cohort, write_cohort
 from ehr_ssl.deploy.registry import Registry
-from ehr_ssl.deploy.retraining import gate, next_step, retrain, shifted_dates_warning
+from ehr_ssl.deploy.retraining import (
+    _screen_for_leaks,
+    gate,
+    next_step,
+    retrain,
+    shifted_dates_warning,
+)
 from ehr_ssl.errors import InputError
 from ehr_ssl.settings import to_dict
 
@@ -207,7 +214,7 @@ import os, signal, sys
 from pathlib import Path
 import ehr_ssl.deploy.registry as registry_module
 import ehr_ssl.training.pretrain as train_module
-from ehr_ssl.config import load_pipeline_config
+from ehr_ssl.config import SplitConfig, load_pipeline_config
 from ehr_ssl.deploy.retraining import gate, retrain
 
 point = sys.argv[3]
@@ -378,7 +385,7 @@ def test_a_second_retrain_waits_or_fails_clearly(registry, data, tmp_path, capsy
     script = textwrap.dedent(
         f"""
         import sys
-        from ehr_ssl.config import load_pipeline_config
+        from ehr_ssl.config import SplitConfig, load_pipeline_config
         from ehr_ssl.deploy.retraining import gate, retrain
         retrain(sys.argv[1], sys.argv[2], load_pipeline_config(None, {SETTINGS!r}), wait=300)
         """
@@ -436,6 +443,52 @@ def test_a_retrain_on_bad_data_leaves_the_registry_untouched(registry, data, tmp
     assert main(["retrain", "--data", str(bad), "--registry", str(reg)]) == 2
     assert "column 'time': missing" in capsys.readouterr().err
     assert _state(reg) == before and _leftovers(reg) == []  # bad input: nothing to resume
+
+
+def _window_split(visits: pl.DataFrame) -> pl.Series:
+    """The retrain's temporal split of `visits` under SETTINGS."""
+    window = SplitConfig(test_fraction=SETTINGS["retrain.test_fraction"])
+    return temporal_splits(visits["patient_id"], visits["prediction_time"], window)
+
+
+def _with_code_in_admitted_visits(data: Path, out: Path, code: str, *, window: bool) -> Path:
+    """A copy of `data` with `code` recorded 30 minutes after arrival (before the prediction
+    time) in every admitted labeled visit of the test window (`window`) or of the others."""
+    shutil.copytree(data, out)
+    visits, labels = (
+        pl.read_parquet(out / "visits.parquet"),
+        pl.read_parquet(out / "labels.parquet"),
+    )
+    split = _window_split(visits)
+    chosen = visits.filter((split == "test") if window else split.is_in(["train", "val"]))
+    admitted = chosen.join(labels.filter(pl.col("label")), on="visit_id")
+    events = pl.read_parquet(out / "events.parquet")
+    planted = admitted.select("patient_id", time=pl.col("arrival_time") + timedelta(minutes=30),
+                              code=pl.lit(code))  # fmt: skip
+    pl.concat([events, planted], how="diagonal_relaxed").write_parquet(out / "events.parquet")
+    return out
+
+
+def test_a_retrain_screens_its_training_labels_for_leaks(registry, data, tmp_path, capsys, caplog):
+    reg = tmp_path / "registry"
+    shutil.copytree(registry, reg)
+    before = _state(reg)
+    leaky = _with_code_in_admitted_visits(data, tmp_path / "leaky", "ORDER//BED_REQUEST",
+                                          window=False)  # fmt: skip
+    assert main(["retrain", "--data", str(leaky), "--registry", str(reg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "column 'code': suspected label leak" in err[0], err
+    assert "--accept-leaks ORDER//BED_REQUEST" in err[0]
+    assert _state(reg) == before and _leftovers(reg) == []
+    # accepted after review, the same data passes the screen (and goes on to tokenize)
+    config = load_pipeline_config(None, SETTINGS | {"leakage.accept": ["ORDER//BED_REQUEST"]})
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        _screen_for_leaks(leaky, config, _window_split)
+    assert "leak screen flags: ORDER//BED_REQUEST" in caplog.text
+    # the test window's labels are never read: the same code in its admitted visits only passes
+    in_window = _with_code_in_admitted_visits(data, tmp_path / "window", "ORDER//BED_REQUEST",
+                                              window=True)  # fmt: skip
+    _screen_for_leaks(in_window, load_pipeline_config(None, SETTINGS), _window_split)
 
 
 def test_no_identifier_reaches_the_versions_the_history_or_the_log(finished_run, tmp_path, caplog):
