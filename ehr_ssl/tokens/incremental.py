@@ -3,11 +3,13 @@ on a grown dataset updates by tokenizing only what is new or changed.
 
 A cached visit's tokens are reused when its visit row (ids, times, static columns) is unchanged
 and no new event falls in its window (from `lookback_days` before arrival up to its prediction
-time). New events are those of events files that are new, or whose size or modification time
-changed, since the cache was written. Everything else is tokenized again: new and changed visits,
-and visits whose window gained an event (late-arriving data), reading their patients' events from
-every file. A removed events file, another tokenizer or a damaged cache means a full
-tokenization. The result equals a full tokenization of the same data (a test checks this).
+time). New events are those of events files that are new since the cache was written (a new
+shard). Everything else is tokenized again: new and changed visits, and visits whose window
+gained an event (late-arriving data in a new shard), reading their patients' events from every
+file. An events file removed or rewritten (its size or modification time changed), another
+tokenizer or a damaged cache means a full tokenization: a rewritten file may have lost or moved
+events (a correction, an event now after its visit's prediction time), which its current rows
+cannot show. The result equals a full tokenization of the same data (tests check both).
 
 Layout of a cache directory (written atomically; identifiers stay in it, as in a tokens dir):
 
@@ -50,7 +52,7 @@ def cached_tokens(
     Returns:
         (visits, tokens, files, stats): the checked visits; their tokens, row for row (the
         columns of `Tokenizer.encode`); the input files by table; counts of tokenized and
-        reused visits.
+        reused visits, and why the tokenization was full (None when it was not).
     """
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
     (visits_path,) = table_files(data_dir, VISITS)
@@ -78,9 +80,12 @@ def cached_tokens(
         return pl.concat(chunks) if chunks else _no_events(visits)
 
     cache = _read_cache(cache_dir, tokenizer_hash)
-    if cache is None or set(cache[0]["inputs"]) - set(fingerprint):
+    full = "no valid cache" if cache is None else None
+    if cache is not None and not _only_added(cache[0]["inputs"], fingerprint):
+        full = "an events file was removed or rewritten"
+    if full:
         tokens = tokenizer.encode_checked(visits, events_of(event_files))
-        stats = {"tokenized": visits.height, "reused": 0, "full": True}
+        stats = {"tokenized": visits.height, "reused": 0, "full": full}
     else:
         tokens, stats = _update_from_cache(
             cache, visits, event_files, fingerprint, events_of, tokenizer
@@ -90,7 +95,7 @@ def cached_tokens(
         "tokenize: %d visits tokenized, %d reused from the cache%s",
         stats["tokenized"],
         stats["reused"],
-        " (full: no valid cache)" if stats["full"] else "",
+        f" (full: {stats['full']})" if stats["full"] else "",
     )
     return visits, tokens, files, stats
 
@@ -104,13 +109,13 @@ def _update_from_cache(
     tokenizer: Tokenizer,
 ) -> tuple[pl.DataFrame, dict]:
     """The cached tokens of unchanged visits and fresh ones for the rest: visits new or changed
-    since the cache, and those whose window gained an event from a new or changed file.
+    since the cache, and those whose window gained an event from a new file.
     `cache` is `_read_cache`'s (record, visits, tokens)."""
     record, cached_visits, cached = cache
     new_files = [
         path
-        for path, (name, entry) in zip(event_files, fingerprint.items(), strict=True)
-        if record["inputs"].get(name) != entry
+        for path, name in zip(event_files, fingerprint, strict=True)
+        if name not in record["inputs"]
     ]
     new_events = events_of(new_files) if new_files else _no_events(visits)
     redo = _visits_to_redo(visits, cached_visits, new_events, tokenizer)
@@ -129,8 +134,14 @@ def _update_from_cache(
     tokens = visits.select("visit_id").join(
         pl.concat([kept, fresh]), on="visit_id", how="left", maintain_order="left"
     )
-    stats = {"tokenized": again.height, "reused": kept.height, "full": False}
+    stats = {"tokenized": again.height, "reused": kept.height, "full": None}
     return tokens, stats
+
+
+def _only_added(cached: dict[str, dict], current: dict[str, dict]) -> bool:
+    """Whether the events files changed only by files added: each file the cache was made from
+    is there with the same size and modification time."""
+    return all(current.get(name) == entry for name, entry in cached.items())
 
 
 def _visits_to_redo(

@@ -1,6 +1,6 @@
 """Incremental tokenization: a rerun on a dataset that grew (new visits, a new events shard,
-late events inside old visits' windows) tokenizes only what is new and gives exactly the tokens
-of a full tokenization."""
+late events inside old visits' windows) tokenizes only what is new, a rewritten or removed events
+file means a full tokenization, and either gives exactly the tokens of a full tokenization."""
 
 from __future__ import annotations
 
@@ -110,7 +110,38 @@ def test_a_changed_visit_row_or_removed_shard_is_seen(cohort, tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ehr_ssl"):
         tokenize_dataset(data, tmp_path / "t3", CONFIG, tokenizer=tokenizer, cache_dir=cache)
-    assert "(full: no valid cache)" in caplog.text
+    assert "(full: an events file was removed or rewritten)" in caplog.text
+
+
+def test_a_rewritten_events_file_loses_what_it_no_longer_holds(cohort, tmp_path, caplog):
+    """A correction rewrites an events file: every event of a visit's window moved to after its
+    prediction time. The file's current rows put nothing in that window, so they cannot show
+    that it lost events: the cached tokens must not be kept. The rerun equals a full
+    tokenization, and the visit no longer reads the moved events."""
+    root, cohort, cut, tokenizer = cohort
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _write(data, cohort.visits, [cohort.events], cohort.labels)
+    tokenize_dataset(data, tmp_path / "t1", CONFIG, tokenizer=tokenizer, cache_dir=cache)
+    visit = cohort.visits.row(10, named=True)
+    lookback = timedelta(days=tokenizer.config.lookback_days)
+    in_window = (pl.col("patient_id") == visit["patient_id"]) & pl.col("time").is_between(
+        visit["arrival_time"] - lookback, visit["prediction_time"]
+    )
+    assert cohort.events.filter(in_window).height > 0
+    moved = cohort.events.with_columns(
+        time=pl.when(in_window).then(pl.col("time") + timedelta(days=400)).otherwise("time")
+    )
+    moved.write_parquet(data / "events" / "part-0.parquet")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        tokenize_dataset(data, tmp_path / "t2", CONFIG, tokenizer=tokenizer, cache_dir=cache)
+    full = tmp_path / "full"
+    tokenize_dataset(data, full, CONFIG, tokenizer=tokenizer)
+    assert _tokens(tmp_path / "t2").equals(_tokens(full))
+    assert "(full: an events file was removed or rewritten)" in caplog.text
+    before = _tokens(tmp_path / "t1").filter(pl.col("visit_id") == visit["visit_id"])
+    after = _tokens(tmp_path / "t2").filter(pl.col("visit_id") == visit["visit_id"])
+    assert not before.equals(after)
 
 
 @pytest.mark.parametrize("damaged", ["visits.parquet", "tokens.arrow"])
