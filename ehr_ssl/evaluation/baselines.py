@@ -29,6 +29,7 @@ from ehr_ssl.tokens.vocab import (
 )
 from ehr_ssl.training.selection import (
     C_GRID,
+    LOGISTIC_MAX_ITER,
     Folds,
     chosen_cv_auroc,
     cross_validate,
@@ -50,7 +51,6 @@ LIGHTGBM_SETTINGS = {"n_estimators": 200, "learning_rate": 0.05, "subsample": 0.
                      "subsample_freq": 1, "colsample_bytree": 0.5, "reg_lambda": 1.0, "n_jobs": 2,
                      "verbose": -1, "deterministic": True, "force_row_wise": True}  # fmt: skip
 GBM_MIN_NONZERO = 5  # a column reaches the trees only if >= this many train visits have it
-LOGISTIC_MAX_ITER = 5000
 
 BaselineKind = Literal["logistic", "hybrid", "lightgbm"]
 GRIDS: dict[str, dict[str, list]] = {"logistic": LOGISTIC_GRID, "hybrid": HYBRID_GRID,

@@ -23,6 +23,7 @@ from ehr_ssl.model.pretraining import ENCODER_INPUTS
 from ehr_ssl.tokens.batching import TokenDataset, collate
 from ehr_ssl.training.selection import (
     C_GRID,
+    LOGISTIC_MAX_ITER,
     Folds,
     chosen_cv_auroc,
     cross_validate,
@@ -79,12 +80,13 @@ def fit_probe(
     x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
 ) -> dict:
     """A logistic regression on pooled vectors (standardized on train only), its C chosen by
-    validation AUROC. Shape: x_train (N, D), x_val (M, D). Returns coef (D,), intercept (1,),
-    mean (D,), std (D,), C, val_auroc and every candidate's validation AUROC."""
+    validation AUROC over C_GRID, as every logistic model's holdout selection. Shape: x_train
+    (N, D), x_val (M, D). Returns coef (D,), intercept (1,), mean (D,), std (D,), C, val_auroc
+    and every candidate's validation AUROC."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     candidates = []
-    for c in (0.001, 0.01, 0.1, 1.0, 10.0):
-        probe = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+    for c in C_GRID:
+        probe = LogisticRegression(C=c, class_weight="balanced", max_iter=LOGISTIC_MAX_ITER)
         probe.fit((x_train - mean) / std, y_train)
         auroc = roc_auc_score(y_val, probe.predict_proba((x_val - mean) / std)[:, 1])
         candidates.append((float(auroc), c, probe))
@@ -204,7 +206,8 @@ def standardized_logistic(x: np.ndarray, y: np.ndarray, c: float) -> dict[str, n
     """A balanced L2 logistic regression on `x` standardized by its own mean and std: coef
     (D,), intercept (1,), mean (D,), std (D,) (`probe_scores` reads them)."""
     mean, std = x.mean(0), x.std(0) + 1e-6
-    model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit((x - mean) / std, y)
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=LOGISTIC_MAX_ITER)
+    model.fit((x - mean) / std, y)
     return {"coef": model.coef_[0], "intercept": model.intercept_, "mean": mean, "std": std}
 
 

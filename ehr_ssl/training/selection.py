@@ -61,6 +61,7 @@ from ehr_ssl.errors import InputError
 # apart. With 100 labels and hundreds of features the best C is often 1e-3 or below; with
 # thousands of labels it can be 10 or more.
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))
+LOGISTIC_MAX_ITER = 5000  # lbfgs iterations of every logistic model: enough at C = 100
 # Probabilities are clipped this far from 0 and 1 before a log-loss, so that one certain error
 # costs about 16 nats rather than infinity.
 PROBABILITY_FLOOR = 1e-7
