@@ -9,6 +9,7 @@ naive UTC, numeric_value Float64 (NaN read as null), labels Boolean. Every probl
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from ehr_ssl.data.schema import (
 )
 from ehr_ssl.data.splits import SPLIT_NAMES
 from ehr_ssl.errors import InputError
+
+log = logging.getLogger("ehr_ssl")
 
 KEY_COLUMNS = ("visit_id", "patient_id", "arrival_time", "prediction_time")
 
@@ -187,7 +190,7 @@ def checked_events(
     holds the timestamp columns seen so far (the visits'), for the time zone check across
     tables."""
     wanted = {c.name for c in EVENTS.columns} | {a for c in EVENTS.columns for a in c.aliases}
-    any_rows = False
+    any_rows, dropped = False, 0
     for path in files:
         present = parquet_columns(path)
         check_misnamed(present, EVENTS, str(path))
@@ -200,6 +203,7 @@ def checked_events(
             check_time_zones([*times, (str(path), raw.select(contract_times(raw)))])
             events = check_events(raw, config=config, source=str(path), row_offset=offset)
             offset += raw.height
+            dropped += raw.height - events.height  # null times, by data.drop_null_time_events
             if events.schema["patient_id"] != id_type:
                 raise InputError(
                     f"type {events.schema['patient_id']} differs from {id_source} patient_id "
@@ -212,6 +216,10 @@ def checked_events(
         if len(files) == 1:
             raise InputError("table is empty", file=str(files[0]))
         raise InputError("every shard is empty", file=str(files[0].parent))
+    if dropped:  # nothing is dropped without a word
+        where = files[0] if len(files) == 1 else files[0].parent
+        log.info("%s: %d events with a null time left out (data.drop_null_time_events)",
+                 where, dropped)  # fmt: skip
 
 
 def _raw_batches(path: Path, columns: list[str], batch_rows: int | None) -> Iterator[pl.DataFrame]:

@@ -190,6 +190,7 @@ def _tokenize_incremental(
     labels = _labels(data_dir, visits, files)
     split = split_of(visits)
     kept = split.is_not_null()
+    _log_left_out(split)
     visits, tokens, split = visits.filter(kept), tokens.filter(kept), split.drop_nulls()
     return write(
         [tokens.with_columns(split)],
@@ -199,6 +200,14 @@ def _tokenize_incremental(
         labels=labels,
         files=files,
     )
+
+
+def _log_left_out(split: pl.Series) -> None:
+    """Says how many visits a split leaves out (null): a retrain's temporal split leaves out
+    the earlier visits of its test window's patients, so that no patient is on both sides."""
+    if split.null_count():
+        log.info("tokenize: %d visits left out by the split (earlier visits of test-window "
+                 "patients)", split.null_count())  # fmt: skip
 
 
 @dataclass
@@ -235,6 +244,7 @@ def _read_split_visits(
     split = split_of(all_visits)
     visits = all_visits
     if split.null_count():
+        _log_left_out(split)
         visits, split = visits.filter(split.is_not_null()), split.drop_nulls()
     if tokenizer is None:
         check_fit_mask((split == "train").to_numpy())

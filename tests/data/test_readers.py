@@ -4,6 +4,7 @@ file, column and problem (and never an identifier), and MEDS names and type vari
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from datetime import datetime, timedelta
@@ -388,7 +389,7 @@ def test_only_age_and_sex_unless_named(tmp_path, tables):
         read_dataset(root, DataConfig(static_columns=["score"]))
 
 
-def test_null_time_events_dropped_on_request(tmp_path, tables):
+def test_null_time_events_dropped_on_request_and_counted(tmp_path, tables, caplog):
     tables["events"] = pl.concat(
         [
             tables["events"],
@@ -401,8 +402,10 @@ def test_null_time_events_dropped_on_request(tmp_path, tables):
     root = write_tables(tmp_path / "data", tables)
     with pytest.raises(InputError, match="null values"):
         read_dataset(root, DataConfig())
-    dataset = read_dataset(root, DataConfig(drop_null_time_events=True))
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):
+        dataset = read_dataset(root, DataConfig(drop_null_time_events=True))
     assert dataset.events.height == tables["events"].height - 1
+    assert "events.parquet: 1 events with a null time left out" in caplog.text
 
 
 def test_prediction_time_offset_from_config(tmp_path, tables):

@@ -111,6 +111,12 @@ def test_first_retrain_promotes_and_a_second_warm_starts(registry, data, tmp_pat
     with caplog.at_level(logging.INFO, logger="ehr_ssl"):
         retrain(data, reg, load_pipeline_config(None, SETTINGS))
     assert "tokenize: 0 visits tokenized, 1500 reused from the cache" in caplog.text
+    visits = pl.read_parquet(data / "visits.parquet")
+    left_out = _window_split(visits).null_count()  # a window patient's visits before it
+    assert (
+        0 < left_out == 1500 - sum(split["visits"] for split in record["data"]["splits"].values())
+    )
+    assert f"tokenize: {left_out} visits left out by the split" in caplog.text
 
 
 def test_the_gate_refuses_a_worse_candidate(registry, data, tmp_path, capsys):
