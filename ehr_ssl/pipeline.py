@@ -387,11 +387,12 @@ def evaluate_run(
     predictions, selection = _score_test_split(layout, config)
     validation, thresholds_from = _score_validation(layout, config)
     oracle = read_oracle(oracle_dir) if oracle_dir is not None else None
-    visits = statics = None
+    statics = meds_keys = None
     if data_dir is not None:  # read once: the subgroups' statics and the MEDS predictions' keys
         (visits_path,) = dataset_files(Path(data_dir))["visits"]
         visits, static_columns, _, _ = read_visits(visits_path, config.data)
         statics = visits.select("visit_id", *static_columns)
+        meds_keys = _meds_keys(predictions, visits, str(visits_path))
     report = build_report(
         predictions,
         main_budget=config.evaluate.label_budget,
@@ -414,22 +415,31 @@ def evaluate_run(
     write_report(predictions, report, run_dir)
     if validation is not None:  # the scores the operating thresholds were fixed on
         write_predictions(validation, layout.root / VALIDATION_PREDICTIONS_FILE)
-    if visits is not None:
-        _write_meds_predictions(predictions, visits, str(visits_path), layout)
+    if meds_keys is not None:
+        _write_meds_predictions(predictions, meds_keys, layout)
     return report
 
 
-def _write_meds_predictions(
-    predictions: pl.DataFrame, visits: pl.DataFrame, source: str, layout: RunLayout
-) -> None:
-    """The test predictions in the MEDS prediction schema (RUN/meds_predictions/), when patient
-    ids are integers as MEDS subject ids are. `visits`: the run's checked visits (from `source`)."""
-    from ehr_ssl.evaluation.predictions import meds_keys, write_meds_test_predictions
+def _meds_keys(predictions: pl.DataFrame, visits: pl.DataFrame, source: str) -> pl.DataFrame | None:
+    """The MEDS prediction schema's keys of the run's checked `visits` (from `source`), checked
+    to hold every test visit before anything is written; None when patient ids are not integers
+    as MEDS subject ids are (then no MEDS predictions)."""
+    from ehr_ssl.evaluation.predictions import check_test_visits_in, meds_keys
 
     if not visits.schema["patient_id"].is_integer():
         log.info("evaluate: no MEDS predictions (MEDS subject ids are integers, these are not)")
-        return
+        return None
     keys = meds_keys(visits, None, source)
+    check_test_visits_in(predictions, keys, source)
+    return keys
+
+
+def _write_meds_predictions(
+    predictions: pl.DataFrame, keys: pl.DataFrame, layout: RunLayout
+) -> None:
+    """The test predictions in the MEDS prediction schema (RUN/meds_predictions/)."""
+    from ehr_ssl.evaluation.predictions import write_meds_test_predictions
+
     n = write_meds_test_predictions(predictions, keys, layout.root / MEDS_PREDICTIONS_DIR)
     log.info("evaluate: %d MEDS prediction files -> %s", n, layout.root / MEDS_PREDICTIONS_DIR)
 

@@ -280,6 +280,20 @@ def test_cli_evaluate_rewrites_the_report(first_run, cohort_dir, tmp_path, capsy
     assert "counts_gbm" in capsys.readouterr().out
     assert json.loads((run_dir / "report.json").read_text())["models"].keys() == set(MODELS)
     assert main(["-q", "evaluate", str(tmp_path / "nothing")]) == 2
+    # visits of another dataset: one line naming the visits file, and nothing rewritten
+    other = tmp_path / "other"
+    shutil.copytree(cohort_dir, other)
+    test_visit = pl.read_parquet(run_dir / "predictions.parquet").filter(pl.col("split") == "test")
+    visits = pl.read_parquet(other / "visits.parquet")
+    visits.filter(pl.col("visit_id") != test_visit["visit_id"][0]).write_parquet(
+        other / "visits.parquet"
+    )
+    written = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["-q", "evaluate", str(run_dir), "--data", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "visits.parquet: column 'visit_id': 1 test visits of the run" in err[0]
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == written
 
 
 def test_cli_finetune(first_run, tmp_path, capsys):

@@ -218,13 +218,27 @@ def meds_predictions(
     )
 
 
+def check_test_visits_in(predictions: pl.DataFrame, keys: pl.DataFrame, source: str) -> None:
+    """Every test visit of `predictions` is among `keys` (`meds_keys` of the visits read from
+    `source`): otherwise InputError, before anything is written (visits of another dataset)."""
+    test = predictions.filter(pl.col("split") == "test")
+    missing = test.join(keys, on="visit_id", how="anti")["visit_id"].n_unique()
+    if missing:
+        raise InputError(
+            f"{missing} test visits of the run are not in this visits table (another dataset?)",
+            file=source,
+            column="visit_id",
+        )
+
+
 def write_meds_test_predictions(
     predictions: pl.DataFrame, keys: pl.DataFrame, out_dir: Path
 ) -> int:
     """Each (model, budget, seed) group of a run's test `predictions` in the MEDS prediction
     schema (`meds_predictions`, boolean_value from the label), as
     `out_dir/<model>/<budget>-seed<seed>.parquet`, replacing `out_dir` atomically. `keys` are
-    `meds_keys` of the run's visits (without labels). Returns the number of files."""
+    `meds_keys` of the run's visits (without labels), holding every test visit
+    (`check_test_visits_in`). Returns the number of files."""
     test = predictions.filter(pl.col("split") == "test")
     labeled = keys.drop("boolean_value", strict=False)
     groups = test.partition_by(list(_GROUP), as_dict=True)
