@@ -2,7 +2,10 @@
 every other static column of the visits, with counts and patient-bootstrap intervals.
 
 Age bands (years at arrival): <18, 18-44, 45-64, 65-79, 80+. Other numeric columns are cut at the
-quartiles of their test values; categorical ones are grouped by value; a null is "missing".
+quartiles of their test values, the outer bands open ("<q1", ">=q3": no one's exact value is a
+bound); categorical ones are grouped by value, a value held by fewer than `MIN_PATIENTS` test
+patients pooled into "other" (the report travels in bundles: no cell singles out a few
+patients); a null is "missing".
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from ehr_ssl.evaluation.predictions import with_run_visit_ids
 AGE_BANDS = ((0.0, "<18"), (18.0, "18-44"), (45.0, "45-64"), (65.0, "65-79"), (80.0, "80+"))
 AGE_COLUMN = "age"
 MISSING = "missing"
+OTHER = "other"
+# Small-cell suppression, as public health data releases do (CMS: no cell under 11).
+MIN_PATIENTS = 11
 
 
 def align_statics(statics: pl.DataFrame, visit_id: np.ndarray) -> pl.DataFrame:
@@ -42,20 +48,38 @@ def age_band(age: Any) -> np.ndarray:
 
 
 def _quartile_band(values: Any) -> np.ndarray:
-    """Each value's quartile band of the non-null values, named by its range, e.g. "[2.0, 5.5)"
-    (MISSING for null). Shape: (n,) -> (n,)."""
+    """Each value's quartile band of the non-null values, named by its bounds, the outer ones
+    open: "<2", "[2, 5.5)", ">=5.5" (MISSING for null). Shape: (n,) -> (n,)."""
     x = np.asarray(values, dtype=np.float64)
     known = x[~np.isnan(x)]
     if known.size == 0:
         return np.full(len(x), MISSING, dtype=object)
-    edges = np.unique(np.quantile(known, [0.0, 0.25, 0.5, 0.75, 1.0]))
-    inner = edges[1:-1]
+    inner = np.unique(np.quantile(known, [0.25, 0.5, 0.75]))
+    inner = inner[inner > known.min()]  # each band holds someone
+    if inner.size == 0:
+        names = ["all"]
+    else:
+        middle = [f"[{a:.4g}, {b:.4g})" for a, b in zip(inner[:-1], inner[1:], strict=True)]
+        names = [f"<{inner[0]:.4g}", *middle, f">={inner[-1]:.4g}"]
     position = np.searchsorted(inner, x, side="right")
-    bounds = np.concatenate([[edges[0]], inner, [edges[-1]]])
-    names = [f"[{bounds[i]:.4g}, {bounds[i + 1]:.4g}" + ("]" if i == len(inner) else ")")
-             for i in range(len(inner) + 1)]  # fmt: skip
     labels = np.array(names + [MISSING], dtype=object)
     return labels[np.where(np.isnan(x), len(names), position)]
+
+
+def _band_order(band: str) -> float:
+    """Where a quartile band starts, for reading order ("<q1" first)."""
+    if band.startswith("<"):
+        return -np.inf
+    return float(band.removeprefix(">=").removeprefix("[").split(",")[0])
+
+
+def _pool_rare_values(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """A categorical column's labels with each value held by fewer than MIN_PATIENTS patients
+    (`groups`) replaced by OTHER (MISSING kept). Shape: (n,), (n,) -> (n,)."""
+    frame = pl.DataFrame({"value": labels.tolist(), "patient": groups})
+    patients = frame.group_by("value").agg(pl.col("patient").n_unique())
+    rare = patients.filter((pl.col("patient") < MIN_PATIENTS) & (pl.col("value") != MISSING))
+    return np.where(np.isin(labels, rare["value"].to_numpy()), OTHER, labels).astype(object)
 
 
 def subgroup_labels(aligned_statics: pl.DataFrame) -> dict[str, np.ndarray]:
@@ -73,16 +97,16 @@ def subgroup_labels(aligned_statics: pl.DataFrame) -> dict[str, np.ndarray]:
     return labels
 
 
-def _ordered_values(name: str, labels: np.ndarray) -> list[str]:
+def _ordered_values(name: str, labels: np.ndarray, *, numeric: bool) -> list[str]:
     """A column's subgroups in reading order: age bands in age order, quartile bands by their
-    lower bound, other values alphabetically; MISSING last."""
+    lower bound, other values alphabetically, then OTHER; MISSING last."""
     present = set(labels.tolist())
     if name == AGE_COLUMN:
         order = [band for _, band in AGE_BANDS]
-    elif all(v.startswith("[") for v in present - {MISSING}):
-        order = sorted(present - {MISSING}, key=lambda v: float(v[1:].split(",")[0]))
+    elif numeric:
+        order = sorted(present - {MISSING}, key=_band_order)
     else:
-        order = sorted(present - {MISSING})
+        order = sorted(present - {MISSING, OTHER}) + [OTHER]
     return [v for v in [*order, MISSING] if v in present]
 
 
@@ -127,8 +151,11 @@ def subgroup_table(
     """
     table = {}
     for name, labels in subgroup_labels(aligned_statics).items():
+        numeric = aligned_statics.schema[name].is_numeric()
+        if not numeric:
+            labels = _pool_rare_values(labels, groups)
         rows = []
-        for value in _ordered_values(name, labels):
+        for value in _ordered_values(name, labels, numeric=numeric):
             inside = labels == value
             metrics = subgroup_metrics(y[inside], p[inside], groups[inside], n_boot=n_boot,
                                        seed=seed)  # fmt: skip

@@ -1,4 +1,5 @@
-"""Subgroups: age bands, counts that sum to the test set, and the statics joined by visit."""
+"""Subgroups: age bands, counts that sum to the test set, the statics joined by visit, and no
+cell that singles out a few patients (rare values pooled, no one's exact value a bound)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 
 from ehr_ssl.errors import InputError
 from ehr_ssl.evaluation.subgroups import (
+    MIN_PATIENTS,
     MISSING,
+    OTHER,
     age_band,
     align_statics,
     subgroup_labels,
@@ -59,9 +62,27 @@ def test_a_one_class_subgroup_has_no_auroc_and_is_flagged_small():
     assert all(r["auroc"] is None and r["calibration"] is None and r["small"] for r in rows)
 
 
-def test_quartile_bands_of_a_numeric_column_are_ordered():
-    labels = subgroup_labels(pl.DataFrame({"triage": [1.0, 2.0, 3.0, 4.0, 5.0, None]}))["triage"]
-    assert labels[-1] == MISSING and len(set(labels.tolist())) >= 3
+def test_quartile_bands_of_a_numeric_column_are_ordered_and_open_at_the_ends():
+    weights = [41.3, 55.0, 60.0, 70.0, 80.0, 92.0, 157.9, None]
+    labels = subgroup_labels(pl.DataFrame({"weight": weights}))["weight"]
+    assert labels[-1] == MISSING and len(set(labels.tolist())) == 5
+    assert not any("41.3" in band or "157.9" in band for band in labels)  # the extremes
+    y, p, groups, _ = cohort(len(weights))
+    rows = subgroup_table(y, p, groups, pl.DataFrame({"weight": weights}), n_boot=5, seed=0)
+    assert [r["value"] for r in rows["weight"]] == ["<57.5", "[57.5, 70)", "[70, 86)", ">=86",
+                                                    MISSING]  # fmt: skip
+
+
+def test_a_value_of_few_patients_is_pooled_into_other():
+    y, p, groups, statics = cohort()  # 200 patients, two visits each
+    rare = np.isin(groups, np.arange(MIN_PATIENTS - 1))  # 10 patients: below the minimum
+    language = np.where(rare, "Tigrinya", np.where(groups % 2 == 0, "English", "Spanish"))
+    language[rare & (groups == 0)] = "Wolof"  # one patient alone
+    table = subgroup_table(y, p, groups, pl.DataFrame({"language": language}), n_boot=5, seed=0)
+    rows = table["language"]
+    assert [r["value"] for r in rows] == ["English", "Spanish", OTHER]
+    assert rows[-1]["n_patients"] == MIN_PATIENTS - 1
+    assert sum(r["n"] for r in rows) == len(y)
 
 
 def test_statics_are_joined_by_visit_and_a_foreign_id_type_is_an_input_error():
