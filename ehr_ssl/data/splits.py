@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow as pa
 
 from ehr_ssl.config import SplitConfig
+from ehr_ssl.errors import InputError
 
 SPLITS = ("train", "val", "test")
 # A visits table's split column may use the MEDS names (meds.train_split, tuning_split,
@@ -82,8 +83,16 @@ def assign_splits(patient_ids: pl.Series, config: SplitConfig) -> pl.Series:
 def visit_splits(visits: pl.DataFrame, config: SplitConfig) -> pl.Series:
     """The split of each checked visit: the visits table's own `split` column when it has one
     (a MEDS dataset's subject_splits.parquet, `readers.check_visits` checked it), else
-    `assign_splits` by patient."""
+    `assign_splits` by patient. With an own split, `config` must be the default (InputError
+    otherwise: its settings would be ignored)."""
     if "split" in visits.columns:
+        if config != SplitConfig():  # they would be ignored without a word
+            raise InputError(
+                "the visits carry their own split (a split column, or a MEDS "
+                "subject_splits.parquet), so these settings would be ignored: leave them at "
+                "their defaults",
+                setting="split",
+            )
         return visits["split"].cast(pl.Enum(SPLITS))
     return assign_splits(visits["patient_id"], config)
 

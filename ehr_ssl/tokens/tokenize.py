@@ -122,9 +122,10 @@ def chunk_count(n_visits: int, event_files: list[Path], config: TokenizeConfig) 
 
 # The setting that sizes each split, named when a split's labels miss a class.
 SPLIT_SETTINGS = {
-    "train": "split.val_fraction and split.test_fraction (train is what they leave)",
-    "val": "split.val_fraction (--val-fraction)",
-    "test": "split.test_fraction (--test-fraction)",
+    "train": "split.val_fraction and split.test_fraction (train is what they leave), or the "
+    "data's own split",
+    "val": "split.val_fraction (--val-fraction), or the data's own split",
+    "test": "split.test_fraction (--test-fraction), or the data's own split",
 }
 
 

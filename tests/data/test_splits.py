@@ -5,7 +5,8 @@ import polars as pl
 import pytest
 
 from ehr_ssl.config import SplitConfig
-from ehr_ssl.data.splits import assign_splits, label_budget_subset, patient_hash
+from ehr_ssl.data.splits import assign_splits, label_budget_subset, patient_hash, visit_splits
+from ehr_ssl.errors import InputError
 
 
 def test_deterministic_and_independent_of_row_order():
@@ -182,3 +183,11 @@ def test_label_budget_fraction_matches_count():
 def test_label_budget_rejects_bad_budgets(budget, message: str):
     with pytest.raises(ValueError, match=message):
         label_budget_subset(budget_frame(150), budget, seed=0)
+
+
+def test_a_datasets_own_split_is_kept_and_split_settings_beside_it_are_refused():
+    visits = pl.DataFrame({"patient_id": [1, 2, 3], "split": ["train", "test", "val"]})
+    assert visit_splits(visits, SplitConfig()).to_list() == ["train", "test", "val"]
+    with pytest.raises(InputError, match="setting 'split': the visits carry their own split"):
+        visit_splits(visits, SplitConfig(val_fraction=0.2))  # would be ignored
+    assert visit_splits(visits.drop("split"), SplitConfig(val_fraction=0.2)).len() == 3
