@@ -23,6 +23,7 @@ from ehr_ssl.data.leakage import screen_dataset
 from ehr_ssl.data.meds_input import contract_data
 from ehr_ssl.data.readers import read_dataset
 from ehr_ssl.data.summary import format_summary, summarize_dataset
+from ehr_ssl.data.synthetic.versions import DEFAULT_LABELED_FRAC
 from ehr_ssl.data.synthetic.writer import MEDS_LABELS_FILE, MEDS_VISITS_FILE
 from ehr_ssl.errors import InputError
 from ehr_ssl.outputs import check_output_dir
@@ -117,7 +118,10 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         "--visits", type=positive_int, default=100_000, help="number of visits [100000]"
     )
     synth.add_argument(
-        "--labeled-frac", type=fraction, default=0.05, help="fraction of visits with a label [0.05]"
+        "--labeled-frac",
+        type=fraction,
+        default=DEFAULT_LABELED_FRAC,
+        help=f"fraction of visits with a label [{DEFAULT_LABELED_FRAC}]",
     )
     synth.add_argument("--seed", type=seed, default=0, help="random seed [0]")
     add_cohort_version(synth)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from ehr_ssl.cli.options import (
     add_cohort_version,
@@ -47,6 +49,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# The demo's label-efficiency curve besides every label, unless a flag or its --config sets one.
+DEMO_LABEL_BUDGETS = ["100", "300"]
+
+
+def _demo_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The demo's own flags as settings: those given, and the demo's curve where neither the
+    flag nor the --config file sets one (the file's settings beat the demo's defaults, flags
+    beat both)."""
+    settings: dict[str, Any] = {}
+    if args.epochs is not None:
+        settings["train.epochs"] = args.epochs
+    if args.label_budgets is not None:
+        settings["evaluate.label_budgets"] = args.label_budgets.split(",")
+    elif args.config is None or "label_budgets" not in _file_table(args.config, "evaluate"):
+        settings["evaluate.label_budgets"] = DEMO_LABEL_BUDGETS
+    return settings
+
+
+def _file_table(path: Path, table: str) -> dict[str, Any]:
+    """The `table` of the TOML file at `path` ({} when it has none or cannot be read: loading
+    the configuration reports that with its file)."""
+    try:
+        return tomllib.loads(path.read_text()).get(table, {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
@@ -55,20 +84,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ehr_ssl.pipeline import load_checked_config, run_pipeline
 
     check_output_dir(args.out, "demo")
-    demo_settings = {
-        "preset": "small",
-        "train.epochs": args.epochs,
-        "evaluate.label_budgets": args.label_budgets.split(","),
-    }
-    config = load_checked_config(args.config, {**demo_settings, **overrides(args)})
+    config = load_checked_config(args.config, {**_demo_settings(args), **overrides(args)})
     data_dir = args.out / "data"
     with output_lock(args.out):
         logging.getLogger("ehr_ssl").info(
             "demo: synthesizing %d visits (seed %d) -> %s", args.visits, args.seed, data_dir
         )
-        cohort = generate_cohort(
-            args.visits, labeled_frac=0.05, seed=args.seed, version=args.cohort_version
-        )
+        cohort = generate_cohort(args.visits, seed=args.seed, version=args.cohort_version)
         write_cohort(cohort, data_dir, overwrite=True)
         mark_output_dir(args.out, "demo")
         report = run_pipeline(data_dir, args.out / "run", config)
@@ -139,11 +161,12 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--seed", type=seed, default=0, help="random seed of the cohort [0]")
     add_cohort_version(demo)
-    demo.add_argument("--epochs", type=positive_int, default=3, help="pretraining epochs [3]")
+    demo.add_argument(
+        "--epochs", type=positive_int, help="pretraining epochs [the preset's: 3 for small]"
+    )
     demo.add_argument(
         "--label-budgets",
-        default="100,300",
-        help="label-efficiency curve besides all labels [100,300]",
+        help=f"label-efficiency curve besides all labels [{','.join(DEMO_LABEL_BUDGETS)}]",
     )
     add_config_options(demo, "pipeline tables (e.g. pipelines/demo.toml)")
     demo.set_defaults(run=cmd_demo)

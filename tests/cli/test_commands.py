@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -226,3 +227,22 @@ def test_demo_runs_every_stage(tmp_path, capsys):
         assert f"\n{model} " in out  # a row of the report table
     for name in ("report.json", "report.md", "predictions.parquet", "label_efficiency.png"):
         assert (tmp_path / "run" / name).exists()
+
+
+def test_demo_defaults_yield_to_its_config_file_and_flags_beat_both(tmp_path):
+    from ehr_ssl.cli.run import DEMO_LABEL_BUDGETS, _demo_settings
+    from ehr_ssl.pipeline import load_checked_config
+
+    path = tmp_path / "demo.toml"
+    path.write_text('preset = "tiny"\n[train]\nepochs = 1\n[evaluate]\nlabel_budgets = ["50"]\n')
+
+    def resolved(**flags):
+        args = argparse.Namespace(
+            **({"config": path, "epochs": None, "label_budgets": None} | flags)
+        )
+        config = load_checked_config(args.config, _demo_settings(args))
+        return config.preset, config.train.epochs, config.evaluate.label_budgets
+
+    assert resolved() == ("tiny", 1, ["50"])  # the file, not the demo's small / 3 / 100,300
+    assert resolved(epochs=2, label_budgets="70,90") == ("tiny", 2, ["70", "90"])
+    assert resolved(config=None) == ("small", 3, DEMO_LABEL_BUDGETS)

@@ -11,12 +11,13 @@ from ehr_ssl.data.synthetic.simulation_v2 import generate_cohort_v2
 
 COHORT_VERSIONS = (1, 2)
 DEFAULT_COHORT_VERSION = 2
+DEFAULT_LABELED_FRAC = 0.05  # a few labeled visits per hundred, as in hospitals
 
 
 def generate_cohort(
     n_visits: int,
     *,
-    labeled_frac: float = 0.05,
+    labeled_frac: float = DEFAULT_LABELED_FRAC,
     seed: int = 0,
     version: int = DEFAULT_COHORT_VERSION,
 ) -> Cohort:
