@@ -412,11 +412,11 @@ def evaluate_run(
         thresholds_from=thresholds_from,
         statics=statics,
     )
-    write_report(predictions, report, run_dir)
     if validation is not None:  # the scores the operating thresholds were fixed on
         write_predictions(validation, layout.root / VALIDATION_PREDICTIONS_FILE)
     if meds_keys is not None:
         _write_meds_predictions(predictions, meds_keys, layout)
+    write_report(predictions, report, run_dir)  # report.json last: its files are in place
     return report
 
 

@@ -332,10 +332,11 @@ def model_metrics_at(
 
 
 def write_report(predictions: pl.DataFrame, report: dict[str, Any], out_dir: Path) -> None:
-    """Write report.json, report.md, the plots and predictions.parquet into `out_dir`.
+    """Write predictions.parquet, the plots, report.md and report.json into `out_dir`.
 
     Every file is written under a temporary name beside its target and renamed into place, so an
-    interrupted call never leaves a partial file.
+    interrupted call never leaves a partial file; report.json comes last, so that a report.json
+    stands beside the predictions and plots it describes.
 
     Args:
         predictions: The predictions `report` was built from (all splits, written as given, with
@@ -346,10 +347,10 @@ def write_report(predictions: pl.DataFrame, report: dict[str, Any], out_dir: Pat
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out_dir / REPORT_MD, format_report_markdown(report))
-    write_plots(predictions, report, out_dir)
     write_predictions(predictions, out_dir / PREDICTIONS_FILE)
+    write_plots(predictions, report, out_dir)
+    atomic_write_text(out_dir / REPORT_MD, format_report_markdown(report))
+    atomic_write_text(out_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
 
 
 def _plain(value: Any, where: str) -> Any:

@@ -406,6 +406,21 @@ def test_write_report_writes_every_file_and_no_temporaries(
     assert len(list(out.iterdir())) == 7
 
 
+def test_a_write_that_fails_part_way_leaves_no_report_json(
+    tmp_path: Path, predictions: pl.DataFrame, report: dict, monkeypatch
+) -> None:
+    """report.json is written last: one that exists describes predictions and plots in place."""
+    import ehr_ssl.evaluation.report as report_module
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module, "write_plots", full_disk)
+    with pytest.raises(OSError):
+        write_report(predictions, report, tmp_path / "report")
+    assert not (tmp_path / "report" / "report.json").exists()
+
+
 def test_importing_report_does_not_import_matplotlib() -> None:
     code = "import sys, ehr_ssl.evaluation.report; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
