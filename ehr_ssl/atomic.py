@@ -23,6 +23,9 @@ from ehr_ssl.artifacts import write_failure
 
 TEMPORARY_KINDS = ("tmp", "old", "chunks", "work")
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old|chunks|work)-(?P<rest>.*)$")
+# The temporaries this process made: one of its own process id that is not among them was left
+# by a killed process that had the same id (a container's CLI often runs as the same pid).
+_MADE_HERE: set[str] = set()
 
 
 def temporary_prefix(target: Path, what: str) -> str:
@@ -36,6 +39,7 @@ def make_temporary_dir(target: Path, what: str) -> Path:
     target = Path(target)
     tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(target, what), dir=target.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp creates mode 0700
+    _MADE_HERE.add(os.path.abspath(tmp))
     return tmp
 
 
@@ -63,12 +67,23 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
             raise
         raise renamed from e
     old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists() or target.is_symlink():
+        old = _aside(target)
         os.replace(target, old)
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _aside(target: Path) -> Path:
+    """A fresh name beside `target` to move it to before it is replaced: an empty directory for a
+    directory (rename(2) replaces an empty one), an empty file for anything else."""
+    if target.is_dir() and not target.is_symlink():
+        return make_temporary_dir(target, "old")
+    fd, aside = tempfile.mkstemp(prefix=temporary_prefix(target, "old"), dir=target.parent)
+    os.close(fd)
+    _MADE_HERE.add(os.path.abspath(aside))
+    return Path(aside)
 
 
 def renamed_error(
@@ -104,7 +119,11 @@ def remove_stale_temporaries(directory: Path, name: str | None = None) -> list[P
     removed = []
     for path in directory.iterdir():
         match = _TEMPORARY.match(path.name)
-        if match and (name is None or match["name"] == name) and not _writer_alive(match["rest"]):
+        if (
+            match
+            and (name is None or match["name"] == name)
+            and not _writer_alive(path, match["rest"])
+        ):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -113,14 +132,15 @@ def remove_stale_temporaries(directory: Path, name: str | None = None) -> list[P
     return removed
 
 
-def _writer_alive(rest: str) -> bool:
-    """Whether the process named by a temporary's `<pid>-<random>` suffix still runs here."""
+def _writer_alive(path: Path, rest: str) -> bool:
+    """Whether the process that made temporary `path` (its `<pid>-<random>` suffix `rest`)
+    still runs here: for this process's id, whether this process made it."""
     pid_text = rest.split("-", 1)[0]
     if not pid_text.isdigit():  # an earlier version's temporary (no process id)
         return False
     pid = int(pid_text)
     if pid == os.getpid():
-        return True
+        return os.path.abspath(path) in _MADE_HERE
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except (ProcessLookupError, OverflowError):  # no such process (or no possible pid)
@@ -162,6 +182,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path, "tmp"), dir=path.parent)
     os.close(fd)
+    _MADE_HERE.add(os.path.abspath(tmp))
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates mode 0600
     try:
         yield Path(tmp)

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from ehr_ssl.atomic import make_temporary_dir
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import OUTPUT_MARKER_FILE
 from ehr_ssl.outputs import (
@@ -131,14 +132,15 @@ def test_a_failed_block_leaves_no_directory_made_for_the_lock(tmp_path):
 
 
 def test_the_lock_removes_what_killed_writers_left(tmp_path):
-    dead, alive = dead_pid(), os.getpid()
+    dead, alive = dead_pid(), os.getppid()
     stale = [
         f".out.tmp-{dead}-k2j3",
         f".out.chunks-{dead}-x9",
         f".out.old-{dead}",
         f".out.work-{dead}-a1",
         ".out.tmp-k2j3h4q1",
-    ]  # fmt: skip  (the last: no pid)
+        f".out.tmp-{os.getpid()}-same",
+    ]  # fmt: skip  (no pid; this process's id, which did not make it: a killed namesake's)
     kept = [f".out.tmp-{alive}-live", f".other.tmp-{dead}-q", "out.tmp-1-notours", "out"]
     for name in stale + kept:
         (tmp_path / name).mkdir()
@@ -146,6 +148,8 @@ def test_the_lock_removes_what_killed_writers_left(tmp_path):
     inside = [f".stages.json.tmp-{dead}-z", f".bundle.tmp-{dead}-y"]
     for name in inside:
         (tmp_path / "out" / name).write_text("x")
+    ours = make_temporary_dir(tmp_path / "out", "work")  # this process's: kept
+    kept.append(ours.name)
     with output_lock(tmp_path / "out"):
         assert sorted(os.listdir(tmp_path)) == sorted(kept + [".out.lock"])
         assert sorted(os.listdir(tmp_path / "out")) == sorted(["chunk-00000.parquet", *inside])
