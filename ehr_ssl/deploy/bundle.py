@@ -525,6 +525,14 @@ BUNDLE_ENCODER_KEYS = (
 )
 
 
+def _days(time_range: list[str | None] | None) -> list[str | None] | None:
+    """A [first, last] range of timestamps as dates: a bundle is shared, and a visit's exact
+    time of day is a detail of that visit (the tokens' manifest, beside the ids, keeps them)."""
+    if time_range is None:
+        return None
+    return [None if t is None else str(t)[:10] for t in time_range]
+
+
 def make_bundle(
     tokens_dir: Path,
     encoder_dir: Path,
@@ -568,12 +576,16 @@ def make_bundle(
         "encoder": {k: getattr(encoder.config, k) for k in BUNDLE_ENCODER_KEYS},
         "embedding": embedding_info(encoder),
         "training_data": {
-            "arrival_time_range": manifest.get("arrival_time_range"),
+            "arrival_time_range": _days(manifest.get("arrival_time_range")),
             "vocab_size": manifest["vocab_size"],
             "splits": {
-                name: {k: v for k, v in entry.items() if k != "shards"}
+                name: {
+                    k: _days(v) if k.endswith("_time_range") else v
+                    for k, v in entry.items()
+                    if k != "shards"
+                }
                 for name, entry in manifest["splits"].items()
-            },
+            },  # fmt: skip
         },
         **info,
     }

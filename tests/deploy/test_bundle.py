@@ -75,7 +75,12 @@ def test_a_bundle_has_its_parts_and_no_pickle_or_identifier(finished_run):
         assert heading in card
     info = json.loads((bundle / "bundle.json").read_text())
     visits = pl.read_parquet(data / "visits.parquet")
-    assert info["training_data"]["arrival_time_range"][0] == str(visits["arrival_time"].min())
+    # dates only: a shared bundle carries no visit's time of day
+    assert info["training_data"]["arrival_time_range"][0] == str(
+        visits["arrival_time"].min().date()
+    )
+    for split in info["training_data"]["splits"].values():
+        assert all(len(day) == 10 for day in split["prediction_time_range"])
     assert info["test_metrics"]["auroc"] == json.loads((run / "report.json").read_text())[
         "models"]["ssl"]["auroc"]  # fmt: skip
 
