@@ -244,7 +244,7 @@ def test_resume_refuses_other_data_and_broken_checkpoints(cohort_tokens, tmp_pat
     (other / "tokenizer.json").write_text(json.dumps(tokenizer))
     with pytest.raises(InputError, match="data.tokenizer_sha256"):
         pretrain(other, out, _tiny(max_steps=6, checkpoint_every=3), resume=True)
-    (out / "checkpoints" / "step-00000006" / "state.pt").write_bytes(b"garbage")
+    (out / "checkpoints" / "step-00000006" / "state.json").write_bytes(b"garbage")
     with pytest.raises(InputError, match="unreadable checkpoint"):
         pretrain(cohort_tokens, out, _tiny(max_steps=6, checkpoint_every=3), resume=True)
 
