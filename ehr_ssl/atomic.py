@@ -163,12 +163,12 @@ def _umask() -> int:
 
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*"), reverse=True):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fd = os.open(root, os.O_RDONLY)
+        _fsync_file(path)
+    _fsync_file(root)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -186,6 +186,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates mode 0600
     try:
         yield Path(tmp)
+        _fsync_file(Path(tmp))  # the contents on disk before the rename makes them visible
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):

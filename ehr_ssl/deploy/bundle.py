@@ -53,6 +53,7 @@ from ehr_ssl.artifacts import (
     sha256_file,
 )
 from ehr_ssl.atomic import atomic_directory, atomic_write_text
+from ehr_ssl.data.parquet import read_parquet
 from ehr_ssl.deploy.drift import data_profile
 from ehr_ssl.deploy.model_card import model_card
 from ehr_ssl.errors import InputError
@@ -508,7 +509,7 @@ def _bundled_model_metrics(
     if not predictions.exists():
         return None
     return model_metrics_at(
-        pl.read_parquet(predictions), model, budget, seed,
+        read_parquet(predictions), model, budget, seed,
         n_boot=report["n_boot"], boot_seed=report["bootstrap_seed"],
     )  # fmt: skip
 

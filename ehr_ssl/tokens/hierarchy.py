@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from ehr_ssl.data.parquet import read_parquet
 from ehr_ssl.errors import InputError
 from ehr_ssl.layout import CODES_FILE
 from ehr_ssl.tokens.vocab import SPECIAL_TOKENS
@@ -121,7 +122,7 @@ def read_parent_codes(tokens_dir: Path) -> dict[str, list[str]] | None:
     path = Path(tokens_dir) / CODES_FILE
     if not path.exists():
         return None
-    table = pl.read_parquet(path)
+    table = read_parquet(path)  # checked: a damaged file is an InputError
     missing = {"code", "parent_codes"} - set(table.columns)
     if missing:
         raise InputError(f"missing column(s) {sorted(missing)}", file=str(path))
