@@ -70,6 +70,7 @@ MAX_BATCH = 65_536  # visits per step; the contrastive term compares all (2B)^2 
 MAX_EPOCHS = 100_000
 MAX_STEPS = 10**9  # steps and step intervals: years of training
 MAX_VISITS = 10**9  # visits per chunk or shard, patients per code: beyond any hospital system
+SCORING_CHUNK_VISITS = 100_000  # `predict` / `embed`: visits tokenized and scored at a time
 MAX_WORKERS = 256  # loader processes
 MAX_BOOTSTRAP = 1_000_000  # replicates: CI limits stop moving long before
 

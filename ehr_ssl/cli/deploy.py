@@ -16,7 +16,14 @@ from ehr_ssl.cli.options import (
     positive_int,
     seed,
 )
-from ehr_ssl.config import DEVICES, FINETUNED, PREDICTION_FORMATS, MedsConfig, TokenizeConfig
+from ehr_ssl.config import (
+    DEVICES,
+    FINETUNED,
+    PREDICTION_FORMATS,
+    SCORING_CHUNK_VISITS,
+    MedsConfig,
+    TokenizeConfig,
+)
 from ehr_ssl.layout import STAGES_FILE
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, output_lock
 
@@ -176,7 +183,10 @@ def _add_score_commands(commands: argparse._SubParsersAction) -> None:
             help="replace --out whatever it holds [only an earlier predict/embed output]",
         )
         score.add_argument(
-            "--chunk-visits", type=positive_int, default=100_000, help="visits per chunk [100000]"
+            "--chunk-visits",
+            type=positive_int,
+            default=SCORING_CHUNK_VISITS,
+            help=f"visits per chunk [{SCORING_CHUNK_VISITS}]",
         )
         score.add_argument(
             "--device", choices=DEVICES, default="auto", help="where to score [auto: cuda if any]"

@@ -80,6 +80,8 @@ from ehr_ssl.tokens.shards import flat_tokens
 from ehr_ssl.tokens.tokenizer import Tokenizer
 from ehr_ssl.tokens.vocab import TOKEN_COLUMNS
 
+SCORING_BATCH_SIZE = 256  # visits per forward pass when scoring or embedding
+
 BUNDLE_FORMAT = "ehr-ssl-bundle"
 BUNDLE_VERSION = 2  # 2: bundle.json holds the checksums of the bundle's files
 # The files `load_bundle` reads (besides bundle.json): each must be listed with its checksum;
@@ -172,7 +174,9 @@ class AdmissionModel:
         out = tokens.select("visit_id").with_columns(embedding=pl.Series(self.embed_tokens(tokens)))
         return out.to_pandas() if as_pandas else out
 
-    def score_tokens(self, tokens: pl.DataFrame, batch_size: int = 256) -> np.ndarray:
+    def score_tokens(
+        self, tokens: pl.DataFrame, batch_size: int = SCORING_BATCH_SIZE
+    ) -> np.ndarray:
         """Scores of tokenized visits (rows of `Tokenizer.encode`). Shape: (N,) float64."""
         pooled = self.embed_tokens(tokens, batch_size)
         return self.score_pooled(pooled)
@@ -187,7 +191,9 @@ class AdmissionModel:
         return expit(logits)
 
     @torch.no_grad()
-    def embed_tokens(self, tokens: pl.DataFrame, batch_size: int = 256) -> np.ndarray:
+    def embed_tokens(
+        self, tokens: pl.DataFrame, batch_size: int = SCORING_BATCH_SIZE
+    ) -> np.ndarray:
         """Visit vectors (the bundle's readout) of tokenized visits, in row order. Shape: (N, R)
         float32.
 

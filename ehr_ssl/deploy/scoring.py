@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ehr_ssl.artifacts import write_failure
 from ehr_ssl.atomic import atomic_file, make_temporary_dir, renamed_error
-from ehr_ssl.config import PREDICTION_FORMATS, DataConfig
+from ehr_ssl.config import PREDICTION_FORMATS, SCORING_CHUNK_VISITS, DataConfig
 from ehr_ssl.data.parquet import parquet_writer
 from ehr_ssl.data.partitions import (
     CHUNK_COLUMN,
@@ -39,7 +39,7 @@ from ehr_ssl.data.partitions import (
 )
 from ehr_ssl.data.readers import read_labels, read_visits, table_files
 from ehr_ssl.data.schema import EVENTS, VISITS
-from ehr_ssl.deploy.bundle import AdmissionModel
+from ehr_ssl.deploy.bundle import SCORING_BATCH_SIZE, AdmissionModel
 from ehr_ssl.errors import InputError
 from ehr_ssl.evaluation.predictions import MEDS_PREDICTION_SCHEMA, meds_keys, meds_predictions
 from ehr_ssl.outputs import check_outside_inputs, output_lock
@@ -66,8 +66,8 @@ def score_dataset(
     output: str = "predict",
     output_format: str = "ehr-ssl",
     threshold: float | None = None,
-    chunk_visits: int = 100_000,
-    batch_size: int = 256,
+    chunk_visits: int = SCORING_CHUNK_VISITS,
+    batch_size: int = SCORING_BATCH_SIZE,
     progress: bool | None = None,
     data_config: DataConfig | None = None,
     overwrite: bool = False,
