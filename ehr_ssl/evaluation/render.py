@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ehr_ssl.evaluation.subgroups import MIN_PATIENTS
+
 DASH = "–"  # how a missing value (None) is shown
 
 # The closing paragraph of report.md; {n_boot} is the number of bootstrap replicates.
@@ -272,6 +274,10 @@ def _subgroup_lines(section: dict[str, Any] | None) -> list[str]:
     rows = []
     for column, groups in section["columns"].items():
         for g in groups:
+            if g.get("suppressed"):  # under the minimum of patients: nothing but its name
+                under = f"<{MIN_PATIENTS}"
+                rows.append([column, g["value"], under, under, "", "withheld", "", ""])
+                continue
             calibration = g.get("calibration") or {}
             rows.append([
                 column, g["value"] + (" †" if g["small"] else ""), str(g["n"]),
@@ -285,7 +291,8 @@ def _subgroup_lines(section: dict[str, Any] | None) -> list[str]:
         + [
             "",
             f"Age bands: {section['age_bands']}. † a small subgroup (below the caveats' counts): "
-            "its figures are unreliable. – where a subgroup holds one class only.",
+            "its figures are unreliable. – where a subgroup holds one class only. A subgroup of "
+            f"fewer than {MIN_PATIENTS} patients is withheld (small-cell suppression).",
         ]
     )
 

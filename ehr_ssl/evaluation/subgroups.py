@@ -4,8 +4,9 @@ every other static column of the visits, with counts and patient-bootstrap inter
 Age bands (years at arrival): <18, 18-44, 45-64, 65-79, 80+. Other numeric columns are cut at the
 quartiles of their test values, the outer bands open ("<q1", ">=q3": no one's exact value is a
 bound); categorical ones are grouped by value, a value held by fewer than `MIN_PATIENTS` test
-patients pooled into "other" (the report travels in bundles: no cell singles out a few
-patients); a null is "missing".
+patients pooled into "other"; a null is "missing". The report travels in bundles, so no cell
+singles out a few patients: any subgroup still under `MIN_PATIENTS` patients is listed with
+its counts and figures withheld.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ MISSING = "missing"
 OTHER = "other"
 # Small-cell suppression, as public health data releases do (CMS: no cell under 11).
 MIN_PATIENTS = 11
+# A subgroup of fewer than MIN_PATIENTS patients: listed, its counts and figures withheld.
+SUPPRESSED: dict[str, Any] = {
+    "suppressed": True, "n": None, "n_patients": None, "n_positives": None,
+    "observed_rate": None, "mean_score": None, "auroc": None, "auroc_ci95": None,
+    "calibration": None, "small": True,
+}  # fmt: skip
 
 
 def align_statics(statics: pl.DataFrame, visit_id: np.ndarray) -> pl.DataFrame:
@@ -56,7 +63,9 @@ def _quartile_band(values: Any) -> np.ndarray:
         return np.full(len(x), MISSING, dtype=object)
     inner = np.unique(np.quantile(known, [0.25, 0.5, 0.75]))
     inner = inner[inner > known.min()]  # each band holds someone
-    if inner.size == 0:
+    if inner.size == 0 and known.max() > known.min():  # most at the minimum (a 0/1 flag)
+        inner = np.array([known[known > known.min()].min()])
+    if inner.size == 0:  # one value: one band
         names = ["all"]
     else:
         middle = [f"[{a:.4g}, {b:.4g})" for a, b in zip(inner[:-1], inner[1:], strict=True)]
@@ -68,7 +77,7 @@ def _quartile_band(values: Any) -> np.ndarray:
 
 def _band_order(band: str) -> float:
     """Where a quartile band starts, for reading order ("<q1" first)."""
-    if band.startswith("<"):
+    if band.startswith("<") or band == "all":
         return -np.inf
     return float(band.removeprefix(">=").removeprefix("[").split(",")[0])
 
@@ -145,7 +154,8 @@ def subgroup_table(
     seed: int,
 ) -> dict[str, list[dict[str, Any]]]:
     """Column -> one `subgroup_metrics` entry (plus "value") per subgroup, in reading order;
-    the counts of a column's subgroups sum to the test set's.
+    a subgroup of fewer than MIN_PATIENTS patients is listed as suppressed, without counts or
+    figures (`SUPPRESSED`), and the counts of the others sum to the test set's less its.
 
     Shape: y, p, groups (n,); aligned_statics n rows -> dict.
     """
@@ -157,6 +167,9 @@ def subgroup_table(
         rows = []
         for value in _ordered_values(name, labels, numeric=numeric):
             inside = labels == value
+            if len(np.unique(groups[inside])) < MIN_PATIENTS:
+                rows.append({"value": value, **SUPPRESSED})
+                continue
             metrics = subgroup_metrics(y[inside], p[inside], groups[inside], n_boot=n_boot,
                                        seed=seed)  # fmt: skip
             rows.append({"value": value, **metrics})

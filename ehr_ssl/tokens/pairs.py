@@ -8,8 +8,9 @@ pure function of (seed, epoch, batch number), like the batch order itself, so a 
 draws the same ones. Patients are dense codes in memory; no patient id leaves this module.
 
 A partner may be a later visit of the patient, as in CLOCS's patient-level positives across
-time: pretraining reads train patients' visits only, each through its own window, so no val or
-test visit, and no visit a model is scored on, ever reads an event after its prediction time.
+time: partners are drawn from train patients' visits only, each read through its own window, so
+no val or test visit, and no visit a model is scored on, ever reads an event after its
+prediction time.
 """
 
 from __future__ import annotations

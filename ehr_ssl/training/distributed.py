@@ -68,7 +68,9 @@ def launched_world_size() -> int:
     try:
         return int(value)
     except ValueError:
-        raise InputError(f"not an integer ({value!r})", setting="WORLD_SIZE") from None
+        raise InputError(
+            f"the environment variable WORLD_SIZE is not an integer ({value!r})"
+        ) from None
 
 
 @contextmanager
