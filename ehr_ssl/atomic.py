@@ -53,7 +53,7 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     empty one is.
     """
     target = Path(target)
-    if target.exists() and not overwrite and not _is_empty_dir(target):
+    if (target.exists() or target.is_symlink()) and not overwrite and not _is_empty_dir(target):
         raise FileExistsError(f"{target} already exists")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temporary_dir(target, "tmp")
@@ -71,8 +71,10 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
         old = _aside(target)
         os.replace(target, old)
     os.replace(tmp, target)
-    if old is not None:
+    if old is not None and old.is_dir() and not old.is_symlink():
         shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink(missing_ok=True)
 
 
 def _aside(target: Path) -> Path:

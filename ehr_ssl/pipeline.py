@@ -391,8 +391,9 @@ def evaluate_run(
     if data_dir is not None:  # read once: the subgroups' statics and the MEDS predictions' keys
         (visits_path,) = dataset_files(Path(data_dir))["visits"]
         visits, static_columns, _, _ = read_visits(visits_path, config.data)
+        visits = _the_runs_visits(predictions, visits, str(visits_path))
         statics = visits.select("visit_id", *static_columns)
-        meds_keys = _meds_keys(predictions, visits, str(visits_path))
+        meds_keys = _meds_keys(visits, str(visits_path))
     report = build_report(
         predictions,
         main_budget=config.evaluate.label_budget,
@@ -420,18 +421,25 @@ def evaluate_run(
     return report
 
 
-def _meds_keys(predictions: pl.DataFrame, visits: pl.DataFrame, source: str) -> pl.DataFrame | None:
-    """The MEDS prediction schema's keys of the run's checked `visits` (from `source`), checked
-    to hold every test visit before anything is written; None when patient ids are not integers
-    as MEDS subject ids are (then no MEDS predictions)."""
-    from ehr_ssl.evaluation.predictions import check_test_visits_in, meds_keys
+def _the_runs_visits(predictions: pl.DataFrame, visits: pl.DataFrame, source: str) -> pl.DataFrame:
+    """`visits` (checked, from `source`) with the run's visit_id type, checked to hold every
+    test visit of the run before anything is written: InputError otherwise (another dataset)."""
+    from ehr_ssl.evaluation.predictions import check_test_visits_in, with_run_visit_ids
+
+    visits = with_run_visit_ids(visits, predictions, file=source)
+    check_test_visits_in(predictions, visits, source)
+    return visits
+
+
+def _meds_keys(visits: pl.DataFrame, source: str) -> pl.DataFrame | None:
+    """The MEDS prediction schema's keys of the run's `visits` (from `source`); None when
+    patient ids are not integers as MEDS subject ids are (then no MEDS predictions)."""
+    from ehr_ssl.evaluation.predictions import meds_keys
 
     if not visits.schema["patient_id"].is_integer():
         log.info("evaluate: no MEDS predictions (MEDS subject ids are integers, these are not)")
         return None
-    keys = meds_keys(visits, None, source)
-    check_test_visits_in(predictions, keys, source)
-    return keys
+    return meds_keys(visits, None, source)
 
 
 def _write_meds_predictions(

@@ -86,3 +86,16 @@ def test_an_empty_directory_is_replaced_without_overwrite(tmp_path):
     with atomic_directory(tmp_path / "out") as tmp:
         (tmp / "a.txt").write_text("x")
     assert os.listdir(tmp_path / "out") == ["a.txt"]
+
+
+def test_replacing_a_file_or_a_link_leaves_nothing_aside(tmp_path):
+    (tmp_path / "out").write_text("a file where the output goes")
+    with atomic_directory(tmp_path / "out", overwrite=True) as tmp:
+        (tmp / "x").write_text("1")
+    assert sorted(os.listdir(tmp_path)) == ["out"] and (tmp_path / "out" / "x").exists()
+    os.symlink(tmp_path / "nowhere", tmp_path / "link")  # dangling
+    with pytest.raises(FileExistsError), atomic_directory(tmp_path / "link"):
+        pass
+    with atomic_directory(tmp_path / "link", overwrite=True) as tmp:
+        (tmp / "y").write_text("2")
+    assert sorted(os.listdir(tmp_path)) == ["link", "out"] and not (tmp_path / "link").is_symlink()

@@ -294,6 +294,17 @@ def test_cli_evaluate_rewrites_the_report(first_run, cohort_dir, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "visits.parquet: column 'visit_id': 1 test visits of the run" in err[0]
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == written
+    # ids of another type (another dataset's): the same one line, nothing written
+    named = visits.with_columns(visit_id="v" + pl.col("visit_id").cast(pl.String))
+    named.write_parquet(other / "visits.parquet")
+    labels = pl.read_parquet(other / "labels.parquet")
+    labels.with_columns(visit_id="v" + pl.col("visit_id").cast(pl.String)).write_parquet(
+        other / "labels.parquet"
+    )
+    assert main(["-q", "evaluate", str(run_dir), "--data", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "column 'visit_id': type String cannot be the run's" in err[0], err
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == written
 
 
 def test_cli_finetune(first_run, tmp_path, capsys):

@@ -71,9 +71,10 @@ def _file_table(path: Path, table: str) -> dict[str, Any]:
     """The `table` of the TOML file at `path` ({} when it has none or cannot be read: loading
     the configuration reports that with its file)."""
     try:
-        return tomllib.loads(path.read_text()).get(table, {})
+        found = tomllib.loads(path.read_text()).get(table, {})
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return {}
+    return found if isinstance(found, dict) else {}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

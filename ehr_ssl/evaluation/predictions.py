@@ -218,11 +218,11 @@ def meds_predictions(
     )
 
 
-def check_test_visits_in(predictions: pl.DataFrame, keys: pl.DataFrame, source: str) -> None:
-    """Every test visit of `predictions` is among `keys` (`meds_keys` of the visits read from
-    `source`): otherwise InputError, before anything is written (visits of another dataset)."""
+def check_test_visits_in(predictions: pl.DataFrame, visits: pl.DataFrame, source: str) -> None:
+    """Every test visit of `predictions` is among `visits` (read from `source`, visit ids of the
+    run's type): otherwise InputError, before anything is written (another dataset's visits)."""
     test = predictions.filter(pl.col("split") == "test")
-    missing = test.join(keys, on="visit_id", how="anti")["visit_id"].n_unique()
+    missing = test.join(visits, on="visit_id", how="anti")["visit_id"].n_unique()
     if missing:
         raise InputError(
             f"{missing} test visits of the run are not in this visits table (another dataset?)",
