@@ -122,11 +122,12 @@ def chunk_count(n_visits: int, event_files: list[Path], config: TokenizeConfig) 
 
 # The setting that sizes each split, named when a split's labels miss a class.
 SPLIT_SETTINGS = {
-    "train": "split.val_fraction and split.test_fraction (train is what they leave), or the "
-    "data's own split",
-    "val": "split.val_fraction (--val-fraction), or the data's own split",
-    "test": "split.test_fraction (--test-fraction), or the data's own split",
+    "train": "split.val_fraction and split.test_fraction (train is what they leave)",
+    "val": "split.val_fraction (--val-fraction)",
+    "test": "split.test_fraction (--test-fraction)",
 }
+# What sizes each split when the visits carry their own (a split column, subject_splits.parquet).
+OWN_SPLIT = {name: "the data's own split (its split column)" for name in SPLIT_SETTINGS}
 
 
 def check_split_classes(
@@ -349,7 +350,8 @@ def _write_tokens(
     encode` columns and `split`) in any grouping: `visits` and `split` (shape (V,)) are all
     of them, for the manifest. Returns the manifest."""
     if labels is not None and labels.height:
-        check_classes(visits["visit_id"], split, labels)
+        own = {"settings": OWN_SPLIT} if "split" in visits.columns else {}
+        check_classes(visits["visit_id"], split, labels, **own)
     if labels is None:
         labels = pl.DataFrame(schema={"visit_id": visits.schema["visit_id"], "label": pl.Boolean})
     arrivals = visits["arrival_time"]

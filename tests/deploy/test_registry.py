@@ -495,6 +495,10 @@ def test_a_retrain_screens_its_training_labels_for_leaks(registry, data, tmp_pat
     in_window = _with_code_in_admitted_visits(data, tmp_path / "window", "ORDER//BED_REQUEST",
                                               window=True)  # fmt: skip
     _screen_for_leaks(in_window, load_pipeline_config(None, SETTINGS), _window_split)
+    # control: those window labels, were they read, would be flagged
+    every_label = lambda v: pl.Series(["train"] * v.height, dtype=pl.Enum(["train", "val", "test"]))  # noqa: E731
+    with pytest.raises(InputError, match="suspected label leak"):
+        _screen_for_leaks(in_window, load_pipeline_config(None, SETTINGS), every_label)
 
 
 def test_no_identifier_reaches_the_versions_the_history_or_the_log(finished_run, tmp_path, caplog):
@@ -619,6 +623,10 @@ def test_a_window_reaching_into_productions_training_is_refused(registry, data, 
     shutil.copytree(registry, reg)
     (record,) = Registry(reg).history()
     assert record["data"]["trained_until"] is not None  # recorded for the next retrain
+    # exact in the history, a date in the version's shared retrain report
+    shipped = json.loads((reg / "versions" / "1" / "retrain_report.json").read_text())
+    assert len(record["data"]["trained_until"]) > 10
+    assert shipped["data"]["trained_until"] == record["data"]["trained_until"][:10]
     before = _state(reg)
     wider = load_pipeline_config(None, SETTINGS | {"retrain.test_fraction": 0.4})  # was 0.2
     with pytest.raises(InputError, match=r"setting 'retrain.test_fraction': the test window start"):

@@ -55,3 +55,9 @@ def test_a_run_stops_at_tokenize_and_writes_nothing(tmp_path):
         tokenize_dataset(data, tmp_path / "tokens", TokenizeConfig(), require_classes=True)
     assert not (tmp_path / "tokens").exists() or not any((tmp_path / "tokens").iterdir())
     tokenize_dataset(data, tmp_path / "tokens2", TokenizeConfig())  # tokenize alone goes on
+    # the data's own split: that is what to change, not the split settings
+    tables["visits"] = tables["visits"].with_columns(split=pl.lit("train"))
+    own = write_tables(tmp_path / "own", tables)
+    with pytest.raises(InputError, match="change the data's own split") as raised:
+        tokenize_dataset(own, tmp_path / "tokens3", TokenizeConfig(), require_classes=True)
+    assert "val_fraction" not in str(raised.value)
