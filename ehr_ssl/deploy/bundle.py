@@ -532,6 +532,20 @@ BUNDLE_ENCODER_KEYS = (
 )
 
 
+def _training_data(manifest: dict) -> dict:
+    """The tokens' manifest as a bundle records it: its dates, vocabulary and split counts."""
+    splits = {
+        name: {k: _days(v) if k.endswith("_time_range") else v
+               for k, v in entry.items() if k != "shards"}
+        for name, entry in manifest["splits"].items()
+    }  # fmt: skip
+    return {
+        "arrival_time_range": _days(manifest.get("arrival_time_range")),
+        "vocab_size": manifest["vocab_size"],
+        "splits": splits,
+    }
+
+
 def _days(time_range: list[str | None] | None) -> list[str | None] | None:
     """A [first, last] range of timestamps as dates: a bundle is shared, and a visit's exact
     time of day is a detail of that visit (the tokens' manifest, beside the ids, keeps them)."""
@@ -582,18 +596,7 @@ def make_bundle(
         "prediction_time": _prediction_time_rule(tokenizer),
         "encoder": {k: getattr(encoder.config, k) for k in BUNDLE_ENCODER_KEYS},
         "embedding": embedding_info(encoder),
-        "training_data": {
-            "arrival_time_range": _days(manifest.get("arrival_time_range")),
-            "vocab_size": manifest["vocab_size"],
-            "splits": {
-                name: {
-                    k: _days(v) if k.endswith("_time_range") else v
-                    for k, v in entry.items()
-                    if k != "shards"
-                }
-                for name, entry in manifest["splits"].items()
-            },  # fmt: skip
-        },
+        "training_data": _training_data(manifest),
         **info,
     }
     return AdmissionModel(
