@@ -82,10 +82,16 @@ def _aside(target: Path) -> Path:
     directory (rename(2) replaces an empty one), an empty file for anything else."""
     if target.is_dir() and not target.is_symlink():
         return make_temporary_dir(target, "old")
-    fd, aside = tempfile.mkstemp(prefix=temporary_prefix(target, "old"), dir=target.parent)
+    return _make_temporary_file(target, "old")
+
+
+def _make_temporary_file(target: Path, what: str) -> Path:
+    """A fresh hidden empty file beside `target` (see the module docstring), mode by the umask."""
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(target, what), dir=target.parent)
     os.close(fd)
-    _MADE_HERE.add(os.path.abspath(aside))
-    return Path(aside)
+    _MADE_HERE.add(os.path.abspath(tmp))
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates mode 0600
+    return Path(tmp)
 
 
 def renamed_error(
@@ -182,13 +188,10 @@ def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` when the block succeeds. An
     OSError naming the temporary names `path` instead."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path, "tmp"), dir=path.parent)
-    os.close(fd)
-    _MADE_HERE.add(os.path.abspath(tmp))
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates mode 0600
+    tmp = _make_temporary_file(path, "tmp")
     try:
-        yield Path(tmp)
-        _fsync_file(Path(tmp))  # the contents on disk before the rename makes them visible
+        yield tmp
+        _fsync_file(tmp)  # the contents on disk before the rename makes them visible
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):

@@ -331,7 +331,7 @@ def _validate_and_tokenize(
 def _check_trainable_labels(dataset: Dataset, data_dir: Path, config: PipelineConfig) -> None:
     """A run trains: its labels must exist and each split's hold both classes. Checked before
     the run directory is written (the tokenize stage checks the same again as it writes)."""
-    from ehr_ssl.tokens.tokenize import OWN_SPLIT, SPLIT_SETTINGS, check_split_classes
+    from ehr_ssl.tokens.tokenize import SPLIT_SETTINGS, check_split_classes, sizing_settings
 
     source = str(data_dir / LABELS.filename)
     if dataset.labels is None or dataset.labels.height == 0:
@@ -341,7 +341,7 @@ def _check_trainable_labels(dataset: Dataset, data_dir: Path, config: PipelineCo
             file=source,
         )
     split = visit_splits(dataset.visits, config.split)
-    settings = OWN_SPLIT if "split" in dataset.visits.columns else SPLIT_SETTINGS
+    settings = sizing_settings(dataset.visits, SPLIT_SETTINGS)
     check_split_classes(dataset.visits["visit_id"], split, dataset.labels,
                         settings=settings, required=True, source=source)  # fmt: skip
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from ehr_ssl.cli.options import (
 )
 from ehr_ssl.config import DEVICES, RUN_OPTIONS
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_dir, output_lock
+from ehr_ssl.settings import read_toml
 
 # Settings with a flag of their own on `run`, the keywords of `ehr_ssl.run` (every other one:
 # --config or --set).
@@ -68,12 +68,9 @@ def _demo_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _file_table(path: Path, table: str) -> dict[str, Any]:
-    """The `table` of the TOML file at `path` ({} when it has none or cannot be read: loading
-    the configuration reports that with its file)."""
-    try:
-        found = tomllib.loads(path.read_text()).get(table, {})
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return {}
+    """The `table` of the TOML file at `path` ({} when it has none, or a value there that the
+    configuration's loader reports with its file)."""
+    found = read_toml(path).get(table, {})
     return found if isinstance(found, dict) else {}
 
 

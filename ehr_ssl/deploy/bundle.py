@@ -547,11 +547,15 @@ def _training_data(manifest: dict) -> dict:
 
 
 def _days(time_range: list[str | None] | None) -> list[str | None] | None:
-    """A [first, last] range of timestamps as dates: a bundle is shared, and a visit's exact
-    time of day is a detail of that visit (the tokens' manifest, beside the ids, keeps them)."""
-    if time_range is None:
-        return None
-    return [None if t is None else str(t)[:10] for t in time_range]
+    """A [first, last] range of timestamps as dates (`day_of`)."""
+    return None if time_range is None else [day_of(t) for t in time_range]
+
+
+def day_of(timestamp: str | None) -> str | None:
+    """A timestamp's date ("2024-06-01 08:30:00" -> "2024-06-01"): what a shared document (a
+    bundle, its reports) says of a visit's time, whose time of day is a detail of that visit
+    (the tokens' manifest and the registry history, kept with the ids, keep it exact)."""
+    return None if timestamp is None else str(timestamp)[:10]
 
 
 def make_bundle(

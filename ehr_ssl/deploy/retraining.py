@@ -569,14 +569,13 @@ def _save_bundle(
 
 def _retrain_report_documents(record: dict, promote: bool, drift: dict | None) -> dict[str, str]:
     """The retrain report the version's bundle ships: file name -> text (Markdown and JSON)."""
+    from ehr_ssl.deploy.bundle import day_of
     from ehr_ssl.deploy.drift import format_drift_markdown
 
     # A bundle is shared: its documents date the window, the history keeps the exact times.
-    data = dict(record["data"])
-    for key in ("test_window_from", "trained_until"):
-        if data.get(key) is not None:
-            data[key] = data[key][:10]
-    record = record | {"data": data}
+    data = record["data"]
+    dated = {key: day_of(data.get(key)) for key in ("test_window_from", "trained_until")}
+    record = record | {"data": data | dated}
     report_md = format_retrain_report(record, promote)
     step = next_step(promote, record["production_version"], "this report")
     if step:

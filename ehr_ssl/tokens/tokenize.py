@@ -79,8 +79,12 @@ def tokenize_dataset(
     """
     out_dir = Path(out_dir)
     _check_output(Path(data_dir), out_dir, overwrite=overwrite)
-    check = partial(check_split_classes, settings={**SPLIT_SETTINGS, **(split_settings or {})},
-                    required=require_classes)  # fmt: skip
+    settings = {**SPLIT_SETTINGS, **(split_settings or {})}
+
+    def check(visits: pl.DataFrame, split: pl.Series, labels: pl.DataFrame) -> None:
+        check_split_classes(visits["visit_id"], split, labels, required=require_classes,
+                            settings=sizing_settings(visits, settings))  # fmt: skip
+
     with output_lock(out_dir):
         return _tokenize(data_dir, out_dir, config, overwrite, tokenizer, splits, cache_dir, check)
 
@@ -128,6 +132,12 @@ SPLIT_SETTINGS = {
 }
 # What sizes each split when the visits carry their own (a split column, subject_splits.parquet).
 OWN_SPLIT = {name: "the data's own split (its split column)" for name in SPLIT_SETTINGS}
+
+
+def sizing_settings(visits: pl.DataFrame, settings: Mapping[str, str]) -> Mapping[str, str]:
+    """What to name when a split misses a class: the data's own split where the visits carry
+    one, else `settings` (the settings that size each split)."""
+    return OWN_SPLIT if "split" in visits.columns else settings
 
 
 def check_split_classes(
@@ -350,8 +360,7 @@ def _write_tokens(
     encode` columns and `split`) in any grouping: `visits` and `split` (shape (V,)) are all
     of them, for the manifest. Returns the manifest."""
     if labels is not None and labels.height:
-        own = {"settings": OWN_SPLIT} if "split" in visits.columns else {}
-        check_classes(visits["visit_id"], split, labels, **own)
+        check_classes(visits, split, labels)
     if labels is None:
         labels = pl.DataFrame(schema={"visit_id": visits.schema["visit_id"], "label": pl.Boolean})
     arrivals = visits["arrival_time"]
