@@ -182,9 +182,12 @@ def evaluate(
     run_dir: str | Path, *, data: str | Path | None = None, n_boot: int | None = None
 ) -> RunResult:
     """(Re)score a complete run directory on its test split (what `ehr-ssl evaluate` does).
-    `data`: the dataset directory, for its oracle.parquet if it ships one and its visits'
-    static columns (the report's subgroups)."""
+    `data`: the run's dataset (a directory, or a MEDS root read with the run's [meds]
+    settings), for its visits' static columns (the report's subgroups), its keys (the MEDS
+    predictions) and its oracle.parquet if it ships one; without it the report has no
+    subgroups and no meds_predictions/ are written."""
     from ehr_ssl.config import MAX_BOOTSTRAP, read_run_config
+    from ehr_ssl.data.meds_input import contract_data, is_meds_root
     from ehr_ssl.data.readers import is_present
     from ehr_ssl.data.schema import ORACLE_FILENAME
     from ehr_ssl.errors import InputError
@@ -198,6 +201,10 @@ def evaluate(
         config.evaluate.n_boot = n_boot
     if data is not None and not Path(data).is_dir():
         raise InputError("dataset directory not found", file=str(data))
+    if data is not None and is_meds_root(Path(data)):  # read as the run read it: its [meds]
+        with contract_data(Path(data), config.tokenize_config()) as (contract_dir, data_config):
+            config.data = data_config
+            return RunResult(run_dir, evaluate_run(None, run_dir, config, data_dir=contract_dir))
     oracle = Path(data) if data and is_present(Path(data) / ORACLE_FILENAME) else None
     data_dir = Path(data) if data is not None else None  # its visits' statics: subgroups
     return RunResult(run_dir, evaluate_run(oracle, run_dir, config, data_dir=data_dir))

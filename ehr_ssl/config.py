@@ -531,7 +531,8 @@ PENALTY_SELECTIONS = ("cv", "evidence")
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning for admission within 7 days; selection uses the validation split only."""
+    """Fine-tuning for admission within 7 days; its settings are selected on the budget's own
+    labels (cv folds or the validation split, `selection`), never on the test split."""
 
     mode: str = field(default="full", metadata={"choices": FINETUNE_MODES})
     """full: the pretrained encoder trained further with a head; linear-probe: a logistic
@@ -718,8 +719,8 @@ class EvaluateConfig:
     """Budgets of the label-efficiency curve (the main budget is always one of them), e.g.
     100,300,1000,3000,all."""
     seeds: list[int] = field(default_factory=lambda: [0])
-    """Label subsets (and fine-tuning seeds) per budget, e.g. 0,1,2; the main table uses the
-    first."""
+    """Label subsets (and fine-tuning seeds) per budget, e.g. 0,1,2; the main table, the
+    bundle and a retrain's candidate use the smallest (`main_seed`)."""
     models: list[str] = field(default_factory=lambda: list(MODELS))
     """The models trained and compared (`MODELS`); "ssl" is the reference."""
     n_boot: int = 1000
@@ -740,12 +741,20 @@ class EvaluateConfig:
         if not self.seeds or any(not 0 <= s < 2**32 for s in self.seeds):
             raise InputError(f"must be integers in [0, 2**32), got {self.seeds}",
                              setting="evaluate.seeds")  # fmt: skip
+        if len(set(self.seeds)) < len(self.seeds):
+            raise InputError(f"a seed is repeated: {self.seeds}", setting="evaluate.seeds")
         check_count(self.n_boot, "evaluate.n_boot", high=MAX_BOOTSTRAP)
 
     @property
     def budgets(self) -> list[str]:
         """The main budget and the curve's, each once, in the order given."""
         return list(dict.fromkeys([self.label_budget, *self.label_budgets]))
+
+    @property
+    def main_seed(self) -> int:
+        """The seed of the main table, the bundle and a retrain's candidate: the smallest, as
+        the report picks the smallest seed every model has (so "2,0" and "0,2" agree)."""
+        return min(self.seeds)
 
 
 @dataclass

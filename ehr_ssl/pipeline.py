@@ -389,7 +389,10 @@ def evaluate_run(
     validation, thresholds_from = _score_validation(layout, config)
     oracle = read_oracle(oracle_dir) if oracle_dir is not None else None
     statics = meds_keys = None
-    if data_dir is not None:  # read once: the subgroups' statics and the MEDS predictions' keys
+    if data_dir is None:
+        log.warning("evaluate: no dataset given (--data), so the report has no subgroups and "
+                    "no meds_predictions/ are written")  # fmt: skip
+    else:  # read once: the subgroups' statics and the MEDS predictions' keys
         (visits_path,) = dataset_files(Path(data_dir))["visits"]
         visits, static_columns, _, _ = read_visits(visits_path, config.data)
         visits = _the_runs_visits(predictions, visits, str(visits_path))

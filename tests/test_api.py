@@ -38,6 +38,19 @@ def test_evaluate_returns_a_result_with_metrics_and_a_table(finished_run):
     assert (others["difference_ci_low"] <= others["difference_ci_high"]).all()
 
 
+def test_evaluate_without_the_dataset_says_what_the_report_lacks(finished_run, tmp_path, caplog):
+    """Subgroups and MEDS predictions need the dataset's visits: left out, never in silence."""
+    import shutil
+
+    _, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)  # the shared run keeps its subgroups
+    with caplog.at_level("WARNING", logger="ehr_ssl"):
+        result = ehr_ssl.evaluate(copy, n_boot=20)
+    assert not result.report.get("subgroups")
+    assert "no subgroups and no meds_predictions/" in caplog.text
+
+
 def test_load_gives_the_bundle_model(finished_run):
     data, run = finished_run
     model = ehr_ssl.load(run / "bundle")

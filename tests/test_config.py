@@ -291,3 +291,12 @@ def test_the_small_preset_pretrains_three_epochs_unless_told_otherwise():
     assert load_pipeline_config(None, {}).train.epochs == 3  # small is the default preset
     assert load_pipeline_config(None, {"preset": "base"}).train.epochs == TrainConfig().epochs
     assert load_pipeline_config(None, {"preset": "small", "train.epochs": 1}).train.epochs == 1
+
+
+def test_the_main_seed_is_the_smallest_whatever_the_order():
+    """The report's main table picks the smallest seed every model has; the bundle and a
+    retrain's candidate must describe that same model, so "2,0" and "0,2" agree."""
+    assert EvaluateConfig(seeds=[2, 0, 1]).main_seed == 0
+    assert EvaluateConfig(seeds=[0, 2]).main_seed == EvaluateConfig(seeds=[2, 0]).main_seed
+    with pytest.raises(InputError, match=r"setting 'evaluate.seeds': a seed is repeated"):
+        EvaluateConfig(seeds=[1, 1])

@@ -390,3 +390,8 @@ def test_a_run_on_a_meds_root_reads_it_as_it_is_and_reruns_nothing(tmp_path, cap
     with caplog.at_level(logging.INFO, logger="ehr_ssl"):  # a new temporary copy, same data
         run_pipeline(root, tmp_path / "run", _config(**meds), device="cpu")
     assert "validate + tokenize: unchanged since the last run, skipped" in caplog.text
+    # evaluate reads the root as its run did (the run's [meds]): the MEDS predictions again
+    shutil.rmtree(tmp_path / "run" / "meds_predictions")
+    assert main(["-q", "evaluate", str(tmp_path / "run"), "--data", str(root)]) == 0
+    again = pl.read_parquet(tmp_path / "run" / "meds_predictions" / "ssl" / "all-seed0.parquet")
+    assert again.equals(table)

@@ -221,7 +221,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bundle.add_argument("--out", type=Path, required=True, help="bundle directory")
     bundle.add_argument("--model", default="ssl", choices=tuple(FINETUNED), help="which [ssl]")
     bundle.add_argument("--label-budget", help="label budget [the run's main one]")
-    bundle.add_argument("--seed", type=seed, help="fine-tuning seed [the run's first]")
+    bundle.add_argument(
+        "--seed", type=seed, help="fine-tuning seed [the run's smallest, its main table's]"
+    )
     bundle.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     bundle.set_defaults(run=cmd_bundle)
 
@@ -236,9 +238,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "registry as it was, and the next retrain on the same data, settings and production "
         "model resumes its work from the last complete stage.",
     )
-    retrain.add_argument("--data", type=Path, required=True, help="dataset directory")
+    retrain.add_argument(
+        "--data", type=Path, required=True, help="dataset directory, or a MEDS root (--meds-labels)"
+    )
     retrain.add_argument("--registry", type=Path, required=True, help="registry directory")
     add_config_options(retrain, "every stage's tables and [retrain]")
+    add_meds_settings(retrain)
     for dotted in RETRAIN_FLAGS:
         add_setting(retrain, dotted)
     add_setting(retrain, "leakage.accept", flag="--accept-leaks")

@@ -131,7 +131,11 @@ def add_setting(
     )
 
 
-def add_config_options(parser: argparse.ArgumentParser, what: str) -> None:
+def add_config_options(
+    parser: argparse.ArgumentParser,
+    what: str,
+    examples: str = "train.learning_rate=3e-4 or model.hidden_size=128",
+) -> None:
     """--config FILE and --set section.key=value, the two ways to reach every setting."""
     parser.add_argument("--config", type=Path, help=f"TOML file with {what}; flags given win")
     parser.add_argument(
@@ -140,8 +144,8 @@ def add_config_options(parser: argparse.ArgumentParser, what: str) -> None:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="set any setting of the TOML file, e.g. train.learning_rate=3e-4 or "
-        "model.hidden_size=128 (a TOML value; repeat for several); wins over the file",
+        help=f"set any setting of the TOML file, e.g. {examples} (a TOML value; repeat for "
+        "several); wins over the file",
     )
 
 

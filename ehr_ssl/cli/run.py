@@ -16,6 +16,7 @@ from ehr_ssl.cli.options import (
     seed,
 )
 from ehr_ssl.config import DEVICES, RUN_OPTIONS
+from ehr_ssl.data.synthetic.versions import DEFAULT_LABELED_FRAC
 from ehr_ssl.outputs import check_output_dir, check_outside_inputs, mark_output_dir, output_lock
 from ehr_ssl.settings import read_toml
 
@@ -135,7 +136,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "run_dir", metavar="RUN", type=Path, help="run directory made by `ehr-ssl run`"
     )
     evaluate.add_argument(
-        "--data", type=Path, help="dataset directory, for its oracle.parquet if it has one"
+        "--data",
+        type=Path,
+        help="the run's dataset directory, or its MEDS root (read with the run's [meds] settings): "
+        "its visits' static columns give the "
+        "report's subgroups and its keys the MEDS predictions; its oracle.parquet, if any, the "
+        "oracle AUROC. Without it: no subgroups, no meds_predictions/",
     )
     evaluate.add_argument(
         "--n-boot", type=positive_int, help="bootstrap replicates [the run's evaluate.n_boot]"
@@ -148,7 +154,8 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
         help="run the whole pipeline on a synthetic cohort",
-        description="Synthesize a cohort (5%% labeled) into OUT/data and run the whole pipeline "
+        description=f"Synthesize a cohort ({DEFAULT_LABELED_FRAC:.0%} labeled) into OUT/data "
+        "and run the whole pipeline "
         "with the small preset into OUT/run, then print the report table.",
     )
     demo.add_argument(

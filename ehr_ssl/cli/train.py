@@ -118,7 +118,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="fine-tune a pretrained encoder for admission within 7 days",
         description="Train a classifier for admission within 7 days on the labeled train visits "
         "(optionally a label budget of them), choosing the epoch (or the probe's "
-        "regularization) on the validation split only; never reads the test split. The "
+        "regularization) on the budget's labels (cv folds over them up to "
+        "finetune.cv_max_labels, the validation split above: finetune.selection); never "
+        "reads the test split. The "
         "positive class is weighted by n_negative / n_positive. Unset options take the "
         "--config file's [finetune] value, else the default in brackets.",
     )
@@ -127,7 +129,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--encoder", type=Path, required=True, help="pretrain run directory (or its encoder/)"
     )
     finetune.add_argument("--out", type=Path, required=True, help="output directory")
-    add_config_options(finetune, "a [finetune] table")
+    add_config_options(finetune, "a [finetune] table", examples="finetune.learning_rate=1e-4")
     for key in FINETUNE_FLAGS:
         add_setting(finetune, f"finetune.{key}")
     finetune.set_defaults(run=cmd_finetune)

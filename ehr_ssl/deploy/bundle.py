@@ -477,7 +477,7 @@ def export_bundle(
         )
     config = read_run_config(run_dir)
     budget = budget or config.evaluate.label_budget
-    seed = config.evaluate.seeds[0] if seed is None else seed
+    seed = config.evaluate.main_seed if seed is None else seed
     layout = RunLayout(run_dir)
     source = layout.model(budget, seed, model)
     if not (source / FINETUNE_SUMMARY_FILE).exists():

@@ -18,6 +18,7 @@ import polars as pl
 from ehr_ssl.artifacts import sha256_file
 from ehr_ssl.atomic import atomic_write_text
 from ehr_ssl.config import COUNTS, TABULAR, PipelineConfig
+from ehr_ssl.data.meds_input import contract_data
 from ehr_ssl.data.readers import read_oracle
 from ehr_ssl.data.splits import temporal_splits
 from ehr_ssl.deploy.registry import Registry
@@ -88,7 +89,8 @@ def retrain(
     production model, from its last complete stage (pretraining from its last checkpoint).
 
     Args:
-        data_dir: The dataset directory (the input contract; labels needed).
+        data_dir: The dataset directory (the input contract; labels needed), or a MEDS root
+            with its ED visits' label file (`config.meds`).
         registry_dir: The registry (created on the first retrain).
         config: Pipeline settings; `config.retrain` holds the window, the warm start and gate.
         wait: Seconds to wait for another retrain's lock before giving up.
@@ -112,15 +114,19 @@ def retrain(
             setting="train.include_test_unlabeled",
         )
     started = time.perf_counter()
-    registry = Registry.open(registry_dir, create=True)
-    with registry.lock(wait):
-        production = _load_production(registry)  # what serves once the lock is ours
-        key = work_key(data_dir, config, registry, production)
-        with registry.work_dir(key, fresh=fresh) as work:
-            record, promote, reasons, bundle_dir = _retrain_stages(
-                _Work(data_dir, RunLayout(work), Stages(work), key), config, registry, production
-            )
-            version = registry.commit(bundle_dir, record | {"work": work.name}, promote=promote)
+    # a MEDS root is read in the contract's form (a temporary copy); its key is its own files
+    with contract_data(data_dir, config.tokenize_config()) as (contract_dir, data_config):
+        config.data = data_config  # a MEDS root's: its static columns, its static rows
+        registry = Registry.open(registry_dir, create=True)
+        with registry.lock(wait):
+            production = _load_production(registry)  # what serves once the lock is ours
+            key = work_key(data_dir, config, registry, production)
+            with registry.work_dir(key, fresh=fresh) as work:
+                work_of = _Work(contract_dir, RunLayout(work), Stages(work), key)
+                record, promote, reasons, bundle = _retrain_stages(
+                    work_of, config, registry, production
+                )
+                version = registry.commit(bundle, record | {"work": work.name}, promote=promote)
     log.info(
         "retrain: version %d %s (%s) in %.0f s",
         version,
@@ -187,7 +193,7 @@ def _retrain_stages(
     check_window_after_production(manifest, registry, production.version)
     registry.prune_work(keep=layout.root)  # this retrain's input is checked: it goes on
     # the label budget is drawn (and checked against the labels) before any training
-    ft_config = config.finetune_config("full", config.evaluate.seeds[0])
+    ft_config = config.finetune_config("full", config.evaluate.main_seed)
     budget = _draw_budget(layout, config, ft_config)
     fp_encoder = _pretrain(work, config, registry, production, tokens_rerun=tokens_rerun)
     summary = _finetune_candidate(work, budget, ft_config, fp_encoder)

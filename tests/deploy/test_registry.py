@@ -119,6 +119,34 @@ def test_first_retrain_promotes_and_a_second_warm_starts(registry, data, tmp_pat
     assert f"tokenize: {left_out} visits left out by the split" in caplog.text
 
 
+def test_a_retrain_reads_a_meds_root_as_it_is(tmp_path, caplog):
+    """As `run` does: the MEDS tools' output in, its label file naming the ED visits; the
+    work's key is the root's own files, not the temporary contract-form copy."""
+    from ehr_ssl.data.synthetic import write_meds_cohort
+    from ehr_ssl.data.synthetic.writer import MEDS_LABELS_FILE, MEDS_VISITS_FILE
+
+    root = tmp_path / "meds"
+    write_meds_cohort(generate_cohort(1500, labeled_frac=0.5, seed=11), root)
+    argv = ["-q", "retrain", "--data", str(root), "--registry", str(tmp_path / "registry"),
+            "--meds-labels", str(root / MEDS_LABELS_FILE),
+            "--meds-prediction-times", str(root / MEDS_VISITS_FILE)]  # fmt: skip
+    for dotted, value in SETTINGS.items():
+        argv += ["--set", f"{dotted}={json.dumps(value)}"]
+    assert main(argv) == 0
+    record = Registry(tmp_path / "registry").history()[0]
+    assert record["version"] == 1 and record["promoted"]
+    assert record["data"]["splits"]["test"]["labeled"] > 0
+    assert main(argv) == 0  # warm: its tokens cached under version 1's tokenizer
+    config = load_pipeline_config(None, SETTINGS | {
+        "meds.labels": str(root / MEDS_LABELS_FILE),
+        "meds.prediction_times": str(root / MEDS_VISITS_FILE)})  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="ehr_ssl"):  # a new temporary copy, same root
+        retrain(root, tmp_path / "registry", config)
+    # the contract-form copy links the MEDS shards: the same files, so nothing is tokenized
+    assert "tokenize: 0 visits tokenized, 1500 reused from the cache" in caplog.text
+    assert [r["version"] for r in Registry(tmp_path / "registry").history()] == [1, 2, 3]
+
+
 def test_the_gate_refuses_a_worse_candidate(registry, data, tmp_path, capsys):
     reg = tmp_path / "registry"
     shutil.copytree(registry, reg)
@@ -420,6 +448,8 @@ def test_a_second_retrain_waits_or_fails_clearly(registry, data, tmp_path, capsy
         (["retrain", "--data", "{data}", "--registry", "{reg}",
           "--set", "train.include_test_unlabeled=true"],
          "setting 'train.include_test_unlabeled': a retrain never pretrains on its test window"),
+        (["retrain", "--data", "{data}", "--registry", "{reg}", "--meds-labels", "{missing}"],
+         "not a MEDS root (no data/ directory, or a visits.parquet beside it), so meds.labels"),
         (["registry", "{notreg}"], "not a model registry"),
         (["bundle", "{notreg}", "--out", "{out}"], "not a run directory"),
     ],
