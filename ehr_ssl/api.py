@@ -201,7 +201,11 @@ def evaluate(
         config.evaluate.n_boot = n_boot
     if data is not None and not Path(data).is_dir():
         raise InputError("dataset directory not found", file=str(data))
-    if data is not None and is_meds_root(Path(data)):  # read as the run read it: its [meds]
+    made_on_meds = config.meds.labels is not None or config.meds.prediction_times is not None
+    if data is not None and is_meds_root(Path(data)) != made_on_meds:
+        made_on = "a MEDS root (its [meds] labels)" if made_on_meds else "a dataset directory"
+        raise InputError(f"the run was made on {made_on}: give that dataset", file=str(data))
+    if data is not None and made_on_meds:  # read as the run read it: its [meds] settings
         with contract_data(Path(data), config.tokenize_config()) as (contract_dir, data_config):
             config.data = data_config
             return RunResult(run_dir, evaluate_run(None, run_dir, config, data_dir=contract_dir))

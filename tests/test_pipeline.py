@@ -297,6 +297,26 @@ def test_cli_evaluate_rewrites_the_report(first_run, cohort_dir, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "visits.parquet: column 'visit_id': 1 test visits of the run" in err[0]
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == written
+    # a MEDS root for a run made on a dataset directory: one line, nothing written
+    from ehr_ssl.data.synthetic import write_meds_cohort
+
+    write_meds_cohort(generate_cohort(300, labeled_frac=0.4, seed=1), tmp_path / "meds")
+    assert main(["-q", "evaluate", str(run_dir), "--data", str(tmp_path / "meds")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the run was made on a dataset directory" in err[0]
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == written
+    # the same ids on other patients (a MEDS root's row-number ids shifted): refused alike
+    first = test_visit["visit_id"][0]
+    other_patient = visits.filter(pl.col("patient_id") != test_visit["patient_id"][0])[0]
+    visits.with_columns(
+        patient_id=pl.when(pl.col("visit_id") == first)
+        .then(pl.lit(other_patient["patient_id"].item()))
+        .otherwise(pl.col("patient_id"))
+    ).write_parquet(other / "visits.parquet")
+    assert main(["-q", "evaluate", str(run_dir), "--data", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "column 'patient_id': 1 test visits of the run belong to" in err[0]
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == written
     # ids of another type (another dataset's): the same one line, nothing written
     named = visits.with_columns(visit_id="v" + pl.col("visit_id").cast(pl.String))
     named.write_parquet(other / "visits.parquet")
@@ -363,7 +383,7 @@ def test_cli_evaluate_refuses_an_incomplete_run(first_run, tmp_path, capsys):
     assert not (run_dir / "report.json").exists()
 
 
-def test_a_run_on_a_meds_root_reads_it_as_it_is_and_reruns_nothing(tmp_path, caplog):
+def test_a_run_on_a_meds_root_reads_it_as_it_is_and_reruns_nothing(tmp_path, caplog, capsys):
     from ehr_ssl.data.synthetic import write_meds_cohort
     from ehr_ssl.data.synthetic.writer import MEDS_LABELS_FILE, MEDS_VISITS_FILE
 
@@ -395,3 +415,8 @@ def test_a_run_on_a_meds_root_reads_it_as_it_is_and_reruns_nothing(tmp_path, cap
     assert main(["-q", "evaluate", str(tmp_path / "run"), "--data", str(root)]) == 0
     again = pl.read_parquet(tmp_path / "run" / "meds_predictions" / "ssl" / "all-seed0.parquet")
     assert again.equals(table)
+    write_cohort(generate_cohort(500, labeled_frac=0.4, seed=5), tmp_path / "contract")
+    assert (
+        main(["-q", "evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "contract")]) == 2
+    )
+    assert "the run was made on a MEDS root" in capsys.readouterr().err

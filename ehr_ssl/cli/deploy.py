@@ -227,6 +227,25 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bundle.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     bundle.set_defaults(run=cmd_bundle)
 
+    _add_retrain(commands)
+
+    registry = commands.add_parser(
+        "registry", help="show a registry's production version and history"
+    )
+    registry.add_argument("registry", type=Path, help="registry directory")
+    registry.add_argument(
+        "--rollback",
+        type=int,
+        metavar="VERSION",
+        help="serve an earlier production version again (committed as the next version)",
+    )
+    registry.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for a retrain's lock [0]"
+    )
+    registry.set_defaults(run=cmd_registry)
+
+
+def _add_retrain(commands: argparse._SubParsersAction) -> None:
     retrain = commands.add_parser(
         "retrain",
         help="scheduled retraining into a model registry, with a promotion gate",
@@ -256,18 +275,3 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="start over: discard the work a killed retrain left instead of resuming it",
     )
     retrain.set_defaults(run=cmd_retrain)
-
-    registry = commands.add_parser(
-        "registry", help="show a registry's production version and history"
-    )
-    registry.add_argument("registry", type=Path, help="registry directory")
-    registry.add_argument(
-        "--rollback",
-        type=int,
-        metavar="VERSION",
-        help="serve an earlier production version again (committed as the next version)",
-    )
-    registry.add_argument(
-        "--wait", type=float, default=0.0, help="seconds to wait for a retrain's lock [0]"
-    )
-    registry.set_defaults(run=cmd_registry)

@@ -161,7 +161,7 @@ def contract_data(path: Path, config: TokenizeConfig) -> Iterator[tuple[Path, Da
         try:
             yield Path(work), data
         except InputError as e:  # name the user's files, not the temporary ones
-            raise _in_source_files(e, Path(work), config) from None
+            raise _in_source_files(e, Path(work), path, config) from None
 
 
 def _check_no_meds_settings(path: Path, config: TokenizeConfig) -> None:
@@ -184,15 +184,21 @@ POINT_COLUMNS = SHARD_COLUMNS | {
 }
 
 
-def _in_source_files(error: InputError, work: Path, config: TokenizeConfig) -> InputError:
+def _in_source_files(
+    error: InputError, work: Path, root: Path, config: TokenizeConfig
+) -> InputError:
     """`error` with a file of the contract directory `work` replaced by the MEDS file it
-    stands for: a data shard for a link of events/, the label file for visits and labels."""
+    stands for: a data shard for a link of events/, the root's data directory for events/
+    itself (an error about every shard, a leak), the label file for visits and labels."""
     if error.file is None or not error.file.startswith(str(work)):
         return error
     file = Path(error.file)
     if file.parent == work / "events" and file.is_symlink():  # the shard itself, row for row
         column = SHARD_COLUMNS.get(error.column, error.column)
         return InputError(error.problem, file=str(file.resolve()), column=column)
+    if file == work / "events":
+        column = SHARD_COLUMNS.get(error.column, error.column)
+        return InputError(error.problem, file=str(root / meds.data_subdirectory), column=column)
     source = str(config.meds.labels or config.meds.prediction_times)
     # The visits were built from the points, sorted: a row index there is not the file's.
     problem = re.sub(r" \(first at row index \d+\)", "", error.problem)

@@ -464,7 +464,7 @@ def export_bundle(
         model: "ssl", "ssl_linear_probe" or "scratch" (the counts baselines are scikit-learn
             models, which only pickle can save: they are not bundled).
         budget: The label budget (default: the run's main budget).
-        seed: The fine-tuning seed (default: the run's first).
+        seed: The fine-tuning seed (default: the run's smallest, its report's main table's).
     """
     from ehr_ssl.config import FINETUNED, read_run_config
 

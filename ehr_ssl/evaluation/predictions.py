@@ -220,14 +220,28 @@ def meds_predictions(
 
 def check_test_visits_in(predictions: pl.DataFrame, visits: pl.DataFrame, source: str) -> None:
     """Every test visit of `predictions` is among `visits` (read from `source`, visit ids of the
-    run's type): otherwise InputError, before anything is written (another dataset's visits)."""
-    test = predictions.filter(pl.col("split") == "test")
-    missing = test.join(visits, on="visit_id", how="anti")["visit_id"].n_unique()
+    run's type), each of the same patient: otherwise InputError, before anything is written
+    (another dataset's visits, or one whose ids moved: a MEDS root's visit ids are row numbers,
+    which a point added to its label files shifts)."""
+    test = predictions.filter(pl.col("split") == "test").unique("visit_id")
+    missing = test.join(visits, on="visit_id", how="anti").height
     if missing:
         raise InputError(
             f"{missing} test visits of the run are not in this visits table (another dataset?)",
             file=source,
             column="visit_id",
+        )
+    pairs = test.select("visit_id", pl.col("patient_id").cast(pl.String)).join(
+        visits.select("visit_id", pl.col("patient_id").cast(pl.String).alias("now")),
+        on="visit_id",
+    )
+    moved = pairs.filter(pl.col("patient_id") != pl.col("now")).height
+    if moved:
+        raise InputError(
+            f"{moved} test visits of the run belong to another patient in this visits table "
+            "(the data changed since the run, or another dataset?)",
+            file=source,
+            column="patient_id",
         )
 
 

@@ -201,6 +201,17 @@ def test_bad_meds_input_is_one_line_naming_the_users_file(tmp_path):
         pass
 
 
+def test_an_error_about_every_shard_names_the_roots_data_directory(tmp_path):
+    """The leak screen names the events directory of several shards: for a MEDS root, that is
+    its data/ (once the label file, where no code is), never the temporary copy."""
+    root = _meds_root(tmp_path / "s", _rows(), _points())
+    config = TokenizeConfig(meds=MedsConfig(labels=str(root / "labels.parquet")))
+    with pytest.raises(InputError) as raised, contract_data(root, config) as (work, _):
+        raise InputError("code 'ORDER//X' nearly separates", file=str(work / "events"),
+                         column="code")  # fmt: skip
+    assert raised.value.file == str(root / "data") and raised.value.column == "code"
+
+
 @pytest.mark.parametrize(
     ("column", "cast"),
     [("subject_id", pl.Float64), ("subject_id", pl.String), ("time", pl.String), ("code", pl.Int8)],

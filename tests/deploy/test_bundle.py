@@ -234,6 +234,22 @@ def test_a_full_disk_while_bundling_names_the_file_and_leaves_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_bundle_is_the_model_of_the_reports_main_table_whatever_the_seeds_order(
+    finished_run, tmp_path
+):
+    """`seeds = [2, 0]`: the report's main table is seed 0 (the smallest every model has); the
+    bundle once took the first listed, another model than the one its figures describe."""
+    _, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    saved = json.loads((copy / "run_config.json").read_text())
+    saved["evaluate"]["seeds"] = [2, 0]
+    (copy / "run_config.json").write_text(json.dumps(saved))
+    bundle = json.loads((export_bundle(copy, tmp_path / "bundle") / "bundle.json").read_text())
+    report = json.loads((copy / "report.json").read_text())
+    assert bundle["seed"] == report["seed"] == 0
+
+
 def test_every_file_of_a_bundle_and_a_run_has_the_same_mode(finished_run, tmp_path):
     """Weights were written 0600 and JSON 0644: another user of a shared model directory could
     read bundle.json but not the weights."""
