@@ -192,13 +192,12 @@ def _in_source_files(
     itself (an error about every shard, a leak), the label file for visits and labels."""
     if error.file is None or not error.file.startswith(str(work)):
         return error
-    file = Path(error.file)
-    if file.parent == work / "events" and file.is_symlink():  # the shard itself, row for row
+    file, events = Path(error.file), work / "events"
+    if file == events or (file.parent == events and file.is_symlink()):
+        # the shard itself, row for row; every shard: the root's data directory
+        shard = root / meds.data_subdirectory if file == events else file.resolve()
         column = SHARD_COLUMNS.get(error.column, error.column)
-        return InputError(error.problem, file=str(file.resolve()), column=column)
-    if file == work / "events":
-        column = SHARD_COLUMNS.get(error.column, error.column)
-        return InputError(error.problem, file=str(root / meds.data_subdirectory), column=column)
+        return InputError(error.problem, file=str(shard), column=column)
     source = str(config.meds.labels or config.meds.prediction_times)
     # The visits were built from the points, sorted: a row index there is not the file's.
     problem = re.sub(r" \(first at row index \d+\)", "", error.problem)
