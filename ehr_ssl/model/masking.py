@@ -42,10 +42,10 @@ def mask_events(
     *,
     vocab_size: int,
     generator: torch.Generator,
-    rate: float = 0.15,
+    rate: float,
+    unit: str,
     mask_fraction: float = 0.8,
     random_fraction: float = 0.1,
-    unit: str = "token",
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Corrupt a batch for masked-event modeling, BERT-style.
 
@@ -63,10 +63,12 @@ def mask_events(
             (+ `time_deltas` or `ENCOUNTER_TIMES` for "encounter"); other keys pass through.
         vocab_size: V, the vocabulary size including the special tokens.
         generator: the only source of randomness; on the batch's device.
-        rate: probability that an event token (or history encounter) is chosen.
+        rate: probability that an event token (or history encounter) is chosen
+            (`ObjectiveConfig.mask_rate`).
+        unit: "token" or "encounter" (above; `ObjectiveConfig.mask_unit`).
         mask_fraction: share of the chosen replaced by [MASK].
-        random_fraction: share of the chosen replaced by a random non-special id.
-        unit: "token" or "encounter" (above).
+        random_fraction: share of the chosen replaced by a random non-special id (BERT's 80%
+            and 10%, constants of the method rather than settings).
 
     Returns:
         (corrupted, code_labels, bin_labels): `corrupted` is a new dict (the input tensors are

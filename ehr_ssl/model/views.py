@@ -26,9 +26,9 @@ def augment_view(
     batch: dict[str, Tensor],
     *,
     generator: torch.Generator,
-    event_dropout: float = 0.1,
-    history_crop: float = 0.5,
-    time_jitter: float = 0.1,
+    event_dropout: float,
+    history_crop: float,
+    time_jitter: float,
 ) -> dict[str, Tensor]:
     """One random augmented view of each visit (call twice for a SimCLR pair).
 

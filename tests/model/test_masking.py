@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from ehr_ssl.config import ObjectiveConfig
 from ehr_ssl.model.masking import ENCOUNTER_TIMES, event_tokens, mask_events
 from ehr_ssl.tokens.vocab import (
     CLS_ID,
@@ -102,7 +103,9 @@ def events_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _mask(batch, seed=0, **kwargs):
-    kwargs.setdefault("vocab_size", VOCAB)
+    """`mask_events` with the objective's default rate and unit unless given."""
+    defaults = ObjectiveConfig()
+    kwargs = {"vocab_size": VOCAB, "rate": defaults.mask_rate, "unit": defaults.mask_unit} | kwargs
     return mask_events(batch, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 

@@ -177,7 +177,11 @@ def test_one_pass_equals_separate_encodings(cohort_tokens):
     }
     view_a = augment_view(batch, generator=g, **knobs)
     view_a, code_labels, bin_labels = mask_events(
-        view_a, vocab_size=model.encoder.config.vocab_size, generator=g, rate=o.mask_rate
+        view_a,
+        vocab_size=model.encoder.config.vocab_size,
+        generator=g,
+        rate=o.mask_rate,
+        unit=o.mask_unit,
     )
     view_b = augment_view(batch, generator=g, **knobs)
     encoded_a = model.encoder(**{k: view_a[k] for k in ENCODER_INPUTS})
@@ -329,7 +333,11 @@ def test_patient_views_one_pass_equals_separate_encodings(cohort_tokens):
     knobs = {k: getattr(o, k) for k in ("event_dropout", "history_crop", "time_jitter")}
     view_a = augment_view(visits, generator=g, **knobs)
     view_a, code_labels, bin_labels = mask_events(
-        view_a, vocab_size=model.encoder.config.vocab_size, generator=g, rate=o.mask_rate
+        view_a,
+        vocab_size=model.encoder.config.vocab_size,
+        generator=g,
+        rate=o.mask_rate,
+        unit=o.mask_unit,
     )
     view_b = augment_view(partner, generator=g, **knobs)
     encoded_a = model.encoder(**{k: view_a[k] for k in ENCODER_INPUTS})
@@ -471,7 +479,9 @@ def test_forecast_share_encodes_and_scores_only_the_drawn_prefixes(cohort_tokens
         torch.testing.assert_close(losses[term], reference[term])
 
     g = torch.Generator().manual_seed(5)  # the draws in the model's order: masking, cut, rows
-    mask_events(batch, vocab_size=model.encoder.config.vocab_size, generator=g, rate=0.15)
+    mask_events(
+        batch, vocab_size=model.encoder.config.vocab_size, generator=g, rate=0.15, unit="token"
+    )
     prefix, targets = forecast_view(batch, generator=g)
     order = torch.randperm(24, generator=g)
     drawn = torch.zeros(24, dtype=torch.bool)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from ehr_ssl.config import ObjectiveConfig
 from ehr_ssl.model.views import augment_view, disjoint_views
 from ehr_ssl.tokens.vocab import (
     CLS_ID,
@@ -24,7 +25,12 @@ from tests.model.test_masking import events_of, make_batch
 TOKEN_KEYS = ("input_ids", "value_bins", "time_deltas", "segment_ids", "attention_mask")
 
 
+# the objective's default augmentation
+KNOBS = {k: getattr(ObjectiveConfig(), k) for k in ("event_dropout", "history_crop", "time_jitter")}
+
+
 def _view(batch, seed=0, **kwargs):
+    kwargs = KNOBS | kwargs
     return augment_view(batch, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
@@ -45,7 +51,7 @@ def _origins(view):
 def test_views_differ_but_keep_structure_and_a_current_event():
     batch = _tracked(make_batch(64))
     generator = torch.Generator().manual_seed(0)
-    first, second = (augment_view(batch, generator=generator) for _ in range(2))
+    first, second = (augment_view(batch, generator=generator, **KNOBS) for _ in range(2))
     assert any(not torch.equal(first[key], second[key]) for key in TOKEN_KEYS)
     events = events_of(batch)
     current = events & (batch["segment_ids"] == SEGMENT_CURRENT)
