@@ -4,6 +4,8 @@ predictions frame (one row per model and test visit) that the report is built fr
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,8 @@ from ehr_ssl.training.budgets import budget_split
 from ehr_ssl.training.finetune import labeled_split, predict_finetuned
 from ehr_ssl.training.probe import pooled_vectors
 from ehr_ssl.training.selection import Folds, cv_folds
+
+log = logging.getLogger(__name__)
 
 # What the counts baselines read of a labeled train or val visit.
 LABELED_COLUMNS = ["visit_id", "patient_id", "labeled", "label", "input_ids", "value_bins",
@@ -311,12 +315,16 @@ def score_models(
             scores[model], selection[model] = score_finetuned(
                 finetuned[model], encoder_dir, test, device
             )
-        elif model in COUNTS:
-            scores[model], selection[model] = score_counts(model, test, budget)
-        elif model in TABULAR:
-            scores[model], selection[model] = score_tabular(model, test, budget)
-        elif model == HYBRID:
-            scores[model], selection[model] = score_hybrid(test, budget, encoder_dir, device)
+        elif model in COUNTS or model in TABULAR or model == HYBRID:
+            started = time.perf_counter()  # fitted here: the stage's long part (a progress line)
+            if model == HYBRID:
+                scores[model], selection[model] = score_hybrid(test, budget, encoder_dir, device)
+            else:
+                score = score_counts if model in COUNTS else score_tabular
+                scores[model], selection[model] = score(model, test, budget)
+            log.info("evaluate: %s %s-seed%d fitted on %d labels (%.0f s)", model, budget.name,
+                     budget.seed, len(budget.train) + len(budget.val),
+                     time.perf_counter() - started)  # fmt: skip
         elif model in row_scorers:
             scores[model] = row_scorers[model](test.rows)
         else:

@@ -188,10 +188,14 @@ def test_a_holdout_budget_selects_every_baseline_on_val(tokens_dir, test_split):
     assert chosen["selection"] == {"protocol": "holdout"}
 
 
-def test_the_predictions_frame_has_the_run_dtypes(test_split, budget):
-    predictions, _ = score_models(
-        test_split, budget, ["counts_logistic"], finetuned={}, encoder_dir=Path("-"), device=CPU
-    )
+def test_the_predictions_frame_has_the_run_dtypes(test_split, budget, caplog):
+    with caplog.at_level("INFO", logger="ehr_ssl"):
+        predictions, _ = score_models(
+            test_split, budget, ["counts_logistic"], finetuned={}, encoder_dir=Path("-"),
+            device=CPU,
+        )  # fmt: skip
+    # each baseline fitted here says so (the stage's long part), with counts, no identifier
+    assert "evaluate: counts_logistic 60-seed0 fitted on 60 labels (" in caplog.text
     assert predictions.schema["score"] == pl.Float64
     assert predictions.schema["seed"] == pl.Int64
     assert predictions.schema["train_labels"] == pl.Int64
