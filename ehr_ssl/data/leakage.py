@@ -22,10 +22,8 @@ is accepted (`[leakage] accept`, `--accept-leaks`) after checking when it is rec
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import polars as pl
 
@@ -227,21 +225,15 @@ def screen_dataset(
         lookback_days=config.tokenizer.lookback_days,
         config=config.leakage,
     )
-    source = _events_source(dataset.files["events"])
+    events = dataset.files["events"]
+    source = str(events[0] if len(events) == 1 else events[0].parent)
     if unmatched := unmatched_accepts(dataset.events["code"], config.leakage.accept):
+        # no path: a MEDS root's events are read from a temporary copy linking to its shards
         log.warning(
-            "leakage.accept: %s match no code of %s (a typo?)", ", ".join(unmatched), source
+            "leakage.accept: %s match no code of the events (a typo?)", ", ".join(unmatched)
         )
     check_leaks(leaks, config.leakage.accept, source)
     return leak_summary(leaks, config.leakage.accept)
-
-
-def _events_source(events: list[Path]) -> str:
-    """The file or directory the events were read from, as the user named it: for linked
-    shards (a MEDS root's, linked into a temporary contract directory), where they link to."""
-    if any(path.is_symlink() for path in events):
-        return os.path.commonpath([path.resolve() for path in events])
-    return str(events[0] if len(events) == 1 else events[0].parent)
 
 
 def unmatched_accepts(codes: pl.Series, accept: list[str]) -> list[str]:

@@ -322,7 +322,7 @@ def score_models(
             else:
                 score = score_counts if model in COUNTS else score_tabular
                 scores[model], selection[model] = score(model, test, budget)
-            log.info("evaluate: %s %s-seed%d fitted on %d labels (%.0f s)", model, budget.name,
+            log.info("%s %s-seed%d: fitted on %d labels (%.0f s)", model, budget.name,
                      budget.seed, len(budget.train) + len(budget.val),
                      time.perf_counter() - started)  # fmt: skip
         elif model in row_scorers:

@@ -195,7 +195,7 @@ def test_the_predictions_frame_has_the_run_dtypes(test_split, budget, caplog):
             device=CPU,
         )  # fmt: skip
     # each baseline fitted here says so (the stage's long part), with counts, no identifier
-    assert "evaluate: counts_logistic 60-seed0 fitted on 60 labels (" in caplog.text
+    assert "counts_logistic 60-seed0: fitted on 60 labels (" in caplog.text
     assert predictions.schema["score"] == pl.Float64
     assert predictions.schema["seed"] == pl.Int64
     assert predictions.schema["train_labels"] == pl.Int64
