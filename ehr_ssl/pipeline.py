@@ -358,7 +358,7 @@ def _evaluate_and_bundle(run: _Run, oracle_dir: Path | None, fingerprint: str) -
         evaluate_run(oracle_dir, run_dir, config, data_dir=run.data_dir)
         stages.mark("evaluate", fingerprint)
     if "ssl" in config.evaluate.models:
-        fp_bundle = stage_hash(["bundle", fingerprint, config.evaluate.main_seed])
+        fp_bundle = stage_hash(["bundle", fingerprint])  # fingerprint holds the seeds (main_seed)
         if not stages.is_done("bundle", fp_bundle, layout.bundle / BUNDLE_FILE):
             check_output_dir(layout.bundle, "bundle")
             export_bundle(run_dir, layout.bundle, model="ssl", overwrite=True)
